@@ -1,0 +1,106 @@
+"""Build and run the gateway: the grpc.aio server with AIService, health, reflection and auth.
+
+`start_gateway(config)` binds and starts a server and returns a `Gateway` with its bound port (tests
+listen on 127.0.0.1:0). `serve(config)` adds signal handling and graceful shutdown on top.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from generated import ai_service_pb2, ai_service_pb2_grpc
+from server import defaults
+from server.auth import BearerAuthInterceptor
+from server.config import GatewayConfig, TLSConfig
+from server.routing import Router
+from server.service import AIService
+
+__all__ = ["Gateway", "serve", "start_gateway"]
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = ai_service_pb2.DESCRIPTOR.services_by_name["AIService"].full_name
+
+
+@dataclass(slots=True)
+class Gateway:
+    """A started gateway server."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    service: AIService
+    router: Router
+
+    async def stop(self, grace_s: float | None) -> None:
+        """Drain: report NOT_SERVING, refuse new calls, let in-flight calls run up to `grace_s`, close."""
+        self.service.draining = True
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
+        await self.router.aclose()
+
+
+def server_options(config: GatewayConfig) -> list[tuple[str, int]]:
+    return [
+        # Room for message overhead beyond the content cap, so an oversized request gets our own
+        # INVALID_ARGUMENT with the field that is too big, not gRPC's bare RESOURCE_EXHAUSTED.
+        ("grpc.max_receive_message_length", config.max_request_bytes + defaults.MAX_MESSAGE_OVERHEAD_BYTES),
+        # One process per port unless asked otherwise: a second `make run` must fail, not share the port.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def _server_credentials(tls: TLSConfig) -> grpc.ServerCredentials:
+    return grpc.ssl_server_credentials([(tls.key_file.read_bytes(), tls.cert_file.read_bytes())])
+
+
+async def start_gateway(config: GatewayConfig) -> Gateway:
+    router = Router.from_config(config)
+    interceptors = [BearerAuthInterceptor(config.auth.tokens)] if config.auth else []
+    server = grpc.aio.server(interceptors=interceptors, options=server_options(config))
+    service = AIService(router, max_request_bytes=config.max_request_bytes)
+    ai_service_pb2_grpc.add_AIServiceServicer_to_server(service, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    try:
+        if config.tls:
+            port = server.add_secure_port(config.listen, _server_credentials(config.tls))
+        else:
+            port = server.add_insecure_port(config.listen)
+    except RuntimeError as exc:
+        await router.aclose()
+        raise OSError(f"cannot listen on {config.listen}: {exc}") from exc
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return Gateway(server, port, health_servicer, service, router)
+
+
+async def serve(config: GatewayConfig) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully within the configured grace period."""
+    gateway = await start_gateway(config)
+    scheme = "tls" if config.tls else "plaintext"
+    auth = f"{len(config.auth.tokens)} client token(s)" if config.auth else "no auth"
+    log.info(
+        "listening on %s (port %d, %s, %s); models: %s",
+        config.listen, gateway.port, scheme, auth, ", ".join(gateway.router.model_names),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: in-flight calls have %.1f s to finish", config.grace_period_s)
+    await gateway.stop(config.grace_period_s)
+    log.info("stopped")

@@ -1,0 +1,76 @@
+"""Bearer-token authentication for every RPC except health checks.
+
+`authorization: Bearer <token>` is hashed with sha256 and compared with every configured digest using
+`hmac.compare_digest`, so neither the token nor which client matched leaks through timing. A rejected
+call gets UNAUTHENTICATED from a handler of the same arity as the one it replaces, and never reaches the
+servicer (or an upstream). Tokens are never logged or echoed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeAlias
+
+import grpc
+
+from server.config import ClientToken
+from server.errors import Unauthenticated, abort
+
+__all__ = ["EXEMPT_METHODS", "BearerAuthInterceptor", "authenticate"]
+
+EXEMPT_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
+_SCHEME = "bearer "
+
+Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]]"
+
+
+def authenticate(metadata: Sequence[tuple[str, str | bytes]] | None, tokens: Sequence[ClientToken]) -> str | None:
+    """The name of the client whose token is in `metadata`, or None."""
+    header = next((value for key, value in metadata or () if key == "authorization"), None)
+    if not isinstance(header, str) or header[: len(_SCHEME)].lower() != _SCHEME:
+        return None
+    digest = hashlib.sha256(header[len(_SCHEME) :].strip().encode()).digest()
+    matched = None
+    for token in tokens:  # no early exit: every digest is compared
+        if hmac.compare_digest(digest, token.sha256):
+            matched = token.name
+    return matched
+
+
+class BearerAuthInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, tokens: Sequence[ClientToken]) -> None:
+        self._tokens = tuple(tokens)
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method in EXEMPT_METHODS:
+            return handler
+        if authenticate(handler_call_details.invocation_metadata, self._tokens) is None:
+            return _rejecting(handler)
+        return handler
+
+
+def _rejecting(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    error = Unauthenticated(
+        "missing or invalid credentials: send metadata 'authorization: Bearer <token>' with a token "
+        "the gateway knows"
+    )
+
+    async def reject(_request: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await abort(context, error)
+
+    kwargs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(reject, **kwargs)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(reject, **kwargs)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(reject, **kwargs)
+    return grpc.unary_unary_rpc_method_handler(reject, **kwargs)

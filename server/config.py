@@ -1,0 +1,384 @@
+"""Typed gateway configuration: a YAML file, environment overrides, and the embedded default.
+
+Precedence, highest first: command-line flags, environment variables, the YAML file, `defaults.py`.
+
+    GATEWAY_LISTEN              host:port to listen on
+    GATEWAY_GRACE_PERIOD_S      seconds in-flight calls may run after SIGTERM/SIGINT
+    GATEWAY_MAX_REQUEST_BYTES   cap on the total message content of one request
+    GATEWAY_LOG_LEVEL           DEBUG, INFO, WARNING, ERROR
+
+Secrets enter here and nowhere else: upstream keys are read from the variables that `api_key_env`
+names, client tokens are kept only as sha256 digests, and every secret is registered with
+`errors.register_secret` so that no error can carry it out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from server import defaults
+from server.errors import register_secret
+
+__all__ = [
+    "AuthConfig",
+    "ClientToken",
+    "ConfigError",
+    "GatewayConfig",
+    "ModelConfig",
+    "ProviderConfig",
+    "TLSConfig",
+    "default_config",
+    "is_loopback_host",
+    "load_config",
+    "parse_listen",
+]
+
+ProviderKind = Literal["openai", "demo"]
+PROVIDER_KINDS: tuple[ProviderKind, ...] = ("openai", "demo")
+OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+# Models enabled by the embedded default when OPENAI_API_KEY is set.
+OPENAI_DEFAULT_MODELS = ("gpt-4.1", "gpt-4.1-mini", "gpt-4o", "gpt-4o-mini")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid. The message lists every problem, one per line."""
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    cert_file: Path
+    key_file: Path
+
+
+@dataclass(frozen=True, slots=True)
+class ClientToken:
+    """A client allowed to call the gateway. Only the sha256 digest of its token is kept."""
+
+    name: str
+    sha256: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    tokens: tuple[ClientToken, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    name: str
+    kind: ProviderKind
+    base_url: str = ""
+    api_key_env: str = ""
+    # The key itself, read from `api_key_env`; empty for keyless upstreams (local servers, demo).
+    api_key: str = field(default="", repr=False)
+    connect_timeout_s: float = defaults.CONNECT_TIMEOUT_S
+    read_timeout_s: float = defaults.READ_TIMEOUT_S
+    max_connections: int = defaults.POOL_MAX_CONNECTIONS
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    name: str
+    provider: str
+    upstream_model: str
+    # A per-model cap on max_tokens, lower than the gateway-wide limit.
+    max_tokens: int = defaults.MAX_TOKENS_LIMIT
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    listen: str = defaults.DEFAULT_LISTEN
+    tls: TLSConfig | None = None
+    auth: AuthConfig | None = None
+    providers: tuple[ProviderConfig, ...] = ()
+    models: tuple[ModelConfig, ...] = ()
+    grace_period_s: float = defaults.GRACE_PERIOD_S
+    max_request_bytes: int = defaults.MAX_REQUEST_CONTENT_BYTES
+    log_level: str = "INFO"
+
+    def with_listen(self, listen: str) -> GatewayConfig:
+        return _checked(replace(self, listen=listen))
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """Split "host:port" (or "[v6]:port"); raises ConfigError when it is not one."""
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"listen: expected HOST:PORT, got {listen!r}")
+    return host.strip("[]"), int(port_text)
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def default_config(env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """The embedded default: the offline demo model on 127.0.0.1:50051, plaintext, no auth.
+
+    When OPENAI_API_KEY is set, an OpenAI provider (OPENAI_BASE_URL, if set, replaces its URL) and its
+    common models are enabled beside the demo.
+    """
+    env = os.environ if env is None else env
+    providers = [ProviderConfig(name="demo", kind="demo")]
+    models = [ModelConfig(name="demo", provider="demo", upstream_model="demo")]
+    if env.get("OPENAI_API_KEY"):
+        providers.append(
+            ProviderConfig(
+                name="openai",
+                kind="openai",
+                base_url=env.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE_URL,
+                api_key_env="OPENAI_API_KEY",
+            )
+        )
+        models += [ModelConfig(name=m, provider="openai", upstream_model=m) for m in OPENAI_DEFAULT_MODELS]
+    config = GatewayConfig(providers=tuple(providers), models=tuple(models))
+    return _checked(_apply_env(config, env))
+
+
+def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Load the YAML file at `path` (or the embedded default when None) and apply the environment."""
+    env = os.environ if env is None else env
+    if path is None:
+        return default_config(env)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    problems: list[str] = []
+    config = _parse(raw if raw is not None else {}, path.parent, env, problems)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return _checked(_apply_env(config, env))
+
+
+# --- parsing -------------------------------------------------------------------------------------------
+
+
+def _parse(raw: Any, base_dir: Path, env: Mapping[str, str], problems: list[str]) -> GatewayConfig:
+    top = _mapping(raw, "config", problems)
+    _unknown_keys(
+        top,
+        {"listen", "tls", "auth", "providers", "models", "grace_period_s", "max_request_bytes", "log_level"},
+        "",
+        problems,
+    )
+    config = GatewayConfig()
+    if "listen" in top:
+        config = replace(config, listen=str(top["listen"]))
+    if top.get("tls") is not None:
+        config = replace(config, tls=_parse_tls(top["tls"], base_dir, problems))
+    if top.get("auth") is not None:
+        config = replace(config, auth=_parse_auth(top["auth"], env, problems))
+    providers = [
+        _parse_provider(item, f"providers[{i}]", env, problems)
+        for i, item in enumerate(_list(top.get("providers", []), "providers", problems))
+    ]
+    models = [
+        _parse_model(item, f"models[{i}]", problems)
+        for i, item in enumerate(_list(top.get("models", []), "models", problems))
+    ]
+    config = replace(
+        config,
+        providers=tuple(p for p in providers if p is not None),
+        models=tuple(m for m in models if m is not None),
+    )
+    for key in ("grace_period_s", "max_request_bytes"):
+        if key in top:
+            value = _number(top[key], key, problems, minimum=0)
+            if value is not None:
+                config = replace(config, **{key: type(getattr(config, key))(value)})
+    if "log_level" in top:
+        config = replace(config, log_level=str(top["log_level"]).upper())
+    return config
+
+
+def _parse_tls(raw: Any, base_dir: Path, problems: list[str]) -> TLSConfig | None:
+    tls = _mapping(raw, "tls", problems)
+    _unknown_keys(tls, {"cert_file", "key_file"}, "tls.", problems)
+    paths = {}
+    for key in ("cert_file", "key_file"):
+        if not tls.get(key):
+            problems.append(f"tls.{key}: required")
+            continue
+        path = Path(str(tls[key]))
+        paths[key] = path if path.is_absolute() else base_dir / path
+    if len(paths) < 2:
+        return None
+    return TLSConfig(cert_file=paths["cert_file"], key_file=paths["key_file"])
+
+
+def _parse_auth(raw: Any, env: Mapping[str, str], problems: list[str]) -> AuthConfig:
+    auth = _mapping(raw, "auth", problems)
+    _unknown_keys(auth, {"tokens"}, "auth.", problems)
+    tokens = []
+    for i, item in enumerate(_list(auth.get("tokens", []), "auth.tokens", problems)):
+        where = f"auth.tokens[{i}]"
+        entry = _mapping(item, where, problems)
+        _unknown_keys(entry, {"name", "sha256", "env"}, f"{where}.", problems)
+        name = str(entry.get("name") or f"client-{i}")
+        if ("sha256" in entry) == ("env" in entry):
+            problems.append(f"{where}: give exactly one of sha256 (hex digest of the token) or env")
+            continue
+        if "sha256" in entry:
+            try:
+                digest = bytes.fromhex(str(entry["sha256"]))
+            except ValueError:
+                digest = b""
+            if len(digest) != 32:
+                problems.append(f"{where}.sha256: expected 64 hex characters (sha256 of the token)")
+                continue
+        else:
+            token = env.get(str(entry["env"]), "")
+            if not token:
+                problems.append(f"{where}.env: environment variable {entry['env']} is not set or empty")
+                continue
+            register_secret(token)
+            digest = hashlib.sha256(token.encode()).digest()
+        tokens.append(ClientToken(name=name, sha256=digest))
+    if not tokens and not problems:
+        problems.append("auth.tokens: at least one token is required when auth is configured")
+    return AuthConfig(tokens=tuple(tokens))
+
+
+def _parse_provider(
+    raw: Any, where: str, env: Mapping[str, str], problems: list[str]
+) -> ProviderConfig | None:
+    entry = _mapping(raw, where, problems)
+    known = {"name", "kind", "base_url", "api_key_env", "connect_timeout_s", "read_timeout_s"}
+    _unknown_keys(entry, known | {"max_connections"}, f"{where}.", problems)
+    name, kind = str(entry.get("name") or ""), str(entry.get("kind") or "")
+    if not name:
+        problems.append(f"{where}.name: required")
+    if kind not in PROVIDER_KINDS:
+        problems.append(f"{where}.kind: expected one of {', '.join(PROVIDER_KINDS)}, got {kind!r}")
+        return None
+    provider = ProviderConfig(name=name, kind=kind)  # type: ignore[arg-type]  # checked just above
+    if kind == "openai":
+        base_url = str(entry.get("base_url") or "")
+        if not base_url.startswith(("http://", "https://")):
+            problems.append(f"{where}.base_url: required, an http:// or https:// URL")
+        api_key_env = str(entry.get("api_key_env") or "")
+        api_key = env.get(api_key_env, "") if api_key_env else ""
+        if api_key_env and not api_key:
+            problems.append(f"{where}.api_key_env: environment variable {api_key_env} is not set or empty")
+        register_secret(api_key)
+        provider = replace(provider, base_url=base_url.rstrip("/"), api_key_env=api_key_env, api_key=api_key)
+    for key in ("connect_timeout_s", "read_timeout_s", "max_connections"):
+        if key in entry:
+            value = _number(entry[key], f"{where}.{key}", problems, minimum=1e-3)
+            if value is not None:
+                provider = replace(provider, **{key: type(getattr(provider, key))(value)})
+    return provider
+
+
+def _parse_model(raw: Any, where: str, problems: list[str]) -> ModelConfig | None:
+    entry = _mapping(raw, where, problems)
+    _unknown_keys(entry, {"name", "provider", "upstream_model", "max_tokens"}, f"{where}.", problems)
+    name, provider = str(entry.get("name") or ""), str(entry.get("provider") or "")
+    for key, value in (("name", name), ("provider", provider)):
+        if not value:
+            problems.append(f"{where}.{key}: required")
+    if not name or not provider:
+        return None
+    model = ModelConfig(name=name, provider=provider, upstream_model=str(entry.get("upstream_model") or name))
+    if "max_tokens" in entry:
+        cap = _number(entry["max_tokens"], f"{where}.max_tokens", problems, minimum=1)
+        if cap is not None:
+            model = replace(model, max_tokens=min(int(cap), defaults.MAX_TOKENS_LIMIT))
+    return model
+
+
+def _apply_env(config: GatewayConfig, env: Mapping[str, str]) -> GatewayConfig:
+    problems: list[str] = []
+    if env.get("GATEWAY_LISTEN"):
+        config = replace(config, listen=env["GATEWAY_LISTEN"])
+    if env.get("GATEWAY_LOG_LEVEL"):
+        config = replace(config, log_level=env["GATEWAY_LOG_LEVEL"].upper())
+    for var, key in (("GATEWAY_GRACE_PERIOD_S", "grace_period_s"), ("GATEWAY_MAX_REQUEST_BYTES", "max_request_bytes")):
+        if env.get(var):
+            value = _number(env[var], var, problems, minimum=0)
+            if value is not None:
+                config = replace(config, **{key: type(getattr(config, key))(value)})
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return config
+
+
+def _checked(config: GatewayConfig) -> GatewayConfig:
+    """Cross-field checks that hold whatever the source of the config."""
+    problems: list[str] = []
+    try:
+        host, _ = parse_listen(config.listen)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    else:
+        if config.auth is None and not is_loopback_host(host):
+            problems.append(
+                f"listen: refusing to serve without auth on non-loopback address {host}; configure "
+                "auth.tokens, or listen on 127.0.0.1"
+            )
+    if config.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        problems.append(f"log_level: expected DEBUG, INFO, WARNING or ERROR, got {config.log_level!r}")
+    provider_names = [p.name for p in config.providers]
+    for name in {n for n in provider_names if provider_names.count(n) > 1}:
+        problems.append(f"providers: name {name!r} is used more than once")
+    model_names = [m.name for m in config.models]
+    for name in {n for n in model_names if model_names.count(n) > 1}:
+        problems.append(f"models: name {name!r} is used more than once")
+    for i, model in enumerate(config.models):
+        if model.provider not in provider_names:
+            problems.append(f"models[{i}].provider: no provider named {model.provider!r}")
+    if not config.models:
+        problems.append("models: at least one model is required")
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return config
+
+
+# --- small readers that report problems instead of raising --------------------------------------------
+
+
+def _mapping(raw: Any, where: str, problems: list[str]) -> dict[str, Any]:
+    if isinstance(raw, dict):
+        return raw
+    problems.append(f"{where}: expected a mapping, got {type(raw).__name__}")
+    return {}
+
+
+def _list(raw: Any, where: str, problems: list[str]) -> list[Any]:
+    if isinstance(raw, list):
+        return raw
+    problems.append(f"{where}: expected a list, got {type(raw).__name__}")
+    return []
+
+
+def _unknown_keys(entry: dict[str, Any], known: set[str], prefix: str, problems: list[str]) -> None:
+    for key in sorted(set(entry) - known):
+        problems.append(f"{prefix}{key}: unknown key (known: {', '.join(sorted(known))})")
+
+
+def _number(raw: Any, where: str, problems: list[str], *, minimum: float) -> float | None:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        problems.append(f"{where}: expected a number, got {raw!r}")
+        return None
+    if value < minimum:
+        problems.append(f"{where}: must be at least {minimum:g}")
+        return None
+    return value

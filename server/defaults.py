@@ -1,0 +1,46 @@
+"""Every default number of the gateway, in one place. Config files and the environment override them."""
+
+from __future__ import annotations
+
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "DEFAULT_LISTEN",
+    "ERROR_DOMAIN",
+    "GRACE_PERIOD_S",
+    "MAX_MESSAGE_OVERHEAD_BYTES",
+    "MAX_REQUEST_CONTENT_BYTES",
+    "MAX_STOP_SEQUENCES",
+    "MAX_TOKENS_LIMIT",
+    "POOL_MAX_CONNECTIONS",
+    "POOL_MAX_KEEPALIVE",
+    "POOL_TIMEOUT_S",
+    "READ_TIMEOUT_S",
+    "REQUEST_TIMEOUT_S",
+    "WRITE_TIMEOUT_S",
+]
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+# google.rpc.ErrorInfo.domain of every error the gateway reports.
+ERROR_DOMAIN = "gateway.holysheep.ai"
+
+# Validation limits (GenerationConfig and messages).
+MAX_TOKENS_LIMIT = 32_000
+MAX_STOP_SEQUENCES = 4
+MAX_REQUEST_CONTENT_BYTES = 1024 * 1024
+# The gRPC receive limit is the content cap plus room for roles, names, config and framing, so that a
+# request just over the content cap gets our clear INVALID_ARGUMENT rather than gRPC's RESOURCE_EXHAUSTED.
+MAX_MESSAGE_OVERHEAD_BYTES = 64 * 1024
+
+# Upstream HTTP (one pooled httpx.AsyncClient per provider).
+CONNECT_TIMEOUT_S = 5.0
+# Read timeout is the longest silence allowed between two reads: a slow first token must fit inside it.
+READ_TIMEOUT_S = 120.0
+WRITE_TIMEOUT_S = 10.0
+POOL_TIMEOUT_S = 5.0
+# Upper bound of a whole upstream call when the client sets no gRPC deadline.
+REQUEST_TIMEOUT_S = 600.0
+POOL_MAX_CONNECTIONS = 512
+POOL_MAX_KEEPALIVE = 128
+
+# Graceful shutdown: how long in-flight calls may run after SIGTERM/SIGINT.
+GRACE_PERIOD_S = 10.0

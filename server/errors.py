@@ -1,0 +1,254 @@
+"""The gateway's one error tree, and the one function that maps it to a google.rpc.Status.
+
+    GatewayError                    base: reason, a client-safe message, metadata
+    ├── InvalidRequest              INVALID_ARGUMENT + BadRequest listing every field violation
+    │   └── ModelNotFound           the model is unknown (reason MODEL_NOT_FOUND); names the known ones
+    ├── Unauthenticated             UNAUTHENTICATED
+    ├── NotImplementedYet           UNIMPLEMENTED
+    ├── ShuttingDown                UNAVAILABLE (reason SHUTTING_DOWN)
+    ├── InternalError               INTERNAL (a bug; details are logged, never sent)
+    └── UpstreamError               a provider failed; metadata names the provider
+        ├── UpstreamRateLimited     RESOURCE_EXHAUSTED + RetryInfo when the upstream said when
+        ├── UpstreamUnavailable     UNAVAILABLE: 5xx, refused, reset, a stream cut mid-way, overloaded
+        ├── UpstreamTimeout         DEADLINE_EXCEEDED
+        ├── UpstreamFailed          INTERNAL: the upstream refused the gateway itself (404, other 4xx)
+        │   └── UpstreamAuthFailed  reason UPSTREAM_AUTH_FAILED: the gateway's own key is wrong (401/403)
+        ├── UpstreamRejected        INVALID_ARGUMENT: the upstream refused the request as invalid
+        └── UpstreamBadResponse     UNAVAILABLE (reason UPSTREAM_BAD_RESPONSE): unparseable answer
+
+Messages are written by the gateway, never copied from an upstream body (bodies can echo keys), and
+`to_rpc_status` scrubs every registered secret from the message and metadata as a last line of defence.
+This module is the only one that knows gRPC status codes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from typing import NoReturn
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from grpc_status import rpc_status
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from server.defaults import ERROR_DOMAIN
+
+__all__ = [
+    "FieldViolation",
+    "abort",
+    "GatewayError",
+    "InternalError",
+    "InvalidRequest",
+    "ModelNotFound",
+    "NotImplementedYet",
+    "ShuttingDown",
+    "Unauthenticated",
+    "UpstreamAuthFailed",
+    "UpstreamBadResponse",
+    "UpstreamError",
+    "UpstreamFailed",
+    "UpstreamRateLimited",
+    "UpstreamRejected",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+    "register_secret",
+    "unknown_model_description",
+    "scrub",
+    "to_rpc_status",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One invalid field: `field` is a path such as "messages[2].role" or "config.temperature"."""
+
+    field: str
+    description: str
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway reports to a client."""
+
+    code: int = code_pb2.INTERNAL
+    reason: str = "INTERNAL_ERROR"
+
+    def __init__(
+        self, message: str, *, reason: str | None = None, metadata: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+
+class InvalidRequest(GatewayError):
+    code = code_pb2.INVALID_ARGUMENT
+    reason = "INVALID_REQUEST"
+
+    def __init__(self, violations: Iterable[FieldViolation]) -> None:
+        self.violations = tuple(violations)
+        summary = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
+        super().__init__(f"invalid request: {summary}")
+
+
+class ModelNotFound(InvalidRequest):
+    """The only problem with the request is its model name; also listed as a `model` field violation."""
+
+    reason = "MODEL_NOT_FOUND"
+
+    def __init__(self, model: str, known: Iterable[str]) -> None:
+        known_models = sorted(known)
+        super().__init__([FieldViolation("model", unknown_model_description(model, known_models))])
+        self.message = self.violations[0].description
+        self.metadata = {"model": model, "known_models": ",".join(known_models)}
+
+
+def unknown_model_description(model: str, known_models: Iterable[str]) -> str:
+    return f"unknown model {model!r}; known models: {', '.join(sorted(known_models))}"
+
+
+class Unauthenticated(GatewayError):
+    code = code_pb2.UNAUTHENTICATED
+    reason = "UNAUTHENTICATED"
+
+
+class NotImplementedYet(GatewayError):
+    code = code_pb2.UNIMPLEMENTED
+    reason = "NOT_IMPLEMENTED"
+
+
+class ShuttingDown(GatewayError):
+    code = code_pb2.UNAVAILABLE
+    reason = "SHUTTING_DOWN"
+
+
+class InternalError(GatewayError):
+    code = code_pb2.INTERNAL
+    reason = "INTERNAL_ERROR"
+
+
+class UpstreamError(GatewayError):
+    """A provider failed. `provider` names it; `http_status` is the upstream's status code, if any."""
+
+    code = code_pb2.UNAVAILABLE
+    reason = "UPSTREAM_ERROR"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        http_status: int | None = None,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        merged = {"provider": provider, **(metadata or {})}
+        if http_status is not None:
+            merged["upstream_http_status"] = str(http_status)
+        super().__init__(message, reason=reason, metadata=merged)
+        self.provider = provider
+        self.http_status = http_status
+
+
+class UpstreamRateLimited(UpstreamError):
+    code = code_pb2.RESOURCE_EXHAUSTED
+    reason = "UPSTREAM_RATE_LIMITED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        http_status: int | None = None,
+        retry_after_s: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, provider=provider, http_status=http_status, metadata=metadata)
+        self.retry_after_s = retry_after_s
+
+
+class UpstreamUnavailable(UpstreamError):
+    code = code_pb2.UNAVAILABLE
+    reason = "UPSTREAM_UNAVAILABLE"
+
+
+class UpstreamTimeout(UpstreamError):
+    code = code_pb2.DEADLINE_EXCEEDED
+    reason = "UPSTREAM_TIMEOUT"
+
+
+class UpstreamFailed(UpstreamError):
+    """The upstream refused a request the gateway built: a gateway-side problem, not the client's."""
+
+    code = code_pb2.INTERNAL
+    reason = "UPSTREAM_REQUEST_FAILED"
+
+
+class UpstreamAuthFailed(UpstreamFailed):
+    reason = "UPSTREAM_AUTH_FAILED"
+
+
+class UpstreamRejected(UpstreamError):
+    code = code_pb2.INVALID_ARGUMENT
+    reason = "UPSTREAM_REJECTED_REQUEST"
+
+
+class UpstreamBadResponse(UpstreamError):
+    code = code_pb2.UNAVAILABLE
+    reason = "UPSTREAM_BAD_RESPONSE"
+
+
+# Secrets (upstream keys, client tokens) that must never leave in an error; filled by config loading.
+_secrets: set[str] = set()
+_REDACTED = "[REDACTED]"
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a secret so that `scrub` removes it. Very short values are ignored (too many false hits)."""
+    if value and len(value) >= 8:
+        _secrets.add(value)
+
+
+def scrub(text: str) -> str:
+    """Replace every registered secret in `text`."""
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, _REDACTED)
+    return text
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
+
+def to_rpc_status(error: GatewayError) -> status_pb2.Status:
+    """Map any gateway error to a google.rpc.Status with ErrorInfo and the details that apply."""
+    metadata = {key: scrub(value) for key, value in error.metadata.items()}
+    status = status_pb2.Status(code=error.code, message=scrub(error.message))
+    status.details.append(
+        _pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata))
+    )
+    if isinstance(error, InvalidRequest):
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                for v in error.violations
+            ]
+        )
+        status.details.append(_pack(bad_request))
+    if isinstance(error, UpstreamRateLimited) and error.retry_after_s is not None:
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(round(error.retry_after_s * 1000))
+        status.details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+    return status
+
+
+async def abort(context: grpc.aio.ServicerContext[object, object], error: GatewayError) -> NoReturn:
+    """End the call with `error` as its status (code, message and details in the trailers)."""
+    await context.abort_with_status(rpc_status.to_status(to_rpc_status(error)))
+    raise AssertionError("abort_with_status returned")  # it always raises; this satisfies NoReturn

@@ -1,0 +1,32 @@
+"""The interface every provider adapter implements. Adapters know HTTP and their wire format, not gRPC."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+
+from server.types import ChatRequest, Completion, StreamEvent
+
+__all__ = ["Provider"]
+
+
+class Provider(abc.ABC):
+    """One upstream API account. `name` is the provider's name in the gateway config."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @abc.abstractmethod
+    def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        """Yield TextDelta events, then exactly one Finish; raise an UpstreamError on any failure.
+
+        Implementations are async generators that close their upstream response in `finally`, so that
+        closing the generator (a cancelled or disconnected client) closes the upstream request.
+        """
+
+    @abc.abstractmethod
+    async def complete(self, request: ChatRequest) -> Completion:
+        """Return the whole reply from a non-streaming upstream call."""
+
+    async def aclose(self) -> None:
+        """Release pooled connections. The default has nothing to release."""

@@ -1,0 +1,123 @@
+"""Provider-neutral request, stream events and results: the language every layer of the server speaks.
+
+A provider adapter turns a `ChatRequest` into its wire format and its answer into either a stream of
+events (`TextDelta`* then exactly one `Finish`) or one `Completion`. Nothing here knows gRPC or HTTP.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+__all__ = [
+    "ChatMessage",
+    "ChatRequest",
+    "Completion",
+    "Finish",
+    "FinishReason",
+    "Role",
+    "SamplingParams",
+    "StreamEvent",
+    "TextDelta",
+    "Usage",
+]
+
+
+class Role(enum.StrEnum):
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+class FinishReason(enum.Enum):
+    """Why generation stopped, in one vocabulary for every provider."""
+
+    UNSPECIFIED = 0
+    STOP = 1
+    LENGTH = 2
+    CONTENT_FILTER = 3
+    CANCELLED = 4
+    TOOL_CALLS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: Role
+    content: str
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Sampling options; None means "not set by the client", so the provider's default applies."""
+
+    temperature: float | None = None
+    max_tokens: int | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """One generation call, as the provider adapter receives it.
+
+    `model` is the upstream model name (already resolved from the catalog name by the router).
+    `timeout_s` bounds the whole upstream call: the client's remaining gRPC deadline, or a default.
+    """
+
+    model: str
+    messages: tuple[ChatMessage, ...]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class TextDelta:
+    """The next piece of generated text. A plain slotted class: it is created once per token."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"TextDelta({self.text!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TextDelta) and other.text == self.text
+
+    __hash__ = None  # type: ignore[assignment]  # mutable value object, like a dataclass(eq=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The end of a successful stream: exactly one, after the last TextDelta.
+
+    `usage` is None when the upstream reported none (we never invent zeros that look real).
+    """
+
+    reason: FinishReason
+    usage: Usage | None
+
+
+StreamEvent = TextDelta | Finish
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A whole reply, for unary calls."""
+
+    text: str
+    reason: FinishReason
+    usage: Usage | None
+
+
+# The shape every provider's streaming method returns.
+EventStream = AsyncIterator[StreamEvent]

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10\x61i_service.proto\x12\x0bholysheepai\"w\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.holysheepai.Message\x12-\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x1d.holysheepai.GenerationConfig\"}\n\x15StreamGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.holysheepai.Message\x12-\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x1d.holysheepai.GenerationConfig\"6\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\x90\x01\n\x10GenerationConfig\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\tB\x0e\n\x0c_temperatureB\r\n\x0b_max_tokensB\x08\n\x06_top_p\"\x99\x01\n\x10GenerateResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12!\n\x05usage\x18\x03 \x01(\x0b\x32\x12.holysheepai.Usage\x12\x30\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x19.holysheepai.FinishReason\x12\x10\n\x08provider\x18\x05 \x01(\t\"\xa7\x01\n\x0bStreamChunk\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12\x13\n\x0bis_complete\x18\x02 \x01(\x08\x12!\n\x05usage\x18\x03 \x01(\x0b\x32\x12.holysheepai.Usage\x12\x30\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x19.holysheepai.FinishReason\x12\r\n\x05model\x18\x05 \x01(\t\x12\x10\n\x08provider\x18\x06 \x01(\t\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"\x14\n\x12InteractiveRequest\"\x15\n\x13InteractiveResponse*\xbc\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x05\x32\x82\x02\n\tAIService\x12G\n\x08Generate\x12\x1c.holysheepai.GenerateRequest\x1a\x1d.holysheepai.GenerateResponse\x12P\n\x0eStreamGenerate\x12\".holysheepai.StreamGenerateRequest\x1a\x18.holysheepai.StreamChunk0\x01\x12Z\n\x11InteractiveStream\x12\x1f.holysheepai.InteractiveRequest\x1a .holysheepai.InteractiveResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10\x61i_service.proto\x12\x0bholysheepai\"w\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.holysheepai.Message\x12-\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x1d.holysheepai.GenerationConfig\"}\n\x15StreamGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.holysheepai.Message\x12-\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x1d.holysheepai.GenerationConfig\"6\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\x90\x01\n\x10GenerationConfig\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\tB\x0e\n\x0c_temperatureB\r\n\x0b_max_tokensB\x08\n\x06_top_p\"\x99\x01\n\x10GenerateResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12!\n\x05usage\x18\x03 \x01(\x0b\x32\x12.holysheepai.Usage\x12\x30\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x19.holysheepai.FinishReason\x12\x10\n\x08provider\x18\x05 \x01(\t\"\xa7\x01\n\x0bStreamChunk\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12\x13\n\x0bis_complete\x18\x02 \x01(\x08\x12!\n\x05usage\x18\x03 \x01(\x0b\x32\x12.holysheepai.Usage\x12\x30\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x19.holysheepai.FinishReason\x12\r\n\x05model\x18\x05 \x01(\t\x12\x10\n\x08provider\x18\x06 \x01(\t\"c\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\x12\x12\n\nunreported\x18\x04 \x01(\x08\"\x14\n\x12InteractiveRequest\"\x15\n\x13InteractiveResponse*\xbc\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x05\x32\x82\x02\n\tAIService\x12G\n\x08Generate\x12\x1c.holysheepai.GenerateRequest\x1a\x1d.holysheepai.GenerateResponse\x12P\n\x0eStreamGenerate\x12\".holysheepai.StreamGenerateRequest\x1a\x18.holysheepai.StreamChunk0\x01\x12Z\n\x11InteractiveStream\x12\x1f.holysheepai.InteractiveRequest\x1a .holysheepai.InteractiveResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ai_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=937
-  _globals['_FINISHREASON']._serialized_end=1125
+  _globals['_FINISHREASON']._serialized_start=957
+  _globals['_FINISHREASON']._serialized_end=1145
   _globals['_GENERATEREQUEST']._serialized_start=33
   _globals['_GENERATEREQUEST']._serialized_end=152
   _globals['_STREAMGENERATEREQUEST']._serialized_start=154
@@ -46,11 +46,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMCHUNK']._serialized_start=641
   _globals['_STREAMCHUNK']._serialized_end=808
   _globals['_USAGE']._serialized_start=810
-  _globals['_USAGE']._serialized_end=889
-  _globals['_INTERACTIVEREQUEST']._serialized_start=891
-  _globals['_INTERACTIVEREQUEST']._serialized_end=911
-  _globals['_INTERACTIVERESPONSE']._serialized_start=913
-  _globals['_INTERACTIVERESPONSE']._serialized_end=934
-  _globals['_AISERVICE']._serialized_start=1128
-  _globals['_AISERVICE']._serialized_end=1386
+  _globals['_USAGE']._serialized_end=909
+  _globals['_INTERACTIVEREQUEST']._serialized_start=911
+  _globals['_INTERACTIVEREQUEST']._serialized_end=931
+  _globals['_INTERACTIVERESPONSE']._serialized_start=933
+  _globals['_INTERACTIVERESPONSE']._serialized_end=954
+  _globals['_AISERVICE']._serialized_start=1148
+  _globals['_AISERVICE']._serialized_end=1406
 # @@protoc_insertion_point(module_scope)

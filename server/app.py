@@ -94,7 +94,11 @@ async def serve(config: GatewayConfig) -> None:
     auth = f"{len(config.auth.tokens)} client token(s)" if config.auth else "no auth"
     log.info(
         "listening on %s (port %d, %s, %s); models: %s",
-        config.listen, gateway.port, scheme, auth, ", ".join(gateway.router.model_names),
+        config.listen,
+        gateway.port,
+        scheme,
+        auth,
+        ", ".join(gateway.router.model_names),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -56,8 +56,7 @@ class BearerAuthInterceptor(grpc.aio.ServerInterceptor):
 
 def _rejecting(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
     error = Unauthenticated(
-        "missing or invalid credentials: send metadata 'authorization: Bearer <token>' with a token "
-        "the gateway knows"
+        "missing or invalid credentials: send metadata 'authorization: Bearer <token>' with a token the gateway knows"
     )
 
     async def reject(_request: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:

@@ -255,9 +255,7 @@ def _parse_auth(raw: Any, env: Mapping[str, str], problems: list[str]) -> AuthCo
     return AuthConfig(tokens=tuple(tokens))
 
 
-def _parse_provider(
-    raw: Any, where: str, env: Mapping[str, str], problems: list[str]
-) -> ProviderConfig | None:
+def _parse_provider(raw: Any, where: str, env: Mapping[str, str], problems: list[str]) -> ProviderConfig | None:
     entry = _mapping(raw, where, problems)
     known = {"name", "kind", "base_url", "api_key_env", "connect_timeout_s", "read_timeout_s"}
     _unknown_keys(entry, known | {"max_connections"}, f"{where}.", problems)
@@ -267,7 +265,7 @@ def _parse_provider(
     if kind not in PROVIDER_KINDS:
         problems.append(f"{where}.kind: expected one of {', '.join(PROVIDER_KINDS)}, got {kind!r}")
         return None
-    provider = ProviderConfig(name=name, kind=kind)  # type: ignore[arg-type]  # checked just above
+    provider = ProviderConfig(name=name, kind=kind)  # kind: checked just above
     if kind == "openai":
         base_url = str(entry.get("base_url") or "")
         if not base_url.startswith(("http://", "https://")):
@@ -309,7 +307,10 @@ def _apply_env(config: GatewayConfig, env: Mapping[str, str]) -> GatewayConfig:
         config = replace(config, listen=env["GATEWAY_LISTEN"])
     if env.get("GATEWAY_LOG_LEVEL"):
         config = replace(config, log_level=env["GATEWAY_LOG_LEVEL"].upper())
-    for var, key in (("GATEWAY_GRACE_PERIOD_S", "grace_period_s"), ("GATEWAY_MAX_REQUEST_BYTES", "max_request_bytes")):
+    for var, key in (
+        ("GATEWAY_GRACE_PERIOD_S", "grace_period_s"),
+        ("GATEWAY_MAX_REQUEST_BYTES", "max_request_bytes"),
+    ):
         if env.get(var):
             value = _number(env[var], var, problems, minimum=0)
             if value is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
+    "DEADLINE_MARGIN_S",
     "DEFAULT_LISTEN",
     "ERROR_DOMAIN",
     "GRACE_PERIOD_S",
@@ -37,6 +38,8 @@ CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 120.0
 WRITE_TIMEOUT_S = 10.0
 POOL_TIMEOUT_S = 5.0
+# Upstream timeouts end this much before the client's gRPC deadline, so the gateway answers first.
+DEADLINE_MARGIN_S = 0.02
 # Upper bound of a whole upstream call when the client sets no gRPC deadline.
 REQUEST_TIMEOUT_S = 600.0
 POOL_MAX_CONNECTIONS = 512

@@ -25,19 +25,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-
 from typing import NoReturn
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
-from grpc_status import rpc_status
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from server.defaults import ERROR_DOMAIN
 
 __all__ = [
     "FieldViolation",
-    "abort",
     "GatewayError",
     "InternalError",
     "InvalidRequest",
@@ -53,10 +51,11 @@ __all__ = [
     "UpstreamRejected",
     "UpstreamTimeout",
     "UpstreamUnavailable",
+    "abort",
     "register_secret",
-    "unknown_model_description",
     "scrub",
     "to_rpc_status",
+    "unknown_model_description",
 ]
 
 
@@ -74,9 +73,7 @@ class GatewayError(Exception):
     code: int = code_pb2.INTERNAL
     reason: str = "INTERNAL_ERROR"
 
-    def __init__(
-        self, message: str, *, reason: str | None = None, metadata: Mapping[str, str] | None = None
-    ) -> None:
+    def __init__(self, message: str, *, reason: str | None = None, metadata: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         if reason is not None:

@@ -42,7 +42,7 @@ class AIService(pb_grpc.AIServiceServicer):
             completion = await route.provider.complete(chat)
         except GatewayError as error:
             await abort(context, error)
-        except Exception as exc:
+        except Exception as exc:  # the one catch-all: a bug becomes INTERNAL, never UNKNOWN
             await _abort_unexpected(context, exc, "Generate")
         return pb.GenerateResponse(
             content=completion.text,
@@ -52,9 +52,12 @@ class AIService(pb_grpc.AIServiceServicer):
             provider=route.provider.name,
         )
 
-    async def StreamGenerate(self, request: pb.StreamGenerateRequest, context: ServicerContext) -> None:
-        # Writing with context.write (instead of being an async generator) keeps a client's cancellation
-        # inside this frame, so `aclosing` closes the provider stream, and with it the upstream response.
+    # The generated stub types streaming handlers as iterators only; grpc.aio also accepts a coroutine that
+    # writes with context.write, which we use: a client's cancellation then arrives inside this frame, so
+    # `aclosing` closes the provider stream (and the upstream response) at once, not when GC finds it.
+    async def StreamGenerate(  # type: ignore[override]
+        self, request: pb.StreamGenerateRequest, context: ServicerContext
+    ) -> None:
         deltas_sent = 0
         try:
             route, chat = self._prepare(request, context)
@@ -69,19 +72,16 @@ class AIService(pb_grpc.AIServiceServicer):
             if deltas_sent:
                 error.metadata["deltas_sent"] = str(deltas_sent)
             await abort(context, error)
-        except Exception as exc:
+        except Exception as exc:  # the one catch-all: a bug becomes INTERNAL, never UNKNOWN
             await _abort_unexpected(context, exc, "StreamGenerate")
 
-    async def InteractiveStream(
+    async def InteractiveStream(  # type: ignore[override]  # a writing coroutine, as StreamGenerate
         self, request_iterator: AsyncIterator[pb.InteractiveRequest], context: ServicerContext
-    ) -> AsyncIterator[pb.InteractiveResponse]:
+    ) -> None:
         await abort(
             context,
-            NotImplementedYet(
-                "InteractiveStream is not implemented yet; use StreamGenerate for streaming replies"
-            ),
+            NotImplementedYet("InteractiveStream is not implemented yet; use StreamGenerate for streaming replies"),
         )
-        yield pb.InteractiveResponse()  # pragma: no cover  (makes this an async generator, as declared)
 
     def _prepare(
         self, request: pb.GenerateRequest | pb.StreamGenerateRequest, context: ServicerContext
@@ -121,7 +121,7 @@ def _final_chunk(finish: Finish, route: Route) -> pb.StreamChunk:
 
 def _usage_pb(usage: Usage | None) -> pb.Usage:
     if usage is None:
-        return pb.Usage()
+        return pb.Usage(unreported=True)
     return pb.Usage(
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,

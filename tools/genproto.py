@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 from grpc_tools import protoc
@@ -51,12 +52,28 @@ def generate(out_dir: Path) -> list[Path]:
     return sorted(p for p in out_dir.iterdir() if p.is_file())
 
 
+def stale_files(committed: Path = ROOT / "generated") -> list[str]:
+    """Names of the files in `committed` that differ from a fresh generation (missing or extra too)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = {p.name: p.read_bytes() for p in generate(Path(tmp) / "generated")}
+    current = {p.name: p.read_bytes() for p in committed.iterdir() if p.is_file()} if committed.is_dir() else {}
+    return sorted(name for name in fresh.keys() | current.keys() if fresh.get(name) != current.get(name))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "generated")
+    parser.add_argument("--check", action="store_true", help="fail if --out is not what generation makes")
     args = parser.parse_args(argv)
+    if args.check:
+        stale = stale_files(args.out)
+        if stale:
+            print(f"{args.out} is stale ({', '.join(stale)}): run `make proto` and commit", file=sys.stderr)
+            return 1
+        print(f"{args.out} is up to date")
+        return 0
     for path in generate(args.out):
-        print(path.relative_to(args.out.parent) if args.out.is_relative_to(ROOT) else path)
+        print(path)
     return 0
 
 

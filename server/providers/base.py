@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from server.types import ChatRequest, Completion, StreamEvent
 
@@ -17,7 +17,7 @@ class Provider(abc.ABC):
         self.name = name
 
     @abc.abstractmethod
-    def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         """Yield TextDelta events, then exactly one Finish; raise an UpstreamError on any failure.
 
         Implementations are async generators that close their upstream response in `finally`, so that
@@ -28,5 +28,5 @@ class Provider(abc.ABC):
     async def complete(self, request: ChatRequest) -> Completion:
         """Return the whole reply from a non-streaming upstream call."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027  (optional hook: most providers hold nothing)
         """Release pooled connections. The default has nothing to release."""

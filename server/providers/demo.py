@@ -7,7 +7,7 @@ the reply to "hello brave world" is the deltas "hello", " brave", " world". Usag
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from server.providers.base import Provider
 from server.types import (
@@ -29,7 +29,7 @@ EMPTY_REPLY = "(the demo model echoes your last user message; it was empty)"
 
 
 class DemoProvider(Provider):
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         words, reason, usage = _reply(request)
         for word in words:
             yield TextDelta(word)

@@ -60,8 +60,15 @@ def make_client(config: ProviderConfig, headers: Mapping[str, str]) -> httpx.Asy
 
 
 def request_timeout(config: ProviderConfig, timeout_s: float | None) -> httpx.Timeout:
-    """Timeouts for one call: the provider's, each capped by what is left of the client's deadline."""
-    remaining = defaults.REQUEST_TIMEOUT_S if timeout_s is None else max(timeout_s, 0.001)
+    """Timeouts for one call: the provider's, each capped by what is left of the client's deadline.
+
+    The cap stops a little before the deadline, so that the client gets the gateway's DEADLINE_EXCEEDED
+    with the phase in ErrorInfo rather than gRPC's bare one.
+    """
+    if timeout_s is None:
+        remaining = defaults.REQUEST_TIMEOUT_S
+    else:
+        remaining = max(timeout_s - defaults.DEADLINE_MARGIN_S, timeout_s / 2, 0.001)
     return httpx.Timeout(
         connect=min(config.connect_timeout_s, remaining),
         read=min(config.read_timeout_s, remaining),
@@ -127,7 +134,10 @@ def error_for_status(
         )
     if status == 408 or status >= 500:
         return UpstreamUnavailable(
-            f"upstream {provider} failed (HTTP {status})", provider=provider, http_status=status, metadata=meta
+            f"upstream {provider} failed (HTTP {status})",
+            provider=provider,
+            http_status=status,
+            metadata=meta,
         )
     if 400 <= status < 500:
         return UpstreamFailed(

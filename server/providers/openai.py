@@ -8,7 +8,7 @@ Streaming follows OpenAI's wire format: `data: {chat.completion.chunk}` events, 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -60,11 +60,11 @@ class OpenAIProvider(Provider):
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         body = self._body(request)
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
-        response = await self._send(request, body, stream=True)
+        response = await self._send(request, body)
         reason: FinishReason | None = None
         usage: Usage | None = None
         try:
@@ -85,7 +85,7 @@ class OpenAIProvider(Provider):
                     if choice.get("finish_reason"):
                         reason = _FINISH_REASONS.get(choice["finish_reason"], FinishReason.UNSPECIFIED)
                 if chunk.get("usage"):
-                    usage = _usage(chunk["usage"])
+                    usage = _usage(chunk["usage"], self.name)
             else:
                 # The body ended without [DONE]. After a finish_reason the reply is whole (some
                 # compatible servers omit [DONE]); before one, the stream was cut.
@@ -102,7 +102,7 @@ class OpenAIProvider(Provider):
         yield Finish(reason or FinishReason.UNSPECIFIED, usage)
 
     async def complete(self, request: ChatRequest) -> Completion:
-        response = await self._send(request, self._body(request), stream=False)
+        response = await self._send(request, self._body(request))
         try:
             if response.status_code != 200:
                 raise await self._error_from_response(response)
@@ -118,10 +118,8 @@ class OpenAIProvider(Provider):
             text = choice["message"].get("content") or ""
             reason = _FINISH_REASONS.get(choice.get("finish_reason") or "", FinishReason.UNSPECIFIED)
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise UpstreamBadResponse(
-                f"upstream {self.name} answered without a message", provider=self.name
-            ) from exc
-        usage = _usage(payload["usage"]) if payload.get("usage") else None
+            raise UpstreamBadResponse(f"upstream {self.name} answered without a message", provider=self.name) from exc
+        usage = _usage(payload["usage"], self.name) if payload.get("usage") else None
         return Completion(text, reason, usage)
 
     def _body(self, request: ChatRequest) -> dict[str, Any]:
@@ -143,7 +141,7 @@ class OpenAIProvider(Provider):
             body["stop"] = list(params.stop)
         return body
 
-    async def _send(self, request: ChatRequest, body: dict[str, Any], *, stream: bool) -> httpx.Response:
+    async def _send(self, request: ChatRequest, body: dict[str, Any]) -> httpx.Response:
         http_request = self._client.build_request(
             "POST",
             "/chat/completions",
@@ -153,7 +151,8 @@ class OpenAIProvider(Provider):
         try:
             return await self._client.send(http_request, stream=True)
         except httpx.TransportError as exc:
-            raise error_for_transport(self.name, exc, streaming=stream) from exc
+            # Nothing of the answer has been read yet: even a reset here is not a stream cut mid-way.
+            raise error_for_transport(self.name, exc, streaming=False) from exc
 
     async def _error_from_response(self, response: httpx.Response) -> UpstreamError:
         error_type = None
@@ -175,9 +174,7 @@ def _loads(data: str, provider: str) -> dict[str, Any]:
     try:
         value = json.loads(data)
     except ValueError as exc:
-        raise UpstreamBadResponse(
-            f"upstream {provider} sent malformed JSON", provider=provider
-        ) from exc
+        raise UpstreamBadResponse(f"upstream {provider} sent malformed JSON", provider=provider) from exc
     if not isinstance(value, dict):
         raise UpstreamBadResponse(f"upstream {provider} sent a JSON {type(value).__name__}", provider=provider)
     return value
@@ -190,7 +187,11 @@ def _in_band_error(provider: str, error: object) -> UpstreamError:
     return error_for_error_type(provider, error_type)
 
 
-def _usage(raw: dict[str, Any]) -> Usage:
-    prompt = int(raw.get("prompt_tokens") or 0)
-    completion = int(raw.get("completion_tokens") or 0)
-    return Usage(prompt, completion, int(raw.get("total_tokens") or prompt + completion))
+def _usage(raw: object, provider: str) -> Usage:
+    try:
+        prompt = int(raw.get("prompt_tokens") or 0)  # type: ignore[attr-defined]
+        completion = int(raw.get("completion_tokens") or 0)  # type: ignore[attr-defined]
+        total = int(raw.get("total_tokens") or prompt + completion)  # type: ignore[attr-defined]
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise UpstreamBadResponse(f"upstream {provider} sent malformed usage", provider=provider) from exc
+    return Usage(prompt, completion, total)

@@ -314,9 +314,7 @@ def _behaviour(model: str) -> _Behaviour | None:
         return simple[model]
     m = re.fullmatch(r"fault-inband-(error|ratelimit|invalid)-(before|after)", model)
     if m:
-        return _Behaviour(
-            "inband", inband=_INBAND_ERRORS[m.group(1)], inband_after=m.group(2) == "after"
-        )
+        return _Behaviour("inband", inband=_INBAND_ERRORS[m.group(1)], inband_after=m.group(2) == "after")
     m = re.fullmatch(r"tokens-([0-9]{1,7})", model)
     if m:
         n = int(m.group(1))
@@ -363,9 +361,7 @@ def _text_of(content: Any) -> str:
         return content
     if isinstance(content, list):
         return "\n".join(
-            part["text"]
-            for part in content
-            if isinstance(part, dict) and isinstance(part.get("text"), str)
+            part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str)
         )
     return ""
 
@@ -407,9 +403,7 @@ def _completion_id() -> str:
 
 
 def _error_body(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:
-    return json.dumps(
-        {"error": {"message": message, "type": type_, "param": param, "code": code}}, indent=2
-    ).encode()
+    return json.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}}, indent=2).encode()
 
 
 def _inband_event(spec: tuple[str, str, str]) -> bytes:
@@ -451,9 +445,7 @@ class _Request:
 class _Conn:
     """A connection: a pump task reads everything into ``buf`` and notices EOF at any time."""
 
-    def __init__(
-        self, cid: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    def __init__(self, cid: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.cid = cid
         self.reader = reader
         self.writer = writer
@@ -621,9 +613,7 @@ class _Out:
 class FakeOpenAIUpstream:
     """Fake OpenAI Chat Completions upstream.  See the module docstring."""
 
-    def __init__(
-        self, *, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None
-    ) -> None:
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None) -> None:
         self._host = host
         self._port = port
         self._api_key = api_key
@@ -819,10 +809,8 @@ class FakeOpenAIUpstream:
             value = value.strip()
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
         conn_tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
-        if version == "HTTP/1.1":
-            keep_alive = "close" not in conn_tokens
-        else:
-            keep_alive = "keep-alive" in conn_tokens
+        # HTTP/1.1 defaults to keep-alive, HTTP/1.0 only keeps the connection when asked to.
+        keep_alive = "close" not in conn_tokens if version == "HTTP/1.1" else "keep-alive" in conn_tokens
         te = headers.get("transfer-encoding", "").lower()
         chunked = "chunked" in te
         length = 0
@@ -932,11 +920,7 @@ class FakeOpenAIUpstream:
         extra: tuple[tuple[str, str], ...] = (),
     ) -> bool:
         body = _error_body(message, type_, code, param)
-        out.raw(
-            self._head(
-                status, "application/json", length=len(body), keep_alive=keep_alive, extra=extra
-            )
-        )
+        out.raw(self._head(status, "application/json", length=len(body), keep_alive=keep_alive, extra=extra))
         out.raw(body)
         await out.flush()
         return keep_alive
@@ -1091,9 +1075,7 @@ class FakeOpenAIUpstream:
         if beh.split:
             out = _Out(conn, True)
         if stream:
-            return await self._stream(
-                out, beh, model, pieces_json, prompt_tokens, finish, include_usage, keep
-            )
+            return await self._stream(out, beh, model, pieces_json, prompt_tokens, finish, include_usage, keep)
         if texts is None:
             texts = _token_texts(len(pieces_json))
         return await self._complete(out, beh, model, texts, prompt_tokens, finish, keep)
@@ -1162,11 +1144,7 @@ class FakeOpenAIUpstream:
             await out.end_chunked()
             return keep
 
-        out.event(
-            prefix
-            + b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":"%b"}]' % finish.encode()
-            + tail
-        )
+        out.event(prefix + b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":"%b"}]' % finish.encode() + tail)
         if usage_on:
             n = len(pieces)
             out.event(

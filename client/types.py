@@ -1,0 +1,91 @@
+"""The client's value types: what callers pass in (messages) and what they get back (results, events).
+
+    generate(...)         -> GenerateResult(text, model, provider, finish_reason, usage)
+    stream_generate(...)  -> TextDelta(text), TextDelta(text), ..., StreamEnd(model, provider,
+                             finish_reason, usage)
+
+They know nothing about protobuf; `client.wire` converts them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TypeAlias
+
+from generated import ai_service_pb2 as pb
+
+__all__ = [
+    "FinishReason",
+    "GenerateResult",
+    "Message",
+    "MessageLike",
+    "StreamEnd",
+    "StreamEvent",
+    "TextDelta",
+    "Usage",
+]
+
+
+class FinishReason(StrEnum):
+    """Why generation stopped; the values are the proto enum names without the prefix, lowercased."""
+
+    UNSPECIFIED = "unspecified"
+    STOP = "stop"
+    LENGTH = "length"
+    CONTENT_FILTER = "content_filter"
+    CANCELLED = "cancelled"
+    TOOL_CALLS = "tool_calls"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One turn of a conversation. `role` is "system", "user" or "assistant"."""
+
+    role: str
+    content: str
+    name: str = ""
+
+
+# What `messages=` accepts: a client Message, a generated protobuf Message, or a (role, content) pair.
+MessageLike: TypeAlias = Message | pb.Message | tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """The tokens of one call, as the upstream provider reported them."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateResult:
+    """A complete reply from `generate`."""
+
+    text: str
+    model: str
+    provider: str
+    finish_reason: FinishReason
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """The next piece of a streamed reply."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """The last event of a successful stream."""
+
+    model: str
+    provider: str
+    finish_reason: FinishReason
+    usage: Usage
+
+
+StreamEvent: TypeAlias = TextDelta | StreamEnd

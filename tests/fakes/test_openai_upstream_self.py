@@ -1,0 +1,301 @@
+"""Self-tests for the fake OpenAI upstream (fast: real sockets on 127.0.0.1, httpx client)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .openai_upstream import FakeOpenAIUpstream
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PATH = "/chat/completions"
+
+
+def _req(model: str, text: str = "hello world foo", **extra: Any) -> dict[str, Any]:
+    return {
+        "model": model,
+        "messages": [
+            {"role": "system", "content": "be nice"},
+            {"role": "user", "content": text},
+        ],
+        **extra,
+    }
+
+
+async def _raw_events(resp: httpx.Response) -> list[str]:
+    """The SSE events of a response, split on blank lines, exactly as sent."""
+    raw = b""
+    async for chunk in resp.aiter_raw():
+        raw += chunk
+    assert raw.endswith(b"\n\n")
+    return [e.decode() for e in raw.split(b"\n\n")[:-1]]
+
+
+async def _events(resp: httpx.Response) -> list[Any]:
+    """Parsed `data:` payloads ("[DONE]" stays a string)."""
+    out: list[Any] = []
+    for e in await _raw_events(resp):
+        assert e.startswith("data: ")
+        payload = e[len("data: ") :]
+        out.append(payload if payload == "[DONE]" else json.loads(payload))
+    return out
+
+
+async def _stream_events(c: httpx.AsyncClient, body: dict[str, Any]) -> list[Any]:
+    async with c.stream("POST", PATH, json=body) as r:
+        assert r.status_code == 200
+        return await _events(r)
+
+
+def _content(chunk: Any) -> Any:
+    return chunk["choices"][0]["delta"].get("content")
+
+
+@pytest.mark.asyncio
+async def test_ordinary_stream_exact_sequence() -> None:
+    async with (
+        FakeOpenAIUpstream() as up,
+        httpx.AsyncClient(base_url=up.base_url) as c,
+        c.stream("POST", PATH, json=_req("gpt-test", stream=True)) as r,
+    ):
+        assert r.status_code == 200
+        assert r.headers["content-type"] == "text/event-stream"
+        assert r.headers["transfer-encoding"] == "chunked"
+        events = await _events(r)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert len(chunks) == 5  # role, 3 content, finish
+    ids = {ch["id"] for ch in chunks}
+    assert len(ids) == 1
+    assert next(iter(ids)).startswith("chatcmpl-")
+    for ch in chunks:
+        assert ch["object"] == "chat.completion.chunk"
+        assert ch["model"] == "gpt-test"
+        assert "usage" not in ch
+        assert ch["choices"][0]["index"] == 0
+        assert ch["choices"][0]["logprobs"] is None
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert [_content(ch) for ch in chunks[1:4]] == ["hello", " world", " foo"]
+    assert all(ch["choices"][0]["finish_reason"] is None for ch in chunks[:4])
+    assert chunks[4]["choices"] == [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]
+    rec = up.requests[0]
+    assert (rec.method, rec.path, rec.model) == ("POST", "/v1/chat/completions", "gpt-test")
+    assert rec.headers["content-type"] == "application/json"
+
+
+@pytest.mark.asyncio
+async def test_include_usage_and_max_tokens() -> None:
+    async with FakeOpenAIUpstream() as up, httpx.AsyncClient(base_url=up.base_url) as c:
+        usage_opt = {"include_usage": True}
+        events = await _stream_events(c, _req("gpt-test", text="  a  b c\n", stream=True, stream_options=usage_opt))
+        assert events[-1] == "[DONE]"
+        *chunks, usage = events[:-1]
+        assert all(ch["usage"] is None for ch in chunks)
+        assert "".join(_content(ch) or "" for ch in chunks) == "  a  b c\n"
+        assert usage["choices"] == []
+        assert usage["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+
+        events = await _stream_events(c, _req("tokens-10", stream=True, max_tokens=4, stream_options=usage_opt))
+        assert [_content(ch) for ch in events[1:5]] == ["t0", " t1", " t2", " t3"]
+        assert events[5]["choices"][0]["finish_reason"] == "length"
+        assert events[6]["usage"]["completion_tokens"] == 4
+
+        events = await _stream_events(c, _req("no-usage", stream=True, stream_options=usage_opt))
+        assert len(events) == 6
+        assert events[-1] == "[DONE]"
+        assert all("usage" not in ch for ch in events[:-1])
+
+
+@pytest.mark.asyncio
+async def test_non_stream_json() -> None:
+    async with FakeOpenAIUpstream() as up, httpx.AsyncClient(base_url=up.base_url) as c:
+        r = await c.post(PATH, json=_req("gpt-test"))
+        assert r.status_code == 200
+        assert r.headers["content-type"] == "application/json"
+        obj = r.json()
+        assert obj["object"] == "chat.completion"
+        assert obj["id"].startswith("chatcmpl-")
+        assert obj["model"] == "gpt-test"
+        assert isinstance(obj["created"], int)
+        assert obj["choices"] == [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "hello world foo", "refusal": None},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ]
+        assert obj["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+
+        choice = (await c.post(PATH, json=_req("gpt-test", max_tokens=2))).json()["choices"][0]
+        assert choice["message"]["content"] == "hello world"
+        assert choice["finish_reason"] == "length"
+
+        r = await c.post("/models", json={})
+        assert r.status_code == 404
+        assert r.json()["error"]["message"] == "Invalid URL (POST /v1/models)"
+
+
+@pytest.mark.asyncio
+async def test_keep_alive_and_chunked_request_body() -> None:
+    async with FakeOpenAIUpstream() as up:
+        async with httpx.AsyncClient(base_url=up.base_url) as c:
+            r1 = await c.post(PATH, json=_req("gpt-test"))
+            await _stream_events(c, _req("gpt-test", stream=True))
+
+            async def gen() -> AsyncIterator[bytes]:
+                data = json.dumps(_req("gpt-test", text="chunked body")).encode()
+                for i in range(0, len(data), 7):
+                    yield data[i : i + 7]
+
+            r3 = await c.post(PATH, content=gen())
+            assert r1.status_code == 200
+            assert r3.json()["choices"][0]["message"]["content"] == "chunked body"
+            assert up.requests[2].headers["transfer-encoding"] == "chunked"
+            assert up.open_connections == 1
+            assert up.connections_accepted == 1
+            assert len({rq.connection_id for rq in up.requests}) == 1
+        await asyncio.sleep(0.01)
+        assert up.open_connections == 0
+
+
+@pytest.mark.asyncio
+async def test_fault_429_variants_and_auth() -> None:
+    async with FakeOpenAIUpstream(api_key="sk-right") as up:
+        headers = {"authorization": "Bearer sk-right"}
+        async with httpx.AsyncClient(base_url=up.base_url, headers=headers) as c:
+            r = await c.post(PATH, json=_req("fault-429", stream=True))
+            assert r.status_code == 429
+            assert r.headers["retry-after"] == "7"
+            assert r.json()["error"] == {
+                "message": r.json()["error"]["message"],
+                "type": "requests",
+                "param": None,
+                "code": "rate_limit_exceeded",
+            }
+            r = await c.post(PATH, json=_req("fault-429-no-retry-after"))
+            assert r.status_code == 429
+            assert "retry-after" not in r.headers
+            r = await c.post(PATH, json=_req("fault-429-ms"))
+            assert r.headers["retry-after-ms"] == "1500"
+            assert "retry-after" not in r.headers
+            r = await c.post(PATH, json=_req("fault-401"))
+            assert r.status_code == 401
+            assert "sk-fake***1234" in r.json()["error"]["message"]
+        async with httpx.AsyncClient(base_url=up.base_url) as c:
+            r = await c.post(PATH, json=_req("gpt-test"))
+            assert r.status_code == 401
+            assert r.json()["error"]["code"] == "invalid_api_key"
+
+
+@pytest.mark.asyncio
+async def test_fault_reset_mid_after_two_chunks() -> None:
+    async with FakeOpenAIUpstream() as up, httpx.AsyncClient(base_url=up.base_url) as c:
+        contents: list[str] = []
+
+        async def consume() -> None:
+            async with c.stream("POST", PATH, json=_req("fault-reset-mid", stream=True)) as r:
+                assert r.status_code == 200
+                async for line in r.aiter_lines():
+                    if line.startswith("data: {"):
+                        delta = json.loads(line[6:])["choices"][0]["delta"]
+                        if "role" not in delta:
+                            contents.append(delta["content"])
+
+        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+            await consume()
+        assert contents == ["hello", " world"]
+        assert up.disconnects == []  # our own reset is not a client disconnect
+
+        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+            await c.post(PATH, json=_req("fault-reset-before"))
+
+
+@pytest.mark.asyncio
+async def test_cut_mid_inband_and_malformed() -> None:
+    async with FakeOpenAIUpstream() as up, httpx.AsyncClient(base_url=up.base_url) as c:
+        async with c.stream("POST", PATH, json=_req("fault-cut-mid", stream=True)) as r:
+            raw = await _raw_events(r)
+        assert len(raw) == 3
+        assert "[DONE]" not in raw[-1]
+
+        events = await _stream_events(c, _req("fault-inband-error-after", stream=True))
+        assert len(events) == 4
+        assert events[-1]["error"]["code"] == "overloaded"
+
+        async with c.stream("POST", PATH, json=_req("fault-malformed", stream=True)) as r:
+            raw = await _raw_events(r)
+        assert raw[1] == 'data: {"choices":[{"delta":{"content":"x"'
+        assert raw[-1] == "data: [DONE]"
+        assert up.connections_accepted == 1  # all of these keep the connection usable
+
+
+@pytest.mark.asyncio
+async def test_stall_then_client_cancel_records_disconnect_fast() -> None:
+    async with FakeOpenAIUpstream() as up, httpx.AsyncClient(base_url=up.base_url) as c:
+
+        async def consume() -> None:
+            async with c.stream("POST", PATH, json=_req("fault-stall", stream=True)) as r:
+                assert r.status_code == 200
+                async for _ in r.aiter_raw():
+                    pass
+
+        task = asyncio.create_task(consume())
+        await up.wait_for_requests(1)
+        await asyncio.sleep(0.05)
+        cancelled_at = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        d = await up.wait_for_disconnect(timeout=1.0)
+        assert d.model == "fault-stall"
+        assert d.time - cancelled_at < 0.1
+
+
+@pytest.mark.asyncio
+async def test_split_bytes_stream() -> None:
+    async with FakeOpenAIUpstream() as up, httpx.AsyncClient(base_url=up.base_url) as c:
+        events = await _stream_events(c, _req("split-bytes", stream=True))
+        assert [_content(e) for e in events[1:4]] == ["hello", " world", " foo"]
+        assert events[-1] == "[DONE]"
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_cli_prints_port_and_exits_zero_on_sigterm() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.fakes.openai_upstream",
+        "--port",
+        "0",
+        cwd=str(REPO_ROOT),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
+        assert line.startswith("PORT ")
+        port = int(line.split()[1])
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/v1") as c:
+            r = await c.post(PATH, json=_req("tokens-3"))
+            assert r.json()["choices"][0]["message"]["content"] == "t0 t1 t2"
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        assert await proc.stdout.read() == b""
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -18,7 +18,7 @@ __all__ = [
 ]
 
 TARGET_ENV = "GATEWAY_TARGET"
-TOKEN_ENV = "GATEWAY_TOKEN"
+TOKEN_ENV = "GATEWAY_TOKEN"  # noqa: S105  (the variable's name, not a token)
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_S = 60.0
 # google.rpc.ErrorInfo.domain of the errors the gateway reports (see protos/ai_service.proto).

@@ -164,9 +164,7 @@ def error_from_status(
         domain=info.domain if has_info else "",
         metadata=dict(info.metadata) if has_info else None,
         retry_after=retry.retry_delay.ToTimedelta().total_seconds() if has_retry else None,
-        field_violations=[(v.field, v.description) for v in bad_request.field_violations]
-        if has_bad_request
-        else (),
+        field_violations=[(v.field, v.description) for v in bad_request.field_violations] if has_bad_request else (),
     )
 
 

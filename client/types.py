@@ -4,7 +4,8 @@
     stream_generate(...)  -> TextDelta(text), TextDelta(text), ..., StreamEnd(model, provider,
                              finish_reason, usage)
 
-They know nothing about protobuf; `client.wire` converts them.
+`client.wire` converts them to and from protobuf; `messages=` also accepts the generated Message, for
+callers who already hold one.
 """
 
 from __future__ import annotations

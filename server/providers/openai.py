@@ -67,13 +67,18 @@ class OpenAIProvider(Provider):
         response = await self._send(request, body)
         reason: FinishReason | None = None
         usage: Usage | None = None
+        finished = False
         try:
             if response.status_code != 200:
                 raise await self._error_from_response(response)
             async for event in aiter_sse(response.aiter_raw()):
                 data = event.data
+                if finished:
+                    continue  # read on to the end of the body, so the connection goes back to the pool
                 if data == "[DONE]":
-                    break
+                    finished = True
+                    yield Finish(reason or FinishReason.UNSPECIFIED, usage)
+                    continue
                 chunk = _loads(data, self.name)
                 if "error" in chunk:
                     raise _in_band_error(self.name, chunk["error"])
@@ -86,7 +91,7 @@ class OpenAIProvider(Provider):
                         reason = _FINISH_REASONS.get(choice["finish_reason"], FinishReason.UNSPECIFIED)
                 if chunk.get("usage"):
                     usage = _usage(chunk["usage"], self.name)
-            else:
+            if not finished:
                 # The body ended without [DONE]. After a finish_reason the reply is whole (some
                 # compatible servers omit [DONE]); before one, the stream was cut.
                 if reason is None:
@@ -95,11 +100,13 @@ class OpenAIProvider(Provider):
                         provider=self.name,
                         reason="UPSTREAM_STREAM_INTERRUPTED",
                     )
+                finished = True
+                yield Finish(reason, usage)
         except httpx.TransportError as exc:
-            raise error_for_transport(self.name, exc, streaming=True) from exc
+            if not finished:  # after [DONE] the reply is whole; a failing drain only costs the connection
+                raise error_for_transport(self.name, exc, streaming=True) from exc
         finally:
             await response.aclose()
-        yield Finish(reason or FinishReason.UNSPECIFIED, usage)
 
     async def complete(self, request: ChatRequest) -> Completion:
         response = await self._send(request, self._body(request))

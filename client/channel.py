@@ -1,0 +1,130 @@
+"""Connection settings shared by both clients: where to connect, how to secure it, how to authenticate.
+
+    plaintext  token   channel credentials
+    False      any     TLS (system roots, or the CA in `ca_file`) + bearer call credentials
+    True       set     local TCP credentials (loopback only) + bearer call credentials
+    True       None    an insecure channel (loopback only)
+
+gRPC sends call credentials only over a channel it considers secure, which is why a plaintext channel
+with a token uses local credentials rather than an insecure channel. The token is kept out of every
+repr and message.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import grpc
+
+from client import defaults
+
+__all__ = ["BearerToken", "ChannelOptions", "ConnectionSettings", "is_loopback_target"]
+
+ChannelOptions: TypeAlias = Sequence[tuple[str, Any]]
+
+# Name-resolver prefixes that may stand before the address, e.g. "dns:///localhost:50051".
+_SCHEMES = ("dns:///", "dns:", "ipv4:", "ipv6:")
+
+
+class BearerToken(grpc.AuthMetadataPlugin):
+    """Adds `authorization: Bearer <token>` to every call."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = (("authorization", f"Bearer {token}"),)
+
+    def __call__(self, context: grpc.AuthMetadataContext, callback: grpc.AuthMetadataPluginCallback) -> None:
+        callback(self._metadata, None)
+
+    def __repr__(self) -> str:
+        return "BearerToken(<hidden>)"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSettings:
+    """Resolved client options; `resolve` applies the environment and checks them."""
+
+    target: str
+    token: str | None = field(repr=False)
+    ca_file: Path | None
+    plaintext: bool
+    timeout: float
+    options: tuple[tuple[str, Any], ...]
+
+    @classmethod
+    def resolve(
+        cls,
+        *,
+        target: str | None,
+        token: str | None,
+        ca_file: str | os.PathLike[str] | None,
+        plaintext: bool,
+        timeout: float,
+        options: ChannelOptions | None,
+        env: Mapping[str, str] | None = None,
+    ) -> ConnectionSettings:
+        env = os.environ if env is None else env
+        target = target or env.get(defaults.TARGET_ENV) or defaults.DEFAULT_TARGET
+        token = token or env.get(defaults.TOKEN_ENV) or None
+        if plaintext and not is_loopback_target(target):
+            raise ValueError(
+                f"plaintext is only allowed to a loopback target (127.0.0.0/8, ::1, localhost), not {target!r}"
+            )
+        if plaintext and ca_file is not None:
+            raise ValueError("ca_file applies to TLS; it cannot be combined with plaintext")
+        if token is not None and any(c.isspace() for c in token):
+            raise ValueError("the token must not contain whitespace")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        path = Path(ca_file) if ca_file is not None else None
+        return cls(target, token, path, plaintext, timeout, tuple(options or ()))
+
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        """The channel credentials, or None for an insecure channel."""
+        if self.plaintext:
+            if self.token is None:
+                return None
+            channel = grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP)
+        else:
+            roots = self.ca_file.read_bytes() if self.ca_file is not None else None
+            channel = grpc.ssl_channel_credentials(root_certificates=roots)
+        if self.token is None:
+            return channel
+        return grpc.composite_channel_credentials(channel, grpc.metadata_call_credentials(BearerToken(self.token)))
+
+    def deadline(self, timeout: float | None) -> float:
+        """The deadline of one call: its own `timeout`, else the client's default."""
+        return self.timeout if timeout is None else timeout
+
+    def describe(self) -> str:
+        """A token-free description for reprs: target, security and deadline."""
+        security = "plaintext" if self.plaintext else f"tls, ca_file={str(self.ca_file)!r}" if self.ca_file else "tls"
+        auth = "bearer" if self.token else "none"
+        return f"target={self.target!r}, {security}, auth={auth}, timeout={self.timeout:g}"
+
+
+def is_loopback_target(target: str) -> bool:
+    """True for targets on this machine: localhost, 127.0.0.0/8 or ::1, with or without a port."""
+    host = _host(target)
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host(target: str) -> str:
+    for scheme in _SCHEMES:
+        if target.startswith(scheme):
+            target = target[len(scheme) :]
+            break
+    if target.startswith("["):  # [::1]:50051
+        return target[1 : target.find("]")] if "]" in target else target
+    if target.count(":") == 1:  # host:port
+        return target.rsplit(":", 1)[0]
+    return target  # a bare host, or a bare IPv6 address

@@ -1,0 +1,105 @@
+"""Protobuf in and out: client arguments to requests, responses and chunks to client types.
+
+`StreamAssembler` holds the StreamGenerate contract on the client side: deltas, then exactly one final
+chunk, then nothing. Both clients feed it every chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TypeVar
+
+from client.errors import StreamProtocolError
+from client.types import FinishReason, GenerateResult, Message, MessageLike, StreamEnd, StreamEvent, TextDelta, Usage
+from generated import ai_service_pb2 as pb
+
+__all__ = ["StreamAssembler", "build_request", "generate_result"]
+
+RequestT = TypeVar("RequestT", pb.GenerateRequest, pb.StreamGenerateRequest)
+_PREFIX = "FINISH_REASON_"
+
+
+def build_request(
+    request_type: type[RequestT],
+    *,
+    model: str,
+    prompt: str | None,
+    messages: Sequence[MessageLike] | None,
+    system: str | None,
+    temperature: float | None,
+    max_tokens: int | None,
+    top_p: float | None,
+    stop: Sequence[str],
+) -> RequestT:
+    """The request for a conversation of `system`, then `messages`, then `prompt` as the last user turn.
+
+    Nothing is checked here: the gateway validates and reports every problem at once.
+    """
+    conversation = [pb.Message(role="system", content=system)] if system is not None else []
+    conversation += [_message_pb(m) for m in messages or ()]
+    if prompt is not None:
+        conversation.append(pb.Message(role="user", content=prompt))
+    config = pb.GenerationConfig(
+        temperature=temperature,
+        max_tokens=max_tokens,
+        top_p=top_p,
+        stop=[stop] if isinstance(stop, str) else stop,  # a lone string is one sequence, not characters
+    )
+    return request_type(model=model, messages=conversation, config=config)
+
+
+def _message_pb(message: MessageLike) -> pb.Message:
+    if isinstance(message, pb.Message):
+        return message
+    if isinstance(message, Message):
+        return pb.Message(role=message.role, content=message.content, name=message.name)
+    role, content = message
+    return pb.Message(role=role, content=content)
+
+
+def generate_result(response: pb.GenerateResponse) -> GenerateResult:
+    return GenerateResult(
+        text=response.content,
+        model=response.model,
+        provider=response.provider,
+        finish_reason=_finish_reason(response.finish_reason),
+        usage=_usage(response.usage),
+    )
+
+
+def _usage(usage: pb.Usage) -> Usage:
+    return Usage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens)
+
+
+def _finish_reason(value: pb.FinishReason.ValueType) -> FinishReason:
+    try:
+        name = pb.FinishReason.Name(value)
+    except ValueError:  # a reason added to the contract after this client was built
+        return FinishReason.UNSPECIFIED
+    return FinishReason(name.removeprefix(_PREFIX).lower())
+
+
+class StreamAssembler:
+    """Turns StreamChunks into events and checks that the stream ends with exactly one final chunk."""
+
+    def __init__(self) -> None:
+        self.end: StreamEnd | None = None
+
+    def event(self, chunk: pb.StreamChunk) -> StreamEvent:
+        if self.end is not None:
+            raise StreamProtocolError("the server sent data after the final chunk", reason="DATA_AFTER_END")
+        if not chunk.is_complete:
+            return TextDelta(chunk.delta)
+        self.end = StreamEnd(
+            model=chunk.model,
+            provider=chunk.provider,
+            finish_reason=_finish_reason(chunk.finish_reason),
+            usage=_usage(chunk.usage),
+        )
+        return self.end
+
+    def finish(self) -> StreamEnd:
+        """The final event, once the call ended with OK; raises if the server never sent it."""
+        if self.end is None:
+            raise StreamProtocolError("the stream ended without its final chunk", reason="MISSING_END")
+        return self.end

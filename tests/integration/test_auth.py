@@ -1,0 +1,117 @@
+"""Bearer-token authentication: every AIService RPC needs a known token; health checks do not."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from generated import ai_service_pb2 as pb
+from generated import ai_service_pb2_grpc as pb_grpc
+from server.app import Gateway
+from tests.conftest import CLIENT_TOKEN, GatewayFactory, client_auth, openai_config
+from tests.fakes.openai_upstream import FakeOpenAIUpstream
+from tests.rpc import collect_stream, error_info, request, unary_request
+
+GOOD = (("authorization", f"Bearer {CLIENT_TOKEN}"),)
+BAD_METADATA = {
+    "no header": None,
+    "wrong token": (("authorization", "Bearer not-the-token"),),
+    "token without scheme": (("authorization", CLIENT_TOKEN),),
+    "basic scheme": (("authorization", f"Basic {CLIENT_TOKEN}"),),
+    "empty bearer": (("authorization", "Bearer "),),
+}
+
+
+@pytest.fixture
+async def auth_gateway(make_gateway: GatewayFactory, fake_openai: FakeOpenAIUpstream) -> Gateway:
+    return await make_gateway(openai_config(fake_openai.base_url, auth=client_auth()))
+
+
+@pytest.fixture
+async def channel(auth_gateway: Gateway) -> grpc.aio.Channel:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{auth_gateway.port}") as channel:
+        yield channel
+
+
+def assert_unauthenticated(error: grpc.aio.AioRpcError) -> None:
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error_info(error).reason == "UNAUTHENTICATED"
+    assert "Bearer <token>" in (error.details() or "")
+    assert CLIENT_TOKEN not in (error.details() or "")
+
+
+@pytest.mark.parametrize("metadata", BAD_METADATA.values(), ids=BAD_METADATA.keys())
+async def test_every_rpc_rejects_a_call_without_a_valid_token(
+    channel: grpc.aio.Channel,
+    fake_openai: FakeOpenAIUpstream,
+    metadata: tuple[tuple[str, str], ...] | None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    stub = pb_grpc.AIServiceStub(channel)
+
+    with pytest.raises(grpc.aio.AioRpcError) as unary:
+        await stub.Generate(unary_request("gpt-test"), metadata=metadata, timeout=5)
+    assert_unauthenticated(unary.value)
+
+    outcome = await collect_stream(stub, request("gpt-test"), metadata=metadata)
+    assert outcome.chunks == []
+    assert outcome.error is not None
+    assert_unauthenticated(outcome.error)
+
+    bidi = stub.InteractiveStream(metadata=metadata, timeout=5)
+    await bidi.write(pb.InteractiveRequest())
+    with pytest.raises(grpc.aio.AioRpcError) as interactive:
+        await bidi.read()
+    assert_unauthenticated(interactive.value)
+
+    # A rejected call never reaches an upstream, and no token is logged.
+    assert fake_openai.requests == []
+    assert CLIENT_TOKEN not in caplog.text
+
+
+async def test_a_valid_token_reaches_every_rpc(channel: grpc.aio.Channel) -> None:
+    stub = pb_grpc.AIServiceStub(channel)
+    response = await stub.Generate(unary_request("gpt-test"), metadata=GOOD, timeout=5)
+    assert response.content == "hello brave world"
+    outcome = await collect_stream(stub, request("gpt-test"), metadata=GOOD)
+    assert outcome.error is None and len(outcome.finals) == 1
+
+    # Past authentication, InteractiveStream says clearly that it is not built yet.
+    bidi = stub.InteractiveStream(metadata=GOOD, timeout=5)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await bidi.read()
+    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert error_info(raised.value).reason == "NOT_IMPLEMENTED"
+
+
+async def test_the_bearer_scheme_is_case_insensitive(channel: grpc.aio.Channel) -> None:
+    stub = pb_grpc.AIServiceStub(channel)
+    metadata = (("authorization", f"bearer {CLIENT_TOKEN}"),)
+    assert (await stub.Generate(unary_request("gpt-test"), metadata=metadata, timeout=5)).content
+
+
+async def test_health_checks_need_no_token(channel: grpc.aio.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "holysheepai.AIService"):
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    first = await watch.read()
+    assert isinstance(first, health_pb2.HealthCheckResponse)
+    assert first.status == health_pb2.HealthCheckResponse.SERVING
+    watch.cancel()
+
+
+async def test_reflection_needs_a_token(channel: grpc.aio.Channel) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    call = stub.ServerReflectionInfo(timeout=5)
+    await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call.read()
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED

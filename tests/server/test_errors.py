@@ -1,0 +1,82 @@
+"""The error tree maps to google.rpc.Status once, with the right code, reason and details."""
+
+from __future__ import annotations
+
+import pytest
+from google.rpc import code_pb2, error_details_pb2
+
+from server.defaults import ERROR_DOMAIN
+from server.errors import (
+    FieldViolation,
+    GatewayError,
+    InternalError,
+    InvalidRequest,
+    ModelNotFound,
+    NotImplementedYet,
+    ShuttingDown,
+    Unauthenticated,
+    UpstreamAuthFailed,
+    UpstreamBadResponse,
+    UpstreamFailed,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    register_secret,
+    to_rpc_status,
+)
+from tests.rpc import detail
+
+CASES: list[tuple[GatewayError, int, str]] = [
+    (InvalidRequest([FieldViolation("model", "required")]), code_pb2.INVALID_ARGUMENT, "INVALID_REQUEST"),
+    (ModelNotFound("x", ["demo"]), code_pb2.INVALID_ARGUMENT, "MODEL_NOT_FOUND"),
+    (Unauthenticated("no"), code_pb2.UNAUTHENTICATED, "UNAUTHENTICATED"),
+    (NotImplementedYet("later"), code_pb2.UNIMPLEMENTED, "NOT_IMPLEMENTED"),
+    (ShuttingDown("bye"), code_pb2.UNAVAILABLE, "SHUTTING_DOWN"),
+    (InternalError("bug"), code_pb2.INTERNAL, "INTERNAL_ERROR"),
+    (UpstreamRateLimited("slow down", provider="p"), code_pb2.RESOURCE_EXHAUSTED, "UPSTREAM_RATE_LIMITED"),
+    (UpstreamUnavailable("down", provider="p"), code_pb2.UNAVAILABLE, "UPSTREAM_UNAVAILABLE"),
+    (UpstreamTimeout("slow", provider="p"), code_pb2.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT"),
+    (UpstreamAuthFailed("key", provider="p"), code_pb2.INTERNAL, "UPSTREAM_AUTH_FAILED"),
+    (UpstreamFailed("404", provider="p"), code_pb2.INTERNAL, "UPSTREAM_REQUEST_FAILED"),
+    (UpstreamRejected("bad", provider="p"), code_pb2.INVALID_ARGUMENT, "UPSTREAM_REJECTED_REQUEST"),
+    (UpstreamBadResponse("junk", provider="p"), code_pb2.UNAVAILABLE, "UPSTREAM_BAD_RESPONSE"),
+]
+
+
+@pytest.mark.parametrize(("error", "code", "reason"), CASES, ids=lambda v: type(v).__name__)
+def test_each_error_has_its_code_and_reason(error: GatewayError, code: int, reason: str) -> None:
+    status = to_rpc_status(error)
+    info = detail(status, error_details_pb2.ErrorInfo)
+    assert status.code == code
+    assert info is not None and (info.reason, info.domain) == (reason, ERROR_DOMAIN)
+    assert status.code != code_pb2.UNKNOWN
+
+
+def test_invalid_request_carries_bad_request_with_every_violation() -> None:
+    status = to_rpc_status(InvalidRequest([FieldViolation("a", "x"), FieldViolation("b", "y")]))
+    bad_request = detail(status, error_details_pb2.BadRequest)
+    assert bad_request is not None
+    assert [(v.field, v.description) for v in bad_request.field_violations] == [("a", "x"), ("b", "y")]
+    assert status.message == "invalid request: a: x; b: y"
+
+
+def test_rate_limit_carries_retry_info_only_when_known() -> None:
+    with_delay = to_rpc_status(UpstreamRateLimited("r", provider="p", retry_after_s=1.25))
+    retry = detail(with_delay, error_details_pb2.RetryInfo)
+    assert retry is not None and retry.retry_delay.ToMilliseconds() == 1250
+    assert detail(to_rpc_status(UpstreamRateLimited("r", provider="p")), error_details_pb2.RetryInfo) is None
+
+
+def test_upstream_errors_name_the_provider_and_http_status() -> None:
+    info = detail(to_rpc_status(UpstreamUnavailable("x", provider="openai", http_status=503)), error_details_pb2.ErrorInfo)
+    assert info is not None and dict(info.metadata) == {"provider": "openai", "upstream_http_status": "503"}
+
+
+def test_registered_secrets_are_scrubbed_from_message_and_metadata() -> None:
+    secret = "sk-live-secret-value-123456"
+    register_secret(secret)
+    error = UpstreamFailed(f"oops {secret}", provider="p", metadata={"hint": f"key={secret}"})
+    status = to_rpc_status(error)
+    assert secret not in str(status)
+    assert "[REDACTED]" in status.message

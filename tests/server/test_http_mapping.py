@@ -1,0 +1,100 @@
+"""HTTP answers and transport failures of an upstream, mapped to the gateway's errors."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+
+import httpx
+import pytest
+
+from server.errors import (
+    UpstreamAuthFailed,
+    UpstreamError,
+    UpstreamFailed,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from server.providers.http import error_for_error_type, error_for_status, error_for_transport, parse_retry_after
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (400, UpstreamRejected),
+        (401, UpstreamAuthFailed),
+        (403, UpstreamAuthFailed),
+        (404, UpstreamFailed),
+        (408, UpstreamUnavailable),
+        (413, UpstreamRejected),
+        (422, UpstreamRejected),
+        (429, UpstreamRateLimited),
+        (500, UpstreamUnavailable),
+        (503, UpstreamUnavailable),
+        (529, UpstreamUnavailable),
+    ],
+)
+def test_http_status(status: int, kind: type[UpstreamError]) -> None:
+    error = error_for_status("p", status, httpx.Headers())
+    assert type(error) is kind
+    assert error.metadata["upstream_http_status"] == str(status)
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({}, None),
+        ({"retry-after": "7"}, 7.0),
+        ({"retry-after": "0.5"}, 0.5),
+        ({"retry-after-ms": "1500"}, 1.5),
+        ({"retry-after-ms": "1500", "retry-after": "9"}, 1.5),
+        ({"retry-after": "soon"}, None),
+        ({"retry-after": "-3"}, 0.0),
+    ],
+)
+def test_retry_after(headers: dict[str, str], seconds: float | None) -> None:
+    assert parse_retry_after(httpx.Headers(headers)) == seconds
+
+
+def test_retry_after_as_an_http_date() -> None:
+    later = email.utils.formatdate(time.time() + 30, usegmt=True)
+    seconds = parse_retry_after(httpx.Headers({"retry-after": later}))
+    assert seconds is not None and 28 <= seconds <= 30
+
+
+@pytest.mark.parametrize(
+    ("error_type", "kind"),
+    [
+        ("rate_limit_error", UpstreamRateLimited),
+        ("invalid_request_error", UpstreamRejected),
+        ("authentication_error", UpstreamAuthFailed),
+        ("permission_error", UpstreamAuthFailed),
+        ("overloaded_error", UpstreamUnavailable),
+        ("server_error", UpstreamUnavailable),
+        (None, UpstreamUnavailable),
+    ],
+)
+def test_in_band_error_type(error_type: str | None, kind: type[UpstreamError]) -> None:
+    assert type(error_for_error_type("p", error_type)) is kind
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "reason"),
+    [
+        (httpx.ConnectTimeout("t"), UpstreamTimeout, "UPSTREAM_TIMEOUT"),
+        (httpx.ReadTimeout("t"), UpstreamTimeout, "UPSTREAM_TIMEOUT"),
+        (httpx.ConnectError("refused"), UpstreamUnavailable, "UPSTREAM_UNAVAILABLE"),
+        (httpx.ReadError("reset"), UpstreamUnavailable, "UPSTREAM_STREAM_INTERRUPTED"),
+        (httpx.RemoteProtocolError("eof"), UpstreamUnavailable, "UPSTREAM_STREAM_INTERRUPTED"),
+    ],
+)
+def test_transport_failures_mid_stream(exc: httpx.TransportError, kind: type[UpstreamError], reason: str) -> None:
+    error = error_for_transport("p", exc, streaming=True)
+    assert (type(error), error.reason) == (kind, reason)
+
+
+def test_a_reset_before_the_answer_is_not_a_stream_interruption() -> None:
+    error = error_for_transport("p", httpx.RemoteProtocolError("no response"), streaming=False)
+    assert error.reason == "UPSTREAM_UNAVAILABLE"

@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 CONTRACT_BASELINE ?= $(firstword $(wildcard ../shared/contract) tests/contract)
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint typecheck contract proto proto-check pytest bench clean
+.PHONY: install run test lint typecheck contract proto proto-check pytest bench certs clean
 
 install: $(STAMP)
 
@@ -53,3 +53,7 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+# Development TLS material for the README's TLS examples: dev/tls/{ca.crt,server.crt,server.key}.
+certs: install
+	$(BIN)/python -m tools.devcerts dev/tls

@@ -135,6 +135,12 @@ class AsyncStream(AsyncIterator[StreamEvent]):
     ) -> None:
         await self.aclose()
 
+    def __del__(self) -> None:
+        # A dropped stream (`break` without a with block) cancels its call now: grpc's own finalizer
+        # would wait for the cyclic garbage collector, and the upstream would keep generating meanwhile.
+        if not getattr(self, "_closed", True):
+            self._call.cancel()
+
     def __aiter__(self) -> Self:
         return self
 

@@ -18,7 +18,7 @@ from server.config import (
     TLSConfig,
     default_config,
 )
-from tests.certs import CertFiles, make_certs
+from tools.devcerts import CertFiles, make_certs
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
 
 CLIENT_TOKEN = "test-client-token-0123456789"

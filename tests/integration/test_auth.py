@@ -78,7 +78,8 @@ async def test_a_valid_token_reaches_every_rpc(channel: grpc.aio.Channel) -> Non
     response = await stub.Generate(unary_request("gpt-test"), metadata=GOOD, timeout=5)
     assert response.content == "hello brave world"
     outcome = await collect_stream(stub, request("gpt-test"), metadata=GOOD)
-    assert outcome.error is None and len(outcome.finals) == 1
+    assert outcome.error is None
+    assert len(outcome.finals) == 1
 
     # Past authentication, InteractiveStream says clearly that it is not built yet.
     bidi = stub.InteractiveStream(metadata=GOOD, timeout=5)

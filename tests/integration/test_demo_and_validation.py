@@ -39,10 +39,13 @@ async def test_invalid_requests_list_every_violation_in_bad_request(demo_gateway
     async with stub_for(demo_gateway) as stub:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await stub.Generate(bad, timeout=5)
-        outcome = await collect_stream(stub, pb.StreamGenerateRequest(model="", messages=bad.messages, config=bad.config))
+        outcome = await collect_stream(
+            stub, pb.StreamGenerateRequest(model="", messages=bad.messages, config=bad.config)
+        )
 
     for error in (raised.value, outcome.error):
-        assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error is not None
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert error_info(error).reason == "INVALID_REQUEST"
         bad_request = detail(rich_status(error), error_details_pb2.BadRequest)
         assert bad_request is not None
@@ -60,7 +63,8 @@ async def test_invalid_requests_list_every_violation_in_bad_request(demo_gateway
 async def test_an_unknown_model_names_the_known_ones(demo_gateway: Gateway) -> None:
     async with stub_for(demo_gateway) as stub:
         outcome = await collect_stream(stub, request("gpt-9"))
-    assert outcome.error is not None and outcome.error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert outcome.error is not None
+    assert outcome.error.code() == grpc.StatusCode.INVALID_ARGUMENT
     info = error_info(outcome.error)
     assert (info.reason, info.metadata["model"], info.metadata["known_models"]) == ("MODEL_NOT_FOUND", "gpt-9", "demo")
     assert outcome.error.details() == "unknown model 'gpt-9'; known models: demo"

@@ -31,7 +31,8 @@ async def test_stream_relays_every_delta_then_one_final_chunk(openai_gateway: Ga
 
     assert outcome.error is None
     assert outcome.deltas == ["the", " quick", " brown", " fox"]
-    assert len(outcome.finals) == 1 and outcome.chunks[-1] is outcome.finals[0]
+    assert len(outcome.finals) == 1
+    assert outcome.chunks[-1] is outcome.finals[0]
     final = outcome.finals[0]
     assert final.delta == ""
     assert final.finish_reason == pb.FINISH_REASON_STOP
@@ -85,9 +86,7 @@ async def test_unset_options_are_not_sent(openai_gateway: Gateway, fake_openai: 
     assert set(sent.body) == {"model", "messages"}
 
 
-async def test_generate_makes_one_non_streaming_call(
-    openai_gateway: Gateway, fake_openai: FakeOpenAIUpstream
-) -> None:
+async def test_generate_makes_one_non_streaming_call(openai_gateway: Gateway, fake_openai: FakeOpenAIUpstream) -> None:
     async with stub_for(openai_gateway) as stub:
         response = await stub.Generate(unary_request("gpt-test", "one two three", max_tokens=2), timeout=5)
 
@@ -116,9 +115,7 @@ async def test_missing_usage_is_reported_as_unreported_not_as_zeros(openai_gatew
     assert response.usage.unreported
 
 
-async def test_connections_to_the_upstream_are_pooled(
-    openai_gateway: Gateway, fake_openai: FakeOpenAIUpstream
-) -> None:
+async def test_connections_to_the_upstream_are_pooled(openai_gateway: Gateway, fake_openai: FakeOpenAIUpstream) -> None:
     async with stub_for(openai_gateway) as stub:
         for _ in range(5):
             assert (await collect_stream(stub, request("gpt-test"))).error is None
@@ -186,7 +183,8 @@ def assert_fault_status(error: grpc.aio.AioRpcError, fault: Fault, reason: str) 
     if fault.retry_after_s is None:
         assert retry is None
     else:
-        assert retry is not None and retry.retry_delay.ToMilliseconds() == fault.retry_after_s * 1000
+        assert retry is not None
+        assert retry.retry_delay.ToMilliseconds() == fault.retry_after_s * 1000
     # Nothing from the upstream's body, and no key, reaches the client.
     everything = f"{error.details()} {rich_status(error)}"
     for secret in (UPSTREAM_KEY, FAKE_401_KEY, "sk-"):
@@ -206,7 +204,8 @@ async def test_stream_fault(openai_gateway: Gateway, fault: Fault, caplog: pytes
     assert_fault_status(outcome.error, fault, fault.reason)
     if fault.deltas_before:
         assert error_info(outcome.error).metadata["deltas_sent"] == str(len(fault.deltas_before))
-    assert UPSTREAM_KEY not in caplog.text and FAKE_401_KEY not in caplog.text
+    assert UPSTREAM_KEY not in caplog.text
+    assert FAKE_401_KEY not in caplog.text
 
 
 @pytest.mark.parametrize("fault", FAULTS, ids=lambda f: f.model)
@@ -217,7 +216,8 @@ async def test_generate_fault(openai_gateway: Gateway, fault: Fault, caplog: pyt
             await stub.Generate(unary_request(fault.model), timeout=10)
 
     assert_fault_status(raised.value, fault, fault.unary_reason or fault.reason)
-    assert UPSTREAM_KEY not in caplog.text and FAKE_401_KEY not in caplog.text
+    assert UPSTREAM_KEY not in caplog.text
+    assert FAKE_401_KEY not in caplog.text
 
 
 async def test_refused_connection_is_unavailable(make_gateway: GatewayFactory) -> None:
@@ -228,7 +228,8 @@ async def test_refused_connection_is_unavailable(make_gateway: GatewayFactory) -
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await stub.Generate(unary_request("gpt-test"), timeout=5)
     for error in (outcome.error, raised.value):
-        assert error is not None and error.code() == Code.UNAVAILABLE
+        assert error is not None
+        assert error.code() == Code.UNAVAILABLE
         assert error_info(error).reason == "UPSTREAM_UNAVAILABLE"
         assert "cannot connect" in (error.details() or "")
     assert outcome.chunks == []
@@ -240,7 +241,8 @@ async def test_a_stall_after_headers_ends_at_the_clients_deadline_and_closes_the
     async with stub_for(openai_gateway) as stub:
         outcome = await collect_stream(stub, request("fault-stall"), timeout=0.5)
 
-    assert outcome.error is not None and outcome.error.code() == Code.DEADLINE_EXCEEDED
+    assert outcome.error is not None
+    assert outcome.error.code() == Code.DEADLINE_EXCEEDED
     assert outcome.chunks == []
     # The gateway's own upstream timeout fires just before the client's deadline, naming the phase.
     info = error_info(outcome.error)
@@ -261,7 +263,8 @@ async def test_an_upstream_read_timeout_is_deadline_exceeded(
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await stub.Generate(unary_request("fault-stall"), timeout=10)
     for error in (outcome.error, raised.value):
-        assert error is not None and error.code() == Code.DEADLINE_EXCEEDED
+        assert error is not None
+        assert error.code() == Code.DEADLINE_EXCEEDED
         assert error_info(error).reason == "UPSTREAM_TIMEOUT"
 
 
@@ -271,7 +274,8 @@ async def test_client_cancel_closes_the_upstream_request(
     async with stub_for(openai_gateway) as stub:
         call = stub.StreamGenerate(request("slow-tokens-50", "one two three four five six seven eight"))
         first = await call.read()
-        assert isinstance(first, pb.StreamChunk) and first.delta == "one"
+        assert isinstance(first, pb.StreamChunk)
+        assert first.delta == "one"
         call.cancel()
         await fake_openai.wait_for_disconnect(timeout=1.0)
     assert len(fake_openai.disconnects) == 1

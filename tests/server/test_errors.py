@@ -49,7 +49,8 @@ def test_each_error_has_its_code_and_reason(error: GatewayError, code: int, reas
     status = to_rpc_status(error)
     info = detail(status, error_details_pb2.ErrorInfo)
     assert status.code == code
-    assert info is not None and (info.reason, info.domain) == (reason, ERROR_DOMAIN)
+    assert info is not None
+    assert (info.reason, info.domain) == (reason, ERROR_DOMAIN)
     assert status.code != code_pb2.UNKNOWN
 
 
@@ -64,13 +65,17 @@ def test_invalid_request_carries_bad_request_with_every_violation() -> None:
 def test_rate_limit_carries_retry_info_only_when_known() -> None:
     with_delay = to_rpc_status(UpstreamRateLimited("r", provider="p", retry_after_s=1.25))
     retry = detail(with_delay, error_details_pb2.RetryInfo)
-    assert retry is not None and retry.retry_delay.ToMilliseconds() == 1250
+    assert retry is not None
+    assert retry.retry_delay.ToMilliseconds() == 1250
     assert detail(to_rpc_status(UpstreamRateLimited("r", provider="p")), error_details_pb2.RetryInfo) is None
 
 
 def test_upstream_errors_name_the_provider_and_http_status() -> None:
-    info = detail(to_rpc_status(UpstreamUnavailable("x", provider="openai", http_status=503)), error_details_pb2.ErrorInfo)
-    assert info is not None and dict(info.metadata) == {"provider": "openai", "upstream_http_status": "503"}
+    info = detail(
+        to_rpc_status(UpstreamUnavailable("x", provider="openai", http_status=503)), error_details_pb2.ErrorInfo
+    )
+    assert info is not None
+    assert dict(info.metadata) == {"provider": "openai", "upstream_http_status": "503"}
 
 
 def test_registered_secrets_are_scrubbed_from_message_and_metadata() -> None:

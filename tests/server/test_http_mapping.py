@@ -61,7 +61,8 @@ def test_retry_after(headers: dict[str, str], seconds: float | None) -> None:
 def test_retry_after_as_an_http_date() -> None:
     later = email.utils.formatdate(time.time() + 30, usegmt=True)
     seconds = parse_retry_after(httpx.Headers({"retry-after": later}))
-    assert seconds is not None and 28 <= seconds <= 30
+    assert seconds is not None
+    assert 28 <= seconds <= 30
 
 
 @pytest.mark.parametrize(

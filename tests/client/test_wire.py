@@ -1,0 +1,95 @@
+"""Client arguments to protobuf requests, and protobuf replies to client types."""
+
+from __future__ import annotations
+
+import pytest
+
+from client.errors import StreamProtocolError
+from client.types import FinishReason, Message, StreamEnd, TextDelta, Usage
+from client.wire import StreamAssembler, build_request, generate_result
+from generated import ai_service_pb2 as pb
+
+NO_OPTIONS: dict[str, object] = {"temperature": None, "max_tokens": None, "top_p": None, "stop": ()}
+
+
+def test_conversation_order_system_messages_prompt() -> None:
+    request = build_request(
+        pb.StreamGenerateRequest,
+        model="demo",
+        prompt="last",
+        messages=[("user", "a"), Message("assistant", "b", name="bot"), pb.Message(role="user", content="c")],
+        system="rules",
+        **NO_OPTIONS,  # type: ignore[arg-type]
+    )
+    assert [(m.role, m.content, m.name) for m in request.messages] == [
+        ("system", "rules", ""),
+        ("user", "a", ""),
+        ("assistant", "b", "bot"),
+        ("user", "c", ""),
+        ("user", "last", ""),
+    ]
+
+
+def test_unset_options_stay_unset_and_zero_is_sent() -> None:
+    unset = build_request(pb.GenerateRequest, model="m", prompt="p", messages=None, system=None, **NO_OPTIONS)  # type: ignore[arg-type]
+    assert not unset.config.HasField("temperature")
+    assert not unset.config.HasField("max_tokens")
+    assert not unset.config.HasField("top_p")
+    zero = build_request(
+        pb.GenerateRequest, model="m", prompt="p", messages=None, system=None,
+        temperature=0.0, max_tokens=0, top_p=0.0, stop=["a", "b"],
+    )  # fmt: skip
+    assert zero.config.HasField("temperature")
+    assert zero.config.HasField("max_tokens")
+    assert zero.config.HasField("top_p")
+    assert list(zero.config.stop) == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (pb.FINISH_REASON_UNSPECIFIED, FinishReason.UNSPECIFIED),
+        (pb.FINISH_REASON_STOP, FinishReason.STOP),
+        (pb.FINISH_REASON_LENGTH, FinishReason.LENGTH),
+        (pb.FINISH_REASON_CONTENT_FILTER, FinishReason.CONTENT_FILTER),
+        (pb.FINISH_REASON_CANCELLED, FinishReason.CANCELLED),
+        (pb.FINISH_REASON_TOOL_CALLS, FinishReason.TOOL_CALLS),
+        (pb.FinishReason.ValueType(99), FinishReason.UNSPECIFIED),  # added to the contract later
+    ],
+)
+def test_finish_reasons(value: pb.FinishReason.ValueType, reason: FinishReason) -> None:
+    response = pb.GenerateResponse(content="x", model="m", provider="p", finish_reason=value)
+    assert generate_result(response).finish_reason is reason
+
+
+def test_every_proto_finish_reason_has_a_client_value() -> None:
+    assert len(pb.FinishReason.keys()) == len(FinishReason)
+
+
+def test_assembler_deltas_then_end() -> None:
+    assembler = StreamAssembler()
+    assert assembler.event(pb.StreamChunk(delta="hi")) == TextDelta("hi")
+    final = pb.StreamChunk(
+        is_complete=True,
+        usage=pb.Usage(prompt_tokens=1, completion_tokens=2, total_tokens=3),
+        finish_reason=pb.FINISH_REASON_LENGTH,
+        model="m",
+        provider="p",
+    )
+    end = StreamEnd("m", "p", FinishReason.LENGTH, Usage(1, 2, 3))
+    assert assembler.event(final) == end
+    assert assembler.finish() == end
+
+
+def test_assembler_rejects_missing_end() -> None:
+    assembler = StreamAssembler()
+    assembler.event(pb.StreamChunk(delta="hi"))
+    with pytest.raises(StreamProtocolError, match="without its final chunk"):
+        assembler.finish()
+
+
+def test_assembler_rejects_data_after_end() -> None:
+    assembler = StreamAssembler()
+    assembler.event(pb.StreamChunk(is_complete=True))
+    with pytest.raises(StreamProtocolError, match="after the final chunk"):
+        assembler.event(pb.StreamChunk(delta="late"))

@@ -102,7 +102,9 @@ class ConnectionSettings:
 
     def describe(self) -> str:
         """A token-free description for reprs: target, security and deadline."""
-        security = "plaintext" if self.plaintext else f"tls, ca_file={str(self.ca_file)!r}" if self.ca_file else "tls"
+        security = "plaintext" if self.plaintext else "tls"
+        if self.ca_file is not None:
+            security += f", ca_file={str(self.ca_file)!r}"
         auth = "bearer" if self.token else "none"
         return f"target={self.target!r}, {security}, auth={auth}, timeout={self.timeout:g}"
 

@@ -59,6 +59,8 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    # True when the upstream reported no usage: the counts are 0 because they are unknown.
+    unreported: bool = False
 
 
 @dataclass(frozen=True, slots=True)

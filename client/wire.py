@@ -68,7 +68,7 @@ def generate_result(response: pb.GenerateResponse) -> GenerateResult:
 
 
 def _usage(usage: pb.Usage) -> Usage:
-    return Usage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens)
+    return Usage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, usage.unreported)
 
 
 def _finish_reason(value: pb.FinishReason.ValueType) -> FinishReason:

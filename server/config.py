@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -134,13 +135,15 @@ def default_config(env: Mapping[str, str] | None = None) -> GatewayConfig:
     env = os.environ if env is None else env
     providers = [ProviderConfig(name="demo", kind="demo")]
     models = [ModelConfig(name="demo", provider="demo", upstream_model="demo")]
-    if env.get("OPENAI_API_KEY"):
+    if api_key := env.get("OPENAI_API_KEY"):
+        register_secret(api_key)
         providers.append(
             ProviderConfig(
                 name="openai",
                 kind="openai",
-                base_url=env.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE_URL,
+                base_url=(env.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE_URL).rstrip("/"),
                 api_key_env="OPENAI_API_KEY",
+                api_key=api_key,
             )
         )
         models += [ModelConfig(name=m, provider="openai", upstream_model=m) for m in OPENAI_DEFAULT_MODELS]
@@ -161,9 +164,13 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Gate
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
     problems: list[str] = []
     config = _parse(raw if raw is not None else {}, path.parent, env, problems)
+    try:
+        config = _checked(_apply_env(config, env))
+    except ConfigError as exc:
+        problems.append(str(exc))
     if problems:
         raise ConfigError("\n".join(problems))
-    return _checked(_apply_env(config, env))
+    return config
 
 
 # --- parsing -------------------------------------------------------------------------------------------
@@ -378,6 +385,9 @@ def _number(raw: Any, where: str, problems: list[str], *, minimum: float) -> flo
         value = float(raw)
     except (TypeError, ValueError):
         problems.append(f"{where}: expected a number, got {raw!r}")
+        return None
+    if not math.isfinite(value):
+        problems.append(f"{where}: expected a finite number, got {raw!r}")
         return None
     if value < minimum:
         problems.append(f"{where}: must be at least {minimum:g}")

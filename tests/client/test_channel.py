@@ -35,7 +35,7 @@ def test_is_loopback_target(target: str, loopback: bool) -> None:
     assert is_loopback_target(target) is loopback
 
 
-def resolve(env: dict[str, str] | None = None, **options: object) -> ConnectionSettings:
+def resolve(env: dict[str, str] | None = None, /, **options: object) -> ConnectionSettings:
     arguments: dict[str, object] = {
         "target": None,
         "token": None,
@@ -90,7 +90,7 @@ def test_token_never_in_repr_or_errors() -> None:
     assert TOKEN not in repr(settings)
     assert TOKEN not in settings.describe()
     assert TOKEN not in repr(BearerToken(TOKEN))
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(ValueError, match="whitespace") as caught:
         resolve(token=TOKEN + "\n")
     assert TOKEN not in str(caught.value)
 

@@ -21,7 +21,9 @@ async def run(*argv: str) -> int:
 async def test_demo_prints_reply_and_summary(
     demo_target: str, command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = await run(command, "--model", "demo", "--prompt", "hello brave world", "--target", demo_target, "--plaintext")
+    code = await run(
+        command, "--model", "demo", "--prompt", "hello brave world", "--target", demo_target, "--plaintext"
+    )
     out, err = capsys.readouterr()
     assert code == 0
     assert out == "hello brave world\n"
@@ -56,7 +58,10 @@ async def test_invalid_request_prints_every_violation(demo_target: str, capsys: 
     assert (code, out) == (1, "")
     lines = err.splitlines()
     assert lines[0].startswith("error: INVALID_ARGUMENT INVALID_REQUEST: ")
-    assert lines[1:] == ["  config.temperature: must be in [0, 2], got 5", "  config.max_tokens: must be in [1, 32000], got 0"]
+    assert lines[1:] == [
+        "  config.temperature: must be in [0, 2], got 5",
+        "  config.max_tokens: must be in [1, 32000], got 0",
+    ]
 
 
 async def test_rate_limit_prints_retry_after(openai_target: str, capsys: pytest.CaptureFixture[str]) -> None:

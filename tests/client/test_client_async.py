@@ -10,6 +10,7 @@ import pytest
 
 from client import (
     AsyncAIClient,
+    AsyncStream,
     AuthenticationError,
     DeadlineExceededError,
     FinishReason,
@@ -58,7 +59,11 @@ async def test_messages_accept_dataclass_protobuf_and_tuple(demo_target: str) ->
             "hello brave world",
             model="demo",
             system="be brief",
-            messages=[("user", "first question"), Message("assistant", "an answer"), pb.Message(role="user", content="x")],
+            messages=[
+                ("user", "first question"),
+                Message("assistant", "an answer"),
+                pb.Message(role="user", content="x"),
+            ],
         )
     assert result.text == "hello brave world"  # the demo echoes the last user turn: the prompt
     assert result.usage.prompt_tokens == 2 + 2 + 2 + 1 + 3
@@ -86,6 +91,16 @@ async def test_stream_through_openai_provider(openai_target: str) -> None:
         events = await collect(client, "one two three four", "gpt-test")
     assert events[:-1] == [TextDelta("one"), TextDelta(" two"), TextDelta(" three"), TextDelta(" four")]
     assert events[-1] == StreamEnd("gpt-test", "fake-openai", FinishReason.STOP, Usage(4, 4, 8))
+
+
+async def test_usage_the_upstream_did_not_report_is_marked_unreported(openai_target: str) -> None:
+    async with AsyncAIClient(target=openai_target, plaintext=True) as client:
+        events = await collect(client, "one two", "no-usage")
+        result = await client.generate("one two", model="no-usage")
+    end = events[-1]
+    assert isinstance(end, StreamEnd)
+    assert end.usage == Usage(0, 0, 0, unreported=True)
+    assert result.usage.unreported
 
 
 async def test_tls_with_bearer_token(secure_target: str, tls_files: CertFiles) -> None:
@@ -158,10 +173,14 @@ async def test_rate_limit_carries_retry_after(openai_target: str) -> None:
 
 async def test_stream_failing_midway_keeps_deltas_then_raises(openai_target: str) -> None:
     received: list[StreamEvent] = []
+
+    async def consume(stream: AsyncStream) -> None:
+        async for event in stream:
+            received.append(event)
+
     async with AsyncAIClient(target=openai_target, plaintext=True) as client:
         with pytest.raises(UnavailableError) as caught:
-            async for event in client.stream_generate("alpha beta gamma delta", model="fault-reset-mid"):
-                received.append(event)
+            await consume(client.stream_generate("alpha beta gamma delta", model="fault-reset-mid"))
     assert received == [TextDelta("alpha"), TextDelta(" beta")]
     assert caught.value.reason.startswith("UPSTREAM_")
     assert caught.value.metadata.get("deltas_sent") == "2"

@@ -51,9 +51,10 @@ async def test_generate_demo(demo_target: str) -> None:
 
 async def test_stream_demo_yields_exact_deltas_then_end(demo_target: str) -> None:
     def run() -> tuple[list[StreamEvent], StreamEnd | None]:
-        with AIClient(target=demo_target, plaintext=True) as client, client.stream_generate(
-            "hello brave world", model="demo"
-        ) as events:
+        with (
+            AIClient(target=demo_target, plaintext=True) as client,
+            client.stream_generate("hello brave world", model="demo") as events,
+        ):
             return list(events), events.result
 
     events, result = await asyncio.to_thread(run)
@@ -98,7 +99,11 @@ async def test_invalid_request_lists_every_violation(demo_target: str) -> None:
 
     with pytest.raises(InvalidArgumentError) as caught:
         await asyncio.to_thread(run)
-    assert [field for field, _ in caught.value.field_violations] == ["config.temperature", "config.top_p", "config.stop[0]"]
+    assert [field for field, _ in caught.value.field_violations] == [
+        "config.temperature",
+        "config.top_p",
+        "config.stop[0]",
+    ]
 
 
 async def test_rate_limit_carries_retry_after(openai_target: str) -> None:
@@ -145,7 +150,10 @@ async def test_repr_hides_token(secure_target: str, tls_files: CertFiles) -> Non
     with client:
         assert CLIENT_TOKEN not in repr(client)
         assert CLIENT_TOKEN not in str(client)
-    assert repr(client) == f"AIClient(target={secure_target!r}, tls, ca_file={str(tls_files.ca_cert)!r}, auth=bearer, timeout=60)"
+    assert (
+        repr(client)
+        == f"AIClient(target={secure_target!r}, tls, ca_file={str(tls_files.ca_cert)!r}, auth=bearer, timeout=60)"
+    )
 
 
 @pytest.mark.parametrize("target", ["10.0.0.1:50051", "gateway.example.com:443", "[2001:db8::1]:50051"])

@@ -79,7 +79,10 @@ def test_error_info_and_retry_info() -> None:
 def test_bad_request_lists_every_field_violation() -> None:
     violation = error_details_pb2.BadRequest.FieldViolation
     bad_request = error_details_pb2.BadRequest(
-        field_violations=[violation(field="model", description="required"), violation(field="messages", description="empty")]
+        field_violations=[
+            violation(field="model", description="required"),
+            violation(field="messages", description="empty"),
+        ]
     )
     metadata = trailer(
         grpc.StatusCode.INVALID_ARGUMENT,

@@ -22,15 +22,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", help="HOST:PORT to listen on (overrides config and GATEWAY_LISTEN)")
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.config)
-        if args.listen:
-            config = config.with_listen(args.listen)
+        config = load_config(args.config, listen=args.listen)
     except ConfigError as exc:
         print(f"gateway: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    # httpx logs every request URL at INFO; URLs are the upstreams' business, not the operator's log.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(config.log_level)))
     try:
         asyncio.run(serve(config))
     except OSError as exc:

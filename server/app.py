@@ -40,10 +40,19 @@ class Gateway:
     router: Router
 
     async def stop(self, grace_s: float | None) -> None:
-        """Drain: report NOT_SERVING, refuse new calls, let in-flight calls run up to `grace_s`, close."""
+        """Drain: report NOT_SERVING, refuse new calls, let in-flight calls run up to `grace_s`, close.
+
+        Calls still running just before the grace period ends are ended by the gateway with UNAVAILABLE
+        `SHUTTING_DOWN` (and `deltas_sent`), so even they get an honest status with details.
+        """
         self.service.draining = True
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace_s)
+        stopping = asyncio.create_task(self.server.stop(grace_s))
+        if grace_s:
+            await asyncio.wait({stopping}, timeout=max(grace_s - defaults.SHUTDOWN_ABORT_LEAD_S, 0.0))
+            if not stopping.done():
+                await self.service.end_in_flight_calls()
+        await stopping
         await self.router.aclose()
 
 
@@ -69,6 +78,8 @@ async def start_gateway(config: GatewayConfig) -> Gateway:
     ai_service_pb2_grpc.add_AIServiceServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    # Reflection describes the published contract, so it needs no token: grpcurl without one then reports
+    # the call's own UNAUTHENTICATED instead of failing to look the method up.
     reflection.enable_server_reflection(
         [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         server,
@@ -78,10 +89,11 @@ async def start_gateway(config: GatewayConfig) -> Gateway:
             port = server.add_secure_port(config.listen, _server_credentials(config.tls))
         else:
             port = server.add_insecure_port(config.listen)
-    except RuntimeError as exc:
+        await server.start()
+    except (RuntimeError, OSError) as exc:
         await router.aclose()
-        raise OSError(f"cannot listen on {config.listen}: {exc}") from exc
-    await server.start()
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise OSError(f"cannot listen on {config.listen}: {reason}") from exc
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return Gateway(server, port, health_servicer, service, router)
@@ -89,6 +101,10 @@ async def start_gateway(config: GatewayConfig) -> Gateway:
 
 async def serve(config: GatewayConfig) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully within the configured grace period."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before the port opens: no window where a signal kills us
+        loop.add_signal_handler(sig, stop.set)
     gateway = await start_gateway(config)
     scheme = "tls" if config.tls else "plaintext"
     auth = f"{len(config.auth.tokens)} client token(s)" if config.auth else "no auth"
@@ -100,10 +116,6 @@ async def serve(config: GatewayConfig) -> None:
         auth,
         ", ".join(gateway.router.model_names),
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down: in-flight calls have %.1f s to finish", config.grace_period_s)
     await gateway.stop(config.grace_period_s)

@@ -1,4 +1,4 @@
-"""Bearer-token authentication for every RPC except health checks.
+"""Bearer-token authentication for every RPC except health checks and reflection.
 
 `authorization: Bearer <token>` is hashed with sha256 and compared with every configured digest using
 `hmac.compare_digest`, so neither the token nor which client matched leaks through timing. A rejected
@@ -20,7 +20,15 @@ from server.errors import Unauthenticated, abort
 
 __all__ = ["EXEMPT_METHODS", "BearerAuthInterceptor", "authenticate"]
 
-EXEMPT_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
+# Health (load balancers probe without tokens) and reflection (it only describes the published contract).
+EXEMPT_METHODS = frozenset(
+    {
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    }
+)
 _SCHEME = "bearer "
 
 Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]]"

@@ -106,6 +106,7 @@ class GatewayConfig:
     log_level: str = "INFO"
 
     def with_listen(self, listen: str) -> GatewayConfig:
+        """This config listening on `listen` (tests use 127.0.0.1:0)."""
         return _checked(replace(self, listen=listen))
 
 
@@ -126,7 +127,7 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def default_config(env: Mapping[str, str] | None = None) -> GatewayConfig:
+def default_config(env: Mapping[str, str] | None = None, *, listen: str | None = None) -> GatewayConfig:
     """The embedded default: the offline demo model on 127.0.0.1:50051, plaintext, no auth.
 
     When OPENAI_API_KEY is set, an OpenAI provider (OPENAI_BASE_URL, if set, replaces its URL) and its
@@ -147,15 +148,16 @@ def default_config(env: Mapping[str, str] | None = None) -> GatewayConfig:
             )
         )
         models += [ModelConfig(name=m, provider="openai", upstream_model=m) for m in OPENAI_DEFAULT_MODELS]
-    config = GatewayConfig(providers=tuple(providers), models=tuple(models))
-    return _checked(_apply_env(config, env))
+    config = _apply_env(GatewayConfig(providers=tuple(providers), models=tuple(models)), env)
+    return _checked(replace(config, listen=listen) if listen else config)
 
 
-def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> GatewayConfig:
-    """Load the YAML file at `path` (or the embedded default when None) and apply the environment."""
+def load_config(path: Path | None, env: Mapping[str, str] | None = None, *, listen: str | None = None) -> GatewayConfig:
+    """Load the YAML file at `path` (or the embedded default when None), then apply the environment and
+    the `listen` flag, which wins over both."""
     env = os.environ if env is None else env
     if path is None:
-        return default_config(env)
+        return default_config(env, listen=listen)
     try:
         raw = yaml.safe_load(path.read_text())
     except OSError as exc:
@@ -163,9 +165,11 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Gate
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
     problems: list[str] = []
-    config = _parse(raw if raw is not None else {}, path.parent, env, problems)
+    unparsed: set[str] = set()
+    config = _parse(raw if raw is not None else {}, path.parent, env, problems, unparsed)
     try:
-        config = _checked(_apply_env(config, env))
+        config = _apply_env(config, env)
+        config = _checked(replace(config, listen=listen) if listen else config, unparsed=frozenset(unparsed))
     except ConfigError as exc:
         problems.append(str(exc))
     if problems:
@@ -176,7 +180,7 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Gate
 # --- parsing -------------------------------------------------------------------------------------------
 
 
-def _parse(raw: Any, base_dir: Path, env: Mapping[str, str], problems: list[str]) -> GatewayConfig:
+def _parse(raw: Any, base_dir: Path, env: Mapping[str, str], problems: list[str], unparsed: set[str]) -> GatewayConfig:
     top = _mapping(raw, "config", problems)
     _unknown_keys(
         top,
@@ -191,19 +195,23 @@ def _parse(raw: Any, base_dir: Path, env: Mapping[str, str], problems: list[str]
         config = replace(config, tls=_parse_tls(top["tls"], base_dir, problems))
     if top.get("auth") is not None:
         config = replace(config, auth=_parse_auth(top["auth"], env, problems))
-    providers = [
-        _parse_provider(item, f"providers[{i}]", env, problems)
-        for i, item in enumerate(_list(top.get("providers", []), "providers", problems))
-    ]
-    models = [
-        _parse_model(item, f"models[{i}]", problems)
-        for i, item in enumerate(_list(top.get("models", []), "models", problems))
-    ]
-    config = replace(
-        config,
-        providers=tuple(p for p in providers if p is not None),
-        models=tuple(m for m in models if m is not None),
-    )
+    providers = []
+    for i, item in enumerate(_list(top.get("providers", []), "providers", problems)):
+        before = len(problems)
+        provider = _parse_provider(item, f"providers[{i}]", env, problems)
+        if provider is None or len(problems) > before:
+            unparsed.add(str(item.get("name", "")) if isinstance(item, dict) else "")
+        if provider is not None:
+            providers.append(provider)
+    models = []
+    raw_models = _list(top.get("models", []), "models", problems)
+    for i, item in enumerate(raw_models):
+        model = _parse_model(item, f"models[{i}]", problems)
+        if model is not None:
+            models.append(model)
+    if raw_models and not models:
+        unparsed.add("models")  # every entry is invalid, and each says why
+    config = replace(config, providers=tuple(providers), models=tuple(models))
     for key in ("grace_period_s", "max_request_bytes"):
         if key in top:
             value = _number(top[key], key, problems, minimum=0)
@@ -327,8 +335,12 @@ def _apply_env(config: GatewayConfig, env: Mapping[str, str]) -> GatewayConfig:
     return config
 
 
-def _checked(config: GatewayConfig) -> GatewayConfig:
-    """Cross-field checks that hold whatever the source of the config."""
+def _checked(config: GatewayConfig, *, unparsed: frozenset[str] = frozenset()) -> GatewayConfig:
+    """Cross-field checks that hold whatever the source of the config.
+
+    `unparsed` holds the names of file entries that already have a problem of their own; checks that
+    would only repeat it (a model naming a provider whose entry was invalid) are skipped.
+    """
     problems: list[str] = []
     try:
         host, _ = parse_listen(config.listen)
@@ -348,10 +360,10 @@ def _checked(config: GatewayConfig) -> GatewayConfig:
     model_names = [m.name for m in config.models]
     for name in {n for n in model_names if model_names.count(n) > 1}:
         problems.append(f"models: name {name!r} is used more than once")
-    for i, model in enumerate(config.models):
-        if model.provider not in provider_names:
-            problems.append(f"models[{i}].provider: no provider named {model.provider!r}")
-    if not config.models:
+    for model in config.models:
+        if model.provider not in provider_names and model.provider not in unparsed:
+            problems.append(f"models: model {model.name!r} names provider {model.provider!r}, which is not configured")
+    if not config.models and "models" not in unparsed:
         problems.append("models: at least one model is required")
     if problems:
         raise ConfigError("\n".join(problems))

@@ -17,6 +17,7 @@ __all__ = [
     "POOL_TIMEOUT_S",
     "READ_TIMEOUT_S",
     "REQUEST_TIMEOUT_S",
+    "SHUTDOWN_ABORT_LEAD_S",
     "WRITE_TIMEOUT_S",
 ]
 
@@ -47,3 +48,5 @@ POOL_MAX_KEEPALIVE = 128
 
 # Graceful shutdown: how long in-flight calls may run after SIGTERM/SIGINT.
 GRACE_PERIOD_S = 10.0
+# Calls still running this long before the grace period ends are ended with SHUTTING_DOWN details.
+SHUTDOWN_ABORT_LEAD_S = 0.2

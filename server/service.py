@@ -6,10 +6,11 @@ and reported as INTERNAL, never as UNKNOWN.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import NoReturn, TypeAlias
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
 
@@ -35,15 +36,46 @@ class AIService(pb_grpc.AIServiceServicer):
         self._router = router
         self._max_request_bytes = max_request_bytes
         self.draining = False
+        # Handler tasks of the calls in flight, so a shutdown can end them with an honest status.
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._ending_calls = False
+
+    async def end_in_flight_calls(self) -> None:
+        """End every call in flight with UNAVAILABLE SHUTTING_DOWN (the grace period is running out)."""
+        self._ending_calls = True
+        tasks = list(self._in_flight)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
+
+    def _track(self) -> asyncio.Task[Any] | None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)
+        return task
+
+    async def _abort_if_shutting_down(self, context: ServicerContext, deltas_sent: int = 0) -> None:
+        if self._ending_calls:
+            error = ShuttingDown("the gateway shut down before the call finished; retry on another instance")
+            if deltas_sent:
+                error.metadata["deltas_sent"] = str(deltas_sent)
+            await abort(context, error)
 
     async def Generate(self, request: pb.GenerateRequest, context: ServicerContext) -> pb.GenerateResponse:
+        task = self._track()
         try:
             route, chat = self._prepare(request, context)
             completion = await route.provider.complete(chat)
         except GatewayError as error:
             await abort(context, error)
+        except asyncio.CancelledError:
+            await self._abort_if_shutting_down(context)
+            raise
         except Exception as exc:  # the one catch-all: a bug becomes INTERNAL, never UNKNOWN
             await _abort_unexpected(context, exc, "Generate")
+        finally:
+            self._in_flight.discard(task)
         return pb.GenerateResponse(
             content=completion.text,
             model=route.model.name,
@@ -59,6 +91,7 @@ class AIService(pb_grpc.AIServiceServicer):
         self, request: pb.StreamGenerateRequest, context: ServicerContext
     ) -> None:
         deltas_sent = 0
+        task = self._track()
         try:
             route, chat = self._prepare(request, context)
             async with aclosing(route.provider.stream(chat)) as events:
@@ -72,8 +105,13 @@ class AIService(pb_grpc.AIServiceServicer):
             if deltas_sent:
                 error.metadata["deltas_sent"] = str(deltas_sent)
             await abort(context, error)
+        except asyncio.CancelledError:
+            await self._abort_if_shutting_down(context, deltas_sent)
+            raise
         except Exception as exc:  # the one catch-all: a bug becomes INTERNAL, never UNKNOWN
             await _abort_unexpected(context, exc, "StreamGenerate")
+        finally:
+            self._in_flight.discard(task)
 
     async def InteractiveStream(  # type: ignore[override]  # a writing coroutine, as StreamGenerate
         self, request_iterator: AsyncIterator[pb.InteractiveRequest], context: ServicerContext

@@ -64,12 +64,15 @@ class ChatRequest:
 
     `model` is the upstream model name (already resolved from the catalog name by the router).
     `timeout_s` bounds the whole upstream call: the client's remaining gRPC deadline, or a default.
+    `max_output_tokens` is the model's own output limit, for APIs that require max_tokens (Anthropic)
+    when the client set none.
     """
 
     model: str
     messages: tuple[ChatMessage, ...]
     params: SamplingParams = field(default_factory=SamplingParams)
     timeout_s: float | None = None
+    max_output_tokens: int = 4096
 
 
 @dataclass(frozen=True, slots=True)

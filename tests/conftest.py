@@ -18,8 +18,8 @@ from server.config import (
     TLSConfig,
     default_config,
 )
-from tools.devcerts import CertFiles, make_certs
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
+from tools.devcerts import CertFiles, make_certs
 
 CLIENT_TOKEN = "test-client-token-0123456789"
 UPSTREAM_KEY = "sk-test-upstream-key-abcdef0123456789"

@@ -1,8 +1,9 @@
 """`python -m server` as a child process on a free loopback port, for tests of what only a real process does:
 exit codes, messages on stderr, signals and graceful shutdown.
 
-    async with GatewayProcess.start(tmp_path, "--listen", f"127.0.0.1:{port}") as gateway:
-        await gateway.wait_ready()          # health Check answers SERVING
+    address = f"127.0.0.1:{free_port()}"
+    async with run_gateway(tmp_path, "--listen", address) as gateway:
+        await gateway.wait_ready(address)   # health Check answers SERVING
         gateway.send_signal(signal.SIGTERM)
         assert await gateway.wait_exit() == 0
 
@@ -25,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
-__all__ = ["GatewayProcess", "free_port", "run_gateway"]
+__all__ = ["GatewayProcess", "free_port", "health_check", "health_watch", "run_gateway"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,6 +43,24 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def health_check(
+    channel: grpc.aio.Channel,
+) -> grpc.aio.UnaryUnaryMultiCallable[HealthCheckRequest, HealthCheckResponse]:
+    """grpc.health.v1.Health/Check on `channel` (typed: the grpc_health stubs give HealthStub no methods)."""
+    return channel.unary_unary(
+        "/grpc.health.v1.Health/Check", HealthCheckRequest.SerializeToString, HealthCheckResponse.FromString
+    )
+
+
+def health_watch(
+    channel: grpc.aio.Channel,
+) -> grpc.aio.UnaryStreamMultiCallable[HealthCheckRequest, HealthCheckResponse]:
+    """grpc.health.v1.Health/Watch on `channel`."""
+    return channel.unary_stream(
+        "/grpc.health.v1.Health/Watch", HealthCheckRequest.SerializeToString, HealthCheckResponse.FromString
+    )
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -79,15 +98,14 @@ class GatewayProcess:
     async def wait_ready(self, address: str, timeout: float = READY_TIMEOUT_S) -> None:
         """Poll the health service at `address` until it answers SERVING; fail if the child exits first."""
         deadline = time.monotonic() + timeout
-        request = health_pb2.HealthCheckRequest(service="")
         async with grpc.aio.insecure_channel(address) as channel:
-            check = health_pb2_grpc.HealthStub(channel).Check
+            check = health_check(channel)
             while True:
                 if self.process.returncode is not None:
                     raise AssertionError(f"gateway exited with {self.process.returncode}:\n{self.stderr}")
                 with contextlib.suppress(grpc.aio.AioRpcError):
-                    reply = await check(request, timeout=1.0)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    reply = await check(HealthCheckRequest(service=""), timeout=1.0)
+                    if reply.status == HealthCheckResponse.SERVING:
                         return
                 if time.monotonic() > deadline:
                     raise AssertionError(f"gateway not SERVING on {address} after {timeout} s:\n{self.stderr}")
@@ -110,7 +128,9 @@ class GatewayProcess:
 
 
 @contextlib.asynccontextmanager
-async def run_gateway(tmp_path: Path, *args: str, env: Mapping[str, str] | None = None) -> AsyncIterator[GatewayProcess]:
+async def run_gateway(
+    tmp_path: Path, *args: str, env: Mapping[str, str] | None = None
+) -> AsyncIterator[GatewayProcess]:
     """Start `python -m server *args`; kill it on the way out if the test left it running."""
     gateway = await GatewayProcess.start(tmp_path, *args, env=env)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import message as pb_message
@@ -19,7 +19,7 @@ M = TypeVar("M", bound=pb_message.Message)
 
 
 @asynccontextmanager
-async def stub_for(gateway: Gateway) -> AsyncIterator[pb_grpc.AIServiceStub]:
+async def stub_for(gateway: Gateway) -> AsyncIterator[pb_grpc.AIServiceAsyncStub]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
         yield pb_grpc.AIServiceStub(channel)
 
@@ -57,7 +57,7 @@ class StreamOutcome:
 
 
 async def collect_stream(
-    stub: pb_grpc.AIServiceStub,
+    stub: pb_grpc.AIServiceAsyncStub,
     req: pb.StreamGenerateRequest,
     *,
     timeout: float = 10.0,
@@ -75,7 +75,7 @@ async def collect_stream(
 
 def rich_status(error: grpc.aio.AioRpcError | grpc.RpcError) -> status_pb2.Status:
     """The google.rpc.Status a failed call carried in its trailers (empty if none)."""
-    trailers = error.trailing_metadata() or ()  # type: ignore[union-attr]
+    trailers: Any = error.trailing_metadata() or ()
     for key, value in trailers:
         if key == "grpc-status-details-bin":
             return status_pb2.Status.FromString(value)

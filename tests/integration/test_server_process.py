@@ -1,0 +1,257 @@
+"""`python -m server` as a real process: what it serves, how it refuses to start, and how it drains on a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import pytest
+from google.protobuf.message import Message
+from grpc_health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+
+from generated import ai_service_pb2 as pb
+from generated import ai_service_pb2_grpc as pb_grpc
+from server.defaults import SHUTDOWN_ABORT_LEAD_S
+from tests.conftest import UPSTREAM_KEY
+from tests.fakes.openai_upstream import FakeOpenAIUpstream
+from tests.process import GatewayProcess, free_port, health_check, health_watch, run_gateway
+from tests.rpc import StreamOutcome, error_info, request
+
+pytestmark = pytest.mark.slow  # every test here starts `python -m server`
+
+M = TypeVar("M", bound=Message)
+
+SERVING = HealthCheckResponse.SERVING
+NOT_SERVING = HealthCheckResponse.NOT_SERVING
+# Ten words: the fake upstream sends one delta per word, so `slow-tokens-MS` streams for about 9 * MS ms.
+PROMPT = "one two three four five six seven eight nine ten"
+STREAM_WORDS = PROMPT.split(" ")
+# A refused start is a config check before any socket is opened: it is quick.
+REFUSAL_TIMEOUT_S = 5.0
+
+
+def drain_config(
+    tmp_path: Path, address: str, upstream: FakeOpenAIUpstream, upstream_model: str, grace_s: float
+) -> Path:
+    """A config serving model "slow" from the fake upstream, the key passed in the environment as FAKE_KEY."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        f"listen: {address}\n"
+        f"grace_period_s: {grace_s}\n"
+        "providers:\n"
+        f"  - {{name: fake, kind: openai, base_url: '{upstream.base_url}', api_key_env: FAKE_KEY}}\n"
+        "models:\n"
+        f"  - {{name: slow, provider: fake, upstream_model: {upstream_model}}}\n"
+    )
+    return path
+
+
+async def read_rest(call: grpc.aio.UnaryStreamCall[pb.StreamGenerateRequest, pb.StreamChunk]) -> StreamOutcome:
+    """Every chunk still to come on `call`, and the error it ends with, if any."""
+    outcome = StreamOutcome()
+    try:
+        while isinstance(chunk := await call.read(), pb.StreamChunk):  # until grpc.aio.EOF
+            outcome.chunks.append(chunk)
+    except grpc.aio.AioRpcError as exc:
+        outcome.error = exc
+    return outcome
+
+
+async def read_one(call: grpc.aio.UnaryStreamCall[Any, M], kind: type[M]) -> M:
+    message = await call.read()
+    assert isinstance(message, kind), f"expected a {kind.__name__}, got {message!r}"
+    return message
+
+
+async def assert_health_gone_within(channel: grpc.aio.Channel, port: int, timeout: float) -> None:
+    """Health Check never answers SERVING again, and within `timeout` it fails UNAVAILABLE: the port is closed.
+
+    In the instant between the two steps of the drain (report NOT_SERVING, then stop the server) a Check may
+    still be answered NOT_SERVING, or be cancelled by the stop; after it, every Check is refused.
+    """
+    check = health_check(channel)
+    deadline = time.monotonic() + timeout
+    seen: list[object] = []
+    while True:
+        try:
+            seen.append((await check(HealthCheckRequest(service=""), timeout=timeout)).status)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                break
+            seen.append(exc.code())
+        assert time.monotonic() < deadline, f"health not refused {timeout} s after the signal; saw {seen}"
+    assert set(seen) <= {NOT_SERVING, grpc.StatusCode.CANCELLED}
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", port)
+
+
+# --- starting ---------------------------------------------------------------------------------------------
+
+
+async def test_without_a_config_it_serves_the_demo_on_the_listen_flag(tmp_path: Path) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    async with run_gateway(tmp_path, "--listen", address) as gateway, grpc.aio.insecure_channel(address) as channel:
+        await gateway.wait_ready(address)
+
+        call = pb_grpc.AIServiceStub(channel).StreamGenerate(request("demo", "hello brave world"), timeout=5)
+        outcome = await read_rest(call)
+
+    assert outcome.error is None
+    assert outcome.deltas == ["hello", " brave", " world"]
+    (final,) = outcome.finals
+    assert final == outcome.chunks[-1]
+    assert (final.model, final.provider, final.finish_reason) == ("demo", "demo", pb.FINISH_REASON_STOP)
+    assert (final.usage.prompt_tokens, final.usage.completion_tokens) == (3, 3)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "[::]"])
+async def test_listening_beyond_loopback_without_auth_exits_2_and_says_why(tmp_path: Path, host: str) -> None:
+    gateway = await GatewayProcess.start(tmp_path, "--listen", f"{host}:{free_port()}")
+
+    assert await gateway.wait_exit(REFUSAL_TIMEOUT_S) == 2
+    assert gateway.stderr.splitlines() == [
+        "gateway: invalid configuration:",
+        f"listen: refusing to serve without auth on non-loopback address {host.strip('[]')}; configure "
+        "auth.tokens, or listen on 127.0.0.1",
+    ]
+
+
+async def test_an_invalid_config_file_exits_2_listing_every_problem(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        "listen: 127.0.0.1:0\n"
+        "colour: blue\n"
+        "providers:\n"
+        "  - {name: demo, kind: demo}\n"
+        "  - {name: a, kind: anthropic}\n"
+        "  - {name: o, kind: openai, base_url: ftp://x, api_key_env: NO_SUCH}\n"
+        "models: [{name: demo, provider: demo}, {name: x, provider: nowhere}, {name: m}]\n"
+    )
+    gateway = await GatewayProcess.start(tmp_path, "--config", str(config))
+
+    assert await gateway.wait_exit(REFUSAL_TIMEOUT_S) == 2
+    assert gateway.stderr.splitlines() == [
+        "gateway: invalid configuration:",
+        "colour: unknown key (known: auth, grace_period_s, listen, log_level, max_request_bytes, models, "
+        "providers, tls)",
+        "providers[1].kind: expected one of openai, demo, got 'anthropic'",
+        "providers[2].base_url: required, an http:// or https:// URL",
+        "providers[2].api_key_env: environment variable NO_SUCH is not set or empty",
+        "models[2].provider: required",
+        "models: model 'x' names provider 'nowhere', which is not configured",
+    ]
+
+
+async def test_a_port_in_use_exits_1_with_a_message_not_a_traceback(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        gateway = await GatewayProcess.start(tmp_path, "--listen", address)
+
+        assert await gateway.wait_exit(REFUSAL_TIMEOUT_S) == 1
+
+    assert f"gateway: cannot listen on {address}: " in gateway.stderr
+    assert "Traceback" not in gateway.stderr
+
+
+# --- stopping -------------------------------------------------------------------------------------------
+
+
+async def test_sigterm_drains_in_flight_streams_and_refuses_new_calls(
+    tmp_path: Path, fake_openai: FakeOpenAIUpstream
+) -> None:
+    grace_s = 3.0
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    config = drain_config(tmp_path, address, fake_openai, "slow-tokens-100", grace_s)
+    async with (
+        run_gateway(tmp_path, "--config", str(config), env={"FAKE_KEY": UPSTREAM_KEY}) as gateway,
+        grpc.aio.insecure_channel(address) as channel,
+    ):
+        await gateway.wait_ready(address)
+        stub = pb_grpc.AIServiceStub(channel)
+        watch = health_watch(channel)(HealthCheckRequest(service=""))
+        assert (await read_one(watch, HealthCheckResponse)).status == SERVING
+        in_flight = stub.StreamGenerate(request("slow", PROMPT), timeout=10)
+        first = await read_one(in_flight, pb.StreamChunk)
+
+        gateway.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+
+        # (a) Health turns NOT_SERVING at once for those watching, and the port closes: Check is refused.
+        assert (await asyncio.wait_for(read_one(watch, HealthCheckResponse), 0.5)).status == NOT_SERVING
+        watch.cancel()  # a Watch is an in-flight call too: left open, it would hold the drain to the full grace
+        await assert_health_gone_within(channel, port, timeout=0.5)
+        # (b) A call started after the signal is refused, retryably.
+        refused = await read_rest(stub.StreamGenerate(request("slow", PROMPT), timeout=2))
+        assert refused.chunks == []
+        assert refused.error is not None
+        assert refused.error.code() == grpc.StatusCode.UNAVAILABLE
+        # (c) The call in flight runs to its end: every delta, then one final chunk, then OK.
+        rest = await read_rest(in_flight)
+        assert rest.error is None
+        assert await in_flight.code() == grpc.StatusCode.OK
+        chunks = [first, *rest.chunks]
+        assert [c.delta for c in chunks] == [STREAM_WORDS[0], *(f" {w}" for w in STREAM_WORDS[1:]), ""]
+        assert [c.is_complete for c in chunks] == [False] * len(STREAM_WORDS) + [True]
+        # (d) With nothing left in flight the process exits 0, without waiting for the rest of the grace period.
+        assert await gateway.wait_exit(signalled + grace_s + 1 - time.monotonic()) == 0
+        assert time.monotonic() - signalled < grace_s
+
+    assert "shutting down" in gateway.stderr
+    assert "Traceback" not in gateway.stderr
+
+
+async def test_a_stream_longer_than_the_grace_period_ends_unavailable_not_ok(
+    tmp_path: Path, fake_openai: FakeOpenAIUpstream
+) -> None:
+    grace_s = 1.0
+    address = f"127.0.0.1:{free_port()}"
+    config = drain_config(tmp_path, address, fake_openai, "slow-tokens-500", grace_s)  # ~4.5 s of stream
+    async with (
+        run_gateway(tmp_path, "--config", str(config), env={"FAKE_KEY": UPSTREAM_KEY}) as gateway,
+        grpc.aio.insecure_channel(address) as channel,
+    ):
+        await gateway.wait_ready(address)
+        in_flight = pb_grpc.AIServiceStub(channel).StreamGenerate(request("slow", PROMPT), timeout=10)
+        first = await read_one(in_flight, pb.StreamChunk)
+
+        gateway.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        rest = await read_rest(in_flight)
+        cut_after = time.monotonic() - signalled
+
+        assert first.delta == STREAM_WORDS[0]
+        assert rest.error is not None
+        assert rest.error.code() == grpc.StatusCode.UNAVAILABLE
+        assert rest.finals == []
+        assert len(rest.deltas) < len(STREAM_WORDS) - 1
+        # The gateway itself ends the call just before the grace period runs out, with details.
+        info = error_info(rest.error)
+        assert info.reason == "SHUTTING_DOWN"
+        assert info.metadata["deltas_sent"] == str(1 + len(rest.deltas))
+        assert cut_after >= grace_s - SHUTDOWN_ABORT_LEAD_S - 0.05  # the call had its grace period
+        assert await gateway.wait_exit(signalled + grace_s + 1 - time.monotonic()) == 0
+
+    assert "Traceback" not in gateway.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_an_idle_gateway_stops_at_once_and_exits_0_on(tmp_path: Path, sig: signal.Signals) -> None:
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    async with run_gateway(tmp_path, "--listen", address) as gateway, grpc.aio.insecure_channel(address) as channel:
+        await gateway.wait_ready(address)
+
+        gateway.send_signal(sig)
+
+        await assert_health_gone_within(channel, port, timeout=0.5)
+        assert await gateway.wait_exit(3.0) == 0  # well inside the default grace period of 10 s: nothing to wait for
+
+    assert "Traceback" not in gateway.stderr  # SIGINT is a shutdown, not a KeyboardInterrupt

@@ -15,9 +15,11 @@ reason, metadata) and, where they apply, google.rpc.BadRequest or google.rpc.Ret
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -64,6 +66,34 @@ FINISH_REASON_CANCELLED: FinishReason.ValueType  # 4
 FINISH_REASON_TOOL_CALLS: FinishReason.ValueType  # 5
 """The model stopped to call a tool."""
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
+
+class _SessionMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SessionModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SessionMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SESSION_MODE_UNSPECIFIED: _SessionMode.ValueType  # 0
+    """Not set: the server uses SESSION_MODE_CONVERSATION."""
+    SESSION_MODE_CONVERSATION: _SessionMode.ValueType  # 1
+    """The server keeps the dialogue; each turn is answered with the earlier turns and replies as context.
+    Turns run one at a time, in order.
+    """
+    SESSION_MODE_PIPELINE: _SessionMode.ValueType  # 2
+    """Independent requests, each with its own messages, answered concurrently up to max_in_flight."""
+
+class SessionMode(_SessionMode, metaclass=_SessionModeEnumTypeWrapper):
+    """SessionMode says how a session treats its turns."""
+
+SESSION_MODE_UNSPECIFIED: SessionMode.ValueType  # 0
+"""Not set: the server uses SESSION_MODE_CONVERSATION."""
+SESSION_MODE_CONVERSATION: SessionMode.ValueType  # 1
+"""The server keeps the dialogue; each turn is answered with the earlier turns and replies as context.
+Turns run one at a time, in order.
+"""
+SESSION_MODE_PIPELINE: SessionMode.ValueType  # 2
+"""Independent requests, each with its own messages, answered concurrently up to max_in_flight."""
+Global___SessionMode: _TypeAlias = SessionMode  # noqa: Y015
 
 @_typing.final
 class GenerateRequest(_message.Message):
@@ -223,6 +253,7 @@ class GenerateResponse(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
     content: _builtins.str
     """The generated text."""
     model: _builtins.str
@@ -231,6 +262,8 @@ class GenerateResponse(_message.Message):
     """Why generation stopped."""
     provider: _builtins.str
     """The provider that served the call, as named in the gateway's configuration (for example "openai")."""
+    deployment: _builtins.str
+    """The deployment that served the call, when the model has several (for example "gpt-4.1@azure")."""
     @_builtins.property
     def usage(self) -> Global___Usage:
         """The tokens the call used."""
@@ -243,10 +276,11 @@ class GenerateResponse(_message.Message):
         usage: Global___Usage | None = ...,
         finish_reason: Global___FinishReason.ValueType = ...,
         provider: _builtins.str = ...,
+        deployment: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "finish_reason", b"finish_reason", "model", b"model", "provider", b"provider", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "deployment", b"deployment", "finish_reason", b"finish_reason", "model", b"model", "provider", b"provider", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -264,6 +298,8 @@ class StreamChunk(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    RESUMED_FIELD_NUMBER: _builtins.int
     delta: _builtins.str
     """The next piece of generated text; empty on the final chunk."""
     is_complete: _builtins.bool
@@ -274,6 +310,12 @@ class StreamChunk(_message.Message):
     """The catalog name of the model that served the call; set on the final chunk only."""
     provider: _builtins.str
     """The provider that served the call; set on the final chunk only."""
+    deployment: _builtins.str
+    """The deployment that served the call; set on the final chunk only."""
+    resumed: _builtins.bool
+    """True when the upstream stream failed mid-way and the gateway resumed it (the model's `resume`
+    setting); usage then sums every attempt. Set on the final chunk only.
+    """
     @_builtins.property
     def usage(self) -> Global___Usage:
         """The tokens the call used; set on the final chunk only."""
@@ -287,10 +329,12 @@ class StreamChunk(_message.Message):
         finish_reason: Global___FinishReason.ValueType = ...,
         model: _builtins.str = ...,
         provider: _builtins.str = ...,
+        deployment: _builtins.str = ...,
+        resumed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "finish_reason", b"finish_reason", "is_complete", b"is_complete", "model", b"model", "provider", b"provider", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "deployment", b"deployment", "finish_reason", b"finish_reason", "is_complete", b"is_complete", "model", b"model", "provider", b"provider", "resumed", b"resumed", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -306,6 +350,7 @@ class Usage(_message.Message):
     COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
     TOTAL_TOKENS_FIELD_NUMBER: _builtins.int
     UNREPORTED_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
     prompt_tokens: _builtins.int
     """Tokens in the prompt."""
     completion_tokens: _builtins.int
@@ -316,6 +361,10 @@ class Usage(_message.Message):
     """True when the upstream reported no usage: the counts above are 0 because they are unknown, not
     because nothing was used.
     """
+    cost_usd: _builtins.float
+    """The cost of the call in US dollars, from the catalog's prices; absent when the price or the usage
+    is unknown.
+    """
     def __init__(
         self,
         *,
@@ -323,39 +372,371 @@ class Usage(_message.Message):
         completion_tokens: _builtins.int = ...,
         total_tokens: _builtins.int = ...,
         unreported: _builtins.bool = ...,
+        cost_usd: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "cost_usd", b"cost_usd"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "prompt_tokens", b"prompt_tokens", "total_tokens", b"total_tokens", "unreported", b"unreported"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "prompt_tokens", b"prompt_tokens", "total_tokens", b"total_tokens", "unreported", b"unreported"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__cost_usd: _TypeAlias = _typing.Literal["cost_usd"]  # noqa: Y015
+    _WhichOneofArgType__cost_usd: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cost_usd) -> _WhichOneofReturnType__cost_usd | None: ...
 
 Global___Usage: _TypeAlias = Usage  # noqa: Y015
 
 @_typing.final
 class InteractiveRequest(_message.Message):
-    """InteractiveRequest is one client message of an InteractiveStream session. Reserved for the session
-    protocol of a later version; the server currently answers the RPC with UNIMPLEMENTED.
-    """
+    """InteractiveRequest is one client message of an InteractiveStream session."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    START_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    CANCEL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def start(self) -> Global___SessionStart:
+        """Opens the session; must be the first message, and comes only once."""
+
+    @_builtins.property
+    def message(self) -> Global___TurnRequest:
+        """A new turn (conversation) or request (pipeline)."""
+
+    @_builtins.property
+    def cancel(self) -> Global___CancelTurn:
+        """Stops a running turn; it then ends with `done` and FINISH_REASON_CANCELLED."""
+
     def __init__(
         self,
+        *,
+        start: Global___SessionStart | None = ...,
+        message: Global___TurnRequest | None = ...,
+        cancel: Global___CancelTurn | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "message", b"message", "start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "message", b"message", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["start", "message", "cancel"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___InteractiveRequest: _TypeAlias = InteractiveRequest  # noqa: Y015
 
 @_typing.final
+class SessionStart(_message.Message):
+    """SessionStart sets the options of a session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
+    SYSTEM_PROMPT_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    MAX_IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The default model of every turn."""
+    system_prompt: _builtins.str
+    """A system prompt put before every turn's messages."""
+    mode: Global___SessionMode.ValueType
+    """Conversation (the default) or pipeline."""
+    max_in_flight: _builtins.int
+    """Pipeline: the most requests answered at once; 0 means the server's default. The server caps it."""
+    @_builtins.property
+    def config(self) -> Global___GenerationConfig:
+        """The default sampling options of every turn."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        config: Global___GenerationConfig | None = ...,
+        system_prompt: _builtins.str = ...,
+        mode: Global___SessionMode.ValueType = ...,
+        max_in_flight: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "max_in_flight", b"max_in_flight", "mode", b"mode", "model", b"model", "system_prompt", b"system_prompt"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionStart: _TypeAlias = SessionStart  # noqa: Y015
+
+@_typing.final
+class TurnRequest(_message.Message):
+    """TurnRequest is one user turn (conversation) or one independent request (pipeline)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """A client-chosen id, unique within the session, that tags every event of this turn."""
+    content: _builtins.str
+    """The user's text. In a pipeline, `messages` may be given instead."""
+    model: _builtins.str
+    """Overrides the session's model for this turn only."""
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]:
+        """A full message list (pipeline), or messages appended to the history before `content` (conversation)."""
+
+    @_builtins.property
+    def config(self) -> Global___GenerationConfig:
+        """Overrides the session's sampling options for this turn only; set fields replace the session's."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        content: _builtins.str = ...,
+        messages: _abc.Iterable[Global___Message] | None = ...,
+        model: _builtins.str = ...,
+        config: Global___GenerationConfig | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "content", b"content", "messages", b"messages", "model", b"model", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TurnRequest: _TypeAlias = TurnRequest  # noqa: Y015
+
+@_typing.final
+class CancelTurn(_message.Message):
+    """CancelTurn stops a running turn."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The request_id of the turn to stop."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelTurn: _TypeAlias = CancelTurn  # noqa: Y015
+
+@_typing.final
 class InteractiveResponse(_message.Message):
-    """InteractiveResponse is one server message of an InteractiveStream session. Reserved for the session
-    protocol of a later version.
+    """InteractiveResponse is one server message of an InteractiveStream session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STARTED_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    GO_AWAY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def started(self) -> Global___SessionStarted:
+        """The answer to `start`."""
+
+    @_builtins.property
+    def delta(self) -> Global___TurnDelta:
+        """The next piece of a turn's reply."""
+
+    @_builtins.property
+    def done(self) -> Global___TurnDone:
+        """A turn ended: exactly one `done` or `error` per turn, after its deltas."""
+
+    @_builtins.property
+    def error(self) -> Global___TurnError:
+        """A turn failed; the session goes on."""
+
+    @_builtins.property
+    def go_away(self) -> Global___GoAway:
+        """The server is draining: send no new turns; running turns may finish within `time_left`."""
+
+    def __init__(
+        self,
+        *,
+        started: Global___SessionStarted | None = ...,
+        delta: Global___TurnDelta | None = ...,
+        done: Global___TurnDone | None = ...,
+        error: Global___TurnError | None = ...,
+        go_away: Global___GoAway | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "done", b"done", "error", b"error", "go_away", b"go_away", "kind", b"kind", "started", b"started"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "done", b"done", "error", b"error", "go_away", b"go_away", "kind", b"kind", "started", b"started"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["started", "delta", "done", "error", "go_away"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___InteractiveResponse: _TypeAlias = InteractiveResponse  # noqa: Y015
+
+@_typing.final
+class SessionStarted(_message.Message):
+    """SessionStarted confirms a session and the options the server chose."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    MAX_IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The server's id of the session, for logs and support."""
+    model: _builtins.str
+    """The catalog name of the session's default model."""
+    mode: Global___SessionMode.ValueType
+    """The mode in force."""
+    max_in_flight: _builtins.int
+    """The in-flight limit in force (1 in a conversation)."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        mode: Global___SessionMode.ValueType = ...,
+        max_in_flight: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_in_flight", b"max_in_flight", "mode", b"mode", "model", b"model", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionStarted: _TypeAlias = SessionStarted  # noqa: Y015
+
+@_typing.final
+class TurnDelta(_message.Message):
+    """TurnDelta is the next piece of one turn's reply."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The turn it belongs to."""
+    text: _builtins.str
+    """The text."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TurnDelta: _TypeAlias = TurnDelta  # noqa: Y015
+
+@_typing.final
+class TurnDone(_message.Message):
+    """TurnDone ends one turn successfully (or cancelled)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    FINISH_REASON_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    HISTORY_TRIMMED_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The turn it ends."""
+    finish_reason: Global___FinishReason.ValueType
+    """Why generation stopped; FINISH_REASON_CANCELLED after a `cancel`."""
+    model: _builtins.str
+    """The catalog name of the model that served the turn."""
+    provider: _builtins.str
+    """The provider that served the turn."""
+    history_trimmed: _builtins.int
+    """Conversation: how many of the oldest non-system history messages were dropped to fit the limits
+    before this turn was sent; 0 when nothing was dropped.
     """
+    @_builtins.property
+    def usage(self) -> Global___Usage:
+        """The tokens the turn used (partial for a cancelled turn), with its cost."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        finish_reason: Global___FinishReason.ValueType = ...,
+        usage: Global___Usage | None = ...,
+        model: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        history_trimmed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "history_trimmed", b"history_trimmed", "model", b"model", "provider", b"provider", "request_id", b"request_id", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TurnDone: _TypeAlias = TurnDone  # noqa: Y015
+
+@_typing.final
+class TurnError(_message.Message):
+    """TurnError ends one turn with a failure; the session continues."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The turn it ends (empty for an error about no turn, for example a `cancel` of an unknown id)."""
+    @_builtins.property
+    def status(self) -> _status_pb2.Status:
+        """The failure, exactly as a unary call would have reported it (code, message, ErrorInfo and others)."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        status: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TurnError: _TypeAlias = TurnError  # noqa: Y015
+
+@_typing.final
+class GoAway(_message.Message):
+    """GoAway tells a client that the server is shutting down."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_LEFT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def time_left(self) -> _duration_pb2.Duration:
+        """How long running turns may still take before the stream ends."""
+
+    def __init__(
+        self,
+        *,
+        time_left: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time_left", b"time_left"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["time_left", b"time_left"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GoAway: _TypeAlias = GoAway  # noqa: Y015
+
+@_typing.final
+class ListModelsRequest(_message.Message):
+    """ListModelsRequest asks for the catalog."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -368,4 +749,125 @@ class InteractiveResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___InteractiveResponse: _TypeAlias = InteractiveResponse  # noqa: Y015
+Global___ListModelsRequest: _TypeAlias = ListModelsRequest  # noqa: Y015
+
+@_typing.final
+class ListModelsResponse(_message.Message):
+    """ListModelsResponse is the catalog."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelInfo]:
+        """Every model, sorted by name."""
+
+    def __init__(
+        self,
+        *,
+        models: _abc.Iterable[Global___ModelInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
+
+@_typing.final
+class ModelInfo(_message.Message):
+    """ModelInfo describes one model of the catalog."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ALIASES_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    INPUT_PRICE_PER_MILLION_FIELD_NUMBER: _builtins.int
+    OUTPUT_PRICE_PER_MILLION_FIELD_NUMBER: _builtins.int
+    MAX_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    DEPLOYMENTS_FIELD_NUMBER: _builtins.int
+    FALLBACKS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The name clients send in `model`."""
+    provider: _builtins.str
+    """The provider of the model's main (highest weight) deployment."""
+    input_price_per_million: _builtins.float
+    """Price in US dollars per million input tokens; absent when unknown."""
+    output_price_per_million: _builtins.float
+    """Price in US dollars per million output tokens; absent when unknown."""
+    max_output_tokens: _builtins.int
+    """The most tokens the model generates in one reply, and the cap of config.max_tokens."""
+    @_builtins.property
+    def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Other names that resolve to this model."""
+
+    @_builtins.property
+    def deployments(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelDeployment]:
+        """Where the model is served, with the share of calls each deployment gets."""
+
+    @_builtins.property
+    def fallbacks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Models tried, in order, when every deployment of this one fails before the first token."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        aliases: _abc.Iterable[_builtins.str] | None = ...,
+        provider: _builtins.str = ...,
+        input_price_per_million: _builtins.float | None = ...,
+        output_price_per_million: _builtins.float | None = ...,
+        max_output_tokens: _builtins.int = ...,
+        deployments: _abc.Iterable[Global___ModelDeployment] | None = ...,
+        fallbacks: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_input_price_per_million", b"_input_price_per_million", "_output_price_per_million", b"_output_price_per_million", "input_price_per_million", b"input_price_per_million", "output_price_per_million", b"output_price_per_million"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_input_price_per_million", b"_input_price_per_million", "_output_price_per_million", b"_output_price_per_million", "aliases", b"aliases", "deployments", b"deployments", "fallbacks", b"fallbacks", "input_price_per_million", b"input_price_per_million", "max_output_tokens", b"max_output_tokens", "name", b"name", "output_price_per_million", b"output_price_per_million", "provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__input_price_per_million: _TypeAlias = _typing.Literal["input_price_per_million"]  # noqa: Y015
+    _WhichOneofArgType__input_price_per_million: _TypeAlias = _typing.Literal["_input_price_per_million", b"_input_price_per_million"]  # noqa: Y015
+    _WhichOneofReturnType__output_price_per_million: _TypeAlias = _typing.Literal["output_price_per_million"]  # noqa: Y015
+    _WhichOneofArgType__output_price_per_million: _TypeAlias = _typing.Literal["_output_price_per_million", b"_output_price_per_million"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__input_price_per_million) -> _WhichOneofReturnType__input_price_per_million | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__output_price_per_million) -> _WhichOneofReturnType__output_price_per_million | None: ...
+
+Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
+
+@_typing.final
+class ModelDeployment(_message.Message):
+    """ModelDeployment is one place a model is served."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    UPSTREAM_MODEL_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The deployment's name, as responses report it."""
+    provider: _builtins.str
+    """The provider that serves it."""
+    upstream_model: _builtins.str
+    """The model name the upstream is asked for."""
+    weight: _builtins.float
+    """The relative share of calls this deployment gets."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        upstream_model: _builtins.str = ...,
+        weight: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "provider", b"provider", "upstream_model", b"upstream_model", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelDeployment: _TypeAlias = ModelDeployment  # noqa: Y015

@@ -50,6 +50,11 @@ class AIServiceStub:
                 request_serializer=ai__service__pb2.InteractiveRequest.SerializeToString,
                 response_deserializer=ai__service__pb2.InteractiveResponse.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/holysheepai.AIService/ListModels',
+                request_serializer=ai__service__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=ai__service__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class AIServiceServicer:
@@ -73,8 +78,16 @@ class AIServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def InteractiveStream(self, request_iterator, context):
-        """InteractiveStream is a bidirectional session for conversations and pipelines. Its messages are
-        declared here and designed in a later version; until then the server answers UNIMPLEMENTED.
+        """InteractiveStream is a bidirectional session: a conversation whose history the server keeps, or a
+        pipeline of independent requests tagged by request_id. The first client message must be `start`.
+        One turn's failure is a per-turn `error`; protocol violations end the stream with INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """ListModels returns the gateway's catalog: every model a client may name, with aliases and prices.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -97,6 +110,11 @@ def add_AIServiceServicer_to_server(servicer, server):
                     servicer.InteractiveStream,
                     request_deserializer=ai__service__pb2.InteractiveRequest.FromString,
                     response_serializer=ai__service__pb2.InteractiveResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=ai__service__pb2.ListModelsRequest.FromString,
+                    response_serializer=ai__service__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -181,6 +199,33 @@ class AIService:
             '/holysheepai.AIService/InteractiveStream',
             ai__service__pb2.InteractiveRequest.SerializeToString,
             ai__service__pb2.InteractiveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/holysheepai.AIService/ListModels',
+            ai__service__pb2.ListModelsRequest.SerializeToString,
+            ai__service__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

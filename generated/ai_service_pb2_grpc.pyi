@@ -51,9 +51,12 @@ class AIServiceStub:
     never with OK after a truncated reply.
     """
     InteractiveStream: _grpc.StreamStreamMultiCallable[_ai_service_pb2.InteractiveRequest, _ai_service_pb2.InteractiveResponse]
-    """InteractiveStream is a bidirectional session for conversations and pipelines. Its messages are
-    declared here and designed in a later version; until then the server answers UNIMPLEMENTED.
+    """InteractiveStream is a bidirectional session: a conversation whose history the server keeps, or a
+    pipeline of independent requests tagged by request_id. The first client message must be `start`.
+    One turn's failure is a per-turn `error`; protocol violations end the stream with INVALID_ARGUMENT.
     """
+    ListModels: _grpc.UnaryUnaryMultiCallable[_ai_service_pb2.ListModelsRequest, _ai_service_pb2.ListModelsResponse]
+    """ListModels returns the gateway's catalog: every model a client may name, with aliases and prices."""
 
 @_typing.type_check_only
 class AIServiceAsyncStub(AIServiceStub):
@@ -68,9 +71,12 @@ class AIServiceAsyncStub(AIServiceStub):
     never with OK after a truncated reply.
     """
     InteractiveStream: _aio.StreamStreamMultiCallable[_ai_service_pb2.InteractiveRequest, _ai_service_pb2.InteractiveResponse]  # type: ignore[assignment]
-    """InteractiveStream is a bidirectional session for conversations and pipelines. Its messages are
-    declared here and designed in a later version; until then the server answers UNIMPLEMENTED.
+    """InteractiveStream is a bidirectional session: a conversation whose history the server keeps, or a
+    pipeline of independent requests tagged by request_id. The first client message must be `start`.
+    One turn's failure is a per-turn `error`; protocol violations end the stream with INVALID_ARGUMENT.
     """
+    ListModels: _aio.UnaryUnaryMultiCallable[_ai_service_pb2.ListModelsRequest, _ai_service_pb2.ListModelsResponse]  # type: ignore[assignment]
+    """ListModels returns the gateway's catalog: every model a client may name, with aliases and prices."""
 
 class AIServiceServicer(metaclass=_abc_1.ABCMeta):
     """AIService generates text with language models, as one reply or as a stream of deltas."""
@@ -100,8 +106,17 @@ class AIServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_ai_service_pb2.InteractiveRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_ai_service_pb2.InteractiveResponse], _abc.AsyncIterator[_ai_service_pb2.InteractiveResponse]]:
-        """InteractiveStream is a bidirectional session for conversations and pipelines. Its messages are
-        declared here and designed in a later version; until then the server answers UNIMPLEMENTED.
+        """InteractiveStream is a bidirectional session: a conversation whose history the server keeps, or a
+        pipeline of independent requests tagged by request_id. The first client message must be `start`.
+        One turn's failure is a per-turn `error`; protocol violations end the stream with INVALID_ARGUMENT.
         """
+
+    @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _ai_service_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ai_service_pb2.ListModelsResponse, _abc.Awaitable[_ai_service_pb2.ListModelsResponse]]:
+        """ListModels returns the gateway's catalog: every model a client may name, with aliases and prices."""
 
 def add_AIServiceServicer_to_server(servicer: AIServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

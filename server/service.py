@@ -121,6 +121,27 @@ class AIService(pb_grpc.AIServiceServicer):
             NotImplementedYet("InteractiveStream is not implemented yet; use StreamGenerate for streaming replies"),
         )
 
+    async def ListModels(self, request: pb.ListModelsRequest, context: ServicerContext) -> pb.ListModelsResponse:
+        models = []
+        for name in self._router.model_names:
+            route = self._router.resolve(name)
+            assert route is not None
+            deployment = pb.ModelDeployment(
+                name=route.model.name,
+                provider=route.provider.name,
+                upstream_model=route.model.upstream_model,
+                weight=1.0,
+            )
+            models.append(
+                pb.ModelInfo(
+                    name=name,
+                    provider=route.provider.name,
+                    max_output_tokens=route.model.max_tokens,
+                    deployments=[deployment],
+                )
+            )
+        return pb.ListModelsResponse(models=models)
+
     def _prepare(
         self, request: pb.GenerateRequest | pb.StreamGenerateRequest, context: ServicerContext
     ) -> tuple[Route, ChatRequest]:

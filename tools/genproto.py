@@ -14,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from google.rpc import status_pb2
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,12 +25,15 @@ _ABSOLUTE_PB2_IMPORT = re.compile(r"^import (\w+_pb2)( as \w+)?$", re.MULTILINE)
 
 def generate(out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    protos = sorted(PROTO_DIR.glob("*.proto"))
+    protos = sorted(PROTO_DIR.glob("*.proto"))  # not protos/google/: a copy of googleapis, for buf only
     include = Path(protoc.__file__).parent / "_proto"
+    # google/rpc/status.proto ships with googleapis-common-protos, whose Python modules we import at runtime.
+    googleapis = Path(status_pb2.__file__).parent.parent.parent
     # The mypy-protobuf plugins are installed next to this interpreter, which may not be on PATH.
     bin_dir = Path(sys.executable).parent
     args = [
         "grpc_tools.protoc",
+        f"-I{googleapis}",
         f"-I{PROTO_DIR}",
         f"-I{include}",
         f"--plugin=protoc-gen-mypy={bin_dir / 'protoc-gen-mypy'}",

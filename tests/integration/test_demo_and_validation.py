@@ -97,3 +97,15 @@ async def test_a_message_beyond_the_grpc_receive_limit_is_refused_by_grpc(demo_g
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await stub.Generate(unary_request("demo", huge), timeout=5)
     assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_list_models_describes_the_catalog(openai_gateway: Gateway) -> None:
+    async with stub_for(openai_gateway) as stub:
+        reply = await stub.ListModels(pb.ListModelsRequest(), timeout=5)
+    names = [m.name for m in reply.models]
+    assert names == sorted(names)
+    assert "demo" in names
+    assert "gpt-test" in names
+    gpt = next(m for m in reply.models if m.name == "gpt-test")
+    assert (gpt.provider, gpt.max_output_tokens) == ("fake-openai", 32_000)
+    assert [(d.provider, d.upstream_model, d.weight) for d in gpt.deployments] == [("fake-openai", "gpt-test", 1.0)]

@@ -73,7 +73,7 @@ async def test_list_shows_the_service_health_and_reflection(demo_gateway: Gatewa
     ]
 
 
-async def test_describe_the_service_shows_its_three_rpcs(demo_gateway: Gateway) -> None:
+async def test_describe_the_service_shows_its_rpcs(demo_gateway: Gateway) -> None:
     run = await grpcurl("-plaintext", address(demo_gateway), "describe", "holysheepai.AIService")
 
     assert run.code == 0, run.err
@@ -82,6 +82,7 @@ async def test_describe_the_service_shows_its_three_rpcs(demo_gateway: Gateway) 
         "rpc Generate ( .holysheepai.GenerateRequest ) returns ( .holysheepai.GenerateResponse );",
         "rpc InteractiveStream ( stream .holysheepai.InteractiveRequest ) returns "
         "( stream .holysheepai.InteractiveResponse );",
+        "rpc ListModels ( .holysheepai.ListModelsRequest ) returns ( .holysheepai.ListModelsResponse );",
         "rpc StreamGenerate ( .holysheepai.StreamGenerateRequest ) returns ( stream .holysheepai.StreamChunk );",
     ]
 
@@ -99,6 +100,8 @@ async def test_describe_a_message_shows_its_fields(demo_gateway: Gateway) -> Non
         ".holysheepai.FinishReason finish_reason = 4;",
         "string model = 5;",
         "string provider = 6;",
+        "string deployment = 7;",
+        "bool resumed = 8;",
     ]
 
 

@@ -26,14 +26,17 @@ from typing import Any, Literal
 import yaml
 
 from server import defaults
+from server.catalog import BUILTIN_ALIASES, PROVIDER_PRESETS, Deployment, ModelConfig, Price
 from server.errors import register_secret
 
 __all__ = [
     "AuthConfig",
     "ClientToken",
     "ConfigError",
+    "Deployment",
     "GatewayConfig",
     "ModelConfig",
+    "Price",
     "ProviderConfig",
     "TLSConfig",
     "default_config",
@@ -42,11 +45,8 @@ __all__ = [
     "parse_listen",
 ]
 
-ProviderKind = Literal["openai", "demo"]
-PROVIDER_KINDS: tuple[ProviderKind, ...] = ("openai", "demo")
-OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
-# Models enabled by the embedded default when OPENAI_API_KEY is set.
-OPENAI_DEFAULT_MODELS = ("gpt-4.1", "gpt-4.1-mini", "gpt-4o", "gpt-4o-mini")
+ProviderKind = Literal["openai", "anthropic", "gemini", "demo"]
+PROVIDER_KINDS: tuple[ProviderKind, ...] = ("openai", "anthropic", "gemini", "demo")
 
 
 class ConfigError(ValueError):
@@ -86,21 +86,14 @@ class ProviderConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class ModelConfig:
-    name: str
-    provider: str
-    upstream_model: str
-    # A per-model cap on max_tokens, lower than the gateway-wide limit.
-    max_tokens: int = defaults.MAX_TOKENS_LIMIT
-
-
-@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     listen: str = defaults.DEFAULT_LISTEN
     tls: TLSConfig | None = None
     auth: AuthConfig | None = None
     providers: tuple[ProviderConfig, ...] = ()
     models: tuple[ModelConfig, ...] = ()
+    # Extra names for catalog models (including tier names such as "simple" or "advanced").
+    aliases: tuple[tuple[str, str], ...] = ()
     grace_period_s: float = defaults.GRACE_PERIOD_S
     max_request_bytes: int = defaults.MAX_REQUEST_CONTENT_BYTES
     log_level: str = "INFO"
@@ -130,25 +123,28 @@ def is_loopback_host(host: str) -> bool:
 def default_config(env: Mapping[str, str] | None = None, *, listen: str | None = None) -> GatewayConfig:
     """The embedded default: the offline demo model on 127.0.0.1:50051, plaintext, no auth.
 
-    When OPENAI_API_KEY is set, an OpenAI provider (OPENAI_BASE_URL, if set, replaces its URL) and its
-    common models are enabled beside the demo.
+    Each provider preset (openai, anthropic, gemini, deepseek, holysheep) whose key variable is set is
+    enabled beside the demo, with its built-in catalog models; `<NAME>_BASE_URL` (for example
+    OPENAI_BASE_URL) replaces a preset's address.
     """
     env = os.environ if env is None else env
     providers = [ProviderConfig(name="demo", kind="demo")]
-    models = [ModelConfig(name="demo", provider="demo", upstream_model="demo")]
-    if api_key := env.get("OPENAI_API_KEY"):
-        register_secret(api_key)
+    for name, preset in PROVIDER_PRESETS.items():
+        key_env = next((var for var in preset.key_envs if env.get(var)), None)
+        if key_env is None:
+            continue
+        register_secret(env[key_env])
         providers.append(
             ProviderConfig(
-                name="openai",
-                kind="openai",
-                base_url=(env.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE_URL).rstrip("/"),
-                api_key_env="OPENAI_API_KEY",
-                api_key=api_key,
+                name=name,
+                kind=preset.kind,  # type: ignore[arg-type]  # presets use known kinds
+                base_url=(env.get(f"{name.upper()}_BASE_URL") or preset.base_url).rstrip("/"),
+                api_key_env=key_env,
+                api_key=env[key_env],
             )
         )
-        models += [ModelConfig(name=m, provider="openai", upstream_model=m) for m in OPENAI_DEFAULT_MODELS]
-    config = _apply_env(GatewayConfig(providers=tuple(providers), models=tuple(models)), env)
+    models = (ModelConfig(name="demo", provider="demo", upstream_model="demo"),)
+    config = _apply_env(GatewayConfig(providers=tuple(providers), models=models), env)
     return _checked(replace(config, listen=listen) if listen else config)
 
 
@@ -184,7 +180,7 @@ def _parse(raw: Any, base_dir: Path, env: Mapping[str, str], problems: list[str]
     top = _mapping(raw, "config", problems)
     _unknown_keys(
         top,
-        {"listen", "tls", "auth", "providers", "models", "grace_period_s", "max_request_bytes", "log_level"},
+        {"listen", "tls", "auth", "providers", "models", "aliases", "grace_period_s", "max_request_bytes", "log_level"},
         "",
         problems,
     )
@@ -212,6 +208,9 @@ def _parse(raw: Any, base_dir: Path, env: Mapping[str, str], problems: list[str]
     if raw_models and not models:
         unparsed.add("models")  # every entry is invalid, and each says why
     config = replace(config, providers=tuple(providers), models=tuple(models))
+    if top.get("aliases") is not None:
+        aliases = _mapping(top["aliases"], "aliases", problems)
+        config = replace(config, aliases=tuple((str(k), str(v)) for k, v in aliases.items()))
     for key in ("grace_period_s", "max_request_bytes"):
         if key in top:
             value = _number(top[key], key, problems, minimum=0)
@@ -274,18 +273,24 @@ def _parse_provider(raw: Any, where: str, env: Mapping[str, str], problems: list
     entry = _mapping(raw, where, problems)
     known = {"name", "kind", "base_url", "api_key_env", "connect_timeout_s", "read_timeout_s"}
     _unknown_keys(entry, known | {"max_connections"}, f"{where}.", problems)
-    name, kind = str(entry.get("name") or ""), str(entry.get("kind") or "")
+    name = str(entry.get("name") or "")
+    preset = PROVIDER_PRESETS.get(name)
+    kind = str(entry.get("kind") or (preset.kind if preset else ""))
     if not name:
         problems.append(f"{where}.name: required")
     if kind not in PROVIDER_KINDS:
         problems.append(f"{where}.kind: expected one of {', '.join(PROVIDER_KINDS)}, got {kind!r}")
         return None
     provider = ProviderConfig(name=name, kind=kind)  # kind: checked just above
-    if kind == "openai":
-        base_url = str(entry.get("base_url") or "")
+    if kind != "demo":
+        same_preset = preset if preset and preset.kind == kind else None
+        base_url = str(entry.get("base_url") or (same_preset.base_url if same_preset else ""))
         if not base_url.startswith(("http://", "https://")):
             problems.append(f"{where}.base_url: required, an http:// or https:// URL")
         api_key_env = str(entry.get("api_key_env") or "")
+        if not api_key_env and same_preset:
+            # A preset takes its usual variable; without it the upstream would answer 401 on every call.
+            api_key_env = next((v for v in same_preset.key_envs if env.get(v)), same_preset.key_envs[0])
         api_key = env.get(api_key_env, "") if api_key_env else ""
         if api_key_env and not api_key:
             problems.append(f"{where}.api_key_env: environment variable {api_key_env} is not set or empty")
@@ -299,21 +304,69 @@ def _parse_provider(raw: Any, where: str, env: Mapping[str, str], problems: list
     return provider
 
 
+_MODEL_KEYS = {"name", "provider", "upstream_model", "max_tokens", "aliases", "deployments", "price", "fallbacks"}
+
+
 def _parse_model(raw: Any, where: str, problems: list[str]) -> ModelConfig | None:
     entry = _mapping(raw, where, problems)
-    _unknown_keys(entry, {"name", "provider", "upstream_model", "max_tokens"}, f"{where}.", problems)
+    _unknown_keys(entry, _MODEL_KEYS, f"{where}.", problems)
     name, provider = str(entry.get("name") or ""), str(entry.get("provider") or "")
-    for key, value in (("name", name), ("provider", provider)):
-        if not value:
-            problems.append(f"{where}.{key}: required")
-    if not name or not provider:
+    has_deployments = entry.get("deployments") is not None
+    if not name:
+        problems.append(f"{where}.name: required")
+    if has_deployments and provider:
+        problems.append(f"{where}: give either provider (one deployment) or deployments, not both")
+    elif not has_deployments and not provider:
+        problems.append(f"{where}.provider: required")
+    if not name or (not provider and not has_deployments):
         return None
     model = ModelConfig(name=name, provider=provider, upstream_model=str(entry.get("upstream_model") or name))
+    if has_deployments:
+        deployments = []
+        for i, item in enumerate(_list(entry["deployments"], f"{where}.deployments", problems)):
+            deployment = _parse_deployment(item, f"{where}.deployments[{i}]", name, problems)
+            if deployment is not None:
+                deployments.append(deployment)
+        if not deployments:
+            problems.append(f"{where}.deployments: at least one deployment is required")
+        model = replace(model, provider="", upstream_model="", deployments=tuple(deployments))
     if "max_tokens" in entry:
         cap = _number(entry["max_tokens"], f"{where}.max_tokens", problems, minimum=1)
         if cap is not None:
             model = replace(model, max_tokens=min(int(cap), defaults.MAX_TOKENS_LIMIT))
+    if entry.get("aliases") is not None:
+        model = replace(model, aliases=tuple(str(a) for a in _list(entry["aliases"], f"{where}.aliases", problems)))
+    if entry.get("fallbacks") is not None:
+        fallbacks = _list(entry["fallbacks"], f"{where}.fallbacks", problems)
+        model = replace(model, fallbacks=tuple(str(f) for f in fallbacks))
+    if entry.get("price") is not None:
+        model = replace(model, price=_parse_price(entry["price"], f"{where}.price", problems))
     return model
+
+
+def _parse_deployment(raw: Any, where: str, model: str, problems: list[str]) -> Deployment | None:
+    entry = _mapping(raw, where, problems)
+    _unknown_keys(entry, {"name", "provider", "upstream_model", "weight"}, f"{where}.", problems)
+    provider = str(entry.get("provider") or "")
+    if not provider:
+        problems.append(f"{where}.provider: required")
+        return None
+    weight = _number(entry.get("weight", 1), f"{where}.weight", problems, minimum=0)
+    return Deployment(
+        provider=provider,
+        upstream_model=str(entry.get("upstream_model") or model),
+        weight=weight if weight is not None else 1.0,
+        name=str(entry.get("name") or ""),
+    )
+
+
+def _parse_price(raw: Any, where: str, problems: list[str]) -> Price | None:
+    entry = _mapping(raw, where, problems)
+    _unknown_keys(entry, {"input", "output"}, f"{where}.", problems)
+    numbers = [_number(entry.get(k), f"{where}.{k}", problems, minimum=0) for k in ("input", "output")]
+    if numbers[0] is None or numbers[1] is None:
+        return None
+    return Price(numbers[0], numbers[1])
 
 
 def _apply_env(config: GatewayConfig, env: Mapping[str, str]) -> GatewayConfig:
@@ -361,8 +414,31 @@ def _checked(config: GatewayConfig, *, unparsed: frozenset[str] = frozenset()) -
     for name in {n for n in model_names if model_names.count(n) > 1}:
         problems.append(f"models: name {name!r} is used more than once")
     for model in config.models:
-        if model.provider not in provider_names and model.provider not in unparsed:
-            problems.append(f"models: model {model.name!r} names provider {model.provider!r}, which is not configured")
+        for deployment in model.all_deployments:
+            if deployment.provider not in provider_names and deployment.provider not in unparsed:
+                problems.append(
+                    f"models: model {model.name!r} names provider {deployment.provider!r}, which is not configured"
+                )
+        if model.deployments and not sum(d.weight for d in model.deployments) > 0:
+            problems.append(f"models: model {model.name!r} has no deployment with a weight above 0")
+    names = set(model_names) | {a for m in config.models for a in m.aliases} | {a for a, _ in config.aliases}
+    taken = set(model_names)
+    for model in config.models:
+        for alias in model.aliases:
+            if alias in taken:
+                problems.append(f"models: alias {alias!r} of model {model.name!r} is already a name")
+            taken.add(alias)
+    for alias, target in config.aliases:
+        if alias in set(model_names):
+            problems.append(f"aliases: {alias!r} is already a model name")
+        if "/" not in target and target not in names and target not in BUILTIN_ALIASES:
+            problems.append(f"aliases: {alias!r} points to {target!r}, which is not a model")
+    for model in config.models:
+        for fallback in model.fallbacks:
+            if fallback == model.name or (
+                "/" not in fallback and fallback not in names and fallback not in BUILTIN_ALIASES
+            ):
+                problems.append(f"models: fallback {fallback!r} of model {model.name!r} is not another model")
     if not config.models and "models" not in unparsed:
         problems.append("models: at least one model is required")
     if problems:

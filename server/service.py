@@ -17,18 +17,18 @@ import grpc
 from generated import ai_service_pb2 as pb
 from generated import ai_service_pb2_grpc as pb_grpc
 from server import defaults
+from server.catalog import ModelConfig
+from server.convert import final_chunk, generate_response, model_info, params_from_pb, unchecked_messages
 from server.errors import GatewayError, InternalError, NotImplementedYet, ShuttingDown, abort
-from server.routing import Route, Router
-from server.types import ChatRequest, Finish, FinishReason, SamplingParams, TextDelta, Usage
-from server.validation import UncheckedMessage, check_request
+from server.routing import Router
+from server.types import ChatRequest, TextDelta
+from server.validation import check_request
 
 __all__ = ["AIService"]
 
 log = logging.getLogger(__name__)
 
 ServicerContext: TypeAlias = "grpc.aio.ServicerContext[object, object]"
-# FinishReason values are the proto enum numbers by design; this table makes the mapping explicit.
-_FINISH_REASON_PB = {reason: pb.FinishReason.ValueType(reason.value) for reason in FinishReason}
 
 
 class AIService(pb_grpc.AIServiceServicer):
@@ -65,8 +65,8 @@ class AIService(pb_grpc.AIServiceServicer):
     async def Generate(self, request: pb.GenerateRequest, context: ServicerContext) -> pb.GenerateResponse:
         task = self._track()
         try:
-            route, chat = self._prepare(request, context)
-            completion = await route.provider.complete(chat)
+            model, chat = self._prepare(request, context)
+            completion = await self._router.complete(model, chat)
         except GatewayError as error:
             await abort(context, error)
         except asyncio.CancelledError:
@@ -76,13 +76,7 @@ class AIService(pb_grpc.AIServiceServicer):
             await _abort_unexpected(context, exc, "Generate")
         finally:
             self._in_flight.discard(task)
-        return pb.GenerateResponse(
-            content=completion.text,
-            model=route.model.name,
-            usage=_usage_pb(completion.usage),
-            finish_reason=_FINISH_REASON_PB[completion.reason],
-            provider=route.provider.name,
-        )
+        return generate_response(completion)
 
     # The generated stub types streaming handlers as iterators only; grpc.aio also accepts a coroutine that
     # writes with context.write, which we use: a client's cancellation then arrives inside this frame, so
@@ -93,14 +87,14 @@ class AIService(pb_grpc.AIServiceServicer):
         deltas_sent = 0
         task = self._track()
         try:
-            route, chat = self._prepare(request, context)
-            async with aclosing(route.provider.stream(chat)) as events:
+            model, chat = self._prepare(request, context)
+            async with aclosing(self._router.stream(model, chat)) as events:
                 async for event in events:
                     if type(event) is TextDelta:
                         await context.write(pb.StreamChunk(delta=event.text))
                         deltas_sent += 1
                     else:
-                        await context.write(_final_chunk(event, route))  # type: ignore[arg-type]
+                        await context.write(final_chunk(event))  # type: ignore[arg-type]
         except GatewayError as error:
             if deltas_sent:
                 error.metadata["deltas_sent"] = str(deltas_sent)
@@ -122,70 +116,27 @@ class AIService(pb_grpc.AIServiceServicer):
         )
 
     async def ListModels(self, request: pb.ListModelsRequest, context: ServicerContext) -> pb.ListModelsResponse:
-        models = []
-        for name in self._router.model_names:
-            route = self._router.resolve(name)
-            assert route is not None
-            deployment = pb.ModelDeployment(
-                name=route.model.name,
-                provider=route.provider.name,
-                upstream_model=route.model.upstream_model,
-                weight=1.0,
-            )
-            models.append(
-                pb.ModelInfo(
-                    name=name,
-                    provider=route.provider.name,
-                    max_output_tokens=route.model.max_tokens,
-                    deployments=[deployment],
-                )
-            )
+        router = self._router
+        models = [model_info(m, router.aliases_of(m.name)) for m in map(router.resolve, router.model_names) if m]
         return pb.ListModelsResponse(models=models)
 
     def _prepare(
         self, request: pb.GenerateRequest | pb.StreamGenerateRequest, context: ServicerContext
-    ) -> tuple[Route, ChatRequest]:
+    ) -> tuple[ModelConfig, ChatRequest]:
         if self.draining:
             raise ShuttingDown("the gateway is shutting down; retry on another instance")
-        route = self._router.resolve(request.model)
-        config = request.config
-        params = SamplingParams(
-            temperature=config.temperature if config.HasField("temperature") else None,
-            max_tokens=config.max_tokens if config.HasField("max_tokens") else None,
-            top_p=config.top_p if config.HasField("top_p") else None,
-            stop=tuple(config.stop),
-        )
+        model = self._router.resolve(request.model)
+        params = params_from_pb(request.config)
         messages = check_request(
             model=request.model,
-            known_models=self._router.model_names,
-            model_max_tokens=route.model.max_tokens if route else None,
-            messages=[UncheckedMessage(m.role, m.content, m.name) for m in request.messages],
+            known_models=self._router.known_names,
+            model_max_tokens=model.max_tokens if model else None,
+            messages=unchecked_messages(request.messages),
             params=params,
             max_content_bytes=self._max_request_bytes,
         )
-        assert route is not None  # check_request raised ModelNotFound otherwise
-        remaining = context.time_remaining()
-        return route, ChatRequest(route.model.upstream_model, messages, params, remaining)
-
-
-def _final_chunk(finish: Finish, route: Route) -> pb.StreamChunk:
-    return pb.StreamChunk(
-        is_complete=True,
-        usage=_usage_pb(finish.usage),
-        finish_reason=_FINISH_REASON_PB[finish.reason],
-        model=route.model.name,
-        provider=route.provider.name,
-    )
-
-
-def _usage_pb(usage: Usage | None) -> pb.Usage:
-    if usage is None:
-        return pb.Usage(unreported=True)
-    return pb.Usage(
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        total_tokens=usage.total_tokens,
-    )
+        assert model is not None  # check_request raised ModelNotFound otherwise
+        return model, ChatRequest(model.name, messages, params, context.time_remaining())
 
 
 async def _abort_unexpected(context: ServicerContext, exc: Exception, method: str) -> NoReturn:

@@ -18,6 +18,7 @@ __all__ = [
     "FinishReason",
     "Role",
     "SamplingParams",
+    "Served",
     "StreamEvent",
     "TextDelta",
     "Usage",
@@ -100,14 +101,28 @@ class TextDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class Served:
+    """Who served a call: the catalog model, the provider and the deployment."""
+
+    model: str
+    provider: str
+    deployment: str
+
+
+@dataclass(frozen=True, slots=True)
 class Finish:
     """The end of a successful stream: exactly one, after the last TextDelta.
 
-    `usage` is None when the upstream reported none (we never invent zeros that look real).
+    `usage` is None when the upstream reported none (we never invent zeros that look real). Providers
+    set `reason` and `usage`; the router adds who served, the cost (None when unknown) and whether the
+    stream was resumed after a failure.
     """
 
     reason: FinishReason
     usage: Usage | None
+    served: Served | None = None
+    cost_usd: float | None = None
+    resumed: bool = False
 
 
 StreamEvent = TextDelta | Finish
@@ -115,11 +130,13 @@ StreamEvent = TextDelta | Finish
 
 @dataclass(frozen=True, slots=True)
 class Completion:
-    """A whole reply, for unary calls."""
+    """A whole reply, for unary calls. The router adds `served` and `cost_usd`, as for Finish."""
 
     text: str
     reason: FinishReason
     usage: Usage | None
+    served: Served | None = None
+    cost_usd: float | None = None
 
 
 # The shape every provider's streaming method returns.

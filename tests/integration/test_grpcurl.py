@@ -114,6 +114,7 @@ DEMO_FINAL = {
     "finish_reason": "FINISH_REASON_STOP",
     "model": "demo",
     "provider": "demo",
+    "deployment": "demo/demo",
 }
 
 
@@ -136,6 +137,7 @@ async def test_generate_prints_the_whole_reply(demo_gateway: Gateway) -> None:
             "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
             "finish_reason": "FINISH_REASON_STOP",
             "provider": "demo",
+            "deployment": "demo/demo",
         }
     ]
 

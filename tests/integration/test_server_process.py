@@ -128,7 +128,7 @@ async def test_an_invalid_config_file_exits_2_listing_every_problem(tmp_path: Pa
         "colour: blue\n"
         "providers:\n"
         "  - {name: demo, kind: demo}\n"
-        "  - {name: a, kind: anthropic}\n"
+        "  - {name: a, kind: telepathy}\n"
         "  - {name: o, kind: openai, base_url: ftp://x, api_key_env: NO_SUCH}\n"
         "models: [{name: demo, provider: demo}, {name: x, provider: nowhere}, {name: m}]\n"
     )
@@ -137,9 +137,9 @@ async def test_an_invalid_config_file_exits_2_listing_every_problem(tmp_path: Pa
     assert await gateway.wait_exit(REFUSAL_TIMEOUT_S) == 2
     assert gateway.stderr.splitlines() == [
         "gateway: invalid configuration:",
-        "colour: unknown key (known: auth, grace_period_s, listen, log_level, max_request_bytes, models, "
+        "colour: unknown key (known: aliases, auth, grace_period_s, listen, log_level, max_request_bytes, models, "
         "providers, tls)",
-        "providers[1].kind: expected one of openai, demo, got 'anthropic'",
+        "providers[1].kind: expected one of openai, anthropic, gemini, demo, got 'telepathy'",
         "providers[2].base_url: required, an http:// or https:// URL",
         "providers[2].api_key_env: environment variable NO_SUCH is not set or empty",
         "models[2].provider: required",

@@ -1,0 +1,138 @@
+"""The model catalog: what clients may name, where each model is served, and what it costs.
+
+A catalog model has one or more deployments (a provider and the upstream model name), each with a weight;
+aliases that resolve to it; a price in USD per million tokens; an output-token cap; and fallbacks. The
+built-in tables below describe the common providers and models; a config file adds to or overrides them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from server import defaults
+from server.types import Usage
+
+__all__ = [
+    "BUILTIN_ALIASES",
+    "BUILTIN_MODELS",
+    "PROVIDER_PRESETS",
+    "Deployment",
+    "ModelConfig",
+    "Price",
+    "ProviderPreset",
+    "builtin_price",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per million tokens."""
+
+    input_per_million: float
+    output_per_million: float
+
+    def cost(self, usage: Usage) -> float:
+        return (
+            usage.prompt_tokens * self.input_per_million + usage.completion_tokens * self.output_per_million
+        ) / 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """One place a model is served. `name` is what responses report ("openai/gpt-4.1" by default)."""
+
+    provider: str
+    upstream_model: str
+    weight: float = 1.0
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.provider}/{self.upstream_model}"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """A catalog model. `provider` and `upstream_model` are the shorthand for a single deployment."""
+
+    name: str
+    provider: str = ""
+    upstream_model: str = ""
+    # The cap on config.max_tokens, and what providers that require max_tokens (Anthropic) send by default.
+    max_tokens: int = defaults.MAX_TOKENS_LIMIT
+    aliases: tuple[str, ...] = ()
+    deployments: tuple[Deployment, ...] = ()
+    price: Price | None = None
+    fallbacks: tuple[str, ...] = ()
+
+    @property
+    def all_deployments(self) -> tuple[Deployment, ...]:
+        if self.deployments:
+            return self.deployments
+        return (Deployment(self.provider, self.upstream_model or self.name),)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderPreset:
+    """A well-known upstream: its wire protocol, address and key variables."""
+
+    kind: str
+    base_url: str
+    key_envs: tuple[str, ...]
+
+
+# Enabled without a config file when one of their key variables is set.
+PROVIDER_PRESETS: dict[str, ProviderPreset] = {
+    "openai": ProviderPreset("openai", "https://api.openai.com/v1", ("OPENAI_API_KEY",)),
+    "anthropic": ProviderPreset("anthropic", "https://api.anthropic.com", ("ANTHROPIC_API_KEY",)),
+    "gemini": ProviderPreset(
+        "gemini", "https://generativelanguage.googleapis.com", ("GEMINI_API_KEY", "GOOGLE_API_KEY")
+    ),
+    "deepseek": ProviderPreset("openai", "https://api.deepseek.com/v1", ("DEEPSEEK_API_KEY",)),
+    "holysheep": ProviderPreset("openai", "https://api.holysheep.ai/v1", ("HOLYSHEEP_API_KEY",)),
+}
+
+# Models of the presets: (provider, upstream model, catalog aliases, price or None, max output tokens).
+# Prices are USD per million tokens (input, output).
+_MODEL_TABLE: tuple[tuple[str, str, tuple[str, ...], tuple[float, float] | None, int], ...] = (
+    ("openai", "gpt-4.1", ("gpt-4.1",), (8.0, 32.0), 32_768),
+    ("openai", "gpt-4.1-mini", ("gpt-4.1-mini",), (0.40, 1.60), 32_768),
+    ("openai", "gpt-4o", ("gpt-4o",), (2.50, 10.0), 16_384),
+    ("openai", "gpt-4o-mini", ("gpt-4o-mini",), (0.15, 0.60), 16_384),
+    ("anthropic", "claude-sonnet-4-5", ("claude-sonnet-4.5",), (15.0, 75.0), 64_000),
+    ("anthropic", "claude-haiku-4-5", ("claude-haiku-4.5",), (1.0, 5.0), 64_000),
+    ("gemini", "gemini-2.5-flash", ("gemini-2.5-flash",), (2.50, 10.0), 65_536),
+    ("gemini", "gemini-2.5-pro", ("gemini-2.5-pro",), (1.25, 10.0), 65_536),
+    ("deepseek", "deepseek-chat", ("deepseek-v3.2",), (0.42, 1.90), 8_192),
+    ("deepseek", "deepseek-reasoner", ("deepseek-r1",), (0.42, 1.90), 32_768),
+    ("holysheep", "gpt-4.1", (), (8.0, 32.0), 32_768),
+    ("holysheep", "claude-sonnet-4-5", (), (15.0, 75.0), 64_000),
+    ("holysheep", "gemini-2.5-flash", (), (2.50, 10.0), 65_536),
+    ("holysheep", "deepseek-v3.2", (), (0.42, 1.90), 8_192),
+)
+
+# Catalog models of every preset, named "provider/upstream_model".
+BUILTIN_MODELS: dict[str, ModelConfig] = {
+    f"{provider}/{upstream}": ModelConfig(
+        name=f"{provider}/{upstream}",
+        provider=provider,
+        upstream_model=upstream,
+        max_tokens=min(max_out, defaults.MAX_TOKENS_LIMIT),
+        price=Price(*price) if price else None,
+    )
+    for provider, upstream, _aliases, price, max_out in _MODEL_TABLE
+}
+# The common short names, each for its first provider in the table.
+BUILTIN_ALIASES: dict[str, str] = {}
+for _provider, _upstream, _aliases, _price, _max in _MODEL_TABLE:
+    for _alias in _aliases:
+        BUILTIN_ALIASES.setdefault(_alias, f"{_provider}/{_upstream}")
+
+_PRICE_BY_UPSTREAM = {
+    upstream: Price(*price) for _provider, upstream, _aliases, price, _max in _MODEL_TABLE if price is not None
+}
+
+
+def builtin_price(upstream_model: str) -> Price | None:
+    """The built-in price of an upstream model name, whichever provider serves it."""
+    return _PRICE_BY_UPSTREAM.get(upstream_model)

@@ -23,6 +23,7 @@ This module is the only one that knows gRPC status codes.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import NoReturn
@@ -92,7 +93,10 @@ class InvalidRequest(GatewayError):
 
 
 class ModelNotFound(InvalidRequest):
-    """The only problem with the request is its model name; also listed as a `model` field violation."""
+    """The only problem with the request is its model name; also listed as a `model` field violation.
+
+    The message suggests the closest known names; metadata has them (`closest`) and every known name.
+    """
 
     reason = "MODEL_NOT_FOUND"
 
@@ -100,11 +104,32 @@ class ModelNotFound(InvalidRequest):
         known_models = sorted(known)
         super().__init__([FieldViolation("model", unknown_model_description(model, known_models))])
         self.message = self.violations[0].description
-        self.metadata = {"model": model, "known_models": ",".join(known_models)}
+        self.metadata = {
+            "model": model,
+            "closest": ",".join(closest_names(model, known_models)),
+            "known_models": ",".join(known_models),
+        }
+
+
+# How many known names an unknown-model message spells out; ListModels has them all.
+_NAMES_IN_MESSAGE = 20
+
+
+def closest_names(model: str, known_models: Iterable[str]) -> list[str]:
+    return difflib.get_close_matches(model, list(known_models), n=3, cutoff=0.6)
 
 
 def unknown_model_description(model: str, known_models: Iterable[str]) -> str:
-    return f"unknown model {model!r}; known models: {', '.join(sorted(known_models))}"
+    known = sorted(known_models)
+    closest = closest_names(model, known)
+    hint = f"did you mean {' or '.join(repr(name) for name in closest)}? " if closest else ""
+    listed = ", ".join(known[:_NAMES_IN_MESSAGE])
+    more = (
+        f" and {len(known) - _NAMES_IN_MESSAGE} more (ListModels lists them all)"
+        if len(known) > _NAMES_IN_MESSAGE
+        else ""
+    )
+    return f"unknown model {model!r}; {hint}known models: {listed}{more}"
 
 
 class Unauthenticated(GatewayError):

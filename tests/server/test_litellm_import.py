@@ -1,0 +1,159 @@
+"""Converting a LiteLLM proxy config: what is carried over, what is named as not, and that it runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import yaml
+
+from server.config import load_config
+from server.litellm_import import convert, main
+from tests.conftest import UPSTREAM_KEY, GatewayFactory
+from tests.fakes.openai_upstream import FakeOpenAIUpstream
+from tests.rpc import collect_stream, request, stub_for
+
+LITELLM = """
+model_list:
+  - model_name: gpt-4o
+    litellm_params:
+      model: openai/gpt-4o
+      api_key: os.environ/OPENAI_API_KEY
+      rpm: 600
+  - model_name: claude
+    litellm_params:
+      model: anthropic/claude-sonnet-4-5
+      api_key: os.environ/ANTHROPIC_API_KEY
+      timeout: 90
+  - model_name: local
+    litellm_params:
+      model: hosted_vllm/meta-llama/Llama-3.1-8B-Instruct
+      api_base: {base}
+      api_key: os.environ/FAKE_KEY
+      weight: 3
+  - model_name: local
+    litellm_params:
+      model: ollama/llama3.1
+      api_base: http://127.0.0.1:11434
+      weight: 1
+  - model_name: azure-gpt
+    litellm_params:
+      model: azure/my-deployment
+      api_base: https://example.openai.azure.com
+      api_key: sk-literal-should-not-travel
+router_settings:
+  routing_strategy: simple-shuffle
+  fallbacks: [{"gpt-4o": ["claude", "azure-gpt"]}]
+general_settings:
+  master_key: sk-1234
+"""
+
+
+def test_models_providers_deployments_and_fallbacks_are_carried_over() -> None:
+    conversion = convert(yaml.safe_load(LITELLM.replace("{base}", "http://127.0.0.1:8000/v1")), env={})
+    config = conversion.config
+    assert config["providers"] == [
+        {"name": "openai", "kind": "openai", "base_url": "https://api.openai.com/v1", "api_key_env": "OPENAI_API_KEY"},
+        {
+            "name": "anthropic",
+            "kind": "anthropic",
+            "base_url": "https://api.anthropic.com",
+            "api_key_env": "ANTHROPIC_API_KEY",
+            "read_timeout_s": 90.0,
+        },
+        {
+            "name": "hosted_vllm-127-0-0-1",
+            "kind": "openai",
+            "base_url": "http://127.0.0.1:8000/v1",
+            "api_key_env": "FAKE_KEY",
+        },
+        {"name": "ollama-127-0-0-1", "kind": "openai", "base_url": "http://127.0.0.1:11434/v1"},
+    ]
+    assert config["models"] == [
+        {"name": "gpt-4o", "provider": "openai", "upstream_model": "gpt-4o", "fallbacks": ["claude"]},
+        {"name": "claude", "provider": "anthropic", "upstream_model": "claude-sonnet-4-5"},
+        {
+            "name": "local",
+            "deployments": [
+                {
+                    "provider": "hosted_vllm-127-0-0-1",
+                    "upstream_model": "meta-llama/Llama-3.1-8B-Instruct",
+                    "weight": 3.0,
+                },
+                {"provider": "ollama-127-0-0-1", "upstream_model": "llama3.1", "weight": 1.0},
+            ],
+        },
+    ]
+
+
+def test_what_cannot_be_carried_over_is_named() -> None:
+    notes = convert(yaml.safe_load(LITELLM.replace("{base}", "http://127.0.0.1:8000/v1")), env={}).notes
+    assert notes == [
+        "model_list[0] (gpt-4o): rpm limit not carried over (no rate limits yet)",
+        "model_list[4] (azure-gpt): provider 'azure' is not supported here; entry skipped",
+        "router_settings.fallbacks: gpt-4o -> azure-gpt: not a converted model",
+        "router_settings.routing_strategy: not carried over",
+        "general_settings.master_key: not carried over; configure auth.tokens (sha256 or env)",
+    ]
+    assert not any("sk-literal" in note or "sk-1234" in note for note in notes)
+
+
+def test_a_literal_api_key_is_never_copied(tmp_path: Path) -> None:
+    text = "model_list: [{model_name: m, litellm_params: {model: openai/gpt-4o, api_key: sk-literal-1234567}}]"
+    conversion = convert(yaml.safe_load(text), env={})
+    assert "sk-literal" not in yaml.safe_dump(conversion.config)
+    assert conversion.notes == [
+        "model_list[0].api_key: a literal API key is not carried over; put it in an environment variable"
+    ]
+
+
+async def test_a_converted_config_loads_and_serves(
+    tmp_path: Path, make_gateway: GatewayFactory, fake_openai: FakeOpenAIUpstream
+) -> None:
+    litellm = tmp_path / "litellm.yaml"
+    litellm.write_text(
+        textwrap.dedent(
+            f"""
+            model_list:
+              - model_name: team-model
+                litellm_params:
+                  model: openai/gpt-test
+                  api_base: {fake_openai.base_url}
+                  api_key: os.environ/FAKE_KEY
+                  tpm: 100000
+            """
+        )
+    )
+    out = tmp_path / "gateway.yaml"
+    assert main([str(litellm), "-o", str(out)]) == 0
+
+    config = load_config(out, env={"FAKE_KEY": UPSTREAM_KEY}, listen="127.0.0.1:0")
+    gateway = await make_gateway(config)
+    async with stub_for(gateway) as stub:
+        outcome = await collect_stream(stub, request("team-model", "converted and running"))
+    assert outcome.error is None
+    assert "".join(outcome.deltas) == "converted and running"
+    assert fake_openai.requests[0].headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+
+
+def test_the_command_reports_unreadable_input(tmp_path: Path) -> None:
+    assert main([str(tmp_path / "missing.yaml")]) == 2
+    (tmp_path / "list.yaml").write_text("- a\n")
+    assert main([str(tmp_path / "list.yaml")]) == 2
+
+
+def test_the_command_runs_as_a_module(tmp_path: Path) -> None:
+    litellm = tmp_path / "litellm.yaml"
+    litellm.write_text("model_list: [{model_name: m, litellm_params: {model: openai/gpt-4o, rpm: 5}}]\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "server.litellm_import", str(litellm)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert run.returncode == 0
+    assert yaml.safe_load(run.stdout)["models"] == [{"name": "m", "provider": "openai", "upstream_model": "gpt-4o"}]
+    assert run.stderr == "not carried over: model_list[0] (m): rpm limit not carried over (no rate limits yet)\n"

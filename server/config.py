@@ -35,6 +35,7 @@ __all__ = [
     "ConfigError",
     "Deployment",
     "GatewayConfig",
+    "InteractiveConfig",
     "ModelConfig",
     "Price",
     "ProviderConfig",
@@ -86,6 +87,17 @@ class ProviderConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class InteractiveConfig:
+    """Limits of InteractiveStream sessions (config key `interactive`); see defaults.py for each one."""
+
+    max_in_flight: int = defaults.INTERACTIVE_MAX_IN_FLIGHT
+    max_queued_turns: int = defaults.INTERACTIVE_MAX_QUEUED_TURNS
+    queue_size: int = defaults.INTERACTIVE_QUEUE_SIZE
+    max_history_messages: int = defaults.INTERACTIVE_MAX_HISTORY_MESSAGES
+    max_history_bytes: int = defaults.INTERACTIVE_MAX_HISTORY_BYTES
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     listen: str = defaults.DEFAULT_LISTEN
     tls: TLSConfig | None = None
@@ -97,6 +109,7 @@ class GatewayConfig:
     grace_period_s: float = defaults.GRACE_PERIOD_S
     max_request_bytes: int = defaults.MAX_REQUEST_CONTENT_BYTES
     log_level: str = "INFO"
+    interactive: InteractiveConfig = InteractiveConfig()
 
     def with_listen(self, listen: str) -> GatewayConfig:
         """This config listening on `listen` (tests use 127.0.0.1:0)."""
@@ -180,7 +193,10 @@ def _parse(raw: Any, base_dir: Path, env: Mapping[str, str], problems: list[str]
     top = _mapping(raw, "config", problems)
     _unknown_keys(
         top,
-        {"listen", "tls", "auth", "providers", "models", "aliases", "grace_period_s", "max_request_bytes", "log_level"},
+        {
+            *("listen", "tls", "auth", "providers", "models", "aliases"),
+            *("grace_period_s", "max_request_bytes", "log_level", "interactive"),
+        },
         "",
         problems,
     )
@@ -218,7 +234,20 @@ def _parse(raw: Any, base_dir: Path, env: Mapping[str, str], problems: list[str]
                 config = replace(config, **{key: type(getattr(config, key))(value)})
     if "log_level" in top:
         config = replace(config, log_level=str(top["log_level"]).upper())
+    if top.get("interactive") is not None:
+        config = replace(config, interactive=_parse_interactive(top["interactive"], problems))
     return config
+
+
+def _parse_interactive(raw: Any, problems: list[str]) -> InteractiveConfig:
+    entry = _mapping(raw, "interactive", problems)
+    limits = InteractiveConfig()
+    _unknown_keys(entry, set(InteractiveConfig.__dataclass_fields__), "interactive.", problems)
+    for key in sorted(set(entry) & set(InteractiveConfig.__dataclass_fields__)):
+        value = _number(entry[key], f"interactive.{key}", problems, minimum=1)
+        if value is not None:
+            limits = replace(limits, **{key: int(value)})
+    return limits
 
 
 def _parse_tls(raw: Any, base_dir: Path, problems: list[str]) -> TLSConfig | None:

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
+    "DEADLINE_MARGIN_MAX_S",
     "DEADLINE_MARGIN_S",
+    "DEADLINE_MARGIN_SHARE",
     "DEFAULT_LISTEN",
     "ERROR_DOMAIN",
     "GRACE_PERIOD_S",
+    "INTERACTIVE_MAX_HISTORY_BYTES",
+    "INTERACTIVE_MAX_HISTORY_MESSAGES",
+    "INTERACTIVE_MAX_IN_FLIGHT",
+    "INTERACTIVE_MAX_QUEUED_TURNS",
+    "INTERACTIVE_MAX_REQUEST_ID_BYTES",
+    "INTERACTIVE_QUEUE_SIZE",
+    "INTERACTIVE_REMEMBERED_IDS",
     "MAX_MESSAGE_OVERHEAD_BYTES",
     "MAX_REQUEST_CONTENT_BYTES",
     "MAX_STOP_SEQUENCES",
@@ -40,7 +49,10 @@ READ_TIMEOUT_S = 120.0
 WRITE_TIMEOUT_S = 10.0
 POOL_TIMEOUT_S = 5.0
 # Upstream timeouts end this much before the client's gRPC deadline, so the gateway answers first.
+# The margin is a share of what is left (10 %), at least DEADLINE_MARGIN_S and at most DEADLINE_MARGIN_MAX_S.
 DEADLINE_MARGIN_S = 0.02
+DEADLINE_MARGIN_SHARE = 0.1
+DEADLINE_MARGIN_MAX_S = 1.0
 # Upper bound of a whole upstream call when the client sets no gRPC deadline.
 REQUEST_TIMEOUT_S = 600.0
 POOL_MAX_CONNECTIONS = 512
@@ -50,3 +62,18 @@ POOL_MAX_KEEPALIVE = 128
 GRACE_PERIOD_S = 10.0
 # Calls still running this long before the grace period ends are ended with SHUTTING_DOWN details.
 SHUTDOWN_ABORT_LEAD_S = 0.2
+
+# InteractiveStream sessions (config key `interactive`).
+# Pipeline: the default and the cap of SessionStart.max_in_flight (a conversation runs one turn at a time).
+INTERACTIVE_MAX_IN_FLIGHT = 16
+# Turns accepted but not yet started; with this many waiting, the server stops reading the client's
+# messages until one starts (HTTP/2 flow control then pushes back on the client's writes).
+INTERACTIVE_MAX_QUEUED_TURNS = 128
+# Outgoing messages buffered per session; when full, turns stop reading from their upstreams.
+INTERACTIVE_QUEUE_SIZE = 64
+# A conversation's history (every message after the system prompt); the oldest are dropped to fit.
+INTERACTIVE_MAX_HISTORY_MESSAGES = 200
+INTERACTIVE_MAX_HISTORY_BYTES = 512 * 1024
+# How many finished request_ids a session remembers to recognise their reuse (live ones are always known).
+INTERACTIVE_REMEMBERED_IDS = 1024
+INTERACTIVE_MAX_REQUEST_ID_BYTES = 128

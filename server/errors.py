@@ -2,7 +2,9 @@
 
     GatewayError                    base: reason, a client-safe message, metadata
     ├── InvalidRequest              INVALID_ARGUMENT + BadRequest listing every field violation
-    │   └── ModelNotFound           the model is unknown (reason MODEL_NOT_FOUND); names the known ones
+    │   ├── ModelNotFound           the model is unknown (reason MODEL_NOT_FOUND); names the known ones
+    │   └── UnknownRequestId        InteractiveStream: a `cancel` names no live turn (reason UNKNOWN_REQUEST_ID)
+    ├── ProtocolViolation           INVALID_ARGUMENT (reason PROTOCOL_VIOLATION): a session broke its rules
     ├── Unauthenticated             UNAUTHENTICATED
     ├── NotImplementedYet           UNIMPLEMENTED
     ├── ShuttingDown                UNAVAILABLE (reason SHUTTING_DOWN)
@@ -42,8 +44,10 @@ __all__ = [
     "InvalidRequest",
     "ModelNotFound",
     "NotImplementedYet",
+    "ProtocolViolation",
     "ShuttingDown",
     "Unauthenticated",
+    "UnknownRequestId",
     "UpstreamAuthFailed",
     "UpstreamBadResponse",
     "UpstreamError",
@@ -130,6 +134,25 @@ def unknown_model_description(model: str, known_models: Iterable[str]) -> str:
         else ""
     )
     return f"unknown model {model!r}; {hint}known models: {listed}{more}"
+
+
+class UnknownRequestId(InvalidRequest):
+    """An InteractiveStream `cancel` names a request_id that is not running or waiting (unknown or finished)."""
+
+    reason = "UNKNOWN_REQUEST_ID"
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(
+            [FieldViolation("cancel.request_id", f"no running or waiting turn has request_id {request_id!r}")]
+        )
+        self.metadata = {"request_id": request_id}
+
+
+class ProtocolViolation(GatewayError):
+    """An InteractiveStream client broke the session's rules; the stream ends with this error."""
+
+    code = code_pb2.INVALID_ARGUMENT
+    reason = "PROTOCOL_VIOLATION"
 
 
 class Unauthenticated(GatewayError):

@@ -1,4 +1,10 @@
-"""What every HTTP provider shares: the pooled httpx client, timeouts, and HTTP failures as UpstreamErrors.
+"""What every HTTP provider shares: the pooled client, timeouts, the request/response flow, and HTTP
+failures as UpstreamErrors.
+
+`HTTPProvider` is the base of the wire-format adapters (openai.py, anthropic.py, gemini.py): it posts a
+JSON body, turns a non-2xx answer into an UpstreamError, relays an SSE stream through the adapter's
+`EventDecoder` (which knows the wire format of one event), drains the body after the end event so the
+connection goes back to the pool, and closes the response in `finally`.
 
 Upstream error bodies are never copied into errors (they can echo keys); only their status, and an
 error type or code that looks like an identifier, are kept.
@@ -7,9 +13,11 @@ error type or code that looks like an identifier, are kept.
 from __future__ import annotations
 
 import email.utils
+import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
+from typing import Any, TypeVar
 
 import httpx
 
@@ -25,25 +33,221 @@ from server.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from server.providers.base import Provider
+from server.providers.transport import TOTAL_TIMEOUT_EXTENSION, AiohttpTransport
+from server.sse import ServerSentEvent, aiter_sse
+from server.types import Finish, FinishReason, StreamEvent, TextDelta, Usage
 
 __all__ = [
+    "ErrorHint",
+    "EventDecoder",
+    "HTTPProvider",
     "error_for_error_type",
     "error_for_status",
     "error_for_transport",
+    "loads_object",
     "make_client",
     "parse_retry_after",
     "request_timeout",
     "safe_identifier",
+    "stream_interrupted",
+    "unexpected_shape",
 ]
 
+T = TypeVar("T")
+
 _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_.]{0,63}")
+# Error bodies are read only to learn the error type; anything longer is not an error body we know.
+_MAX_ERROR_BODY_BYTES = 64 * 1024
+# (error type or code, retry delay in seconds) that an upstream's error object may safely tell.
+ErrorHint = tuple[str | None, float | None]
+# What reading JSON of an unexpected shape raises (a list where an object was expected, int("many"), …).
+_SHAPE_ERRORS = (AttributeError, IndexError, KeyError, TypeError, ValueError)
+# Error types that say the gateway's key is wrong, whatever the status (Gemini answers a bad key with 400).
+_KEY_REJECTED = frozenset({"API_KEY_INVALID", "authentication_error", "invalid_api_key"})
+# In-band error types by name: Anthropic's error types, and Google's canonical codes (Gemini's `status`).
+# Types not listed (overloaded_error, api_error, UNAVAILABLE, INTERNAL, …) are UpstreamUnavailable.
+_IN_BAND_KINDS: dict[str, type[UpstreamError]] = {
+    "overloaded_error": UpstreamUnavailable,
+    "api_error": UpstreamUnavailable,
+    "rate_limit_error": UpstreamRateLimited,
+    "invalid_request_error": UpstreamRejected,
+    "request_too_large": UpstreamRejected,
+    "authentication_error": UpstreamAuthFailed,
+    "permission_error": UpstreamAuthFailed,
+    "not_found_error": UpstreamFailed,
+    "RESOURCE_EXHAUSTED": UpstreamRateLimited,
+    "INVALID_ARGUMENT": UpstreamRejected,
+    "OUT_OF_RANGE": UpstreamRejected,
+    "UNAUTHENTICATED": UpstreamAuthFailed,
+    "PERMISSION_DENIED": UpstreamAuthFailed,
+    "NOT_FOUND": UpstreamFailed,
+    "FAILED_PRECONDITION": UpstreamFailed,
+}
+
+
+class EventDecoder:
+    """One stream's wire format: turns each SSE event into text, and remembers how the reply ends.
+
+    `feed` returns the event's text (or None) and raises an UpstreamError for an in-band error or a
+    malformed event. It sets `ended` on the wire format's end event (OpenAI's [DONE], Anthropic's
+    message_stop), after which the rest of the body is only drained; `reason` and `usage` as they arrive.
+    A body that ends without `ended` is whole only when a finish reason was seen (Gemini has no end event).
+    """
+
+    __slots__ = ("ended", "provider", "reason", "usage")
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+        self.ended = False
+        self.reason: FinishReason | None = None
+        self.usage: Usage | None = None
+
+    def feed(self, event: ServerSentEvent) -> str | None:
+        raise NotImplementedError
+
+    @property
+    def complete(self) -> bool:
+        return self.ended or self.reason is not None
+
+    def finish(self) -> Finish:
+        return Finish(self.reason or FinishReason.UNSPECIFIED, self.usage)
+
+
+class HTTPProvider(Provider):
+    """A provider behind one pooled httpx client. Subclasses build bodies and decode their wire format."""
+
+    def __init__(
+        self, config: ProviderConfig, headers: Mapping[str, str], *, client: httpx.AsyncClient | None = None
+    ) -> None:
+        super().__init__(config.name)
+        self._config = config
+        self._client = client or make_client(config, headers)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def _error_hint(self, error: Mapping[str, Any]) -> ErrorHint:
+        """What the `error` object of a non-2xx answer says: by default its `code` ("invalid_api_key",
+        more specific than OpenAI's `type`), else its `type` (Anthropic's only field)."""
+        return safe_identifier(error.get("code")) or safe_identifier(error.get("type")), None
+
+    async def _stream_sse(
+        self, path: str, body: dict[str, Any], timeout_s: float | None, events: EventDecoder
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """POST `body` and relay its event stream: TextDelta per event with text, then one Finish."""
+        response = await self._post(path, body, timeout_s)
+        ended = False
+        try:
+            if response.status_code != 200:
+                raise await self._error_from_response(response)
+            async for event in aiter_sse(response.aiter_raw()):
+                if ended:
+                    continue  # read on to the end of the body, so the connection goes back to the pool
+                try:
+                    text = events.feed(event)
+                except _SHAPE_ERRORS as exc:
+                    raise unexpected_shape(self.name) from exc
+                if text:
+                    yield TextDelta(text)
+                if events.ended:
+                    ended = True
+                    yield events.finish()
+            if not ended:
+                if not events.complete:
+                    raise stream_interrupted(self.name)
+                ended = True
+                yield events.finish()
+        except httpx.TransportError as exc:
+            if not ended:  # after the end event the reply is whole; a failing drain only costs the connection
+                raise error_for_transport(self.name, exc, streaming=True) from exc
+        finally:
+            await response.aclose()
+
+    async def _post_json(
+        self, path: str, body: dict[str, Any], timeout_s: float | None, parse: Callable[[dict[str, Any]], T]
+    ) -> T:
+        """POST `body` and return what `parse` makes of the JSON object of a 200 answer."""
+        response = await self._post(path, body, timeout_s)
+        try:
+            if response.status_code != 200:
+                raise await self._error_from_response(response)
+            payload = loads_object((await response.aread()).decode("utf-8", "replace"), self.name)
+        except httpx.TransportError as exc:
+            raise error_for_transport(self.name, exc, streaming=False) from exc
+        finally:
+            await response.aclose()
+        try:
+            return parse(payload)
+        except _SHAPE_ERRORS as exc:
+            raise unexpected_shape(self.name) from exc
+
+    async def _post(self, path: str, body: dict[str, Any], timeout_s: float | None) -> httpx.Response:
+        http_request = self._client.build_request(
+            "POST",
+            path,
+            content=json.dumps(body, separators=(",", ":")).encode(),
+            timeout=request_timeout(self._config, timeout_s),
+            extensions=deadline_extension(timeout_s),
+        )
+        try:
+            return await self._client.send(http_request, stream=True)
+        except httpx.TransportError as exc:
+            # Nothing of the answer has been read yet: even a reset here is not a stream cut mid-way.
+            raise error_for_transport(self.name, exc, streaming=False) from exc
+
+    async def _error_from_response(self, response: httpx.Response) -> UpstreamError:
+        hint: ErrorHint = (None, None)
+        try:
+            body = b""
+            async for piece in response.aiter_bytes():
+                body += piece
+                if len(body) > _MAX_ERROR_BODY_BYTES:
+                    break
+            payload = json.loads(body)
+            if isinstance(payload, list) and payload:  # Google's JSON-array streams wrap the error
+                payload = payload[0]
+            error = payload.get("error")
+            if isinstance(error, dict):
+                hint = self._error_hint(error)
+        except (ValueError, AttributeError, httpx.HTTPError):
+            pass  # the status code alone decides; the body is only a hint
+        return error_for_status(self.name, response.status_code, response.headers, *hint)
+
+
+def loads_object(data: str, provider: str) -> dict[str, Any]:
+    """`data` parsed as a JSON object, or UpstreamBadResponse."""
+    try:
+        value = json.loads(data)
+    except ValueError as exc:
+        raise UpstreamBadResponse(f"upstream {provider} sent malformed JSON", provider=provider) from exc
+    if not isinstance(value, dict):
+        raise UpstreamBadResponse(f"upstream {provider} sent a JSON {type(value).__name__}", provider=provider)
+    return value
+
+
+def unexpected_shape(provider: str) -> UpstreamBadResponse:
+    return UpstreamBadResponse(f"upstream {provider} answered with JSON of an unexpected shape", provider=provider)
+
+
+def stream_interrupted(provider: str) -> UpstreamUnavailable:
+    return UpstreamUnavailable(
+        f"upstream {provider} ended the stream before it finished",
+        provider=provider,
+        reason="UPSTREAM_STREAM_INTERRUPTED",
+    )
 
 
 def make_client(config: ProviderConfig, headers: Mapping[str, str]) -> httpx.AsyncClient:
-    """One pooled client per provider: keep-alive, no redirects (a redirect could carry the key away)."""
+    """One pooled client per provider: keep-alive, no redirects (a redirect could carry the key away).
+
+    Bytes travel over `AiohttpTransport` (see transport.py for why). Responses are asked for
+    uncompressed: event streams are read raw, and compressing them would only add latency.
+    """
     return httpx.AsyncClient(
         base_url=config.base_url,
-        headers=dict(headers),
+        headers={"accept-encoding": "identity", **headers},
+        transport=AiohttpTransport(max_connections=config.max_connections),
         follow_redirects=False,
         timeout=httpx.Timeout(
             connect=config.connect_timeout_s,
@@ -65,16 +269,32 @@ def request_timeout(config: ProviderConfig, timeout_s: float | None) -> httpx.Ti
     The cap stops a little before the deadline, so that the client gets the gateway's DEADLINE_EXCEEDED
     with the phase in ErrorInfo rather than gRPC's bare one.
     """
-    if timeout_s is None:
-        remaining = defaults.REQUEST_TIMEOUT_S
-    else:
-        remaining = max(timeout_s - defaults.DEADLINE_MARGIN_S, timeout_s / 2, 0.001)
+    remaining = defaults.REQUEST_TIMEOUT_S if timeout_s is None else _before_deadline(timeout_s)
     return httpx.Timeout(
         connect=min(config.connect_timeout_s, remaining),
         read=min(config.read_timeout_s, remaining),
         write=min(defaults.WRITE_TIMEOUT_S, remaining),
         pool=min(defaults.POOL_TIMEOUT_S, remaining),
     )
+
+
+def deadline_extension(timeout_s: float | None) -> dict[str, float]:
+    """A whole-call time limit for the transport (httpx's own timeouts are per phase and per read).
+
+    It ends the upstream call, body included, a little before the client's deadline, so that even a
+    stream that trickles or stalls after its headers ends with the gateway's DEADLINE_EXCEEDED.
+    """
+    if timeout_s is None:
+        return {}
+    return {TOTAL_TIMEOUT_EXTENSION: _before_deadline(timeout_s)}
+
+
+def _before_deadline(timeout_s: float) -> float:
+    """What is left of the client's deadline, less a margin for the gateway to answer in."""
+    margin = min(
+        max(timeout_s * defaults.DEADLINE_MARGIN_SHARE, defaults.DEADLINE_MARGIN_S), defaults.DEADLINE_MARGIN_MAX_S
+    )
+    return max(timeout_s - margin, timeout_s / 2, 0.001)
 
 
 def safe_identifier(value: object) -> str | None:
@@ -104,11 +324,19 @@ def parse_retry_after(headers: httpx.Headers) -> float | None:
 
 
 def error_for_status(
-    provider: str, status: int, headers: httpx.Headers, error_type: str | None = None
+    provider: str,
+    status: int,
+    headers: httpx.Headers,
+    error_type: str | None = None,
+    retry_after_s: float | None = None,
 ) -> UpstreamError:
-    """Map a non-2xx upstream answer to the error the client sees."""
+    """Map a non-2xx upstream answer to the error the client sees.
+
+    `error_type` is the identifier the body gave; `retry_after_s` a delay the body gave (Google's
+    RetryInfo), used when no Retry-After header says when.
+    """
     meta = {"upstream_error_type": error_type} if error_type else {}
-    if status in (401, 403):
+    if status in (401, 403) or error_type in _KEY_REJECTED:
         return UpstreamAuthFailed(
             f"upstream {provider} rejected the gateway's credentials (HTTP {status}); "
             "the gateway operator must fix the provider key",
@@ -117,11 +345,12 @@ def error_for_status(
             metadata=meta,
         )
     if status == 429:
+        from_header = parse_retry_after(headers)
         return UpstreamRateLimited(
             f"upstream {provider} is rate limiting requests (HTTP 429)",
             provider=provider,
             http_status=status,
-            retry_after_s=parse_retry_after(headers),
+            retry_after_s=retry_after_s if from_header is None else from_header,
             metadata=meta,
         )
     if status in (400, 413, 422):
@@ -151,18 +380,24 @@ def error_for_status(
     )
 
 
-def error_for_error_type(provider: str, error_type: str | None) -> UpstreamError:
-    """Map an in-band error event (an error inside an HTTP 200 stream) by its type or code."""
-    kind = (error_type or "").lower()
+def error_for_error_type(provider: str, error_type: str | None, retry_after_s: float | None = None) -> UpstreamError:
+    """Map an in-band error (an error inside an HTTP 200 answer) by its type or code."""
     meta = {"upstream_error_type": error_type} if error_type else {}
     what = f"upstream {provider} reported an error mid-response" + (f" ({error_type})" if error_type else "")
-    if "rate_limit" in kind:
-        return UpstreamRateLimited(what, provider=provider, metadata=meta)
-    if "invalid_request" in kind:
-        return UpstreamRejected(what, provider=provider, metadata=meta)
-    if "authentication" in kind or "permission" in kind:
-        return UpstreamAuthFailed(what, provider=provider, metadata=meta)
-    return UpstreamUnavailable(what, provider=provider, metadata=meta)
+    kind = _IN_BAND_KINDS.get(error_type or "")
+    if kind is None:  # OpenAI-compatible servers spell their types freely ("rate_limit_exceeded", …)
+        lowered = (error_type or "").lower()
+        if "rate_limit" in lowered:
+            kind = UpstreamRateLimited
+        elif "invalid_request" in lowered:
+            kind = UpstreamRejected
+        elif "authentication" in lowered or "permission" in lowered:
+            kind = UpstreamAuthFailed
+        else:
+            kind = UpstreamUnavailable
+    if kind is UpstreamRateLimited:
+        return UpstreamRateLimited(what, provider=provider, retry_after_s=retry_after_s, metadata=meta)
+    return kind(what, provider=provider, metadata=meta)
 
 
 def error_for_transport(provider: str, exc: httpx.TransportError, *, streaming: bool) -> UpstreamError:

@@ -1,0 +1,255 @@
+"""Running a bench: start the upstream and the gateway, drive the load processes, collect their results.
+
+    async with Stack.start(workdir, settings) as stack:     # upstream + gateway, both ready
+        ttft = await stack.ttft("gateway", settings)
+        rounds = await stack.throughput("direct", settings)
+
+`run_bench(settings)` does all of it in a temporary folder and returns a `BenchResult`. Every child is
+stopped on the way out, whatever happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shlex
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from grpc_health.v1 import health_pb2
+
+from bench.procs import Child, Children, cpu_seconds, machine_cpu_seconds, peak_rss_bytes
+from bench.results import BenchResult, LoadResult, Machine, Settings, ThroughputResult, TtftResult
+
+__all__ = ["Stack", "run_bench"]
+
+# A cold interpreter imports grpc, protobuf and httpx in well under a second; this leaves room for a slow box.
+READY_TIMEOUT_S = 20.0
+_POLL_INTERVAL_S = 0.05
+# The gateway's grace period on SIGTERM: the bench stops it only when no call is left.
+_GATEWAY_GRACE_S = 1.0
+_TTFT_MODEL_TOKENS = 1  # the shortest stream: TTFT then measures the path, not the stream's length
+
+
+@dataclass(frozen=True, slots=True)
+class CpuPlan:
+    """Which CPUs each child may use; None everywhere when not pinning (or on one CPU)."""
+
+    gateway: frozenset[int] | None = None  # the gateway alone
+    others: frozenset[int] | None = None  # the upstream, and the load that goes through the gateway
+    # The direct side's load may use every CPU: the gateway is idle meanwhile.
+
+    @classmethod
+    def make(cls, pin: bool) -> CpuPlan:
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        if not pin or len(cpus) < 2:
+            return cls()
+        return cls(gateway=frozenset(cpus[:1]), others=frozenset(cpus[1:]))
+
+    def load_cpus(self, target: str) -> frozenset[int] | None:
+        return self.others if target == "gateway" else None
+
+    def describe(self) -> str:
+        if self.gateway is None or self.others is None:
+            return "none (every process may use every CPU)"
+        return (
+            f"gateway on CPU {_cpu_list(self.gateway)}; upstream and gateway-side load on CPU "
+            f"{_cpu_list(self.others)}; direct-side load on any CPU"
+        )
+
+
+def _cpu_list(cpus: frozenset[int]) -> str:
+    return ",".join(str(cpu) for cpu in sorted(cpus))
+
+
+@dataclass(slots=True)
+class Stack:
+    """The running fake upstream and gateway."""
+
+    children: Children
+    upstream: Child
+    upstream_url: str  # http://127.0.0.1:PORT/v1
+    gateway: Child
+    gateway_address: str  # 127.0.0.1:PORT
+    cpus: CpuPlan
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def start(cls, workdir: Path, settings: Settings) -> AsyncIterator[Stack]:
+        cpus = CpuPlan.make(settings.pin)
+        async with Children(workdir) as children:
+            upstream = await children.start("upstream", "tests.fakes.openai_upstream", "--port", "0", cpus=cpus.others)
+            word, _, port = (await upstream.read_line(READY_TIMEOUT_S)).partition(" ")
+            if word != "PORT" or not port.isdigit():
+                raise upstream.failure(f"expected 'PORT <n>' on stdout, got {word} {port}")
+            upstream_url = f"http://127.0.0.1:{port}/v1"
+            config = workdir / "gateway.yaml"
+            config.write_text(yaml.safe_dump(_gateway_config(upstream_url, settings), sort_keys=False))
+            gateway_address = f"127.0.0.1:{_free_port()}"
+            gateway = await children.start(
+                "gateway",
+                "server",
+                "--config",
+                str(config),
+                "--listen",
+                gateway_address,
+                stdout=False,
+                cpus=cpus.gateway,
+            )
+            await _wait_serving(gateway, gateway_address)
+            yield cls(children, upstream, upstream_url, gateway, gateway_address, cpus)
+
+    def _endpoint(self, target: str, tokens: int) -> tuple[str, str]:
+        """The address and model name a load process uses for `target` and streams of `tokens` tokens."""
+        if target == "direct":
+            return self.upstream_url, f"tokens-{tokens}"
+        return self.gateway_address, f"bench-{tokens}"
+
+    async def ttft(self, target: str, settings: Settings) -> TtftResult:
+        address, model = self._endpoint(target, _TTFT_MODEL_TOKENS)
+        args = ["--requests", str(settings.ttft_requests), "--warmup", str(settings.ttft_warmup)]
+        args += ["--target", target, "--address", address, "--model", model]
+        child = await self.children.start(
+            f"load-ttft-{target}", "bench.load", "ttft", *args, cpus=self.cpus.load_cpus(target)
+        )
+        raw = await _result(child, READY_TIMEOUT_S + 60 + (settings.ttft_requests + settings.ttft_warmup) * 0.1)
+        await self.children.stop(child)
+        result = TtftResult(**_known(TtftResult, raw))
+        if not result.samples_ms:
+            raise child.failure(f"no request succeeded; first error: {result.first_error}")
+        return result
+
+    async def throughput(self, target: str, settings: Settings) -> ThroughputResult:
+        """One round: `settings.processes` load processes against `target`, measuring the same window."""
+        address, model = self._endpoint(target, settings.tokens)
+        base = ["throughput", "--target", target, "--address", address, "--model", model, "--sync"]
+        options = ["--duration", str(settings.duration_s), "--warmup", str(settings.warmup_s)]
+        options += ["--expect", str(settings.tokens)]
+        loads = [
+            await self.children.start(
+                f"load-{target}-{i}",
+                "bench.load",
+                *base,
+                *options,
+                "--concurrency",
+                str(n),
+                stdin=True,
+                cpus=self.cpus.load_cpus(target),
+            )
+            for i, n in enumerate(settings.per_process_concurrency())
+        ]
+        for load in loads:
+            if (line := await load.read_line(READY_TIMEOUT_S)) != "READY":
+                raise load.failure(f"expected READY, got {line!r}")
+        window_start = time.time() + settings.warmup_s
+        for load in loads:
+            load.write_line(f"GO {window_start!r}")
+        servers = {"upstream": self.upstream.pid} | ({"gateway": self.gateway.pid} if target == "gateway" else {})
+        cpu = await _cpu_percent_over(servers, window_start, settings.duration_s)
+        raws = [await _result(load, settings.duration_s + 30) for load in loads]
+        for load in loads:
+            await self.children.stop(load)
+        return ThroughputResult(target, [LoadResult(**_known(LoadResult, raw)) for raw in raws], cpu)
+
+
+async def run_bench(settings: Settings, command: str | None = None) -> BenchResult:
+    result = BenchResult(
+        settings=settings,
+        machine=Machine.this(),
+        command=command or shlex.join([sys.executable, "-m", "bench", *sys.argv[1:]]),
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        async with Stack.start(Path(tmp), settings) as stack:
+            result.pinning = stack.cpus.describe()
+            for target in ("direct", "gateway"):
+                result.ttft[target] = await stack.ttft(target, settings)
+            for _ in range(settings.rounds):
+                for target in ("direct", "gateway"):
+                    result.throughput.setdefault(target, []).append(await stack.throughput(target, settings))
+            result.gateway_peak_rss_bytes = peak_rss_bytes(stack.gateway.pid)
+    return result
+
+
+def _gateway_config(upstream_url: str, settings: Settings) -> dict[str, Any]:
+    return {
+        "grace_period_s": _GATEWAY_GRACE_S,
+        "providers": [{"name": "upstream", "kind": "openai", "base_url": upstream_url}],
+        "models": [
+            {"name": f"bench-{n}", "provider": "upstream", "upstream_model": f"tokens-{n}"}
+            for n in sorted({_TTFT_MODEL_TOKENS, settings.tokens})
+        ],
+    }
+
+
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (the gateway fails clearly if that changes)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _wait_serving(gateway: Child, address: str) -> None:
+    """Poll the gateway's health service until it answers SERVING; BenchError if it exits or takes too long."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    request = health_pb2.HealthCheckRequest(service="")
+    async with grpc.aio.insecure_channel(address) as channel:
+        # By method path: types-grpcio-health-checking's HealthStub declares no methods.
+        check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        while gateway.process.returncode is None and time.monotonic() < deadline:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                if (await check(request, timeout=1.0)).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            await asyncio.sleep(_POLL_INTERVAL_S)
+    if gateway.process.returncode is None:
+        raise gateway.failure(f"not SERVING on {address} within {READY_TIMEOUT_S:.0f} s")
+    await gateway.process.wait()
+    raise gateway.failure(f"exited before it was SERVING on {address}")
+
+
+async def _cpu_percent_over(pids: dict[str, int], start: float, duration_s: float) -> dict[str, float]:
+    """CPU% (100 = one core) of each process, and of the whole "machine", over [start, start + duration_s].
+
+    `start` is a time.time().
+    """
+    await asyncio.sleep(max(0.0, start - time.time()))
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()} | {"machine": machine_cpu_seconds()}
+    began = time.monotonic()
+    await asyncio.sleep(duration_s)
+    elapsed = time.monotonic() - began
+    after = {name: cpu_seconds(pid) for name, pid in pids.items()} | {"machine": machine_cpu_seconds()}
+    return {name: 100 * (after[name] - before[name]) / elapsed for name in before}
+
+
+async def _result(child: Child, timeout: float) -> dict[str, Any]:
+    """The JSON line a load process prints last, once it has exited with 0."""
+    line = await child.read_line(timeout)
+    if await child.wait(timeout=10) != 0:
+        raise child.failure("failed")
+    try:
+        raw = json.loads(line)
+    except ValueError as exc:
+        raise child.failure(f"printed {line[:200]!r}, not a JSON result") from exc
+    if not isinstance(raw, dict):
+        raise child.failure(f"printed {line[:200]!r}, not a JSON object")
+    return raw
+
+
+def _known(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
+    """The keys of `raw` that are fields of the dataclass `cls` (a load process also prints derived values)."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in raw.items() if k in names}

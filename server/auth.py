@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from typing import Any, TypeAlias
 
 import grpc
@@ -18,7 +19,11 @@ import grpc
 from server.config import ClientToken
 from server.errors import Unauthenticated, abort
 
-__all__ = ["EXEMPT_METHODS", "BearerAuthInterceptor", "authenticate"]
+__all__ = ["CURRENT_CLIENT", "EXEMPT_METHODS", "BearerAuthInterceptor", "authenticate"]
+
+# The configured name of the client making the current call (None without auth). gRPC runs the handler in
+# the context the interceptor set, so per-client limits, budgets and logs can read it anywhere below.
+CURRENT_CLIENT: ContextVar[str | None] = ContextVar("gateway_current_client", default=None)
 
 # Health (load balancers probe without tokens) and reflection (it only describes the published contract).
 EXEMPT_METHODS = frozenset(
@@ -57,8 +62,10 @@ class BearerAuthInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method in EXEMPT_METHODS:
             return handler
-        if authenticate(handler_call_details.invocation_metadata, self._tokens) is None:
+        client = authenticate(handler_call_details.invocation_metadata, self._tokens)
+        if client is None:
             return _rejecting(handler)
+        CURRENT_CLIENT.set(client)
         return handler
 
 

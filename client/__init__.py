@@ -5,6 +5,9 @@
     with AIClient(target="gateway.example.com:443", token="...") as client:
         for event in client.stream_generate("Tell me a story", model="demo"):
             ...
+        with client.interactive(model="demo", system="Be brief.") as session:   # InteractiveStream
+            for event in session.send("Hello"):
+                ...
 
 Options (keyword-only, the same for both clients): `target` (env GATEWAY_TARGET, default
 127.0.0.1:50051), `token` (env GATEWAY_TOKEN), `ca_file`, `plaintext` (loopback targets only),
@@ -25,22 +28,29 @@ from client.errors import (
     UnavailableError,
     UnknownStatusError,
 )
+from client.interactive import AsyncSession, AsyncTurn
 from client.sync_client import AIClient, Stream
+from client.sync_interactive import Session, Turn
 from client.types import (
     FinishReason,
     GenerateResult,
     Message,
     MessageLike,
+    SessionMode,
     StreamEnd,
     StreamEvent,
     TextDelta,
+    TurnEvent,
+    TurnResult,
     Usage,
 )
 
 __all__ = [
     "AIClient",
     "AsyncAIClient",
+    "AsyncSession",
     "AsyncStream",
+    "AsyncTurn",
     "AuthenticationError",
     "DeadlineExceededError",
     "FinishReason",
@@ -53,11 +63,16 @@ __all__ = [
     "NotImplementedByServerError",
     "PermissionDeniedError",
     "RateLimitError",
+    "Session",
+    "SessionMode",
     "Stream",
     "StreamEnd",
     "StreamEvent",
     "StreamProtocolError",
     "TextDelta",
+    "Turn",
+    "TurnEvent",
+    "TurnResult",
     "UnavailableError",
     "UnknownStatusError",
     "Usage",

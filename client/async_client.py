@@ -5,10 +5,13 @@ async with AsyncAIClient(target="gateway.example.com:443", token="...") as clien
     async with client.stream_generate("Say hello", model="demo") as stream:
         async for event in stream:
             ...
+    async with client.interactive(model="demo") as session:     # see client.interactive
+        print((await session.send("Say hello")).text)
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
@@ -17,10 +20,12 @@ from typing import Self
 import grpc
 
 from client import defaults
-from client.channel import ChannelOptions, ConnectionSettings
+from client.channel import DEFAULT_RETRY, ChannelOptions, ConnectionSettings
 from client.errors import StreamProtocolError, error_from_rpc_error
-from client.types import GenerateResult, MessageLike, StreamEnd, StreamEvent
-from client.wire import StreamAssembler, build_request, generate_result
+from client.interactive import AsyncSession
+from client.retry import AsyncStreamRetry, Retrier, RetryPolicy
+from client.types import GenerateResult, MessageLike, SessionMode, StreamEnd, StreamEvent
+from client.wire import StreamAssembler, build_request, generate_result, session_start
 from generated import ai_service_pb2 as pb
 from generated import ai_service_pb2_grpc as pb_grpc
 
@@ -42,10 +47,12 @@ class AsyncAIClient:
         plaintext: bool = False,
         timeout: float = defaults.DEFAULT_TIMEOUT_S,
         options: ChannelOptions | None = None,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
     ) -> None:
         self._settings = ConnectionSettings.resolve(
-            target=target, token=token, ca_file=ca_file, plaintext=plaintext, timeout=timeout, options=options
-        )
+            target=target, token=token, ca_file=ca_file, plaintext=plaintext, timeout=timeout, options=options,
+            retry=retry,
+        )  # fmt: skip
         credentials = self._settings.credentials()
         target, channel_options = self._settings.target, self._settings.options
         if credentials is None:
@@ -86,11 +93,17 @@ class AsyncAIClient:
             pb.GenerateRequest, model=model, prompt=prompt, messages=messages, system=system,
             temperature=temperature, max_tokens=max_tokens, top_p=top_p, stop=stop,
         )  # fmt: skip
-        try:
-            response = await self._stub.Generate(request, timeout=self._settings.deadline(timeout))
-        except grpc.aio.AioRpcError as exc:
-            raise error_from_rpc_error(exc) from exc
-        return generate_result(response)
+        retrier = Retrier(self._settings.retry, self._settings.deadline(timeout))
+        while True:  # the channel retries UNAVAILABLE; this loop, RESOURCE_EXHAUSTED with RetryInfo
+            try:
+                response = await self._stub.Generate(request, timeout=retrier.remaining())
+            except grpc.aio.AioRpcError as exc:
+                error = error_from_rpc_error(exc)
+                if (delay := retrier.delay(error, unavailable=False)) is None:
+                    raise error from exc
+                await asyncio.sleep(delay)
+            else:
+                return generate_result(response)
 
     def stream_generate(
         self,
@@ -110,7 +123,31 @@ class AsyncAIClient:
             pb.StreamGenerateRequest, model=model, prompt=prompt, messages=messages, system=system,
             temperature=temperature, max_tokens=max_tokens, top_p=top_p, stop=stop,
         )  # fmt: skip
-        return AsyncStream(self._stub.StreamGenerate(request, timeout=self._settings.deadline(timeout)))
+        retrier = Retrier(self._settings.retry, self._settings.deadline(timeout))
+        restart = AsyncStreamRetry(lambda left: self._stub.StreamGenerate(request, timeout=left), retrier)
+        return AsyncStream(self._stub.StreamGenerate(request, timeout=retrier.remaining()), retry=restart)
+
+    def interactive(
+        self,
+        *,
+        model: str,
+        system: str | None = None,
+        mode: SessionMode = "conversation",
+        max_in_flight: int = 0,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        top_p: float | None = None,
+        stop: Sequence[str] = (),
+        timeout: float | None = None,
+    ) -> AsyncSession:
+        """An InteractiveStream session; open it with `async with`. `model`, `system` and the sampling
+        options are the defaults of every turn; `max_in_flight` (pipeline; 0: the server's default) is
+        capped by the server. A session has no deadline unless `timeout` (seconds, the whole session)."""
+        start = session_start(
+            model=model, system=system, mode=mode, max_in_flight=max_in_flight,
+            temperature=temperature, max_tokens=max_tokens, top_p=top_p, stop=stop,
+        )  # fmt: skip
+        return AsyncSession(self._stub, start, timeout=timeout)
 
 
 class AsyncStream(AsyncIterator[StreamEvent]):
@@ -121,8 +158,14 @@ class AsyncStream(AsyncIterator[StreamEvent]):
     the StreamEnd once the stream is exhausted.
     """
 
-    def __init__(self, call: grpc.aio.UnaryStreamCall[pb.StreamGenerateRequest, pb.StreamChunk]) -> None:
+    def __init__(
+        self,
+        call: grpc.aio.UnaryStreamCall[pb.StreamGenerateRequest, pb.StreamChunk],
+        *,
+        retry: AsyncStreamRetry[grpc.aio.UnaryStreamCall[pb.StreamGenerateRequest, pb.StreamChunk]] | None = None,
+    ) -> None:
         self._call = call
+        self._retry = retry  # until the first chunk: a failure may start the call again
         self._assembler = StreamAssembler()
         self._closed = False
         self.result: StreamEnd | None = None
@@ -147,11 +190,18 @@ class AsyncStream(AsyncIterator[StreamEvent]):
     async def __anext__(self) -> StreamEvent:
         if self._closed:
             raise StopAsyncIteration
-        try:
-            chunk = await self._call.read()
-        except grpc.aio.AioRpcError as exc:
-            self._closed = True
-            raise error_from_rpc_error(exc) from exc
+        while True:
+            try:
+                chunk = await self._call.read()
+                break
+            except grpc.aio.AioRpcError as exc:
+                error = error_from_rpc_error(exc)
+                call = await self._retry.restart(error) if self._retry is not None else None
+                if call is None:
+                    self._closed = True
+                    raise error from exc
+                self._call = call
+        self._retry = None  # a chunk arrived (or the call ended): never retried from here on
         if not isinstance(chunk, pb.StreamChunk):  # grpc.aio.EOF: the call ended with OK
             self._closed = True
             self.result = self._assembler.finish()

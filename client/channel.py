@@ -22,10 +22,13 @@ from typing import Any, TypeAlias
 import grpc
 
 from client import defaults
+from client.retry import RetryPolicy, channel_options
 
-__all__ = ["BearerToken", "ChannelOptions", "ConnectionSettings", "is_loopback_target"]
+__all__ = ["DEFAULT_RETRY", "BearerToken", "ChannelOptions", "ConnectionSettings", "is_loopback_target"]
 
 ChannelOptions: TypeAlias = Sequence[tuple[str, Any]]
+
+DEFAULT_RETRY = RetryPolicy()
 
 # Name-resolver prefixes that may stand before the address, e.g. "dns:///localhost:50051".
 _SCHEMES = ("dns:///", "dns:", "ipv4:", "ipv6:")
@@ -53,7 +56,9 @@ class ConnectionSettings:
     ca_file: Path | None
     plaintext: bool
     timeout: float
+    # The caller's channel options, plus the retry service config unless `retry` is None (client/retry.py).
     options: tuple[tuple[str, Any], ...]
+    retry: RetryPolicy | None = DEFAULT_RETRY
 
     @classmethod
     def resolve(
@@ -66,6 +71,7 @@ class ConnectionSettings:
         timeout: float,
         options: ChannelOptions | None,
         env: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
     ) -> ConnectionSettings:
         env = os.environ if env is None else env
         target = target or env.get(defaults.TARGET_ENV) or defaults.DEFAULT_TARGET
@@ -81,7 +87,7 @@ class ConnectionSettings:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
         path = Path(ca_file) if ca_file is not None else None
-        return cls(target, token, path, plaintext, timeout, tuple(options or ()))
+        return cls(target, token, path, plaintext, timeout, channel_options(options or (), retry), retry)
 
     def credentials(self) -> grpc.ChannelCredentials | None:
         """The channel credentials, or None for an insecure channel."""

@@ -1,7 +1,7 @@
 """The client's error tree, and the one function that turns a failed gRPC call into it.
 
     GatewayError                       base: code, message, reason, domain, metadata, retry_after,
-    │                                  field_violations
+    │                                  field_violations, request_id (the InteractiveStream turn)
     ├── InvalidArgumentError           INVALID_ARGUMENT: INVALID_REQUEST, MODEL_NOT_FOUND,
     │                                  UPSTREAM_REJECTED_REQUEST; field_violations lists every problem
     ├── AuthenticationError            UNAUTHENTICATED: missing or unknown bearer token
@@ -12,14 +12,16 @@
     ├── DeadlineExceededError          DEADLINE_EXCEEDED: the call's deadline or the upstream's timeout
     ├── InternalServerError            INTERNAL: a gateway bug or a gateway-side upstream problem
     ├── NotImplementedByServerError    UNIMPLEMENTED
-    ├── StreamProtocolError            the server broke the StreamGenerate contract (no final chunk,
-    │                                  or data after it); detected by the client
+    ├── StreamProtocolError            the server broke the StreamGenerate or InteractiveStream contract
+    │                                  (no final chunk, data after it, a turn left unfinished); detected
+    │                                  by the client
     └── UnknownStatusError             any other status code (UNKNOWN, CANCELLED, ABORTED, ...)
 
 `error_from_rpc_error` decodes the `grpc-status-details-bin` trailer (a google.rpc.Status whose details
 hold ErrorInfo, RetryInfo and BadRequest) for the sync and the async client alike; callers raise its
-result `from` the grpc.RpcError. Error text comes from the server, which never echoes credentials; the
-client adds none.
+result `from` the grpc.RpcError. `error_from_rpc_status` decodes the same google.rpc.Status when it
+arrives as a message (an InteractiveStream TurnError). Error text comes from the server, which never
+echoes credentials; the client adds none.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ __all__ = [
     "UnavailableError",
     "UnknownStatusError",
     "error_from_rpc_error",
+    "error_from_rpc_status",
     "error_from_status",
 ]
 
@@ -64,6 +67,7 @@ class GatewayError(Exception):
         metadata: Mapping[str, str] | None = None,
         retry_after: float | None = None,
         field_violations: Sequence[tuple[str, str]] = (),
+        request_id: str = "",
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -73,6 +77,7 @@ class GatewayError(Exception):
         self.metadata: dict[str, str] = dict(metadata or {})
         self.retry_after = retry_after
         self.field_violations: list[tuple[str, str]] = list(field_violations)
+        self.request_id = request_id
 
     def __str__(self) -> str:
         head = f"{self.code.name} {self.reason}" if self.reason else self.code.name
@@ -147,10 +152,25 @@ def error_from_status(
     code: grpc.StatusCode, message: str, trailing_metadata: Iterable[tuple[str, str | bytes]] | None
 ) -> GatewayError:
     """Build the error for `code`, enriched with the details in the status trailer when there is one."""
-    cls = _ERROR_CLASSES.get(code, UnknownStatusError)
     status = _status_details(trailing_metadata)
     if status is None:
-        return cls(code, message)
+        return _ERROR_CLASSES.get(code, UnknownStatusError)(code, message)
+    return _from_status(code, message, status)
+
+
+def error_from_rpc_status(status: status_pb2.Status, *, request_id: str = "") -> GatewayError:
+    """The GatewayError for a google.rpc.Status carried in a message (an InteractiveStream TurnError)."""
+    code = _STATUS_CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+    return _from_status(code, status.message, status, request_id=request_id)
+
+
+_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _from_status(
+    code: grpc.StatusCode, message: str, status: status_pb2.Status, *, request_id: str = ""
+) -> GatewayError:
+    cls = _ERROR_CLASSES.get(code, UnknownStatusError)
     info = error_details_pb2.ErrorInfo()
     retry = error_details_pb2.RetryInfo()
     bad_request = error_details_pb2.BadRequest()
@@ -165,6 +185,7 @@ def error_from_status(
         metadata=dict(info.metadata) if has_info else None,
         retry_after=retry.retry_delay.ToTimedelta().total_seconds() if has_retry else None,
         field_violations=[(v.field, v.description) for v in bad_request.field_violations] if has_bad_request else (),
+        request_id=request_id,
     )
 
 

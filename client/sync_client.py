@@ -5,11 +5,15 @@ with AIClient(target="gateway.example.com:443", token="...") as client:
     with client.stream_generate("Say hello", model="demo") as stream:
         for event in stream:
             ...
+    with client.interactive(model="demo") as session:           # see client.sync_interactive
+        print(session.send("Say hello").result().text)
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import time
 from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
@@ -17,9 +21,11 @@ from typing import TYPE_CHECKING, Self
 import grpc
 
 from client import defaults
-from client.channel import ChannelOptions, ConnectionSettings
+from client.channel import DEFAULT_RETRY, ChannelOptions, ConnectionSettings
 from client.errors import StreamProtocolError, error_from_rpc_error
-from client.types import GenerateResult, MessageLike, StreamEnd, StreamEvent
+from client.retry import Retrier, RetryPolicy, StreamRetry
+from client.sync_interactive import Session, SessionRunner
+from client.types import GenerateResult, MessageLike, SessionMode, StreamEnd, StreamEvent
 from client.wire import StreamAssembler, build_request, generate_result
 from generated import ai_service_pb2 as pb
 from generated import ai_service_pb2_grpc as pb_grpc
@@ -42,10 +48,12 @@ class AIClient:
         plaintext: bool = False,
         timeout: float = defaults.DEFAULT_TIMEOUT_S,
         options: ChannelOptions | None = None,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
     ) -> None:
         self._settings = ConnectionSettings.resolve(
-            target=target, token=token, ca_file=ca_file, plaintext=plaintext, timeout=timeout, options=options
-        )
+            target=target, token=token, ca_file=ca_file, plaintext=plaintext, timeout=timeout, options=options,
+            retry=retry,
+        )  # fmt: skip
         credentials = self._settings.credentials()
         target, channel_options = self._settings.target, self._settings.options
         if credentials is None:
@@ -53,6 +61,7 @@ class AIClient:
         else:
             self._channel = grpc.secure_channel(target, credentials, options=channel_options)
         self._stub = pb_grpc.AIServiceStub(self._channel)
+        self._runner: SessionRunner | None = None  # started with the first interactive session
 
     def __repr__(self) -> str:
         return f"AIClient({self._settings.describe()})"
@@ -67,6 +76,9 @@ class AIClient:
 
     def close(self) -> None:
         self._channel.close()
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None
 
     def generate(
         self,
@@ -86,11 +98,17 @@ class AIClient:
             pb.GenerateRequest, model=model, prompt=prompt, messages=messages, system=system,
             temperature=temperature, max_tokens=max_tokens, top_p=top_p, stop=stop,
         )  # fmt: skip
-        try:
-            response = self._stub.Generate(request, timeout=self._settings.deadline(timeout))
-        except grpc.RpcError as exc:
-            raise error_from_rpc_error(exc) from exc
-        return generate_result(response)
+        retrier = Retrier(self._settings.retry, self._settings.deadline(timeout))
+        while True:  # the channel retries UNAVAILABLE; this loop, RESOURCE_EXHAUSTED with RetryInfo
+            try:
+                response = self._stub.Generate(request, timeout=retrier.remaining())
+            except grpc.RpcError as exc:
+                error = error_from_rpc_error(exc)
+                if (delay := retrier.delay(error, unavailable=False)) is None:
+                    raise error from exc
+                time.sleep(delay)
+            else:
+                return generate_result(response)
 
     def stream_generate(
         self,
@@ -110,7 +128,31 @@ class AIClient:
             pb.StreamGenerateRequest, model=model, prompt=prompt, messages=messages, system=system,
             temperature=temperature, max_tokens=max_tokens, top_p=top_p, stop=stop,
         )  # fmt: skip
-        return Stream(self._stub.StreamGenerate(request, timeout=self._settings.deadline(timeout)))
+        retrier = Retrier(self._settings.retry, self._settings.deadline(timeout))
+        restart = StreamRetry(lambda left: self._stub.StreamGenerate(request, timeout=left), retrier)
+        return Stream(self._stub.StreamGenerate(request, timeout=retrier.remaining()), retry=restart)
+
+    def interactive(
+        self,
+        *,
+        model: str,
+        system: str | None = None,
+        mode: SessionMode = "conversation",
+        max_in_flight: int = 0,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        top_p: float | None = None,
+        stop: Sequence[str] = (),
+        timeout: float | None = None,
+    ) -> Session:
+        """An InteractiveStream session; open it with `with`. The options are AsyncAIClient.interactive's."""
+        if self._runner is None:
+            self._runner = SessionRunner(self._settings)
+        open_session = functools.partial(
+            self._runner.client.interactive, model=model, system=system, mode=mode, max_in_flight=max_in_flight,
+            temperature=temperature, max_tokens=max_tokens, top_p=top_p, stop=stop, timeout=timeout,
+        )  # fmt: skip
+        return Session(self._runner, self._runner.call(open_session))
 
 
 class Stream(Iterator[StreamEvent]):
@@ -121,8 +163,11 @@ class Stream(Iterator[StreamEvent]):
     StreamEnd once the stream is exhausted.
     """
 
-    def __init__(self, call: _CallIterator[pb.StreamChunk]) -> None:
+    def __init__(
+        self, call: _CallIterator[pb.StreamChunk], *, retry: StreamRetry[_CallIterator[pb.StreamChunk]] | None = None
+    ) -> None:
         self._call = call
+        self._retry = retry  # until the first chunk: a failure may start the call again
         self._assembler = StreamAssembler()
         self._closed = False
         self.result: StreamEnd | None = None
@@ -147,15 +192,22 @@ class Stream(Iterator[StreamEvent]):
     def __next__(self) -> StreamEvent:
         if self._closed:
             raise StopIteration
-        try:
-            chunk = next(self._call)
-        except StopIteration:
-            self._closed = True
-            self.result = self._assembler.finish()
-            raise
-        except grpc.RpcError as exc:
-            self._closed = True
-            raise error_from_rpc_error(exc) from exc
+        while True:
+            try:
+                chunk = next(self._call)
+                break
+            except StopIteration:
+                self._closed = True
+                self.result = self._assembler.finish()
+                raise
+            except grpc.RpcError as exc:
+                error = error_from_rpc_error(exc)
+                call = self._retry.restart(error) if self._retry is not None else None
+                if call is None:
+                    self._closed = True
+                    raise error from exc
+                self._call = call
+        self._retry = None  # a chunk arrived: never retried from here on
         try:
             return self._assembler.event(chunk)
         except StreamProtocolError:

@@ -3,6 +3,8 @@
     generate(...)         -> GenerateResult(text, model, provider, finish_reason, usage)
     stream_generate(...)  -> TextDelta(text), TextDelta(text), ..., StreamEnd(model, provider,
                              finish_reason, usage)
+    interactive(...)      -> a session; each turn: TextDelta(text), ..., TurnResult(request_id, text,
+                             model, provider, finish_reason, usage, history_trimmed)
 
 `client.wire` converts them to and from protobuf; `messages=` also accepts the generated Message, for
 callers who already hold one.
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TypeAlias
+from typing import Literal, TypeAlias
 
 from generated import ai_service_pb2 as pb
 
@@ -21,9 +23,12 @@ __all__ = [
     "GenerateResult",
     "Message",
     "MessageLike",
+    "SessionMode",
     "StreamEnd",
     "StreamEvent",
     "TextDelta",
+    "TurnEvent",
+    "TurnResult",
     "Usage",
 ]
 
@@ -92,3 +97,28 @@ class StreamEnd:
 
 
 StreamEvent: TypeAlias = TextDelta | StreamEnd
+
+# How an InteractiveStream session treats its turns: a conversation keeps the dialogue on the server and
+# answers one turn at a time; a pipeline answers independent requests concurrently.
+SessionMode: TypeAlias = Literal["conversation", "pipeline"]
+
+
+@dataclass(frozen=True, slots=True)
+class TurnResult:
+    """The end of one InteractiveStream turn, with its whole reply.
+
+    A cancelled turn has finish_reason CANCELLED, the text received until then, and usage whose
+    completion_tokens count the deltas received (`usage.unreported` is true: the upstream reported none).
+    """
+
+    request_id: str
+    text: str
+    model: str
+    provider: str
+    finish_reason: FinishReason
+    usage: Usage
+    # Conversation: how many of the oldest history messages the server dropped before this turn.
+    history_trimmed: int = 0
+
+
+TurnEvent: TypeAlias = TextDelta | TurnResult

@@ -1,7 +1,8 @@
 """Protobuf in and out: client arguments to requests, responses and chunks to client types.
 
 `StreamAssembler` holds the StreamGenerate contract on the client side: deltas, then exactly one final
-chunk, then nothing. Both clients feed it every chunk.
+chunk, then nothing. Both clients feed it every chunk. `session_start`, `turn_request`, `cancel_request`
+and `turn_result` are the InteractiveStream messages.
 """
 
 from __future__ import annotations
@@ -10,10 +11,30 @@ from collections.abc import Sequence
 from typing import TypeVar
 
 from client.errors import StreamProtocolError
-from client.types import FinishReason, GenerateResult, Message, MessageLike, StreamEnd, StreamEvent, TextDelta, Usage
+from client.types import (
+    FinishReason,
+    GenerateResult,
+    Message,
+    MessageLike,
+    SessionMode,
+    StreamEnd,
+    StreamEvent,
+    TextDelta,
+    TurnResult,
+    Usage,
+)
 from generated import ai_service_pb2 as pb
 
-__all__ = ["StreamAssembler", "build_request", "generate_result"]
+__all__ = [
+    "StreamAssembler",
+    "build_request",
+    "cancel_request",
+    "generate_result",
+    "session_mode",
+    "session_start",
+    "turn_request",
+    "turn_result",
+]
 
 RequestT = TypeVar("RequestT", pb.GenerateRequest, pb.StreamGenerateRequest)
 _PREFIX = "FINISH_REASON_"
@@ -39,13 +60,87 @@ def build_request(
     conversation += [_message_pb(m) for m in messages or ()]
     if prompt is not None:
         conversation.append(pb.Message(role="user", content=prompt))
-    config = pb.GenerationConfig(
+    config = _config(temperature, max_tokens, top_p, stop)
+    return request_type(model=model, messages=conversation, config=config)
+
+
+def _config(
+    temperature: float | None, max_tokens: int | None, top_p: float | None, stop: Sequence[str]
+) -> pb.GenerationConfig:
+    return pb.GenerationConfig(
         temperature=temperature,
         max_tokens=max_tokens,
         top_p=top_p,
         stop=[stop] if isinstance(stop, str) else stop,  # a lone string is one sequence, not characters
     )
-    return request_type(model=model, messages=conversation, config=config)
+
+
+_MODES: dict[SessionMode, pb.SessionMode.ValueType] = {
+    "conversation": pb.SESSION_MODE_CONVERSATION,
+    "pipeline": pb.SESSION_MODE_PIPELINE,
+}
+
+
+def session_start(
+    *,
+    model: str,
+    system: str | None,
+    mode: SessionMode,
+    max_in_flight: int,
+    temperature: float | None,
+    max_tokens: int | None,
+    top_p: float | None,
+    stop: Sequence[str],
+) -> pb.InteractiveRequest:
+    start = pb.SessionStart(
+        model=model,
+        config=_config(temperature, max_tokens, top_p, stop),
+        system_prompt=system or "",
+        mode=_MODES.get(mode, pb.SESSION_MODE_UNSPECIFIED),
+        max_in_flight=max_in_flight,
+    )
+    return pb.InteractiveRequest(start=start)
+
+
+def turn_request(
+    request_id: str,
+    *,
+    content: str | None,
+    messages: Sequence[MessageLike] | None,
+    model: str | None,
+    temperature: float | None,
+    max_tokens: int | None,
+    top_p: float | None,
+    stop: Sequence[str],
+) -> pb.InteractiveRequest:
+    turn = pb.TurnRequest(
+        request_id=request_id,
+        content=content or "",
+        messages=[_message_pb(m) for m in messages or ()],
+        model=model or "",
+        config=_config(temperature, max_tokens, top_p, stop),
+    )
+    return pb.InteractiveRequest(message=turn)
+
+
+def cancel_request(request_id: str) -> pb.InteractiveRequest:
+    return pb.InteractiveRequest(cancel=pb.CancelTurn(request_id=request_id))
+
+
+def session_mode(value: pb.SessionMode.ValueType) -> SessionMode:
+    return "pipeline" if value == pb.SESSION_MODE_PIPELINE else "conversation"
+
+
+def turn_result(done: pb.TurnDone, text: str) -> TurnResult:
+    return TurnResult(
+        request_id=done.request_id,
+        text=text,
+        model=done.model,
+        provider=done.provider,
+        finish_reason=_finish_reason(done.finish_reason),
+        usage=_usage(done.usage),
+        history_trimmed=done.history_trimmed,
+    )
 
 
 def _message_pb(message: MessageLike) -> pb.Message:

@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from generated import ai_service_pb2, ai_service_pb2_grpc
 from server import defaults
 from server.auth import BearerAuthInterceptor
-from server.config import GatewayConfig, TLSConfig
+from server.config import GatewayConfig, KeepaliveConfig, TLSConfig
 from server.routing import Router
 from server.service import AIService
 
@@ -47,6 +47,7 @@ class Gateway:
         """
         self.service.draining = True
         await self.health.enter_graceful_shutdown()
+        await self.service.announce_shutdown(grace_s)  # InteractiveStream sessions get a go_away
         stopping = asyncio.create_task(self.server.stop(grace_s))
         if grace_s:
             await asyncio.wait({stopping}, timeout=max(grace_s - defaults.SHUTDOWN_ABORT_LEAD_S, 0.0))
@@ -63,7 +64,33 @@ def server_options(config: GatewayConfig) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", config.max_request_bytes + defaults.MAX_MESSAGE_OVERHEAD_BYTES),
         # One process per port unless asked otherwise: a second `make run` must fail, not share the port.
         ("grpc.so_reuseport", 0),
+        *keepalive_options(config.keepalive),
     ]
+
+
+def keepalive_options(keepalive: KeepaliveConfig) -> list[tuple[str, int]]:
+    """HTTP/2 keepalive: the server pings connections every `time_s` (so NATs and load balancers see traffic
+    during a long wait for the first token, and dead peers are noticed), and accepts client pings as often
+    as every `min_client_ping_interval_s`, with or without calls in flight (gRPC's default policy answers a
+    client pinging more often than every 5 minutes with GOAWAY too_many_pings). `max_connection_age_s`
+    makes clients reconnect now and then, so that they spread over the instances behind a load balancer;
+    its grace (unset: unlimited) lets the streams running on an aged connection finish."""
+    options = [
+        ("grpc.keepalive_time_ms", _ms(keepalive.time_s)),
+        ("grpc.keepalive_timeout_ms", _ms(keepalive.timeout_s)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),  # keep pinging through a long silence before the first token
+        ("grpc.http2.min_ping_interval_without_data_ms", _ms(keepalive.min_client_ping_interval_s)),
+    ]
+    if keepalive.max_connection_age_s is not None:
+        options.append(("grpc.max_connection_age_ms", _ms(keepalive.max_connection_age_s)))
+    if keepalive.max_connection_age_grace_s is not None:
+        options.append(("grpc.max_connection_age_grace_ms", _ms(keepalive.max_connection_age_grace_s)))
+    return options
+
+
+def _ms(seconds: float) -> int:
+    return max(round(seconds * 1000), 1)
 
 
 def _server_credentials(tls: TLSConfig) -> grpc.ServerCredentials:
@@ -74,7 +101,7 @@ async def start_gateway(config: GatewayConfig) -> Gateway:
     router = Router.from_config(config)
     interceptors = [BearerAuthInterceptor(config.auth.tokens)] if config.auth else []
     server = grpc.aio.server(interceptors=interceptors, options=server_options(config))
-    service = AIService(router, max_request_bytes=config.max_request_bytes)
+    service = AIService(router, max_request_bytes=config.max_request_bytes, interactive=config.interactive)
     ai_service_pb2_grpc.add_AIServiceServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -63,13 +63,28 @@ class ModelConfig:
     aliases: tuple[str, ...] = ()
     deployments: tuple[Deployment, ...] = ()
     price: Price | None = None
+    # Models tried in order when this one cannot serve a call; `fallbacks_by_class` replaces the chain for
+    # one failure class ("rate_limited" or "unavailable").
     fallbacks: tuple[str, ...] = ()
+    fallbacks_by_class: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # "continue": a stream that fails after its first token is resumed instead of ended (see resilience/resume.py).
+    resume: str = "none"
 
     @property
     def all_deployments(self) -> tuple[Deployment, ...]:
         if self.deployments:
             return self.deployments
         return (Deployment(self.provider, self.upstream_model or self.name),)
+
+    def fallbacks_for(self, failure_class: str) -> tuple[str, ...]:
+        """The fallback chain after a failure of `failure_class`."""
+        return dict(self.fallbacks_by_class).get(failure_class, self.fallbacks)
+
+    @property
+    def all_fallbacks(self) -> tuple[str, ...]:
+        """Every model any chain may fall back to, each once, in order of first mention."""
+        chains = (self.fallbacks, *(chain for _, chain in self.fallbacks_by_class))
+        return tuple(dict.fromkeys(name for chain in chains for name in chain))
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,13 +21,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 
 from server import defaults
 from server.catalog import BUILTIN_ALIASES, PROVIDER_PRESETS, Deployment, ModelConfig, Price
 from server.errors import register_secret
+from server.resilience.breaker import BreakerPolicy
+from server.resilience.retry import FailureClass, RetryPolicy
 
 __all__ = [
     "AuthConfig",
@@ -36,6 +38,8 @@ __all__ = [
     "Deployment",
     "GatewayConfig",
     "InteractiveConfig",
+    "KeepaliveConfig",
+    "LimitsConfig",
     "ModelConfig",
     "Price",
     "ProviderConfig",
@@ -84,6 +88,11 @@ class ProviderConfig:
     connect_timeout_s: float = defaults.CONNECT_TIMEOUT_S
     read_timeout_s: float = defaults.READ_TIMEOUT_S
     max_connections: int = defaults.POOL_MAX_CONNECTIONS
+    # Upstream calls in flight at once; 0 means max_connections. Over it, calls go elsewhere or are refused.
+    max_concurrent_streams: int = 0
+    # Streams only: the longest wait for the first token, and the longest silence between events after it.
+    first_token_timeout_s: float = defaults.FIRST_TOKEN_TIMEOUT_S
+    stream_idle_timeout_s: float = defaults.STREAM_IDLE_TIMEOUT_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +104,26 @@ class InteractiveConfig:
     queue_size: int = defaults.INTERACTIVE_QUEUE_SIZE
     max_history_messages: int = defaults.INTERACTIVE_MAX_HISTORY_MESSAGES
     max_history_bytes: int = defaults.INTERACTIVE_MAX_HISTORY_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Load shedding (config key `limits`): upstream calls in flight per process, and the RetryInfo delay
+    of a call refused for being over a limit."""
+
+    max_concurrent_upstream: int = defaults.MAX_CONCURRENT_UPSTREAM
+    retry_after_s: float = defaults.OVERLOAD_RETRY_AFTER_S
+
+
+@dataclass(frozen=True, slots=True)
+class KeepaliveConfig:
+    """HTTP/2 keepalive and connection age of the gRPC server (config key `keepalive`); None is off."""
+
+    time_s: float = defaults.KEEPALIVE_TIME_S
+    timeout_s: float = defaults.KEEPALIVE_TIMEOUT_S
+    min_client_ping_interval_s: float = defaults.KEEPALIVE_MIN_CLIENT_PING_INTERVAL_S
+    max_connection_age_s: float | None = None
+    max_connection_age_grace_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +139,10 @@ class GatewayConfig:
     max_request_bytes: int = defaults.MAX_REQUEST_CONTENT_BYTES
     log_level: str = "INFO"
     interactive: InteractiveConfig = InteractiveConfig()
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    circuit_breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
+    limits: LimitsConfig = LimitsConfig()
+    keepalive: KeepaliveConfig = KeepaliveConfig()
 
     def with_listen(self, listen: str) -> GatewayConfig:
         """This config listening on `listen` (tests use 127.0.0.1:0)."""
@@ -196,6 +229,7 @@ def _parse(raw: Any, base_dir: Path, env: Mapping[str, str], problems: list[str]
         {
             *("listen", "tls", "auth", "providers", "models", "aliases"),
             *("grace_period_s", "max_request_bytes", "log_level", "interactive"),
+            *_SECTIONS,
         },
         "",
         problems,
@@ -236,7 +270,34 @@ def _parse(raw: Any, base_dir: Path, env: Mapping[str, str], problems: list[str]
         config = replace(config, log_level=str(top["log_level"]).upper())
     if top.get("interactive") is not None:
         config = replace(config, interactive=_parse_interactive(top["interactive"], problems))
+    for key in _SECTIONS:
+        if top.get(key) is not None:
+            config = replace(config, **{key: _parse_section(top[key], key, getattr(config, key), problems)})
     return config
+
+
+# Sections of numbers (and booleans) that map one to one onto a frozen dataclass of the config.
+_SECTIONS = ("retry", "circuit_breaker", "limits", "keepalive")
+_Section = TypeVar("_Section", RetryPolicy, BreakerPolicy, LimitsConfig, KeepaliveConfig)
+
+
+def _parse_section(raw: Any, key: str, template: _Section, problems: list[str]) -> _Section:
+    entry = _mapping(raw, key, problems)
+    names = set(template.__dataclass_fields__)
+    _unknown_keys(entry, names, f"{key}.", problems)
+    values: dict[str, Any] = {}
+    for name in sorted(set(entry) & names):
+        current, value = getattr(template, name), entry[name]
+        if isinstance(current, bool):
+            if not isinstance(value, bool):
+                problems.append(f"{key}.{name}: expected true or false, got {value!r}")
+                continue
+            values[name] = value
+        elif value is None and current is None:
+            continue  # an optional setting left off
+        elif (number := _number(value, f"{key}.{name}", problems, minimum=0)) is not None:
+            values[name] = int(number) if isinstance(current, int) else number
+    return replace(template, **values)
 
 
 def _parse_interactive(raw: Any, problems: list[str]) -> InteractiveConfig:
@@ -300,8 +361,8 @@ def _parse_auth(raw: Any, env: Mapping[str, str], problems: list[str]) -> AuthCo
 
 def _parse_provider(raw: Any, where: str, env: Mapping[str, str], problems: list[str]) -> ProviderConfig | None:
     entry = _mapping(raw, where, problems)
-    known = {"name", "kind", "base_url", "api_key_env", "connect_timeout_s", "read_timeout_s"}
-    _unknown_keys(entry, known | {"max_connections"}, f"{where}.", problems)
+    known = {"name", "kind", "base_url", "api_key_env", *_PROVIDER_NUMBERS}
+    _unknown_keys(entry, known, f"{where}.", problems)
     name = str(entry.get("name") or "")
     preset = PROVIDER_PRESETS.get(name)
     kind = str(entry.get("kind") or (preset.kind if preset else ""))
@@ -325,7 +386,7 @@ def _parse_provider(raw: Any, where: str, env: Mapping[str, str], problems: list
             problems.append(f"{where}.api_key_env: environment variable {api_key_env} is not set or empty")
         register_secret(api_key)
         provider = replace(provider, base_url=base_url.rstrip("/"), api_key_env=api_key_env, api_key=api_key)
-    for key in ("connect_timeout_s", "read_timeout_s", "max_connections"):
+    for key in _PROVIDER_NUMBERS:
         if key in entry:
             value = _number(entry[key], f"{where}.{key}", problems, minimum=1e-3)
             if value is not None:
@@ -333,7 +394,15 @@ def _parse_provider(raw: Any, where: str, env: Mapping[str, str], problems: list
     return provider
 
 
-_MODEL_KEYS = {"name", "provider", "upstream_model", "max_tokens", "aliases", "deployments", "price", "fallbacks"}
+_PROVIDER_NUMBERS = (
+    *("connect_timeout_s", "read_timeout_s", "max_connections"),
+    *("max_concurrent_streams", "first_token_timeout_s", "stream_idle_timeout_s"),
+)
+_MODEL_KEYS = {
+    *("name", "provider", "upstream_model", "max_tokens", "aliases", "deployments", "price", "fallbacks", "resume")
+}
+_FALLBACK_CLASSES = ("default", *(c.value for c in FailureClass if c is not FailureClass.FATAL))
+_RESUME_MODES = ("none", "continue")
 
 
 def _parse_model(raw: Any, where: str, problems: list[str]) -> ModelConfig | None:
@@ -366,11 +435,29 @@ def _parse_model(raw: Any, where: str, problems: list[str]) -> ModelConfig | Non
     if entry.get("aliases") is not None:
         model = replace(model, aliases=tuple(str(a) for a in _list(entry["aliases"], f"{where}.aliases", problems)))
     if entry.get("fallbacks") is not None:
-        fallbacks = _list(entry["fallbacks"], f"{where}.fallbacks", problems)
-        model = replace(model, fallbacks=tuple(str(f) for f in fallbacks))
+        model = _parse_fallbacks(model, entry["fallbacks"], f"{where}.fallbacks", problems)
+    if "resume" in entry:
+        if entry["resume"] in _RESUME_MODES:
+            model = replace(model, resume=entry["resume"])
+        else:
+            problems.append(f"{where}.resume: expected one of {', '.join(_RESUME_MODES)}, got {entry['resume']!r}")
     if entry.get("price") is not None:
         model = replace(model, price=_parse_price(entry["price"], f"{where}.price", problems))
     return model
+
+
+def _parse_fallbacks(model: ModelConfig, raw: Any, where: str, problems: list[str]) -> ModelConfig:
+    """A list (one chain for every failure), or a chain per failure class: default, rate_limited, unavailable."""
+    if not isinstance(raw, dict):
+        return replace(model, fallbacks=tuple(str(f) for f in _list(raw, where, problems)))
+    _unknown_keys(raw, set(_FALLBACK_CLASSES), f"{where}.", problems)
+    chains = {
+        key: tuple(str(f) for f in _list(raw[key], f"{where}.{key}", problems))
+        for key in _FALLBACK_CLASSES
+        if raw.get(key) is not None
+    }
+    by_class = tuple((key, chain) for key, chain in chains.items() if key != "default")
+    return replace(model, fallbacks=chains.get("default", ()), fallbacks_by_class=by_class)
 
 
 def _parse_deployment(raw: Any, where: str, model: str, problems: list[str]) -> Deployment | None:
@@ -463,16 +550,34 @@ def _checked(config: GatewayConfig, *, unparsed: frozenset[str] = frozenset()) -
         if "/" not in target and target not in names and target not in BUILTIN_ALIASES:
             problems.append(f"aliases: {alias!r} points to {target!r}, which is not a model")
     for model in config.models:
-        for fallback in model.fallbacks:
+        for fallback in model.all_fallbacks:
             if fallback == model.name or (
                 "/" not in fallback and fallback not in names and fallback not in BUILTIN_ALIASES
             ):
                 problems.append(f"models: fallback {fallback!r} of model {model.name!r} is not another model")
     if not config.models and "models" not in unparsed:
         problems.append("models: at least one model is required")
+    problems += _resilience_problems(config)
     if problems:
         raise ConfigError("\n".join(problems))
     return config
+
+
+def _resilience_problems(config: GatewayConfig) -> list[str]:
+    """Settings of retry, circuit_breaker, limits and keepalive that cannot work (zero is read as "off"
+    only where the README says so)."""
+    retry, breaker, limits, keepalive = config.retry, config.circuit_breaker, config.limits, config.keepalive
+    checks = [
+        (retry.max_attempts >= 1, "retry.max_attempts: must be at least 1 (1 turns retries off)"),
+        (retry.backoff_cap_s >= retry.backoff_base_s, "retry.backoff_cap_s: must be at least backoff_base_s"),
+        (breaker.consecutive_failures >= 1, "circuit_breaker.consecutive_failures: must be at least 1"),
+        (0 < breaker.failure_ratio <= 1, "circuit_breaker.failure_ratio: must be above 0 and at most 1"),
+        (breaker.min_requests >= 1, "circuit_breaker.min_requests: must be at least 1"),
+        (breaker.window_s > 0 and breaker.cooldown_s > 0, "circuit_breaker: window_s and cooldown_s must be above 0"),
+        (limits.max_concurrent_upstream >= 1, "limits.max_concurrent_upstream: must be at least 1"),
+        (keepalive.time_s > 0 and keepalive.timeout_s > 0, "keepalive: time_s and timeout_s must be above 0"),
+    ]
+    return [problem for ok, problem in checks if not ok]
 
 
 # --- small readers that report problems instead of raising --------------------------------------------

@@ -90,5 +90,5 @@ def model_info(model: ModelConfig, aliases: list[str]) -> pb.ModelInfo:
             pb.ModelDeployment(name=d.label, provider=d.provider, upstream_model=d.upstream_model, weight=d.weight)
             for d in deployments
         ],
-        fallbacks=list(model.fallbacks),
+        fallbacks=list(model.all_fallbacks),
     )

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 __all__ = [
+    "BREAKER_CONSECUTIVE_FAILURES",
+    "BREAKER_COOLDOWN_S",
+    "BREAKER_FAILURE_RATIO",
+    "BREAKER_MIN_REQUESTS",
+    "BREAKER_WINDOW_S",
     "CONNECT_TIMEOUT_S",
     "DEADLINE_MARGIN_MAX_S",
     "DEADLINE_MARGIN_S",
     "DEADLINE_MARGIN_SHARE",
     "DEFAULT_LISTEN",
     "ERROR_DOMAIN",
+    "FIRST_TOKEN_TIMEOUT_S",
     "GRACE_PERIOD_S",
     "INTERACTIVE_MAX_HISTORY_BYTES",
     "INTERACTIVE_MAX_HISTORY_MESSAGES",
@@ -17,16 +23,30 @@ __all__ = [
     "INTERACTIVE_MAX_REQUEST_ID_BYTES",
     "INTERACTIVE_QUEUE_SIZE",
     "INTERACTIVE_REMEMBERED_IDS",
+    "KEEPALIVE_MIN_CLIENT_PING_INTERVAL_S",
+    "KEEPALIVE_TIMEOUT_S",
+    "KEEPALIVE_TIME_S",
+    "MAX_CONCURRENT_UPSTREAM",
     "MAX_MESSAGE_OVERHEAD_BYTES",
     "MAX_REQUEST_CONTENT_BYTES",
+    "MAX_RESUMES",
     "MAX_STOP_SEQUENCES",
     "MAX_TOKENS_LIMIT",
+    "OVERLOAD_RETRY_AFTER_S",
     "POOL_MAX_CONNECTIONS",
     "POOL_MAX_KEEPALIVE",
     "POOL_TIMEOUT_S",
     "READ_TIMEOUT_S",
     "REQUEST_TIMEOUT_S",
+    "RETRY_AFTER_CAP_S",
+    "RETRY_BACKOFF_BASE_S",
+    "RETRY_BACKOFF_CAP_S",
+    "RETRY_BUDGET_RATIO",
+    "RETRY_BUDGET_RESERVE",
+    "RETRY_MAX_ATTEMPTS",
+    "RETRY_MIN_REMAINING_S",
     "SHUTDOWN_ABORT_LEAD_S",
+    "STREAM_IDLE_TIMEOUT_S",
     "WRITE_TIMEOUT_S",
 ]
 
@@ -77,3 +97,44 @@ INTERACTIVE_MAX_HISTORY_BYTES = 512 * 1024
 # How many finished request_ids a session remembers to recognise their reuse (live ones are always known).
 INTERACTIVE_REMEMBERED_IDS = 1024
 INTERACTIVE_MAX_REQUEST_ID_BYTES = 128
+
+# Retries before the first token (server/resilience/retry.py). Attempts are per model: its deployments
+# share them, and each fallback model gets as many again.
+RETRY_MAX_ATTEMPTS = 3
+# Full-jitter exponential backoff: a wait drawn from [0, min(cap, base * 2 ** (failures - 1))].
+RETRY_BACKOFF_BASE_S = 0.25
+RETRY_BACKOFF_CAP_S = 4.0
+# A Retry-After up to this long is waited for; a longer one takes the deployment out of the call.
+RETRY_AFTER_CAP_S = 10.0
+# Retry budget per provider: retries may add this share to its first attempts, plus a reserve for quiet times.
+RETRY_BUDGET_RATIO = 0.2
+RETRY_BUDGET_RESERVE = 10.0
+# A retry is not started with less than this left of the call's deadline.
+RETRY_MIN_REMAINING_S = 0.05
+
+# Circuit breaker per deployment: opens after this many failures in a row, or when more than
+# BREAKER_FAILURE_RATIO of at least BREAKER_MIN_REQUESTS calls in the window failed (at 5 % of 50 calls
+# that takes 3 failures); lets one probe through after the cooldown.
+BREAKER_CONSECUTIVE_FAILURES = 10
+BREAKER_FAILURE_RATIO = 0.05
+BREAKER_MIN_REQUESTS = 50
+BREAKER_WINDOW_S = 60.0
+BREAKER_COOLDOWN_S = 30.0
+
+# Streams: the longest wait for the first token (a reasoning model may think for minutes), and the longest
+# silence between two events after it. Both are distinct from the client's deadline.
+FIRST_TOKEN_TIMEOUT_S = 120.0
+STREAM_IDLE_TIMEOUT_S = 60.0
+# How many times one stream with `resume: continue` may be resumed after failing mid-way.
+MAX_RESUMES = 1
+
+# Overload: upstream calls in flight per process (per provider the default is its max_connections), and
+# the RetryInfo delay of a call refused for being over a limit.
+MAX_CONCURRENT_UPSTREAM = 1024
+OVERLOAD_RETRY_AFTER_S = 1.0
+
+# HTTP/2 keepalive of the gRPC server: ping idle connections every KEEPALIVE_TIME_S, drop them when a ping
+# is not answered within KEEPALIVE_TIMEOUT_S; accept client pings this often, with or without calls.
+KEEPALIVE_TIME_S = 30.0
+KEEPALIVE_TIMEOUT_S = 10.0
+KEEPALIVE_MIN_CLIENT_PING_INTERVAL_S = 5.0

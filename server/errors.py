@@ -8,6 +8,8 @@
     ├── Unauthenticated             UNAUTHENTICATED
     ├── NotImplementedYet           UNIMPLEMENTED
     ├── ShuttingDown                UNAVAILABLE (reason SHUTTING_DOWN)
+    ├── GatewayOverloaded           RESOURCE_EXHAUSTED + RetryInfo: over a concurrency limit (GATEWAY_OVERLOADED)
+    ├── CircuitOpen                 UNAVAILABLE (reason CIRCUIT_OPEN): every deployment's breaker is open
     ├── InternalError               INTERNAL (a bug; details are logged, never sent)
     └── UpstreamError               a provider failed; metadata names the provider
         ├── UpstreamRateLimited     RESOURCE_EXHAUSTED + RetryInfo when the upstream said when
@@ -38,8 +40,10 @@ from grpc_status import rpc_status
 from server.defaults import ERROR_DOMAIN
 
 __all__ = [
+    "CircuitOpen",
     "FieldViolation",
     "GatewayError",
+    "GatewayOverloaded",
     "InternalError",
     "InvalidRequest",
     "ModelNotFound",
@@ -77,6 +81,8 @@ class GatewayError(Exception):
 
     code: int = code_pb2.INTERNAL
     reason: str = "INTERNAL_ERROR"
+    # When set, the status carries a RetryInfo with this delay.
+    retry_after_s: float | None = None
 
     def __init__(self, message: str, *, reason: str | None = None, metadata: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
@@ -173,6 +179,24 @@ class ShuttingDown(GatewayError):
 class InternalError(GatewayError):
     code = code_pb2.INTERNAL
     reason = "INTERNAL_ERROR"
+
+
+class GatewayOverloaded(GatewayError):
+    """Too many upstream calls in flight (metadata `limit`: "process" or "provider"); retry after a moment."""
+
+    code = code_pb2.RESOURCE_EXHAUSTED
+    reason = "GATEWAY_OVERLOADED"
+
+    def __init__(self, message: str, *, retry_after_s: float, metadata: Mapping[str, str] | None = None) -> None:
+        super().__init__(message, metadata=metadata)
+        self.retry_after_s = retry_after_s
+
+
+class CircuitOpen(GatewayError):
+    """No deployment of the model or its fallbacks was tried: each one's circuit breaker is open."""
+
+    code = code_pb2.UNAVAILABLE
+    reason = "CIRCUIT_OPEN"
 
 
 class UpstreamError(GatewayError):
@@ -286,7 +310,7 @@ def to_rpc_status(error: GatewayError) -> status_pb2.Status:
             ]
         )
         status.details.append(_pack(bad_request))
-    if isinstance(error, UpstreamRateLimited) and error.retry_after_s is not None:
+    if error.retry_after_s is not None:
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(round(error.retry_after_s * 1000))
         status.details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))

@@ -5,6 +5,12 @@ configured preset providers, named "provider/upstream_model"); an alias (the con
 the built-in short names such as "gpt-4.1"); "provider/anything" for any configured provider, passed
 through as the upstream model name. Each call picks one deployment of the model by weight, and the final
 event says who served it and what it cost.
+
+A call is a series of attempts (server/attempts.py decides which deployment or fallback comes next).
+Streams hold their first event: a failure before it, even inside an HTTP 200 stream, is retried or
+fallen back invisibly. After it, the loop only forwards and counts; a failure there ends the stream with
+the error, its metadata naming the partial usage (`partial_completion_tokens`) and who served, unless
+the model says `resume: continue`. Every stream ends with exactly one Finish or one raised error.
 """
 
 from __future__ import annotations
@@ -15,11 +21,15 @@ from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import replace
 
+from server import defaults
+from server.attempts import Attempt, CallPlan, Resilience
 from server.catalog import BUILTIN_ALIASES, BUILTIN_MODELS, Deployment, ModelConfig, builtin_price
 from server.config import GatewayConfig
-from server.errors import UpstreamError
+from server.errors import GatewayError, UpstreamBadResponse, UpstreamError, UpstreamUnavailable
 from server.providers import Provider, build_provider
-from server.types import ChatRequest, Completion, Finish, Served, StreamEvent, Usage
+from server.resilience.idle import IdleWatch
+from server.resilience.resume import add_streamed, continuation
+from server.types import ChatRequest, Completion, Finish, StreamEvent, TextDelta, Usage
 
 __all__ = ["Router"]
 
@@ -32,9 +42,11 @@ class Router:
         aliases: Mapping[str, str] | None = None,
         *,
         rng: Callable[[], float] = random.random,
+        resilience: Resilience | None = None,
     ) -> None:
         self._providers = dict(providers)
         self._rng = rng
+        self.resilience = resilience or Resilience()
         self._models: dict[str, ModelConfig] = {}
         for model in models:
             self._models[model.name] = model
@@ -52,7 +64,7 @@ class Router:
     @classmethod
     def from_config(cls, config: GatewayConfig) -> Router:
         providers = {p.name: build_provider(p) for p in config.providers}
-        return cls(config.models, providers, dict(config.aliases))
+        return cls(config.models, providers, dict(config.aliases), resilience=Resilience.from_config(config))
 
     @property
     def model_names(self) -> list[str]:
@@ -96,34 +108,108 @@ class Router:
     def provider_of(self, deployment: Deployment) -> Provider:
         return self._providers[deployment.provider]
 
-    async def stream(self, model: ModelConfig, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
-        """Stream `request` from one deployment of `model`: TextDelta*, then a Finish that names who served."""
-        deployment = self.pick(model)
-        provider = self._providers[deployment.provider]
-        served = Served(model.name, provider.name, deployment.label)
-        upstream = replace(request, model=deployment.upstream_model, max_output_tokens=model.max_tokens)
+    def failover_order(self, model: ModelConfig) -> list[Deployment]:
+        """The deployment picked by weight, then the others by weight (weight 0: standby, tried last)."""
+        picked = self.pick(model)
+        if len(model.all_deployments) == 1:
+            return [picked]
+        return [picked, *sorted((d for d in model.all_deployments if d is not picked), key=lambda d: -d.weight)]
+
+    def plan(self, model: ModelConfig, request: ChatRequest) -> CallPlan:
+        return CallPlan(
+            self.resilience,
+            model,
+            request.timeout_s,
+            providers=self._providers,
+            resolve=self.resolve,
+            failover_order=self.failover_order,
+        )
+
+    def stream(self, model: ModelConfig, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+        """Stream `request` from `model`, its deployments and fallbacks: TextDelta*, then one Finish that
+        names who served, or an error. Close it (aclosing) to close the upstream request."""
+        return self._stream(model, request)
+
+    async def _stream(self, model: ModelConfig, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+        plan = self.plan(model, request)
+        parts: list[str] | None = [] if model.resume == "continue" else None
+        streamed = resumes = 0  # deltas sent over every attempt; resumes so far
+        carried_cost: float | None = 0.0  # of the completion tokens of attempts cut mid-way
+        current = request
         try:
-            async with aclosing(provider.stream(upstream)) as events:
-                async for event in events:
-                    if type(event) is Finish:
-                        yield replace(event, served=served, cost_usd=_cost(model, deployment, event.usage))
-                    else:
-                        yield event
-        except UpstreamError as error:
-            _name_served(error, served)
+            while True:
+                attempt = await plan.next_attempt()
+                with attempt:
+                    timeouts = self.resilience.timeouts(attempt.deployment.provider)
+                    events = attempt.provider.stream(plan.upstream_request(current, attempt))
+                    async with aclosing(events):
+                        try:
+                            first = await _first_event(events, timeouts.first_token_s, attempt)
+                        except UpstreamError as error:
+                            plan.failed(attempt, error)
+                            continue
+                        attempt.succeeded()
+                        if not isinstance(first, TextDelta):
+                            yield _finished(first, attempt, streamed, resumes, carried_cost)
+                            return
+                        # From here on the client sees every event: forward and count, nothing more per token.
+                        watch = IdleWatch(timeouts.idle_s, events)
+                        failure: UpstreamError
+                        try:
+                            watch.count = 1
+                            if parts is not None:
+                                parts.append(first.text)
+                            yield first
+                            async for event in events:
+                                if isinstance(event, TextDelta):
+                                    watch.count += 1
+                                    if parts is not None:
+                                        parts.append(event.text)
+                                    yield event
+                                else:
+                                    watch.stop()
+                                    yield _finished(event, attempt, streamed, resumes, carried_cost)
+                                    return
+                            failure = UpstreamBadResponse(
+                                f"upstream {attempt.provider.name} ended the stream without finishing",
+                                provider=attempt.provider.name,
+                            )
+                        except UpstreamError as mid_stream:
+                            failure = mid_stream
+                        except asyncio.CancelledError:
+                            task = asyncio.current_task()
+                            if not watch.expired or task is None or task.uncancel() > 0:
+                                raise
+                            failure = _idle_error(attempt, watch.timeout_s, "between tokens")
+                        finally:
+                            watch.stop()
+                        streamed += watch.count
+                        plan.failed(attempt, failure, mid_stream=True)
+                        if parts is None or resumes >= defaults.MAX_RESUMES:
+                            raise failure
+                        resumes += 1
+                        cut_cost = _cost(attempt.model, attempt.deployment, _tokens(watch.count))
+                        carried_cost = _add(carried_cost, cut_cost)
+                        current = continuation(request, "".join(parts), streamed)
+        except GatewayError as error:
+            if streamed:
+                error.metadata["partial_completion_tokens"] = str(streamed)
             raise
 
     async def complete(self, model: ModelConfig, request: ChatRequest) -> Completion:
-        deployment = self.pick(model)
-        provider = self._providers[deployment.provider]
-        served = Served(model.name, provider.name, deployment.label)
-        upstream = replace(request, model=deployment.upstream_model, max_output_tokens=model.max_tokens)
-        try:
-            completion = await provider.complete(upstream)
-        except UpstreamError as error:
-            _name_served(error, served)
-            raise
-        return replace(completion, served=served, cost_usd=_cost(model, deployment, completion.usage))
+        """The whole reply to `request` from `model`, its deployments or its fallbacks."""
+        plan = self.plan(model, request)
+        while True:
+            attempt = await plan.next_attempt()
+            with attempt:
+                try:
+                    completion = await attempt.provider.complete(plan.upstream_request(request, attempt))
+                except UpstreamError as error:
+                    plan.failed(attempt, error)
+                    continue
+                attempt.succeeded()
+            cost = _cost(attempt.model, attempt.deployment, completion.usage)
+            return replace(completion, served=attempt.served, cost_usd=cost)
 
     async def aclose(self) -> None:
         await asyncio.gather(*(provider.aclose() for provider in self._providers.values()))
@@ -136,6 +222,44 @@ def _cost(model: ModelConfig, deployment: Deployment, usage: Usage | None) -> fl
     return price.cost(usage)
 
 
-def _name_served(error: UpstreamError, served: Served) -> None:
-    error.metadata.setdefault("model", served.model)
-    error.metadata.setdefault("deployment", served.deployment)
+def _tokens(completion_tokens: int) -> Usage:
+    return Usage(0, completion_tokens, completion_tokens)
+
+
+def _add(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a + b
+
+
+def _finished(finish: Finish, attempt: Attempt, streamed: int, resumes: int, carried_cost: float | None) -> Finish:
+    """The final event: who served, the cost, and for a resumed stream the usage of every attempt."""
+    cost = _cost(attempt.model, attempt.deployment, finish.usage)
+    if not resumes:
+        return replace(finish, served=attempt.served, cost_usd=cost)
+    usage = add_streamed(finish.usage, streamed)
+    return replace(finish, usage=usage, served=attempt.served, cost_usd=_add(cost, carried_cost), resumed=True)
+
+
+async def _first_event(events: AsyncGenerator[StreamEvent, None], timeout_s: float, attempt: Attempt) -> StreamEvent:
+    """The stream's first event, held back until it arrives: whatever fails before it can still be retried."""
+    timer = asyncio.timeout(timeout_s)
+    try:
+        async with timer:
+            return await anext(events)
+    except TimeoutError:
+        if not timer.expired():
+            raise
+        raise _idle_error(attempt, timeout_s, "waiting for the first token") from None
+    except StopAsyncIteration:
+        raise UpstreamBadResponse(
+            f"upstream {attempt.provider.name} ended the stream without an event", provider=attempt.provider.name
+        ) from None
+
+
+def _idle_error(attempt: Attempt, timeout_s: float, phase: str) -> UpstreamError:
+    name = attempt.provider.name
+    return UpstreamUnavailable(
+        f"upstream {name} sent nothing for {timeout_s:g} s ({phase})",
+        provider=name,
+        reason="UPSTREAM_STREAM_IDLE",
+        metadata={"phase": phase, "timeout_s": f"{timeout_s:g}"},
+    )

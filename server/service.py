@@ -18,9 +18,11 @@ from generated import ai_service_pb2 as pb
 from generated import ai_service_pb2_grpc as pb_grpc
 from server import defaults
 from server.catalog import ModelConfig
+from server.config import InteractiveConfig
 from server.convert import final_chunk, generate_response, model_info, params_from_pb, unchecked_messages
-from server.errors import GatewayError, InternalError, NotImplementedYet, ShuttingDown, abort
+from server.errors import GatewayError, InternalError, ShuttingDown, abort
 from server.routing import Router
+from server.session import InteractiveSession
 from server.types import ChatRequest, TextDelta
 from server.validation import check_request
 
@@ -32,9 +34,18 @@ ServicerContext: TypeAlias = "grpc.aio.ServicerContext[object, object]"
 
 
 class AIService(pb_grpc.AIServiceServicer):
-    def __init__(self, router: Router, *, max_request_bytes: int = defaults.MAX_REQUEST_CONTENT_BYTES) -> None:
+    def __init__(
+        self,
+        router: Router,
+        *,
+        max_request_bytes: int = defaults.MAX_REQUEST_CONTENT_BYTES,
+        interactive: InteractiveConfig | None = None,
+    ) -> None:
         self._router = router
         self._max_request_bytes = max_request_bytes
+        self._interactive = interactive or InteractiveConfig()
+        # Open InteractiveStream sessions, so that a drain can send each of them a go_away.
+        self.sessions: set[InteractiveSession] = set()
         self.draining = False
         # Handler tasks of the calls in flight, so a shutdown can end them with an honest status.
         self._in_flight: set[asyncio.Task[Any]] = set()
@@ -48,6 +59,14 @@ class AIService(pb_grpc.AIServiceServicer):
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=1.0)
+
+    async def announce_shutdown(self, grace_s: float | None) -> None:
+        """Refuse new calls, and send every open session a go_away with the time its turns have left
+        (none when `grace_s` is None or 0: grpc then ends every call at once)."""
+        self.draining = True
+        time_left = max((grace_s or 0.0) - defaults.SHUTDOWN_ABORT_LEAD_S, 0.0)
+        for session in self.sessions:
+            session.go_away(time_left)
 
     def _track(self) -> asyncio.Task[Any] | None:
         task = asyncio.current_task()
@@ -110,10 +129,25 @@ class AIService(pb_grpc.AIServiceServicer):
     async def InteractiveStream(  # type: ignore[override]  # a writing coroutine, as StreamGenerate
         self, request_iterator: AsyncIterator[pb.InteractiveRequest], context: ServicerContext
     ) -> None:
-        await abort(
-            context,
-            NotImplementedYet("InteractiveStream is not implemented yet; use StreamGenerate for streaming replies"),
+        task = self._track()
+        session = InteractiveSession(
+            self._router, context, limits=self._interactive, max_request_bytes=self._max_request_bytes
         )
+        self.sessions.add(session)
+        try:
+            if self.draining:
+                raise ShuttingDown("the gateway is shutting down; retry on another instance")
+            await session.run(request_iterator)
+        except GatewayError as error:
+            await abort(context, error)
+        except asyncio.CancelledError:
+            await self._abort_if_shutting_down(context)
+            raise
+        except Exception as exc:  # the one catch-all: a bug becomes INTERNAL, never UNKNOWN
+            await _abort_unexpected(context, exc, "InteractiveStream")
+        finally:
+            self.sessions.discard(session)
+            self._in_flight.discard(task)
 
     async def ListModels(self, request: pb.ListModelsRequest, context: ServicerContext) -> pb.ListModelsResponse:
         router = self._router

@@ -18,6 +18,7 @@ from server.config import (
     TLSConfig,
     default_config,
 )
+from server.resilience.retry import RetryPolicy
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
 from tools.devcerts import CertFiles, make_certs
 
@@ -59,7 +60,11 @@ def client_auth() -> AuthConfig:
 
 
 def openai_config(base_url: str, **overrides: object) -> GatewayConfig:
-    """A gateway config with one OpenAI-compatible provider at `base_url` and the demo provider."""
+    """A gateway config with one OpenAI-compatible provider at `base_url` and the demo provider.
+
+    Retries are off (one upstream attempt per call), so each fault maps to exactly one upstream answer;
+    tests/integration/test_chaos.py turns them on.
+    """
     provider = ProviderConfig(
         name="fake-openai", kind="openai", base_url=base_url, api_key_env="FAKE_KEY", api_key=UPSTREAM_KEY
     )
@@ -69,6 +74,7 @@ def openai_config(base_url: str, **overrides: object) -> GatewayConfig:
         providers=(ProviderConfig(name="demo", kind="demo"), provider),
         models=(ModelConfig(name="demo", provider="demo", upstream_model="demo"), *models),
         grace_period_s=1.0,
+        retry=RetryPolicy(max_attempts=1),
     )
     from dataclasses import replace
 

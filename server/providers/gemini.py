@@ -51,7 +51,7 @@ from server.providers.http import (
     safe_identifier,
 )
 from server.sse import ServerSentEvent
-from server.types import ChatRequest, Completion, FinishReason, Role, StreamEvent, Usage
+from server.types import ChatRequest, Completion, Finish, FinishReason, Role, StreamEvent, Usage
 
 __all__ = ["GeminiProvider"]
 
@@ -100,7 +100,15 @@ class GeminiProvider(HTTPProvider):
 
 
 class _GeminiEvents(EventDecoder):
-    __slots__ = ()
+    __slots__ = ("_usage_metadata",)
+
+    def __init__(self, provider: str) -> None:
+        super().__init__(provider)
+        self._usage_metadata: Any = None  # the latest usageMetadata; Gemini repeats it on every event
+
+    def finish(self) -> Finish:
+        self.usage = usage_from(self._usage_metadata) if self._usage_metadata else None
+        return super().finish()
 
     def feed(self, event: ServerSentEvent) -> str | None:
         return self.read(loads_object(event.data, self.provider))
@@ -110,7 +118,7 @@ class _GeminiEvents(EventDecoder):
         if "error" in chunk:
             raise _in_band_error(self.provider, chunk["error"])
         if chunk.get("usageMetadata"):
-            self.usage = usage_from(chunk["usageMetadata"])
+            self._usage_metadata = chunk["usageMetadata"]
         candidates = chunk.get("candidates")
         if not candidates:
             if (chunk.get("promptFeedback") or {}).get("blockReason"):

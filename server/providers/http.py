@@ -152,17 +152,23 @@ class HTTPProvider(Provider):
                     yield TextDelta(text)
                 if events.ended:
                     ended = True
-                    yield events.finish()
+                    yield self._finish(events)
             if not ended:
                 if not events.complete:
                     raise stream_interrupted(self.name)
                 ended = True
-                yield events.finish()
+                yield self._finish(events)
         except httpx.TransportError as exc:
             if not ended:  # after the end event the reply is whole; a failing drain only costs the connection
                 raise error_for_transport(self.name, exc, streaming=True) from exc
         finally:
             await response.aclose()
+
+    def _finish(self, events: EventDecoder) -> Finish:
+        try:
+            return events.finish()
+        except _SHAPE_ERRORS as exc:  # usage is read at the end by decoders that see it on every event
+            raise unexpected_shape(self.name) from exc
 
     async def _post_json(
         self, path: str, body: dict[str, Any], timeout_s: float | None, parse: Callable[[dict[str, Any]], T]

@@ -103,7 +103,8 @@ async def test_wrong_token(secure_target: str, tls_files: CertFiles, capsys: pyt
     ("argv", "message"),
     [
         (["generate", "--prompt", "hi"], "--model"),
-        (["chat", "--model", "demo", "--prompt", "hi"], "invalid choice"),
+        (["chat", "--model", "demo", "--prompt", "hi"], "unrecognized arguments: --prompt"),
+        (["talk", "--model", "demo"], "invalid choice"),
         (["stream", "--model", "demo", "--prompt", "hi", "--target", "10.0.0.1:50051", "--plaintext"], "loopback"),
         (["stream", "--model", "demo", "--prompt", "hi", "--ca-cert", "/nonexistent/ca.pem"], "ca.pem"),
     ],

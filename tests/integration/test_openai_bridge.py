@@ -1,7 +1,9 @@
 """The bridge to an OpenAI-compatible upstream, through a real gateway and a real fake upstream.
 
 Every upstream fault is pinned for both RPCs: the exact status code, the ErrorInfo reason and metadata,
-RetryInfo where it applies, what the client received before the error, and that no secret leaked.
+RetryInfo where it applies, what the client received before the error, and that no secret leaked. Retries
+are off in the conftest gateways, so each fault maps from exactly one upstream attempt;
+tests/integration/test_chaos.py pins what retries, fallbacks and breakers make of the same faults.
 """
 
 from __future__ import annotations
@@ -177,6 +179,7 @@ def assert_fault_status(error: grpc.aio.AioRpcError, fault: Fault, reason: str) 
     info = error_info(error)
     assert (info.reason, info.domain) == (reason, ERROR_DOMAIN)
     assert info.metadata["provider"] == "fake-openai"
+    assert (info.metadata["attempts"], info.metadata["model"]) == ("1", fault.model)
     if fault.http_status is not None:
         assert info.metadata["upstream_http_status"] == str(fault.http_status)
     retry = detail(rich_status(error), error_details_pb2.RetryInfo)
@@ -193,28 +196,35 @@ def assert_fault_status(error: grpc.aio.AioRpcError, fault: Fault, reason: str) 
 
 
 @pytest.mark.parametrize("fault", FAULTS, ids=lambda f: f.model)
-async def test_stream_fault(openai_gateway: Gateway, fault: Fault, caplog: pytest.LogCaptureFixture) -> None:
+async def test_stream_fault(
+    openai_gateway: Gateway, fake_openai: FakeOpenAIUpstream, fault: Fault, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     async with stub_for(openai_gateway) as stub:
         outcome = await collect_stream(stub, request(fault.model))
 
+    assert len(fake_openai.requests) == 1
     assert outcome.error is not None, "a failed upstream must never end the stream with OK"
     assert tuple(outcome.deltas) == fault.deltas_before
     assert outcome.finals == []
     assert_fault_status(outcome.error, fault, fault.reason)
     if fault.deltas_before:
-        assert error_info(outcome.error).metadata["deltas_sent"] == str(len(fault.deltas_before))
+        metadata = error_info(outcome.error).metadata
+        assert metadata["deltas_sent"] == metadata["partial_completion_tokens"] == str(len(fault.deltas_before))
     assert UPSTREAM_KEY not in caplog.text
     assert FAKE_401_KEY not in caplog.text
 
 
 @pytest.mark.parametrize("fault", FAULTS, ids=lambda f: f.model)
-async def test_generate_fault(openai_gateway: Gateway, fault: Fault, caplog: pytest.LogCaptureFixture) -> None:
+async def test_generate_fault(
+    openai_gateway: Gateway, fake_openai: FakeOpenAIUpstream, fault: Fault, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     async with stub_for(openai_gateway) as stub:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await stub.Generate(unary_request(fault.model), timeout=10)
 
+    assert len(fake_openai.requests) == 1
     assert_fault_status(raised.value, fault, fault.unary_reason or fault.reason)
     assert UPSTREAM_KEY not in caplog.text
     assert FAKE_401_KEY not in caplog.text
@@ -239,7 +249,7 @@ async def test_a_stall_after_headers_ends_at_the_clients_deadline_and_closes_the
     openai_gateway: Gateway, fake_openai: FakeOpenAIUpstream
 ) -> None:
     async with stub_for(openai_gateway) as stub:
-        outcome = await collect_stream(stub, request("fault-stall"), timeout=1.0)
+        outcome = await collect_stream(stub, request("fault-stall"), timeout=2.0)
 
     assert outcome.error is not None
     assert outcome.error.code() == Code.DEADLINE_EXCEEDED

@@ -15,6 +15,7 @@ from server.config import (
     ClientToken,
     ConfigError,
     GatewayConfig,
+    InteractiveConfig,
     ModelConfig,
     ProviderConfig,
     TLSConfig,
@@ -178,8 +179,8 @@ def test_every_problem_of_a_file_is_listed_at_once(tmp_path: Path) -> None:
         load_config(write(tmp_path, text), env={"DEV_TOKEN": DEV_TOKEN})
 
     assert problems(error) == [
-        "colour: unknown key (known: aliases, auth, grace_period_s, listen, log_level, max_request_bytes, models, "
-        "providers, tls)",
+        "colour: unknown key (known: aliases, auth, circuit_breaker, grace_period_s, interactive, keepalive, limits, "
+        "listen, log_level, max_request_bytes, models, providers, retry, tls)",
         "auth.tokens[0].sha256: expected 64 hex characters (sha256 of the token)",
         "auth.tokens[1].sha256: expected 64 hex characters (sha256 of the token)",
         "auth.tokens[2].env: environment variable NO_SUCH_VARIABLE is not set or empty",
@@ -195,7 +196,7 @@ def test_every_problem_of_a_file_is_listed_at_once(tmp_path: Path) -> None:
         "models[0].name: required",
         "models[1].provider: required",
         "models[2].alias: unknown key (known: aliases, deployments, fallbacks, max_tokens, name, price, provider, "
-        "upstream_model)",
+        "resume, upstream_model)",
         "models[2].max_tokens: must be at least 1",
         "grace_period_s: must be at least 0",
         "max_request_bytes: expected a number, got 'lots'",
@@ -232,8 +233,8 @@ def test_field_and_cross_reference_problems_are_listed_together(tmp_path: Path) 
         load_config(write(tmp_path, text), env={})
 
     assert problems(error) == [
-        "colour: unknown key (known: aliases, auth, grace_period_s, listen, log_level, max_request_bytes, models, "
-        "providers, tls)",
+        "colour: unknown key (known: aliases, auth, circuit_breaker, grace_period_s, interactive, keepalive, limits, "
+        "listen, log_level, max_request_bytes, models, providers, retry, tls)",
         "models: model 'x' names provider 'nowhere', which is not configured",
     ]
 
@@ -492,3 +493,35 @@ def test_secrets_are_not_in_config_errors(tmp_path: Path) -> None:
     assert "auth.tokens[0].sha256: expected 64 hex characters" in message
     for secret in (OPENAI_KEY, DEV_TOKEN, CI_TOKEN):
         assert secret not in message
+
+
+# --- interactive ----------------------------------------------------------------------------------------
+
+DEMO_ONLY = "providers: [{name: demo, kind: demo}]\nmodels: [{name: demo, provider: demo}]\n"
+
+
+def test_interactive_limits_default_to_defaults_py(tmp_path: Path) -> None:
+    limits = load_config(write(tmp_path, DEMO_ONLY), env={}).interactive
+    assert limits == InteractiveConfig()
+    assert (limits.max_in_flight, limits.queue_size) == (
+        defaults.INTERACTIVE_MAX_IN_FLIGHT,
+        defaults.INTERACTIVE_QUEUE_SIZE,
+    )
+
+
+def test_interactive_limits_are_read_from_the_file(tmp_path: Path) -> None:
+    text = DEMO_ONLY + "interactive: {max_in_flight: 4, queue_size: 8, max_history_messages: 10}\n"
+    limits = load_config(write(tmp_path, text), env={}).interactive
+    assert limits == InteractiveConfig(max_in_flight=4, queue_size=8, max_history_messages=10)
+
+
+def test_every_interactive_problem_is_listed(tmp_path: Path) -> None:
+    text = DEMO_ONLY + "interactive: {max_in_fligth: 4, queue_size: 0, max_history_bytes: lots}\n"
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, text), env={})
+    assert problems(error) == [
+        "interactive.max_in_fligth: unknown key (known: max_history_bytes, max_history_messages, max_in_flight, "
+        "max_queued_turns, queue_size)",
+        "interactive.max_history_bytes: expected a number, got 'lots'",
+        "interactive.queue_size: must be at least 1",
+    ]

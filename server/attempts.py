@@ -1,0 +1,355 @@
+"""One call's attempts: which deployment is tried next, how long to wait before it, and when to give up.
+
+The order of candidates:
+
+    1. the model's deployments: the one picked by weight, then the others by weight (a weight-0
+       deployment is a standby: never picked first, tried last); round robin over them, at most
+       `retry.max_attempts` attempts for the model;
+    2. then the model's fallbacks, each the same way: the chain configured for the failure class of the
+       last error (`rate_limited`, `unavailable`), else the default chain. Fallbacks of fallbacks are not
+       followed, and a model appears once.
+
+A candidate is skipped (no attempt, nothing counted) while it is out of this call (its Retry-After was
+over `retry.retry_after_cap_s`, or it failed mid-stream), when its wait would end too close to the
+deadline, when its provider is at its concurrency limit, when its circuit breaker is open, or when the
+attempt would be a retry and its provider's retry budget is empty. Waits apply only to trying the same
+deployment again; another deployment or a fallback is tried at once, and a wait longer than
+`retry.backoff_cap_s` (a long Retry-After) is made only when no fallback is left: otherwise the call moves
+on to the fallbacks. The process-wide limit refuses the whole call.
+
+Giving up raises the last upstream error with metadata `attempts` and `retry_stopped_by` (`max_attempts`,
+`deadline`, `retry_budget`, `retry_after_cap`, `circuit_open`, `overloaded`, `failed_mid_stream`); when
+no attempt could be made at all, GatewayOverloaded (RESOURCE_EXHAUSTED + RetryInfo) or CircuitOpen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from types import TracebackType
+
+from server import defaults
+from server.catalog import Deployment, ModelConfig
+from server.config import GatewayConfig, ProviderConfig
+from server.errors import CircuitOpen, GatewayError, GatewayOverloaded, UpstreamError, UpstreamTimeout
+from server.providers.base import Provider
+from server.resilience.breaker import Admission, BreakerPolicy, CircuitBreaker
+from server.resilience.limits import UpstreamLimits
+from server.resilience.retry import FailureClass, RetryBudget, RetryPolicy, classify
+from server.types import ChatRequest, Served
+
+__all__ = ["Attempt", "CallPlan", "Resilience", "StreamTimeouts"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamTimeouts:
+    """A provider's stream timers: the wait for the first token, and the silence allowed after it."""
+
+    first_token_s: float = defaults.FIRST_TOKEN_TIMEOUT_S
+    idle_s: float = defaults.STREAM_IDLE_TIMEOUT_S
+
+
+class Resilience:
+    """What every call shares: the policies, a breaker per deployment, a retry budget per provider, the
+    concurrency limits, and the clock, sleep and random source (injected by unit tests)."""
+
+    def __init__(
+        self,
+        *,
+        retry: RetryPolicy | None = None,
+        breaker: BreakerPolicy | None = None,
+        limits: UpstreamLimits | None = None,
+        timeouts: Mapping[str, StreamTimeouts] | None = None,
+        overload_retry_after_s: float = defaults.OVERLOAD_RETRY_AFTER_S,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.retry = retry or RetryPolicy()
+        self.breaker_policy = breaker or BreakerPolicy()
+        self.limits = limits or UpstreamLimits(defaults.MAX_CONCURRENT_UPSTREAM, {})
+        self.overload_retry_after_s = overload_retry_after_s
+        self.clock, self.sleep, self.rng = clock, sleep, rng
+        self._timeouts = dict(timeouts or {})
+        self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
+        self._budgets: dict[str, RetryBudget] = {}
+
+    @classmethod
+    def from_config(cls, config: GatewayConfig) -> Resilience:
+        return cls(
+            retry=config.retry,
+            breaker=config.circuit_breaker,
+            limits=UpstreamLimits(
+                config.limits.max_concurrent_upstream,
+                {p.name: p.max_concurrent_streams or p.max_connections for p in config.providers},
+            ),
+            timeouts={p.name: _timeouts(p) for p in config.providers},
+            overload_retry_after_s=config.limits.retry_after_s,
+        )
+
+    def timeouts(self, provider: str) -> StreamTimeouts:
+        return self._timeouts.get(provider) or StreamTimeouts()
+
+    def breaker(self, deployment: Deployment) -> CircuitBreaker:
+        """The breaker of an upstream deployment (shared by every catalog model that uses it)."""
+        key = (deployment.provider, deployment.upstream_model)
+        breaker = self._breakers.get(key)
+        if breaker is None:
+            breaker = CircuitBreaker(f"{key[0]}/{key[1]}", self.breaker_policy, self.clock)
+            self._breakers[key] = breaker
+        return breaker
+
+    def budget(self, provider: str) -> RetryBudget:
+        budget = self._budgets.get(provider)
+        if budget is None:
+            budget = RetryBudget(self.retry.budget_ratio, self.retry.budget_reserve)
+            self._budgets[provider] = budget
+        return budget
+
+
+def _timeouts(provider: ProviderConfig) -> StreamTimeouts:
+    return StreamTimeouts(provider.first_token_timeout_s, provider.stream_idle_timeout_s)
+
+
+class Attempt:
+    """One upstream call of a client call. `with attempt:` releases its limit slot, and its breaker
+    admission when no verdict was given (a cancelled call says nothing about the upstream)."""
+
+    __slots__ = ("_admission", "_breaker", "_limits", "_verdict", "deployment", "model", "number", "provider", "served")
+
+    def __init__(
+        self,
+        model: ModelConfig,
+        deployment: Deployment,
+        provider: Provider,
+        number: int,
+        breaker: CircuitBreaker,
+        admission: Admission,
+        limits: UpstreamLimits,
+    ) -> None:
+        self.model, self.deployment, self.provider, self.number = model, deployment, provider, number
+        self.served = Served(model.name, provider.name, deployment.label)
+        self._breaker, self._admission, self._limits = breaker, admission, limits
+        self._verdict = False
+
+    def succeeded(self) -> None:
+        self._record(True)
+
+    def failed(self) -> None:
+        if self._verdict:  # it failed after its first token: one more sample, as any call's
+            self._breaker.record(Admission.ADMITTED, False)
+        else:
+            self._record(False)
+
+    def _record(self, ok: bool) -> None:
+        if not self._verdict:
+            self._verdict = True
+            self._breaker.record(self._admission, ok)
+
+    def __enter__(self) -> Attempt:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._limits.release(self.deployment.provider)
+        if not self._verdict:
+            self._breaker.release(self._admission)
+
+
+class CallPlan:
+    """The attempts of one call (see the module docstring for the order and the rules)."""
+
+    def __init__(
+        self,
+        shared: Resilience,
+        model: ModelConfig,
+        timeout_s: float | None,
+        *,
+        providers: Mapping[str, Provider],
+        resolve: Callable[[str], ModelConfig | None],
+        failover_order: Callable[[ModelConfig], Sequence[Deployment]],
+    ) -> None:
+        self._shared = shared
+        self._providers = providers
+        self._resolve = resolve
+        self._failover_order = failover_order
+        self._deadline = shared.clock() + (defaults.REQUEST_TIMEOUT_S if timeout_s is None else timeout_s)
+        self._chain = [model]
+        self._index = 0
+        self._order = failover_order(model)
+        self._position = 0
+        self._tries = 0  # attempts on the current model
+        self._skips_in_row = 0
+        self.attempts = 0
+        self._last_error: UpstreamError | None = None
+        self._last_class = FailureClass.UNAVAILABLE
+        self._stop_reason = ""  # why the last candidate was passed over
+        self._skipped: set[str] = set()  # every reason a candidate was passed over
+        self._refused: dict[str, str] = {}  # the limit that refused, for GatewayOverloaded
+        self._excluded: dict[tuple[str, str], str] = {}
+        self._not_before: dict[tuple[str, str], float] = {}
+        self._failures: dict[tuple[str, str], int] = {}
+
+    def remaining(self) -> float:
+        return self._deadline - self._shared.clock()
+
+    def upstream_request(self, request: ChatRequest, attempt: Attempt) -> ChatRequest:
+        """`request` as `attempt`'s deployment receives it, bounded by what is left of the deadline."""
+        return replace(
+            request,
+            model=attempt.deployment.upstream_model,
+            max_output_tokens=attempt.model.max_tokens,
+            timeout_s=max(self.remaining(), 0.001),
+        )
+
+    async def next_attempt(self) -> Attempt:
+        """The next attempt, after any wait it needs; raises the give-up error when there is none."""
+        while True:
+            candidate = self._next_candidate()
+            if candidate is None:
+                raise self._give_up()
+            attempt = await self._admit(*candidate)
+            if attempt is not None:
+                return attempt
+
+    def failed(self, attempt: Attempt, error: UpstreamError, *, mid_stream: bool = False) -> None:
+        """Record `attempt`'s failure; raises `error` at once when no retry or fallback could help."""
+        error.metadata.setdefault("model", attempt.served.model)
+        error.metadata.setdefault("deployment", attempt.served.deployment)
+        error.metadata["attempts"] = str(self.attempts)
+        failure = classify(error)
+        if failure is FailureClass.FATAL:
+            raise error
+        if not (isinstance(error, UpstreamTimeout) and self.remaining() < defaults.RETRY_MIN_REMAINING_S):
+            attempt.failed()  # (a timeout at the client's deadline says nothing about the upstream)
+        self._last_error, self._last_class = error, failure
+        log.debug(
+            "attempt %d of %s on %s failed: %s",
+            attempt.number,
+            self._chain[0].name,
+            attempt.served.deployment,
+            error.reason,
+        )
+        key = _key(attempt.deployment)
+        if mid_stream:
+            self._excluded[key] = "failed_mid_stream"
+            return
+        failures = self._failures[key] = self._failures.get(key, 0) + 1
+        wait = self._shared.retry.wait_s(error, failures, self._shared.rng)
+        if wait is None:
+            self._excluded[key] = "retry_after_cap"
+        else:
+            self._not_before[key] = self._shared.clock() + wait
+
+    def _next_candidate(self) -> tuple[ModelConfig, Deployment] | None:
+        max_attempts = self._shared.retry.max_attempts
+        while True:
+            if self._tries < max_attempts and self._skips_in_row < len(self._order):
+                deployment = self._order[self._position % len(self._order)]
+                self._position += 1
+                return self._chain[self._index], deployment
+            if self._tries >= max_attempts:
+                self._stop_reason = "max_attempts"
+            if not self._advance():
+                return None
+
+    def _advance(self) -> bool:
+        """Move on to the next model of the chain; False at its end."""
+        if self._index == 0:
+            seen = {self._chain[0].name}
+            for name in self._chain[0].fallbacks_for(self._last_class.value):
+                model = self._resolve(name)
+                if model is not None and model.name not in seen:
+                    seen.add(model.name)
+                    self._chain.append(model)
+        self._index += 1
+        if self._index >= len(self._chain):
+            return False
+        self._order = self._failover_order(self._chain[self._index])
+        self._position = self._tries = self._skips_in_row = 0
+        return True
+
+    def _fallbacks_left(self) -> bool:
+        if self._index == 0:
+            return bool(self._chain[0].fallbacks_for(self._last_class.value))
+        return self._index < len(self._chain) - 1
+
+    async def _admit(self, model: ModelConfig, deployment: Deployment) -> Attempt | None:
+        shared, key, provider = self._shared, _key(deployment), deployment.provider
+        if key in self._excluded:
+            self._skip(self._excluded[key])
+            return None
+        if self.attempts:
+            wait = self._not_before.get(key, 0.0) - shared.clock()
+            if self.remaining() - max(wait, 0.0) < defaults.RETRY_MIN_REMAINING_S:
+                self._excluded[key] = "deadline"  # never sleep past the deadline: give up with the last error
+                self._skip("deadline")
+                return None
+            if wait > shared.retry.backoff_cap_s and self._fallbacks_left():
+                self._tries = shared.retry.max_attempts  # a long Retry-After: the fallback serves sooner
+                self._skip("retry_after")
+                return None
+            if wait > 0:
+                await shared.sleep(wait)
+        refusal = shared.limits.try_acquire(provider)
+        if refusal is not None:
+            self._refused = {"limit": refusal} if refusal == "process" else {"limit": refusal, "provider": provider}
+            if refusal == "process":
+                self._skip("overloaded")
+                raise self._give_up()
+            self._skip("overloaded")
+            return None
+        breaker = shared.breaker(deployment)
+        admission = breaker.allow()
+        if admission is Admission.DENIED:
+            shared.limits.release(provider)
+            self._skip("circuit_open")
+            return None
+        budget = shared.budget(provider)
+        if not self.attempts:
+            budget.earn()
+        elif not budget.try_spend():
+            shared.limits.release(provider)
+            breaker.release(admission)
+            self._skip("retry_budget")
+            return None
+        self.attempts += 1
+        self._tries += 1
+        self._skips_in_row = 0
+        return Attempt(model, deployment, self._providers[provider], self.attempts, breaker, admission, shared.limits)
+
+    def _skip(self, reason: str) -> None:
+        self._skips_in_row += 1
+        self._stop_reason = reason
+        self._skipped.add(reason)
+
+    def _give_up(self) -> GatewayError:
+        error = self._last_error
+        model = self._chain[0].name
+        if error is None:  # not one attempt was made
+            if "overloaded" in self._skipped:
+                where = "in this process" if self._refused["limit"] == "process" else f"to {self._refused['provider']}"
+                return GatewayOverloaded(
+                    f"the gateway is at its limit of upstream calls in flight {where}; retry shortly",
+                    retry_after_s=self._shared.overload_retry_after_s,
+                    metadata={**self._refused, "model": model},
+                )
+            return CircuitOpen(
+                f"model {model} and its fallbacks are failing: every deployment's circuit is open; retry later",
+                metadata={"model": model},
+            )
+        error.metadata["attempts"] = str(self.attempts)
+        if self._stop_reason:
+            error.metadata["retry_stopped_by"] = self._stop_reason
+        return error
+
+
+def _key(deployment: Deployment) -> tuple[str, str]:
+    return (deployment.provider, deployment.upstream_model)

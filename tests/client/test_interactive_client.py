@@ -1,0 +1,276 @@
+"""Interactive sessions of AsyncAIClient and AIClient against real gateways and the fake upstream.
+
+The gateways run in the test's event loop, so the blocking client runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from client import (
+    AIClient,
+    AsyncAIClient,
+    AuthenticationError,
+    FinishReason,
+    GatewayError,
+    InvalidArgumentError,
+    Message,
+    RateLimitError,
+    StreamProtocolError,
+    TextDelta,
+    TurnEvent,
+    TurnResult,
+    UnavailableError,
+    Usage,
+)
+from server.app import Gateway
+from server.resilience.retry import RetryPolicy
+from tests.certs import CertFiles
+from tests.conftest import CLIENT_TOKEN, GatewayFactory, openai_config
+from tests.fakes.openai_upstream import FakeOpenAIUpstream
+from tests.interactive import assert_no_session_left
+
+SLOW = "slow-tokens-50"
+EIGHT_WORDS = "one two three four five six seven eight"
+
+
+@pytest.fixture
+async def gateway(make_gateway: GatewayFactory, fake_openai: FakeOpenAIUpstream) -> Gateway:
+    # One attempt per call, so that a fault reaches the turn at once.
+    return await make_gateway(openai_config(fake_openai.base_url, retry=RetryPolicy(max_attempts=1)))
+
+
+@pytest.fixture
+async def client(gateway: Gateway) -> AsyncAIClient:
+    return AsyncAIClient(target=f"127.0.0.1:{gateway.port}", plaintext=True)
+
+
+@pytest.fixture
+def target(gateway: Gateway) -> str:
+    return f"127.0.0.1:{gateway.port}"
+
+
+# --- async ------------------------------------------------------------------------------------------------
+
+
+async def test_a_conversation_streams_each_turn_and_keeps_the_history(client: AsyncAIClient, gateway: Gateway) -> None:
+    async with client, client.interactive(model="demo", system="be brief") as session:
+        assert (session.model, session.mode, session.max_in_flight) == ("demo", "conversation", 1)
+        assert session.session_id
+        events = [event async for event in session.send("hello brave world")]
+        second = await session.send("again")
+
+    assert events == [
+        TextDelta("hello"),
+        TextDelta(" brave"),
+        TextDelta(" world"),
+        TurnResult("t1", "hello brave world", "demo", "demo", FinishReason.STOP, Usage(5, 3, 8)),
+    ]
+    # The second turn was sent with the system prompt, the first turn and its reply: 2 + 3 + 3 + 1 words.
+    assert second == TurnResult("t2", "again", "demo", "demo", FinishReason.STOP, Usage(9, 1, 10))
+    await assert_no_session_left(gateway)
+
+
+async def test_a_pipeline_yields_tagged_results_as_they_finish(client: AsyncAIClient) -> None:
+    async with client, client.interactive(model=SLOW, mode="pipeline", max_in_flight=4) as session:
+        assert (session.mode, session.max_in_flight) == ("pipeline", 4)
+        prompts = {f"r{i}": " ".join(["w"] * (1 + i % 3)) + f" {i}" for i in range(12)}
+        results = [result async for result in session.pipeline(prompts)]
+        listed = [result async for result in session.pipeline(["a b", [Message("user", "c")]])]
+
+    assert sorted(r.request_id for r in results) == sorted(prompts)
+    assert all(r.text == prompts[r.request_id] for r in results)
+    assert [r.request_id for r in results] != list(prompts), "in the order they finish, not the order sent"
+    assert sorted((r.request_id, r.text) for r in listed) == [("t1", "a b"), ("t2", "c")]
+
+
+async def test_a_failed_turn_raises_its_error_and_the_session_goes_on(client: AsyncAIClient) -> None:
+    async with client, client.interactive(model="gpt-test") as session:
+        with pytest.raises(RateLimitError) as raised:
+            await session.send("hello", model="fault-429")
+        assert (await session.send("still here")).text == "still here"
+        turn = session.send("x", model="nope")
+        with pytest.raises(InvalidArgumentError) as invalid:
+            async for _ in turn:
+                pass
+        assert [event async for event in turn] == []  # a failed turn's iteration stays over
+
+    assert (raised.value.request_id, raised.value.reason, raised.value.retry_after) == (
+        "t1",
+        "UPSTREAM_RATE_LIMITED",
+        7,
+    )
+    assert (invalid.value.request_id, invalid.value.reason) == ("t3", "MODEL_NOT_FOUND")
+
+
+async def test_a_pipeline_raises_the_first_error_or_yields_every_one(client: AsyncAIClient) -> None:
+    async with client:
+        async with client.interactive(model="gpt-test", mode="pipeline") as session:
+            with pytest.raises(InvalidArgumentError):
+                async for _ in session.pipeline([[Message("robot", "x")]]):
+                    pass
+            mixed = {"ok": "fine", "bad": [Message("robot", "x")]}
+            outcomes = [r async for r in session.pipeline(mixed, return_exceptions=True)]
+        async with client.interactive(model="fault-429", mode="pipeline") as session:
+            outcomes += [r async for r in session.pipeline({"limited": "x"}, return_exceptions=True)]
+
+    by_id = {outcome.request_id: outcome for outcome in outcomes}
+    assert isinstance(by_id["ok"], TurnResult)
+    assert isinstance(by_id["bad"], InvalidArgumentError)
+    assert isinstance(by_id["limited"], RateLimitError)
+
+
+async def test_cancel_ends_the_turn_cancelled_with_its_partial_text(
+    client: AsyncAIClient, fake_openai: FakeOpenAIUpstream
+) -> None:
+    async with client, client.interactive(model=SLOW) as session:
+        turn = session.send(EIGHT_WORDS)
+        first = await anext(aiter(turn))
+        await turn.cancel()
+        await fake_openai.wait_for_disconnect(timeout=1.0)
+        result = await turn
+        await turn.cancel()  # a finished turn: nothing is sent
+        later = await session.send("after")
+
+    assert first == TextDelta("one")
+    assert result.finish_reason is FinishReason.CANCELLED
+    assert EIGHT_WORDS.startswith(result.text)
+    assert result.usage.unreported
+    assert later.text == "after"
+    assert session.errors == []
+
+
+async def test_a_cancel_that_names_no_turn_is_kept_as_a_session_error(client: AsyncAIClient) -> None:
+    async with client, client.interactive(model="demo") as session:
+        await session.cancel("nope")
+        await session.send("hello")
+    [error] = session.errors
+    assert isinstance(error, InvalidArgumentError)
+    assert (error.reason, error.metadata["request_id"], error.request_id) == ("UNKNOWN_REQUEST_ID", "nope", "")
+
+
+async def test_an_invalid_start_raises_on_opening(client: AsyncAIClient) -> None:
+    async with client:
+        with pytest.raises(InvalidArgumentError) as raised:
+            async with client.interactive(model="nope"):
+                pass
+    assert raised.value.reason == "MODEL_NOT_FOUND"
+
+
+async def test_request_ids_of_running_turns_are_refused_and_closed_sessions_refuse_turns(
+    client: AsyncAIClient,
+) -> None:
+    async with client, client.interactive(model=SLOW) as session:
+        session.send("a b c", request_id="mine")
+        with pytest.raises(ValueError, match="'mine'"):
+            session.send("again", request_id="mine")
+    with pytest.raises(StreamProtocolError) as raised:
+        await session.send("late")
+    assert raised.value.reason == "SESSION_CLOSED"
+
+
+async def test_leaving_the_block_with_an_error_cancels_the_session(
+    client: AsyncAIClient, gateway: Gateway, fake_openai: FakeOpenAIUpstream
+) -> None:
+    async with client:
+        session = client.interactive(model=SLOW)
+        turn = None
+        with pytest.raises(KeyError):  # noqa: PT012  (the block is what is tested)
+            async with session:
+                turn = session.send(EIGHT_WORDS)
+                await anext(aiter(turn))
+                raise KeyError("boom")
+        assert turn is not None
+        await fake_openai.wait_for_disconnect(timeout=1.0)
+        with pytest.raises(GatewayError) as raised:
+            await turn
+    assert raised.value.code.name == "CANCELLED"
+    await assert_no_session_left(gateway)
+
+
+async def test_go_away_is_reported_and_new_turns_are_refused(client: AsyncAIClient, gateway: Gateway) -> None:
+    async with client:
+        session = client.interactive(model=SLOW)
+        await session.open()
+        running = session.send("a b c d")
+        await anext(aiter(running))  # the gateway has it
+        stopping = asyncio.create_task(gateway.stop(2.0))
+        while not session.draining:
+            await asyncio.sleep(0.01)
+        refused = session.send("too late")
+        assert (await running).finish_reason is FinishReason.STOP
+        with pytest.raises(UnavailableError) as raised:
+            await refused
+        await session.close()
+        await stopping
+
+    assert session.time_left == pytest.approx(1.8)
+    assert raised.value.reason == "SHUTTING_DOWN"
+
+
+async def test_a_turn_the_gateway_never_read_before_its_go_away_is_unavailable(
+    client: AsyncAIClient, gateway: Gateway
+) -> None:
+    async with client:
+        session = client.interactive(model="demo")
+        await session.open()
+        unread = session.send("in flight")  # queued in the client: nothing yields before the drain
+        await gateway.service.announce_shutdown(2.0)
+        with pytest.raises(UnavailableError) as raised:
+            await unread
+        await session.close()
+    assert (raised.value.reason, raised.value.request_id) == ("SHUTTING_DOWN", "t1")
+    assert "not processed" in raised.value.message
+
+
+# --- sync -------------------------------------------------------------------------------------------------
+
+
+async def test_the_blocking_client_has_the_same_sessions(target: str) -> None:
+    def chat() -> tuple[list[TurnEvent], TurnResult, list[str], str]:
+        with AIClient(target=target, plaintext=True) as client:
+            with client.interactive(model="demo", system="be brief") as session:
+                events = list(session.send("hello world"))
+                second = session.send("again").result()
+            with client.interactive(model="demo", mode="pipeline") as session:
+                texts = sorted(r.text for r in session.pipeline(["b", "a", "c"]))
+                try:
+                    session.send("x", model="fault-429").result()
+                except RateLimitError as exc:
+                    failed = exc.request_id
+        return events, second, texts, failed
+
+    events, second, texts, failed = await asyncio.to_thread(chat)
+    assert events[:2] == [TextDelta("hello"), TextDelta(" world")]
+    assert isinstance(events[2], TurnResult)
+    assert second.usage.prompt_tokens == 7
+    assert texts == ["a", "b", "c"]
+    assert failed == "t4"
+
+
+async def test_the_blocking_client_cancels_a_turn(target: str, fake_openai: FakeOpenAIUpstream) -> None:
+    def cancel() -> TurnResult:
+        with AIClient(target=target, plaintext=True) as client, client.interactive(model=SLOW) as session:
+            turn = session.send(EIGHT_WORDS)
+            assert next(turn) == TextDelta("one")
+            turn.cancel()
+            return turn.result()
+
+    result = await asyncio.to_thread(cancel)
+    assert result.finish_reason is FinishReason.CANCELLED
+    await fake_openai.wait_for_disconnect(timeout=1.0)
+
+
+async def test_sessions_over_tls_need_the_token(secure_target: str, tls_files: CertFiles) -> None:
+    def run(token: str | None) -> str:
+        with (
+            AIClient(target=secure_target, token=token, ca_file=tls_files.ca_cert) as client,
+            client.interactive(model="gpt-test") as session,
+        ):
+            return session.send("secure hello").result().text
+
+    assert await asyncio.to_thread(run, CLIENT_TOKEN) == "secure hello"
+    with pytest.raises(AuthenticationError):
+        await asyncio.to_thread(run, None)

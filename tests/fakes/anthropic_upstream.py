@@ -1,0 +1,347 @@
+"""A fake Anthropic Messages API upstream (``POST /v1/messages``) for tests and benchmarks.
+
+A real HTTP/1.1 server on ``127.0.0.1`` (see ``http_server.py``, which also describes the model-name
+behaviour grammar shared by every fake). It speaks the wire format of Anthropic's public API reference:
+
+* Requests need ``anthropic-version`` (else 400) and, when the fake was given ``api_key``, ``x-api-key``
+  (401 ``authentication_error`` "x-api-key header is required" / "invalid x-api-key" otherwise). The body
+  must have ``model``, ``max_tokens`` and ``messages`` ("<field>: Field required"); a field the API does
+  not know is refused ("<field>: Extra inputs are not permitted"), and so is a message of role
+  ``system`` (the API takes a top-level ``system``). Consecutive messages of one role are accepted, as
+  the API does (it merges them).
+* ``"stream": true`` -> 200 ``text/event-stream; charset=utf-8``, each event ``event: <type>\\ndata:
+  <json>\\n\\n`` and one HTTP chunk: ``message_start`` (``usage.input_tokens`` and ``output_tokens: 1``),
+  ``content_block_start`` (an empty text block), ``ping``, one ``content_block_delta`` with a
+  ``text_delta`` per piece, ``content_block_stop``, ``message_delta`` (``stop_reason`` ``end_turn`` or
+  ``max_tokens`` and the cumulative ``usage.output_tokens``), ``message_stop``.
+* otherwise -> 200 ``application/json``: a ``message`` with one ``text`` content block and ``usage``.
+* Errors: ``{"type":"error","error":{"type":…,"message":…},"request_id":"req_…"}`` with the statuses of
+  the reference: ``fault-400`` invalid_request_error, ``fault-401`` authentication_error, ``fault-403``
+  permission_error, ``fault-404`` not_found_error, ``fault-413`` request_too_large, ``fault-429``
+  rate_limit_error (``retry-after: 7`` and ``anthropic-ratelimit-*`` headers; ``fault-429-no-retry-after``
+  without ``retry-after``), ``fault-500`` api_error, ``fault-503`` api_error, ``fault-529``
+  overloaded_error; ``fault-502`` is Cloudflare's HTML page.
+* In-band errors are ``event: error`` with ``{"type":"error","error":{"type":"overloaded_error"|
+  "rate_limit_error"|"invalid_request_error",…}}``; a non-streaming ``fault-inband-*`` answers with the
+  matching HTTP error instead (529, 429 without ``retry-after``, 400), as the API does.
+* ``fault-malformed`` sends ``message_start`` and friends, a truncated ``content_block_delta``, then
+  ``message_stop``; ``fault-cut-mid`` ends the body after two deltas (no ``message_stop``).
+* ``refusal`` (this fake and the Gemini one): no content, ``stop_reason: "refusal"``.
+* ``no-usage`` leaves ``usage`` out of ``message_start`` and ``message_delta`` (the real API always sends
+  it; the gateway must still say "unreported" rather than invent zeros).
+
+CLI: ``python -m tests.fakes.anthropic_upstream --port 0 [--api-key KEY]`` prints ``PORT <n>``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import secrets
+from typing import Any
+
+from tests.fakes.http_server import (
+    Aborted,
+    Behaviour,
+    Conn,
+    FakeHTTPServer,
+    Out,
+    Reply,
+    Request,
+    Wire,
+    parse_behaviour,
+    plan_reply,
+    run_cli,
+    text_of,
+)
+
+__all__ = ["API_VERSION", "MESSAGES_PATH", "FakeAnthropicUpstream"]
+
+MESSAGES_PATH = "/v1/messages"
+API_VERSION = "2023-06-01"
+API_KEY_ENV = "FAKE_ANTHROPIC_REQUIRED_API_KEY"
+
+_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "system",
+        "stop_sequences",
+        "temperature",
+        "top_p",
+        "top_k",
+        "stream",
+        "metadata",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "service_tier",
+    }
+)
+_RATE_LIMIT_MESSAGE = (
+    "This request would exceed the rate limit for your organization (00000000-0000-0000-0000-000000000000) "
+    "of 50 requests per minute. For details, refer to: https://docs.claude.com/en/api/rate-limits. You can "
+    "see the response headers for current usage. Please reduce the prompt length or the maximum tokens "
+    "requested, or try again later."
+)
+_RATE_LIMIT_HEADERS = (
+    ("anthropic-ratelimit-requests-limit", "50"),
+    ("anthropic-ratelimit-requests-remaining", "0"),
+    ("anthropic-ratelimit-requests-reset", "2025-01-01T00:00:07Z"),
+)
+# model -> (status, error type, message, extra headers)
+_HTTP_FAULTS: dict[str, tuple[int, str, str, tuple[tuple[str, str], ...]]] = {
+    "fault-400": (400, "invalid_request_error", "messages: text content blocks must be non-empty", ()),
+    "fault-401": (401, "authentication_error", "invalid x-api-key", ()),
+    "fault-403": (
+        403,
+        "permission_error",
+        "Your API key does not have permission to use the specified resource.",
+        (),
+    ),
+    "fault-404": (404, "not_found_error", "model: fault-404", ()),
+    "fault-413": (413, "request_too_large", "Request exceeds the maximum allowed number of bytes.", ()),
+    "fault-429": (429, "rate_limit_error", _RATE_LIMIT_MESSAGE, (("retry-after", "7"), *_RATE_LIMIT_HEADERS)),
+    "fault-429-no-retry-after": (429, "rate_limit_error", _RATE_LIMIT_MESSAGE, _RATE_LIMIT_HEADERS),
+    "fault-500": (500, "api_error", "Internal server error", ()),
+    "fault-503": (503, "api_error", "Service unavailable", ()),
+    "fault-529": (529, "overloaded_error", "Overloaded", ()),
+}
+# The API sits behind Cloudflare, whose own 502 is an HTML page.
+_BAD_GATEWAY = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>cloudflare</center>\r\n</body>\r\n</html>\r\n"
+)
+# in-band kind -> (HTTP status of the non-streaming answer, error type, message)
+_INBAND_ERRORS = {
+    "error": (529, "overloaded_error", "Overloaded"),
+    "ratelimit": (429, "rate_limit_error", _RATE_LIMIT_MESSAGE),
+    "invalid": (400, "invalid_request_error", "messages: this is a fake invalid request"),
+}
+_PING = b'event: ping\ndata: {"type": "ping"}\n\n'
+
+
+@functools.lru_cache(maxsize=1024)
+def _behaviour(model: str) -> Behaviour | None:
+    if model == "refusal":
+        return Behaviour("refusal")
+    return parse_behaviour(model, {*_HTTP_FAULTS, "fault-502"})
+
+
+def _error_body(type_: str, message: str) -> bytes:
+    error = {"type": "error", "error": {"type": type_, "message": message}, "request_id": _id("req_")}
+    return json.dumps(error, separators=(",", ":")).encode()
+
+
+def _id(prefix: str) -> str:
+    return prefix + "011C" + secrets.token_hex(11)
+
+
+def _event(name: bytes, data: bytes) -> bytes:
+    return b"event: %b\ndata: %b\n\n" % (name, data)
+
+
+class FakeAnthropicUpstream(FakeHTTPServer):
+    """Fake Anthropic Messages API upstream.  See the module docstring."""
+
+    def vendor_headers(self, content_type: str) -> list[bytes]:
+        lines = [
+            b"request-id: " + _id("req_").encode(),
+            b"anthropic-organization-id: 00000000-0000-0000-0000-000000000000",
+            b"server: cloudflare",
+            b"x-robots-tag: none",
+        ]
+        if content_type.startswith("text/event-stream"):
+            lines.append(b"cache-control: no-cache")
+        return lines
+
+    async def send_framing_error(self, out: Out, status: int, message: str) -> None:
+        await self._send_error(out, status, "invalid_request_error", message, keep_alive=False)
+
+    async def _send_error(
+        self,
+        out: Out,
+        status: int,
+        type_: str,
+        message: str,
+        *,
+        keep_alive: bool,
+        extra: tuple[tuple[str, str], ...] = (),
+    ) -> bool:
+        body = _error_body(type_, message)
+        return await self.send_body(out, status, body, keep_alive=keep_alive, extra=extra)
+
+    async def respond(self, conn: Conn, req: Request) -> bool:
+        keep = req.keep_alive
+        out = Out(conn, False)
+        if req.path != MESSAGES_PATH or req.method != "POST":
+            return await self._send_error(out, 404, "not_found_error", "Not Found", keep_alive=keep)
+        if self._api_key is not None:
+            key = req.headers.get("x-api-key", "")
+            if key != self._api_key:
+                message = "invalid x-api-key" if key else "x-api-key header is required"
+                return await self._send_error(out, 401, "authentication_error", message, keep_alive=keep)
+        if "anthropic-version" not in req.headers:
+            message = "anthropic-version: header is required"
+            return await self._send_error(out, 400, "invalid_request_error", message, keep_alive=keep)
+        problem, body = _check_body(req.body)
+        if problem:
+            return await self._send_error(out, 400, "invalid_request_error", problem, keep_alive=keep)
+        model = body["model"]
+        beh = _behaviour(model)
+        if beh is None:
+            return await self._send_error(out, 404, "not_found_error", f"model: {model}", keep_alive=keep)
+        if beh.fault == "fault-502":
+            return await self.send_body(out, 502, _BAD_GATEWAY, content_type="text/html", keep_alive=keep)
+        if beh.kind == "http-error":
+            status, type_, message, extra = _HTTP_FAULTS[beh.fault]
+            return await self._send_error(out, status, type_, message, keep_alive=keep, extra=extra)
+        if beh.kind == "reset-before":
+            conn.rst()
+            raise Aborted
+
+        prompts = [text_of(body.get("system"))]
+        last_user = ""
+        for message in body["messages"]:
+            text = text_of(message.get("content"))
+            prompts.append(text)
+            if message.get("role") == "user":
+                last_user = text
+        reply = plan_reply(beh, prompts, last_user, body["max_tokens"])
+        if beh.split:
+            out = Out(conn, True)
+        if body.get("stream") is True:
+            return await self.stream_reply(out, _AnthropicWire(beh, reply, model), keep)
+        return await self.complete_reply(out, _AnthropicWire(beh, reply, model), keep)
+
+
+def _check_body(raw: bytes) -> tuple[str, Any]:
+    """("", body) for a body the Messages API accepts, else (the API's complaint, None)."""
+    try:
+        body: Any = json.loads(raw)
+    except ValueError:
+        return "There was an error parsing the body of your request. Please check that it is valid JSON.", None
+    if not isinstance(body, dict):
+        return "Input should be a valid dictionary", None
+    for name in body:
+        if name not in _FIELDS:
+            return f"{name}: Extra inputs are not permitted", None
+    for name in ("model", "max_tokens", "messages"):
+        if name not in body:
+            return f"{name}: Field required", None
+    if not isinstance(body["model"], str) or not isinstance(body["messages"], list):
+        return "model and messages: wrong type", None
+    if not isinstance(body["max_tokens"], int) or body["max_tokens"] < 1:
+        return "max_tokens: Input should be greater than or equal to 1", None
+    for i, message in enumerate(body["messages"]):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role == "system":
+            return (
+                'messages: Unexpected role "system". The Messages API accepts a top-level `system` '
+                'parameter, not "system" as an input message role.'
+            ), None
+        if role not in ("user", "assistant"):
+            return f"messages.{i}.role: Input should be 'user' or 'assistant'", None
+    return "", body
+
+
+class _AnthropicWire(Wire):
+    """Messages API stream events and message objects."""
+
+    sse_type = "text/event-stream; charset=utf-8"
+
+    def __init__(self, beh: Behaviour, reply: Reply, model: str) -> None:
+        super().__init__(beh, reply, model)
+        if beh.kind == "refusal":
+            self.stop_reason = "refusal"
+        else:
+            self.stop_reason = "max_tokens" if reply.truncated else "end_turn"
+
+    def opening(self) -> list[bytes]:
+        message: dict[str, Any] = {
+            "id": _id("msg_"),
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+        }
+        if self.beh.usage:
+            message["usage"] = self._usage(1)
+        start = {"type": "message_start", "message": message}
+        events = [_event(b"message_start", json.dumps(start, separators=(",", ":")).encode())]
+        if self.beh.kind != "refusal":
+            block = b'{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}'
+            events += [_event(b"content_block_start", block), _PING]
+        return events
+
+    def piece(self, piece_json: bytes) -> bytes:
+        return (
+            b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+            b'"delta":{"type":"text_delta","text":%b}}\n\n' % piece_json
+        )
+
+    def closing(self) -> list[bytes]:
+        events = []
+        if self.beh.kind != "refusal":
+            events.append(_event(b"content_block_stop", b'{"type":"content_block_stop","index":0}'))
+        delta = b'{"type":"message_delta","delta":{"stop_reason":"%b","stop_sequence":null}' % self.stop_reason.encode()
+        if self.beh.usage:
+            delta += b',"usage":{"output_tokens":%d}' % self.reply.completion_tokens
+        events.append(_event(b"message_delta", delta + b"}"))
+        events.append(_event(b"message_stop", b'{"type":"message_stop"}'))
+        return events
+
+    def malformed(self) -> list[bytes]:
+        cut = b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"x"'
+        return [_event(b"content_block_delta", cut), _event(b"message_stop", b'{"type":"message_stop"}')]
+
+    def in_band_error(self) -> bytes:
+        _status, type_, message = _INBAND_ERRORS[self.beh.inband]
+        error = {"type": "error", "error": {"type": type_, "message": message}}
+        return _event(b"error", json.dumps(error, separators=(",", ":")).encode())
+
+    def whole(self) -> bytes:
+        texts = self.reply.texts
+        message: dict[str, Any] = {
+            "id": _id("msg_"),
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [{"type": "text", "text": "".join(texts)}] if texts else [],
+            "stop_reason": self.stop_reason,
+            "stop_sequence": None,
+        }
+        if self.beh.usage:
+            message["usage"] = self._usage(self.reply.completion_tokens)
+        return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+    def whole_in_band_error(self) -> tuple[int, bytes, tuple[tuple[str, str], ...]]:
+        status, type_, message = _INBAND_ERRORS[self.beh.inband]
+        return status, _error_body(type_, message), ()
+
+    def _usage(self, output_tokens: int) -> dict[str, Any]:
+        return {
+            "input_tokens": self.reply.prompt_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": output_tokens,
+            "service_tier": "standard",
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(
+        argv,
+        FakeAnthropicUpstream,
+        prog="python -m tests.fakes.anthropic_upstream",
+        description="Fake Anthropic Messages API upstream (POST /v1/messages).",
+        api_key_env=API_KEY_ENV,
+        key_help=f"require 'x-api-key: KEY' (default: ${API_KEY_ENV})",
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,385 @@
+"""A fake Google Gemini API upstream (Generative Language API v1beta) for tests and benchmarks.
+
+A real HTTP/1.1 server on ``127.0.0.1`` (see ``http_server.py``, which also describes the model-name
+behaviour grammar shared by every fake). The model is the one in the URL; ``RecordedRequest.model`` is
+therefore None here, and tests read ``path``. It speaks the wire format of Google's public reference:
+
+* ``POST /v1beta/models/{model}:streamGenerateContent?alt=sse`` -> 200 ``text/event-stream``, every
+  event ``data: <GenerateContentResponse>\\r\\n\\r\\n`` (Google ends SSE lines with CRLF) in one HTTP
+  chunk, its JSON written as Google's streaming front end writes it (``"key": value`` pairs joined by
+  bare commas): one event per piece with ``candidates[0].content.parts[0].text`` and a running
+  ``usageMetadata`` (prompt and total only), then an event with an empty text part, ``finishReason``
+  (``STOP`` or ``MAX_TOKENS``) and the whole ``usageMetadata``. There is no end event: the body ends.
+  Without ``alt=sse`` the fake refuses with 400 (the real API would answer a JSON array).
+* ``POST /v1beta/models/{model}:generateContent`` -> 200 ``application/json; charset=UTF-8``: one
+  GenerateContentResponse, pretty-printed as Google prints it.
+* Keys: when the fake was given ``api_key``, ``x-goog-api-key`` must carry it: missing -> 403
+  PERMISSION_DENIED ("Method doesn't allow unregistered callers …"), wrong -> 400 INVALID_ARGUMENT with
+  ErrorInfo reason ``API_KEY_INVALID``, as Google answers. A ``key=`` query parameter is refused with a
+  400 that says why and is counted in ``keys_in_url``: the gateway must never put a key in a URL.
+* The body is checked like the API checks it: unknown fields, at the top or in ``generationConfig``,
+  are "Invalid JSON payload received. Unknown name …"; ``contents`` must be there; roles must be
+  ``user`` or ``model`` ("Please use a valid role: user, model.").
+* Errors: ``{"error": {"code", "message", "status", "details"?}}``: ``fault-400`` INVALID_ARGUMENT,
+  ``fault-401`` UNAUTHENTICATED, ``fault-403`` PERMISSION_DENIED, ``fault-404`` NOT_FOUND,
+  ``fault-429`` RESOURCE_EXHAUSTED with a ``google.rpc.RetryInfo`` ``retryDelay: "7s"`` in ``details``
+  and no Retry-After header (``fault-429-ms``: ``"1.500s"``; ``fault-429-no-retry-after``: no RetryInfo),
+  ``fault-500`` INTERNAL, ``fault-503`` UNAVAILABLE, ``fault-504`` DEADLINE_EXCEEDED; ``fault-502`` is the
+  front end's HTML page.
+* In-band errors are ``data: {"error": {…}}`` events (503 UNAVAILABLE, 429 RESOURCE_EXHAUSTED, 400
+  INVALID_ARGUMENT); a non-streaming ``fault-inband-*`` answers with that HTTP error instead.
+* ``fault-malformed`` sends a truncated event; ``fault-cut-mid`` ends the body after two pieces, before
+  any ``finishReason``.
+* ``refusal``: the prompt is blocked: one event with ``promptFeedback.blockReason`` and no candidates.
+* ``no-usage`` leaves ``usageMetadata`` out of every event.
+
+CLI: ``python -m tests.fakes.gemini_upstream --port 0 [--api-key KEY]`` prints ``PORT <n>``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import re
+import secrets
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+from tests.fakes.http_server import (
+    Aborted,
+    Behaviour,
+    Conn,
+    FakeHTTPServer,
+    Out,
+    Reply,
+    Request,
+    Wire,
+    parse_behaviour,
+    plan_reply,
+    run_cli,
+    text_of,
+)
+
+__all__ = ["FakeGeminiUpstream"]
+
+log = logging.getLogger(__name__)
+
+API_KEY_ENV = "FAKE_GEMINI_REQUIRED_API_KEY"
+_JSON = "application/json; charset=UTF-8"
+_PATH = re.compile(r"/v1beta/models/([^/:]+):(streamGenerateContent|generateContent)")
+_FIELDS = frozenset(
+    {"contents", "systemInstruction", "generationConfig", "safetySettings", "tools", "toolConfig", "cachedContent"}
+)
+_CONFIG_FIELDS = frozenset(
+    {
+        "temperature",
+        "topP",
+        "topK",
+        "maxOutputTokens",
+        "stopSequences",
+        "candidateCount",
+        "presencePenalty",
+        "frequencyPenalty",
+        "seed",
+        "responseMimeType",
+        "responseSchema",
+        "thinkingConfig",
+    }
+)
+_ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+_RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
+_QUOTA_MESSAGE = (
+    "You exceeded your current quota, please check your plan and billing details. For more information on "
+    "this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits."
+)
+_QUOTA_FAILURE = {
+    "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+    "violations": [
+        {
+            "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+            "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+            "quotaDimensions": {"location": "global", "model": "gemini-2.5-flash"},
+            "quotaValue": "10",
+        }
+    ],
+}
+# model -> (HTTP status, canonical status, message, details)
+_HTTP_FAULTS: dict[str, tuple[int, str, str, list[dict[str, Any]]]] = {
+    "fault-400": (400, "INVALID_ARGUMENT", "Request contains an invalid argument.", []),
+    "fault-401": (
+        401,
+        "UNAUTHENTICATED",
+        "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other "
+        "valid authentication credential. See https://developers.google.com/identity/sign-in/web/devconsole-project.",
+        [{"@type": _ERROR_INFO, "reason": "ACCESS_TOKEN_TYPE_UNSUPPORTED", "domain": "googleapis.com"}],
+    ),
+    "fault-403": (403, "PERMISSION_DENIED", "The caller does not have permission", []),
+    "fault-404": (
+        404,
+        "NOT_FOUND",
+        "models/fault-404 is not found for API version v1beta, or is not supported for generateContent.",
+        [],
+    ),
+    "fault-429": (
+        429,
+        "RESOURCE_EXHAUSTED",
+        _QUOTA_MESSAGE,
+        [_QUOTA_FAILURE, {"@type": _RETRY_INFO, "retryDelay": "7s"}],
+    ),
+    "fault-429-ms": (
+        429,
+        "RESOURCE_EXHAUSTED",
+        _QUOTA_MESSAGE,
+        [_QUOTA_FAILURE, {"@type": _RETRY_INFO, "retryDelay": "1.500s"}],
+    ),
+    "fault-429-no-retry-after": (429, "RESOURCE_EXHAUSTED", _QUOTA_MESSAGE, [_QUOTA_FAILURE]),
+    "fault-500": (
+        500,
+        "INTERNAL",
+        "An internal error has occurred. Please retry or report in "
+        "https://developers.generativeai.google/guide/troubleshooting",
+        [],
+    ),
+    "fault-503": (503, "UNAVAILABLE", "The model is overloaded. Please try again later.", []),
+    "fault-504": (504, "DEADLINE_EXCEEDED", "Deadline expired before operation could complete.", []),
+}
+# Google's front end answers a 502 itself, with an HTML page.
+_BAD_GATEWAY = (
+    "<!DOCTYPE html>\n<html lang=en>\n  <meta charset=utf-8>\n  <title>Error 502 (Server Error)!!1</title>\n"
+    "  <p><b>502.</b> <ins>That\u2019s an error.</ins>\n  <p>The server encountered a temporary error and could "
+    "not complete your request.<p>Please try again in 30 seconds.  <ins>That\u2019s all we know.</ins>\n"
+).encode()
+_INBAND_ERRORS = {
+    "error": (503, "UNAVAILABLE", "The model is overloaded. Please try again later."),
+    "ratelimit": (429, "RESOURCE_EXHAUSTED", _QUOTA_MESSAGE),
+    "invalid": (400, "INVALID_ARGUMENT", "Request contains an invalid argument."),
+}
+
+
+@functools.lru_cache(maxsize=1024)
+def _behaviour(model: str) -> Behaviour | None:
+    if model == "refusal":
+        return Behaviour("refusal")
+    return parse_behaviour(model, {*_HTTP_FAULTS, "fault-502"})
+
+
+def _error(status: int, canonical: str, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": status, "message": message, "status": canonical}
+    if details:
+        error["details"] = details
+    return {"error": error}
+
+
+def _pretty(obj: dict[str, Any]) -> bytes:
+    """JSON as Google's API front end prints whole answers (two-space indent)."""
+    return json.dumps(obj, indent=2, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n"
+
+
+def _sse(obj: dict[str, Any]) -> bytes:
+    """One SSE event as Google's streaming front end writes it: CRLF line ends, `"key": value,"key"`."""
+    return b"data: " + json.dumps(obj, separators=(",", ": "), ensure_ascii=False).encode() + b"\r\n\r\n"
+
+
+class FakeGeminiUpstream(FakeHTTPServer):
+    """Fake Gemini API upstream.  See the module docstring."""
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None) -> None:
+        super().__init__(host=host, port=port, api_key=api_key)
+        self.keys_in_url = 0  # requests that carried a key= query parameter
+
+    def vendor_headers(self, content_type: str) -> list[bytes]:
+        lines = [b"vary: Origin", b"vary: X-Origin", b"vary: Referer"]
+        if content_type.startswith("text/event-stream"):
+            lines.append(b"content-disposition: attachment")
+        return [
+            *lines,
+            b"server: scaffolding on HTTPServer2",
+            b"x-xss-protection: 0",
+            b"x-frame-options: SAMEORIGIN",
+            b"x-content-type-options: nosniff",
+            b"server-timing: gfet4t7; dur=%d" % (100 + secrets.randbelow(400)),
+        ]
+
+    def model_of(self, req: Request) -> str | None:
+        match = _PATH.fullmatch(req.path)
+        return unquote(match.group(1)) if match else None
+
+    async def send_framing_error(self, out: Out, status: int, message: str) -> None:
+        await self._send_error(out, status, "INVALID_ARGUMENT", message, keep_alive=False)
+
+    async def _send_error(
+        self,
+        out: Out,
+        status: int,
+        canonical: str,
+        message: str,
+        details: list[dict[str, Any]] | None = None,
+        *,
+        keep_alive: bool,
+    ) -> bool:
+        body = _pretty(_error(status, canonical, message, details))
+        return await self.send_body(out, status, body, content_type=_JSON, keep_alive=keep_alive)
+
+    async def respond(self, conn: Conn, req: Request) -> bool:
+        keep = req.keep_alive
+        out = Out(conn, False)
+        query = parse_qs(req.target.partition("?")[2])
+        if "key" in query:
+            self.keys_in_url += 1
+            log.error("fake Gemini upstream: an API key was sent in the URL (key=…)")
+            message = "fake Gemini upstream: the API key was sent in the URL; send it in the x-goog-api-key header"
+            return await self._send_error(out, 400, "INVALID_ARGUMENT", message, keep_alive=keep)
+        match = _PATH.fullmatch(req.path)
+        if match is None or req.method != "POST":
+            message = f"The requested URL {req.path} was not found on this server."
+            return await self._send_error(out, 404, "NOT_FOUND", message, keep_alive=keep)
+        model, method = unquote(match.group(1)), match.group(2)
+        stream = method == "streamGenerateContent"
+        if stream and query.get("alt") != ["sse"]:
+            message = "fake Gemini upstream: only alt=sse streams are implemented"
+            return await self._send_error(out, 400, "INVALID_ARGUMENT", message, keep_alive=keep)
+        if self._api_key is not None:
+            key = req.headers.get("x-goog-api-key", "")
+            if not key:
+                message = (
+                    "Method doesn't allow unregistered callers (callers without established identity). "
+                    "Please use API Key or other form of API consumer identity to call this API."
+                )
+                return await self._send_error(out, 403, "PERMISSION_DENIED", message, keep_alive=keep)
+            if key != self._api_key:
+                details = [
+                    {
+                        "@type": _ERROR_INFO,
+                        "reason": "API_KEY_INVALID",
+                        "domain": "googleapis.com",
+                        "metadata": {"service": "generativelanguage.googleapis.com"},
+                    }
+                ]
+                message = "API key not valid. Please pass a valid API key."
+                return await self._send_error(out, 400, "INVALID_ARGUMENT", message, details, keep_alive=keep)
+        problem, body = _check_body(req.body)
+        if problem:
+            return await self._send_error(out, 400, "INVALID_ARGUMENT", problem, keep_alive=keep)
+        beh = _behaviour(model)
+        if beh is None:
+            message = f"models/{model} is not found for API version v1beta, or is not supported for {method}."
+            return await self._send_error(out, 404, "NOT_FOUND", message, keep_alive=keep)
+        if beh.fault == "fault-502":
+            html = "text/html; charset=UTF-8"
+            return await self.send_body(out, 502, _BAD_GATEWAY, content_type=html, keep_alive=keep)
+        if beh.kind == "http-error":
+            status, canonical, message, details = _HTTP_FAULTS[beh.fault]
+            return await self._send_error(out, status, canonical, message, details, keep_alive=keep)
+        if beh.kind == "reset-before":
+            conn.rst()
+            raise Aborted
+
+        prompts = [text_of((body.get("systemInstruction") or {}).get("parts"))]
+        last_user = ""
+        for content in body["contents"]:
+            text = text_of(content.get("parts"))
+            prompts.append(text)
+            if content.get("role", "user") == "user":
+                last_user = text
+        reply = plan_reply(beh, prompts, last_user, (body.get("generationConfig") or {}).get("maxOutputTokens"))
+        if beh.split:
+            out = Out(conn, True)
+        wire = _GeminiWire(beh, reply, model)
+        return await (self.stream_reply(out, wire, keep) if stream else self.complete_reply(out, wire, keep))
+
+
+def _check_body(raw: bytes) -> tuple[str, Any]:
+    """("", body) for a body the API accepts, else (the API's complaint, None)."""
+    try:
+        body: Any = json.loads(raw)
+    except ValueError:
+        return "Invalid JSON payload received. Unexpected token.", None
+    if not isinstance(body, dict):
+        return "Invalid JSON payload received. Expected an object.", None
+    for name in body:
+        if name not in _FIELDS:
+            return f'Invalid JSON payload received. Unknown name "{name}": Cannot find field.', None
+    for name in body.get("generationConfig") or {}:
+        if name not in _CONFIG_FIELDS:
+            return (
+                f"Invalid JSON payload received. Unknown name \"{name}\" at 'generation_config': Cannot find field.",
+                None,
+            )
+    contents = body.get("contents")
+    if not isinstance(contents, list) or not contents:
+        return "* GenerateContentRequest.contents: contents is not specified\n", None
+    for content in contents:
+        if not isinstance(content, dict) or content.get("role", "user") not in ("user", "model"):
+            return "Please use a valid role: user, model.", None
+    return "", body
+
+
+class _GeminiWire(Wire):
+    """GenerateContentResponse objects, as SSE events or one whole answer."""
+
+    json_type = _JSON
+
+    def __init__(self, beh: Behaviour, reply: Reply, model: str) -> None:
+        super().__init__(beh, reply, model)
+        self.trailer = {"modelVersion": model, "responseId": secrets.token_urlsafe(18)}
+        self.finish = "MAX_TOKENS" if reply.truncated else "STOP"
+        # Every piece's event: the text, the running usage (prompt only), the trailer.
+        running = {"usageMetadata": self._usage(None)} if beh.usage else {}
+        rest = json.dumps({**running, **self.trailer}, separators=(",", ": ")).encode()
+        self.piece_pre = b'data: {"candidates": [{"content": {"parts": [{"text": '
+        self.piece_post = b'}],"role": "model"},"index": 0}],' + rest[1:] + b"\r\n\r\n"
+
+    def piece(self, piece_json: bytes) -> bytes:
+        return self.piece_pre + piece_json + self.piece_post
+
+    def closing(self) -> list[bytes]:
+        return [_sse(self._final(""))]
+
+    def malformed(self) -> list[bytes]:
+        return [b'data: {"candidates": [{"content": {"parts": [{"text": "x"\r\n\r\n']
+
+    def in_band_error(self) -> bytes:
+        return _sse(_error(*_INBAND_ERRORS[self.beh.inband]))
+
+    def whole(self) -> bytes:
+        return _pretty(self._final("".join(self.reply.texts)))
+
+    def whole_in_band_error(self) -> tuple[int, bytes, tuple[tuple[str, str], ...]]:
+        status, canonical, message = _INBAND_ERRORS[self.beh.inband]
+        return status, _pretty(_error(status, canonical, message)), ()
+
+    def _final(self, text: str) -> dict[str, Any]:
+        obj: dict[str, Any]
+        if self.beh.kind == "refusal":
+            obj = {"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"}}
+        else:
+            candidate = {"content": {"parts": [{"text": text}], "role": "model"}, "finishReason": self.finish}
+            obj = {"candidates": [{**candidate, "index": 0}]}
+        if self.beh.usage:
+            obj["usageMetadata"] = self._usage(self.reply.completion_tokens)
+        return {**obj, **self.trailer}
+
+    def _usage(self, candidates: int | None) -> dict[str, Any]:
+        prompt = self.reply.prompt_tokens
+        usage: dict[str, Any] = {"promptTokenCount": prompt}
+        if candidates:
+            usage["candidatesTokenCount"] = candidates
+        usage["totalTokenCount"] = prompt + (candidates or 0)
+        usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": prompt}]
+        return usage
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(
+        argv,
+        FakeGeminiUpstream,
+        prog="python -m tests.fakes.gemini_upstream",
+        description="Fake Gemini API upstream (v1beta generateContent / streamGenerateContent?alt=sse).",
+        api_key_env=API_KEY_ENV,
+        key_help=f"require 'x-goog-api-key: KEY' (default: ${API_KEY_ENV})",
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -194,12 +194,12 @@ def _end_line(printed: bool) -> None:
 
 def _print_summary(end: GenerateResult | StreamEnd | TurnResult) -> None:
     usage = end.usage
-    if not usage.unreported:
-        tokens = f"{usage.prompt_tokens} prompt + {usage.completion_tokens} completion = {usage.total_tokens}"
-    elif usage.completion_tokens:  # a cancelled turn: the gateway counted the deltas it sent
-        tokens = f"not reported, {usage.completion_tokens} completion counted"
-    else:
+    if usage.unreported:
         tokens = "not reported"
+    elif usage.estimated:  # a cancelled turn or a resumed stream: the gateway counted the deltas it sent
+        tokens = f"at least {usage.completion_tokens} completion (counted by the gateway)"
+    else:
+        tokens = f"{usage.prompt_tokens} prompt + {usage.completion_tokens} completion = {usage.total_tokens}"
     served = f"{end.model} ({end.provider})" if end.provider else end.model
     print(f"[finish: {end.finish_reason}; tokens: {tokens}; model: {served}]", file=sys.stderr)
 

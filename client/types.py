@@ -66,6 +66,8 @@ class Usage:
     total_tokens: int
     # True when the upstream reported no usage: the counts are 0 because they are unknown.
     unreported: bool = False
+    # True when the gateway counted some tokens itself (a cancelled turn, a resumed stream): a lower bound.
+    estimated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +110,7 @@ class TurnResult:
     """The end of one InteractiveStream turn, with its whole reply.
 
     A cancelled turn has finish_reason CANCELLED, the text received until then, and usage whose
-    completion_tokens count the deltas received (`usage.unreported` is true: the upstream reported none).
+    completion_tokens count the deltas received (`usage.estimated` is true: the gateway counted them).
     """
 
     request_id: str

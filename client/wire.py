@@ -163,7 +163,7 @@ def generate_result(response: pb.GenerateResponse) -> GenerateResult:
 
 
 def _usage(usage: pb.Usage) -> Usage:
-    return Usage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, usage.unreported)
+    return Usage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, usage.unreported, usage.estimated)
 
 
 def _finish_reason(value: pb.FinishReason.ValueType) -> FinishReason:

@@ -26,17 +26,17 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10\x61i_service.proto\x12\x0bholysheepai\x1a\x1egoogle/protobuf/duration.proto\x1a\x17google/rpc/status.proto\"w\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.holysheepai.Message\x12-\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x1d.holysheepai.GenerationConfig\"}\n\x15StreamGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.holysheepai.Message\x12-\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x1d.holysheepai.GenerationConfig\"6\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\x90\x01\n\x10GenerationConfig\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\tB\x0e\n\x0c_temperatureB\r\n\x0b_max_tokensB\x08\n\x06_top_p\"\xad\x01\n\x10GenerateResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12!\n\x05usage\x18\x03 \x01(\x0b\x32\x12.holysheepai.Usage\x12\x30\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x19.holysheepai.FinishReason\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\x12\n\ndeployment\x18\x06 \x01(\t\"\xcc\x01\n\x0bStreamChunk\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12\x13\n\x0bis_complete\x18\x02 \x01(\x08\x12!\n\x05usage\x18\x03 \x01(\x0b\x32\x12.holysheepai.Usage\x12\x30\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x19.holysheepai.FinishReason\x12\r\n\x05model\x18\x05 \x01(\t\x12\x10\n\x08provider\x18\x06 \x01(\t\x12\x12\n\ndeployment\x18\x07 \x01(\t\x12\x0f\n\x07resumed\x18\x08 \x01(\x08\"\x87\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\x12\x12\n\nunreported\x18\x04 \x01(\x08\x12\x15\n\x08\x63ost_usd\x18\x05 \x01(\x01H\x00\x88\x01\x01\x42\x0b\n\t_cost_usd\"\xa0\x01\n\x12InteractiveRequest\x12*\n\x05start\x18\x01 \x01(\x0b\x32\x19.holysheepai.SessionStartH\x00\x12+\n\x07message\x18\x02 \x01(\x0b\x32\x18.holysheepai.TurnRequestH\x00\x12)\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x17.holysheepai.CancelTurnH\x00\x42\x06\n\x04kind\"\xa2\x01\n\x0cSessionStart\x12\r\n\x05model\x18\x01 \x01(\t\x12-\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1d.holysheepai.GenerationConfig\x12\x15\n\rsystem_prompt\x18\x03 \x01(\t\x12&\n\x04mode\x18\x04 \x01(\x0e\x32\x18.holysheepai.SessionMode\x12\x15\n\rmax_in_flight\x18\x05 \x01(\x05\"\x98\x01\n\x0bTurnRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12&\n\x08messages\x18\x03 \x03(\x0b\x32\x14.holysheepai.Message\x12\r\n\x05model\x18\x04 \x01(\t\x12-\n\x06\x63onfig\x18\x05 \x01(\x0b\x32\x1d.holysheepai.GenerationConfig\" \n\nCancelTurn\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\xee\x01\n\x13InteractiveResponse\x12.\n\x07started\x18\x01 \x01(\x0b\x32\x1b.holysheepai.SessionStartedH\x00\x12\'\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x16.holysheepai.TurnDeltaH\x00\x12%\n\x04\x64one\x18\x03 \x01(\x0b\x32\x15.holysheepai.TurnDoneH\x00\x12\'\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x16.holysheepai.TurnErrorH\x00\x12&\n\x07go_away\x18\x05 \x01(\x0b\x32\x13.holysheepai.GoAwayH\x00\x42\x06\n\x04kind\"r\n\x0eSessionStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12&\n\x04mode\x18\x03 \x01(\x0e\x32\x18.holysheepai.SessionMode\x12\x15\n\rmax_in_flight\x18\x04 \x01(\x05\"-\n\tTurnDelta\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xad\x01\n\x08TurnDone\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x30\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x19.holysheepai.FinishReason\x12!\n\x05usage\x18\x03 \x01(\x0b\x32\x12.holysheepai.Usage\x12\r\n\x05model\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\x17\n\x0fhistory_trimmed\x18\x06 \x01(\x05\"C\n\tTurnError\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\"\n\x06status\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\"6\n\x06GoAway\x12,\n\ttime_left\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.holysheepai.ModelInfo\"\xa3\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61liases\x18\x02 \x03(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12$\n\x17input_price_per_million\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12%\n\x18output_price_per_million\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x11max_output_tokens\x18\x06 \x01(\x05\x12\x31\n\x0b\x64\x65ployments\x18\x07 \x03(\x0b\x32\x1c.holysheepai.ModelDeployment\x12\x11\n\tfallbacks\x18\x08 \x03(\tB\x1a\n\x18_input_price_per_millionB\x1b\n\x19_output_price_per_million\"Y\n\x0fModelDeployment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x16\n\x0eupstream_model\x18\x03 \x01(\t\x12\x0e\n\x06weight\x18\x04 \x01(\x01*\xbc\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x05*e\n\x0bSessionMode\x12\x1c\n\x18SESSION_MODE_UNSPECIFIED\x10\x00\x12\x1d\n\x19SESSION_MODE_CONVERSATION\x10\x01\x12\x19\n\x15SESSION_MODE_PIPELINE\x10\x02\x32\xd1\x02\n\tAIService\x12G\n\x08Generate\x12\x1c.holysheepai.GenerateRequest\x1a\x1d.holysheepai.GenerateResponse\x12P\n\x0eStreamGenerate\x12\".holysheepai.StreamGenerateRequest\x1a\x18.holysheepai.StreamChunk0\x01\x12Z\n\x11InteractiveStream\x12\x1f.holysheepai.InteractiveRequest\x1a .holysheepai.InteractiveResponse(\x01\x30\x01\x12M\n\nListModels\x12\x1e.holysheepai.ListModelsRequest\x1a\x1f.holysheepai.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10\x61i_service.proto\x12\x0bholysheepai\x1a\x1egoogle/protobuf/duration.proto\x1a\x17google/rpc/status.proto\"w\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.holysheepai.Message\x12-\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x1d.holysheepai.GenerationConfig\"}\n\x15StreamGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.holysheepai.Message\x12-\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x1d.holysheepai.GenerationConfig\"6\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\x90\x01\n\x10GenerationConfig\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\tB\x0e\n\x0c_temperatureB\r\n\x0b_max_tokensB\x08\n\x06_top_p\"\xad\x01\n\x10GenerateResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12!\n\x05usage\x18\x03 \x01(\x0b\x32\x12.holysheepai.Usage\x12\x30\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x19.holysheepai.FinishReason\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\x12\n\ndeployment\x18\x06 \x01(\t\"\xcc\x01\n\x0bStreamChunk\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12\x13\n\x0bis_complete\x18\x02 \x01(\x08\x12!\n\x05usage\x18\x03 \x01(\x0b\x32\x12.holysheepai.Usage\x12\x30\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x19.holysheepai.FinishReason\x12\r\n\x05model\x18\x05 \x01(\t\x12\x10\n\x08provider\x18\x06 \x01(\t\x12\x12\n\ndeployment\x18\x07 \x01(\t\x12\x0f\n\x07resumed\x18\x08 \x01(\x08\"\x9a\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\x12\x12\n\nunreported\x18\x04 \x01(\x08\x12\x15\n\x08\x63ost_usd\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x11\n\testimated\x18\x06 \x01(\x08\x42\x0b\n\t_cost_usd\"\xa0\x01\n\x12InteractiveRequest\x12*\n\x05start\x18\x01 \x01(\x0b\x32\x19.holysheepai.SessionStartH\x00\x12+\n\x07message\x18\x02 \x01(\x0b\x32\x18.holysheepai.TurnRequestH\x00\x12)\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x17.holysheepai.CancelTurnH\x00\x42\x06\n\x04kind\"\xa2\x01\n\x0cSessionStart\x12\r\n\x05model\x18\x01 \x01(\t\x12-\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1d.holysheepai.GenerationConfig\x12\x15\n\rsystem_prompt\x18\x03 \x01(\t\x12&\n\x04mode\x18\x04 \x01(\x0e\x32\x18.holysheepai.SessionMode\x12\x15\n\rmax_in_flight\x18\x05 \x01(\x05\"\x98\x01\n\x0bTurnRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12&\n\x08messages\x18\x03 \x03(\x0b\x32\x14.holysheepai.Message\x12\r\n\x05model\x18\x04 \x01(\t\x12-\n\x06\x63onfig\x18\x05 \x01(\x0b\x32\x1d.holysheepai.GenerationConfig\" \n\nCancelTurn\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\xee\x01\n\x13InteractiveResponse\x12.\n\x07started\x18\x01 \x01(\x0b\x32\x1b.holysheepai.SessionStartedH\x00\x12\'\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x16.holysheepai.TurnDeltaH\x00\x12%\n\x04\x64one\x18\x03 \x01(\x0b\x32\x15.holysheepai.TurnDoneH\x00\x12\'\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x16.holysheepai.TurnErrorH\x00\x12&\n\x07go_away\x18\x05 \x01(\x0b\x32\x13.holysheepai.GoAwayH\x00\x42\x06\n\x04kind\"r\n\x0eSessionStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12&\n\x04mode\x18\x03 \x01(\x0e\x32\x18.holysheepai.SessionMode\x12\x15\n\rmax_in_flight\x18\x04 \x01(\x05\"-\n\tTurnDelta\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xc1\x01\n\x08TurnDone\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x30\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x19.holysheepai.FinishReason\x12!\n\x05usage\x18\x03 \x01(\x0b\x32\x12.holysheepai.Usage\x12\r\n\x05model\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\x17\n\x0fhistory_trimmed\x18\x06 \x01(\x05\x12\x12\n\ndeployment\x18\x07 \x01(\t\"C\n\tTurnError\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\"\n\x06status\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\"6\n\x06GoAway\x12,\n\ttime_left\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.holysheepai.ModelInfo\"\xa3\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61liases\x18\x02 \x03(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12$\n\x17input_price_per_million\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12%\n\x18output_price_per_million\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x19\n\x11max_output_tokens\x18\x06 \x01(\x05\x12\x31\n\x0b\x64\x65ployments\x18\x07 \x03(\x0b\x32\x1c.holysheepai.ModelDeployment\x12\x11\n\tfallbacks\x18\x08 \x03(\tB\x1a\n\x18_input_price_per_millionB\x1b\n\x19_output_price_per_million\"Y\n\x0fModelDeployment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x16\n\x0eupstream_model\x18\x03 \x01(\t\x12\x0e\n\x06weight\x18\x04 \x01(\x01*\xbc\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x05*e\n\x0bSessionMode\x12\x1c\n\x18SESSION_MODE_UNSPECIFIED\x10\x00\x12\x1d\n\x19SESSION_MODE_CONVERSATION\x10\x01\x12\x19\n\x15SESSION_MODE_PIPELINE\x10\x02\x32\xd1\x02\n\tAIService\x12G\n\x08Generate\x12\x1c.holysheepai.GenerateRequest\x1a\x1d.holysheepai.GenerateResponse\x12P\n\x0eStreamGenerate\x12\".holysheepai.StreamGenerateRequest\x1a\x18.holysheepai.StreamChunk0\x01\x12Z\n\x11InteractiveStream\x12\x1f.holysheepai.InteractiveRequest\x1a .holysheepai.InteractiveResponse(\x01\x30\x01\x12M\n\nListModels\x12\x1e.holysheepai.ListModelsRequest\x1a\x1f.holysheepai.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ai_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=2753
-  _globals['_FINISHREASON']._serialized_end=2941
-  _globals['_SESSIONMODE']._serialized_start=2943
-  _globals['_SESSIONMODE']._serialized_end=3044
+  _globals['_FINISHREASON']._serialized_start=2792
+  _globals['_FINISHREASON']._serialized_end=2980
+  _globals['_SESSIONMODE']._serialized_start=2982
+  _globals['_SESSIONMODE']._serialized_end=3083
   _globals['_GENERATEREQUEST']._serialized_start=90
   _globals['_GENERATEREQUEST']._serialized_end=209
   _globals['_STREAMGENERATEREQUEST']._serialized_start=211
@@ -50,35 +50,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMCHUNK']._serialized_start=718
   _globals['_STREAMCHUNK']._serialized_end=922
   _globals['_USAGE']._serialized_start=925
-  _globals['_USAGE']._serialized_end=1060
-  _globals['_INTERACTIVEREQUEST']._serialized_start=1063
-  _globals['_INTERACTIVEREQUEST']._serialized_end=1223
-  _globals['_SESSIONSTART']._serialized_start=1226
-  _globals['_SESSIONSTART']._serialized_end=1388
-  _globals['_TURNREQUEST']._serialized_start=1391
-  _globals['_TURNREQUEST']._serialized_end=1543
-  _globals['_CANCELTURN']._serialized_start=1545
-  _globals['_CANCELTURN']._serialized_end=1577
-  _globals['_INTERACTIVERESPONSE']._serialized_start=1580
-  _globals['_INTERACTIVERESPONSE']._serialized_end=1818
-  _globals['_SESSIONSTARTED']._serialized_start=1820
-  _globals['_SESSIONSTARTED']._serialized_end=1934
-  _globals['_TURNDELTA']._serialized_start=1936
-  _globals['_TURNDELTA']._serialized_end=1981
-  _globals['_TURNDONE']._serialized_start=1984
-  _globals['_TURNDONE']._serialized_end=2157
-  _globals['_TURNERROR']._serialized_start=2159
-  _globals['_TURNERROR']._serialized_end=2226
-  _globals['_GOAWAY']._serialized_start=2228
-  _globals['_GOAWAY']._serialized_end=2282
-  _globals['_LISTMODELSREQUEST']._serialized_start=2284
-  _globals['_LISTMODELSREQUEST']._serialized_end=2303
-  _globals['_LISTMODELSRESPONSE']._serialized_start=2305
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2365
-  _globals['_MODELINFO']._serialized_start=2368
-  _globals['_MODELINFO']._serialized_end=2659
-  _globals['_MODELDEPLOYMENT']._serialized_start=2661
-  _globals['_MODELDEPLOYMENT']._serialized_end=2750
-  _globals['_AISERVICE']._serialized_start=3047
-  _globals['_AISERVICE']._serialized_end=3384
+  _globals['_USAGE']._serialized_end=1079
+  _globals['_INTERACTIVEREQUEST']._serialized_start=1082
+  _globals['_INTERACTIVEREQUEST']._serialized_end=1242
+  _globals['_SESSIONSTART']._serialized_start=1245
+  _globals['_SESSIONSTART']._serialized_end=1407
+  _globals['_TURNREQUEST']._serialized_start=1410
+  _globals['_TURNREQUEST']._serialized_end=1562
+  _globals['_CANCELTURN']._serialized_start=1564
+  _globals['_CANCELTURN']._serialized_end=1596
+  _globals['_INTERACTIVERESPONSE']._serialized_start=1599
+  _globals['_INTERACTIVERESPONSE']._serialized_end=1837
+  _globals['_SESSIONSTARTED']._serialized_start=1839
+  _globals['_SESSIONSTARTED']._serialized_end=1953
+  _globals['_TURNDELTA']._serialized_start=1955
+  _globals['_TURNDELTA']._serialized_end=2000
+  _globals['_TURNDONE']._serialized_start=2003
+  _globals['_TURNDONE']._serialized_end=2196
+  _globals['_TURNERROR']._serialized_start=2198
+  _globals['_TURNERROR']._serialized_end=2265
+  _globals['_GOAWAY']._serialized_start=2267
+  _globals['_GOAWAY']._serialized_end=2321
+  _globals['_LISTMODELSREQUEST']._serialized_start=2323
+  _globals['_LISTMODELSREQUEST']._serialized_end=2342
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2344
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2404
+  _globals['_MODELINFO']._serialized_start=2407
+  _globals['_MODELINFO']._serialized_end=2698
+  _globals['_MODELDEPLOYMENT']._serialized_start=2700
+  _globals['_MODELDEPLOYMENT']._serialized_end=2789
+  _globals['_AISERVICE']._serialized_start=3086
+  _globals['_AISERVICE']._serialized_end=3423
 # @@protoc_insertion_point(module_scope)

@@ -351,6 +351,7 @@ class Usage(_message.Message):
     TOTAL_TOKENS_FIELD_NUMBER: _builtins.int
     UNREPORTED_FIELD_NUMBER: _builtins.int
     COST_USD_FIELD_NUMBER: _builtins.int
+    ESTIMATED_FIELD_NUMBER: _builtins.int
     prompt_tokens: _builtins.int
     """Tokens in the prompt."""
     completion_tokens: _builtins.int
@@ -365,6 +366,11 @@ class Usage(_message.Message):
     """The cost of the call in US dollars, from the catalog's prices; absent when the price or the usage
     is unknown.
     """
+    estimated: _builtins.bool
+    """True when some counts are the gateway's own (one token per delta it relayed) because the upstream
+    did not report them: a cancelled turn, or the cut attempt of a resumed stream. Such counts are a
+    lower bound; unknown prompt tokens are left out.
+    """
     def __init__(
         self,
         *,
@@ -373,10 +379,11 @@ class Usage(_message.Message):
         total_tokens: _builtins.int = ...,
         unreported: _builtins.bool = ...,
         cost_usd: _builtins.float | None = ...,
+        estimated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "cost_usd", b"cost_usd"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "prompt_tokens", b"prompt_tokens", "total_tokens", b"total_tokens", "unreported", b"unreported"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "estimated", b"estimated", "prompt_tokens", b"prompt_tokens", "total_tokens", b"total_tokens", "unreported", b"unreported"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cost_usd: _TypeAlias = _typing.Literal["cost_usd"]  # noqa: Y015
     _WhichOneofArgType__cost_usd: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd"]  # noqa: Y015
@@ -648,6 +655,7 @@ class TurnDone(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     HISTORY_TRIMMED_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The turn it ends."""
     finish_reason: Global___FinishReason.ValueType
@@ -660,6 +668,8 @@ class TurnDone(_message.Message):
     """Conversation: how many of the oldest non-system history messages were dropped to fit the limits
     before this turn was sent; 0 when nothing was dropped.
     """
+    deployment: _builtins.str
+    """The deployment that served the turn."""
     @_builtins.property
     def usage(self) -> Global___Usage:
         """The tokens the turn used (partial for a cancelled turn), with its cost."""
@@ -673,10 +683,11 @@ class TurnDone(_message.Message):
         model: _builtins.str = ...,
         provider: _builtins.str = ...,
         history_trimmed: _builtins.int = ...,
+        deployment: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "history_trimmed", b"history_trimmed", "model", b"model", "provider", b"provider", "request_id", b"request_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "finish_reason", b"finish_reason", "history_trimmed", b"history_trimmed", "model", b"model", "provider", b"provider", "request_id", b"request_id", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -47,6 +47,7 @@ def usage_pb(usage: Usage | None, cost_usd: float | None = None) -> pb.Usage:
         completion_tokens=usage.completion_tokens,
         total_tokens=usage.total_tokens,
         cost_usd=cost_usd,
+        estimated=usage.estimated,
     )
 
 

@@ -223,7 +223,7 @@ def _cost(model: ModelConfig, deployment: Deployment, usage: Usage | None) -> fl
 
 
 def _tokens(completion_tokens: int) -> Usage:
-    return Usage(0, completion_tokens, completion_tokens)
+    return Usage(0, completion_tokens, completion_tokens, estimated=True)
 
 
 def _add(a: float | None, b: float | None) -> float | None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import aclosing
-from typing import Any, NoReturn, TypeAlias
+from contextlib import aclosing, asynccontextmanager
+from typing import Any, TypeAlias
 
 import grpc
 
@@ -68,33 +68,41 @@ class AIService(pb_grpc.AIServiceServicer):
         for session in self.sessions:
             session.go_away(time_left)
 
-    def _track(self) -> asyncio.Task[Any] | None:
+    @asynccontextmanager
+    async def _call(self, context: ServicerContext, method: str) -> AsyncIterator[_Progress]:
+        """Run one call: track it for shutdown, and end it with the status its failure deserves.
+
+        A GatewayError becomes its own status (with `deltas_sent` when a stream had started), a
+        cancellation by the shutdown becomes SHUTTING_DOWN, and anything else is a bug: logged here
+        and reported as INTERNAL, never as UNKNOWN.
+        """
         task = asyncio.current_task()
         if task is not None:
             self._in_flight.add(task)
-        return task
-
-    async def _abort_if_shutting_down(self, context: ServicerContext, deltas_sent: int = 0) -> None:
-        if self._ending_calls:
-            error = ShuttingDown("the gateway shut down before the call finished; retry on another instance")
-            if deltas_sent:
-                error.metadata["deltas_sent"] = str(deltas_sent)
-            await abort(context, error)
-
-    async def Generate(self, request: pb.GenerateRequest, context: ServicerContext) -> pb.GenerateResponse:
-        task = self._track()
+        progress = _Progress()
         try:
-            model, chat = self._prepare(request, context)
-            completion = await self._router.complete(model, chat)
+            yield progress
         except GatewayError as error:
+            if progress.deltas_sent:
+                error.metadata["deltas_sent"] = str(progress.deltas_sent)
             await abort(context, error)
         except asyncio.CancelledError:
-            await self._abort_if_shutting_down(context)
+            if self._ending_calls:
+                ended = ShuttingDown("the gateway shut down before the call finished; retry on another instance")
+                if progress.deltas_sent:
+                    ended.metadata["deltas_sent"] = str(progress.deltas_sent)
+                await abort(context, ended)
             raise
-        except Exception as exc:  # the one catch-all: a bug becomes INTERNAL, never UNKNOWN
-            await _abort_unexpected(context, exc, "Generate")
+        except Exception as exc:  # the one catch-all
+            log.exception("unexpected error in %s", method, exc_info=exc)
+            await abort(context, InternalError("internal gateway error; the gateway log has the details"))
         finally:
             self._in_flight.discard(task)
+
+    async def Generate(self, request: pb.GenerateRequest, context: ServicerContext) -> pb.GenerateResponse:
+        async with self._call(context, "Generate"):
+            model, chat = self._prepare(request, context)
+            completion = await self._router.complete(model, chat)
         return generate_response(completion)
 
     # The generated stub types streaming handlers as iterators only; grpc.aio also accepts a coroutine that
@@ -103,51 +111,30 @@ class AIService(pb_grpc.AIServiceServicer):
     async def StreamGenerate(  # type: ignore[override]
         self, request: pb.StreamGenerateRequest, context: ServicerContext
     ) -> None:
-        deltas_sent = 0
-        task = self._track()
-        try:
+        async with self._call(context, "StreamGenerate") as progress:
             model, chat = self._prepare(request, context)
             async with aclosing(self._router.stream(model, chat)) as events:
                 async for event in events:
                     if type(event) is TextDelta:
                         await context.write(pb.StreamChunk(delta=event.text))
-                        deltas_sent += 1
+                        progress.deltas_sent += 1
                     else:
                         await context.write(final_chunk(event))  # type: ignore[arg-type]
-        except GatewayError as error:
-            if deltas_sent:
-                error.metadata["deltas_sent"] = str(deltas_sent)
-            await abort(context, error)
-        except asyncio.CancelledError:
-            await self._abort_if_shutting_down(context, deltas_sent)
-            raise
-        except Exception as exc:  # the one catch-all: a bug becomes INTERNAL, never UNKNOWN
-            await _abort_unexpected(context, exc, "StreamGenerate")
-        finally:
-            self._in_flight.discard(task)
 
     async def InteractiveStream(  # type: ignore[override]  # a writing coroutine, as StreamGenerate
         self, request_iterator: AsyncIterator[pb.InteractiveRequest], context: ServicerContext
     ) -> None:
-        task = self._track()
         session = InteractiveSession(
             self._router, context, limits=self._interactive, max_request_bytes=self._max_request_bytes
         )
         self.sessions.add(session)
         try:
-            if self.draining:
-                raise ShuttingDown("the gateway is shutting down; retry on another instance")
-            await session.run(request_iterator)
-        except GatewayError as error:
-            await abort(context, error)
-        except asyncio.CancelledError:
-            await self._abort_if_shutting_down(context)
-            raise
-        except Exception as exc:  # the one catch-all: a bug becomes INTERNAL, never UNKNOWN
-            await _abort_unexpected(context, exc, "InteractiveStream")
+            async with self._call(context, "InteractiveStream"):
+                if self.draining:
+                    raise ShuttingDown("the gateway is shutting down; retry on another instance")
+                await session.run(request_iterator)
         finally:
             self.sessions.discard(session)
-            self._in_flight.discard(task)
 
     async def ListModels(self, request: pb.ListModelsRequest, context: ServicerContext) -> pb.ListModelsResponse:
         router = self._router
@@ -173,6 +160,10 @@ class AIService(pb_grpc.AIServiceServicer):
         return model, ChatRequest(model.name, messages, params, context.time_remaining())
 
 
-async def _abort_unexpected(context: ServicerContext, exc: Exception, method: str) -> NoReturn:
-    log.exception("unexpected error in %s", method, exc_info=exc)
-    await abort(context, InternalError("internal gateway error; the gateway log has the details"))
+class _Progress:
+    """What a call has sent so far (StreamGenerate counts its deltas here)."""
+
+    __slots__ = ("deltas_sent",)
+
+    def __init__(self) -> None:
+        self.deltas_sent = 0

@@ -176,6 +176,7 @@ def done(request_id: str, finish: Finish, history_trimmed: int) -> pb.Interactiv
             model=served.model if served else "",
             provider=served.provider if served else "",
             history_trimmed=history_trimmed,
+            deployment=served.deployment if served else "",
         )
     )
 
@@ -183,8 +184,8 @@ def done(request_id: str, finish: Finish, history_trimmed: int) -> pb.Interactiv
 def cancelled(request_id: str, model: str, deltas: int, history_trimmed: int) -> pb.InteractiveResponse:
     """The end of a cancelled turn. The upstream never reported usage, so the completion tokens are the
     deltas received (one per token for the usual upstreams), the prompt tokens are unknown (0), and
-    `unreported` says that these counts are not the upstream's."""
-    usage = pb.Usage(completion_tokens=deltas, total_tokens=deltas, unreported=True)
+    `estimated` says that these counts are the gateway's, not the upstream's."""
+    usage = pb.Usage(completion_tokens=deltas, total_tokens=deltas, estimated=True)
     return pb.InteractiveResponse(
         done=pb.TurnDone(
             request_id=request_id,

@@ -78,9 +78,12 @@ class ChatRequest:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """Token counts. `estimated` marks counts the gateway made itself (one per delta relayed)."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    estimated: bool = False
 
 
 class TextDelta:

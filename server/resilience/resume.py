@@ -29,7 +29,13 @@ def continuation(request: ChatRequest, partial: str, streamed_tokens: int) -> Ch
 
 
 def add_streamed(usage: Usage | None, streamed_tokens: int) -> Usage | None:
-    """`usage` of the resumed attempt plus the completion tokens streamed before it."""
+    """`usage` of the resumed attempt plus the completion tokens streamed before it (counted by the
+    gateway, hence `estimated`; the cut attempt's prompt tokens are unknown and left out)."""
     if usage is None:
         return None
-    return Usage(usage.prompt_tokens, usage.completion_tokens + streamed_tokens, usage.total_tokens + streamed_tokens)
+    return Usage(
+        usage.prompt_tokens,
+        usage.completion_tokens + streamed_tokens,
+        usage.total_tokens + streamed_tokens,
+        estimated=True,
+    )

@@ -103,7 +103,7 @@ async def test_ctrl_c_during_an_answer_cancels_it_and_the_chat_goes_on(
     answers = (first + rest + out).splitlines()
     assert answers[-1] == "after"
     assert "one two three four five six seven eight nine ten".startswith(answers[0])
-    assert "[finish: cancelled; tokens: not reported, " in err
+    assert "[finish: cancelled; tokens: at least " in err
     assert "[finish: stop;" in err
     await assert_no_session_left(openai_gateway)
 

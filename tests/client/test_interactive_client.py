@@ -137,7 +137,7 @@ async def test_cancel_ends_the_turn_cancelled_with_its_partial_text(
     assert first == TextDelta("one")
     assert result.finish_reason is FinishReason.CANCELLED
     assert EIGHT_WORDS.startswith(result.text)
-    assert result.usage.unreported
+    assert result.usage.estimated
     assert later.text == "after"
     assert session.errors == []
 

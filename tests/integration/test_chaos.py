@@ -306,6 +306,7 @@ async def test_resume_continue_finishes_a_cut_stream_on_the_fallback_as_one_stre
     assert final.resumed
     assert (final.model, final.provider) == ("echo-a", "fake")
     assert final.usage.completion_tokens == 2 + len(continued)  # both attempts
+    assert final.usage.estimated  # the cut attempt's tokens are the gateway's count
     cut, resumed = fake_openai.requests
     assert (cut.model, resumed.model) == ("fault-cut-mid", "gpt-test")
     assert resumed.body["messages"][-2:] == [

@@ -200,9 +200,9 @@ async def test_cancel_closes_the_upstream_within_100_ms_and_ends_the_turn_cancel
     assert done.finish_reason == pb.FINISH_REASON_CANCELLED
     deltas = len(events) - 1
     assert 2 <= deltas < 8
-    # No usage from the upstream: completion tokens are the deltas received, marked as not reported.
+    # No usage from the upstream: completion tokens are the deltas received, marked as the gateway's estimate.
     assert (done.usage.prompt_tokens, done.usage.completion_tokens, done.usage.total_tokens) == (0, deltas, deltas)
-    assert done.usage.unreported
+    assert done.usage.estimated
     assert not done.usage.HasField("cost_usd")
     assert done.model == SLOW
 

@@ -6,16 +6,12 @@ JSON body, turns a non-2xx answer into an UpstreamError, relays an SSE stream th
 `EventDecoder` (which knows the wire format of one event), drains the body after the end event so the
 connection goes back to the pool, and closes the response in `finally`.
 
-Upstream error bodies are never copied into errors (they can echo keys); only their status, and an
-error type or code that looks like an identifier, are kept.
+How an upstream's failures become the gateway's errors is in upstream_errors.py.
 """
 
 from __future__ import annotations
 
-import email.utils
 import json
-import re
-import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -24,17 +20,17 @@ import httpx
 from server import defaults
 from server.config import ProviderConfig
 from server.errors import (
-    UpstreamAuthFailed,
     UpstreamBadResponse,
     UpstreamError,
-    UpstreamFailed,
-    UpstreamRateLimited,
-    UpstreamRejected,
-    UpstreamTimeout,
     UpstreamUnavailable,
 )
 from server.providers.base import Provider
 from server.providers.transport import TOTAL_TIMEOUT_EXTENSION, AiohttpTransport
+from server.providers.upstream_errors import (
+    error_for_status,
+    error_for_transport,
+    safe_identifier,
+)
 from server.sse import ServerSentEvent, aiter_sse
 from server.types import Finish, FinishReason, StreamEvent, TextDelta, Usage
 
@@ -42,48 +38,21 @@ __all__ = [
     "ErrorHint",
     "EventDecoder",
     "HTTPProvider",
-    "error_for_error_type",
-    "error_for_status",
-    "error_for_transport",
     "loads_object",
     "make_client",
-    "parse_retry_after",
     "request_timeout",
-    "safe_identifier",
     "stream_interrupted",
     "unexpected_shape",
 ]
 
 T = TypeVar("T")
 
-_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_.]{0,63}")
 # Error bodies are read only to learn the error type; anything longer is not an error body we know.
 _MAX_ERROR_BODY_BYTES = 64 * 1024
 # (error type or code, retry delay in seconds) that an upstream's error object may safely tell.
 ErrorHint = tuple[str | None, float | None]
 # What reading JSON of an unexpected shape raises (a list where an object was expected, int("many"), …).
 _SHAPE_ERRORS = (AttributeError, IndexError, KeyError, TypeError, ValueError)
-# Error types that say the gateway's key is wrong, whatever the status (Gemini answers a bad key with 400).
-_KEY_REJECTED = frozenset({"API_KEY_INVALID", "authentication_error", "invalid_api_key"})
-# In-band error types by name: Anthropic's error types, and Google's canonical codes (Gemini's `status`).
-# Types not listed (overloaded_error, api_error, UNAVAILABLE, INTERNAL, …) are UpstreamUnavailable.
-_IN_BAND_KINDS: dict[str, type[UpstreamError]] = {
-    "overloaded_error": UpstreamUnavailable,
-    "api_error": UpstreamUnavailable,
-    "rate_limit_error": UpstreamRateLimited,
-    "invalid_request_error": UpstreamRejected,
-    "request_too_large": UpstreamRejected,
-    "authentication_error": UpstreamAuthFailed,
-    "permission_error": UpstreamAuthFailed,
-    "not_found_error": UpstreamFailed,
-    "RESOURCE_EXHAUSTED": UpstreamRateLimited,
-    "INVALID_ARGUMENT": UpstreamRejected,
-    "OUT_OF_RANGE": UpstreamRejected,
-    "UNAUTHENTICATED": UpstreamAuthFailed,
-    "PERMISSION_DENIED": UpstreamAuthFailed,
-    "NOT_FOUND": UpstreamFailed,
-    "FAILED_PRECONDITION": UpstreamFailed,
-}
 
 
 class EventDecoder:
@@ -301,131 +270,3 @@ def _before_deadline(timeout_s: float) -> float:
         max(timeout_s * defaults.DEADLINE_MARGIN_SHARE, defaults.DEADLINE_MARGIN_S), defaults.DEADLINE_MARGIN_MAX_S
     )
     return max(timeout_s - margin, timeout_s / 2, 0.001)
-
-
-def safe_identifier(value: object) -> str | None:
-    """`value` if it looks like an error type or code ("rate_limit_exceeded"), else None."""
-    return value if isinstance(value, str) and _IDENTIFIER.fullmatch(value) else None
-
-
-def parse_retry_after(headers: httpx.Headers) -> float | None:
-    """Seconds to wait from `retry-after-ms`, or `Retry-After` as seconds or an HTTP date."""
-    if (millis := headers.get("retry-after-ms")) is not None:
-        try:
-            return max(float(millis) / 1000, 0.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(when.timestamp() - time.time(), 0.0)
-
-
-def error_for_status(
-    provider: str,
-    status: int,
-    headers: httpx.Headers,
-    error_type: str | None = None,
-    retry_after_s: float | None = None,
-) -> UpstreamError:
-    """Map a non-2xx upstream answer to the error the client sees.
-
-    `error_type` is the identifier the body gave; `retry_after_s` a delay the body gave (Google's
-    RetryInfo), used when no Retry-After header says when.
-    """
-    meta = {"upstream_error_type": error_type} if error_type else {}
-    if status in (401, 403) or error_type in _KEY_REJECTED:
-        return UpstreamAuthFailed(
-            f"upstream {provider} rejected the gateway's credentials (HTTP {status}); "
-            "the gateway operator must fix the provider key",
-            provider=provider,
-            http_status=status,
-            metadata=meta,
-        )
-    if status == 429:
-        from_header = parse_retry_after(headers)
-        return UpstreamRateLimited(
-            f"upstream {provider} is rate limiting requests (HTTP 429)",
-            provider=provider,
-            http_status=status,
-            retry_after_s=retry_after_s if from_header is None else from_header,
-            metadata=meta,
-        )
-    if status in (400, 413, 422):
-        return UpstreamRejected(
-            f"upstream {provider} rejected the request as invalid (HTTP {status}"
-            + (f", {error_type})" if error_type else ")"),
-            provider=provider,
-            http_status=status,
-            metadata=meta,
-        )
-    if status == 408 or status >= 500:
-        return UpstreamUnavailable(
-            f"upstream {provider} failed (HTTP {status})",
-            provider=provider,
-            http_status=status,
-            metadata=meta,
-        )
-    if 400 <= status < 500:
-        return UpstreamFailed(
-            f"upstream {provider} refused the gateway's request (HTTP {status})",
-            provider=provider,
-            http_status=status,
-            metadata=meta,
-        )
-    return UpstreamBadResponse(
-        f"upstream {provider} answered with unexpected HTTP {status}", provider=provider, http_status=status
-    )
-
-
-def error_for_error_type(provider: str, error_type: str | None, retry_after_s: float | None = None) -> UpstreamError:
-    """Map an in-band error (an error inside an HTTP 200 answer) by its type or code."""
-    meta = {"upstream_error_type": error_type} if error_type else {}
-    what = f"upstream {provider} reported an error mid-response" + (f" ({error_type})" if error_type else "")
-    kind = _IN_BAND_KINDS.get(error_type or "")
-    if kind is None:  # OpenAI-compatible servers spell their types freely ("rate_limit_exceeded", …)
-        lowered = (error_type or "").lower()
-        if "rate_limit" in lowered:
-            kind = UpstreamRateLimited
-        elif "invalid_request" in lowered:
-            kind = UpstreamRejected
-        elif "authentication" in lowered or "permission" in lowered:
-            kind = UpstreamAuthFailed
-        else:
-            kind = UpstreamUnavailable
-    if kind is UpstreamRateLimited:
-        return UpstreamRateLimited(what, provider=provider, retry_after_s=retry_after_s, metadata=meta)
-    return kind(what, provider=provider, metadata=meta)
-
-
-def error_for_transport(provider: str, exc: httpx.TransportError, *, streaming: bool) -> UpstreamError:
-    """Map an httpx transport failure (timeouts, refused and reset connections)."""
-    if isinstance(exc, httpx.TimeoutException):
-        phase = {
-            httpx.ConnectTimeout: "connecting",
-            httpx.ReadTimeout: "waiting for data",
-            httpx.WriteTimeout: "sending the request",
-            httpx.PoolTimeout: "waiting for a free connection",
-        }.get(type(exc), "waiting")
-        return UpstreamTimeout(
-            f"upstream {provider} timed out while {phase}", provider=provider, metadata={"phase": phase}
-        )
-    if isinstance(exc, httpx.ConnectError):
-        return UpstreamUnavailable(f"cannot connect to upstream {provider}", provider=provider)
-    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError) and streaming:
-        return UpstreamUnavailable(
-            f"upstream {provider} closed the connection mid-stream",
-            provider=provider,
-            reason="UPSTREAM_STREAM_INTERRUPTED",
-        )
-    return UpstreamUnavailable(
-        f"the connection to upstream {provider} failed ({type(exc).__name__})", provider=provider
-    )

@@ -15,13 +15,8 @@ import httpx
 
 from server.config import ProviderConfig
 from server.errors import UpstreamError
-from server.providers.http import (
-    EventDecoder,
-    HTTPProvider,
-    error_for_error_type,
-    loads_object,
-    safe_identifier,
-)
+from server.providers.http import EventDecoder, HTTPProvider, loads_object
+from server.providers.upstream_errors import error_for_error_type, safe_identifier
 from server.sse import ServerSentEvent
 from server.types import ChatRequest, Completion, FinishReason, StreamEvent, Usage
 

@@ -17,7 +17,12 @@ from server.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from server.providers.http import error_for_error_type, error_for_status, error_for_transport, parse_retry_after
+from server.providers.upstream_errors import (
+    error_for_error_type,
+    error_for_status,
+    error_for_transport,
+    parse_retry_after,
+)
 
 
 @pytest.mark.parametrize(

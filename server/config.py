@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -27,9 +26,11 @@ import yaml
 
 from server import defaults
 from server.catalog import BUILTIN_ALIASES, PROVIDER_PRESETS, Deployment, ModelConfig, Price
+from server.config_models import parse_model
+from server.config_readers import as_list, mapping, number, unknown_keys
 from server.errors import register_secret
 from server.resilience.breaker import BreakerPolicy
-from server.resilience.retry import FailureClass, RetryPolicy
+from server.resilience.retry import RetryPolicy
 
 __all__ = [
     "AuthConfig",
@@ -223,8 +224,8 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None, *, list
 
 
 def _parse(raw: Any, base_dir: Path, env: Mapping[str, str], problems: list[str], unparsed: set[str]) -> GatewayConfig:
-    top = _mapping(raw, "config", problems)
-    _unknown_keys(
+    top = mapping(raw, "config", problems)
+    unknown_keys(
         top,
         {
             *("listen", "tls", "auth", "providers", "models", "aliases"),
@@ -242,7 +243,7 @@ def _parse(raw: Any, base_dir: Path, env: Mapping[str, str], problems: list[str]
     if top.get("auth") is not None:
         config = replace(config, auth=_parse_auth(top["auth"], env, problems))
     providers = []
-    for i, item in enumerate(_list(top.get("providers", []), "providers", problems)):
+    for i, item in enumerate(as_list(top.get("providers", []), "providers", problems)):
         before = len(problems)
         provider = _parse_provider(item, f"providers[{i}]", env, problems)
         if provider is None or len(problems) > before:
@@ -250,20 +251,20 @@ def _parse(raw: Any, base_dir: Path, env: Mapping[str, str], problems: list[str]
         if provider is not None:
             providers.append(provider)
     models = []
-    raw_models = _list(top.get("models", []), "models", problems)
+    raw_models = as_list(top.get("models", []), "models", problems)
     for i, item in enumerate(raw_models):
-        model = _parse_model(item, f"models[{i}]", problems)
+        model = parse_model(item, f"models[{i}]", problems)
         if model is not None:
             models.append(model)
     if raw_models and not models:
         unparsed.add("models")  # every entry is invalid, and each says why
     config = replace(config, providers=tuple(providers), models=tuple(models))
     if top.get("aliases") is not None:
-        aliases = _mapping(top["aliases"], "aliases", problems)
+        aliases = mapping(top["aliases"], "aliases", problems)
         config = replace(config, aliases=tuple((str(k), str(v)) for k, v in aliases.items()))
     for key in ("grace_period_s", "max_request_bytes"):
         if key in top:
-            value = _number(top[key], key, problems, minimum=0)
+            value = number(top[key], key, problems, minimum=0)
             if value is not None:
                 config = replace(config, **{key: type(getattr(config, key))(value)})
     if "log_level" in top:
@@ -282,9 +283,9 @@ _Section = TypeVar("_Section", RetryPolicy, BreakerPolicy, LimitsConfig, Keepali
 
 
 def _parse_section(raw: Any, key: str, template: _Section, problems: list[str]) -> _Section:
-    entry = _mapping(raw, key, problems)
+    entry = mapping(raw, key, problems)
     names = set(template.__dataclass_fields__)
-    _unknown_keys(entry, names, f"{key}.", problems)
+    unknown_keys(entry, names, f"{key}.", problems)
     values: dict[str, Any] = {}
     for name in sorted(set(entry) & names):
         current, value = getattr(template, name), entry[name]
@@ -295,25 +296,25 @@ def _parse_section(raw: Any, key: str, template: _Section, problems: list[str]) 
             values[name] = value
         elif value is None and current is None:
             continue  # an optional setting left off
-        elif (number := _number(value, f"{key}.{name}", problems, minimum=0)) is not None:
-            values[name] = int(number) if isinstance(current, int) else number
+        elif (parsed := number(value, f"{key}.{name}", problems, minimum=0)) is not None:
+            values[name] = int(parsed) if isinstance(current, int) else parsed
     return replace(template, **values)
 
 
 def _parse_interactive(raw: Any, problems: list[str]) -> InteractiveConfig:
-    entry = _mapping(raw, "interactive", problems)
+    entry = mapping(raw, "interactive", problems)
     limits = InteractiveConfig()
-    _unknown_keys(entry, set(InteractiveConfig.__dataclass_fields__), "interactive.", problems)
+    unknown_keys(entry, set(InteractiveConfig.__dataclass_fields__), "interactive.", problems)
     for key in sorted(set(entry) & set(InteractiveConfig.__dataclass_fields__)):
-        value = _number(entry[key], f"interactive.{key}", problems, minimum=1)
+        value = number(entry[key], f"interactive.{key}", problems, minimum=1)
         if value is not None:
             limits = replace(limits, **{key: int(value)})
     return limits
 
 
 def _parse_tls(raw: Any, base_dir: Path, problems: list[str]) -> TLSConfig | None:
-    tls = _mapping(raw, "tls", problems)
-    _unknown_keys(tls, {"cert_file", "key_file"}, "tls.", problems)
+    tls = mapping(raw, "tls", problems)
+    unknown_keys(tls, {"cert_file", "key_file"}, "tls.", problems)
     paths = {}
     for key in ("cert_file", "key_file"):
         if not tls.get(key):
@@ -327,13 +328,13 @@ def _parse_tls(raw: Any, base_dir: Path, problems: list[str]) -> TLSConfig | Non
 
 
 def _parse_auth(raw: Any, env: Mapping[str, str], problems: list[str]) -> AuthConfig:
-    auth = _mapping(raw, "auth", problems)
-    _unknown_keys(auth, {"tokens"}, "auth.", problems)
+    auth = mapping(raw, "auth", problems)
+    unknown_keys(auth, {"tokens"}, "auth.", problems)
     tokens = []
-    for i, item in enumerate(_list(auth.get("tokens", []), "auth.tokens", problems)):
+    for i, item in enumerate(as_list(auth.get("tokens", []), "auth.tokens", problems)):
         where = f"auth.tokens[{i}]"
-        entry = _mapping(item, where, problems)
-        _unknown_keys(entry, {"name", "sha256", "env"}, f"{where}.", problems)
+        entry = mapping(item, where, problems)
+        unknown_keys(entry, {"name", "sha256", "env"}, f"{where}.", problems)
         name = str(entry.get("name") or f"client-{i}")
         if ("sha256" in entry) == ("env" in entry):
             problems.append(f"{where}: give exactly one of sha256 (hex digest of the token) or env")
@@ -360,9 +361,9 @@ def _parse_auth(raw: Any, env: Mapping[str, str], problems: list[str]) -> AuthCo
 
 
 def _parse_provider(raw: Any, where: str, env: Mapping[str, str], problems: list[str]) -> ProviderConfig | None:
-    entry = _mapping(raw, where, problems)
+    entry = mapping(raw, where, problems)
     known = {"name", "kind", "base_url", "api_key_env", *_PROVIDER_NUMBERS}
-    _unknown_keys(entry, known, f"{where}.", problems)
+    unknown_keys(entry, known, f"{where}.", problems)
     name = str(entry.get("name") or "")
     preset = PROVIDER_PRESETS.get(name)
     kind = str(entry.get("kind") or (preset.kind if preset else ""))
@@ -388,7 +389,7 @@ def _parse_provider(raw: Any, where: str, env: Mapping[str, str], problems: list
         provider = replace(provider, base_url=base_url.rstrip("/"), api_key_env=api_key_env, api_key=api_key)
     for key in _PROVIDER_NUMBERS:
         if key in entry:
-            value = _number(entry[key], f"{where}.{key}", problems, minimum=1e-3)
+            value = number(entry[key], f"{where}.{key}", problems, minimum=1e-3)
             if value is not None:
                 provider = replace(provider, **{key: type(getattr(provider, key))(value)})
     return provider
@@ -398,91 +399,6 @@ _PROVIDER_NUMBERS = (
     *("connect_timeout_s", "read_timeout_s", "max_connections"),
     *("max_concurrent_streams", "first_token_timeout_s", "stream_idle_timeout_s"),
 )
-_MODEL_KEYS = {
-    *("name", "provider", "upstream_model", "max_tokens", "aliases", "deployments", "price", "fallbacks", "resume")
-}
-_FALLBACK_CLASSES = ("default", *(c.value for c in FailureClass if c is not FailureClass.FATAL))
-_RESUME_MODES = ("none", "continue")
-
-
-def _parse_model(raw: Any, where: str, problems: list[str]) -> ModelConfig | None:
-    entry = _mapping(raw, where, problems)
-    _unknown_keys(entry, _MODEL_KEYS, f"{where}.", problems)
-    name, provider = str(entry.get("name") or ""), str(entry.get("provider") or "")
-    has_deployments = entry.get("deployments") is not None
-    if not name:
-        problems.append(f"{where}.name: required")
-    if has_deployments and provider:
-        problems.append(f"{where}: give either provider (one deployment) or deployments, not both")
-    elif not has_deployments and not provider:
-        problems.append(f"{where}.provider: required")
-    if not name or (not provider and not has_deployments):
-        return None
-    model = ModelConfig(name=name, provider=provider, upstream_model=str(entry.get("upstream_model") or name))
-    if has_deployments:
-        deployments = []
-        for i, item in enumerate(_list(entry["deployments"], f"{where}.deployments", problems)):
-            deployment = _parse_deployment(item, f"{where}.deployments[{i}]", name, problems)
-            if deployment is not None:
-                deployments.append(deployment)
-        if not deployments:
-            problems.append(f"{where}.deployments: at least one deployment is required")
-        model = replace(model, provider="", upstream_model="", deployments=tuple(deployments))
-    if "max_tokens" in entry:
-        cap = _number(entry["max_tokens"], f"{where}.max_tokens", problems, minimum=1)
-        if cap is not None:
-            model = replace(model, max_tokens=min(int(cap), defaults.MAX_TOKENS_LIMIT))
-    if entry.get("aliases") is not None:
-        model = replace(model, aliases=tuple(str(a) for a in _list(entry["aliases"], f"{where}.aliases", problems)))
-    if entry.get("fallbacks") is not None:
-        model = _parse_fallbacks(model, entry["fallbacks"], f"{where}.fallbacks", problems)
-    if "resume" in entry:
-        if entry["resume"] in _RESUME_MODES:
-            model = replace(model, resume=entry["resume"])
-        else:
-            problems.append(f"{where}.resume: expected one of {', '.join(_RESUME_MODES)}, got {entry['resume']!r}")
-    if entry.get("price") is not None:
-        model = replace(model, price=_parse_price(entry["price"], f"{where}.price", problems))
-    return model
-
-
-def _parse_fallbacks(model: ModelConfig, raw: Any, where: str, problems: list[str]) -> ModelConfig:
-    """A list (one chain for every failure), or a chain per failure class: default, rate_limited, unavailable."""
-    if not isinstance(raw, dict):
-        return replace(model, fallbacks=tuple(str(f) for f in _list(raw, where, problems)))
-    _unknown_keys(raw, set(_FALLBACK_CLASSES), f"{where}.", problems)
-    chains = {
-        key: tuple(str(f) for f in _list(raw[key], f"{where}.{key}", problems))
-        for key in _FALLBACK_CLASSES
-        if raw.get(key) is not None
-    }
-    by_class = tuple((key, chain) for key, chain in chains.items() if key != "default")
-    return replace(model, fallbacks=chains.get("default", ()), fallbacks_by_class=by_class)
-
-
-def _parse_deployment(raw: Any, where: str, model: str, problems: list[str]) -> Deployment | None:
-    entry = _mapping(raw, where, problems)
-    _unknown_keys(entry, {"name", "provider", "upstream_model", "weight"}, f"{where}.", problems)
-    provider = str(entry.get("provider") or "")
-    if not provider:
-        problems.append(f"{where}.provider: required")
-        return None
-    weight = _number(entry.get("weight", 1), f"{where}.weight", problems, minimum=0)
-    return Deployment(
-        provider=provider,
-        upstream_model=str(entry.get("upstream_model") or model),
-        weight=weight if weight is not None else 1.0,
-        name=str(entry.get("name") or ""),
-    )
-
-
-def _parse_price(raw: Any, where: str, problems: list[str]) -> Price | None:
-    entry = _mapping(raw, where, problems)
-    _unknown_keys(entry, {"input", "output"}, f"{where}.", problems)
-    numbers = [_number(entry.get(k), f"{where}.{k}", problems, minimum=0) for k in ("input", "output")]
-    if numbers[0] is None or numbers[1] is None:
-        return None
-    return Price(numbers[0], numbers[1])
 
 
 def _apply_env(config: GatewayConfig, env: Mapping[str, str]) -> GatewayConfig:
@@ -496,7 +412,7 @@ def _apply_env(config: GatewayConfig, env: Mapping[str, str]) -> GatewayConfig:
         ("GATEWAY_MAX_REQUEST_BYTES", "max_request_bytes"),
     ):
         if env.get(var):
-            value = _number(env[var], var, problems, minimum=0)
+            value = number(env[var], var, problems, minimum=0)
             if value is not None:
                 config = replace(config, **{key: type(getattr(config, key))(value)})
     if problems:
@@ -578,40 +494,3 @@ def _resilience_problems(config: GatewayConfig) -> list[str]:
         (keepalive.time_s > 0 and keepalive.timeout_s > 0, "keepalive: time_s and timeout_s must be above 0"),
     ]
     return [problem for ok, problem in checks if not ok]
-
-
-# --- small readers that report problems instead of raising --------------------------------------------
-
-
-def _mapping(raw: Any, where: str, problems: list[str]) -> dict[str, Any]:
-    if isinstance(raw, dict):
-        return raw
-    problems.append(f"{where}: expected a mapping, got {type(raw).__name__}")
-    return {}
-
-
-def _list(raw: Any, where: str, problems: list[str]) -> list[Any]:
-    if isinstance(raw, list):
-        return raw
-    problems.append(f"{where}: expected a list, got {type(raw).__name__}")
-    return []
-
-
-def _unknown_keys(entry: dict[str, Any], known: set[str], prefix: str, problems: list[str]) -> None:
-    for key in sorted(set(entry) - known):
-        problems.append(f"{prefix}{key}: unknown key (known: {', '.join(sorted(known))})")
-
-
-def _number(raw: Any, where: str, problems: list[str], *, minimum: float) -> float | None:
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        problems.append(f"{where}: expected a number, got {raw!r}")
-        return None
-    if not math.isfinite(value):
-        problems.append(f"{where}: expected a finite number, got {raw!r}")
-        return None
-    if value < minimum:
-        problems.append(f"{where}: must be at least {minimum:g}")
-        return None
-    return value

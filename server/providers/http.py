@@ -31,7 +31,7 @@ from server.providers.upstream_errors import (
     error_for_transport,
     safe_identifier,
 )
-from server.sse import ServerSentEvent, aiter_sse
+from server.sse import ServerSentEvent, SSEDecoder
 from server.types import Finish, FinishReason, StreamEvent, TextDelta, Usage
 
 __all__ = [
@@ -110,18 +110,23 @@ class HTTPProvider(Provider):
         try:
             if response.status_code != 200:
                 raise await self._error_from_response(response)
-            async for event in aiter_sse(response.aiter_raw()):
-                if ended:
-                    continue  # read on to the end of the body, so the connection goes back to the pool
-                try:
-                    text = events.feed(event)
-                except _SHAPE_ERRORS as exc:
-                    raise unexpected_shape(self.name) from exc
-                if text:
-                    yield TextDelta(text)
-                if events.ended:
-                    ended = True
-                    yield self._finish(events)
+            decoder = SSEDecoder()
+            # The per-token path: the transport's byte stream straight into the SSE decoder, without
+            # httpx's per-chunk bookkeeping (aiter_raw) or a generator per event (aiter_sse). Bodies
+            # arrive uncompressed (make_client asks for identity), so raw bytes are the text.
+            async for chunk in response.stream:  # type: ignore[union-attr]  # streaming responses: async
+                for event in decoder.feed(chunk):
+                    if ended:
+                        continue  # read on to the end of the body, so the connection goes back to the pool
+                    try:
+                        text = events.feed(event)
+                    except _SHAPE_ERRORS as exc:
+                        raise unexpected_shape(self.name) from exc
+                    if text:
+                        yield TextDelta(text)
+                    if events.ended:
+                        ended = True
+                        yield self._finish(events)
             if not ended:
                 if not events.complete:
                     raise stream_interrupted(self.name)

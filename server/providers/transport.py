@@ -65,11 +65,17 @@ class _ResponseStream(httpx.AsyncByteStream):
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        # readany hands over everything already received at once: one event or several. A plain
+        # __anext__ (not an async generator) keeps this per-chunk hop as cheap as it can be.
         with _httpx_errors():
-            # iter_any hands over everything already received at once: one event or several.
-            async for chunk in self._response.content.iter_any():
-                yield chunk
+            chunk = await self._response.content.readany()
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
 
     async def aclose(self) -> None:
         # A body read to its end gives the connection back to the pool; one abandoned mid-way (a client

@@ -245,19 +245,7 @@ async def test_refused_connection_is_unavailable(make_gateway: GatewayFactory) -
     assert outcome.chunks == []
 
 
-async def test_a_stall_after_headers_ends_at_the_clients_deadline_and_closes_the_upstream(
-    openai_gateway: Gateway, fake_openai: FakeOpenAIUpstream
-) -> None:
-    async with stub_for(openai_gateway) as stub:
-        outcome = await collect_stream(stub, request("fault-stall"), timeout=2.0)
-
-    assert outcome.error is not None
-    assert outcome.error.code() == Code.DEADLINE_EXCEEDED
-    assert outcome.chunks == []
-    # The gateway's own upstream timeout fires just before the client's deadline, naming the phase.
-    info = error_info(outcome.error)
-    assert (info.reason, info.metadata["phase"]) == ("UPSTREAM_TIMEOUT", "waiting for data")
-    await fake_openai.wait_for_disconnect(timeout=1.0)
+# A stall after the headers, at the client's deadline: tests/integration/test_conformance.py, for every provider.
 
 
 async def test_an_upstream_read_timeout_is_deadline_exceeded(

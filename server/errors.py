@@ -61,6 +61,7 @@ __all__ = [
     "UpstreamTimeout",
     "UpstreamUnavailable",
     "abort",
+    "code_name",
     "register_secret",
     "scrub",
     "to_rpc_status",
@@ -287,6 +288,14 @@ def scrub(text: str) -> str:
         if secret in text:
             text = text.replace(secret, _REDACTED)
     return text
+
+
+_CODE_NAMES = {status.value[0]: status.name for status in grpc.StatusCode}
+
+
+def code_name(error: GatewayError) -> str:
+    """The gRPC code of `error` by name ("UNAVAILABLE"), for logs and metrics."""
+    return _CODE_NAMES[error.code]
 
 
 def _pack(message: object) -> any_pb2.Any:

@@ -17,13 +17,15 @@ import grpc
 from generated import ai_service_pb2 as pb
 from generated import ai_service_pb2_grpc as pb_grpc
 from server import defaults
+from server.auth import CURRENT_CLIENT
 from server.catalog import ModelConfig
 from server.config import InteractiveConfig
 from server.convert import final_chunk, generate_response, model_info, params_from_pb, unchecked_messages
-from server.errors import GatewayError, InternalError, ShuttingDown, abort
+from server.errors import GatewayError, InternalError, ShuttingDown, abort, code_name
+from server.observe import CallRecord
 from server.routing import Router
 from server.session import InteractiveSession
-from server.types import ChatRequest, TextDelta
+from server.types import ChatRequest, Finish, TextDelta
 from server.validation import check_request
 
 __all__ = ["AIService"]
@@ -69,8 +71,9 @@ class AIService(pb_grpc.AIServiceServicer):
             session.go_away(time_left)
 
     @asynccontextmanager
-    async def _call(self, context: ServicerContext, method: str) -> AsyncIterator[_Progress]:
-        """Run one call: track it for shutdown, and end it with the status its failure deserves.
+    async def _call(self, context: ServicerContext, method: str, model: str = "") -> AsyncIterator[CallRecord]:
+        """Run one call: track it for shutdown, end it with the status its failure deserves, and write
+        its record (observe.py) when it ends.
 
         A GatewayError becomes its own status (with `deltas_sent` when a stream had started), a
         cancellation by the shutdown becomes SHUTTING_DOWN, and anything else is a bug: logged here
@@ -79,30 +82,36 @@ class AIService(pb_grpc.AIServiceServicer):
         task = asyncio.current_task()
         if task is not None:
             self._in_flight.add(task)
-        progress = _Progress()
+        record = CallRecord(method, CURRENT_CLIENT.get(), model=model)
         try:
-            yield progress
+            yield record
         except GatewayError as error:
-            if progress.deltas_sent:
-                error.metadata["deltas_sent"] = str(progress.deltas_sent)
-            await abort(context, error)
+            await self._fail(context, record, error)
         except asyncio.CancelledError:
+            record.code = "CANCELLED"
             if self._ending_calls:
                 ended = ShuttingDown("the gateway shut down before the call finished; retry on another instance")
-                if progress.deltas_sent:
-                    ended.metadata["deltas_sent"] = str(progress.deltas_sent)
-                await abort(context, ended)
+                await self._fail(context, record, ended)
             raise
         except Exception as exc:  # the one catch-all
             log.exception("unexpected error in %s", method, exc_info=exc)
-            await abort(context, InternalError("internal gateway error; the gateway log has the details"))
+            await self._fail(context, record, InternalError("internal gateway error; the gateway log has the details"))
         finally:
             self._in_flight.discard(task)
+            record.finish()
+
+    @staticmethod
+    async def _fail(context: ServicerContext, record: CallRecord, error: GatewayError) -> None:
+        if record.deltas:
+            error.metadata["deltas_sent"] = str(record.deltas)
+        record.code, record.reason = code_name(error), error.reason
+        await abort(context, error)
 
     async def Generate(self, request: pb.GenerateRequest, context: ServicerContext) -> pb.GenerateResponse:
-        async with self._call(context, "Generate"):
+        async with self._call(context, "Generate", request.model) as record:
             model, chat = self._prepare(request, context)
             completion = await self._router.complete(model, chat)
+            record.served, record.usage, record.cost_usd = completion.served, completion.usage, completion.cost_usd
         return generate_response(completion)
 
     # The generated stub types streaming handlers as iterators only; grpc.aio also accepts a coroutine that
@@ -111,15 +120,19 @@ class AIService(pb_grpc.AIServiceServicer):
     async def StreamGenerate(  # type: ignore[override]
         self, request: pb.StreamGenerateRequest, context: ServicerContext
     ) -> None:
-        async with self._call(context, "StreamGenerate") as progress:
+        async with self._call(context, "StreamGenerate", request.model) as record:
             model, chat = self._prepare(request, context)
             async with aclosing(self._router.stream(model, chat)) as events:
                 async for event in events:
                     if type(event) is TextDelta:
+                        if not record.deltas:
+                            record.first_token()
                         await context.write(pb.StreamChunk(delta=event.text))
-                        progress.deltas_sent += 1
+                        record.deltas += 1
                     else:
-                        await context.write(final_chunk(event))  # type: ignore[arg-type]
+                        assert isinstance(event, Finish)
+                        record.served, record.usage, record.cost_usd = event.served, event.usage, event.cost_usd
+                        await context.write(final_chunk(event))
 
     async def InteractiveStream(  # type: ignore[override]  # a writing coroutine, as StreamGenerate
         self, request_iterator: AsyncIterator[pb.InteractiveRequest], context: ServicerContext
@@ -158,12 +171,3 @@ class AIService(pb_grpc.AIServiceServicer):
         )
         assert model is not None  # check_request raised ModelNotFound otherwise
         return model, ChatRequest(model.name, messages, params, context.time_remaining())
-
-
-class _Progress:
-    """What a call has sent so far (StreamGenerate counts its deltas here)."""
-
-    __slots__ = ("deltas_sent",)
-
-    def __init__(self) -> None:
-        self.deltas_sent = 0

@@ -187,7 +187,7 @@ async def test_sigterm_drains_in_flight_streams_and_refuses_new_calls(
         # (a) Health turns NOT_SERVING at once for those watching, and the port closes: Check is refused.
         assert (await asyncio.wait_for(read_one(watch, HealthCheckResponse), 0.5)).status == NOT_SERVING
         watch.cancel()  # a Watch is an in-flight call too: left open, it would hold the drain to the full grace
-        await assert_health_gone_within(channel, port, timeout=0.5)
+        await assert_health_gone_within(channel, port, timeout=1.0)
         # (b) A call started after the signal is refused, retryably.
         refused = await read_rest(stub.StreamGenerate(request("slow", PROMPT), timeout=2))
         assert refused.chunks == []
@@ -251,7 +251,7 @@ async def test_an_idle_gateway_stops_at_once_and_exits_0_on(tmp_path: Path, sig:
 
         gateway.send_signal(sig)
 
-        await assert_health_gone_within(channel, port, timeout=0.5)
+        await assert_health_gone_within(channel, port, timeout=1.0)
         assert await gateway.wait_exit(3.0) == 0  # well inside the default grace period of 10 s: nothing to wait for
 
     assert "Traceback" not in gateway.stderr  # SIGINT is a shutdown, not a KeyboardInterrupt

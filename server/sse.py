@@ -31,7 +31,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 
-__all__ = ["SSEDecoder", "ServerSentEvent", "aiter_sse"]
+__all__ = ["MAX_LINE_BYTES", "SSEDecoder", "SSELineTooLong", "ServerSentEvent", "aiter_sse"]
+
+# The longest line the decoder buffers: far above any real event, low enough that an upstream that never
+# sends a line break cannot make the gateway's memory grow without bound.
+MAX_LINE_BYTES = 4 * 1024 * 1024
+
+
+class SSELineTooLong(ValueError):
+    """The stream sent a line longer than the decoder's limit without a line break."""
+
 
 _BOM = b"\xef\xbb\xbf"
 
@@ -68,12 +77,14 @@ class SSEDecoder:
         "_event_retry",
         "_in_event",
         "_last_id",
+        "_max_line_bytes",
         "_retry",
         "_skip_lf",
         "_tail",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        self._max_line_bytes = max_line_bytes
         self._tail = bytearray()  # bytes of an incomplete line (never contains CR or LF)
         self._skip_lf = False  # previous read ended with CR: drop one LF at the start of the next
         self._at_start = True  # still deciding whether the stream starts with a BOM
@@ -118,6 +129,8 @@ class SSEDecoder:
             # Invariant: a non-empty tail means the previous read did not end with CR.
             tail += chunk
             if 10 not in chunk and 13 not in chunk:
+                if len(tail) > self._max_line_bytes:
+                    raise SSELineTooLong(f"an event-stream line is longer than {self._max_line_bytes} bytes")
                 return []  # still inside the same line: amortised O(1) append
             buf = tail
             self._tail = bytearray()
@@ -140,6 +153,8 @@ class SSEDecoder:
         else:
             end = buf.rfind(b"\n")
             if end < 0:
+                if len(buf) > self._max_line_bytes:
+                    raise SSELineTooLong(f"an event-stream line is longer than {self._max_line_bytes} bytes")
                 if buf:
                     self._tail = bytearray(buf)
                 return []

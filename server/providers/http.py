@@ -31,7 +31,7 @@ from server.providers.upstream_errors import (
     error_for_transport,
     safe_identifier,
 )
-from server.sse import ServerSentEvent, SSEDecoder
+from server.sse import ServerSentEvent, SSEDecoder, SSELineTooLong
 from server.types import Finish, FinishReason, StreamEvent, TextDelta, Usage
 
 __all__ = [
@@ -135,6 +135,10 @@ class HTTPProvider(Provider):
         except httpx.TransportError as exc:
             if not ended:  # after the end event the reply is whole; a failing drain only costs the connection
                 raise error_for_transport(self.name, exc, streaming=True) from exc
+        except SSELineTooLong as exc:
+            raise UpstreamBadResponse(
+                f"upstream {self.name} sent an event line too long to read", provider=self.name
+            ) from exc
         finally:
             await response.aclose()
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterable
 
 import pytest
 
-from server.sse import ServerSentEvent, SSEDecoder, aiter_sse
+from server.sse import ServerSentEvent, SSEDecoder, SSELineTooLong, aiter_sse
 
 E = ServerSentEvent
 
@@ -321,3 +321,18 @@ async def test_aiter_sse_reports_through_a_caller_decoder(
     decoder = SSEDecoder()
     assert [e async for e in aiter_sse(agen(chunks), decoder=decoder)] == expected
     assert decoder.has_pending is pending
+
+
+@pytest.mark.parametrize("pieces", [[b"data: " + b"x" * 2000], [b"data: ", b"x" * 1000, b"x" * 1000]])
+def test_a_line_longer_than_the_limit_is_an_error_not_unbounded_memory(pieces: list[bytes]) -> None:
+    decoder = SSEDecoder(max_line_bytes=1024)
+    for piece in pieces[:-1]:
+        assert decoder.feed(piece) == []
+    with pytest.raises(SSELineTooLong):
+        decoder.feed(pieces[-1])
+
+
+def test_lines_up_to_the_limit_are_fine() -> None:
+    decoder = SSEDecoder(max_line_bytes=1024)
+    assert decoder.feed(b"data: " + b"x" * 1000) == []
+    assert decoder.feed(b"\n\n") == [ServerSentEvent(data="x" * 1000)]

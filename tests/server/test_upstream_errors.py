@@ -104,3 +104,15 @@ def test_transport_failures_mid_stream(exc: httpx.TransportError, kind: type[Ups
 def test_a_reset_before_the_answer_is_not_a_stream_interruption() -> None:
     error = error_for_transport("p", httpx.RemoteProtocolError("no response"), streaming=False)
     assert error.reason == "UPSTREAM_UNAVAILABLE"
+
+
+async def test_an_endless_event_line_is_a_bad_response_not_unbounded_memory() -> None:
+    from server.providers.openai import OpenAIProvider
+    from server.sse import MAX_LINE_BYTES
+    from tests.mock_upstream import collect, scripted
+
+    body = b"data: {" + b"x" * (MAX_LINE_BYTES + 1)
+    outcome = await collect(scripted(OpenAIProvider, body))
+    assert outcome.events == []
+    assert outcome.error is not None
+    assert outcome.error.reason == "UPSTREAM_BAD_RESPONSE"

@@ -18,7 +18,7 @@ def test_the_full_example_loads_with_its_variables_set() -> None:
     assert "demo" in {m.name for m in config.models}
 
 
-def test_the_secure_example_serves_the_demo_over_tls(tmp_path: Path) -> None:
+def test_the_secure_example_serves_the_demo_over_tls() -> None:
     config = load_config(EXAMPLES / "secure.yaml", env={"GATEWAY_CLIENT_TOKEN": "dev-token-0123456789"})
     assert config.listen == "127.0.0.1:50052"
     assert config.tls is not None

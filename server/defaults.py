@@ -73,7 +73,8 @@ POOL_TIMEOUT_S = 5.0
 DEADLINE_MARGIN_S = 0.02
 DEADLINE_MARGIN_SHARE = 0.1
 DEADLINE_MARGIN_MAX_S = 1.0
-# Upper bound of a whole upstream call when the client sets no gRPC deadline.
+# Without a gRPC deadline: how long a call may keep retrying and falling back, and the cap of each upstream
+# phase's timeout. (It does not end a stream that is still delivering tokens.)
 REQUEST_TIMEOUT_S = 600.0
 POOL_MAX_CONNECTIONS = 512
 POOL_MAX_KEEPALIVE = 128

@@ -16,6 +16,7 @@ the model says `resume: continue`. Every stream ends with exactly one Finish or 
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import aclosing
@@ -70,10 +71,12 @@ class Router:
     def model_names(self) -> list[str]:
         return sorted(self._models)
 
-    @property
-    def known_names(self) -> list[str]:
-        """Every name a client may send, aliases included (not the open-ended "provider/anything")."""
-        return sorted({*self._models, *self._aliases})
+    @functools.cached_property
+    def known_names(self) -> tuple[str, ...]:
+        """Every name a client may send, aliases included (not the open-ended "provider/anything").
+
+        The catalog is fixed once the router is built, so this is sorted once, not on every call."""
+        return tuple(sorted({*self._models, *self._aliases}))
 
     def aliases_of(self, model: str) -> list[str]:
         return sorted(alias for alias, target in self._aliases.items() if target == model)
@@ -104,9 +107,6 @@ class Router:
             if point < 0:
                 return deployment
         return next(d for d in reversed(deployments) if d.weight > 0)
-
-    def provider_of(self, deployment: Deployment) -> Provider:
-        return self._providers[deployment.provider]
 
     def failover_order(self, model: ModelConfig) -> list[Deployment]:
         """The deployment picked by weight, then the others by weight (weight 0: standby, tried last)."""

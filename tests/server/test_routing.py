@@ -65,7 +65,7 @@ def test_provider_slash_model_passes_any_upstream_name_through() -> None:
 
 def test_known_names_list_models_and_aliases() -> None:
     r = router([ModelConfig(name="m", provider="demo", aliases=("a",))])
-    assert r.known_names == ["a", "m"]
+    assert r.known_names == ("a", "m")
 
 
 def test_weighted_deployments_split_traffic_by_weight() -> None:

@@ -19,7 +19,7 @@ from generated import ai_service_pb2, ai_service_pb2_grpc
 from server import defaults
 from server.auth import BearerAuthInterceptor
 from server.config import GatewayConfig, KeepaliveConfig, TLSConfig
-from server.routing import Router
+from server.routing.dispatch import Router
 from server.service import AIService
 
 __all__ = ["Gateway", "serve", "start_gateway"]

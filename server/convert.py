@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from generated import ai_service_pb2 as pb
-from server.catalog import ModelConfig
+from server.routing.catalog import ModelConfig
 from server.types import Completion, Finish, FinishReason, SamplingParams, Usage
 from server.validation import UncheckedMessage
 

@@ -18,13 +18,13 @@ from generated import ai_service_pb2 as pb
 from generated import ai_service_pb2_grpc as pb_grpc
 from server import defaults
 from server.auth import CURRENT_CLIENT
-from server.catalog import ModelConfig
 from server.config import InteractiveConfig
 from server.convert import final_chunk, generate_response, model_info, params_from_pb, unchecked_messages
 from server.errors import GatewayError, InternalError, ShuttingDown, abort, code_name
-from server.observe import CallRecord
-from server.routing import Router
-from server.session import InteractiveSession
+from server.interactive.session import InteractiveSession
+from server.observe.record import CallRecord
+from server.routing.catalog import ModelConfig
+from server.routing.dispatch import Router
 from server.types import ChatRequest, Finish, TextDelta
 from server.validation import check_request
 
@@ -73,7 +73,7 @@ class AIService(pb_grpc.AIServiceServicer):
     @asynccontextmanager
     async def _call(self, context: ServicerContext, method: str, model: str = "") -> AsyncIterator[CallRecord]:
         """Run one call: track it for shutdown, end it with the status its failure deserves, and write
-        its record (observe.py) when it ends.
+        its record (observe/record.py) when it ends.
 
         A GatewayError becomes its own status (with `deltas_sent` when a stream had started), a
         cancellation by the shutdown becomes SHUTTING_DOWN, and anything else is a bug: logged here

@@ -20,7 +20,7 @@ import grpc
 from generated import ai_service_pb2 as pb
 from generated import ai_service_pb2_grpc as pb_grpc
 from server.app import Gateway
-from server.routing import Router
+from server.routing.dispatch import Router
 from server.types import StreamEvent, TextDelta
 
 __all__ = ["Bidi", "Outcome", "UpstreamMeter", "assert_no_session_left", "rid_of"]

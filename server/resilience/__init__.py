@@ -1,4 +1,4 @@
-"""What keeps a call alive when an upstream is not: the parts the router's attempt loop (server/attempts.py)
+"""What keeps a call alive when an upstream is not: the parts the router's attempt loop (server/routing/plan.py)
 is built from, each small, clock-injected and tested on its own.
 
     retry.py     which failures are retried, backoff with full jitter, Retry-After, the retry budget

@@ -10,8 +10,8 @@ import grpc
 import pytest
 
 from generated import ai_service_pb2 as pb
-from server.catalog import Deployment, ModelConfig, Price
 from server.config import ProviderConfig
+from server.routing.catalog import Deployment, ModelConfig, Price
 from tests.conftest import GatewayFactory, openai_config
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
 from tests.rpc import collect_stream, error_info, request, stub_for, unary_request

@@ -18,12 +18,12 @@ import pytest
 from google.rpc import error_details_pb2
 
 from server.app import Gateway
-from server.catalog import Deployment
 from server.config import GatewayConfig, ModelConfig, ProviderConfig
 from server.defaults import ERROR_DOMAIN
 from server.resilience.breaker import BreakerPolicy
 from server.resilience.resume import CONTINUE_INSTRUCTION
 from server.resilience.retry import RetryPolicy
+from server.routing.catalog import Deployment
 from tests.conftest import FAKE_MODELS, UPSTREAM_KEY, GatewayFactory
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
 from tests.rpc import StreamOutcome, collect_stream, detail, error_info, request, rich_status, stub_for, unary_request

@@ -18,10 +18,10 @@ from google.rpc import error_details_pb2
 
 from generated import ai_service_pb2 as pb
 from server.app import Gateway
-from server.catalog import Price
 from server.config import GatewayConfig, ModelConfig, ProviderConfig
 from server.defaults import ERROR_DOMAIN
 from server.resilience.retry import RetryPolicy
+from server.routing.catalog import Price
 from server.types import Usage
 from tests.conftest import UPSTREAM_KEY, GatewayFactory
 from tests.fakes.anthropic_upstream import FakeAnthropicUpstream

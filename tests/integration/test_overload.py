@@ -10,8 +10,8 @@ import pytest
 from google.rpc import error_details_pb2
 
 from generated import ai_service_pb2 as pb
-from server.catalog import Deployment
 from server.config import LimitsConfig, ModelConfig
+from server.routing.catalog import Deployment
 from tests.conftest import GatewayFactory, openai_config
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
 from tests.rpc import collect_stream, detail, error_info, request, rich_status, stub_for, unary_request

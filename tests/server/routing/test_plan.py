@@ -9,8 +9,6 @@ from contextlib import aclosing
 
 import pytest
 
-from server.attempts import Resilience, StreamTimeouts
-from server.catalog import Deployment, ModelConfig
 from server.errors import (
     CircuitOpen,
     GatewayError,
@@ -27,7 +25,9 @@ from server.resilience.breaker import BreakerPolicy, BreakerState
 from server.resilience.limits import UpstreamLimits
 from server.resilience.resume import CONTINUE_INSTRUCTION
 from server.resilience.retry import RetryPolicy
-from server.routing import Router
+from server.routing.catalog import Deployment, ModelConfig
+from server.routing.dispatch import Router
+from server.routing.plan import Resilience, StreamTimeouts
 from server.types import ChatMessage, ChatRequest, Completion, Finish, Role, StreamEvent, TextDelta, Usage
 from tests.server.scripted import Cut, FakeTime, Reply, ScriptedProvider, Scripts, Stall
 

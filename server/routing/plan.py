@@ -33,13 +33,13 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 
 from server import defaults
-from server.catalog import Deployment, ModelConfig
 from server.config import GatewayConfig, ProviderConfig
 from server.errors import CircuitOpen, GatewayError, GatewayOverloaded, UpstreamError, UpstreamTimeout
 from server.providers.base import Provider
 from server.resilience.breaker import Admission, BreakerPolicy, CircuitBreaker
 from server.resilience.limits import UpstreamLimits
 from server.resilience.retry import FailureClass, RetryBudget, RetryPolicy, classify
+from server.routing.catalog import Deployment, ModelConfig
 from server.types import ChatRequest, Served
 
 __all__ = ["Attempt", "CallPlan", "Resilience", "StreamTimeouts"]

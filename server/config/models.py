@@ -6,9 +6,9 @@ from dataclasses import replace
 from typing import Any
 
 from server import defaults
-from server.catalog import Deployment, ModelConfig, Price
-from server.config_readers import as_list, mapping, number, unknown_keys
+from server.config.readers import as_list, mapping, number, unknown_keys
 from server.resilience.retry import FailureClass
+from server.routing.catalog import Deployment, ModelConfig, Price
 
 __all__ = ["parse_model"]
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from server.outbox import Outbox
+from server.interactive.outbox import Outbox
 
 
 async def drain(outbox: Outbox[int]) -> list[int]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from server.catalog import Deployment, ModelConfig, Price
 from server.config import ConfigError, load_config
+from server.routing.catalog import Deployment, ModelConfig, Price
 
 
 def write(tmp_path: Path, text: str) -> Path:

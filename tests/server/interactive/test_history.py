@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from server.errors import InvalidRequest
-from server.history import History, message_bytes
+from server.interactive.history import History, message_bytes
 from server.types import ChatMessage, Role
 
 SYSTEM, USER, ASSISTANT = Role.SYSTEM, Role.USER, Role.ASSISTANT

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from server.config import load_config
-from server.litellm_import import convert, main
+from server.config.litellm_import import convert, main
 from tests.conftest import UPSTREAM_KEY, GatewayFactory
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
 from tests.rpc import collect_stream, request, stub_for
@@ -148,11 +148,11 @@ def test_the_command_runs_as_a_module(tmp_path: Path) -> None:
     litellm = tmp_path / "litellm.yaml"
     litellm.write_text("model_list: [{model_name: m, litellm_params: {model: openai/gpt-4o, rpm: 5}}]\n")
     run = subprocess.run(
-        [sys.executable, "-m", "server.litellm_import", str(litellm)],
+        [sys.executable, "-m", "server.config.litellm_import", str(litellm)],
         capture_output=True,
         text=True,
         check=False,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=Path(__file__).resolve().parents[3],
     )
     assert run.returncode == 0
     assert yaml.safe_load(run.stdout)["models"] == [{"name": "m", "provider": "openai", "upstream_model": "gpt-4o"}]

@@ -25,12 +25,12 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from server import defaults
-from server.catalog import BUILTIN_ALIASES, PROVIDER_PRESETS, Deployment, ModelConfig, Price
-from server.config_models import parse_model
-from server.config_readers import as_list, mapping, number, unknown_keys
+from server.config.models import parse_model
+from server.config.readers import as_list, mapping, number, unknown_keys
 from server.errors import register_secret
 from server.resilience.breaker import BreakerPolicy
 from server.resilience.retry import RetryPolicy
+from server.routing.catalog import BUILTIN_ALIASES, PROVIDER_PRESETS, Deployment, ModelConfig, Price
 
 __all__ = [
     "AuthConfig",

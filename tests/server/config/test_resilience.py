@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from server import defaults
-from server.attempts import Resilience, StreamTimeouts
 from server.config import ConfigError, GatewayConfig, KeepaliveConfig, LimitsConfig, load_config
 from server.convert import model_info
 from server.resilience.breaker import BreakerPolicy
 from server.resilience.retry import RetryPolicy
+from server.routing.plan import Resilience, StreamTimeouts
 
 PROVIDERS = """
 providers:

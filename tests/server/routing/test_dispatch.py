@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 
-from server.catalog import Deployment, ModelConfig, Price
 from server.providers.demo import DemoProvider
-from server.routing import Router
+from server.routing.catalog import Deployment, ModelConfig, Price
+from server.routing.dispatch import Router
 from server.types import ChatMessage, ChatRequest, Finish, Role, TextDelta, Usage
 
 

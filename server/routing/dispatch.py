@@ -6,7 +6,7 @@ the built-in short names such as "gpt-4.1"); "provider/anything" for any configu
 through as the upstream model name. Each call picks one deployment of the model by weight, and the final
 event says who served it and what it cost.
 
-A call is a series of attempts (server/attempts.py decides which deployment or fallback comes next).
+A call is a series of attempts (server/routing/plan.py decides which deployment or fallback comes next).
 Streams hold their first event: a failure before it, even inside an HTTP 200 stream, is retried or
 fallen back invisibly. After it, the loop only forwards and counts; a failure there ends the stream with
 the error, its metadata naming the partial usage (`partial_completion_tokens`) and who served, unless
@@ -23,13 +23,13 @@ from contextlib import aclosing
 from dataclasses import replace
 
 from server import defaults
-from server.attempts import Attempt, CallPlan, Resilience
-from server.catalog import BUILTIN_ALIASES, BUILTIN_MODELS, Deployment, ModelConfig, builtin_price
 from server.config import GatewayConfig
 from server.errors import GatewayError, UpstreamBadResponse, UpstreamError, UpstreamUnavailable
 from server.providers import Provider, build_provider
 from server.resilience.idle import IdleWatch
 from server.resilience.resume import add_streamed, continuation
+from server.routing.catalog import BUILTIN_ALIASES, BUILTIN_MODELS, Deployment, ModelConfig, builtin_price
+from server.routing.plan import Attempt, CallPlan, Resilience
 from server.types import ChatRequest, Completion, Finish, StreamEvent, TextDelta, Usage
 
 __all__ = ["Router"]

@@ -6,9 +6,9 @@ import pytest
 from google.rpc import code_pb2
 
 from generated import ai_service_pb2 as pb
-from server import session_wire as wire
-from server.catalog import ModelConfig
 from server.errors import InvalidRequest, ModelNotFound, ShuttingDown
+from server.interactive import wire
+from server.routing.catalog import ModelConfig
 from server.types import ChatMessage, Finish, FinishReason, Role, SamplingParams, Served, Usage
 
 

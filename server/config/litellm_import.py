@@ -1,6 +1,6 @@
 """Convert a LiteLLM proxy `config.yaml` into this gateway's config, and say what could not be carried over.
 
-    python -m server.litellm_import litellm.yaml > gateway.yaml      # notes go to stderr
+    python -m server.config.litellm_import litellm.yaml > gateway.yaml      # notes go to stderr
 
 Carried over: `model_list` entries (`model_name`; `litellm_params.model` as `provider/name`, `api_base`,
 `api_key: os.environ/NAME`, `timeout`, `weight`); entries sharing a `model_name` become weighted
@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from server.catalog import PROVIDER_PRESETS
+from server.routing.catalog import PROVIDER_PRESETS
 
 __all__ = ["Conversion", "convert"]
 
@@ -226,7 +226,7 @@ def _note_unsupported_settings(litellm: Mapping[str, Any], notes: list[str]) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m server.litellm_import", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m server.config.litellm_import", description=__doc__.splitlines()[0])
     parser.add_argument("litellm_config", type=Path, help="LiteLLM proxy config.yaml")
     parser.add_argument("-o", "--output", type=Path, help="write the gateway config here (default: stdout)")
     args = parser.parse_args(argv)

@@ -32,13 +32,13 @@ import grpc
 
 from generated import ai_service_pb2 as pb
 from server import defaults
-from server import session_wire as wire
 from server.config import InteractiveConfig
 from server.errors import GatewayError, InternalError, ProtocolViolation, ShuttingDown, UnknownRequestId
-from server.history import History, Plan
-from server.outbox import Outbox
-from server.routing import Router
-from server.session_wire import SessionOptions, TurnSpec
+from server.interactive import wire
+from server.interactive.history import History, Plan
+from server.interactive.outbox import Outbox
+from server.interactive.wire import SessionOptions, TurnSpec
+from server.routing.dispatch import Router
 from server.types import ChatRequest, Finish, TextDelta
 
 __all__ = ["SESSION_ID_HEADER", "InteractiveSession"]

@@ -13,10 +13,10 @@ from typing import Protocol
 from google.protobuf import duration_pb2
 
 from generated import ai_service_pb2 as pb
-from server.catalog import ModelConfig
 from server.convert import FINISH_REASON_PB, params_from_pb, unchecked_messages, usage_pb
 from server.errors import FieldViolation, GatewayError, InvalidRequest, ModelNotFound, to_rpc_status
-from server.history import message_bytes
+from server.interactive.history import message_bytes
+from server.routing.catalog import ModelConfig
 from server.types import ChatMessage, Finish, FinishReason, SamplingParams
 from server.validation import UncheckedMessage, check_request
 

@@ -7,6 +7,8 @@ built-in tables below describe the common providers and models; a config file ad
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from server import defaults
@@ -16,11 +18,13 @@ __all__ = [
     "BUILTIN_ALIASES",
     "BUILTIN_MODELS",
     "PROVIDER_PRESETS",
+    "Catalog",
     "Deployment",
     "ModelConfig",
     "Price",
     "ProviderPreset",
     "builtin_price",
+    "cost_of",
 ]
 
 
@@ -151,3 +155,73 @@ _PRICE_BY_UPSTREAM = {
 def builtin_price(upstream_model: str) -> Price | None:
     """The built-in price of an upstream model name, whichever provider serves it."""
     return _PRICE_BY_UPSTREAM.get(upstream_model)
+
+
+def cost_of(model: ModelConfig, deployment: Deployment, usage: Usage | None) -> float | None:
+    """What `usage` on `deployment` of `model` cost in USD: the model's price, else the built-in price of the
+    upstream model; None when neither is known or the usage is."""
+    price = model.price or builtin_price(deployment.upstream_model)
+    if price is None or usage is None:
+        return None
+    return price.cost(usage)
+
+
+class Catalog:
+    """What a name means: the configured models, the built-in models of the configured providers, the
+    aliases, and "provider/anything" passed through to any configured provider. Fixed once built.
+
+    Names resolve in this order: a catalog model (the config's models, then the built-in models of the
+    configured preset providers, named "provider/upstream_model"); an alias (the config's, the models',
+    then the built-in short names such as "gpt-4.1"); "provider/anything" for a configured provider.
+    """
+
+    def __init__(
+        self,
+        models: Sequence[ModelConfig],
+        providers: Collection[str],
+        aliases: Mapping[str, str] | None = None,
+    ) -> None:
+        self._providers = frozenset(providers)
+        self._models: dict[str, ModelConfig] = {model.name: model for model in models}
+        for name, builtin in BUILTIN_MODELS.items():  # after the config's: a config model of that name wins
+            if builtin.provider in self._providers and name not in self._models:
+                self._models[name] = builtin
+        self._aliases: dict[str, str] = {}
+        for alias, target in BUILTIN_ALIASES.items():
+            if target in self._models and alias not in self._models:
+                self._aliases[alias] = target
+        for model in models:
+            self._aliases.update(dict.fromkeys(model.aliases, model.name))
+        self._aliases.update(aliases or {})
+
+    @property
+    def model_names(self) -> list[str]:
+        return sorted(self._models)
+
+    @functools.cached_property
+    def known_names(self) -> tuple[str, ...]:
+        """Every name a client may send, aliases included (not the open-ended "provider/anything"),
+        sorted once: the catalog does not change."""
+        return tuple(sorted({*self._models, *self._aliases}))
+
+    def aliases_of(self, model: str) -> list[str]:
+        return sorted(alias for alias, target in self._aliases.items() if target == model)
+
+    def models(self) -> list[ModelConfig]:
+        """Every catalog model, by name."""
+        return [self._models[name] for name in self.model_names]
+
+    def resolve(self, name: str) -> ModelConfig | None:
+        model = self._models.get(name)
+        if model is not None:
+            return model
+        target = self._aliases.get(name)
+        if target is not None:
+            return self._models.get(target) or self._passthrough(target)
+        return self._passthrough(name)
+
+    def _passthrough(self, name: str) -> ModelConfig | None:
+        provider, sep, upstream = name.partition("/")
+        if not sep or not upstream or provider not in self._providers:
+            return None
+        return ModelConfig(name=name, provider=provider, upstream_model=upstream)

@@ -1,10 +1,7 @@
-"""Model routing: the name a client sends -> a catalog model -> the deployment that serves this call.
+"""Dispatch: a catalog model and a request -> the deployment that serves this call -> a reply.
 
-Names resolve in this order: a catalog model (the config's models, then the built-in models of the
-configured preset providers, named "provider/upstream_model"); an alias (the config's, the models', then
-the built-in short names such as "gpt-4.1"); "provider/anything" for any configured provider, passed
-through as the upstream model name. Each call picks one deployment of the model by weight, and the final
-event says who served it and what it cost.
+Each call picks one deployment of the model by weight, and the final event says who served it and what
+it cost. What a name means is the catalog's business (server/routing/catalog.py).
 
 A call is a series of attempts (server/routing/plan.py decides which deployment or fallback comes next).
 Streams hold their first event: a failure before it, even inside an HTTP 200 stream, is retried or
@@ -16,9 +13,8 @@ the model says `resume: continue`. Every stream ends with exactly one Finish or 
 from __future__ import annotations
 
 import asyncio
-import functools
 import random
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import replace
 
@@ -28,7 +24,7 @@ from server.errors import GatewayError, UpstreamBadResponse, UpstreamError, Upst
 from server.providers import Provider, build_provider
 from server.resilience.idle import IdleWatch
 from server.resilience.resume import add_streamed, continuation
-from server.routing.catalog import BUILTIN_ALIASES, BUILTIN_MODELS, Deployment, ModelConfig, builtin_price
+from server.routing.catalog import Catalog, ModelConfig, cost_of
 from server.routing.plan import Attempt, CallPlan, Resilience
 from server.types import ChatRequest, Completion, Finish, StreamEvent, TextDelta, Usage
 
@@ -36,93 +32,31 @@ __all__ = ["Router"]
 
 
 class Router:
+    """Dispatch: runs each call's plan (server/routing/plan.py) against the providers. What a name means is
+    the catalog's business (server/routing/catalog.py)."""
+
     def __init__(
         self,
-        models: Sequence[ModelConfig],
+        catalog: Catalog,
         providers: Mapping[str, Provider],
-        aliases: Mapping[str, str] | None = None,
         *,
-        rng: Callable[[], float] = random.random,
         resilience: Resilience | None = None,
+        rng: Callable[[], float] = random.random,
     ) -> None:
+        self.catalog = catalog
         self._providers = dict(providers)
-        self._rng = rng
         self.resilience = resilience or Resilience()
-        self._models: dict[str, ModelConfig] = {}
-        for model in models:
-            self._models[model.name] = model
-        for name, builtin in BUILTIN_MODELS.items():  # after the config's: a config model of that name wins
-            if builtin.provider in self._providers and name not in self._models:
-                self._models[name] = builtin
-        self._aliases: dict[str, str] = {}
-        for alias, target in BUILTIN_ALIASES.items():
-            if target in self._models and alias not in self._models:
-                self._aliases[alias] = target
-        for model in models:
-            self._aliases.update(dict.fromkeys(model.aliases, model.name))
-        self._aliases.update(aliases or {})
+        self._rng = rng
 
     @classmethod
     def from_config(cls, config: GatewayConfig) -> Router:
         providers = {p.name: build_provider(p) for p in config.providers}
-        return cls(config.models, providers, dict(config.aliases), resilience=Resilience.from_config(config))
-
-    @property
-    def model_names(self) -> list[str]:
-        return sorted(self._models)
-
-    @functools.cached_property
-    def known_names(self) -> tuple[str, ...]:
-        """Every name a client may send, aliases included (not the open-ended "provider/anything").
-
-        The catalog is fixed once the router is built, so this is sorted once, not on every call."""
-        return tuple(sorted({*self._models, *self._aliases}))
-
-    def aliases_of(self, model: str) -> list[str]:
-        return sorted(alias for alias, target in self._aliases.items() if target == model)
-
-    def resolve(self, name: str) -> ModelConfig | None:
-        model = self._models.get(name)
-        if model is not None:
-            return model
-        target = self._aliases.get(name)
-        if target is not None:
-            return self._models.get(target) or self._passthrough(target)
-        return self._passthrough(name)
-
-    def _passthrough(self, name: str) -> ModelConfig | None:
-        provider, sep, upstream = name.partition("/")
-        if not sep or not upstream or provider not in self._providers:
-            return None
-        return ModelConfig(name=name, provider=provider, upstream_model=upstream)
-
-    def pick(self, model: ModelConfig) -> Deployment:
-        """One deployment of `model`, chosen by weight."""
-        deployments = model.all_deployments
-        if len(deployments) == 1:
-            return deployments[0]
-        point = self._rng() * sum(d.weight for d in deployments)
-        for deployment in deployments:
-            point -= deployment.weight
-            if point < 0:
-                return deployment
-        return next(d for d in reversed(deployments) if d.weight > 0)
-
-    def failover_order(self, model: ModelConfig) -> list[Deployment]:
-        """The deployment picked by weight, then the others by weight (weight 0: standby, tried last)."""
-        picked = self.pick(model)
-        if len(model.all_deployments) == 1:
-            return [picked]
-        return [picked, *sorted((d for d in model.all_deployments if d is not picked), key=lambda d: -d.weight)]
+        catalog = Catalog(config.models, providers, dict(config.aliases))
+        return cls(catalog, providers, resilience=Resilience.from_config(config))
 
     def plan(self, model: ModelConfig, request: ChatRequest) -> CallPlan:
         return CallPlan(
-            self.resilience,
-            model,
-            request.timeout_s,
-            providers=self._providers,
-            resolve=self.resolve,
-            failover_order=self.failover_order,
+            self.resilience, self.catalog, model, request.timeout_s, providers=self._providers, rng=self._rng
         )
 
     def stream(self, model: ModelConfig, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
@@ -188,7 +122,7 @@ class Router:
                         if parts is None or resumes >= defaults.MAX_RESUMES:
                             raise failure
                         resumes += 1
-                        cut_cost = _cost(attempt.model, attempt.deployment, _tokens(watch.count))
+                        cut_cost = cost_of(attempt.model, attempt.deployment, _tokens(watch.count))
                         carried_cost = _add(carried_cost, cut_cost)
                         current = continuation(request, "".join(parts), streamed)
         except GatewayError as error:
@@ -208,18 +142,11 @@ class Router:
                     plan.failed(attempt, error)
                     continue
                 attempt.succeeded()
-            cost = _cost(attempt.model, attempt.deployment, completion.usage)
+            cost = cost_of(attempt.model, attempt.deployment, completion.usage)
             return replace(completion, served=attempt.served, cost_usd=cost)
 
     async def aclose(self) -> None:
         await asyncio.gather(*(provider.aclose() for provider in self._providers.values()))
-
-
-def _cost(model: ModelConfig, deployment: Deployment, usage: Usage | None) -> float | None:
-    price = model.price or builtin_price(deployment.upstream_model)
-    if price is None or usage is None:
-        return None
-    return price.cost(usage)
 
 
 def _tokens(completion_tokens: int) -> Usage:
@@ -232,7 +159,7 @@ def _add(a: float | None, b: float | None) -> float | None:
 
 def _finished(finish: Finish, attempt: Attempt, streamed: int, resumes: int, carried_cost: float | None) -> Finish:
     """The final event: who served, the cost, and for a resumed stream the usage of every attempt."""
-    cost = _cost(attempt.model, attempt.deployment, finish.usage)
+    cost = cost_of(attempt.model, attempt.deployment, finish.usage)
     if not resumes:
         return replace(finish, served=attempt.served, cost_usd=cost)
     usage = add_streamed(finish.usage, streamed)

@@ -28,7 +28,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from types import TracebackType
 
@@ -39,10 +39,10 @@ from server.providers.base import Provider
 from server.resilience.breaker import Admission, BreakerPolicy, CircuitBreaker
 from server.resilience.limits import UpstreamLimits
 from server.resilience.retry import FailureClass, RetryBudget, RetryPolicy, classify
-from server.routing.catalog import Deployment, ModelConfig
+from server.routing.catalog import Catalog, Deployment, ModelConfig
 from server.types import ChatRequest, Served
 
-__all__ = ["Attempt", "CallPlan", "Resilience", "StreamTimeouts"]
+__all__ = ["Attempt", "CallPlan", "Resilience", "StreamTimeouts", "failover_order", "pick"]
 
 log = logging.getLogger(__name__)
 
@@ -169,21 +169,21 @@ class CallPlan:
     def __init__(
         self,
         shared: Resilience,
+        catalog: Catalog,
         model: ModelConfig,
         timeout_s: float | None,
         *,
         providers: Mapping[str, Provider],
-        resolve: Callable[[str], ModelConfig | None],
-        failover_order: Callable[[ModelConfig], Sequence[Deployment]],
+        rng: Callable[[], float] = random.random,
     ) -> None:
         self._shared = shared
         self._providers = providers
-        self._resolve = resolve
-        self._failover_order = failover_order
+        self._catalog = catalog
+        self._rng = rng  # picks deployments by weight (the shared one jitters backoff)
         self._deadline = shared.clock() + (defaults.REQUEST_TIMEOUT_S if timeout_s is None else timeout_s)
         self._chain = [model]
         self._index = 0
-        self._order = failover_order(model)
+        self._order = failover_order(model, rng)
         self._position = 0
         self._tries = 0  # attempts on the current model
         self._skips_in_row = 0
@@ -265,14 +265,14 @@ class CallPlan:
         if self._index == 0:
             seen = {self._chain[0].name}
             for name in self._chain[0].fallbacks_for(self._last_class.value):
-                model = self._resolve(name)
+                model = self._catalog.resolve(name)
                 if model is not None and model.name not in seen:
                     seen.add(model.name)
                     self._chain.append(model)
         self._index += 1
         if self._index >= len(self._chain):
             return False
-        self._order = self._failover_order(self._chain[self._index])
+        self._order = failover_order(self._chain[self._index], self._rng)
         self._position = self._tries = self._skips_in_row = 0
         return True
 
@@ -349,6 +349,27 @@ class CallPlan:
         if self._stop_reason:
             error.metadata["retry_stopped_by"] = self._stop_reason
         return error
+
+
+def pick(model: ModelConfig, rng: Callable[[], float]) -> Deployment:
+    """One deployment of `model`, chosen by weight."""
+    deployments = model.all_deployments
+    if len(deployments) == 1:
+        return deployments[0]
+    point = rng() * sum(d.weight for d in deployments)
+    for deployment in deployments:
+        point -= deployment.weight
+        if point < 0:
+            return deployment
+    return next(d for d in reversed(deployments) if d.weight > 0)
+
+
+def failover_order(model: ModelConfig, rng: Callable[[], float]) -> list[Deployment]:
+    """The deployment picked by weight, then the others by weight (weight 0: standby, tried last)."""
+    picked = pick(model, rng)
+    if len(model.all_deployments) == 1:
+        return [picked]
+    return [picked, *sorted((d for d in model.all_deployments if d is not picked), key=lambda d: -d.weight)]
 
 
 def _key(deployment: Deployment) -> tuple[str, str]:

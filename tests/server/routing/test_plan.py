@@ -4,6 +4,8 @@ budgets, limits, held first chunks, resume and the stream timers. No sockets, no
 from __future__ import annotations
 
 import asyncio
+import random
+from collections import Counter
 from collections.abc import Sequence
 from contextlib import aclosing
 
@@ -25,9 +27,9 @@ from server.resilience.breaker import BreakerPolicy, BreakerState
 from server.resilience.limits import UpstreamLimits
 from server.resilience.resume import CONTINUE_INSTRUCTION
 from server.resilience.retry import RetryPolicy
-from server.routing.catalog import Deployment, ModelConfig
+from server.routing.catalog import Catalog, Deployment, ModelConfig
 from server.routing.dispatch import Router
-from server.routing.plan import Resilience, StreamTimeouts
+from server.routing.plan import Resilience, StreamTimeouts, failover_order, pick
 from server.types import ChatMessage, ChatRequest, Completion, Finish, Role, StreamEvent, TextDelta, Usage
 from tests.server.scripted import Cut, FakeTime, Reply, ScriptedProvider, Scripts, Stall
 
@@ -72,10 +74,11 @@ class Setup:
             sleep=self.time.sleep,
             rng=lambda: rng,
         )
-        self.router = Router(models, self.providers, rng=lambda: 0.0, resilience=self.resilience)
+        catalog = Catalog(models, self.providers)
+        self.router = Router(catalog, self.providers, rng=lambda: 0.0, resilience=self.resilience)
 
     def model(self, name: str) -> ModelConfig:
-        model = self.router.resolve(name)
+        model = self.router.catalog.resolve(name)
         assert model is not None
         return model
 
@@ -317,7 +320,7 @@ async def test_a_cancelled_stream_is_not_an_idle_timeout() -> None:
 async def test_a_cancelled_call_abandons_its_retry_wait() -> None:
     provider = ScriptedProvider("a", {"m": [unavailable(), REPLY]})
     resilience = Resilience(retry=RetryPolicy(backoff_base_s=10.0, backoff_cap_s=10.0), rng=lambda: 1.0)
-    router = Router([model("m")], {"a": provider}, resilience=resilience)
+    router = Router(Catalog([model("m")], ["a"]), {"a": provider}, resilience=resilience)
 
     async def consume() -> None:
         async with aclosing(router.stream(model("m"), chat())) as stream:
@@ -591,3 +594,28 @@ async def test_without_a_deployment_left_a_resume_gives_up_with_the_mid_stream_e
     assert error is not None
     assert (error.reason, error.metadata["partial_completion_tokens"]) == ("UPSTREAM_STREAM_INTERRUPTED", "1")
     assert error.metadata["retry_stopped_by"] == "failed_mid_stream"
+
+
+def test_weighted_deployments_split_traffic_by_weight() -> None:
+    canary = ModelConfig(
+        name="gpt",
+        deployments=(Deployment("main", "gpt-4.1", weight=95), Deployment("canary", "gpt-4.1", weight=5)),
+    )
+    rng = random.Random(1234)
+    picks = Counter(pick(canary, rng.random).provider for _ in range(1000))
+    assert 930 <= picks["main"] <= 970
+    assert picks["main"] + picks["canary"] == 1000
+
+
+def test_a_zero_weight_deployment_is_never_picked() -> None:
+    model = ModelConfig(name="m", deployments=(Deployment("a", "x", weight=0), Deployment("b", "x", weight=1)))
+    assert {pick(model, lambda: 0.0).provider for _ in range(10)} == {"b"}
+
+
+def test_failover_order_is_the_pick_then_the_others_by_weight_standby_last() -> None:
+    model = ModelConfig(
+        name="m",
+        deployments=(Deployment("a", "x", weight=0), Deployment("b", "x", weight=1), Deployment("c", "x", weight=3)),
+    )
+    assert [d.provider for d in failover_order(model, lambda: 0.0)] == ["b", "c", "a"]
+    assert [d.provider for d in failover_order(model, lambda: 0.99)] == ["c", "b", "a"]

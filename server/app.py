@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -19,6 +20,7 @@ from generated import ai_service_pb2, ai_service_pb2_grpc
 from server import defaults
 from server.auth import BearerAuthInterceptor
 from server.config import GatewayConfig, KeepaliveConfig, TLSConfig
+from server.policy.seam import Policy, Seam
 from server.routing.dispatch import Router
 from server.service import AIService
 
@@ -97,11 +99,14 @@ def _server_credentials(tls: TLSConfig) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials([(tls.key_file.read_bytes(), tls.cert_file.read_bytes())])
 
 
-async def start_gateway(config: GatewayConfig) -> Gateway:
+async def start_gateway(config: GatewayConfig, *, policies: Sequence[Policy] = ()) -> Gateway:
+    """Bind and start a gateway for `config`; `policies` plug into the policy seam (server/policy/seam.py)."""
     router = Router.from_config(config)
     interceptors = [BearerAuthInterceptor(config.auth.tokens)] if config.auth else []
     server = grpc.aio.server(interceptors=interceptors, options=server_options(config))
-    service = AIService(router, max_request_bytes=config.max_request_bytes, interactive=config.interactive)
+    service = AIService(
+        Seam(router, policies), max_request_bytes=config.max_request_bytes, interactive=config.interactive
+    )
     ai_service_pb2_grpc.add_AIServiceServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -141,7 +146,7 @@ async def serve(config: GatewayConfig) -> None:
         gateway.port,
         scheme,
         auth,
-        ", ".join(gateway.router.model_names),
+        ", ".join(gateway.router.catalog.model_names),
     )
     await stop.wait()
     log.info("shutting down: in-flight calls have %.1f s to finish", config.grace_period_s)

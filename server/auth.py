@@ -17,7 +17,8 @@ from typing import Any, TypeAlias
 import grpc
 
 from server.config import ClientToken
-from server.errors import Unauthenticated, abort
+from server.errors import Unauthenticated, abort, code_name
+from server.observe.record import CallRecord
 
 __all__ = ["CURRENT_CLIENT", "EXEMPT_METHODS", "BearerAuthInterceptor", "authenticate"]
 
@@ -64,17 +65,22 @@ class BearerAuthInterceptor(grpc.aio.ServerInterceptor):
             return handler
         client = authenticate(handler_call_details.invocation_metadata, self._tokens)
         if client is None:
-            return _rejecting(handler)
+            return _rejecting(handler, handler_call_details.method)
         CURRENT_CLIENT.set(client)
         return handler
 
 
-def _rejecting(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+def _rejecting(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
     error = Unauthenticated(
         "missing or invalid credentials: send metadata 'authorization: Bearer <token>' with a token the gateway knows"
     )
+    # `method` is one the server registered (an unknown one has no handler), so its name is safe to log.
+    name = method.rpartition("/")[2]
 
     async def reject(_request: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        # The refused call gets its access log line too (no client name: it proved none), before its status.
+        record = CallRecord(name, None, code=code_name(error), reason=error.reason)
+        record.finish()
         await abort(context, error)
 
     kwargs = {

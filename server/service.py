@@ -1,4 +1,4 @@
-"""The AIService servicer: protobuf in, provider-neutral types to the router, protobuf out. Nothing else.
+"""The AIService servicer: protobuf in, provider-neutral types to the policy seam, protobuf out. Nothing else.
 
 Every failure leaves as a GatewayError through `errors.abort`; an unexpected exception is logged here
 and reported as INTERNAL, never as UNKNOWN.
@@ -20,11 +20,10 @@ from server import defaults
 from server.auth import CURRENT_CLIENT
 from server.config import InteractiveConfig
 from server.convert import final_chunk, generate_response, model_info, params_from_pb, unchecked_messages
-from server.errors import GatewayError, InternalError, ShuttingDown, abort, code_name
+from server.errors import GatewayError, InternalError, ShuttingDown, abort
 from server.interactive.session import InteractiveSession
-from server.observe.record import CallRecord
+from server.policy.seam import CallContext, Seam
 from server.routing.catalog import ModelConfig
-from server.routing.dispatch import Router
 from server.types import ChatRequest, Finish, TextDelta
 from server.validation import check_request
 
@@ -38,12 +37,12 @@ ServicerContext: TypeAlias = "grpc.aio.ServicerContext[object, object]"
 class AIService(pb_grpc.AIServiceServicer):
     def __init__(
         self,
-        router: Router,
+        seam: Seam,
         *,
         max_request_bytes: int = defaults.MAX_REQUEST_CONTENT_BYTES,
         interactive: InteractiveConfig | None = None,
     ) -> None:
-        self._router = router
+        self._seam = seam
         self._max_request_bytes = max_request_bytes
         self._interactive = interactive or InteractiveConfig()
         # Open InteractiveStream sessions, so that a drain can send each of them a go_away.
@@ -71,9 +70,9 @@ class AIService(pb_grpc.AIServiceServicer):
             session.go_away(time_left)
 
     @asynccontextmanager
-    async def _call(self, context: ServicerContext, method: str, model: str = "") -> AsyncIterator[CallRecord]:
-        """Run one call: track it for shutdown, end it with the status its failure deserves, and write
-        its record (observe/record.py) when it ends.
+    async def _call(self, context: ServicerContext, method: str, model: str = "") -> AsyncIterator[CallContext]:
+        """Run one call: track it for shutdown, end it with the status its failure deserves, and end it
+        at the seam (its record written, its policies settled) before that status is sent.
 
         A GatewayError becomes its own status (with `deltas_sent` when a stream had started), a
         cancellation by the shutdown becomes SHUTTING_DOWN, and anything else is a bug: logged here
@@ -82,36 +81,35 @@ class AIService(pb_grpc.AIServiceServicer):
         task = asyncio.current_task()
         if task is not None:
             self._in_flight.add(task)
-        record = CallRecord(method, CURRENT_CLIENT.get(), model=model)
+        call = self._seam.begin(method, CURRENT_CLIENT.get(), model)
         try:
-            yield record
+            yield call
         except GatewayError as error:
-            await self._fail(context, record, error)
+            await self._fail(context, call, error)
         except asyncio.CancelledError:
-            record.code = "CANCELLED"
             if self._ending_calls:
                 ended = ShuttingDown("the gateway shut down before the call finished; retry on another instance")
-                await self._fail(context, record, ended)
+                await self._fail(context, call, ended)
+            self._seam.end(call, code="CANCELLED")
             raise
         except Exception as exc:  # the one catch-all
             log.exception("unexpected error in %s", method, exc_info=exc)
-            await self._fail(context, record, InternalError("internal gateway error; the gateway log has the details"))
+            await self._fail(context, call, InternalError("internal gateway error; the gateway log has the details"))
+        else:
+            self._seam.end(call)
         finally:
             self._in_flight.discard(task)
-            record.finish()
 
-    @staticmethod
-    async def _fail(context: ServicerContext, record: CallRecord, error: GatewayError) -> None:
-        if record.deltas:
-            error.metadata["deltas_sent"] = str(record.deltas)
-        record.code, record.reason = code_name(error), error.reason
+    async def _fail(self, context: ServicerContext, call: CallContext, error: GatewayError) -> None:
+        if call.record.deltas:
+            error.metadata["deltas_sent"] = str(call.record.deltas)
+        self._seam.end(call, error)  # before the status leaves: whoever reads the log after it finds the line
         await abort(context, error)
 
     async def Generate(self, request: pb.GenerateRequest, context: ServicerContext) -> pb.GenerateResponse:
-        async with self._call(context, "Generate", request.model) as record:
+        async with self._call(context, "Generate", request.model) as call:
             model, chat = self._prepare(request, context)
-            completion = await self._router.complete(model, chat)
-            record.served, record.usage, record.cost_usd = completion.served, completion.usage, completion.cost_usd
+            completion = await self._seam.complete(call, model, chat)
         return generate_response(completion)
 
     # The generated stub types streaming handlers as iterators only; grpc.aio also accepts a coroutine that
@@ -120,9 +118,10 @@ class AIService(pb_grpc.AIServiceServicer):
     async def StreamGenerate(  # type: ignore[override]
         self, request: pb.StreamGenerateRequest, context: ServicerContext
     ) -> None:
-        async with self._call(context, "StreamGenerate", request.model) as record:
+        async with self._call(context, "StreamGenerate", request.model) as call:
             model, chat = self._prepare(request, context)
-            async with aclosing(self._router.stream(model, chat)) as events:
+            record = call.record
+            async with aclosing(await self._seam.stream(call, model, chat)) as events:
                 async for event in events:
                     if type(event) is TextDelta:
                         if not record.deltas:
@@ -138,11 +137,13 @@ class AIService(pb_grpc.AIServiceServicer):
         self, request_iterator: AsyncIterator[pb.InteractiveRequest], context: ServicerContext
     ) -> None:
         session = InteractiveSession(
-            self._router, context, limits=self._interactive, max_request_bytes=self._max_request_bytes
+            self._seam, context, limits=self._interactive, max_request_bytes=self._max_request_bytes
         )
         self.sessions.add(session)
         try:
-            async with self._call(context, "InteractiveStream"):
+            async with self._call(context, "InteractiveStream") as call:
+                call.record.session = session.id
+                session.record = call.record
                 if self.draining:
                     raise ShuttingDown("the gateway is shutting down; retry on another instance")
                 await session.run(request_iterator)
@@ -150,20 +151,20 @@ class AIService(pb_grpc.AIServiceServicer):
             self.sessions.discard(session)
 
     async def ListModels(self, request: pb.ListModelsRequest, context: ServicerContext) -> pb.ListModelsResponse:
-        router = self._router
-        models = [model_info(m, router.aliases_of(m.name)) for m in map(router.resolve, router.model_names) if m]
-        return pb.ListModelsResponse(models=models)
+        catalog = self._seam.catalog
+        return pb.ListModelsResponse(models=[model_info(m, catalog.aliases_of(m.name)) for m in catalog.models()])
 
     def _prepare(
         self, request: pb.GenerateRequest | pb.StreamGenerateRequest, context: ServicerContext
     ) -> tuple[ModelConfig, ChatRequest]:
         if self.draining:
             raise ShuttingDown("the gateway is shutting down; retry on another instance")
-        model = self._router.resolve(request.model)
+        catalog = self._seam.catalog
+        model = catalog.resolve(request.model)
         params = params_from_pb(request.config)
         messages = check_request(
             model=request.model,
-            known_models=self._router.known_names,
+            known_models=catalog.known_names,
             model_max_tokens=model.max_tokens if model else None,
             messages=unchecked_messages(request.messages),
             params=params,

@@ -38,7 +38,8 @@ from server.interactive import wire
 from server.interactive.history import History, Plan
 from server.interactive.outbox import Outbox
 from server.interactive.wire import SessionOptions, TurnSpec
-from server.routing.dispatch import Router
+from server.observe.record import CallRecord
+from server.policy.seam import CallContext, Seam
 from server.types import ChatRequest, Finish, TextDelta
 
 __all__ = ["SESSION_ID_HEADER", "InteractiveSession"]
@@ -52,17 +53,21 @@ log = logging.getLogger(__name__)
 class _Turn:
     """One accepted turn, from waiting to its `done` or `error`."""
 
-    __slots__ = ("cancel_requested", "deltas", "plan", "reply", "settled", "spec", "started", "task")
+    __slots__ = ("call", "cancel_requested", "plan", "reply", "settled", "spec", "started", "task")
 
-    def __init__(self, spec: TurnSpec) -> None:
+    def __init__(self, spec: TurnSpec, call: CallContext) -> None:
         self.spec = spec
+        self.call = call  # its record counts the deltas and holds the outcome
         self.task: asyncio.Task[None] | None = None  # None while waiting for a slot
         self.started = False  # its task has begun: a cancel must interrupt it
         self.cancel_requested = False
         self.settled = False  # the upstream finished: a cancel no longer applies
-        self.deltas = 0
         self.plan: Plan | None = None  # conversation: the history it was sent with
         self.reply: list[str] = []  # conversation: the reply, for the history
+
+    @property
+    def deltas(self) -> int:
+        return self.call.record.deltas
 
     @property
     def trimmed(self) -> int:
@@ -72,14 +77,16 @@ class _Turn:
 class InteractiveSession:
     def __init__(
         self,
-        router: Router,
+        seam: Seam,
         context: grpc.aio.ServicerContext[Any, Any],
         *,
         limits: InteractiveConfig,
         max_request_bytes: int,
     ) -> None:
         self.id = secrets.token_hex(8)
-        self._router = router
+        self._seam = seam
+        # The session's own record (service.py sets it); each turn has one of its own as well.
+        self.record = CallRecord("InteractiveStream", None)
         self._context = context
         self._limits = limits
         self._max_request_bytes = max_request_bytes
@@ -154,7 +161,7 @@ class InteractiveSession:
     async def _start(self, start: pb.SessionStart) -> None:
         self._options = wire.session_options(
             start,
-            catalog=self._router,
+            catalog=self._seam.catalog,
             max_in_flight=self._limits.max_in_flight,
             max_request_bytes=self._max_request_bytes,
         )
@@ -164,17 +171,26 @@ class InteractiveSession:
         request_id = message.request_id
         self._check_new_id(request_id)
         assert self._options is not None  # _dispatch accepts turns only after start
+        self.record.turns = (self.record.turns or 0) + 1
+        call = self._seam.begin(
+            "InteractiveStream.turn",
+            self.record.client,
+            message.model or self._options.model.name,
+            session=self.id,
+            request_id=request_id,
+        )
         try:
             if self._draining:
                 raise ShuttingDown("the gateway is shutting down: this session takes no new turns (see go_away)")
             spec = wire.turn_spec(
-                message, self._options, catalog=self._router, max_request_bytes=self._max_request_bytes
+                message, self._options, catalog=self._seam.catalog, max_request_bytes=self._max_request_bytes
             )
         except GatewayError as error:
             self._remember(request_id)
+            self._seam.end(call, error)
             await self._outbox.put(wire.turn_error(request_id, error))
             return
-        turn = _Turn(spec)
+        turn = _Turn(spec, call)
         self._live[request_id] = turn
         self._waiting.append(turn)
         self._start_waiting()
@@ -204,6 +220,7 @@ class InteractiveSession:
         elif turn.task is None:  # still waiting for a slot: it ends without having run
             self._waiting.remove(turn)
             self._update_room()
+            self._seam.end(turn.call, code="CANCELLED")
             await self._outbox.put(wire.cancelled(request_id, turn.spec.model.name, 0, 0))
             self._finish(turn)
         else:
@@ -229,14 +246,16 @@ class InteractiveSession:
 
     async def _run(self, turn: _Turn) -> None:
         turn.started = True
-        request_id = turn.spec.request_id
+        request_id, call = turn.spec.request_id, turn.call
         try:
             if turn.cancel_requested:  # cancelled between being scheduled and running
+                self._seam.end(call, code="CANCELLED")
                 await self._outbox.put(wire.cancelled(request_id, turn.spec.model.name, 0, 0))
             else:
                 await self._answer(turn)
         except asyncio.CancelledError:
             task = asyncio.current_task()
+            self._seam.end(call, code="CANCELLED")
             if not turn.cancel_requested or self._ending or task is None:
                 raise
             task.uncancel()  # the client's `cancel`, not the session's end: the turn ends with `done`
@@ -246,12 +265,15 @@ class InteractiveSession:
         except GatewayError as error:
             if turn.deltas:
                 error.metadata["deltas_sent"] = str(turn.deltas)
+            self._seam.end(call, error)
             await self._outbox.put(wire.turn_error(request_id, error))
         except Exception as exc:  # a bug: this turn fails with INTERNAL, the session goes on
             log.exception("unexpected error in InteractiveStream session %s", self.id, exc_info=exc)
             internal = InternalError("internal gateway error; the gateway log has the details")
+            self._seam.end(call, internal)
             await self._outbox.put(wire.turn_error(request_id, internal))
         finally:
+            self._seam.end(call, code="CANCELLED")  # the session ended under it (no-op when it ended above)
             self._running -= 1
             self._finish(turn)
             self._start_waiting()
@@ -266,20 +288,25 @@ class InteractiveSession:
             messages = turn.plan.messages
         chat = ChatRequest(spec.model.name, (*options.system, *messages), spec.params, self._context.time_remaining())
         finish: Finish | None = None
-        async with aclosing(self._router.stream(spec.model, chat)) as events:
+        record = turn.call.record
+        async with aclosing(await self._seam.stream(turn.call, spec.model, chat)) as events:
             async for event in events:
                 if isinstance(event, TextDelta):
-                    turn.deltas += 1
+                    if not record.deltas:
+                        record.first_token()
+                    record.deltas += 1
                     if turn.plan is not None:
                         turn.reply.append(event.text)
                     await self._outbox.put(wire.delta(spec.request_id, event.text))
                 else:
                     finish = event
                     turn.settled = True
+                    record.served, record.usage, record.cost_usd = finish.served, finish.usage, finish.cost_usd
         if finish is None:
             raise InternalError("the upstream stream ended without a finish event")
         if turn.plan is not None:
             self._history.commit(turn.plan, "".join(turn.reply))
+        self._seam.end(turn.call)  # before `done` leaves
         await self._outbox.put(wire.done(spec.request_id, finish, turn.trimmed))
 
     def _finish(self, turn: _Turn) -> None:

@@ -1,9 +1,17 @@
-"""One record per call, written when the call ends: today an access log line, later metrics and traces.
+"""One record per call and per InteractiveStream turn, written when it ends: the access log line, later
+metrics and traces, all from the same record so they never disagree.
 
 The record holds what the GenAI conventions ask for (the requested and the serving model, provider,
 time to first token, tokens, cost) and the outcome (the gRPC code and the ErrorInfo reason). It never
 holds a secret: the client is named by its configured name, never by its token, and no message text is
 kept. The per-token path only counts (`deltas` and, once, `first_token_s`).
+
+What a client chose (a model name, a request id) is written bounded and escaped: a name with a space, a
+newline or an ANSI escape cannot forge or split a log line.
+
+    Generate client=team-a model=gpt-4.1 served=openai:openai/gpt-4.1 code=OK duration_ms=812.4 ttft_ms=- ...
+    InteractiveStream.turn client=team-a session=3f9c… request_id=r1 model=demo ... code=OK ...
+    InteractiveStream client=team-a session=3f9c… model=- ... code=OK ... turns=2
 """
 
 from __future__ import annotations
@@ -14,9 +22,31 @@ from dataclasses import dataclass, field
 
 from server.types import Served, Usage
 
-__all__ = ["CallRecord", "access_log"]
+__all__ = ["CallRecord", "access_log", "log_value"]
 
 access_log = logging.getLogger("server.access")
+
+# Longest client-chosen value written as is; longer ones are cut and marked with "…".
+MAX_LOGGED_CHARS = 128
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./:@+=,")
+
+
+def log_value(value: str) -> str:
+    """`value` safe for one space-separated log field: "-" when empty, cut to MAX_LOGGED_CHARS, and any
+    character outside a conservative set written as a \\x/\\u escape."""
+    if not value:
+        return "-"
+    cut = value[:MAX_LOGGED_CHARS]
+    if not _PLAIN.issuperset(cut):
+        cut = "".join(map(_escaped, cut))
+    return cut + "…" if len(value) > MAX_LOGGED_CHARS else cut
+
+
+def _escaped(ch: str) -> str:
+    if ch in _PLAIN:
+        return ch
+    point = ord(ch)
+    return f"\\x{point:02x}" if point < 0x100 else f"\\u{point:04x}" if point < 0x10000 else f"\\U{point:08x}"
 
 
 @dataclass(slots=True)
@@ -25,11 +55,14 @@ class CallRecord:
     client: str | None
     started: float = field(default_factory=time.perf_counter)
     model: str = ""  # as the client named it
+    session: str = ""  # InteractiveStream: the session id (the gateway's own)
+    request_id: str = ""  # InteractiveStream turn: the client's request_id
     served: Served | None = None
     usage: Usage | None = None
     cost_usd: float | None = None
     deltas: int = 0
     first_token_s: float | None = None
+    turns: int | None = None  # InteractiveStream session: turns accepted
     code: str = "OK"
     reason: str = ""
 
@@ -42,11 +75,12 @@ class CallRecord:
         served = self.served
         usage = self.usage
         access_log.info(
-            "%s client=%s model=%s served=%s code=%s%s duration_ms=%.1f ttft_ms=%s deltas=%d tokens=%s cost_usd=%s",
+            "%s client=%s%s model=%s served=%s code=%s%s duration_ms=%.1f ttft_ms=%s deltas=%d tokens=%s cost_usd=%s%s",
             self.method,
             self.client or "-",
-            self.model or "-",
-            f"{served.provider}:{served.deployment}" if served else "-",
+            self._session_fields(),
+            log_value(self.model),
+            f"{served.provider}:{log_value(served.deployment)}" if served else "-",
             self.code,
             f" reason={self.reason}" if self.reason else "",
             (time.perf_counter() - self.started) * 1000,
@@ -54,4 +88,11 @@ class CallRecord:
             self.deltas,
             f"{usage.prompt_tokens}/{usage.completion_tokens}" if usage else "-",
             f"{self.cost_usd:.6f}" if self.cost_usd is not None else "-",
+            f" turns={self.turns}" if self.turns is not None else "",
         )
+
+    def _session_fields(self) -> str:
+        if not self.session:
+            return ""
+        turn = f" request_id={log_value(self.request_id)}" if self.request_id else ""
+        return f" session={self.session}{turn}"

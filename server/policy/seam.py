@@ -1,0 +1,107 @@
+"""The one place every Generate, StreamGenerate and InteractiveStream turn passes through.
+
+    servicer (service.py) ─┐                       ┌─► policies admit, in order (raise to refuse)
+    session turn ──────────┴─► Seam.begin ─► Seam.complete / Seam.stream ─► router (routing/dispatch.py)
+                              Seam.end ◄─ the call ends: its record is written, then admitted policies settle
+
+A policy sees each call twice: `admit` before anything is sent upstream (a GatewayError refuses the call
+with that error's status), and `settle` once the call has ended, with the outcome, usage and cost in the
+call's record. Every policy whose `admit` returned gets exactly one `settle`, whatever happened after it,
+so a concurrency slot taken in `admit` is always given back.
+
+The seam adds nothing per token: `stream` admits the call, then hands back the router's own event stream.
+`end` runs before the status is sent (see service.py), so the access log, metrics and traces written from
+the record are complete when the client learns the outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from server.errors import GatewayError, code_name
+from server.observe.record import CallRecord
+from server.routing.catalog import Catalog, ModelConfig
+from server.routing.dispatch import Router
+from server.types import ChatRequest, Completion, StreamEvent
+
+__all__ = ["CallContext", "Policy", "Seam"]
+
+log = logging.getLogger(__name__)
+
+
+class Policy(Protocol):
+    async def admit(self, call: CallContext, model: ModelConfig, request: ChatRequest) -> None:
+        """Let the call through by returning; refuse it by raising a GatewayError."""
+
+    def settle(self, call: CallContext) -> None:
+        """The call has ended: its record holds the outcome, the usage and the cost."""
+
+
+@dataclass(slots=True)
+class CallContext:
+    """One call, or one InteractiveStream turn, as the seam and its policies see it."""
+
+    record: CallRecord
+    admitted: list[Policy] = field(default_factory=list)
+    ended: bool = False
+
+    @property
+    def client(self) -> str | None:
+        """The authenticated client's configured name (None without auth)."""
+        return self.record.client
+
+
+class Seam:
+    def __init__(self, router: Router, policies: Sequence[Policy] = ()) -> None:
+        self.router = router
+        self.catalog: Catalog = router.catalog
+        self._policies = tuple(policies)
+
+    def begin(
+        self, method: str, client: str | None, model: str = "", *, session: str = "", request_id: str = ""
+    ) -> CallContext:
+        """A new call, or an InteractiveStream turn (`session` and `request_id` name it in the record)."""
+        return CallContext(CallRecord(method, client, model=model, session=session, request_id=request_id))
+
+    async def complete(self, call: CallContext, model: ModelConfig, request: ChatRequest) -> Completion:
+        await self._admit(call, model, request)
+        completion = await self.router.complete(model, request)
+        call.record.served, call.record.usage = completion.served, completion.usage
+        call.record.cost_usd = completion.cost_usd
+        return completion
+
+    async def stream(
+        self, call: CallContext, model: ModelConfig, request: ChatRequest
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """Admit the call, then the router's event stream itself (close it with aclosing). The caller
+        fills the record from the events it forwards: the seam adds no step per token."""
+        await self._admit(call, model, request)
+        return self.router.stream(model, request)
+
+    def end(self, call: CallContext, error: GatewayError | None = None, *, code: str | None = None) -> None:
+        """The call has ended: OK, with `error`, or with `code` (CANCELLED). Write its record, then let
+        every admitted policy settle. Runs once; later calls do nothing."""
+        if call.ended:
+            return
+        call.ended = True
+        record = call.record
+        if error is not None:
+            record.code, record.reason = code_name(error), error.reason
+        elif code is not None:
+            record.code = code
+        record.finish()
+        for policy in reversed(call.admitted):
+            try:
+                policy.settle(call)
+            except Exception as exc:  # one policy's bug must not keep the others from settling
+                log.exception(
+                    "policy %s failed to settle a %s call", type(policy).__name__, record.method, exc_info=exc
+                )
+
+    async def _admit(self, call: CallContext, model: ModelConfig, request: ChatRequest) -> None:
+        for policy in self._policies:
+            await policy.admit(call, model, request)
+            call.admitted.append(policy)

@@ -65,11 +65,13 @@ class CallRecord:
     turns: int | None = None  # InteractiveStream session: turns accepted
     code: str = "OK"
     reason: str = ""
+    duration_s: float | None = None  # set by finish(): the one duration the log and the metrics report
 
     def first_token(self) -> None:
         self.first_token_s = time.perf_counter() - self.started
 
     def finish(self) -> None:
+        self.duration_s = time.perf_counter() - self.started
         if not access_log.isEnabledFor(logging.INFO):
             return
         served = self.served
@@ -83,7 +85,7 @@ class CallRecord:
             f"{served.provider}:{log_value(served.deployment)}" if served else "-",
             self.code,
             f" reason={self.reason}" if self.reason else "",
-            (time.perf_counter() - self.started) * 1000,
+            self.duration_s * 1000,
             f"{self.first_token_s * 1000:.1f}" if self.first_token_s is not None else "-",
             self.deltas,
             f"{usage.prompt_tokens}/{usage.completion_tokens}" if usage else "-",

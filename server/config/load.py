@@ -6,6 +6,7 @@ Precedence, highest first: command-line flags, environment variables, the YAML f
     GATEWAY_GRACE_PERIOD_S      seconds in-flight calls may run after SIGTERM/SIGINT
     GATEWAY_MAX_REQUEST_BYTES   cap on the total message content of one request
     GATEWAY_LOG_LEVEL           DEBUG, INFO, WARNING, ERROR
+    GATEWAY_METRICS_LISTEN      host:port of the Prometheus /metrics listener (turns it on)
 
 Secrets enter here and nowhere else: upstream keys are read from the variables that `api_key_env`
 names, client tokens are kept only as sha256 digests, and every secret is registered with
@@ -41,6 +42,7 @@ __all__ = [
     "InteractiveConfig",
     "KeepaliveConfig",
     "LimitsConfig",
+    "MetricsConfig",
     "ModelConfig",
     "Price",
     "ProviderConfig",
@@ -128,6 +130,13 @@ class KeepaliveConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """The Prometheus endpoint (config key `metrics`): `/metrics` on its own HTTP listener; None is off."""
+
+    listen: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     listen: str = defaults.DEFAULT_LISTEN
     tls: TLSConfig | None = None
@@ -144,6 +153,7 @@ class GatewayConfig:
     circuit_breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     limits: LimitsConfig = LimitsConfig()
     keepalive: KeepaliveConfig = KeepaliveConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     def with_listen(self, listen: str) -> GatewayConfig:
         """This config listening on `listen` (tests use 127.0.0.1:0)."""
@@ -229,7 +239,7 @@ def _parse(raw: Any, base_dir: Path, env: Mapping[str, str], problems: list[str]
         top,
         {
             *("listen", "tls", "auth", "providers", "models", "aliases"),
-            *("grace_period_s", "max_request_bytes", "log_level", "interactive"),
+            *("grace_period_s", "max_request_bytes", "log_level", "interactive", "metrics"),
             *_SECTIONS,
         },
         "",
@@ -271,6 +281,8 @@ def _parse(raw: Any, base_dir: Path, env: Mapping[str, str], problems: list[str]
         config = replace(config, log_level=str(top["log_level"]).upper())
     if top.get("interactive") is not None:
         config = replace(config, interactive=_parse_interactive(top["interactive"], problems))
+    if top.get("metrics") is not None:
+        config = replace(config, metrics=_parse_metrics(top["metrics"], problems))
     for key in _SECTIONS:
         if top.get(key) is not None:
             config = replace(config, **{key: _parse_section(top[key], key, getattr(config, key), problems)})
@@ -310,6 +322,13 @@ def _parse_interactive(raw: Any, problems: list[str]) -> InteractiveConfig:
         if value is not None:
             limits = replace(limits, **{key: int(value)})
     return limits
+
+
+def _parse_metrics(raw: Any, problems: list[str]) -> MetricsConfig:
+    entry = mapping(raw, "metrics", problems)
+    unknown_keys(entry, set(MetricsConfig.__dataclass_fields__), "metrics.", problems)
+    listen = entry.get("listen")
+    return MetricsConfig(listen=None if listen is None else str(listen))
 
 
 def _parse_tls(raw: Any, base_dir: Path, problems: list[str]) -> TLSConfig | None:
@@ -405,6 +424,8 @@ def _apply_env(config: GatewayConfig, env: Mapping[str, str]) -> GatewayConfig:
     problems: list[str] = []
     if env.get("GATEWAY_LISTEN"):
         config = replace(config, listen=env["GATEWAY_LISTEN"])
+    if env.get("GATEWAY_METRICS_LISTEN"):
+        config = replace(config, metrics=MetricsConfig(listen=env["GATEWAY_METRICS_LISTEN"]))
     if env.get("GATEWAY_LOG_LEVEL"):
         config = replace(config, log_level=env["GATEWAY_LOG_LEVEL"].upper())
     for var, key in (
@@ -437,6 +458,11 @@ def _checked(config: GatewayConfig, *, unparsed: frozenset[str] = frozenset()) -
                 f"listen: refusing to serve without auth on non-loopback address {host}; configure "
                 "auth.tokens, or listen on 127.0.0.1"
             )
+    if config.metrics.listen is not None:
+        try:
+            parse_listen(config.metrics.listen)
+        except ConfigError as exc:
+            problems.append(f"metrics.{exc}")
     if config.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         problems.append(f"log_level: expected DEBUG, INFO, WARNING or ERROR, got {config.log_level!r}")
     provider_names = [p.name for p in config.providers]

@@ -4,6 +4,10 @@
     TTFT p50 (c=1)                     1.05 ms    1.90 ms     +0.85 ms       ≤ +2 ms  ok
     tokens/s (c=32, 64-token streams)  30,000     11,000      0.37 times     ≥ 10,000  ok
 
+    metrics (the gateway, same load)   off        on          difference     target
+    tokens/s                           11,000     10,900      -0.9 %         within 5 %  ok
+    gateway CPU per token              90 µs      92 µs       +2.2 %         within 5 %  ok
+
 A missed target is marked MISSED; the bench still exits 0, since a missed target is a finding, not a failure.
 """
 
@@ -14,9 +18,15 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
-from bench.results import TARGET_ADDED_TTFT_P50_MS, TARGET_GATEWAY_TOKENS_PER_S, BenchResult
+from bench.results import (
+    TARGET_ADDED_TTFT_P50_MS,
+    TARGET_GATEWAY_TOKENS_PER_S,
+    TARGET_METRICS_OVERHEAD_PERCENT,
+    TARGETS,
+    BenchResult,
+)
 
-__all__ = ["missed_targets", "render", "write_json"]
+__all__ = ["metrics_changes", "missed_targets", "render", "write_json"]
 
 _DASH = "—"
 _TIMES = "\N{MULTIPLICATION SIGN}"
@@ -49,7 +59,19 @@ def missed_targets(result: BenchResult) -> list[str]:
         missed.append("added TTFT p50")
     if not summary["tokens_per_s_gateway"] >= TARGET_GATEWAY_TOKENS_PER_S:
         missed.append("gateway tokens/s")
+    if not all(abs(change) <= TARGET_METRICS_OVERHEAD_PERCENT for change in metrics_changes(result).values()):
+        missed.append("metrics overhead")
     return missed
+
+
+def metrics_changes(result: BenchResult) -> dict[str, float]:
+    """How much turning metrics on changed the gateway's tokens/s and CPU per token, in percent of off."""
+    s = result.summary()
+    pairs = {
+        "tokens/s": (s["tokens_per_s_gateway"], s["tokens_per_s_gateway_metrics"]),
+        "gateway CPU per token": (s["gateway_us_per_token"], s["gateway_metrics_us_per_token"]),
+    }
+    return {name: 100 * (on - off) / off for name, (off, on) in pairs.items()}
 
 
 Row = tuple[str, str, str, str, str]  # scenario, direct, gateway, added / ratio, target
@@ -145,6 +167,42 @@ def _gateway_rows(result: BenchResult) -> list[Row]:
     return rows
 
 
+def _metrics_rows(result: BenchResult) -> list[Row]:
+    """The gateway with metrics off and on, under the same load in the same run."""
+    s = result.summary()
+    changes = metrics_changes(result)
+    ok = "metrics overhead" not in missed_targets(result)
+    target = f"within {TARGET_METRICS_OVERHEAD_PERCENT:g} %  {_verdict(ok)}"
+    ttft_off, ttft_on = s["ttft_p50_ms_gateway"], s["ttft_p50_ms_gateway_metrics"]
+    us_off, us_on = s["gateway_us_per_token"], s["gateway_metrics_us_per_token"]
+    return [
+        ("metrics (the gateway, same load)", "off", "on", "difference", "target"),
+        (
+            "tokens/s",
+            _count(s["tokens_per_s_gateway"]),
+            _count(s["tokens_per_s_gateway_metrics"]),
+            f"{changes['tokens/s']:+.1f} %",
+            target,
+        ),
+        (
+            "gateway CPU per token",
+            f"{us_off:.1f} µs",
+            f"{us_on:.1f} µs",
+            f"{changes['gateway CPU per token']:+.1f} %",
+            target,
+        ),
+        ("TTFT p50 (c=1)", _ms(ttft_off), _ms(ttft_on), f"{ttft_on - ttft_off:+.2f} ms", ""),
+    ]
+
+
+def _table(rows: list[Row]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return [
+        "  ".join([cell.ljust(width) for cell, width in zip(row, widths, strict=False)] + [row[-1]]).rstrip()
+        for row in rows
+    ]
+
+
 def render(result: BenchResult) -> str:
     settings, machine = result.settings, result.machine
     split = " + ".join(str(n) for n in settings.per_process_concurrency())
@@ -159,11 +217,8 @@ def render(result: BenchResult) -> str:
         + (f"{settings.rounds} rounds (medians)" if settings.rounds > 1 else "1 round"),
         "",
     ]
-    rows = _rows(result)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)] + [row[-1]]
-        lines.append("  ".join(cells).rstrip())
+    lines += _table(_rows(result))
+    lines += ["", *_table(_metrics_rows(result))]
     lines += ["", "CPU: 100% = one core, over the throughput window. Direct: httpx + SSE; gateway: grpc.aio."]
     lines += [f"first error ({target}): {error}" for target, error in _first_errors(result).items()]
     missed = missed_targets(result)
@@ -173,7 +228,7 @@ def render(result: BenchResult) -> str:
 
 def _first_errors(result: BenchResult) -> dict[str, str]:
     errors: dict[str, str] = {}
-    for target in ("direct", "gateway"):
+    for target in TARGETS:
         ttft = result.ttft.get(target)
         candidates = [ttft.first_error if ttft else ""]
         candidates += [load.first_error for r in result.throughput.get(target, []) for load in r.loads]

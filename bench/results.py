@@ -14,9 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 __all__ = [
+    "GATEWAYS",
     "QUICK",
+    "TARGETS",
     "TARGET_ADDED_TTFT_P50_MS",
     "TARGET_GATEWAY_TOKENS_PER_S",
+    "TARGET_METRICS_OVERHEAD_PERCENT",
     "BenchResult",
     "LoadResult",
     "Machine",
@@ -30,11 +33,18 @@ __all__ = [
 # through one gateway process.
 TARGET_ADDED_TTFT_P50_MS = 2.0
 TARGET_GATEWAY_TOKENS_PER_S = 10_000.0
+# Metrics must not cost the per-token path: tokens/s and CPU per token with metrics on stay this close to off.
+TARGET_METRICS_OVERHEAD_PERCENT = 5.0
+
+# What the load goes to: the upstream itself, the gateway, and the same gateway config with metrics on
+# (a second gateway process, scraped once a second as a busy Prometheus would).
+GATEWAYS = ("gateway", "gateway_metrics")
+TARGETS = ("direct", *GATEWAYS)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    """One bench run. The defaults make `make bench` take about 75 s."""
+    """One bench run. The defaults make `make bench` take about 110 s."""
 
     ttft_requests: int = 300  # measured sequential requests per side
     ttft_warmup: int = 30  # requests before those, not measured
@@ -189,11 +199,9 @@ class BenchResult:
             for target in self.throughput
             for metric in ("tokens_per_s", "streams_per_s")
         }
-        gateway_cpu = [r.cpu_percent.get("gateway", math.nan) for r in self.throughput.get("gateway", [])]
-        return {
-            **ttft,
-            **throughput,
-            "gateway_cpu_percent": statistics.median(gateway_cpu) if gateway_cpu else math.nan,
-            "gateway_us_per_token": self.median("gateway", "gateway_us_per_token"),
-            "gateway_peak_rss_mib": self.gateway_peak_rss_bytes / 2**20,
-        }
+        gateways: dict[str, float] = {}
+        for target in GATEWAYS:
+            cpu = [r.cpu_percent.get("gateway", math.nan) for r in self.throughput.get(target, [])]
+            gateways[f"{target}_cpu_percent"] = statistics.median(cpu) if cpu else math.nan
+            gateways[f"{target}_us_per_token"] = self.median(target, "gateway_us_per_token")
+        return {**ttft, **throughput, **gateways, "gateway_peak_rss_mib": self.gateway_peak_rss_bytes / 2**20}

@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import yaml
 from grpc_health.v1 import health_pb2
 
 from bench.procs import Child, Children, cpu_seconds, machine_cpu_seconds, peak_rss_bytes
-from bench.results import BenchResult, LoadResult, Machine, Settings, ThroughputResult, TtftResult
+from bench.results import TARGETS, BenchResult, LoadResult, Machine, Settings, ThroughputResult, TtftResult
 
 __all__ = ["Stack", "run_bench"]
 
@@ -38,6 +39,8 @@ READY_TIMEOUT_S = 20.0
 _POLL_INTERVAL_S = 0.05
 # The gateway's grace period on SIGTERM: the bench stops it only when no call is left.
 _GATEWAY_GRACE_S = 1.0
+# How often the gateway with metrics on is scraped during a throughput window (Prometheus's default is 15 s).
+_SCRAPE_INTERVAL_S = 1.0
 _TTFT_MODEL_TOKENS = 1  # the shortest stream: TTFT then measures the path, not the stream's length
 
 
@@ -82,6 +85,10 @@ class Stack:
     gateway: Child
     gateway_address: str  # 127.0.0.1:PORT
     cpus: CpuPlan
+    # The same gateway with metrics on, and its /metrics URL.
+    gateway_metrics: Child
+    gateway_metrics_address: str
+    metrics_url: str
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -93,27 +100,28 @@ class Stack:
             if word != "PORT" or not port.isdigit():
                 raise upstream.failure(f"expected 'PORT <n>' on stdout, got {word} {port}")
             upstream_url = f"http://127.0.0.1:{port}/v1"
-            config = workdir / "gateway.yaml"
-            config.write_text(yaml.safe_dump(_gateway_config(upstream_url, settings), sort_keys=False))
-            gateway_address = f"127.0.0.1:{_free_port()}"
-            gateway = await children.start(
-                "gateway",
-                "server",
-                "--config",
-                str(config),
-                "--listen",
-                gateway_address,
-                stdout=False,
-                cpus=cpus.gateway,
+            gateway, gateway_address = await _start_gateway(children, workdir, "gateway", upstream_url, settings, cpus)
+            metrics_port = _free_port()
+            metrics, metrics_address = await _start_gateway(
+                children, workdir, "gateway_metrics", upstream_url, settings, cpus, metrics_port=metrics_port
             )
-            await _wait_serving(gateway, gateway_address)
-            yield cls(children, upstream, upstream_url, gateway, gateway_address, cpus)
+            metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+            yield cls(
+                children, upstream, upstream_url, gateway, gateway_address, cpus, metrics, metrics_address, metrics_url
+            )
 
     def _endpoint(self, target: str, tokens: int) -> tuple[str, str]:
         """The address and model name a load process uses for `target` and streams of `tokens` tokens."""
         if target == "direct":
             return self.upstream_url, f"tokens-{tokens}"
-        return self.gateway_address, f"bench-{tokens}"
+        address = self.gateway_metrics_address if target == "gateway_metrics" else self.gateway_address
+        return address, f"bench-{tokens}"
+
+    def _gateway_pid(self, target: str) -> dict[str, int]:
+        """The gateway process `target` loads (none for direct), under the one key "gateway"."""
+        if target == "direct":
+            return {}
+        return {"gateway": (self.gateway_metrics if target == "gateway_metrics" else self.gateway).pid}
 
     async def ttft(self, target: str, settings: Settings) -> TtftResult:
         address, model = self._endpoint(target, _TTFT_MODEL_TOKENS)
@@ -154,8 +162,10 @@ class Stack:
         window_start = time.time() + settings.warmup_s
         for load in loads:
             load.write_line(f"GO {window_start!r}")
-        servers = {"upstream": self.upstream.pid} | ({"gateway": self.gateway.pid} if target == "gateway" else {})
-        cpu = await _cpu_percent_over(servers, window_start, settings.duration_s)
+        servers = {"upstream": self.upstream.pid} | self._gateway_pid(target)
+        scraping = _scraping(self.metrics_url) if target == "gateway_metrics" else contextlib.nullcontext()
+        async with scraping:
+            cpu = await _cpu_percent_over(servers, window_start, settings.duration_s)
         raws = [await _result(load, settings.duration_s + 30) for load in loads]
         for load in loads:
             await self.children.stop(load)
@@ -171,13 +181,58 @@ async def run_bench(settings: Settings, command: str | None = None) -> BenchResu
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         async with Stack.start(Path(tmp), settings) as stack:
             result.pinning = stack.cpus.describe()
-            for target in ("direct", "gateway"):
+            for target in TARGETS:
                 result.ttft[target] = await stack.ttft(target, settings)
             for _ in range(settings.rounds):
-                for target in ("direct", "gateway"):
+                for target in TARGETS:
                     result.throughput.setdefault(target, []).append(await stack.throughput(target, settings))
             result.gateway_peak_rss_bytes = peak_rss_bytes(stack.gateway.pid)
     return result
+
+
+async def _start_gateway(
+    children: Children,
+    workdir: Path,
+    name: str,
+    upstream_url: str,
+    settings: Settings,
+    cpus: CpuPlan,
+    *,
+    metrics_port: int | None = None,
+) -> tuple[Child, str]:
+    """A gateway process in front of the upstream, SERVING; with metrics on when `metrics_port` is given."""
+    config = workdir / f"{name}.yaml"
+    raw = _gateway_config(upstream_url, settings)
+    if metrics_port is not None:
+        raw["metrics"] = {"listen": f"127.0.0.1:{metrics_port}"}
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    address = f"127.0.0.1:{_free_port()}"
+    args = ("--config", str(config), "--listen", address)
+    gateway = await children.start(name, "server", *args, stdout=False, cpus=cpus.gateway)
+    await _wait_serving(gateway, address)
+    return gateway, address
+
+
+@contextlib.asynccontextmanager
+async def _scraping(url: str) -> AsyncIterator[None]:
+    """Scrape `url` every _SCRAPE_INTERVAL_S while the block runs, as Prometheus would; a failed scrape
+    fails the bench (the metrics listener must keep answering under load)."""
+
+    async def scrape() -> None:
+        async with httpx.AsyncClient() as client:
+            while True:
+                (await client.get(url, timeout=10.0)).raise_for_status()
+                await asyncio.sleep(_SCRAPE_INTERVAL_S)
+
+    task = asyncio.create_task(scrape())
+    try:
+        yield
+    finally:
+        if task.done():
+            task.result()  # raises what failed the scrape
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _gateway_config(upstream_url: str, settings: Settings) -> dict[str, Any]:

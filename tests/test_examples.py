@@ -16,6 +16,7 @@ def test_the_full_example_loads_with_its_variables_set() -> None:
     assert [t.name for t in config.auth.tokens] == ["billing-service", "search-service"]
     assert {p.name for p in config.providers} >= {"openai", "demo"}
     assert "demo" in {m.name for m in config.models}
+    assert config.metrics.listen == "127.0.0.1:9464"
 
 
 def test_the_secure_example_serves_the_demo_over_tls() -> None:

@@ -6,6 +6,8 @@ assert scrape.value("gateway_calls_total", grpc_method="Generate", code="OK") ==
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -15,7 +17,11 @@ from prometheus_client.samples import Sample
 
 from server.app import Gateway
 
-__all__ = ["Scrape", "scrape_port"]
+__all__ = ["Scrape", "scrape_port", "wait_for_scrape"]
+
+# How long wait_for_scrape waits for a sample, and how often it scrapes meanwhile.
+WAIT_TIMEOUT_S = 10.0
+_POLL_INTERVAL_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -54,3 +60,15 @@ async def scrape_port(port: int, host: str = "127.0.0.1") -> Scrape:
     text = response.text
     samples = tuple(sample for family in text_string_to_metric_families(text) for sample in family.samples)
     return Scrape(text, samples)
+
+
+async def wait_for_scrape(gateway: Gateway, name: str, **labels: str) -> Scrape:
+    """The first scrape with a sample `name` with `labels`: for what the server records after the client
+    has its answer (a cancelled call ends on the server a moment later). Fails after WAIT_TIMEOUT_S."""
+    deadline = time.monotonic() + WAIT_TIMEOUT_S
+    while True:
+        scrape = await Scrape.of(gateway)
+        if any(scrape.matching(name, **labels)):
+            return scrape
+        assert time.monotonic() < deadline, f"no {name}{labels} on /metrics after {WAIT_TIMEOUT_S} s"
+        await asyncio.sleep(_POLL_INTERVAL_S)

@@ -8,6 +8,8 @@ from dataclasses import replace
 
 import grpc
 import pytest
+from grpc_health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+from grpc_reflection.v1alpha import reflection_pb2
 
 from server.app import Gateway
 from server.config import GatewayConfig, MetricsConfig, ModelConfig, Price, ProviderConfig
@@ -15,7 +17,8 @@ from server.resilience.retry import RetryPolicy
 from tests.conftest import CLIENT_TOKEN, UPSTREAM_KEY, GatewayFactory, client_auth
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
 from tests.interactive import Bidi
-from tests.metrics import Scrape
+from tests.metrics import Scrape, wait_for_scrape
+from tests.process import health_check, health_watch
 from tests.rpc import collect_stream, error_info, request, stub_for, unary_request
 
 pytestmark = pytest.mark.asyncio
@@ -181,21 +184,41 @@ async def test_labels_never_carry_what_a_client_typed_or_a_token(
     assert scrape.label_values("gateway_circuit_breaker_state", "deployment") == set()
 
 
-async def test_health_checks_are_counted(gateway: Gateway) -> None:
-    from grpc_health.v1.health_pb2 import HealthCheckRequest
-
-    from tests.process import health_check
-
+async def test_health_checks_and_reflection_are_counted(gateway: Gateway) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
         await health_check(channel)(HealthCheckRequest(), timeout=10)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await health_check(channel)(HealthCheckRequest(service="no-such-service"), timeout=10)
+        reflection = channel.stream_stream(
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            reflection_pb2.ServerReflectionRequest.SerializeToString,
+            reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        asked = [reflection_pb2.ServerReflectionRequest(list_services=""), reflection_pb2.ServerReflectionRequest()]
+        answers = [answer async for answer in reflection(iter(asked), timeout=10)]
     assert refused.value.code() is grpc.StatusCode.NOT_FOUND
+    assert len(answers) == 2
     scrape = await Scrape.of(gateway)
     health = {"grpc_type": "unary", "grpc_service": "grpc.health.v1.Health", "grpc_method": "Check"}
     assert scrape.value("grpc_server_started_total", **health) == 2
     assert scrape.value("grpc_server_handled_total", **health, grpc_code="OK") == 1
     assert scrape.value("grpc_server_handled_total", **health, grpc_code="NotFound") == 1
+    info = {"grpc_type": "bidi_stream", "grpc_method": "ServerReflectionInfo"}
+    assert scrape.value("grpc_server_handled_total", **info, grpc_code="OK") == 1
+    assert scrape.value("grpc_server_msg_received_total", **info) == 2
+    assert scrape.value("grpc_server_msg_sent_total", **info) == 2
+
+
+async def test_a_watch_cancelled_by_its_client_is_counted_as_canceled(gateway: Gateway) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
+        watch = health_watch(channel)(HealthCheckRequest(), timeout=10)
+        first = await anext(aiter(watch))
+        watch.cancel()
+    assert first.status == HealthCheckResponse.SERVING
+    watched = {"grpc_type": "server_stream", "grpc_method": "Watch"}
+    scrape = await wait_for_scrape(gateway, "grpc_server_handled_total", **watched)
+    assert scrape.value("grpc_server_handled_total", **watched, grpc_code="Canceled") == 1
+    assert scrape.value("grpc_server_msg_sent_total", **watched) == 1
 
 
 async def test_interactive_sessions_and_turns(gateway: Gateway) -> None:

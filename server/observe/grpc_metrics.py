@@ -80,6 +80,9 @@ class GrpcServerMetrics(grpc.aio.ServerInterceptor):
             "grpc_server_msg_received", "Messages received from clients, per RPC kind.", names, registry=registry
         )
         self.sent = Counter("grpc_server_msg_sent", "Messages sent to clients, per RPC kind.", names, registry=registry)
+        # Per registered method (bounded by the services the server offers).
+        self._methods: dict[_Labels, _Method] = {}
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -87,8 +90,15 @@ class GrpcServerMetrics(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:  # an unknown method: gRPC answers UNIMPLEMENTED itself, and no label is made
             return None
-        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
-        return self._wrap(handler, service, method)
+        name = handler_call_details.method
+        cached = self._wrapped.get(name)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        # The servicer's handlers are the same objects call after call; auth's refusals are new each time.
+        service, _, method = name.lstrip("/").rpartition("/")
+        wrapped = self._wrap(handler, service, method)
+        self._wrapped[name] = (handler, wrapped)
+        return wrapped
 
     def _wrap(self, handler: Handler, service: str, method: str) -> Handler:
         kwargs = {
@@ -96,83 +106,114 @@ class GrpcServerMetrics(grpc.aio.ServerInterceptor):
             "response_serializer": handler.response_serializer,
         }
         if handler.request_streaming and handler.response_streaming:
-            labels = ("bidi_stream", service, method)
-            return grpc.stream_stream_rpc_method_handler(self._streaming(handler.stream_stream, labels), **kwargs)
+            measured = self._method("bidi_stream", service, method)
+            return grpc.stream_stream_rpc_method_handler(_streaming(handler.stream_stream, measured), **kwargs)
         if handler.request_streaming:
-            labels = ("client_stream", service, method)
-            return grpc.stream_unary_rpc_method_handler(self._unary(handler.stream_unary, labels), **kwargs)
+            measured = self._method("client_stream", service, method)
+            return grpc.stream_unary_rpc_method_handler(_unary(handler.stream_unary, measured), **kwargs)
         if handler.response_streaming:
-            labels = ("server_stream", service, method)
-            return grpc.unary_stream_rpc_method_handler(self._streaming(handler.unary_stream, labels), **kwargs)
-        labels = ("unary", service, method)
-        return grpc.unary_unary_rpc_method_handler(self._unary(handler.unary_unary, labels), **kwargs)
+            measured = self._method("server_stream", service, method)
+            return grpc.unary_stream_rpc_method_handler(_streaming(handler.unary_stream, measured), **kwargs)
+        measured = self._method("unary", service, method)
+        return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary, measured), **kwargs)
 
-    def _unary(self, behavior: Any, labels: _Labels) -> Callable[[Any, Any], Awaitable[Any]]:
-        async def measured(request: Any, context: Any) -> Any:
-            call = _Call(self, labels, request, context)
+    def _method(self, kind: str, service: str, method: str) -> _Method:
+        key = (kind, service, method)
+        found = self._methods.get(key)
+        if found is None:
+            found = self._methods[key] = _Method(self, key)
+        return found
+
+
+class _Method:
+    """The metrics of one method, their label lookups made once (prometheus-client's `labels` is slow)."""
+
+    __slots__ = ("_handled", "_handled_by_code", "client_streams", "handling", "labels", "received", "sent", "started")
+
+    def __init__(self, metrics: GrpcServerMetrics, labels: _Labels) -> None:
+        self.labels = labels
+        self.client_streams = labels[0] in ("client_stream", "bidi_stream")
+        self.started = metrics.started.labels(*labels)
+        self.handling = metrics.handling.labels(*labels)
+        self.received = metrics.received.labels(*labels)
+        self.sent = metrics.sent.labels(*labels)
+        self._handled = metrics.handled
+        self._handled_by_code: dict[str, Any] = {}
+
+    def handled(self, code: str) -> Any:
+        child = self._handled_by_code.get(code)
+        if child is None:
+            child = self._handled_by_code[code] = self._handled.labels(*self.labels, code)
+        return child
+
+
+def _unary(behavior: Any, method: _Method) -> Callable[[Any, Any], Awaitable[Any]]:
+    async def measured(request: Any, context: Any) -> Any:
+        call = _Call(method, request, context)
+        try:
+            response = await behavior(call.request, call.context)
+        except BaseException as exc:
+            call.end(exc)
+            raise
+        call.context.sent += 1
+        call.end(None)
+        return response
+
+    return measured
+
+
+def _streaming(behavior: Any, method: _Method) -> Callable[[Any, Any], Any]:
+    # grpc.aio tells a writing coroutine from an async generator by its function: keep the kind.
+    if inspect.isasyncgenfunction(behavior):
+
+        async def generated(request: Any, context: Any) -> AsyncIterator[Any]:
+            call = _Call(method, request, context)
             try:
-                response = await behavior(call.request, call.context)
+                async for response in behavior(call.request, call.context):
+                    call.context.sent += 1
+                    yield response
             except BaseException as exc:
                 call.end(exc)
                 raise
-            call.context.sent += 1
-            call.end(None)
-            return response
-
-        return measured
-
-    def _streaming(self, behavior: Any, labels: _Labels) -> Callable[[Any, Any], Any]:
-        # grpc.aio tells a writing coroutine from an async generator by its function: keep the kind.
-        if inspect.isasyncgenfunction(behavior):
-
-            async def generated(request: Any, context: Any) -> AsyncIterator[Any]:
-                call = _Call(self, labels, request, context)
-                try:
-                    async for response in behavior(call.request, call.context):
-                        call.context.sent += 1
-                        yield response
-                except BaseException as exc:
-                    call.end(exc)
-                    raise
-                call.end(None)
-
-            return generated
-
-        async def writing(request: Any, context: Any) -> None:
-            call = _Call(self, labels, request, context)
-            try:
-                await behavior(call.request, call.context)
-            except BaseException as exc:
-                call.end(exc)
-                raise
             call.end(None)
 
-        return writing
+        return generated
+
+    async def writing(request: Any, context: Any) -> None:
+        call = _Call(method, request, context)
+        try:
+            await behavior(call.request, call.context)
+        except BaseException as exc:
+            call.end(exc)
+            raise
+        call.end(None)
+
+    return writing
 
 
 class _Call:
     """One RPC being measured: its start, and the counting context and request stream it hands on."""
 
-    __slots__ = ("context", "labels", "metrics", "request", "started")
+    __slots__ = ("context", "method", "request", "started")
 
-    def __init__(self, metrics: GrpcServerMetrics, labels: _Labels, request: Any, context: Any) -> None:
-        self.metrics, self.labels, self.started = metrics, labels, time.perf_counter()
-        metrics.started.labels(*labels).inc()
+    def __init__(self, method: _Method, request: Any, context: Any) -> None:
+        self.method, self.started = method, time.perf_counter()
+        method.started.inc()
         self.context = _CountingContext(context)
-        if labels[0] in ("client_stream", "bidi_stream"):
+        if method.client_streams:
             self.request: Any = _CountingRequests(request, self.context)
         else:
             self.request = request
             self.context.received = 1
 
     def end(self, error: BaseException | None) -> None:
-        metrics, labels, context = self.metrics, self.labels, self.context
-        metrics.handled.labels(*labels, GO_CODE_NAMES.get(_status_of(context, error), "Unknown")).inc()
-        metrics.handling.labels(*labels).observe(time.perf_counter() - self.started)
+        method, context = self.method, self.context
+        method.handled(GO_CODE_NAMES.get(_status_of(context, error), "Unknown")).inc()
+        method.handling.observe(time.perf_counter() - self.started)
         if context.received:
-            metrics.received.labels(*labels).inc(context.received)
+            method.received.inc(context.received)
         if context.sent:
-            metrics.sent.labels(*labels).inc(context.sent)
+            method.sent.inc(context.sent)
 
 
 def _status_of(context: _CountingContext, error: BaseException | None) -> grpc.StatusCode:

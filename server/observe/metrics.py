@@ -24,7 +24,8 @@ typed and no secret becomes a label.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -121,87 +122,87 @@ class GatewayMetrics:
     """
 
     def __init__(self, bounds: LabelBounds, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
+        self.registry = registry = registry or CollectorRegistry()
         self.bounds = bounds
-        self.grpc = GrpcServerMetrics(self.registry)
-        registry = self.registry
-        self.token_usage = Histogram(
-            "gen_ai_client_token_usage",
-            "Tokens used per call, by type (input, output).",
-            (*GENAI_LABELS, "gen_ai_token_type"),
-            buckets=TOKEN_BUCKETS,
-            registry=registry,
+        self.grpc = GrpcServerMetrics(registry)
+        self.token_usage = _Children(
+            Histogram(
+                "gen_ai_client_token_usage",
+                "Tokens used per call, by type (input, output).",
+                (*GENAI_LABELS, "gen_ai_token_type"),
+                buckets=TOKEN_BUCKETS,
+                registry=registry,
+            )
         )
-        self.ttft = Histogram(
+        self.ttft = _histogram(
+            registry,
             "gen_ai_server_time_to_first_token",
             "Time from the start of a stream to its first token.",
             GENAI_LABELS,
-            unit="seconds",
-            buckets=TTFT_BUCKETS,
-            registry=registry,
+            TTFT_BUCKETS,
         )
-        self.tpot = Histogram(
+        self.tpot = _histogram(
+            registry,
             "gen_ai_server_time_per_output_token",
             "Time per output token after the first, of a stream.",
             GENAI_LABELS,
-            unit="seconds",
-            buckets=TPOT_BUCKETS,
-            registry=registry,
+            TPOT_BUCKETS,
         )
-        self.duration = Histogram(
+        self.duration = _histogram(
+            registry,
             "gen_ai_client_operation_duration",
             "Duration of a call or InteractiveStream turn, to its status.",
             (*GENAI_LABELS, "error_type"),
-            unit="seconds",
-            buckets=DURATION_BUCKETS,
-            registry=registry,
+            DURATION_BUCKETS,
         )
-        self.calls = Counter(
+        self.calls = _counter(
+            registry,
             "gateway_calls",
             "Calls, InteractiveStream sessions and turns ended, by outcome.",
             ("grpc_method", "client", "gen_ai_request_model", "code", "reason"),
-            registry=registry,
         )
-        self.tokens = Counter(
+        self.tokens = _counter(
+            registry,
             "gateway_tokens",
             "Tokens used, by client and type.",
             ("client", *GENAI_LABELS, "gen_ai_token_type"),
-            registry=registry,
         )
-        self.cost = Counter(
+        self.cost = _counter(
+            registry,
             "gateway_cost_usd",
             "What the calls cost upstream, in US dollars (calls with a known price).",
             ("client", *GENAI_LABELS),
-            registry=registry,
         )
-        self.in_flight = Gauge(
-            "gateway_calls_in_flight", "Calls and InteractiveStream turns running.", ("grpc_method",), registry=registry
+        self.in_flight = _Children(
+            Gauge(
+                "gateway_calls_in_flight",
+                "Calls and InteractiveStream turns running.",
+                ("grpc_method",),
+                registry=registry,
+            )
         )
         self.sessions = Gauge("gateway_interactive_sessions", "InteractiveStream sessions open.", registry=registry)
-        self.turns = Counter(
-            "gateway_interactive_turns", "InteractiveStream turns ended, by gRPC code.", ("code",), registry=registry
+        self.turns = _counter(
+            registry, "gateway_interactive_turns", "InteractiveStream turns ended, by gRPC code.", ("code",)
         )
         attempt_labels = ("gen_ai_provider_name", "deployment")
-        self.attempts = Counter(
+        self.attempts = _counter(
+            registry,
             "gateway_upstream_attempts",
             "Upstream attempts ended, by outcome (ok, rate_limited, unavailable, fatal, failed_mid_stream, cancelled).",
             (*attempt_labels, "outcome"),
-            registry=registry,
         )
-        self.retries = Counter(
-            "gateway_upstream_retries",
-            "Attempts that were not the first on their model.",
-            attempt_labels,
-            registry=registry,
+        self.retries = _counter(
+            registry, "gateway_upstream_retries", "Attempts that were not the first on their model.", attempt_labels
         )
-        self.fallbacks = Counter(
+        self.fallbacks = _counter(
+            registry,
             "gateway_fallbacks",
             "Fallbacks taken: the first attempt on a fallback model, after a failure of error_class.",
             ("from_model", "to_model", "error_class"),
-            registry=registry,
         )
         for method in ("Generate", "StreamGenerate", TURN):
-            self.in_flight.labels(method)  # present at 0 before the first call
+            self.in_flight(method)  # present at 0 before the first call
 
     def watch(self, resilience: Resilience) -> None:
         """Observe `resilience`'s call plans, and report its breakers and retry budgets when scraped."""
@@ -214,48 +215,75 @@ class GatewayMetrics:
         if record.method == SESSION:
             self.sessions.inc()
         else:
-            self.in_flight.labels(record.method).inc()
+            self.in_flight(record.method).inc()
 
     def ended(self, record: CallRecord) -> None:
         bounds = self.bounds
         client = bounds.client(record.client)
         requested = bounds.model(record.model)
-        self.calls.labels(record.method, client, requested, record.code, bounds.reason(record.reason)).inc()
+        reason = bounds.reason(record.reason)
+        self.calls(record.method, client, requested, record.code, reason).inc()
         if record.method == SESSION:
             self.sessions.dec()
             return
-        self.in_flight.labels(record.method).dec()
+        self.in_flight(record.method).dec()
         if record.method == TURN:
-            self.turns.labels(record.code).inc()
+            self.turns(record.code).inc()
         labels = bounds.genai(record)
-        error_type = bounds.reason(record.reason) if record.reason else (record.code if record.code != "OK" else "")
         if record.duration_s is not None:
-            self.duration.labels(*labels, error_type).observe(record.duration_s)
+            error_type = reason or (record.code if record.code != "OK" else "")
+            self.duration(*labels, error_type).observe(record.duration_s)
         if record.first_token_s is not None:
-            self.ttft.labels(*labels).observe(record.first_token_s)
+            self.ttft(*labels).observe(record.first_token_s)
         usage = record.usage
         if usage is not None:
             for kind, count in (("input", usage.prompt_tokens), ("output", usage.completion_tokens)):
-                self.token_usage.labels(*labels, kind).observe(count)
-                self.tokens.labels(client, *labels, kind).inc(count)
+                self.token_usage(*labels, kind).observe(count)
+                self.tokens(client, *labels, kind).inc(count)
             after_first = usage.completion_tokens - 1
             if record.first_token_s is not None and record.duration_s is not None and after_first > 0:
-                self.tpot.labels(*labels).observe((record.duration_s - record.first_token_s) / after_first)
+                self.tpot(*labels).observe((record.duration_s - record.first_token_s) / after_first)
         if record.cost_usd is not None:
-            self.cost.labels(client, *labels).inc(record.cost_usd)
+            self.cost(client, *labels).inc(record.cost_usd)
 
     # --- the call plan's observer ---------------------------------------------------------------------
 
     def attempt_ended(self, served: Served, outcome: str) -> None:
         bounds = self.bounds
-        self.attempts.labels(bounds.provider(served.provider), bounds.deployment(served), outcome).inc()
+        self.attempts(bounds.provider(served.provider), bounds.deployment(served), outcome).inc()
 
     def retried(self, served: Served) -> None:
-        self.retries.labels(self.bounds.provider(served.provider), self.bounds.deployment(served)).inc()
+        self.retries(self.bounds.provider(served.provider), self.bounds.deployment(served)).inc()
 
     def fell_back(self, origin: ModelConfig, served: Served, failure_class: str) -> None:
         bounds = self.bounds
-        self.fallbacks.labels(bounds.model(origin.name), bounds.model(served.model), failure_class).inc()
+        self.fallbacks(bounds.model(origin.name), bounds.model(served.model), failure_class).inc()
+
+
+class _Children:
+    """A metric's children by label values, each looked up once (the values are bounded, so is this)."""
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: Counter | Gauge | Histogram) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
+
+
+def _counter(registry: CollectorRegistry, name: str, documentation: str, labels: Sequence[str]) -> _Children:
+    return _Children(Counter(name, documentation, labels, registry=registry))
+
+
+def _histogram(
+    registry: CollectorRegistry, name: str, documentation: str, labels: Sequence[str], buckets: Sequence[float]
+) -> _Children:
+    return _Children(Histogram(name, documentation, labels, unit="seconds", buckets=buckets, registry=registry))
 
 
 class _ResilienceCollector(Collector):

@@ -4,6 +4,7 @@ what happened, with the codes and reasons the clients received, and no label car
 
 from __future__ import annotations
 
+import socket
 from dataclasses import replace
 
 import grpc
@@ -249,3 +250,15 @@ async def test_metrics_are_off_unless_configured(make_gateway: GatewayFactory, f
     gateway = await make_gateway(metrics_config(fake_openai.base_url, metrics=MetricsConfig()))
     assert gateway.metrics is None
     assert gateway.metrics_server is None
+
+
+async def test_a_metrics_port_in_use_fails_the_start_saying_which_listener(
+    make_gateway: GatewayFactory, fake_openai: FakeOpenAIUpstream
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        with pytest.raises(OSError, match=r"cannot listen on 127\.0\.0\.1:\d+ \(metrics\.listen\): ") as failed:
+            await make_gateway(metrics_config(fake_openai.base_url, metrics=MetricsConfig(listen=address)))
+    assert address in str(failed.value)

@@ -133,7 +133,7 @@ class Attempt:
 
     __slots__ = (
         *("_admission", "_breaker", "_limits", "_verdict", "deployment", "model", "number", "provider", "served"),
-        *("_observer", "outcome"),
+        *("observer", "outcome"),
     )
 
     def __init__(
@@ -150,7 +150,7 @@ class Attempt:
         self.served = Served(model.name, provider.name, deployment.label)
         self._breaker, self._admission, self._limits = breaker, admission, limits
         self._verdict = False
-        self._observer: PlanObserver = NO_OBSERVER
+        self.observer: PlanObserver = NO_OBSERVER
         self.outcome = "cancelled"  # until the call plan learns better (see routing/observer.py)
 
     def succeeded(self) -> None:
@@ -177,7 +177,7 @@ class Attempt:
         self._limits.release(self.deployment.provider)
         if not self._verdict:
             self._breaker.release(self._admission)
-        self._observer.attempt_ended(self.served, self.outcome)
+        self.observer.attempt_ended(self.served, self.outcome)
 
 
 class CallPlan:
@@ -345,7 +345,7 @@ class CallPlan:
         return Attempt(model, deployment, self._providers[provider], self.attempts, breaker, admission, shared.limits)
 
     def _observe(self, attempt: Attempt) -> None:
-        observer = attempt._observer = self._shared.observer
+        observer = attempt.observer = self._shared.observer
         if self._tries > 1:
             observer.retried(attempt.served)
         elif self._index:

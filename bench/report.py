@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import asdict
 from pathlib import Path
 
@@ -65,13 +66,19 @@ def missed_targets(result: BenchResult) -> list[str]:
 
 
 def metrics_changes(result: BenchResult) -> dict[str, float]:
-    """How much turning metrics on changed the gateway's tokens/s and CPU per token, in percent of off."""
-    s = result.summary()
-    pairs = {
-        "tokens/s": (s["tokens_per_s_gateway"], s["tokens_per_s_gateway_metrics"]),
-        "gateway CPU per token": (s["gateway_us_per_token"], s["gateway_metrics_us_per_token"]),
-    }
-    return {name: 100 * (on - off) / off for name, (off, on) in pairs.items()}
+    """How much turning metrics on changed the gateway's tokens/s and CPU per token, in percent of off: the
+    median over rounds of each round's change. The two gateways run one after the other in every round, so
+    pairing them cancels most of the machine's drift between rounds."""
+    pairs = list(zip(result.throughput.get("gateway", []), result.throughput.get("gateway_metrics", []), strict=False))
+    changes: dict[str, float] = {}
+    for name, metric in (("tokens/s", "tokens_per_s"), ("gateway CPU per token", "gateway_us_per_token")):
+        per_round = [_change(getattr(off, metric), getattr(on, metric)) for off, on in pairs]
+        changes[name] = statistics.median(per_round) if per_round else math.nan
+    return changes
+
+
+def _change(off: float, on: float) -> float:
+    return 100 * (on - off) / off if off else math.nan
 
 
 Row = tuple[str, str, str, str, str]  # scenario, direct, gateway, added / ratio, target
@@ -176,7 +183,7 @@ def _metrics_rows(result: BenchResult) -> list[Row]:
     ttft_off, ttft_on = s["ttft_p50_ms_gateway"], s["ttft_p50_ms_gateway_metrics"]
     us_off, us_on = s["gateway_us_per_token"], s["gateway_metrics_us_per_token"]
     return [
-        ("metrics (the gateway, same load)", "off", "on", "difference", "target"),
+        ("metrics (the gateway, same load)", "off", "on", "difference*", "target"),
         (
             "tokens/s",
             _count(s["tokens_per_s_gateway"]),
@@ -219,6 +226,7 @@ def render(result: BenchResult) -> str:
     ]
     lines += _table(_rows(result))
     lines += ["", *_table(_metrics_rows(result))]
+    lines += ["* the median of the rounds' own differences (off and on run back to back in each round)"]
     lines += ["", "CPU: 100% = one core, over the throughput window. Direct: httpx + SSE; gateway: grpc.aio."]
     lines += [f"first error ({target}): {error}" for target, error in _first_errors(result).items()]
     missed = missed_targets(result)
@@ -239,7 +247,12 @@ def _first_errors(result: BenchResult) -> dict[str, str]:
 
 def write_json(result: BenchResult, path: Path) -> None:
     """Every raw number of the run (samples included), the headline summary and the missed targets."""
-    document = {**asdict(result), "summary": result.summary(), "missed_targets": missed_targets(result)}
+    document = {
+        **asdict(result),
+        "summary": result.summary(),
+        "metrics_changes_percent": metrics_changes(result),
+        "missed_targets": missed_targets(result),
+    }
     path.write_text(json.dumps(_strict(document), indent=2, allow_nan=False) + "\n")
 
 

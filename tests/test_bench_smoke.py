@@ -30,6 +30,11 @@ def test_quick_bench_measures_every_figure(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-2000:]
     assert "TTFT p50 (c=1)" in run.stdout
     assert "tokens/s (c=32, 64-token streams)" in run.stdout
+    assert "metrics (the gateway, same load)" in run.stdout
     summary = json.loads(out.read_text())["summary"]
     assert summary
     assert all(value is not None for value in summary.values()), summary
+    assert summary["tokens_per_s_gateway_metrics"] > 0
+    changes = json.loads(out.read_text())["metrics_changes_percent"]
+    assert set(changes) == {"tokens/s", "gateway CPU per token"}
+    assert all(value is not None for value in changes.values()), changes

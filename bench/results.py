@@ -57,6 +57,9 @@ class Settings:
     # Give the gateway a CPU of its own (with 2+ CPUs): it is one Python thread, and on a small machine the
     # load processes would otherwise take turns with it on its core, so it would measure the scheduler.
     pin: bool = True
+    # The control run: the second gateway gets metrics off too, so "metrics on vs off" shows the bench's own
+    # noise between two identical gateways.
+    metrics_control: bool = False
 
     def per_process_concurrency(self) -> list[int]:
         """The concurrency of each load process: as even a split as the numbers allow."""

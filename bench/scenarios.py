@@ -103,7 +103,13 @@ class Stack:
             gateway, gateway_address = await _start_gateway(children, workdir, "gateway", upstream_url, settings, cpus)
             metrics_port = _free_port()
             metrics, metrics_address = await _start_gateway(
-                children, workdir, "gateway_metrics", upstream_url, settings, cpus, metrics_port=metrics_port
+                children,
+                workdir,
+                "gateway_metrics",
+                upstream_url,
+                settings,
+                cpus,
+                metrics_port=None if settings.metrics_control else metrics_port,
             )
             metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
             yield cls(
@@ -163,7 +169,8 @@ class Stack:
         for load in loads:
             load.write_line(f"GO {window_start!r}")
         servers = {"upstream": self.upstream.pid} | self._gateway_pid(target)
-        scraping = _scraping(self.metrics_url) if target == "gateway_metrics" else contextlib.nullcontext()
+        scraped = target == "gateway_metrics" and not settings.metrics_control
+        scraping = _scraping(self.metrics_url) if scraped else contextlib.nullcontext()
         async with scraping:
             cpu = await _cpu_percent_over(servers, window_start, settings.duration_s)
         raws = [await _result(load, settings.duration_s + 30) for load in loads]
@@ -183,8 +190,10 @@ async def run_bench(settings: Settings, command: str | None = None) -> BenchResu
             result.pinning = stack.cpus.describe()
             for target in TARGETS:
                 result.ttft[target] = await stack.ttft(target, settings)
-            for _ in range(settings.rounds):
-                for target in TARGETS:
+            for round_number in range(settings.rounds):
+                # The two gateways swap places every round: whichever runs second does worse on a busy
+                # machine, and that must not pass for the cost of metrics.
+                for target in TARGETS if round_number % 2 == 0 else (*TARGETS[:1], *reversed(TARGETS[1:])):
                     result.throughput.setdefault(target, []).append(await stack.throughput(target, settings))
             result.gateway_peak_rss_bytes = peak_rss_bytes(stack.gateway.pid)
     return result

@@ -60,7 +60,7 @@ class CpuPlan:
         return cls(gateway=frozenset(cpus[:1]), others=frozenset(cpus[1:]))
 
     def load_cpus(self, target: str) -> frozenset[int] | None:
-        return self.others if target == "gateway" else None
+        return None if target == "direct" else self.others
 
     def describe(self) -> str:
         if self.gateway is None or self.others is None:

@@ -77,10 +77,6 @@ class RetryBudget:
         self._reserve = max(reserve, 1.0)
         self._balance = reserve
 
-    @property
-    def balance(self) -> float:
-        return self._balance
-
     def earn(self) -> None:
         """A first attempt was made."""
         self._balance = min(self._balance + self._ratio, self._reserve)
@@ -91,3 +87,8 @@ class RetryBudget:
             return False
         self._balance -= 1
         return True
+
+    @property
+    def balance(self) -> float:
+        """The retries the bucket holds now (the metrics report it)."""
+        return self._balance

@@ -21,6 +21,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Any, TypeAlias
 
 import grpc
@@ -169,9 +170,10 @@ def _streaming(behavior: Any, method: _Method) -> Callable[[Any, Any], Any]:
         async def generated(request: Any, context: Any) -> AsyncIterator[Any]:
             call = _Call(method, request, context)
             try:
-                async for response in behavior(call.request, call.context):
-                    call.context.sent += 1
-                    yield response
+                async with aclosing(behavior(call.request, call.context)) as responses:
+                    async for response in responses:
+                        call.context.sent += 1
+                        yield response
             except BaseException as exc:
                 call.end(exc)
                 raise

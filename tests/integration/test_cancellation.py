@@ -13,7 +13,10 @@ import pytest
 from generated import ai_service_pb2 as pb
 from generated import ai_service_pb2_grpc as pb_grpc
 from server.app import Gateway
+from server.config import MetricsConfig
+from tests.conftest import GatewayFactory, openai_config
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
+from tests.metrics import Scrape
 from tests.rpc import request, stub_for, unary_request
 
 pytestmark = pytest.mark.asyncio
@@ -77,9 +80,12 @@ async def settle(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts file descriptors in /proc")
+@pytest.mark.parametrize("metrics", [False, True], ids=["metrics-off", "metrics-on"])
 async def test_a_thousand_cancelled_streams_leave_no_task_socket_or_slot_behind(
-    openai_gateway: Gateway, fake_openai: FakeOpenAIUpstream
+    make_gateway: GatewayFactory, fake_openai: FakeOpenAIUpstream, metrics: bool
 ) -> None:
+    on = MetricsConfig(listen="127.0.0.1:0") if metrics else MetricsConfig()
+    openai_gateway = await make_gateway(openai_config(fake_openai.base_url, metrics=on))
     limits = openai_gateway.router.resilience.limits
 
     async def cancel_after_first_delta(stub: pb_grpc.AIServiceAsyncStub) -> None:
@@ -114,3 +120,8 @@ async def test_a_thousand_cancelled_streams_leave_no_task_socket_or_slot_behind(
     assert after[1] <= baseline[1], f"open fds: {baseline[1]} before, {after[1]} after"
     assert len(fake_openai.disconnects) == 1125  # every upstream request was closed early
     assert elapsed < 10.0
+    if metrics:  # the metrics saw every cancelled call end, and none is left in flight
+        scrape = await Scrape.of(openai_gateway)
+        assert scrape.value("grpc_server_handled_total", grpc_method="StreamGenerate", grpc_code="Canceled") == 1125
+        assert scrape.value("gateway_calls_total", grpc_method="StreamGenerate", code="CANCELLED") == 1125
+        assert scrape.value("gateway_calls_in_flight") == 0

@@ -4,6 +4,7 @@ what happened, with the codes and reasons the clients received, and no label car
 
 from __future__ import annotations
 
+import logging
 import socket
 from dataclasses import replace
 
@@ -262,3 +263,26 @@ async def test_a_metrics_port_in_use_fails_the_start_saying_which_listener(
         with pytest.raises(OSError, match=r"cannot listen on 127\.0\.0\.1:\d+ \(metrics\.listen\): ") as failed:
             await make_gateway(metrics_config(fake_openai.base_url, metrics=MetricsConfig(listen=address)))
     assert address in str(failed.value)
+
+
+async def test_the_metrics_and_the_access_log_line_come_from_the_same_record(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="server.access")
+    async with stub_for(gateway) as stub:
+        outcome = await collect_stream(stub, request("echo"))
+    assert outcome.error is None
+    [line] = [r.getMessage() for r in caplog.records if r.name == "server.access"]
+    fields = dict(field.split("=", 1) for field in line.split()[1:])
+    scrape = await Scrape.of(gateway)
+
+    duration_ms = scrape.value("gen_ai_client_operation_duration_seconds_sum") * 1000
+    ttft_ms = scrape.value("gen_ai_server_time_to_first_token_seconds_sum") * 1000
+    assert f"{duration_ms:.1f}" == fields["duration_ms"]
+    assert f"{ttft_ms:.1f}" == fields["ttft_ms"]
+    tokens = (
+        scrape.value("gateway_tokens_total", gen_ai_token_type="input"),
+        scrape.value("gateway_tokens_total", gen_ai_token_type="output"),
+    )
+    assert f"{tokens[0]:.0f}/{tokens[1]:.0f}" == fields["tokens"]
+    assert f"{scrape.value('gateway_cost_usd_total'):.6f}" == fields["cost_usd"]

@@ -19,6 +19,7 @@ import grpc
 from server.config import ClientToken
 from server.errors import Unauthenticated, abort, code_name
 from server.observe.record import CallRecord
+from server.observe.request_id import CURRENT_REQUEST_ID, REQUEST_ID_HEADER, request_id_from
 
 __all__ = ["CURRENT_CLIENT", "EXEMPT_METHODS", "BearerAuthInterceptor", "authenticate"]
 
@@ -76,12 +77,20 @@ def _rejecting(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.Rp
     )
     # `method` is one the server registered (an unknown one has no handler), so its name is safe to log.
     name = method.rpartition("/")[2]
+    # In an InteractiveStream `request_id` names a turn; the session's own id goes by another key.
+    key = "session_request_id" if handler.request_streaming and handler.response_streaming else "request_id"
 
     async def reject(_request: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        # The refused call gets its access log line too (no client name: it proved none), before its status.
-        record = CallRecord(name, None, code=code_name(error), reason=error.reason)
+        # The refused call gets its request id and its access log line too (no client name: it proved
+        # none), before its status.
+        request_id = request_id_from(context.invocation_metadata())
+        CURRENT_REQUEST_ID.set(request_id)
+        refused = Unauthenticated(error.message, metadata={key: request_id})
+        record = CallRecord(name, None, request_id=request_id, code=code_name(refused), reason=refused.reason)
         record.finish()
-        await abort(context, error)
+        headers = ((REQUEST_ID_HEADER, request_id),)
+        await context.send_initial_metadata(headers)
+        await abort(context, refused, headers)
 
     kwargs = {
         "request_deserializer": handler.request_deserializer,

@@ -28,7 +28,7 @@ This module is the only one that knows gRPC status codes.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -326,7 +326,13 @@ def to_rpc_status(error: GatewayError) -> status_pb2.Status:
     return status
 
 
-async def abort(context: grpc.aio.ServicerContext[object, object], error: GatewayError) -> NoReturn:
-    """End the call with `error` as its status (code, message and details in the trailers)."""
-    await context.abort_with_status(rpc_status.to_status(to_rpc_status(error)))
-    raise AssertionError("abort_with_status returned")  # it always raises; this satisfies NoReturn
+async def abort(
+    context: grpc.aio.ServicerContext[object, object],
+    error: GatewayError,
+    trailing_metadata: Sequence[tuple[str, str]] = (),
+) -> NoReturn:
+    """End the call with `error` as its status (code, message and details in the trailers, with
+    `trailing_metadata` beside them: an abort replaces whatever trailers were set before)."""
+    status = rpc_status.to_status(to_rpc_status(error))
+    await context.abort(status.code, status.details, (*status.trailing_metadata, *trailing_metadata))
+    raise AssertionError("abort returned")  # it always raises; this satisfies NoReturn

@@ -21,7 +21,8 @@ from server.auth import CURRENT_CLIENT
 from server.config import InteractiveConfig
 from server.convert import final_chunk, generate_response, model_info, params_from_pb, unchecked_messages
 from server.errors import GatewayError, InternalError, ShuttingDown, abort
-from server.interactive.session import InteractiveSession
+from server.interactive.session import SESSION_ID_HEADER, InteractiveSession
+from server.observe.request_id import CURRENT_REQUEST_ID, REQUEST_ID_HEADER, request_id_from
 from server.policy.seam import CallContext, Seam
 from server.routing.catalog import ModelConfig
 from server.types import ChatRequest, Finish, TextDelta
@@ -32,6 +33,7 @@ __all__ = ["AIService"]
 log = logging.getLogger(__name__)
 
 ServicerContext: TypeAlias = "grpc.aio.ServicerContext[object, object]"
+Metadata: TypeAlias = "tuple[tuple[str, str], ...]"
 
 
 class AIService(pb_grpc.AIServiceServicer):
@@ -70,9 +72,15 @@ class AIService(pb_grpc.AIServiceServicer):
             session.go_away(time_left)
 
     @asynccontextmanager
-    async def _call(self, context: ServicerContext, method: str, model: str = "") -> AsyncIterator[CallContext]:
+    async def _call(
+        self, context: ServicerContext, method: str, model: str = "", *, headers: Metadata = ()
+    ) -> AsyncIterator[CallContext]:
         """Run one call: track it for shutdown, end it with the status its failure deserves, and end it
         at the seam (its record written, its policies settled) before that status is sent.
+
+        The call's request id (the caller's x-request-id, or a new one) goes out at once in the initial
+        metadata, with `headers`, and again in the trailers, whatever the status; every log line of the
+        call carries it.
 
         A GatewayError becomes its own status (with `deltas_sent` when a stream had started), a
         cancellation by the shutdown becomes SHUTTING_DOWN, and anything else is a bug: logged here
@@ -81,34 +89,41 @@ class AIService(pb_grpc.AIServiceServicer):
         task = asyncio.current_task()
         if task is not None:
             self._in_flight.add(task)
-        call = self._seam.begin(method, CURRENT_CLIENT.get(), model)
+        request_id = request_id_from(context.invocation_metadata())
+        logged_as = CURRENT_REQUEST_ID.set(request_id)
+        call = self._seam.begin(method, CURRENT_CLIENT.get(), model, request_id=request_id)
+        trailers = ((REQUEST_ID_HEADER, request_id),)
         try:
+            await context.send_initial_metadata((*trailers, *headers))
+            context.set_trailing_metadata(trailers)
             yield call
         except GatewayError as error:
-            await self._fail(context, call, error)
+            await self._fail(context, call, error, trailers)
         except asyncio.CancelledError:
             if self._ending_calls:
                 ended = ShuttingDown("the gateway shut down before the call finished; retry on another instance")
-                await self._fail(context, call, ended)
+                await self._fail(context, call, ended, trailers)
             self._seam.end(call, code="CANCELLED")
             raise
         except Exception as exc:  # the one catch-all
             log.exception("unexpected error in %s", method, exc_info=exc)
-            await self._fail(context, call, InternalError("internal gateway error; the gateway log has the details"))
+            internal = InternalError("internal gateway error; the gateway log has the details")
+            await self._fail(context, call, internal, trailers)
         else:
             self._seam.end(call)
         finally:
             self._in_flight.discard(task)
+            CURRENT_REQUEST_ID.reset(logged_as)
 
-    async def _fail(self, context: ServicerContext, call: CallContext, error: GatewayError) -> None:
+    async def _fail(self, context: ServicerContext, call: CallContext, error: GatewayError, trailers: Metadata) -> None:
         if call.record.deltas:
             error.metadata["deltas_sent"] = str(call.record.deltas)
         self._seam.end(call, error)  # before the status leaves: whoever reads the log after it finds the line
-        await abort(context, error)
+        await abort(context, error, trailers)
 
     async def Generate(self, request: pb.GenerateRequest, context: ServicerContext) -> pb.GenerateResponse:
         async with self._call(context, "Generate", request.model) as call:
-            model, chat = self._prepare(request, context)
+            model, chat = self._prepare(request, context, call)
             completion = await self._seam.complete(call, model, chat)
         return generate_response(completion)
 
@@ -119,7 +134,7 @@ class AIService(pb_grpc.AIServiceServicer):
         self, request: pb.StreamGenerateRequest, context: ServicerContext
     ) -> None:
         async with self._call(context, "StreamGenerate", request.model) as call:
-            model, chat = self._prepare(request, context)
+            model, chat = self._prepare(request, context, call)
             record = call.record
             async with aclosing(await self._seam.stream(call, model, chat)) as events:
                 async for event in events:
@@ -130,7 +145,7 @@ class AIService(pb_grpc.AIServiceServicer):
                         record.deltas += 1
                     else:
                         assert isinstance(event, Finish)
-                        record.served, record.usage, record.cost_usd = event.served, event.usage, event.cost_usd
+                        record.answered(event)
                         await context.write(final_chunk(event))
 
     async def InteractiveStream(  # type: ignore[override]  # a writing coroutine, as StreamGenerate
@@ -141,7 +156,8 @@ class AIService(pb_grpc.AIServiceServicer):
         )
         self.sessions.add(session)
         try:
-            async with self._call(context, "InteractiveStream") as call:
+            # Headers at once, the session id among them: a client may wait for them before it writes.
+            async with self._call(context, "InteractiveStream", headers=((SESSION_ID_HEADER, session.id),)) as call:
                 call.record.session = session.id
                 session.record = call.record
                 if self.draining:
@@ -155,7 +171,7 @@ class AIService(pb_grpc.AIServiceServicer):
         return pb.ListModelsResponse(models=[model_info(m, catalog.aliases_of(m.name)) for m in catalog.models()])
 
     def _prepare(
-        self, request: pb.GenerateRequest | pb.StreamGenerateRequest, context: ServicerContext
+        self, request: pb.GenerateRequest | pb.StreamGenerateRequest, context: ServicerContext, call: CallContext
     ) -> tuple[ModelConfig, ChatRequest]:
         if self.draining:
             raise ShuttingDown("the gateway is shutting down; retry on another instance")
@@ -171,4 +187,5 @@ class AIService(pb_grpc.AIServiceServicer):
             max_content_bytes=self._max_request_bytes,
         )
         assert model is not None  # check_request raised ModelNotFound otherwise
-        return model, ChatRequest(model.name, messages, params, context.time_remaining())
+        headers = ((REQUEST_ID_HEADER, call.record.request_id),)
+        return model, ChatRequest(model.name, messages, params, context.time_remaining(), headers=headers)

@@ -39,6 +39,7 @@ from server.interactive.history import History, Plan
 from server.interactive.outbox import Outbox
 from server.interactive.wire import SessionOptions, TurnSpec
 from server.observe.record import CallRecord
+from server.observe.request_id import REQUEST_ID_HEADER
 from server.policy.seam import CallContext, Seam
 from server.types import ChatRequest, Finish, TextDelta
 
@@ -110,9 +111,8 @@ class InteractiveSession:
         return len(self._outbox)
 
     async def run(self, requests: AsyncIterator[pb.InteractiveRequest]) -> None:
-        """Serve the session. Returns when it ends with OK; raises a GatewayError to end it with that status."""
-        # Headers at once: a client may wait for them before it writes (see client/interactive.py).
-        await self._context.send_initial_metadata(((SESSION_ID_HEADER, self.id),))
+        """Serve the session. Returns when it ends with OK; raises a GatewayError to end it with that status.
+        The servicer has sent the headers, `SESSION_ID_HEADER` among them (see service.py)."""
         self._spawn(self._read(requests), "reader")
         try:
             while (message := await self._outbox.get()) is not None:
@@ -176,8 +176,9 @@ class InteractiveSession:
             "InteractiveStream.turn",
             self.record.client,
             message.model or self._options.model.name,
+            request_id=self.record.request_id,
             session=self.id,
-            request_id=request_id,
+            turn_request_id=request_id,
         )
         try:
             if self._draining:
@@ -286,7 +287,13 @@ class InteractiveSession:
         else:
             turn.plan = self._history.plan(spec.messages)
             messages = turn.plan.messages
-        chat = ChatRequest(spec.model.name, (*options.system, *messages), spec.params, self._context.time_remaining())
+        chat = ChatRequest(
+            spec.model.name,
+            (*options.system, *messages),
+            spec.params,
+            self._context.time_remaining(),
+            headers=((REQUEST_ID_HEADER, self.record.request_id),),
+        )
         finish: Finish | None = None
         record = turn.call.record
         async with aclosing(await self._seam.stream(turn.call, spec.model, chat)) as events:
@@ -301,7 +308,7 @@ class InteractiveSession:
                 else:
                     finish = event
                     turn.settled = True
-                    record.served, record.usage, record.cost_usd = finish.served, finish.usage, finish.cost_usd
+                    record.answered(finish)
         if finish is None:
             raise InternalError("the upstream stream ended without a finish event")
         if turn.plan is not None:

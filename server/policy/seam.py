@@ -61,16 +61,26 @@ class Seam:
         self._policies = tuple(policies)
 
     def begin(
-        self, method: str, client: str | None, model: str = "", *, session: str = "", request_id: str = ""
+        self,
+        method: str,
+        client: str | None,
+        model: str = "",
+        *,
+        request_id: str = "",
+        session: str = "",
+        turn_request_id: str = "",
     ) -> CallContext:
-        """A new call, or an InteractiveStream turn (`session` and `request_id` name it in the record)."""
-        return CallContext(CallRecord(method, client, model=model, session=session, request_id=request_id))
+        """A new call with its x-request-id, or an InteractiveStream turn (`session` and `turn_request_id`
+        name it in the record; `request_id` is then its session's)."""
+        record = CallRecord(
+            method, client, model=model, session=session, turn_request_id=turn_request_id, request_id=request_id
+        )
+        return CallContext(record)
 
     async def complete(self, call: CallContext, model: ModelConfig, request: ChatRequest) -> Completion:
         await self._admit(call, model, request)
         completion = await self.router.complete(model, request)
-        call.record.served, call.record.usage = completion.served, completion.usage
-        call.record.cost_usd = completion.cost_usd
+        call.record.answered(completion)
         return completion
 
     async def stream(
@@ -83,13 +93,20 @@ class Seam:
 
     def end(self, call: CallContext, error: GatewayError | None = None, *, code: str | None = None) -> None:
         """The call has ended: OK, with `error`, or with `code` (CANCELLED). Write its record, then let
-        every admitted policy settle. Runs once; later calls do nothing."""
+        every admitted policy settle. Runs once; later calls do nothing.
+
+        `error` gets the request id in its metadata: `request_id`, or in an InteractiveStream, where
+        `request_id` names a turn, `session_request_id`.
+        """
         if call.ended:
             return
         call.ended = True
         record = call.record
         if error is not None:
             record.code, record.reason = code_name(error), error.reason
+            if record.request_id:
+                error.metadata["session_request_id" if record.session else "request_id"] = record.request_id
+            record.upstream_request_id = error.metadata.get("upstream_request_id", record.upstream_request_id)
         elif code is not None:
             record.code = code
         record.finish()

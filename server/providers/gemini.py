@@ -75,11 +75,11 @@ class GeminiProvider(HTTPProvider):
 
     def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         path = f"{_model_path(request.model)}:streamGenerateContent?alt=sse"
-        return self._stream_sse(path, request_body(request), request.timeout_s, _GeminiEvents(self.name))
+        return self._stream_sse(path, request_body(request), request, _GeminiEvents(self.name))
 
     async def complete(self, request: ChatRequest) -> Completion:
         path = f"{_model_path(request.model)}:generateContent"
-        return await self._post_json(path, request_body(request), request.timeout_s, self._completion)
+        return await self._post_json(path, request_body(request), request, self._completion)
 
     def _completion(self, payload: dict[str, Any]) -> Completion:
         events = _GeminiEvents(self.name)  # a whole answer has the shape of one stream event

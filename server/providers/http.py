@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, Callable, Mapping
-from typing import Any, TypeVar
+from dataclasses import replace
+from typing import Any
 
 import httpx
 
@@ -24,6 +25,7 @@ from server.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
+from server.observe.request_id import upstream_request_id
 from server.providers.base import Provider
 from server.providers.transport import TOTAL_TIMEOUT_EXTENSION, AiohttpTransport
 from server.providers.upstream_errors import (
@@ -32,7 +34,7 @@ from server.providers.upstream_errors import (
     safe_identifier,
 )
 from server.sse import ServerSentEvent, SSEDecoder, SSELineTooLong
-from server.types import Finish, FinishReason, StreamEvent, TextDelta, Usage
+from server.types import ChatRequest, Completion, Finish, FinishReason, StreamEvent, TextDelta, Usage
 
 __all__ = [
     "ErrorHint",
@@ -44,8 +46,6 @@ __all__ = [
     "stream_interrupted",
     "unexpected_shape",
 ]
-
-T = TypeVar("T")
 
 # Error bodies are read only to learn the error type; anything longer is not an error body we know.
 _MAX_ERROR_BODY_BYTES = 64 * 1024
@@ -84,7 +84,14 @@ class EventDecoder:
 
 
 class HTTPProvider(Provider):
-    """A provider behind one pooled httpx client. Subclasses build bodies and decode their wire format."""
+    """A provider behind one pooled httpx client. Subclasses build bodies and decode their wire format.
+
+    `request_id_header` names the response header in which the upstream gives its own id of the answer
+    (None: it gives none). That id goes on the Finish or Completion, and on any UpstreamError raised
+    once the answer's headers are in, as metadata `upstream_request_id`.
+    """
+
+    request_id_header: str | None = None
 
     def __init__(
         self, config: ProviderConfig, headers: Mapping[str, str], *, client: httpx.AsyncClient | None = None
@@ -102,10 +109,11 @@ class HTTPProvider(Provider):
         return safe_identifier(error.get("code")) or safe_identifier(error.get("type")), None
 
     async def _stream_sse(
-        self, path: str, body: dict[str, Any], timeout_s: float | None, events: EventDecoder
+        self, path: str, body: dict[str, Any], request: ChatRequest, events: EventDecoder
     ) -> AsyncGenerator[StreamEvent, None]:
         """POST `body` and relay its event stream: TextDelta per event with text, then one Finish."""
-        response = await self._post(path, body, timeout_s)
+        response = await self._post(path, body, request)
+        upstream_id = self._upstream_id(response)
         ended = False
         try:
             if response.status_code != 200:
@@ -126,53 +134,71 @@ class HTTPProvider(Provider):
                         yield TextDelta(text)
                     if events.ended:
                         ended = True
-                        yield self._finish(events)
+                        yield self._finish(events, upstream_id)
             if not ended:
                 if not events.complete:
                     raise stream_interrupted(self.name)
                 ended = True
-                yield self._finish(events)
+                yield self._finish(events, upstream_id)
+        except UpstreamError as error:
+            _with_upstream_id(error, upstream_id)
+            raise
         except httpx.TransportError as exc:
             if not ended:  # after the end event the reply is whole; a failing drain only costs the connection
-                raise error_for_transport(self.name, exc, streaming=True) from exc
+                raise _with_upstream_id(error_for_transport(self.name, exc, streaming=True), upstream_id) from exc
         except SSELineTooLong as exc:
-            raise UpstreamBadResponse(
+            too_long = UpstreamBadResponse(
                 f"upstream {self.name} sent an event line too long to read", provider=self.name
-            ) from exc
+            )
+            raise _with_upstream_id(too_long, upstream_id) from exc
         finally:
             await response.aclose()
 
-    def _finish(self, events: EventDecoder) -> Finish:
+    def _finish(self, events: EventDecoder, upstream_id: str) -> Finish:
         try:
-            return events.finish()
+            finish = events.finish()
         except _SHAPE_ERRORS as exc:  # usage is read at the end by decoders that see it on every event
             raise unexpected_shape(self.name) from exc
+        return replace(finish, upstream_request_id=upstream_id) if upstream_id else finish
+
+    def _upstream_id(self, response: httpx.Response) -> str:
+        header = self.request_id_header
+        return upstream_request_id(response.headers.get(header)) if header else ""
 
     async def _post_json(
-        self, path: str, body: dict[str, Any], timeout_s: float | None, parse: Callable[[dict[str, Any]], T]
-    ) -> T:
+        self, path: str, body: dict[str, Any], request: ChatRequest, parse: Callable[[dict[str, Any]], Completion]
+    ) -> Completion:
         """POST `body` and return what `parse` makes of the JSON object of a 200 answer."""
-        response = await self._post(path, body, timeout_s)
+        response = await self._post(path, body, request)
+        upstream_id = self._upstream_id(response)
         try:
             if response.status_code != 200:
                 raise await self._error_from_response(response)
             payload = loads_object((await response.aread()).decode("utf-8", "replace"), self.name)
+        except UpstreamError as error:
+            _with_upstream_id(error, upstream_id)
+            raise
         except httpx.TransportError as exc:
-            raise error_for_transport(self.name, exc, streaming=False) from exc
+            raise _with_upstream_id(error_for_transport(self.name, exc, streaming=False), upstream_id) from exc
         finally:
             await response.aclose()
         try:
-            return parse(payload)
+            completion = parse(payload)
+        except UpstreamError as error:
+            _with_upstream_id(error, upstream_id)
+            raise
         except _SHAPE_ERRORS as exc:
-            raise unexpected_shape(self.name) from exc
+            raise _with_upstream_id(unexpected_shape(self.name), upstream_id) from exc
+        return replace(completion, upstream_request_id=upstream_id) if upstream_id else completion
 
-    async def _post(self, path: str, body: dict[str, Any], timeout_s: float | None) -> httpx.Response:
+    async def _post(self, path: str, body: dict[str, Any], request: ChatRequest) -> httpx.Response:
         http_request = self._client.build_request(
             "POST",
             path,
             content=json.dumps(body, separators=(",", ":")).encode(),
-            timeout=request_timeout(self._config, timeout_s),
-            extensions=deadline_extension(timeout_s),
+            headers=request.headers,
+            timeout=request_timeout(self._config, request.timeout_s),
+            extensions=deadline_extension(request.timeout_s),
         )
         try:
             return await self._client.send(http_request, stream=True)
@@ -197,6 +223,12 @@ class HTTPProvider(Provider):
         except (ValueError, AttributeError, httpx.HTTPError):
             pass  # the status code alone decides; the body is only a hint
         return error_for_status(self.name, response.status_code, response.headers, *hint)
+
+
+def _with_upstream_id(error: UpstreamError, upstream_id: str) -> UpstreamError:
+    if upstream_id:
+        error.metadata["upstream_request_id"] = upstream_id
+    return error
 
 
 def loads_object(data: str, provider: str) -> dict[str, Any]:

@@ -45,10 +45,21 @@ def texts(responses: list[pb.InteractiveResponse]) -> str:
     return "".join(r.delta.text for r in responses if r.WhichOneof("kind") == "delta")
 
 
+# ErrorInfo metadata that differs from call to call: the ids of the call and of the upstream's answer.
+PER_CALL_IDS = ("request_id", "session_request_id", "upstream_request_id")
+
+
 def decoded(status: status_pb2.Status) -> tuple[int, str, list[object]]:
-    """A status with its details unpacked (packed maps are serialized in no fixed order)."""
+    """A status with its details unpacked (packed maps are serialized in no fixed order), less the ids
+    that differ from call to call (each side must have them)."""
     kinds = (error_details_pb2.ErrorInfo, error_details_pb2.RetryInfo, error_details_pb2.BadRequest)
-    return status.code, status.message, [detail(status, kind) for kind in kinds]
+    details = [detail(status, kind) for kind in kinds]
+    info = details[0]
+    if isinstance(info, error_details_pb2.ErrorInfo):
+        assert ("request_id" in info.metadata) != ("session_request_id" in info.metadata)
+        for key in PER_CALL_IDS:
+            info.metadata.pop(key, None)
+    return status.code, status.message, details
 
 
 def status_of(response: pb.InteractiveResponse) -> tuple[int, str]:

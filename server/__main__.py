@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from pathlib import Path
 
 from server.app import serve
 from server.config import ConfigError, load_config
+from server.observe.logs import configure_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,11 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"gateway: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    # httpx logs every request URL at INFO; URLs are the upstreams' business, not the operator's log.
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(config.log_level)))
+    configure_logging(config.log_level, "json" if config.log_format == "json" else "text")
     try:
         asyncio.run(serve(config))
     except OSError as exc:

@@ -6,6 +6,7 @@ Precedence, highest first: command-line flags, environment variables, the YAML f
     GATEWAY_GRACE_PERIOD_S      seconds in-flight calls may run after SIGTERM/SIGINT
     GATEWAY_MAX_REQUEST_BYTES   cap on the total message content of one request
     GATEWAY_LOG_LEVEL           DEBUG, INFO, WARNING, ERROR
+    GATEWAY_LOG_FORMAT          text or json (one JSON object per line)
 
 Secrets enter here and nowhere else: upstream keys are read from the variables that `api_key_env`
 names, client tokens are kept only as sha256 digests, and every secret is registered with
@@ -28,6 +29,7 @@ from server import defaults
 from server.config.models import parse_model
 from server.config.readers import as_list, mapping, number, unknown_keys
 from server.errors import register_secret
+from server.observe.logs import LOG_FORMATS
 from server.resilience.breaker import BreakerPolicy
 from server.resilience.retry import RetryPolicy
 from server.routing.catalog import BUILTIN_ALIASES, PROVIDER_PRESETS, Deployment, ModelConfig, Price
@@ -139,6 +141,7 @@ class GatewayConfig:
     grace_period_s: float = defaults.GRACE_PERIOD_S
     max_request_bytes: int = defaults.MAX_REQUEST_CONTENT_BYTES
     log_level: str = "INFO"
+    log_format: str = "text"  # or "json" (config `log.format`)
     interactive: InteractiveConfig = InteractiveConfig()
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     circuit_breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
@@ -229,7 +232,7 @@ def _parse(raw: Any, base_dir: Path, env: Mapping[str, str], problems: list[str]
         top,
         {
             *("listen", "tls", "auth", "providers", "models", "aliases"),
-            *("grace_period_s", "max_request_bytes", "log_level", "interactive"),
+            *("grace_period_s", "max_request_bytes", "log_level", "log", "interactive"),
             *_SECTIONS,
         },
         "",
@@ -269,6 +272,8 @@ def _parse(raw: Any, base_dir: Path, env: Mapping[str, str], problems: list[str]
                 config = replace(config, **{key: type(getattr(config, key))(value)})
     if "log_level" in top:
         config = replace(config, log_level=str(top["log_level"]).upper())
+    if top.get("log") is not None:
+        config = _parse_log(top["log"], config, "log_level" in top, problems)
     if top.get("interactive") is not None:
         config = replace(config, interactive=_parse_interactive(top["interactive"], problems))
     for key in _SECTIONS:
@@ -299,6 +304,19 @@ def _parse_section(raw: Any, key: str, template: _Section, problems: list[str]) 
         elif (parsed := number(value, f"{key}.{name}", problems, minimum=0)) is not None:
             values[name] = int(parsed) if isinstance(current, int) else parsed
     return replace(template, **values)
+
+
+def _parse_log(raw: Any, config: GatewayConfig, has_log_level: bool, problems: list[str]) -> GatewayConfig:
+    """`log: {level, format}`; `level` is the older top-level `log_level`, and only one may be given."""
+    entry = mapping(raw, "log", problems)
+    unknown_keys(entry, {"level", "format"}, "log.", problems)
+    if "level" in entry:
+        if has_log_level:
+            problems.append("log.level: give either log.level or the top-level log_level, not both")
+        config = replace(config, log_level=str(entry["level"]).upper())
+    if "format" in entry:
+        config = replace(config, log_format=str(entry["format"]).lower())
+    return config
 
 
 def _parse_interactive(raw: Any, problems: list[str]) -> InteractiveConfig:
@@ -407,6 +425,8 @@ def _apply_env(config: GatewayConfig, env: Mapping[str, str]) -> GatewayConfig:
         config = replace(config, listen=env["GATEWAY_LISTEN"])
     if env.get("GATEWAY_LOG_LEVEL"):
         config = replace(config, log_level=env["GATEWAY_LOG_LEVEL"].upper())
+    if env.get("GATEWAY_LOG_FORMAT"):
+        config = replace(config, log_format=env["GATEWAY_LOG_FORMAT"].lower())
     for var, key in (
         ("GATEWAY_GRACE_PERIOD_S", "grace_period_s"),
         ("GATEWAY_MAX_REQUEST_BYTES", "max_request_bytes"),
@@ -439,6 +459,8 @@ def _checked(config: GatewayConfig, *, unparsed: frozenset[str] = frozenset()) -
             )
     if config.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         problems.append(f"log_level: expected DEBUG, INFO, WARNING or ERROR, got {config.log_level!r}")
+    if config.log_format not in LOG_FORMATS:
+        problems.append(f"log.format: expected {' or '.join(LOG_FORMATS)}, got {config.log_format!r}")
     provider_names = [p.name for p in config.providers]
     for name in {n for n in provider_names if provider_names.count(n) > 1}:
         problems.append(f"providers: name {name!r} is used more than once")

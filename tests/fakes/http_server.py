@@ -568,6 +568,8 @@ class FakeHTTPServer:
         self._changed: asyncio.Event | None = None
         self.requests: list[RecordedRequest] = []
         self.disconnects: list[Disconnect] = []
+        # The provider's own id of each answer (OpenAI's x-request-id, Anthropic's request-id), in order.
+        self.response_ids: list[str] = []
 
     # ----- lifecycle
 
@@ -623,10 +625,17 @@ class FakeHTTPServer:
     def connections_accepted(self) -> int:
         return self._accepted
 
+    def answer_id(self, make: Callable[[], str]) -> str:
+        """A new id for the answer being written (made by `make`), recorded in `response_ids`."""
+        answer_id = make()
+        self.response_ids.append(answer_id)
+        return answer_id
+
     def clear(self) -> None:
-        """Forget recorded requests and disconnects."""
+        """Forget recorded requests, disconnects and answer ids."""
         self.requests.clear()
         self.disconnects.clear()
+        self.response_ids.clear()
 
     def _notify(self) -> None:
         if self._changed is not None:

@@ -533,7 +533,11 @@ def test_every_interactive_problem_is_listed(tmp_path: Path) -> None:
 
 
 def test_the_log_section_sets_the_level_and_the_format(tmp_path: Path) -> None:
-    text = "providers: [{name: demo, kind: demo}]\nmodels: [{name: demo, provider: demo}]\nlog: {level: debug, format: json}"
+    text = """
+        providers: [{name: demo, kind: demo}]
+        models: [{name: demo, provider: demo}]
+        log: {level: debug, format: json}
+        """
 
     config = load_config(write(tmp_path, text), env={})
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from server.app import serve
 from server.config import ConfigError, load_config
 from server.observe.logs import configure_logging
+from server.observe.trace import tracing_from_env
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,12 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config, listen=args.listen)
-    except ConfigError as exc:
+        tracing = tracing_from_env()
+    except (ConfigError, ValueError) as exc:
         print(f"gateway: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level, "json" if config.log_format == "json" else "text")
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, tracing))
     except OSError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1

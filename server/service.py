@@ -89,9 +89,10 @@ class AIService(pb_grpc.AIServiceServicer):
         task = asyncio.current_task()
         if task is not None:
             self._in_flight.add(task)
-        request_id = request_id_from(context.invocation_metadata())
+        metadata = tuple(context.invocation_metadata() or ())
+        request_id = request_id_from(metadata)
         logged_as = CURRENT_REQUEST_ID.set(request_id)
-        call = self._seam.begin(method, CURRENT_CLIENT.get(), model, request_id=request_id)
+        call = self._seam.begin(method, CURRENT_CLIENT.get(), model, request_id=request_id, parent=metadata)
         trailers = ((REQUEST_ID_HEADER, request_id),)
         try:
             await context.send_initial_metadata((*trailers, *headers))
@@ -159,7 +160,7 @@ class AIService(pb_grpc.AIServiceServicer):
             # Headers at once, the session id among them: a client may wait for them before it writes.
             async with self._call(context, "InteractiveStream", headers=((SESSION_ID_HEADER, session.id),)) as call:
                 call.record.session = session.id
-                session.record = call.record
+                session.record, session.trace = call.record, call.trace
                 if self.draining:
                     raise ShuttingDown("the gateway is shutting down; retry on another instance")
                 await session.run(request_iterator)

@@ -40,6 +40,7 @@ from server.interactive.outbox import Outbox
 from server.interactive.wire import SessionOptions, TurnSpec
 from server.observe.record import CallRecord
 from server.observe.request_id import REQUEST_ID_HEADER
+from server.observe.trace import CallTrace
 from server.policy.seam import CallContext, Seam
 from server.types import ChatRequest, Finish, TextDelta
 
@@ -86,8 +87,9 @@ class InteractiveSession:
     ) -> None:
         self.id = secrets.token_hex(8)
         self._seam = seam
-        # The session's own record (service.py sets it); each turn has one of its own as well.
+        # The session's own record and trace (service.py sets them); each turn has its own as well.
         self.record = CallRecord("InteractiveStream", None)
+        self.trace = CallTrace()
         self._context = context
         self._limits = limits
         self._max_request_bytes = max_request_bytes
@@ -179,6 +181,7 @@ class InteractiveSession:
             request_id=self.record.request_id,
             session=self.id,
             turn_request_id=request_id,
+            parent=self.trace,
         )
         try:
             if self._draining:

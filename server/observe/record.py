@@ -76,6 +76,7 @@ class CallRecord:
     served: Served | None = None
     usage: Usage | None = None
     cost_usd: float | None = None
+    finish_reason: str = ""  # stop, length, content_filter, … ("" until the reply is complete)
     deltas: int = 0
     first_token_s: float | None = None
     turns: int | None = None  # InteractiveStream session: turns accepted
@@ -89,6 +90,7 @@ class CallRecord:
         """The upstream's reply is complete: who served it, its usage, its cost and the upstream's id."""
         self.served, self.usage, self.cost_usd = reply.served, reply.usage, reply.cost_usd
         self.upstream_request_id = reply.upstream_request_id
+        self.finish_reason = reply.reason.name.lower()
 
     def finish(self) -> None:
         if not access_log.isEnabledFor(logging.INFO):
@@ -132,6 +134,7 @@ class CallRecord:
             "deployment": _bounded(served.deployment) if served else None,
             "code": self.code,
             "reason": self.reason or None,
+            "finish_reason": self.finish_reason or None,
             "duration_ms": round(duration_ms, 1),
             "ttft_ms": round(self.first_token_s * 1000, 1) if self.first_token_s is not None else None,
             "deltas": self.deltas,

@@ -23,6 +23,7 @@ from typing import Protocol
 
 from server.errors import GatewayError, code_name
 from server.observe.record import CallRecord
+from server.observe.trace import CallTrace, Metadata, Tracing
 from server.routing.catalog import Catalog, ModelConfig
 from server.routing.dispatch import Router
 from server.types import ChatRequest, Completion, StreamEvent
@@ -45,6 +46,7 @@ class CallContext:
     """One call, or one InteractiveStream turn, as the seam and its policies see it."""
 
     record: CallRecord
+    trace: CallTrace = field(default_factory=CallTrace)
     admitted: list[Policy] = field(default_factory=list)
     ended: bool = False
 
@@ -55,10 +57,11 @@ class CallContext:
 
 
 class Seam:
-    def __init__(self, router: Router, policies: Sequence[Policy] = ()) -> None:
+    def __init__(self, router: Router, policies: Sequence[Policy] = (), *, tracing: Tracing | None = None) -> None:
         self.router = router
         self.catalog: Catalog = router.catalog
         self._policies = tuple(policies)
+        self.tracing = tracing or Tracing()
 
     def begin(
         self,
@@ -69,17 +72,19 @@ class Seam:
         request_id: str = "",
         session: str = "",
         turn_request_id: str = "",
+        parent: Metadata | CallTrace = (),
     ) -> CallContext:
         """A new call with its x-request-id, or an InteractiveStream turn (`session` and `turn_request_id`
-        name it in the record; `request_id` is then its session's)."""
+        name it in the record; `request_id` is then its session's). `parent` is the caller's metadata
+        (its traceparent), or for a turn its session's trace."""
         record = CallRecord(
             method, client, model=model, session=session, turn_request_id=turn_request_id, request_id=request_id
         )
-        return CallContext(record)
+        return CallContext(record, self.tracing.begin(record, parent))
 
     async def complete(self, call: CallContext, model: ModelConfig, request: ChatRequest) -> Completion:
         await self._admit(call, model, request)
-        completion = await self.router.complete(model, request)
+        completion = await self.router.complete(model, request, call.trace)
         call.record.answered(completion)
         return completion
 
@@ -89,7 +94,7 @@ class Seam:
         """Admit the call, then the router's event stream itself (close it with aclosing). The caller
         fills the record from the events it forwards: the seam adds no step per token."""
         await self._admit(call, model, request)
-        return self.router.stream(model, request)
+        return self.router.stream(model, request, call.trace)
 
     def end(self, call: CallContext, error: GatewayError | None = None, *, code: str | None = None) -> None:
         """The call has ended: OK, with `error`, or with `code` (CANCELLED). Write its record, then let
@@ -110,6 +115,7 @@ class Seam:
         elif code is not None:
             record.code = code
         record.finish()
+        call.trace.end(record)
         for policy in reversed(call.admitted):
             try:
                 policy.settle(call)

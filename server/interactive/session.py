@@ -55,11 +55,12 @@ log = logging.getLogger(__name__)
 class _Turn:
     """One accepted turn, from waiting to its `done` or `error`."""
 
-    __slots__ = ("call", "cancel_requested", "plan", "reply", "settled", "spec", "started", "task")
+    __slots__ = ("call", "cancel_requested", "number", "plan", "reply", "settled", "spec", "started", "task")
 
-    def __init__(self, spec: TurnSpec, call: CallContext) -> None:
+    def __init__(self, spec: TurnSpec, call: CallContext, number: int) -> None:
         self.spec = spec
         self.call = call  # its record counts the deltas and holds the outcome
+        self.number = number  # 1 for the session's first accepted turn
         self.task: asyncio.Task[None] | None = None  # None while waiting for a slot
         self.started = False  # its task has begun: a cancel must interrupt it
         self.cancel_requested = False
@@ -194,7 +195,7 @@ class InteractiveSession:
             self._seam.end(call, error)
             await self._outbox.put(wire.turn_error(request_id, error))
             return
-        turn = _Turn(spec, call)
+        turn = _Turn(spec, call, self.record.turns)
         self._live[request_id] = turn
         self._waiting.append(turn)
         self._start_waiting()
@@ -295,7 +296,8 @@ class InteractiveSession:
             (*options.system, *messages),
             spec.params,
             self._context.time_remaining(),
-            headers=((REQUEST_ID_HEADER, self.record.request_id),),
+            # The session's id and the turn's number: turns running at once never share an id upstream.
+            headers=((REQUEST_ID_HEADER, f"{self.record.request_id}.{turn.number}"),),
         )
         finish: Finish | None = None
         record = turn.call.record

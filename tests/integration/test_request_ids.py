@@ -174,7 +174,7 @@ async def test_an_interactive_session_has_one_id_and_each_turn_record_its_own_re
     assert header(headers, "x-request-id") == [CALLER_ID]
     assert header(headers, "session-id") == [started.session_id]
     assert header(trailers, "x-request-id") == [CALLER_ID]
-    assert [r.headers["x-request-id"] for r in fake_openai.requests] == [CALLER_ID, CALLER_ID]
+    assert sorted(r.headers["x-request-id"] for r in fake_openai.requests) == [f"{CALLER_ID}.1", f"{CALLER_ID}.2"]
     info = error_info_of(failed)
     assert info.metadata["session_request_id"] == CALLER_ID
     assert info.metadata["upstream_request_id"] in fake_openai.response_ids

@@ -221,7 +221,9 @@ class InteractiveSession:
         turn = self._live.get(request_id)
         if turn is None:
             # TurnError.request_id stays empty: this error ends no turn (the id is in the ErrorInfo).
-            await self._outbox.put(wire.turn_error("", UnknownRequestId(request_id)))
+            unknown = UnknownRequestId(request_id)
+            unknown.metadata["session_request_id"] = self.record.request_id
+            await self._outbox.put(wire.turn_error("", unknown))
         elif turn.task is None:  # still waiting for a slot: it ends without having run
             self._waiting.remove(turn)
             self._update_room()

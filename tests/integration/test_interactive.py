@@ -62,6 +62,11 @@ def decoded(status: status_pb2.Status) -> tuple[int, str, list[object]]:
     return status.code, status.message, details
 
 
+def header_of(metadata: object, key: str) -> str:
+    [value] = [value for k, value in metadata or () if k == key]  # type: ignore[attr-defined]
+    return str(value)
+
+
 def status_of(response: pb.InteractiveResponse) -> tuple[int, str]:
     assert response.WhichOneof("kind") == "error", response
     info = detail(response.error.status, error_details_pb2.ErrorInfo)
@@ -266,6 +271,7 @@ async def test_cancel_of_an_unknown_or_finished_id_is_a_turn_error_and_the_sessi
     info = detail(error.error.status, error_details_pb2.ErrorInfo)
     assert info is not None
     assert info.metadata["request_id"] == "x"
+    assert info.metadata["session_request_id"] == header_of(await bidi.call.initial_metadata(), "x-request-id")
     bad_request = detail(error.error.status, error_details_pb2.BadRequest)
     assert bad_request is not None
     assert bad_request.field_violations[0].field == "cancel.request_id"

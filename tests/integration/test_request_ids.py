@@ -95,16 +95,50 @@ async def test_a_failed_call_names_both_ids_in_its_error_info_and_its_trailers(
     assert field(line, "upstream_request_id") == (expected or "-")
 
 
-async def test_a_stream_cut_mid_way_still_ends_with_its_ids(gateway: Gateway, upstream: Upstream) -> None:
+@pytest.mark.parametrize(
+    ("model", "deltas"),
+    [
+        ("fault-429", 0),
+        ("fault-inband-error-before", 0),
+        ("fault-malformed", 0),
+        ("fault-cut-mid", 2),
+        ("fault-inband-error-after", 2),
+    ],
+)
+async def test_every_failed_stream_ends_with_both_ids(
+    gateway: Gateway, upstream: Upstream, model: str, deltas: int
+) -> None:
     async with stub_for(gateway) as stub:
-        outcome = await collect_stream(stub, request("fault-cut-mid"), metadata=(("x-request-id", CALLER_ID),))
+        outcome = await collect_stream(stub, request(model), metadata=(("x-request-id", CALLER_ID),))
 
-    assert len(outcome.deltas) == 2
+    assert len(outcome.deltas) == deltas
     assert outcome.error is not None
     assert header(outcome.error.trailing_metadata(), "x-request-id") == [CALLER_ID]
     info = error_info(outcome.error)
-    assert (info.metadata["request_id"], info.metadata["deltas_sent"]) == (CALLER_ID, "2")
+    assert info.metadata["request_id"] == CALLER_ID
     assert info.metadata.get("upstream_request_id", "") == upstream_id(upstream)
+
+
+@pytest.mark.parametrize("model", ["fault-429", "fault-malformed", "fault-inband-error-before"])
+async def test_every_failed_unary_call_ends_with_both_ids(gateway: Gateway, upstream: Upstream, model: str) -> None:
+    async with stub_for(gateway) as stub:
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await stub.Generate(unary_request(model), metadata=(("x-request-id", CALLER_ID),), timeout=10)
+
+    info = error_info(failed.value)
+    assert info.metadata["request_id"] == CALLER_ID
+    assert info.metadata.get("upstream_request_id", "") == upstream_id(upstream)
+
+
+async def test_an_upstream_that_never_answered_has_no_id_of_its_own(gateway: Gateway, upstream: Upstream) -> None:
+    async with stub_for(gateway) as stub:
+        outcome = await collect_stream(stub, request("fault-reset-before"), metadata=(("x-request-id", CALLER_ID),))
+
+    assert outcome.error is not None
+    info = error_info(outcome.error)
+    assert info.metadata["request_id"] == CALLER_ID
+    assert "upstream_request_id" not in info.metadata
+    assert upstream.fake.response_ids == []
 
 
 @pytest.mark.parametrize(

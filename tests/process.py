@@ -8,7 +8,7 @@ exit codes, messages on stderr, signals and graceful shutdown.
         assert await gateway.wait_exit() == 0
 
 The child runs with the test's interpreter from the repository root, and with an environment stripped of the
-variables the gateway reads (GATEWAY_*, OPENAI_*), so only what a test passes in `env` reaches it. Its stderr
+variables the gateway reads (GATEWAY_*, OPENAI_*, OTEL_*), so only what a test passes in `env` reaches it. Its stderr
 goes to a file so that a chatty child can never block on a full pipe.
 """
 
@@ -64,7 +64,7 @@ def health_watch(
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "OPENAI_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "OPENAI_", "OTEL_"))}
     return {**env, **(extra or {})}
 
 

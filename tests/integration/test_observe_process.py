@@ -138,3 +138,13 @@ async def test_a_call_that_falls_back_reaches_an_otlp_receiver_and_its_json_logs
     assert (access["input_tokens"], access["output_tokens"], access["deltas"]) == (2, 2, 2)
     assert access["upstream_request_id"] == fake_openai.response_ids[-1]
     assert UPSTREAM_KEY not in log
+
+
+async def test_an_unknown_trace_exporter_stops_the_gateway_at_start_with_status_2(tmp_path: Path) -> None:
+    env = {"OTEL_TRACES_EXPORTER": "zipkin"}
+    async with run_gateway(tmp_path, "--listen", f"127.0.0.1:{free_port()}", env=env) as gateway:
+        assert await gateway.wait_exit(EXPORT_TIMEOUT_S) == 2
+        assert gateway.stderr.splitlines() == [
+            "gateway: invalid configuration:",
+            "OTEL_TRACES_EXPORTER: expected otlp, console or none, got 'zipkin'",
+        ]

@@ -62,6 +62,7 @@ __all__ = [
     "UpstreamUnavailable",
     "abort",
     "code_name",
+    "code_number",
     "register_secret",
     "scrub",
     "to_rpc_status",
@@ -291,11 +292,18 @@ def scrub(text: str) -> str:
 
 
 _CODE_NAMES = {status.value[0]: status.name for status in grpc.StatusCode}
+_CODE_NUMBERS: dict[str, int] = {name: number for number, name in _CODE_NAMES.items()}
+_UNKNOWN: int = grpc.StatusCode.UNKNOWN.value[0]
 
 
 def code_name(error: GatewayError) -> str:
     """The gRPC code of `error` by name ("UNAVAILABLE"), for logs and metrics."""
     return _CODE_NAMES[error.code]
+
+
+def code_number(name: str) -> int:
+    """The gRPC code named `name` as a number ("UNAVAILABLE" -> 14), for traces; 2 (UNKNOWN) if no code."""
+    return _CODE_NUMBERS.get(name, _UNKNOWN)
 
 
 def _pack(message: object) -> any_pb2.Any:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import grpc
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
@@ -30,7 +29,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from server.errors import GatewayError, UpstreamError
+from server.errors import GatewayError, UpstreamError, code_number
 from server.observe.record import CallRecord, log_value
 from server.observe.trace import AttemptTrace, CallTrace, Metadata, Tracing
 from server.types import Completion, Finish, Served, Usage
@@ -43,7 +42,6 @@ DEFAULT_SERVICE_NAME = "holysheep-gateway"
 PROVIDER_NAMES = {"openai": "openai", "anthropic": "anthropic", "gemini": "gcp.gemini", "demo": "demo"}
 # Server-side codes that mark a span as an error (the gRPC semantic conventions).
 _SERVER_ERRORS = frozenset({"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"})
-_CODES = {code.name: code.value[0] for code in grpc.StatusCode}
 _PROPAGATOR = TraceContextTextMapPropagator()
 _CONTEXT_KEYS = ("traceparent", "tracestate")
 
@@ -119,7 +117,7 @@ class OtelCall(CallTrace):
 
     def end(self, record: CallRecord) -> None:
         span = self._span
-        attributes: dict[str, str | int | float | list[str]] = {"rpc.grpc.status_code": _CODES.get(record.code, 2)}
+        attributes: dict[str, str | int | float | list[str]] = {"rpc.grpc.status_code": code_number(record.code)}
         if record.client:
             attributes["gateway.client"] = record.client
         if record.served is not None:

@@ -568,7 +568,8 @@ class FakeHTTPServer:
         self._changed: asyncio.Event | None = None
         self.requests: list[RecordedRequest] = []
         self.disconnects: list[Disconnect] = []
-        # The provider's own id of each answer (OpenAI's x-request-id, Anthropic's request-id), in order.
+        # The provider's own id of each answer, in order: OpenAI's x-request-id and Anthropic's request-id
+        # headers, Gemini's responseId in the body of an answer to a valid request.
         self.response_ids: list[str] = []
 
     # ----- lifecycle

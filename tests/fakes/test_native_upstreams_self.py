@@ -121,6 +121,9 @@ async def test_gemini_stream_uses_crlf_and_has_no_end_event() -> None:
     assert [c["candidates"][0].get("finishReason") for c in chunks] == [None, None, None, "STOP"]
     assert chunks[-1]["usageMetadata"]["candidatesTokenCount"] == 3
     assert b'"candidates": [{"content": {"parts": [{"text": "hello"}],"role": "model"}' in events[0]
+    assert {c["responseId"] for c in chunks} == set(up.response_ids), "one answer, one responseId"
+    assert "request-id" not in r.headers
+    assert "x-request-id" not in r.headers
 
 
 @pytest.mark.parametrize(

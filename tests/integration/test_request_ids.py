@@ -47,10 +47,10 @@ def field(line: str, key: str) -> str:
     return line.split(f" {key}=")[1].split(" ")[0]
 
 
-def upstream_id(upstream: Upstream) -> str:
-    """The id the fake gave its last answer; Gemini gives none (its API has no request id header)."""
-    if isinstance(upstream.fake, FakeGeminiUpstream):
-        assert upstream.fake.response_ids == []
+def upstream_id(upstream: Upstream, *, failed: bool = True) -> str:
+    """The id the fake gave its last answer. Gemini names an answer only in its body (`responseId`), so a
+    failed Gemini call has none."""
+    if failed and isinstance(upstream.fake, FakeGeminiUpstream):
         return ""
     return upstream.fake.response_ids[-1]
 
@@ -71,7 +71,7 @@ async def test_the_callers_id_is_returned_logged_and_sent_upstream_with_the_upst
     assert sent.headers["x-request-id"] == CALLER_ID
     [line] = access_lines(caplog)
     assert field(line, "request_id") == CALLER_ID
-    assert field(line, "upstream_request_id") == (upstream_id(upstream) or "-")
+    assert field(line, "upstream_request_id") == upstream_id(upstream, failed=False)
 
 
 async def test_a_failed_call_names_both_ids_in_its_error_info_and_its_trailers(
@@ -242,3 +242,15 @@ async def test_a_refused_call_gets_its_id_too(
     assert error_info(refused.value).metadata["request_id"] == CALLER_ID
     refused_line, _ = access_lines(caplog)
     assert field(refused_line, "request_id") == CALLER_ID
+
+
+async def test_a_whole_answer_names_the_upstreams_id_too(
+    gateway: Gateway, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="server.access")
+    async with stub_for(gateway) as stub:
+        await stub.Generate(unary_request("echo"), metadata=(("x-request-id", CALLER_ID),), timeout=10)
+
+    [line] = access_lines(caplog)
+    assert field(line, "upstream_request_id") == upstream_id(upstream, failed=False)
+    assert upstream.fake.requests[0].headers["x-request-id"] == CALLER_ID

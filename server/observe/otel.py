@@ -19,6 +19,7 @@ background thread; `shutdown` sends what is left when the gateway stops.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 
 from opentelemetry import trace
@@ -29,6 +30,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from server import defaults
 from server.errors import GatewayError, UpstreamError, code_number
 from server.observe.record import CallRecord, log_value
 from server.observe.trace import AttemptTrace, CallTrace, Metadata, Tracing
@@ -166,14 +168,20 @@ class OtelTracing(Tracing):
         return OtelCall(self._tracer, span)
 
     def shutdown(self) -> None:
+        """Send the spans still buffered, for at most TRACE_FLUSH_TIMEOUT_S: an export waits for a collector
+        that is down until its own timeout (OTEL_EXPORTER_OTLP_TIMEOUT, 10 s), and the SDK's flush ignores
+        the time it is given, so it runs in a daemon thread that the process does not wait for."""
         if self._provider is not None:
-            self._provider.shutdown()
+            flush = threading.Thread(target=self._provider.shutdown, name="trace-flush", daemon=True)
+            flush.start()
+            flush.join(defaults.TRACE_FLUSH_TIMEOUT_S)
 
 
 def otel_tracing(exporter_name: str, env: Mapping[str, str]) -> OtelTracing:
     """Tracing that exports with `exporter_name` (otlp: OTEL_EXPORTER_OTLP_* say where and how)."""
     service = {} if env.get("OTEL_SERVICE_NAME") else {"service.name": DEFAULT_SERVICE_NAME}
-    provider = TracerProvider(resource=Resource.create(service))
+    # No exit hook: `shutdown` bounds the flush; the SDK's own hook would wait for a collector that is down.
+    provider = TracerProvider(resource=Resource.create(service), shutdown_on_exit=False)
     exporter: SpanExporter
     if exporter_name == "otlp":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter

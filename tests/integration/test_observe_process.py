@@ -16,6 +16,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from generated import ai_service_pb2_grpc as pb_grpc
+from server.defaults import GRACE_PERIOD_S
 from tests.conftest import UPSTREAM_KEY
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
 from tests.process import free_port, run_gateway
@@ -148,3 +149,20 @@ async def test_an_unknown_trace_exporter_stops_the_gateway_at_start_with_status_
             "gateway: invalid configuration:",
             "OTEL_TRACES_EXPORTER: expected otlp, console or none, got 'zipkin'",
         ]
+
+
+async def test_a_collector_that_is_down_delays_neither_calls_nor_the_exit(tmp_path: Path) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    env = {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",  # nothing listens there
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "30",  # an export would wait this long for the collector
+    }
+    async with run_gateway(tmp_path, "--listen", address, env=env) as gateway:
+        await gateway.wait_ready(address)
+        async with grpc.aio.insecure_channel(address) as channel:
+            outcome = await collect_stream(pb_grpc.AIServiceStub(channel), request("demo", "one two"))
+        assert "".join(outcome.deltas) == "one two"
+        gateway.send_signal(signal.SIGTERM)
+        # The grace period (10 s) bounds the drain; the spans still buffered get at most TRACE_FLUSH_TIMEOUT_S.
+        assert await gateway.wait_exit(GRACE_PERIOD_S) == 0

@@ -109,7 +109,7 @@ async def start_gateway(
     `tracing` defaults to what the OTEL_* variables ask for (server/observe/trace.py): off unless set."""
     tracing = tracing or tracing_from_env()
     router = Router.from_config(config)
-    interceptors = [BearerAuthInterceptor(config.auth.tokens)] if config.auth else []
+    interceptors = [BearerAuthInterceptor(config.auth.tokens, tracing=tracing)] if config.auth else []
     server = grpc.aio.server(interceptors=interceptors, options=server_options(config))
     service = AIService(
         Seam(router, policies, tracing=tracing),

@@ -20,6 +20,7 @@ from server.config import ClientToken
 from server.errors import Unauthenticated, abort, code_name
 from server.observe.record import CallRecord
 from server.observe.request_id import CURRENT_REQUEST_ID, REQUEST_ID_HEADER, request_id_from
+from server.observe.trace import Tracing
 
 __all__ = ["CURRENT_CLIENT", "EXEMPT_METHODS", "BearerAuthInterceptor", "authenticate"]
 
@@ -55,8 +56,9 @@ def authenticate(metadata: Sequence[tuple[str, str | bytes]] | None, tokens: Seq
 
 
 class BearerAuthInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, tokens: Sequence[ClientToken]) -> None:
+    def __init__(self, tokens: Sequence[ClientToken], *, tracing: Tracing | None = None) -> None:
         self._tokens = tuple(tokens)
+        self._tracing = tracing or Tracing()  # a refused call is traced as any other
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -66,12 +68,14 @@ class BearerAuthInterceptor(grpc.aio.ServerInterceptor):
             return handler
         client = authenticate(handler_call_details.invocation_metadata, self._tokens)
         if client is None:
-            return _rejecting(handler, handler_call_details.method)
+            return _rejecting(handler, handler_call_details.method, self._tracing)
         CURRENT_CLIENT.set(client)
         return handler
 
 
-def _rejecting(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
+def _rejecting(
+    handler: grpc.RpcMethodHandler[Any, Any], method: str, tracing: Tracing
+) -> grpc.RpcMethodHandler[Any, Any]:
     error = Unauthenticated(
         "missing or invalid credentials: send metadata 'authorization: Bearer <token>' with a token the gateway knows"
     )
@@ -81,13 +85,16 @@ def _rejecting(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.Rp
     key = "session_request_id" if handler.request_streaming and handler.response_streaming else "request_id"
 
     async def reject(_request: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        # The refused call gets its request id and its access log line too (no client name: it proved
-        # none), before its status.
-        request_id = request_id_from(context.invocation_metadata())
+        # The refused call gets its request id, its access log line and its span too (no client name: it
+        # proved none), before its status.
+        metadata = tuple(context.invocation_metadata() or ())
+        request_id = request_id_from(metadata)
         CURRENT_REQUEST_ID.set(request_id)
         refused = Unauthenticated(error.message, metadata={key: request_id})
         record = CallRecord(name, None, request_id=request_id, code=code_name(refused), reason=refused.reason)
+        trace = tracing.begin(record, metadata)
         record.finish()
+        trace.end(record)
         headers = ((REQUEST_ID_HEADER, request_id),)
         await context.send_initial_metadata(headers)
         await abort(context, refused, headers)

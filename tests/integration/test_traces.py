@@ -19,7 +19,7 @@ from server.config import GatewayConfig, ModelConfig
 from server.observe.otel import OtelTracing
 from server.observe.trace import Tracing, tracing_from_env
 from server.resilience.retry import RetryPolicy
-from tests.conftest import openai_config
+from tests.conftest import client_auth, openai_config
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
 from tests.interactive import Bidi
 from tests.rpc import collect_stream, request, stub_for, unary_request
@@ -260,3 +260,21 @@ def test_tracing_follows_the_standard_variables(env: dict[str, str], kind: type[
 def test_an_unknown_exporter_is_refused() -> None:
     with pytest.raises(ValueError, match="OTEL_TRACES_EXPORTER: expected otlp, console or none, got 'zipkin'"):
         tracing_from_env({"OTEL_TRACES_EXPORTER": "zipkin"})
+
+
+async def test_a_call_refused_for_its_token_is_a_span_too(
+    start: Start, fake_openai: FakeOpenAIUpstream, exporter: InMemorySpanExporter
+) -> None:
+    gateway = await start(openai_config(fake_openai.base_url, auth=client_auth()))
+    async with stub_for(gateway) as stub:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Generate(unary_request("gpt-test"), metadata=(("authorization", "Bearer wrong"), *CALLER))
+
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    [call] = exporter.get_finished_spans()
+    assert (call.name, call.kind, parent_id(call)) == ("holysheepai.AIService/Generate", SpanKind.SERVER, CALLER_SPAN)
+    attributes = call.attributes or {}
+    assert (attributes["rpc.grpc.status_code"], attributes["error.type"]) == (16, "UNAUTHENTICATED")
+    assert attributes["gateway.request_id"] == "trace-me"
+    assert "wrong" not in str(attributes)
+    assert fake_openai.requests == []

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["as_list", "mapping", "number", "unknown_keys"]
+__all__ = ["as_list", "mapping", "number", "numbers", "unknown_keys"]
 
 
 def mapping(raw: Any, where: str, problems: list[str]) -> dict[str, Any]:
@@ -40,3 +41,15 @@ def number(raw: Any, where: str, problems: list[str], *, minimum: float) -> floa
         problems.append(f"{where}: must be at least {minimum:g}")
         return None
     return value
+
+
+def numbers(
+    entry: dict[str, Any], keys: Iterable[str], prefix: str, template: object, problems: list[str], *, minimum: float
+) -> dict[str, Any]:
+    """The `keys` present in `entry` that are numbers of at least `minimum`, each converted to the type of
+    the field of the same name in `template` (a dataclass instance), ready for `dataclasses.replace`."""
+    values: dict[str, Any] = {}
+    for key in keys:
+        if key in entry and (value := number(entry[key], f"{prefix}{key}", problems, minimum=minimum)) is not None:
+            values[key] = type(getattr(template, key))(value)
+    return values

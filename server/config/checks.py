@@ -7,7 +7,9 @@ is a small function that yields the problems of one rule, in the order a reader 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterator
+from pathlib import Path
 
 from server.config.schema import ConfigError, GatewayConfig
 from server.routing.catalog import BUILTIN_ALIASES
@@ -15,6 +17,17 @@ from server.routing.catalog import BUILTIN_ALIASES
 __all__ = ["checked", "is_loopback_host", "parse_listen"]
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# What each TLS file must hold: a PEM block of this type (any private key: PKCS#8, RSA or EC).
+_PEM_BLOCKS = {
+    "cert_file": (re.compile(rb"-----BEGIN CERTIFICATE-----"), "a PEM certificate", "-----BEGIN CERTIFICATE-----"),
+    "key_file": (
+        re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+        "a PEM private key",
+        "-----BEGIN PRIVATE KEY-----",
+    ),
+}
+# Certificate chains and keys are a few KiB; reading no more keeps a mistyped path (a log file) cheap.
+_MAX_PEM_BYTES = 1 << 20
 
 
 def checked(config: GatewayConfig, *, unparsed: frozenset[str] = frozenset()) -> GatewayConfig:
@@ -25,6 +38,7 @@ def checked(config: GatewayConfig, *, unparsed: frozenset[str] = frozenset()) ->
     """
     problems = [
         *_listen_problems(config),
+        *_tls_file_problems(config),
         *_log_level_problems(config),
         *_duplicate_names("providers", [p.name for p in config.providers]),
         *_duplicate_names("models", [m.name for m in config.models]),
@@ -67,6 +81,32 @@ def _listen_problems(config: GatewayConfig) -> Iterator[str]:
             f"listen: refusing to serve without auth on non-loopback address {host}; configure "
             "auth.tokens, or listen on 127.0.0.1"
         )
+
+
+def _tls_file_problems(config: GatewayConfig) -> Iterator[str]:
+    """Each TLS file exists, can be read, and holds the PEM block it should: checked now, so that a missing
+    file is a config problem naming it, not a failure to listen."""
+    if config.tls is None:
+        return
+    for key, path in (("cert_file", config.tls.cert_file), ("key_file", config.tls.key_file)):
+        pattern, what, example = _PEM_BLOCKS[key]
+        problem = _pem_file_problem(path, pattern, what, example)
+        if problem:
+            yield f"tls.{key}: {path}: {problem}"
+
+
+def _pem_file_problem(path: Path, pattern: re.Pattern[bytes], what: str, example: str) -> str:
+    """What is wrong with the PEM file at `path`, or "". Never any of its content: it may be a key."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(_MAX_PEM_BYTES)
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror or type(exc).__name__}"
+    if not pattern.search(head):
+        return f'not {what} (no "{example}" line)'
+    return ""
 
 
 def _log_level_problems(config: GatewayConfig) -> Iterator[str]:

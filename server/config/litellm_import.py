@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from server.config.readers import read_yaml
+from server.config.schema import ConfigError
 from server.routing.catalog import PROVIDER_PRESETS
 
 __all__ = ["Conversion", "convert"]
@@ -231,9 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", type=Path, help="write the gateway config here (default: stdout)")
     args = parser.parse_args(argv)
     try:
-        raw = yaml.safe_load(args.litellm_config.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        print(f"litellm_import: cannot read {args.litellm_config}: {exc}", file=sys.stderr)
+        raw = read_yaml(args.litellm_config, "LiteLLM config")
+    except ConfigError as exc:
+        print(f"litellm_import: {exc}", file=sys.stderr)
         return 2
     if not isinstance(raw, Mapping):
         print(f"litellm_import: {args.litellm_config} is not a LiteLLM config (no mapping)", file=sys.stderr)

@@ -18,13 +18,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from server.config.checks import checked
 from server.config.parse import parse
-from server.config.readers import number
+from server.config.readers import number, read_yaml
 from server.config.schema import ConfigError, GatewayConfig, ProviderConfig
 from server.errors import register_secret
 from server.routing.catalog import PROVIDER_PRESETS, ModelConfig
@@ -69,7 +66,7 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None, *, list
     env = os.environ if env is None else env
     if path is None:
         return default_config(env, listen=listen)
-    raw = _read_yaml(path)
+    raw = read_yaml(path)
     problems: list[str] = []
     unparsed: set[str] = set()
     config = parse(raw if raw is not None else {}, path.parent, env, problems, unparsed)
@@ -81,15 +78,6 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None, *, list
     if problems:
         raise ConfigError("\n".join(problems))
     return config
-
-
-def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
 
 
 def _apply_env(config: GatewayConfig, env: Mapping[str, str]) -> GatewayConfig:

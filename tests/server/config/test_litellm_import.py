@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import yaml
 
 from server.config import load_config
@@ -142,6 +143,18 @@ def test_the_command_reports_unreadable_input(tmp_path: Path) -> None:
     assert main([str(tmp_path / "missing.yaml")]) == 2
     (tmp_path / "list.yaml").write_text("- a\n")
     assert main([str(tmp_path / "list.yaml")]) == 2
+
+
+def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    litellm = tmp_path / "litellm.yaml"
+    litellm.write_text("model_list: m\n  router_settings: {}\n")
+
+    assert main([str(litellm)]) == 2
+
+    assert capsys.readouterr().err == (
+        f"litellm_import: LiteLLM config {litellm} is not valid YAML: line 2, column 18: "
+        "mapping values are not allowed here\n"
+    )
 
 
 def test_the_command_runs_as_a_module(tmp_path: Path) -> None:

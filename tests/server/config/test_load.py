@@ -296,6 +296,36 @@ def test_a_malformed_file_is_a_config_error(tmp_path: Path, text: str, problem: 
         load_config(write(tmp_path, text), env={})
 
 
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        pytest.param(
+            b"listen: [127.0.0.1\n",
+            "line 2, column 1: expected ',' or ']', but got '<stream end>' (while parsing a flow sequence at line 1, "
+            "column 9)",
+            id="unclosed list",
+        ),
+        pytest.param(
+            b"log_level: INFO\n  listen: 127.0.0.1:1\n", "line 2, column 9: mapping values are not allowed here"
+        ),
+        pytest.param(
+            b"listen:\t127.0.0.1:1\n\tlog_level: INFO\n",
+            "line 1, column 8: found character '\\t' that cannot start any token (while scanning for the next token)",
+            id="tab",
+        ),
+        pytest.param(b"log_level: \xff\n", "character 11: unacceptable character #x00ff: invalid start byte"),
+    ],
+)
+def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path: Path, content: bytes, problem: str) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_bytes(content)
+
+    with pytest.raises(ConfigError) as error:
+        load_config(path, env={})
+
+    assert problems(error) == [f"config file {path} is not valid YAML: {problem}"]
+
+
 def test_a_missing_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"cannot read config file .*nowhere\.yaml: No such file or directory"):
         load_config(tmp_path / "nowhere.yaml", env={})

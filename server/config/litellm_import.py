@@ -5,9 +5,11 @@
 Carried over: `model_list` entries (`model_name`; `litellm_params.model` as `provider/name`, `api_base`,
 `api_key: os.environ/NAME`, `timeout`, `weight`); entries sharing a `model_name` become weighted
 deployments of one model; `router_settings.fallbacks` (and `litellm_settings.fallbacks`) become each
-model's `fallbacks`. Not carried (each is named in the notes): literal API keys (secrets come from the
-environment only), `rpm`/`tpm` limits, providers this gateway does not speak (azure, bedrock, vertex_ai …),
-and settings with no counterpart here.
+model's `fallbacks`; `router_settings.num_retries` (or `litellm_settings.num_retries`), the retries after
+a call's first attempt, becomes `retry.max_attempts` = num_retries + 1. Not carried (each is named in the
+notes): literal API keys (secrets come from the environment only), `rpm`/`tpm` limits, a deployment's own
+`num_retries`, providers this gateway does not speak (azure, bedrock, vertex_ai …), and settings with no
+counterpart here.
 """
 
 from __future__ import annotations
@@ -89,11 +91,14 @@ def convert(litellm: Mapping[str, Any], env: Mapping[str, str] | None = None) ->
         model_entries.append(model)
 
     _note_unsupported_settings(litellm, notes)
-    config = {
+    config: dict[str, Any] = {
         "listen": "127.0.0.1:50051",
         "providers": [p.as_dict() for p in providers.values()],
         "models": model_entries,
     }
+    retries = _num_retries(litellm, notes)
+    if retries is not None:
+        config["retry"] = {"max_attempts": retries + 1}  # LiteLLM counts retries, the gateway attempts
     return Conversion(config, notes)
 
 
@@ -138,16 +143,25 @@ def _deployment(
     if params.get("timeout") is not None:
         timeout = float(params["timeout"])
         provider.read_timeout_s = max(provider.read_timeout_s or 0.0, timeout)
-    for limit in ("rpm", "tpm"):
-        if params.get(limit) is not None or entry.get(limit) is not None:
-            notes.append(f"{where} ({entry['model_name']}): {limit} limit not carried over (no rate limits yet)")
-    for key in sorted(set(params) - {"model", "api_base", "api_key", "timeout", "weight", "rpm", "tpm"}):
-        notes.append(f"{where} ({entry['model_name']}): litellm_params.{key} not carried over")
+    _note_params(entry, params, f"{where} ({entry['model_name']})", notes)
 
     deployment: dict[str, Any] = {"provider": provider.name, "upstream_model": upstream}
     if params.get("weight") is not None:
         deployment["weight"] = float(params["weight"])
     return deployment
+
+
+def _note_params(entry: Mapping[str, Any], params: Mapping[str, Any], where: str, notes: list[str]) -> None:
+    for limit in ("rpm", "tpm"):
+        if params.get(limit) is not None or entry.get(limit) is not None:
+            notes.append(f"{where}: {limit} limit not carried over (no rate limits yet)")
+    if params.get("num_retries") is not None:
+        notes.append(
+            f"{where}: litellm_params.num_retries not carried over (retries are set for every model, by "
+            "router_settings.num_retries here and retry.max_attempts in the gateway)"
+        )
+    for key in sorted(set(params) - {"model", "api_base", "api_key", "timeout", "weight", "rpm", "tpm", "num_retries"}):
+        notes.append(f"{where}: litellm_params.{key} not carried over")
 
 
 def _provider_for(
@@ -213,16 +227,37 @@ def _fallbacks(litellm: Mapping[str, Any], models: set[str], notes: list[str]) -
     return result
 
 
+def _num_retries(litellm: Mapping[str, Any], notes: list[str]) -> int | None:
+    """LiteLLM's retries after the first attempt of a call: `router_settings.num_retries`, else
+    `litellm_settings.num_retries` (the Router's precedence), else None (LiteLLM's default, 2 retries, is
+    the gateway's default of 3 attempts)."""
+    chosen: tuple[str, int] | None = None
+    for section in ("router_settings", "litellm_settings"):
+        value = (litellm.get(section) or {}).get("num_retries")
+        where = f"{section}.num_retries"
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            notes.append(f"{where}: expected a whole number of retries, got {value!r}")
+        elif chosen is not None:
+            notes.append(f"{where}: {value} is overridden by {chosen[0]} ({chosen[1]}), as in LiteLLM")
+        else:
+            chosen = (where, value)
+    return chosen[1] if chosen else None
+
+
 def _note_unsupported_settings(litellm: Mapping[str, Any], notes: list[str]) -> None:
     router = litellm.get("router_settings") or {}
-    for key in sorted(set(router) - {"fallbacks", "context_window_fallbacks", "content_policy_fallbacks"}):
+    for key in sorted(
+        set(router) - {"fallbacks", "context_window_fallbacks", "content_policy_fallbacks", "num_retries"}
+    ):
         notes.append(f"router_settings.{key}: not carried over")
     general = litellm.get("general_settings") or {}
     if general.get("master_key"):
         notes.append("general_settings.master_key: not carried over; configure auth.tokens (sha256 or env)")
     for key in sorted(set(general) - {"master_key"}):
         notes.append(f"general_settings.{key}: not carried over")
-    for key in sorted(set(litellm.get("litellm_settings") or {}) - {"fallbacks"}):
+    for key in sorted(set(litellm.get("litellm_settings") or {}) - {"fallbacks", "num_retries"}):
         if key not in {"context_window_fallbacks", "content_policy_fallbacks"}:
             notes.append(f"litellm_settings.{key}: not carried over")
 

@@ -34,12 +34,12 @@ from server.resilience.breaker import BreakerPolicy
 from server.resilience.retry import RetryPolicy
 from server.routing.catalog import PROVIDER_PRESETS, ModelConfig, ProviderPreset
 
-__all__ = ["TOP_LEVEL_KEYS", "parse"]
+__all__ = ["parse"]
 
 # Sections of numbers (and booleans) that map one to one onto a frozen dataclass of the config.
 _SECTIONS = ("retry", "circuit_breaker", "limits", "keepalive")
 _Section = TypeVar("_Section", RetryPolicy, BreakerPolicy, LimitsConfig, KeepaliveConfig)
-TOP_LEVEL_KEYS = frozenset(
+_TOP_LEVEL_KEYS = frozenset(
     {
         *("listen", "tls", "auth", "providers", "models", "aliases"),
         *("grace_period_s", "max_request_bytes", "log_level", "interactive"),
@@ -56,7 +56,7 @@ _PROVIDER_KEYS = {"name", "kind", "base_url", "api_key_env", *_PROVIDER_NUMBERS}
 def parse(raw: Any, base_dir: Path, env: Mapping[str, str], problems: list[str], unparsed: set[str]) -> GatewayConfig:
     """The config of a YAML document; relative TLS paths are read from `base_dir`, keys and tokens from `env`."""
     top = mapping(raw, "config", problems)
-    unknown_keys(top, set(TOP_LEVEL_KEYS), "", problems)
+    unknown_keys(top, set(_TOP_LEVEL_KEYS), "", problems)
     config = GatewayConfig()
     if "listen" in top:
         config = replace(config, listen=str(top["listen"]))

@@ -6,7 +6,7 @@ the environment and the embedded default, and `checks.py` holds the rules that s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeGuard, get_args
 
@@ -132,9 +132,3 @@ class GatewayConfig:
     circuit_breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     limits: LimitsConfig = LimitsConfig()
     keepalive: KeepaliveConfig = KeepaliveConfig()
-
-    def with_listen(self, listen: str) -> GatewayConfig:
-        """This config listening on `listen` (tests use 127.0.0.1:0)."""
-        from server.config.checks import checked  # checks.py reads these types: imported here, not at the top
-
-        return checked(replace(self, listen=listen))

@@ -25,6 +25,7 @@ from server.config import (
     load_config,
     parse_listen,
 )
+from server.config.checks import checked
 from server.errors import scrub
 from tests.certs import make_certs
 
@@ -484,7 +485,7 @@ def test_is_loopback_host(host: str, loopback: bool) -> None:
 
 @pytest.mark.parametrize("listen", ["127.0.0.1:50051", "127.0.0.2:50051", "[::1]:50051", "localhost:50051"])
 def test_no_auth_is_allowed_on_loopback(listen: str) -> None:
-    assert default_config(env={}).with_listen(listen).listen == listen
+    assert default_config(env={}, listen=listen).listen == listen
 
 
 @pytest.mark.parametrize("listen", ["0.0.0.0:50051", "192.168.1.20:50051", "[::]:50051", "gateway.example.com:50051"])
@@ -492,7 +493,7 @@ def test_no_auth_is_refused_on_any_other_address(listen: str) -> None:
     host, _ = parse_listen(listen)
 
     with pytest.raises(ConfigError) as error:
-        default_config(env={}).with_listen(listen)
+        default_config(env={}, listen=listen)
 
     assert problems(error) == [
         f"listen: refusing to serve without auth on non-loopback address {host}; configure auth.tokens, "
@@ -501,7 +502,7 @@ def test_no_auth_is_refused_on_any_other_address(listen: str) -> None:
 
 
 def test_with_auth_any_address_is_allowed(tmp_path: Path) -> None:
-    assert load_config(write_example(tmp_path), env=SECRETS).with_listen("[::]:443").listen == "[::]:443"
+    assert load_config(write_example(tmp_path), env=SECRETS, listen="[::]:443").listen == "[::]:443"
 
 
 # --- secrets --------------------------------------------------------------------------------------------
@@ -639,7 +640,7 @@ def test_tls_files_are_checked_whatever_the_source_of_the_config(tmp_path: Path)
     )
 
     with pytest.raises(ConfigError) as error:
-        config.with_listen("127.0.0.1:0")
+        checked(config)
 
     assert problems(error) == [
         f"tls.cert_file: {tmp_path}/gone.crt: no such file",

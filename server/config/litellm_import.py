@@ -78,28 +78,29 @@ def convert(litellm: Mapping[str, Any], env: Mapping[str, str] | None = None) ->
             models.setdefault(str(entry["model_name"]), []).append(deployment)
 
     fallbacks = _fallbacks(litellm, set(models), notes)
-    model_entries = []
-    for name, deployments in models.items():
-        model: dict[str, Any] = {"name": name}
-        if len(deployments) == 1 and deployments[0].get("weight", 1) == 1:
-            model["provider"] = deployments[0]["provider"]
-            model["upstream_model"] = deployments[0]["upstream_model"]
-        else:
-            model["deployments"] = deployments
-        if name in fallbacks:
-            model["fallbacks"] = fallbacks[name]
-        model_entries.append(model)
-
     _note_unsupported_settings(litellm, notes)
     config: dict[str, Any] = {
         "listen": "127.0.0.1:50051",
         "providers": [p.as_dict() for p in providers.values()],
-        "models": model_entries,
+        "models": [_model(name, deployments, fallbacks.get(name)) for name, deployments in models.items()],
     }
     retries = _num_retries(litellm, notes)
     if retries is not None:
         config["retry"] = {"max_attempts": retries + 1}  # LiteLLM counts retries, the gateway attempts
     return Conversion(config, notes)
+
+
+def _model(name: str, deployments: list[dict[str, Any]], fallbacks: list[str] | None) -> dict[str, Any]:
+    """A `models:` entry: the provider shorthand for one deployment of weight 1, else its deployments."""
+    model: dict[str, Any] = {"name": name}
+    if len(deployments) == 1 and deployments[0].get("weight", 1) == 1:
+        model["provider"] = deployments[0]["provider"]
+        model["upstream_model"] = deployments[0]["upstream_model"]
+    else:
+        model["deployments"] = deployments
+    if fallbacks:
+        model["fallbacks"] = fallbacks
+    return model
 
 
 def _deployment(
@@ -110,45 +111,59 @@ def _deployment(
     notes: list[str],
 ) -> dict[str, Any] | None:
     params = entry.get("litellm_params") or {}
-    litellm_model = str(params.get("model") or "")
-    prefix, sep, upstream = litellm_model.partition("/")
-    if not sep:  # LiteLLM treats a bare name as an OpenAI model
-        prefix, upstream = "openai", litellm_model
+    prefix, upstream = _split_model(str(params.get("model") or ""))
+    named = f"{where} ({entry['model_name']})"
     if not upstream:
         notes.append(f"{where}: skipped, litellm_params.model is missing")
         return None
-    if prefix in _NATIVE:
-        kind = _NATIVE[prefix]
-    elif prefix in _OPENAI_COMPATIBLE:
-        kind = "openai"
-    else:
-        notes.append(f"{where} ({entry['model_name']}): provider {prefix!r} is not supported here; entry skipped")
+    kind = _NATIVE.get(prefix) or ("openai" if prefix in _OPENAI_COMPATIBLE else None)
+    if kind is None:
+        notes.append(f"{named}: provider {prefix!r} is not supported here; entry skipped")
         return None
-
-    api_base = _api_base(params.get("api_base"), f"{where}.api_base", env, notes)
-    if api_base == "":
+    upstream_of = _upstream_of(prefix, params, (where, named), env, notes)
+    if upstream_of is None:
         return None
-    preset = PROVIDER_PRESETS.get(prefix)
-    base_url = api_base or (preset.base_url if preset else "")
-    if not base_url:
-        notes.append(f"{where} ({entry['model_name']}): no api_base for provider {prefix!r}; entry skipped")
-        return None
-    if prefix in {"ollama", "ollama_chat"} and not urlsplit(base_url).path.rstrip("/").endswith("/v1"):
-        base_url = base_url.rstrip("/") + "/v1"  # Ollama's OpenAI-compatible API lives under /v1
-    key_env = _key_env(params.get("api_key"), f"{where}.api_key", notes)
-    if key_env is None and preset is not None and api_base is None:
-        key_env = preset.key_envs[0]
-    provider = _provider_for(prefix, kind, base_url.rstrip("/"), key_env or "", providers)
-
+    base_url, key_env = upstream_of
+    provider = _provider_for(prefix, kind, base_url, key_env, providers)
     if params.get("timeout") is not None:
-        timeout = float(params["timeout"])
-        provider.read_timeout_s = max(provider.read_timeout_s or 0.0, timeout)
-    _note_params(entry, params, f"{where} ({entry['model_name']})", notes)
-
+        provider.read_timeout_s = max(provider.read_timeout_s or 0.0, float(params["timeout"]))
+    _note_params(entry, params, named, notes)
     deployment: dict[str, Any] = {"provider": provider.name, "upstream_model": upstream}
     if params.get("weight") is not None:
         deployment["weight"] = float(params["weight"])
     return deployment
+
+
+def _upstream_of(
+    prefix: str, params: Mapping[str, Any], wheres: tuple[str, str], env: Mapping[str, str], notes: list[str]
+) -> tuple[str, str] | None:
+    """The base URL and key variable of a deployment (a preset's when it names none), or None to skip it.
+    `wheres` is the entry's place, bare and with its model name."""
+    where, named = wheres
+    api_base = _api_base(params.get("api_base"), f"{where}.api_base", env, notes)
+    if api_base == "":
+        return None
+    preset = PROVIDER_PRESETS.get(prefix)
+    base_url = _base_url(prefix, api_base or (preset.base_url if preset else ""))
+    if not base_url:
+        notes.append(f"{named}: no api_base for provider {prefix!r}; entry skipped")
+        return None
+    key_env = _key_env(params.get("api_key"), f"{where}.api_key", notes)
+    if key_env is None and preset is not None and api_base is None:
+        key_env = preset.key_envs[0]
+    return base_url, key_env or ""
+
+
+def _split_model(litellm_model: str) -> tuple[str, str]:
+    """`provider/name` as (provider, name); LiteLLM treats a bare name as an OpenAI model."""
+    prefix, sep, upstream = litellm_model.partition("/")
+    return (prefix, upstream) if sep else ("openai", litellm_model)
+
+
+def _base_url(prefix: str, url: str) -> str:
+    if url and prefix in {"ollama", "ollama_chat"} and not urlsplit(url).path.rstrip("/").endswith("/v1"):
+        url = url.rstrip("/") + "/v1"  # Ollama's OpenAI-compatible API lives under /v1
+    return url.rstrip("/")
 
 
 def _note_params(entry: Mapping[str, Any], params: Mapping[str, Any], where: str, notes: list[str]) -> None:
@@ -211,20 +226,28 @@ def _key_env(value: object, where: str, notes: list[str]) -> str | None:
 def _fallbacks(litellm: Mapping[str, Any], models: set[str], notes: list[str]) -> dict[str, list[str]]:
     result: dict[str, list[str]] = {}
     for section in ("router_settings", "litellm_settings"):
-        for rule in (litellm.get(section) or {}).get("fallbacks") or []:
-            if not isinstance(rule, Mapping):
-                continue
-            for model, targets in rule.items():
-                kept = [str(t) for t in targets or [] if str(t) in models]
-                dropped = [str(t) for t in targets or [] if str(t) not in models]
-                if dropped:
-                    notes.append(f"{section}.fallbacks: {model} -> {', '.join(dropped)}: not a converted model")
-                if str(model) in models and kept:
-                    result.setdefault(str(model), []).extend(t for t in kept if t not in result.get(str(model), []))
+        settings = litellm.get(section) or {}
+        for rule in settings.get("fallbacks") or []:
+            if isinstance(rule, Mapping):
+                for model, targets in rule.items():
+                    _add_fallbacks(result, str(model), [str(t) for t in targets or []], models, section, notes)
         for key in ("context_window_fallbacks", "content_policy_fallbacks"):
-            if (litellm.get(section) or {}).get(key):
+            if settings.get(key):
                 notes.append(f"{section}.{key}: not carried over (fallbacks here apply to any failure)")
     return result
+
+
+def _add_fallbacks(
+    result: dict[str, list[str]], model: str, targets: list[str], models: set[str], section: str, notes: list[str]
+) -> None:
+    """Add the converted models among `targets` to `model`'s chain (each once); name the others."""
+    dropped = [t for t in targets if t not in models]
+    if dropped:
+        notes.append(f"{section}.fallbacks: {model} -> {', '.join(dropped)}: not a converted model")
+    kept = [t for t in dict.fromkeys(targets) if t in models]
+    if model in models and kept:
+        chain = result.setdefault(model, [])
+        chain.extend(t for t in kept if t not in chain)
 
 
 def _num_retries(litellm: Mapping[str, Any], notes: list[str]) -> int | None:

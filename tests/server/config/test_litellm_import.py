@@ -235,3 +235,12 @@ def test_a_deployment_num_retries_is_named_not_carried() -> None:
         "model_list[0] (m): litellm_params.num_retries not carried over (retries are set for every model, by "
         "router_settings.num_retries here and retry.max_attempts in the gateway)"
     ]
+
+
+def test_an_openai_compatible_entry_without_api_base_is_skipped_and_named() -> None:
+    text = "model_list: [{model_name: local, litellm_params: {model: hosted_vllm/llama}}]\n"
+
+    conversion = convert(yaml.safe_load(text), env={})
+
+    assert conversion.config["models"] == []
+    assert conversion.notes == ["model_list[0] (local): no api_base for provider 'hosted_vllm'; entry skipped"]

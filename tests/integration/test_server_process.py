@@ -168,6 +168,18 @@ async def test_a_missing_tls_key_exits_2_naming_the_file(tmp_path: Path) -> None
     ]
 
 
+async def test_a_yaml_syntax_error_exits_2_naming_the_file_line_and_column(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("listen: 127.0.0.1:0\n  log_level: INFO\n")
+    gateway = await GatewayProcess.start(tmp_path, "--config", str(config))
+
+    assert await gateway.wait_exit(REFUSAL_TIMEOUT_S) == 2
+    assert gateway.stderr.splitlines() == [
+        "gateway: invalid configuration:",
+        f"config file {config} is not valid YAML: line 2, column 12: mapping values are not allowed here",
+    ]
+
+
 async def test_a_port_in_use_exits_1_with_a_message_not_a_traceback(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

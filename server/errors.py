@@ -6,7 +6,6 @@
     │   └── UnknownRequestId        InteractiveStream: a `cancel` names no live turn (reason UNKNOWN_REQUEST_ID)
     ├── ProtocolViolation           INVALID_ARGUMENT (reason PROTOCOL_VIOLATION): a session broke its rules
     ├── Unauthenticated             UNAUTHENTICATED
-    ├── NotImplementedYet           UNIMPLEMENTED
     ├── ShuttingDown                UNAVAILABLE (reason SHUTTING_DOWN)
     ├── GatewayOverloaded           RESOURCE_EXHAUSTED + RetryInfo: over a concurrency limit (GATEWAY_OVERLOADED)
     ├── CircuitOpen                 UNAVAILABLE (reason CIRCUIT_OPEN): every deployment's breaker is open
@@ -47,7 +46,6 @@ __all__ = [
     "InternalError",
     "InvalidRequest",
     "ModelNotFound",
-    "NotImplementedYet",
     "ProtocolViolation",
     "ShuttingDown",
     "Unauthenticated",
@@ -165,11 +163,6 @@ class ProtocolViolation(GatewayError):
 class Unauthenticated(GatewayError):
     code = code_pb2.UNAUTHENTICATED
     reason = "UNAUTHENTICATED"
-
-
-class NotImplementedYet(GatewayError):
-    code = code_pb2.UNIMPLEMENTED
-    reason = "NOT_IMPLEMENTED"
 
 
 class ShuttingDown(GatewayError):

@@ -69,12 +69,6 @@ class CircuitBreaker:
     def state(self) -> BreakerState:
         return self._state
 
-    def retry_in_s(self) -> float:
-        """Seconds until an open breaker lets a probe through (0 when it would now)."""
-        if self._state is BreakerState.CLOSED:
-            return 0.0
-        return max(self._opened_at + self._policy.cooldown_s - self._clock(), 0.0)
-
     def allow(self) -> Admission:
         if self._state is BreakerState.CLOSED:
             return Admission.ADMITTED

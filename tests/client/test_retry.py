@@ -18,7 +18,7 @@ from client.retry import Retrier, RetryPolicy, channel_options
 from generated import ai_service_pb2 as pb
 from generated import ai_service_pb2_grpc as pb_grpc
 from server.errors import GatewayError as ServerError
-from server.errors import GatewayOverloaded, InvalidRequest, NotImplementedYet, ShuttingDown, abort
+from server.errors import GatewayOverloaded, InvalidRequest, ShuttingDown, abort
 
 FAST = RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.05)
 OK = "ok"
@@ -66,12 +66,12 @@ class Scripted(pb_grpc.AIServiceServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> pb.ListModelsResponse:
-        await abort(context, NotImplementedYet("not scripted"))
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not scripted")
 
     async def InteractiveStream(  # type: ignore[override]
         self, request_iterator: AsyncIterator[pb.InteractiveRequest], context: grpc.aio.ServicerContext[object, object]
     ) -> None:
-        await abort(context, NotImplementedYet("not scripted"))
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not scripted")
 
 
 Serve = Callable[[Scripted], Awaitable[str]]

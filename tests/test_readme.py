@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import re
 import shutil
 import sys
@@ -40,7 +41,10 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
+import yaml
 
+from server.config import GatewayConfig
+from server.routing.catalog import BUILTIN_MODELS, PROVIDER_PRESETS
 from tests.process import REPO_ROOT, child_env, run_gateway
 from tools.devcerts import make_certs
 
@@ -127,6 +131,28 @@ def test_only_marked_blocks_are_run_and_a_marker_inside_a_block_is_text() -> Non
     )
     blocks = [(b.line, b.language, b.code, b.fails_with) for b in parse_blocks(text)]
     assert blocks == [(8, "sh", "grpcurl\n", "Unauthenticated"), (12, "python", "print()\n", None)]
+
+
+def yaml_blocks(text: str) -> list[str]:
+    """Every ```yaml block of `text` (config excerpts: read, not run)."""
+    return re.findall(r"^```yaml\n(.*?)^```$", text, flags=re.MULTILINE | re.DOTALL)
+
+
+def test_the_yaml_excerpts_are_config_and_ask_upstreams_for_their_real_model_ids() -> None:
+    """A preset provider's upstream is asked for an id its built-in table knows (the Resilience example
+    once asked Anthropic for 'claude-sonnet-4.5', a catalog alias; Anthropic's id is claude-sonnet-4-5)."""
+    excerpts = [yaml.safe_load(block) for block in yaml_blocks(README.read_text())]
+    assert len(excerpts) >= 3
+    config_keys = {f.name for f in dataclasses.fields(GatewayConfig)}
+    asked = []
+    for excerpt in excerpts:
+        assert set(excerpt) <= config_keys, set(excerpt) - config_keys
+        for model in excerpt.get("models", []):
+            deployments = model.get("deployments") or [model]
+            asked += [(d["provider"], d.get("upstream_model", model["name"])) for d in deployments]
+    presets = [(provider, upstream) for provider, upstream in asked if provider in PROVIDER_PRESETS]
+    assert presets
+    assert [f"{p}/{u}" for p, u in presets if f"{p}/{u}" not in BUILTIN_MODELS] == []
 
 
 @dataclass(frozen=True, slots=True)

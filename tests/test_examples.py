@@ -1,16 +1,17 @@
 """The example configs in examples/ start as shipped, and the full one names every option.
 
-Each file starts as `python -m server --config examples/X.yaml` in a child process, with the variables its
-header tells a newcomer to export (placeholder keys: starting needs no network) and `dev/tls/` as
-`make certs` writes it. The copy runs from a scratch folder laid out like the repository, so that relative
-TLS paths resolve exactly as in a checkout; `--listen 127.0.0.1:0` replaces only the port (the shipped
-address is checked to be loopback by the loading test).
+Each file is loaded, and started as `python -m server --config examples/X.yaml` in a child process, with
+the variables its header tells a newcomer to export (placeholder keys: starting needs no network) and from a
+scratch folder laid out like a checkout after `make certs`: examples/ copied beside a fresh dev/tls/, so
+that relative TLS paths resolve exactly as in a checkout. `--listen 127.0.0.1:0` replaces only the port
+(the loading test checks that the shipped address is loopback).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from server.resilience.breaker import BreakerPolicy
 from server.resilience.retry import RetryPolicy
 from server.routing.catalog import Deployment, ModelConfig, Price
 from tests.process import run_gateway
-from tools.devcerts import make_certs
+from tools.devcerts import CertFiles, make_certs
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -52,48 +53,59 @@ def example_names() -> list[str]:
     return sorted(path.name for path in EXAMPLES.glob("*.yaml"))
 
 
+@dataclass(frozen=True, slots=True)
+class Checkout:
+    examples: Path  # a copy of examples/
+    certs: CertFiles  # dev/tls/ beside it, as `make certs` writes it
+
+    def load(self, name: str) -> GatewayConfig:
+        return load_config(self.examples / name, env=EXAMPLE_ENV[name])
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Checkout:
+    shutil.copytree(EXAMPLES, tmp_path / "checkout" / "examples")
+    (tmp_path / "checkout" / "dev" / "tls").mkdir(parents=True)
+    return Checkout(tmp_path / "checkout" / "examples", make_certs(tmp_path / "checkout" / "dev" / "tls"))
+
+
 def test_every_example_has_its_variables_listed() -> None:
     assert set(example_names()) == set(EXAMPLE_ENV)
 
 
 @pytest.mark.parametrize("name", example_names())
-def test_each_example_loads_on_a_loopback_address(name: str) -> None:
-    config = load_config(EXAMPLES / name, env=EXAMPLE_ENV[name])
-    host, _ = parse_listen(config.listen)
-    assert is_loopback_host(host), config.listen
+def test_each_example_loads_on_a_loopback_address(name: str, checkout: Checkout) -> None:
+    listen = checkout.load(name).listen
+    host, _ = parse_listen(listen)
+    assert is_loopback_host(host), listen
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", example_names())
-async def test_each_example_starts_and_serves(name: str, tmp_path: Path) -> None:
-    checkout = tmp_path / "checkout"
-    shutil.copytree(EXAMPLES, checkout / "examples")
-    (checkout / "dev" / "tls").mkdir(parents=True)
-    certs = make_certs(checkout / "dev" / "tls")
-    config_file = checkout / "examples" / name
-    tls = load_config(config_file, env=EXAMPLE_ENV[name]).tls is not None
-    args = ("--config", str(config_file), "--listen", "127.0.0.1:0")
+async def test_each_example_starts_and_serves(name: str, checkout: Checkout, tmp_path: Path) -> None:
+    tls = checkout.load(name).tls is not None
+    args = ("--config", str(checkout.examples / name), "--listen", "127.0.0.1:0")
     async with run_gateway(tmp_path, *args, env=EXAMPLE_ENV[name]) as gateway:
         address = f"127.0.0.1:{await gateway.bound_port()}"
-        credentials = grpc.ssl_channel_credentials(certs.ca_cert.read_bytes()) if tls else None
+        credentials = grpc.ssl_channel_credentials(checkout.certs.ca_cert.read_bytes()) if tls else None
         await gateway.wait_ready(address, credentials=credentials)
 
 
-def test_the_secure_example_serves_the_demo_over_tls_to_the_clients_token_variable() -> None:
-    config = load_config(EXAMPLES / "secure.yaml", env={"GATEWAY_TOKEN": "dev-token-0123456789"})
+def test_the_secure_example_serves_the_demo_over_tls_to_the_clients_token_variable(checkout: Checkout) -> None:
+    config = checkout.load("secure.yaml")
     assert config.listen == "127.0.0.1:50052"
     assert config.tls is not None
-    assert config.tls.cert_file == (EXAMPLES / "../dev/tls/server.crt")
+    assert config.tls.cert_file == checkout.examples / "../dev/tls/server.crt"
     assert config.auth is not None
     assert [t.name for t in config.auth.tokens] == ["local-developer"]
     assert [m.name for m in config.models] == ["demo"]
 
 
-def test_the_full_example_points_at_make_certs_output() -> None:
-    config = load_config(EXAMPLES / "gateway.yaml", env=EXAMPLE_ENV["gateway.yaml"])
+def test_the_full_example_takes_make_certs_output(checkout: Checkout) -> None:
+    config = checkout.load("gateway.yaml")
     assert config.tls is not None
-    assert config.tls.cert_file.resolve() == (EXAMPLES.parent / "dev/tls/server.crt").resolve()
-    assert config.tls.key_file.resolve() == (EXAMPLES.parent / "dev/tls/server.key").resolve()
+    assert config.tls.cert_file.resolve() == checkout.certs.server_cert.resolve()
+    assert config.tls.key_file.resolve() == checkout.certs.server_key.resolve()
 
 
 def test_the_examples_read_the_token_from_the_variable_the_client_reads() -> None:

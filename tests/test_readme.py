@@ -60,6 +60,7 @@ BLOCK_TIMEOUT_S = 120.0
 _MARKER = re.compile(r"<!--\s*runnable(?::\s*(?P<option>.*?))?\s*-->")
 _FENCE = re.compile(r"^```(?P<info>\S*)\s*$")
 _FAILS_WITH = re.compile(r"fails with (?P<word>\S+)")
+_LOCAL_ADDRESS = re.compile(r"(?:127\.0\.0\.1|localhost|0\.0\.0\.0|\[::1?\]):\d+")
 _NOT_LINKED = {".git", "dev", "examples", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
 
 
@@ -133,6 +134,15 @@ def test_only_marked_blocks_are_run_and_a_marker_inside_a_block_is_text() -> Non
     assert blocks == [(8, "sh", "grpcurl\n", "Unauthenticated"), (12, "python", "print()\n", None)]
 
 
+def test_a_block_naming_another_local_address_is_refused() -> None:
+    machine = ReadersMachine(Path(), "127.0.0.1:40001", "127.0.0.1:40002")
+    assert machine.prepared("grpcurl 127.0.0.1:50051 list; x 127.0.0.1:50052\n") == (
+        "grpcurl 127.0.0.1:40001 list; x 127.0.0.1:40002\n"
+    )
+    with pytest.raises(AssertionError, match="localhost:50051"):
+        machine.prepared("grpcurl localhost:50051 list\n")
+
+
 def yaml_blocks(text: str) -> list[str]:
     """Every ```yaml block of `text` (config excerpts: read, not run)."""
     return re.findall(r"^```yaml\n(.*?)^```$", text, flags=re.MULTILINE | re.DOTALL)
@@ -164,7 +174,13 @@ class ReadersMachine:
     secure_address: str
 
     def prepared(self, code: str) -> str:
-        return code.replace(DEFAULT_ADDRESS, self.default_address).replace(SECURE_ADDRESS, self.secure_address)
+        """`code` with the documented addresses replaced; a block that names any other local address would
+        reach whatever listens there (a developer's own `make run`), so it is an error."""
+        code = code.replace(DEFAULT_ADDRESS, self.default_address).replace(SECURE_ADDRESS, self.secure_address)
+        ours = {self.default_address, self.secure_address}
+        others = set(_LOCAL_ADDRESS.findall(code)) - ours
+        assert not others, f"a runnable block may name only {DEFAULT_ADDRESS} and {SECURE_ADDRESS}, not {others}"
+        return code
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -32,9 +32,9 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NoReturn
+from urllib.parse import urlsplit
 
 import aiohttp
-import yarl
 
 from server.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from server.providers.upstream_errors import safe_identifier
@@ -97,13 +97,20 @@ class Transport(abc.ABC):
         """Close pooled connections."""
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def address_of(url: str) -> str:
     """The `host:port` of `url` (`[v6]:port` for an IPv6 host), without userinfo, path or query."""
-    parsed = yarl.URL(url)
-    host = parsed.host or "?"
+    parsed = urlsplit(url)
+    host = parsed.hostname or "?"
     if ":" in host:
         host = f"[{host}]"
-    return f"{host}:{parsed.port}" if parsed.port is not None else host
+    try:
+        port = parsed.port or _DEFAULT_PORTS.get(parsed.scheme)
+    except ValueError:  # not a number: aiohttp will refuse the URL itself, with its own error
+        port = None
+    return f"{host}:{port}" if port is not None else host
 
 
 class AiohttpTransport(Transport):

@@ -192,6 +192,7 @@ def test_a_tls_failure_names_the_tls_library_reason() -> None:
         ("http://upstream.test", "upstream.test:80"),
         ("https://user:s3cret-pass@api.example.com:8443/v1?key=s3cret-key#frag", "api.example.com:8443"),
         ("http://[::1]:8080/v1", "[::1]:8080"),
+        ("http://upstream.test:port/v1", "upstream.test"),
     ],
 )
 def test_the_address_is_host_and_port_only(url: str, address: str) -> None:

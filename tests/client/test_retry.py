@@ -17,7 +17,6 @@ from client.errors import GatewayError, InvalidArgumentError
 from client.retry import Retrier, RetryPolicy, channel_options
 from generated import ai_service_pb2 as pb
 from generated import ai_service_pb2_grpc as pb_grpc
-from server.errors import GatewayError as ServerError
 from server.errors import (
     CircuitOpen,
     GatewayOverloaded,
@@ -28,6 +27,7 @@ from server.errors import (
     UpstreamUnavailable,
     abort,
 )
+from server.errors import GatewayError as ServerError
 
 FAST = RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.05)
 OK = "ok"

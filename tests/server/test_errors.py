@@ -9,8 +9,8 @@ from server.defaults import ERROR_DOMAIN
 from server.errors import (
     CircuitOpen,
     FieldViolation,
-    GatewayOverloaded,
     GatewayError,
+    GatewayOverloaded,
     InternalError,
     InvalidRequest,
     ModelNotFound,

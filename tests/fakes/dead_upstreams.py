@@ -1,5 +1,6 @@
 """Upstreams that fail before HTTP starts, on 127.0.0.1: a refused port, a plaintext server that a TLS
-client reaches, and a server that accepts and never answers.
+client reaches, a TLS server whose certificate the client does not trust, and a server that accepts and
+never answers.
 
 Each is an async context manager that yields its address as a base URL (`http://127.0.0.1:PORT/v1`).
 """
@@ -9,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 
-__all__ = ["SilentServer", "plaintext_server", "refused_port", "silent_server"]
+__all__ = ["SilentServer", "plaintext_server", "refused_port", "silent_server", "untrusted_tls_server"]
 
 
 @contextlib.asynccontextmanager
@@ -38,6 +41,20 @@ async def plaintext_server() -> AsyncIterator[str]:
         writer.close()
 
     server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    async with server:
+        yield f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+
+
+@contextlib.asynccontextmanager
+async def untrusted_tls_server(cert_file: Path, key_file: Path) -> AsyncIterator[str]:
+    """A TLS server with `cert_file` (signed by a CA the client does not know): the handshake fails."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=context)
     async with server:
         yield f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
 

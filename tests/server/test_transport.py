@@ -11,8 +11,9 @@ from aiohttp.client_reqrep import ConnectionKey
 
 from server.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from server.providers.transport import AiohttpTransport, Timeouts, address_of, transport_error
-from tests.fakes.dead_upstreams import plaintext_server, refused_port, silent_server
+from tests.fakes.dead_upstreams import plaintext_server, refused_port, silent_server, untrusted_tls_server
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
+from tools.devcerts import CertFiles
 
 KEY = ConnectionKey("api.example.com", 443, True, True, None, None, None, None)
 ADDRESS = "api.example.com:443"
@@ -246,6 +247,13 @@ async def test_tls_to_a_plaintext_server_is_a_tls_failure() -> None:
     )
     assert error.metadata["tls_error"] == "WRONG_VERSION_NUMBER"
     assert "TLS handshake failed (WRONG_VERSION_NUMBER)" in error.message
+
+
+async def test_an_untrusted_certificate_is_a_tls_failure(tls_files: CertFiles) -> None:
+    async with untrusted_tls_server(tls_files.server_cert, tls_files.server_key) as base_url:
+        error = await post(base_url)
+    assert (error.metadata["cause"], error.metadata["tls_error"]) == ("tls_failure", "CERTIFICATE_VERIFY_FAILED")
+    assert error.message.endswith(": TLS handshake failed (CERTIFICATE_VERIFY_FAILED)")
 
 
 async def test_a_server_that_never_answers_is_a_read_timeout() -> None:

@@ -207,6 +207,28 @@ async def test_a_stream_does_not_retry_what_the_gateway_already_retried(
     assert len(servicer.times) == 1
 
 
+async def test_the_blocking_client_does_not_retry_what_the_gateway_already_retried(serve: Serve) -> None:
+    servicer = Scripted(*(UpstreamUnavailable("down", provider="p") for _ in range(4)))
+    target = await serve(servicer)
+
+    def run() -> list[GatewayError]:
+        errors: list[GatewayError] = []
+        with AIClient(target=target, plaintext=True, retry=FAST) as client:
+            for call in (
+                lambda: client.generate("hi", model="m"),
+                lambda: list(client.stream_generate("hi", model="m")),
+            ):
+                try:
+                    call()
+                except GatewayError as error:
+                    errors.append(error)
+        return errors
+
+    errors = await asyncio.to_thread(run)
+    assert [(type(e), e.metadata["client_retry"]) for e in errors] == [(UnavailableError, "no")] * 2
+    assert len(servicer.times) == 2
+
+
 async def test_the_channel_alone_honours_the_gateways_pushback(serve: Serve) -> None:
     """A plain stub with a retryPolicy (as any language's client may configure) stops at the trailer."""
     servicer = Scripted(UpstreamUnavailable("down", provider="p"), unavailable(), unavailable())

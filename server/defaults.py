@@ -110,9 +110,9 @@ RETRY_BUDGET_RESERVE = 10.0
 # A retry is not started with less than this left of the call's deadline.
 RETRY_MIN_REMAINING_S = 0.05
 
-# Circuit breaker per deployment: opens after this many failures in a row, or when more than
-# BREAKER_FAILURE_RATIO of at least BREAKER_MIN_REQUESTS calls in the window failed (at 5 % of 50 calls
-# that takes 3 failures); lets one probe through after the cooldown.
+# Circuit breaker per deployment: opens after this many failing calls in a row (a call counts once, however
+# many attempts it made), or when more than BREAKER_FAILURE_RATIO of at least BREAKER_MIN_REQUESTS calls in
+# the window failed (at 5 % of 50 calls that takes 3 failures); lets one probe through after the cooldown.
 BREAKER_CONSECUTIVE_FAILURES = 10
 BREAKER_FAILURE_RATIO = 0.05
 BREAKER_MIN_REQUESTS = 50

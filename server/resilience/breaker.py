@@ -76,12 +76,6 @@ class CircuitBreaker:
     def state(self) -> BreakerState:
         return self._state
 
-    def retry_in_s(self) -> float:
-        """Seconds until an open breaker lets a probe through (0 when it would now)."""
-        if self._state is BreakerState.CLOSED:
-            return 0.0
-        return max(self._opened_at + self._policy.cooldown_s - self._clock(), 0.0)
-
     def allow(self) -> Admission:
         if self._state is BreakerState.CLOSED:
             return Admission.ADMITTED
@@ -124,6 +118,12 @@ class CircuitBreaker:
         """An admitted call ended without a verdict; a probe slot is freed for the next call."""
         if admission is Admission.PROBE:
             self._probe_started = None
+
+    def probe_in_s(self) -> float:
+        """Seconds until an open breaker lets a probe through (0 when closed, or when it would now)."""
+        if self._state is BreakerState.CLOSED:
+            return 0.0
+        return max(self._opened_at + self._policy.cooldown_s - self._clock(), 0.0)
 
     def _maybe_open(self) -> None:
         policy = self._policy

@@ -368,7 +368,7 @@ class CallPlan:
         why = ""
         if self._open:
             deployment, breaker = self._open[0]
-            retry_in_s = breaker.retry_in_s()
+            retry_in_s = breaker.probe_in_s()
             metadata |= {"deployment": deployment.label, "retry_in_s": f"{retry_in_s:.0f}"}
             if breaker.last_failure is not None:
                 message, details = breaker.last_failure

@@ -4,7 +4,6 @@ budgets, limits, held first chunks, resume and the stream timers. No sockets, no
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Sequence
 from contextlib import aclosing
 
@@ -566,11 +565,23 @@ async def test_circuit_open_says_what_the_breakers_last_failure_was_and_when_it_
 
 async def test_the_debug_line_of_a_failed_attempt_says_what_failed(caplog: pytest.LogCaptureFixture) -> None:
     setup = Setup({"a": {"m": [refused()]}}, [model("m")], retry=RetryPolicy(max_attempts=1))
-    with caplog.at_level(logging.DEBUG, logger="server.routing.plan"):
+    with caplog.at_level("DEBUG", logger="server.routing.plan"):
         await setup.stream("m")
     assert caplog.messages == [
         "attempt 1 of m on a/m failed (UPSTREAM_UNAVAILABLE): cannot connect to upstream a at 127.0.0.1:9: "
         "connection refused"
+    ]
+
+
+async def test_the_breaker_says_what_it_last_saw_when_it_opens(caplog: pytest.LogCaptureFixture) -> None:
+    breaker = BreakerPolicy(consecutive_failures=2, cooldown_s=30.0)
+    setup = Setup({"a": {"m": [refused()]}}, [model("m")], retry=RetryPolicy(max_attempts=1), breaker=breaker)
+    with caplog.at_level("WARNING", logger="server.resilience.breaker"):
+        for _ in range(2):
+            await setup.stream("m")
+    assert caplog.messages == [
+        "circuit of a/m opened: 2 failed calls in a row (last: cannot connect to upstream a at 127.0.0.1:9: "
+        "connection refused); calls go elsewhere for 30 s"
     ]
 
 

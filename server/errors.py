@@ -347,8 +347,15 @@ def to_rpc_status(error: GatewayError) -> status_pb2.Status:
 async def abort(context: grpc.aio.ServicerContext[object, object], error: GatewayError) -> NoReturn:
     """End the call with `error` as its status (code, message and details in the trailers)."""
     status = rpc_status.to_status(to_rpc_status(error))
-    trailers = tuple(status.trailing_metadata)
     if not error.client_may_retry:
-        trailers += (_NO_RETRY_PUSHBACK,)
-    await context.abort(status.code, status.details, trailers)
-    raise AssertionError("abort returned")  # it always raises; this satisfies NoReturn
+        trailers = (*status.trailing_metadata, _NO_RETRY_PUSHBACK)
+        status = _Status(status.code, status.details, trailers)
+    await context.abort_with_status(status)
+    raise AssertionError("abort_with_status returned")  # it always raises; this satisfies NoReturn
+
+
+@dataclass(frozen=True, slots=True)
+class _Status(grpc.Status):
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]

@@ -8,6 +8,11 @@ when the server says nothing was generated for it.
     StreamGenerate  RESOURCE_EXHAUSTED + RetryInfo, the client                   the server's RetryInfo delay
                     before any chunk
 
+Nothing is retried that the gateway has already retried: an error whose ErrorInfo says `client_retry: "no"`
+(every upstream failure, after the gateway's own attempts and fallbacks, and CIRCUIT_OPEN) is raised at
+once; the gateway also sends `grpc-retry-pushback-ms: -1` with it, which stops the channel's retryPolicy.
+So one call costs the upstream at most the gateway's attempts, whatever the client's policy.
+
 RESOURCE_EXHAUSTED is retried only when the server says when (RetryInfo), and only when that delay is at
 most `max_retry_delay_s` (a rate limit for a minute is better reported than waited for). No wait ever
 goes past the call's deadline, and a stream is never retried once a chunk arrived: the caller has seen it.
@@ -33,6 +38,8 @@ from client.errors import GatewayError
 __all__ = ["AsyncStreamRetry", "Retrier", "RetryPolicy", "StreamRetry", "channel_options"]
 
 SERVICE = "holysheepai.AIService"
+# The ErrorInfo metadata by which the gateway says that it has already retried a call.
+NO_CLIENT_RETRY = ("client_retry", "no")
 CallT = TypeVar("CallT")
 
 
@@ -87,7 +94,7 @@ class Retrier:
         """Seconds to wait before the next attempt after `error`; None to give up. `unavailable` says
         whether this retrier handles UNAVAILABLE (streams) or leaves it to the channel (Generate)."""
         policy = self._policy
-        if policy is None or self.attempts >= policy.max_attempts:
+        if policy is None or self.attempts >= policy.max_attempts or _retried_by_gateway(error):
             return None
         if error.code == grpc.StatusCode.UNAVAILABLE and unavailable:
             wait = error.retry_after if error.retry_after is not None else self._backoff(policy)
@@ -105,6 +112,11 @@ class Retrier:
     def _backoff(self, policy: RetryPolicy) -> float:
         ceiling = policy.initial_backoff_s * policy.backoff_multiplier ** (self.attempts - 1)
         return self._rng() * min(ceiling, policy.max_backoff_s)
+
+
+def _retried_by_gateway(error: GatewayError) -> bool:
+    key, value = NO_CLIENT_RETRY
+    return error.metadata.get(key) == value
 
 
 class StreamRetry(Generic[CallT]):

@@ -29,8 +29,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    # httpx logs every request URL at INFO; URLs are the upstreams' business, not the operator's log.
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(config.log_level)))
     try:
         asyncio.run(serve(config))
     except OSError as exc:

@@ -131,3 +131,21 @@ def test_a_disabled_breaker_never_opens() -> None:
     b, _ = breaker(BreakerPolicy(enabled=False))
     calls(b, "x" * 100)
     assert state(b) is BreakerState.CLOSED
+
+
+def test_it_keeps_the_note_of_the_last_failure_and_says_when_it_probes() -> None:
+    b, clock = breaker(BreakerPolicy(consecutive_failures=2, cooldown_s=30.0))
+    first = ("upstream p failed (HTTP 503)", {"last_error_reason": "UPSTREAM_UNAVAILABLE"})
+    last = ("cannot connect to upstream p at 127.0.0.1:9: connection refused", {"cause": "connection_refused"})
+    b.record(b.allow(), False, first)
+    b.record(b.allow(), True)  # a success leaves the note of the last failure
+    assert b.last_failure == first
+    assert b.probe_in_s() == 0.0  # closed
+    b.record(b.allow(), False, last)
+    b.record(b.allow(), False)  # a failure without a note keeps the one before
+    assert state(b) is BreakerState.OPEN
+    assert b.last_failure == last
+    clock.now += 29.5
+    assert b.probe_in_s() == 0.5
+    clock.now += 1.0
+    assert b.probe_in_s() == 0.0

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from client import defaults
-from client.errors import GatewayError
+from client.errors import ConfigurationError, GatewayError
 from client.sync_client import AIClient
 from client.sync_interactive import Session
 from client.types import GenerateResult, StreamEnd, TextDelta, TurnResult
@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             plaintext=args.plaintext,
             timeout=args.timeout,
         )
-    except (ValueError, OSError) as exc:
+    except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     with client:

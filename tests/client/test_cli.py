@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -106,12 +107,27 @@ async def test_wrong_token(secure_target: str, tls_files: CertFiles, capsys: pyt
         (["chat", "--model", "demo", "--prompt", "hi"], "unrecognized arguments: --prompt"),
         (["talk", "--model", "demo"], "invalid choice"),
         (["stream", "--model", "demo", "--prompt", "hi", "--target", "10.0.0.1:50051", "--plaintext"], "loopback"),
-        (["stream", "--model", "demo", "--prompt", "hi", "--ca-cert", "/nonexistent/ca.pem"], "ca.pem"),
+        (
+            ["stream", "--model", "demo", "--prompt", "hi", "--ca-cert", "/nonexistent/ca.pem"],
+            "error: cannot read ca_file '/nonexistent/ca.pem': No such file or directory\n",
+        ),
+        (["chat", "--ca-cert", "/nonexistent/ca.pem"], "error: cannot read ca_file '/nonexistent/ca.pem'"),
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+async def test_a_missing_ca_cert_is_one_line_without_traceback(tmp_path: Path) -> None:
+    missing = tmp_path / "ca.pem"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "client", "generate", "--model", "demo", "--prompt", "hi", "--ca-cert", str(missing),
+        cwd=repo_root(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), timeout=10)
+    assert (process.returncode, out) == (2, b"")
+    assert err.decode() == f"error: cannot read ca_file '{missing}': No such file or directory\n"
 
 
 def test_help_documents_tls_default(capsys: pytest.CaptureFixture[str]) -> None:

@@ -20,7 +20,7 @@ from client import defaults
 from client.errors import ConfigurationError, GatewayError
 from client.sync_client import AIClient
 from client.sync_interactive import Session
-from client.types import GenerateResult, StreamEnd, TextDelta, TurnResult
+from client.types import GenerateResult, SamplingOptions, StreamEnd, TextDelta, TurnResult
 
 __all__ = ["main"]
 
@@ -106,10 +106,7 @@ def _connection_parser() -> argparse.ArgumentParser:
 
 
 def _generate(client: AIClient, args: argparse.Namespace) -> int:
-    result = client.generate(
-        args.prompt, model=args.model, system=args.system, temperature=args.temperature,
-        max_tokens=args.max_tokens, top_p=args.top_p, stop=args.stop,
-    )  # fmt: skip
+    result = client.generate(args.prompt, model=args.model, system=args.system, sampling=_sampling(args))
     print(result.text)
     _print_summary(result)
     return EXIT_OK
@@ -118,10 +115,7 @@ def _generate(client: AIClient, args: argparse.Namespace) -> int:
 def _stream(client: AIClient, args: argparse.Namespace) -> int:
     out = sys.stdout
     printed = False
-    stream = client.stream_generate(
-        args.prompt, model=args.model, system=args.system, temperature=args.temperature,
-        max_tokens=args.max_tokens, top_p=args.top_p, stop=args.stop,
-    )  # fmt: skip
+    stream = client.stream_generate(args.prompt, model=args.model, system=args.system, sampling=_sampling(args))
     try:
         with stream:
             for event in stream:
@@ -137,9 +131,7 @@ def _stream(client: AIClient, args: argparse.Namespace) -> int:
 
 
 def _chat(client: AIClient, args: argparse.Namespace) -> int:
-    session = client.interactive(
-        model=args.model, system=args.system, temperature=args.temperature, max_tokens=args.max_tokens
-    )
+    session = client.interactive(model=args.model, system=args.system, sampling=_sampling(args))
     with session:
         print(
             f"[chat with {session.model} (session {session.session_id}); Ctrl-C stops an answer, "
@@ -184,6 +176,15 @@ def _answer(session: Session, line: str) -> None:
         return
     _end_line(printed)
     _print_summary(result)
+
+
+def _sampling(args: argparse.Namespace) -> SamplingOptions:
+    return SamplingOptions(
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+        top_p=getattr(args, "top_p", None),  # chat has no --top-p and --stop
+        stop=getattr(args, "stop", ()),
+    )
 
 
 def _end_line(printed: bool) -> None:

@@ -22,7 +22,7 @@ from typing import Any, TypeAlias
 import grpc
 
 from client import defaults
-from client.errors import ConfigurationError
+from client.errors import ConfigurationError, GatewayError, error_from_rpc_error
 from client.retry import RetryPolicy, channel_options
 
 __all__ = [
@@ -112,6 +112,10 @@ class ConnectionSettings:
         if self.token is None:
             return channel
         return grpc.composite_channel_credentials(channel, grpc.metadata_call_credentials(BearerToken(self.token)))
+
+    def error(self, exc: grpc.RpcError) -> GatewayError:
+        """The GatewayError for a call of a client with these settings that failed with `exc`."""
+        return error_from_rpc_error(exc)
 
     def deadline(self, timeout: float | None) -> float:
         """The deadline of one call: its own `timeout`, else the client's default."""

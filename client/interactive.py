@@ -23,7 +23,7 @@ import asyncio
 import itertools
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Literal, Self, TypeAlias, overload
+from typing import TYPE_CHECKING, Literal, Self, TypeAlias, overload
 
 import grpc
 
@@ -36,7 +36,7 @@ from client.errors import (
     error_from_rpc_error,
     error_from_rpc_status,
 )
-from client.types import MessageLike, SessionMode, TextDelta, TurnEvent, TurnResult
+from client.types import MessageLike, Sampling, SamplingOptions, SessionMode, TextDelta, TurnEvent, TurnResult
 from client.wire import cancel_request, session_mode, turn_request, turn_result
 from generated import ai_service_pb2 as pb
 from generated import ai_service_pb2_grpc as pb_grpc
@@ -50,6 +50,10 @@ SESSION_ID_HEADER = "session-id"
 Prompt: TypeAlias = str | Sequence[MessageLike]
 PipelineRequests: TypeAlias = Iterable[Prompt] | Mapping[str, Prompt]
 _Call: TypeAlias = "grpc.aio.StreamStreamCall[pb.InteractiveRequest, pb.InteractiveResponse]"
+_SESSION_SAMPLING = SamplingOptions()  # a turn's unset options are the session's
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.12
 
 
 class AsyncTurn:
@@ -141,9 +145,15 @@ class AsyncSession:
     """
 
     def __init__(
-        self, stub: pb_grpc.AIServiceAsyncStub, start: pb.InteractiveRequest, *, timeout: float | None
+        self,
+        stub: pb_grpc.AIServiceAsyncStub,
+        start: pb.InteractiveRequest,
+        *,
+        timeout: float | None,
+        to_error: Callable[[grpc.RpcError], GatewayError] = error_from_rpc_error,
     ) -> None:
         self._stub = stub
+        self._to_error = to_error
         self._start = start
         self._timeout = timeout
         self._outgoing: asyncio.Queue[pb.InteractiveRequest | None] = asyncio.Queue()
@@ -204,15 +214,13 @@ class AsyncSession:
         messages: Sequence[MessageLike] | None = None,
         request_id: str | None = None,
         model: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-        top_p: float | None = None,
-        stop: Sequence[str] = (),
+        sampling: SamplingOptions | None = None,
+        **keywords: Unpack[Sampling],
     ) -> AsyncTurn:
         """Send a turn and return it at once. `content` is the user's text; `messages` come before it (a
         conversation appends them to its history; a pipeline request may be `messages` alone). `model` and
         the sampling options override the session's for this turn. `request_id` defaults to t1, t2, ..."""
-        return self._send(content, messages, request_id, model, temperature, max_tokens, top_p, stop)
+        return self._send(content, messages, request_id, model, SamplingOptions.of(sampling, keywords))
 
     async def cancel(self, request_id: str) -> None:
         """Ask the server to stop the turn `request_id` (running or waiting); it ends with CANCELLED."""
@@ -249,7 +257,7 @@ class AsyncSession:
             while len(live) < window and (item := next(items, None)) is not None:
                 request_id, prompt = item
                 content, messages = (prompt, None) if isinstance(prompt, str) else (None, prompt)
-                turn = self._send(content, messages, request_id, None, None, None, None, (), keep_events=False)
+                turn = self._send(content, messages, request_id, None, _SESSION_SAMPLING, keep_events=False)
                 live.add(turn)
                 turn._on_end(finished.put_nowait)
 
@@ -296,10 +304,7 @@ class AsyncSession:
         messages: Sequence[MessageLike] | None,
         request_id: str | None,
         model: str | None,
-        temperature: float | None,
-        max_tokens: int | None,
-        top_p: float | None,
-        stop: Sequence[str],
+        sampling: SamplingOptions,
         *,
         keep_events: bool = True,
     ) -> AsyncTurn:
@@ -312,10 +317,7 @@ class AsyncSession:
             turn._end(self._failure or _closed_error(request_id))
             return turn
         self._turns[request_id] = turn
-        request = turn_request(
-            request_id, content=content, messages=messages, model=model,
-            temperature=temperature, max_tokens=max_tokens, top_p=top_p, stop=stop,
-        )  # fmt: skip
+        request = turn_request(request_id, content=content, messages=messages, model=model, sampling=sampling)
         self._outgoing.put_nowait(request)
         return turn
 
@@ -326,7 +328,7 @@ class AsyncSession:
                     return response.started
                 self._dispatch(response)  # a go_away can come first
         except grpc.aio.AioRpcError as exc:
-            raise error_from_rpc_error(exc) from exc
+            raise self._to_error(exc) from exc
         raise UnavailableError(
             grpc.StatusCode.UNAVAILABLE,
             "the server ended the session before it started (it is shutting down)",
@@ -344,7 +346,7 @@ class AsyncSession:
             while isinstance(response := await call.read(), pb.InteractiveResponse):
                 self._dispatch(response)
         except grpc.aio.AioRpcError as exc:
-            failure = error_from_rpc_error(exc)
+            failure = self._to_error(exc)
         except asyncio.CancelledError:  # the call was cancelled by `abort`
             failure = UnknownStatusError(grpc.StatusCode.CANCELLED, "the session was cancelled", domain=CLIENT_DOMAIN)
         finally:

@@ -12,9 +12,10 @@ callers who already hold one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, TypedDict
 
 from generated import ai_service_pb2 as pb
 
@@ -23,6 +24,8 @@ __all__ = [
     "GenerateResult",
     "Message",
     "MessageLike",
+    "Sampling",
+    "SamplingOptions",
     "SessionMode",
     "StreamEnd",
     "StreamEvent",
@@ -55,6 +58,36 @@ class Message:
 
 # What `messages=` accepts: a client Message, a generated protobuf Message, or a (role, content) pair.
 MessageLike: TypeAlias = Message | pb.Message | tuple[str, str]
+
+
+class Sampling(TypedDict, total=False):
+    """The sampling keywords every call also takes one by one; each overrides that field of `sampling=`."""
+
+    temperature: float | None
+    max_tokens: int | None
+    top_p: float | None
+    stop: Sequence[str]
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingOptions:
+    """How to sample a reply. None (and no stop sequences) leaves an option to the model's default.
+
+        client.generate("hi", model="demo", sampling=SamplingOptions(temperature=0.2, max_tokens=64))
+        client.generate("hi", model="demo", temperature=0.2)      # the same fields, as keywords
+
+    `stop` holds up to 4 sequences; a lone string is one sequence. The gateway checks the ranges.
+    """
+
+    temperature: float | None = None
+    max_tokens: int | None = None
+    top_p: float | None = None
+    stop: Sequence[str] = ()
+
+    @classmethod
+    def of(cls, sampling: SamplingOptions | None, keywords: Sampling) -> SamplingOptions:
+        """`sampling` (or the defaults) with the fields given as keywords replaced."""
+        return replace(sampling or cls(), **keywords)
 
 
 @dataclass(frozen=True, slots=True)

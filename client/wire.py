@@ -16,6 +16,7 @@ from client.types import (
     GenerateResult,
     Message,
     MessageLike,
+    SamplingOptions,
     SessionMode,
     StreamEnd,
     StreamEvent,
@@ -47,10 +48,7 @@ def build_request(
     prompt: str | None,
     messages: Sequence[MessageLike] | None,
     system: str | None,
-    temperature: float | None,
-    max_tokens: int | None,
-    top_p: float | None,
-    stop: Sequence[str],
+    sampling: SamplingOptions,
 ) -> RequestT:
     """The request for a conversation of `system`, then `messages`, then `prompt` as the last user turn.
 
@@ -60,17 +58,15 @@ def build_request(
     conversation += [_message_pb(m) for m in messages or ()]
     if prompt is not None:
         conversation.append(pb.Message(role="user", content=prompt))
-    config = _config(temperature, max_tokens, top_p, stop)
-    return request_type(model=model, messages=conversation, config=config)
+    return request_type(model=model, messages=conversation, config=_config(sampling))
 
 
-def _config(
-    temperature: float | None, max_tokens: int | None, top_p: float | None, stop: Sequence[str]
-) -> pb.GenerationConfig:
+def _config(sampling: SamplingOptions) -> pb.GenerationConfig:
+    stop = sampling.stop
     return pb.GenerationConfig(
-        temperature=temperature,
-        max_tokens=max_tokens,
-        top_p=top_p,
+        temperature=sampling.temperature,
+        max_tokens=sampling.max_tokens,
+        top_p=sampling.top_p,
         stop=[stop] if isinstance(stop, str) else stop,  # a lone string is one sequence, not characters
     )
 
@@ -87,14 +83,11 @@ def session_start(
     system: str | None,
     mode: SessionMode,
     max_in_flight: int,
-    temperature: float | None,
-    max_tokens: int | None,
-    top_p: float | None,
-    stop: Sequence[str],
+    sampling: SamplingOptions,
 ) -> pb.InteractiveRequest:
     start = pb.SessionStart(
         model=model,
-        config=_config(temperature, max_tokens, top_p, stop),
+        config=_config(sampling),
         system_prompt=system or "",
         mode=_MODES.get(mode, pb.SESSION_MODE_UNSPECIFIED),
         max_in_flight=max_in_flight,
@@ -108,17 +101,14 @@ def turn_request(
     content: str | None,
     messages: Sequence[MessageLike] | None,
     model: str | None,
-    temperature: float | None,
-    max_tokens: int | None,
-    top_p: float | None,
-    stop: Sequence[str],
+    sampling: SamplingOptions,
 ) -> pb.InteractiveRequest:
     turn = pb.TurnRequest(
         request_id=request_id,
         content=content or "",
         messages=[_message_pb(m) for m in messages or ()],
         model=model or "",
-        config=_config(temperature, max_tokens, top_p, stop),
+        config=_config(sampling),
     )
     return pb.InteractiveRequest(message=turn)
 

@@ -17,6 +17,7 @@ from client import (
     InvalidArgumentError,
     Message,
     RateLimitError,
+    SamplingOptions,
     StreamEnd,
     StreamEvent,
     TextDelta,
@@ -51,6 +52,21 @@ async def test_stream_demo_yields_exact_deltas_then_end(demo_target: str) -> Non
         events = [event async for event in stream]
     assert events == [*HELLO_DELTAS, HELLO_END]
     assert stream.result == HELLO_END
+
+
+async def test_sampling_options_object_and_keywords_reach_the_gateway(demo_target: str) -> None:
+    sampling = SamplingOptions(max_tokens=2, stop=["zzz"])
+    async with AsyncAIClient(target=demo_target, plaintext=True) as client:
+        capped = await client.generate("one two three four", model="demo", sampling=sampling)
+        overridden = await client.generate("one two three four", model="demo", sampling=sampling, max_tokens=3)
+        streamed = [e async for e in client.stream_generate("one two three four", model="demo", sampling=sampling)]
+        async with client.interactive(model="demo", sampling=sampling) as session:
+            turn = await session.send("one two three four")
+            wider = await session.send("one two three four", max_tokens=3)
+    assert (capped.text, capped.finish_reason) == ("one two", FinishReason.LENGTH)
+    assert overridden.text == "one two three"
+    assert streamed[:2] == [TextDelta("one"), TextDelta(" two")]
+    assert (turn.text, wider.text) == ("one two", "one two three")
 
 
 async def test_messages_accept_dataclass_protobuf_and_tuple(demo_target: str) -> None:

@@ -28,13 +28,14 @@ from client.stream_state import StreamState
 from client.types import (
     GenerateResult,
     MessageLike,
+    ModelInfo,
     Sampling,
     SamplingOptions,
     SessionMode,
     StreamEnd,
     StreamEvent,
 )
-from client.wire import build_request, generate_result, session_start
+from client.wire import build_request, generate_result, model_info, session_start
 from generated import ai_service_pb2 as pb
 from generated import ai_service_pb2_grpc as pb_grpc
 
@@ -115,6 +116,21 @@ class AsyncAIClient:
                 await asyncio.sleep(delay)
             else:
                 return generate_result(response)
+
+    async def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:  # noqa: ASYNC109
+        """The gateway's catalog, sorted by name: every model a call may name, with its aliases, prices,
+        deployments and fallbacks. Retried like a stream before its first chunk (it costs nothing)."""
+        retrier = Retrier(self._settings.retry, self._settings.deadline(timeout))
+        while True:
+            try:
+                response = await self._stub.ListModels(pb.ListModelsRequest(), timeout=retrier.remaining())
+            except grpc.aio.AioRpcError as exc:
+                error = self._settings.error(exc)
+                if (delay := retrier.delay(error, unavailable=True)) is None:
+                    raise error from exc
+                await asyncio.sleep(delay)
+            else:
+                return [model_info(model) for model in response.models]
 
     def stream_generate(
         self,

@@ -22,6 +22,7 @@ from typing import Any, TypeAlias
 import grpc
 
 from client import defaults
+from client.diagnose import explain
 from client.errors import ConfigurationError, GatewayError, error_from_rpc_error
 from client.retry import RetryPolicy, channel_options
 
@@ -115,7 +116,7 @@ class ConnectionSettings:
 
     def error(self, exc: grpc.RpcError) -> GatewayError:
         """The GatewayError for a call of a client with these settings that failed with `exc`."""
-        return error_from_rpc_error(exc)
+        return explain(error_from_rpc_error(exc), target=self.target, plaintext=self.plaintext)
 
     def deadline(self, timeout: float | None) -> float:
         """The deadline of one call: its own `timeout`, else the client's default."""

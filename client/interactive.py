@@ -140,8 +140,10 @@ class AsyncSession:
     """One InteractiveStream call. Made by `AsyncAIClient.interactive`; use it as an async context manager.
 
     After opening: `session_id`, `model`, `mode` and `max_in_flight` are what the server chose. `draining`
-    and `time_left` (seconds) are set when the server announces its shutdown (go_away). `errors` collects
-    the errors that belong to no turn (a cancel of a turn that had already finished).
+    and `time_left` (seconds) are set when the server announces its shutdown (go_away), and the callbacks
+    given to `add_go_away_callback` are called. `ended` is true once the stream is over: a turn sent then
+    fails at once (UNAVAILABLE SHUTTING_DOWN after a drain: send it again in a new session). `errors`
+    collects the errors that belong to no turn (a cancel of a turn that had already finished).
     """
 
     def __init__(
@@ -172,6 +174,7 @@ class AsyncSession:
         self.draining = False
         self.time_left: float | None = None
         self.errors: list[GatewayError] = []
+        self._go_away_callbacks: list[Callable[[AsyncSession], None]] = []
 
     def __repr__(self) -> str:
         return f"AsyncSession(session_id={self.session_id!r}, model={self.model!r}, mode={self.mode!r})"
@@ -207,6 +210,18 @@ class AsyncSession:
         self.mode, self.max_in_flight = session_mode(started.mode), started.max_in_flight
         self._reader = asyncio.create_task(self._read(call), name=f"session {self.session_id} reader")
 
+    @property
+    def ended(self) -> bool:
+        """True once the stream has ended, by the server or by `close`/`abort`."""
+        return self._ended.is_set()
+
+    def add_go_away_callback(self, callback: Callable[[AsyncSession], None]) -> None:
+        """Call `callback(session)` when the server announces its shutdown; at once if it already has."""
+        if self.draining:
+            callback(self)
+        else:
+            self._go_away_callbacks.append(callback)
+
     def send(
         self,
         content: str | None = None,
@@ -219,7 +234,8 @@ class AsyncSession:
     ) -> AsyncTurn:
         """Send a turn and return it at once. `content` is the user's text; `messages` come before it (a
         conversation appends them to its history; a pipeline request may be `messages` alone). `model` and
-        the sampling options override the session's for this turn. `request_id` defaults to t1, t2, ..."""
+        the sampling options override the session's for this turn. `request_id` defaults to t1, t2, ...
+        After `close` or `abort` it raises RuntimeError; after the server ended the session, the turn fails."""
         return self._send(content, messages, request_id, model, SamplingOptions.of(sampling, keywords))
 
     async def cancel(self, request_id: str) -> None:
@@ -312,9 +328,11 @@ class AsyncSession:
             request_id = f"t{next(self._ids)}"
         elif request_id in self._turns:
             raise ValueError(f"request_id {request_id!r} belongs to a turn that has not ended")
+        if self._half_closed:
+            raise RuntimeError("the session is closed; start a new one with client.interactive(...)")
         turn = AsyncTurn(self, request_id, keep_events=keep_events)
-        if self._half_closed or self._ended.is_set():
-            turn._end(self._failure or _closed_error(request_id))
+        if self._ended.is_set():
+            turn._end(self._failure or _ended_error(request_id, self.draining))
             return turn
         self._turns[request_id] = turn
         request = turn_request(request_id, content=content, messages=messages, model=model, sampling=sampling)
@@ -373,13 +391,26 @@ class AsyncSession:
             else:
                 self.errors.append(error)
         elif kind == "go_away":
-            self.draining = True
             if response.go_away.HasField("time_left"):
                 self.time_left = response.go_away.time_left.ToTimedelta().total_seconds()
+            self.draining = True
+            for callback in self._go_away_callbacks:
+                callback(self)
+            self._go_away_callbacks.clear()
 
 
-def _closed_error(request_id: str) -> GatewayError:
-    return StreamProtocolError(f"turn {request_id!r} was sent after the session was closed", reason="SESSION_CLOSED")
+def _ended_error(request_id: str, draining: bool) -> GatewayError:
+    if draining:  # the session ended because the gateway drained: the turn is for a new session
+        return UnavailableError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"the session ended when the gateway shut down; turn {request_id!r} was not sent, send it in a new session",
+            reason="SHUTTING_DOWN",
+            domain=CLIENT_DOMAIN,
+            request_id=request_id,
+        )
+    return StreamProtocolError(
+        f"the server ended the session without go_away; turn {request_id!r} was not sent", reason="SESSION_ENDED"
+    )
 
 
 def _unanswered_error(request_id: str, draining: bool) -> GatewayError:

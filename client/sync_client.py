@@ -29,13 +29,14 @@ from client.sync_interactive import Session, SessionRunner
 from client.types import (
     GenerateResult,
     MessageLike,
+    ModelInfo,
     Sampling,
     SamplingOptions,
     SessionMode,
     StreamEnd,
     StreamEvent,
 )
-from client.wire import build_request, generate_result
+from client.wire import build_request, generate_result, model_info
 from generated import ai_service_pb2 as pb
 from generated import ai_service_pb2_grpc as pb_grpc
 
@@ -118,6 +119,21 @@ class AIClient:
                 time.sleep(delay)
             else:
                 return generate_result(response)
+
+    def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        """The gateway's catalog, sorted by name: every model a call may name, with its aliases, prices,
+        deployments and fallbacks. Retried like a stream before its first chunk (it costs nothing)."""
+        retrier = Retrier(self._settings.retry, self._settings.deadline(timeout))
+        while True:
+            try:
+                response = self._stub.ListModels(pb.ListModelsRequest(), timeout=retrier.remaining())
+            except grpc.RpcError as exc:
+                error = self._settings.error(exc)
+                if (delay := retrier.delay(error, unavailable=True)) is None:
+                    raise error from exc
+                time.sleep(delay)
+            else:
+                return [model_info(model) for model in response.models]
 
     def stream_generate(
         self,

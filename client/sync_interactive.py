@@ -162,6 +162,15 @@ class Session:
     def errors(self) -> list[GatewayError]:
         return self._session.errors
 
+    @property
+    def ended(self) -> bool:
+        return self._session.ended
+
+    def add_go_away_callback(self, callback: Callable[[Session], None]) -> None:
+        """Call `callback(session)` when the server announces its shutdown; see AsyncSession. It runs on
+        the session's thread, so it must not wait for the session."""
+        self._runner.call(functools.partial(self._session.add_go_away_callback, lambda _: callback(self)))
+
     def send(
         self,
         content: str | None = None,

@@ -5,6 +5,8 @@
                              finish_reason, usage)
     interactive(...)      -> a session; each turn: TextDelta(text), ..., TurnResult(request_id, text,
                              model, provider, finish_reason, usage, history_trimmed)
+    list_models()         -> [ModelInfo(name, aliases, provider, prices, max_output_tokens,
+                             deployments, fallbacks), ...]
 
 `client.wire` converts them to and from protobuf; `messages=` also accepts the generated Message, for
 callers who already hold one.
@@ -24,6 +26,8 @@ __all__ = [
     "GenerateResult",
     "Message",
     "MessageLike",
+    "ModelDeployment",
+    "ModelInfo",
     "Sampling",
     "SamplingOptions",
     "SessionMode",
@@ -157,3 +161,31 @@ class TurnResult:
 
 
 TurnEvent: TypeAlias = TextDelta | TurnResult
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDeployment:
+    """One place a catalog model is served, with its share of the calls."""
+
+    name: str
+    provider: str
+    upstream_model: str
+    weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """One model of the gateway's catalog, as `list_models` returns it."""
+
+    name: str
+    aliases: tuple[str, ...]
+    # The provider of the main (highest weight) deployment.
+    provider: str
+    # US dollars per million tokens; None when the gateway does not know the price.
+    input_price_per_million: float | None
+    output_price_per_million: float | None
+    # The most tokens one reply may have, and the cap of max_tokens.
+    max_output_tokens: int
+    deployments: tuple[ModelDeployment, ...]
+    # Tried in order when every deployment fails before the first token.
+    fallbacks: tuple[str, ...]

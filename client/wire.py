@@ -16,6 +16,8 @@ from client.types import (
     GenerateResult,
     Message,
     MessageLike,
+    ModelDeployment,
+    ModelInfo,
     SamplingOptions,
     SessionMode,
     StreamEnd,
@@ -31,6 +33,7 @@ __all__ = [
     "build_request",
     "cancel_request",
     "generate_result",
+    "model_info",
     "session_mode",
     "session_start",
     "turn_request",
@@ -149,6 +152,21 @@ def generate_result(response: pb.GenerateResponse) -> GenerateResult:
         provider=response.provider,
         finish_reason=_finish_reason(response.finish_reason),
         usage=_usage(response.usage),
+    )
+
+
+def model_info(model: pb.ModelInfo) -> ModelInfo:
+    return ModelInfo(
+        name=model.name,
+        aliases=tuple(model.aliases),
+        provider=model.provider,
+        input_price_per_million=model.input_price_per_million if model.HasField("input_price_per_million") else None,
+        output_price_per_million=(
+            model.output_price_per_million if model.HasField("output_price_per_million") else None
+        ),
+        max_output_tokens=model.max_output_tokens,
+        deployments=tuple(ModelDeployment(d.name, d.provider, d.upstream_model, d.weight) for d in model.deployments),
+        fallbacks=tuple(model.fallbacks),
     )
 
 

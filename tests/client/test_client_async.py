@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from client import (
+    AIClient,
     AsyncAIClient,
     AsyncStream,
     AuthenticationError,
@@ -16,6 +17,8 @@ from client import (
     FinishReason,
     InvalidArgumentError,
     Message,
+    ModelDeployment,
+    ModelInfo,
     RateLimitError,
     SamplingOptions,
     StreamEnd,
@@ -258,3 +261,34 @@ async def test_repr_hides_token(demo_target: str) -> None:
 async def test_plaintext_to_remote_target_is_refused() -> None:
     with pytest.raises(ValueError, match="loopback"):
         AsyncAIClient(target="gateway.example.com:443", plaintext=True)
+
+
+DEMO_MODEL = ModelInfo(
+    name="demo",
+    aliases=(),
+    provider="demo",
+    input_price_per_million=None,
+    output_price_per_million=None,
+    max_output_tokens=32000,
+    deployments=(ModelDeployment("demo/demo", "demo", "demo", 1.0),),
+    fallbacks=(),
+)
+
+
+async def test_list_models_returns_the_catalog_as_client_types(demo_target: str) -> None:
+    async with AsyncAIClient(target=demo_target, plaintext=True) as client:
+        assert await client.list_models() == [DEMO_MODEL]
+
+    def blocking() -> list[ModelInfo]:
+        with AIClient(target=demo_target, plaintext=True) as client:
+            return client.list_models(timeout=5)
+
+    assert await asyncio.to_thread(blocking) == [DEMO_MODEL]
+
+
+async def test_list_models_needs_the_token(secure_target: str, tls_files: CertFiles) -> None:
+    async with AsyncAIClient(target=secure_target, ca_file=tls_files.ca_cert) as client:
+        with pytest.raises(AuthenticationError):
+            await client.list_models()
+    async with AsyncAIClient(target=secure_target, ca_file=tls_files.ca_cert, token=CLIENT_TOKEN) as client:
+        assert "gpt-test" in [m.name for m in await client.list_models()]

@@ -19,7 +19,8 @@
         ├── NotImplementedByServerError    UNIMPLEMENTED
         ├── StreamProtocolError            the server broke the StreamGenerate or InteractiveStream
         │                                  contract (no final chunk, data after it, a turn left
-        │                                  unfinished); detected by the client
+        │                                  unfinished, a session ended without go_away); detected by
+        │                                  the client
         └── UnknownStatusError             any other status code (UNKNOWN, CANCELLED, ABORTED, ...)
 
 `error_from_rpc_error` decodes the `grpc-status-details-bin` trailer (a google.rpc.Status whose details

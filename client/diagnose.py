@@ -8,7 +8,7 @@ and C-core's text stays in `metadata["grpc_message"]`.
 
     reason                  when                                                          sure?
     SERVER_NOT_TLS          TLS to a server that answers in plaintext (WRONG_VERSION_NUMBER)  yes
-    PLAINTEXT_REFUSED       plaintext to a server that closes the connection at once        likely TLS
+    PLAINTEXT_REFUSED       plaintext to a server that closes (or resets) it at once        likely TLS
     CERTIFICATE_UNTRUSTED   TLS to a server whose certificate no trusted CA signed          yes
 """
 
@@ -23,6 +23,9 @@ __all__ = ["explain"]
 # C-core's text is bounded before it is kept: it is not ours, and it is echoed by the CLI's --debug.
 _MAX_GRPC_MESSAGE = 500
 _CONNECT_FAILED = "failed to connect to all addresses"
+# A TLS server that reads a plaintext HTTP/2 preface closes the connection; when the client's next bytes
+# are still unread then, the close is a reset.
+_CLOSED_AT_ONCE = ("Socket closed", "Connection reset by peer")
 
 
 def explain(error: GatewayError, *, target: str, plaintext: bool) -> GatewayError:
@@ -37,7 +40,7 @@ def explain(error: GatewayError, *, target: str, plaintext: bool) -> GatewayErro
     elif not plaintext and "CERTIFICATE_VERIFY_FAILED" in message:
         reason = "CERTIFICATE_UNTRUSTED"
         text = f"{server} has a certificate that no trusted CA signed: give its CA with --ca-cert (Python: ca_file=)"
-    elif plaintext and "Socket closed" in message:
+    elif plaintext and any(closed in message for closed in _CLOSED_AT_ONCE):
         reason = "PLAINTEXT_REFUSED"
         text = (
             f"{server} closed the plaintext connection at once; it probably requires TLS: leave out --plaintext "

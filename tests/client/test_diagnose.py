@@ -12,6 +12,7 @@ CORE = "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:
 NOT_TLS = CORE + "Tls handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: ...:WRONG_VERSION_NUMBER: x"
 CLOSED = CORE.replace("UNKNOWN", "UNAVAILABLE") + "Socket closed"
 UNTRUSTED = CORE + "Ssl handshake failed: SSL_ERROR_SSL: error:1000007d:SSL routines:CERTIFICATE_VERIFY_FAILED"
+RESET = CORE.replace("UNKNOWN", "UNAVAILABLE") + "recvmsg:Connection reset by peer"
 REFUSED = CORE + "Failed to connect to remote host: Connection refused"
 
 
@@ -21,6 +22,7 @@ REFUSED = CORE + "Failed to connect to remote host: Connection refused"
         (NOT_TLS, False, "SERVER_NOT_TLS"),
         (UNTRUSTED, False, "CERTIFICATE_UNTRUSTED"),
         (CLOSED, True, "PLAINTEXT_REFUSED"),
+        (RESET, True, "PLAINTEXT_REFUSED"),
         (CLOSED, False, None),  # a TLS client whose connection was closed: nothing to say about plaintext
         (NOT_TLS, True, None),
         (REFUSED, False, None),  # nobody listens: C-core's message says so already

@@ -22,25 +22,23 @@ same number). `retry=None` on a client turns all of this off.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import grpc
 
 from client import defaults
 from client.errors import GatewayError
 
-__all__ = ["AsyncStreamRetry", "Retrier", "RetryPolicy", "StreamRetry", "channel_options"]
+__all__ = ["Retrier", "RetryPolicy", "channel_options"]
 
 SERVICE = "holysheepai.AIService"
 # The ErrorInfo metadata by which the gateway says that it has already retried a call.
 NO_CLIENT_RETRY = ("client_retry", "no")
-CallT = TypeVar("CallT")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,31 +115,3 @@ class Retrier:
 def _retried_by_gateway(error: GatewayError) -> bool:
     key, value = NO_CLIENT_RETRY
     return error.metadata.get(key) == value
-
-
-class StreamRetry(Generic[CallT]):
-    """Starts a blocking stream call again after a failure before its first chunk, when the retrier says so."""
-
-    def __init__(self, start: Callable[[float], CallT], retrier: Retrier) -> None:
-        self._start, self._retrier = start, retrier
-
-    def restart(self, error: GatewayError) -> CallT | None:
-        delay = self._retrier.delay(error, unavailable=True)
-        if delay is None:
-            return None
-        time.sleep(delay)
-        return self._start(self._retrier.remaining())
-
-
-class AsyncStreamRetry(Generic[CallT]):
-    """StreamRetry for grpc.aio calls."""
-
-    def __init__(self, start: Callable[[float], CallT], retrier: Retrier) -> None:
-        self._start, self._retrier = start, retrier
-
-    async def restart(self, error: GatewayError) -> CallT | None:
-        delay = self._retrier.delay(error, unavailable=True)
-        if delay is None:
-            return None
-        await asyncio.sleep(delay)
-        return self._start(self._retrier.remaining())

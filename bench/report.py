@@ -9,6 +9,7 @@ A missed target is marked MISSED; the bench still exits 0, since a missed target
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 from dataclasses import asdict
@@ -16,7 +17,10 @@ from pathlib import Path
 
 from bench.results import TARGET_ADDED_TTFT_P50_MS, TARGET_GATEWAY_TOKENS_PER_S, BenchResult
 
-__all__ = ["missed_targets", "render", "write_json"]
+__all__ = ["RESULTS_DIR", "default_json_path", "missed_targets", "render", "write_json"]
+
+# Where `--json` without a file name writes: inside the repository, but ignored by git (.gitignore).
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 _DASH = "—"
 _TIMES = "\N{MULTIPLICATION SIGN}"
@@ -182,9 +186,16 @@ def _first_errors(result: BenchResult) -> dict[str, str]:
     return errors
 
 
+def default_json_path(now: datetime.datetime | None = None) -> Path:
+    """bench/results/bench-YYYYMMDD-HHMMSS.json, in UTC: one file per run, none in the repository root."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    return RESULTS_DIR / f"bench-{now:%Y%m%d-%H%M%S}.json"
+
+
 def write_json(result: BenchResult, path: Path) -> None:
     """Every raw number of the run (samples included), the headline summary and the missed targets."""
     document = {**asdict(result), "summary": result.summary(), "missed_targets": missed_targets(result)}
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_strict(document), indent=2, allow_nan=False) + "\n")
 
 

@@ -19,7 +19,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from grpc_health.v1 import health_pb2
 from bench.procs import Child, Children, cpu_seconds, machine_cpu_seconds, peak_rss_bytes
 from bench.results import BenchResult, LoadResult, Machine, Settings, ThroughputResult, TtftResult
 
-__all__ = ["Stack", "run_bench"]
+__all__ = ["Progress", "Stack", "run_bench", "to_stderr"]
 
 # A cold interpreter imports grpc, protobuf and httpx in well under a second; this leaves room for a slow box.
 READY_TIMEOUT_S = 20.0
@@ -162,20 +162,49 @@ class Stack:
         return ThroughputResult(target, [LoadResult(**_known(LoadResult, raw)) for raw in raws], cpu)
 
 
-async def run_bench(settings: Settings, command: str | None = None) -> BenchResult:
+Progress = Callable[[str], None]
+
+
+def to_stderr(line: str) -> None:
+    """The default progress: one line per step on stderr, so that stdout holds only the table."""
+    print(f"bench: {line}", file=sys.stderr, flush=True)
+
+
+async def run_bench(settings: Settings, command: str | None = None, progress: Progress = to_stderr) -> BenchResult:
+    """Run every scenario; `progress` hears of each one as it starts and as it ends, with its headline figure."""
     result = BenchResult(
         settings=settings,
         machine=Machine.this(),
         command=command or shlex.join([sys.executable, "-m", "bench", *sys.argv[1:]]),
     )
+    steps = 2 + 2 * settings.rounds
+    step = 0
+
+    def begin(what: str) -> float:
+        nonlocal step
+        step += 1
+        progress(f"[{step}/{steps}] {what} ...")
+        return time.monotonic()
+
+    def end(began: float, figure: str) -> None:
+        progress(f"[{step}/{steps}] {figure} ({time.monotonic() - began:.1f} s)")
+
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        progress("starting the fake upstream and the gateway ...")
         async with Stack.start(Path(tmp), settings) as stack:
             result.pinning = stack.cpus.describe()
             for target in ("direct", "gateway"):
-                result.ttft[target] = await stack.ttft(target, settings)
-            for _ in range(settings.rounds):
+                calls = settings.ttft_warmup + settings.ttft_requests
+                began = begin(f"time to first token, {target}: {calls} sequential calls")
+                ttft = result.ttft[target] = await stack.ttft(target, settings)
+                end(began, f"TTFT p50 {ttft.p50_ms:.2f} ms")
+            window = f"{settings.warmup_s:g} s warm-up + {settings.duration_s:g} s at c={settings.concurrency}"
+            for n in range(1, settings.rounds + 1):
                 for target in ("direct", "gateway"):
-                    result.throughput.setdefault(target, []).append(await stack.throughput(target, settings))
+                    began = begin(f"throughput round {n}/{settings.rounds}, {target}: {window}")
+                    throughput = await stack.throughput(target, settings)
+                    result.throughput.setdefault(target, []).append(throughput)
+                    end(began, f"{throughput.tokens_per_s:,.0f} tokens/s")
             result.gateway_peak_rss_bytes = peak_rss_bytes(stack.gateway.pid)
     return result
 

@@ -7,7 +7,6 @@ events (`TextDelta`* then exactly one `Finish`) or one `Completion`. Nothing her
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -149,4 +148,3 @@ class Completion:
 
 
 # The shape every provider's streaming method returns.
-EventStream = AsyncIterator[StreamEvent]

@@ -113,7 +113,7 @@ async def fake_openai() -> AsyncIterator[FakeOpenAIUpstream]:
 @pytest.fixture
 async def demo_gateway(make_gateway: GatewayFactory) -> Gateway:
     """The embedded default config (demo model only), on a free port."""
-    return await make_gateway(default_config(env={}).with_listen("127.0.0.1:0"))
+    return await make_gateway(default_config(env={}, listen="127.0.0.1:0"))
 
 
 @pytest.fixture

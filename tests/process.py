@@ -7,6 +7,12 @@ exit codes, messages on stderr, signals and graceful shutdown.
         gateway.send_signal(signal.SIGTERM)
         assert await gateway.wait_exit() == 0
 
+A child that must not race another process for its port listens on port 0 and reports the port it bound:
+
+    async with run_gateway(tmp_path, "--listen", "127.0.0.1:0") as gateway:
+        address = f"127.0.0.1:{await gateway.bound_port()}"   # from its "listening on" log line
+        await gateway.wait_ready(address, credentials=grpc.ssl_channel_credentials(ca))  # a TLS gateway
+
 The child runs with the test's interpreter from the repository root, and with an environment stripped of the
 variables the gateway reads (GATEWAY_*, OPENAI_*, OTEL_*), so only what a test passes in `env` reaches it. Its stderr
 goes to a file so that a chatty child can never block on a full pipe.
@@ -17,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import sys
@@ -35,6 +42,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # A cold `python -m server` imports grpc, protobuf and httpx: well under a second, with room for a slow CI box.
 READY_TIMEOUT_S = 15.0
 _POLL_INTERVAL_S = 0.05
+# server/app.py logs this at INFO once the port is open: "listening on 127.0.0.1:0 (port 41234, ...".
+_LISTENING = re.compile(r"listening on \S+ \(port (\d+),")
 
 
 def free_port() -> int:
@@ -95,10 +104,33 @@ class GatewayProcess:
         """Everything the child wrote to stderr so far."""
         return self.stderr_path.read_text(errors="replace")
 
-    async def wait_ready(self, address: str, timeout: float = READY_TIMEOUT_S) -> None:
-        """Poll the health service at `address` until it answers SERVING; fail if the child exits first."""
+    async def bound_port(self, timeout: float = READY_TIMEOUT_S) -> int:
+        """The port the child listens on, read from its log line: start it with `--listen HOST:0` (and at
+        log level INFO) so that no other process can take the port between choosing and binding it."""
         deadline = time.monotonic() + timeout
-        async with grpc.aio.insecure_channel(address) as channel:
+        while not (found := _LISTENING.search(self.stderr)):
+            if self.process.returncode is not None:
+                raise AssertionError(f"gateway exited with {self.process.returncode}:\n{self.stderr}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"gateway logged no 'listening on' line after {timeout} s:\n{self.stderr}")
+            await asyncio.sleep(_POLL_INTERVAL_S)
+        return int(found.group(1))
+
+    async def wait_ready(
+        self,
+        address: str,
+        timeout: float = READY_TIMEOUT_S,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        """Poll the health service at `address` until it answers SERVING; fail if the child exits first.
+        `credentials` are the TLS channel credentials of a TLS gateway (health needs no token)."""
+        deadline = time.monotonic() + timeout
+        if credentials is None:
+            channel = grpc.aio.insecure_channel(address)
+        else:
+            channel = grpc.aio.secure_channel(address, credentials)
+        async with channel:
             check = health_check(channel)
             while True:
                 if self.process.returncode is not None:

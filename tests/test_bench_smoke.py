@@ -33,3 +33,16 @@ def test_quick_bench_measures_every_figure(tmp_path: Path) -> None:
     summary = json.loads(out.read_text())["summary"]
     assert summary
     assert all(value is not None for value in summary.values()), summary
+    # Progress: each scenario says when it starts and what it measured, on stderr (stdout is the table).
+    progress = [line for line in run.stderr.splitlines() if line.startswith("bench: ")]
+    assert progress[0] == "bench: starting the fake upstream and the gateway ..."
+    starts = [line for line in progress if line.endswith(" ...")][1:]
+    ends = [line for line in progress if line.endswith(" s)")]
+    assert [line.split("]")[0] for line in starts] == ["bench: [1/4", "bench: [2/4", "bench: [3/4", "bench: [4/4"]
+    assert [line.split("]")[0] for line in ends] == [line.split("]")[0] for line in starts]
+    assert "time to first token, direct" in starts[0]
+    assert "throughput round 1/1, gateway" in starts[3]
+    assert "TTFT p50" in ends[1]
+    assert "tokens/s" in ends[3]
+    assert progress.index(starts[3]) < progress.index(ends[3])
+    assert not any(line.startswith("bench: ") for line in run.stdout.splitlines())

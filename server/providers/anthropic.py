@@ -34,11 +34,10 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import httpx
-
 from server.config import ProviderConfig
 from server.errors import UpstreamError
 from server.providers.http import EventDecoder, HTTPProvider, loads_object
+from server.providers.transport import Transport
 from server.providers.upstream_errors import error_for_error_type, safe_identifier
 from server.sse import ServerSentEvent
 from server.types import ChatRequest, Completion, FinishReason, Role, StreamEvent, Usage
@@ -61,7 +60,7 @@ _INPUT_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_inpu
 class AnthropicProvider(HTTPProvider):
     request_id_header = "request-id"  # the upstream's id of its answer, for support tickets
 
-    def __init__(self, config: ProviderConfig, *, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, config: ProviderConfig, *, transport: Transport | None = None) -> None:
         headers = {
             "content-type": "application/json",
             "accept": "application/json",
@@ -69,7 +68,7 @@ class AnthropicProvider(HTTPProvider):
         }
         if config.api_key:
             headers["x-api-key"] = config.api_key
-        super().__init__(config, headers, client=client)
+        super().__init__(config, headers, transport=transport)
 
     def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         body = request_body(request)

@@ -39,12 +39,11 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from server.config import ProviderConfig
 from server.errors import UpstreamError
 from server.observe.request_id import upstream_request_id
 from server.providers.http import ErrorHint, EventDecoder, HTTPProvider, loads_object
+from server.providers.transport import Transport
 from server.providers.upstream_errors import error_for_error_type, safe_identifier
 from server.sse import ServerSentEvent
 from server.types import ChatRequest, Completion, Finish, FinishReason, Role, StreamEvent, Usage
@@ -69,11 +68,11 @@ _DURATION = re.compile(r"([0-9]{1,12}(?:\.[0-9]{1,9})?)s")
 
 
 class GeminiProvider(HTTPProvider):
-    def __init__(self, config: ProviderConfig, *, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, config: ProviderConfig, *, transport: Transport | None = None) -> None:
         headers = {"content-type": "application/json", "accept": "application/json"}
         if config.api_key:
             headers["x-goog-api-key"] = config.api_key
-        super().__init__(config, headers, client=client)
+        super().__init__(config, headers, transport=transport)
 
     def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         path = f"{_model_path(request.model)}:streamGenerateContent?alt=sse"

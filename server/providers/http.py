@@ -1,4 +1,4 @@
-"""What every HTTP provider shares: the pooled client, timeouts, the request/response flow, and HTTP
+"""What every HTTP provider shares: the transport, timeouts, the request/response flow, and HTTP
 failures as UpstreamErrors.
 
 `HTTPProvider` is the base of the wire-format adapters (openai.py, anthropic.py, gemini.py): it posts a
@@ -6,7 +6,8 @@ JSON body, turns a non-2xx answer into an UpstreamError, relays an SSE stream th
 `EventDecoder` (which knows the wire format of one event), drains the body after the end event so the
 connection goes back to the pool, and closes the response in `finally`.
 
-How an upstream's failures become the gateway's errors is in upstream_errors.py.
+The transport (transport.py) raises its failures as UpstreamErrors already; how an upstream's answers
+become the gateway's errors is in upstream_errors.py.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ import json
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import replace
 from typing import Any
-
-import httpx
 
 from server import defaults
 from server.config import ProviderConfig
@@ -27,12 +26,8 @@ from server.errors import (
 )
 from server.observe.request_id import upstream_request_id
 from server.providers.base import Provider
-from server.providers.transport import TOTAL_TIMEOUT_EXTENSION, AiohttpTransport
-from server.providers.upstream_errors import (
-    error_for_status,
-    error_for_transport,
-    safe_identifier,
-)
+from server.providers.transport import AiohttpTransport, Timeouts, Transport, UpstreamResponse
+from server.providers.upstream_errors import error_for_status, safe_identifier
 from server.sse import ServerSentEvent, SSEDecoder, SSELineTooLong
 from server.types import ChatRequest, Completion, Finish, FinishReason, StreamEvent, TextDelta, Usage
 
@@ -41,8 +36,8 @@ __all__ = [
     "EventDecoder",
     "HTTPProvider",
     "loads_object",
-    "make_client",
-    "request_timeout",
+    "make_transport",
+    "request_timeouts",
     "stream_interrupted",
     "unexpected_shape",
 ]
@@ -84,7 +79,7 @@ class EventDecoder:
 
 
 class HTTPProvider(Provider):
-    """A provider behind one pooled httpx client. Subclasses build bodies and decode their wire format.
+    """A provider behind one transport. Subclasses build bodies and decode their wire format.
 
     `request_id_header` names the response header in which the upstream gives its own id of the answer
     (None: it gives none). That id goes on the Finish or Completion, and on any UpstreamError raised
@@ -94,14 +89,14 @@ class HTTPProvider(Provider):
     request_id_header: str | None = None
 
     def __init__(
-        self, config: ProviderConfig, headers: Mapping[str, str], *, client: httpx.AsyncClient | None = None
+        self, config: ProviderConfig, headers: Mapping[str, str], *, transport: Transport | None = None
     ) -> None:
         super().__init__(config.name)
         self._config = config
-        self._client = client or make_client(config, headers)
+        self._transport = transport or make_transport(config, headers)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()
 
     def _error_hint(self, error: Mapping[str, Any]) -> ErrorHint:
         """What the `error` object of a non-2xx answer says: by default its `code` ("invalid_api_key",
@@ -116,13 +111,11 @@ class HTTPProvider(Provider):
         upstream_id = self._upstream_id(response)
         ended = False
         try:
-            if response.status_code != 200:
+            if response.status != 200:
                 raise await self._error_from_response(response)
             decoder = SSEDecoder()
-            # The per-token path: the transport's byte stream straight into the SSE decoder, without
-            # httpx's per-chunk bookkeeping (aiter_raw) or a generator per event (aiter_sse). Bodies
-            # arrive uncompressed (make_client asks for identity), so raw bytes are the text.
-            async for chunk in response.stream:  # type: ignore[union-attr]  # streaming responses: async
+            # The per-token path: the transport's bytes straight into the SSE decoder.
+            async for chunk in response:
                 for event in decoder.feed(chunk):
                     if ended:
                         continue  # read on to the end of the body, so the connection goes back to the pool
@@ -133,19 +126,21 @@ class HTTPProvider(Provider):
                     if text:
                         yield TextDelta(text)
                     if events.ended:
+                        finish = self._finish(events, upstream_id)
                         ended = True
-                        yield self._finish(events, upstream_id)
+                        yield finish
             if not ended:
                 if not events.complete:
                     raise stream_interrupted(self.name)
+                finish = self._finish(events, upstream_id)
                 ended = True
-                yield self._finish(events, upstream_id)
+                yield finish
         except UpstreamError as error:
-            _with_upstream_id(error, upstream_id)
-            raise
-        except httpx.TransportError as exc:
-            if not ended:  # after the end event the reply is whole; a failing drain only costs the connection
-                raise _with_upstream_id(error_for_transport(self.name, exc, streaming=True), upstream_id) from exc
+            # Once the Finish is out the reply is whole: a transport failure while draining the rest of
+            # the body only costs the connection.
+            if not ended:
+                _with_upstream_id(error, upstream_id)
+                raise
         except SSELineTooLong as exc:
             too_long = UpstreamBadResponse(
                 f"upstream {self.name} sent an event line too long to read", provider=self.name
@@ -161,7 +156,7 @@ class HTTPProvider(Provider):
             raise unexpected_shape(self.name) from exc
         return replace(finish, upstream_request_id=upstream_id) if upstream_id else finish
 
-    def _upstream_id(self, response: httpx.Response) -> str:
+    def _upstream_id(self, response: UpstreamResponse) -> str:
         header = self.request_id_header
         return upstream_request_id(response.headers.get(header)) if header else ""
 
@@ -172,14 +167,12 @@ class HTTPProvider(Provider):
         response = await self._post(path, body, request)
         upstream_id = self._upstream_id(response)
         try:
-            if response.status_code != 200:
+            if response.status != 200:
                 raise await self._error_from_response(response)
-            payload = loads_object((await response.aread()).decode("utf-8", "replace"), self.name)
+            payload = loads_object((await response.read()).decode("utf-8", "replace"), self.name)
         except UpstreamError as error:
             _with_upstream_id(error, upstream_id)
             raise
-        except httpx.TransportError as exc:
-            raise _with_upstream_id(error_for_transport(self.name, exc, streaming=False), upstream_id) from exc
         finally:
             await response.aclose()
         try:
@@ -191,38 +184,23 @@ class HTTPProvider(Provider):
             raise _with_upstream_id(unexpected_shape(self.name), upstream_id) from exc
         return replace(completion, upstream_request_id=upstream_id) if upstream_id else completion
 
-    async def _post(self, path: str, body: dict[str, Any], request: ChatRequest) -> httpx.Response:
-        http_request = self._client.build_request(
-            "POST",
-            path,
-            content=json.dumps(body, separators=(",", ":")).encode(),
-            headers=request.headers,
-            timeout=request_timeout(self._config, request.timeout_s),
-            extensions=deadline_extension(request.timeout_s),
-        )
-        try:
-            return await self._client.send(http_request, stream=True)
-        except httpx.TransportError as exc:
-            # Nothing of the answer has been read yet: even a reset here is not a stream cut mid-way.
-            raise error_for_transport(self.name, exc, streaming=False) from exc
+    async def _post(self, path: str, body: dict[str, Any], request: ChatRequest) -> UpstreamResponse:
+        content = json.dumps(body, separators=(",", ":")).encode()
+        timeouts = request_timeouts(self._config, request.timeout_s)
+        return await self._transport.post(path, content, timeouts, dict(request.headers) if request.headers else None)
 
-    async def _error_from_response(self, response: httpx.Response) -> UpstreamError:
+    async def _error_from_response(self, response: UpstreamResponse) -> UpstreamError:
         hint: ErrorHint = (None, None)
         try:
-            body = b""
-            async for piece in response.aiter_bytes():
-                body += piece
-                if len(body) > _MAX_ERROR_BODY_BYTES:
-                    break
-            payload = json.loads(body)
+            payload = json.loads(await response.read(_MAX_ERROR_BODY_BYTES))
             if isinstance(payload, list) and payload:  # Google's JSON-array streams wrap the error
                 payload = payload[0]
             error = payload.get("error")
             if isinstance(error, dict):
                 hint = self._error_hint(error)
-        except (ValueError, AttributeError, httpx.HTTPError):
+        except (ValueError, AttributeError, UpstreamError):
             pass  # the status code alone decides; the body is only a hint
-        return error_for_status(self.name, response.status_code, response.headers, *hint)
+        return error_for_status(self.name, response.status, response.headers, *hint)
 
 
 def _with_upstream_id(error: UpstreamError, upstream_id: str) -> UpstreamError:
@@ -254,55 +232,26 @@ def stream_interrupted(provider: str) -> UpstreamUnavailable:
     )
 
 
-def make_client(config: ProviderConfig, headers: Mapping[str, str]) -> httpx.AsyncClient:
-    """One pooled client per provider: keep-alive, no redirects (a redirect could carry the key away).
-
-    Bytes travel over `AiohttpTransport` (see transport.py for why). Responses are asked for
-    uncompressed: event streams are read raw, and compressing them would only add latency.
-    """
-    return httpx.AsyncClient(
-        base_url=config.base_url,
-        headers={"accept-encoding": "identity", **headers},
-        transport=AiohttpTransport(max_connections=config.max_connections),
-        follow_redirects=False,
-        timeout=httpx.Timeout(
-            connect=config.connect_timeout_s,
-            read=config.read_timeout_s,
-            write=defaults.WRITE_TIMEOUT_S,
-            pool=defaults.POOL_TIMEOUT_S,
-        ),
-        limits=httpx.Limits(
-            max_connections=config.max_connections,
-            max_keepalive_connections=min(config.max_connections, defaults.POOL_MAX_KEEPALIVE),
-        ),
-        trust_env=False,  # proxies from the environment must not see the upstream key
-    )
+def make_transport(config: ProviderConfig, headers: Mapping[str, str]) -> Transport:
+    """One pooled transport per provider (see transport.py for why it is aiohttp)."""
+    return AiohttpTransport(config.name, config.base_url, headers, max_connections=config.max_connections)
 
 
-def request_timeout(config: ProviderConfig, timeout_s: float | None) -> httpx.Timeout:
-    """Timeouts for one call: the provider's, each capped by what is left of the client's deadline.
+def request_timeouts(config: ProviderConfig, timeout_s: float | None) -> Timeouts:
+    """Time limits for one call: the provider's, each capped by what is left of the client's deadline,
+    and the whole call (body included) limited to it.
 
-    The cap stops a little before the deadline, so that the client gets the gateway's DEADLINE_EXCEEDED
-    with the phase in ErrorInfo rather than gRPC's bare one.
+    The limits end a little before the deadline, so that the client gets the gateway's DEADLINE_EXCEEDED
+    with the phase in ErrorInfo rather than gRPC's bare one, even from a stream that trickles or stalls
+    after its headers.
     """
     remaining = defaults.REQUEST_TIMEOUT_S if timeout_s is None else _before_deadline(timeout_s)
-    return httpx.Timeout(
-        connect=min(config.connect_timeout_s, remaining),
-        read=min(config.read_timeout_s, remaining),
-        write=min(defaults.WRITE_TIMEOUT_S, remaining),
-        pool=min(defaults.POOL_TIMEOUT_S, remaining),
+    return Timeouts(
+        pool_s=min(defaults.POOL_TIMEOUT_S, remaining),
+        connect_s=min(config.connect_timeout_s, remaining),
+        read_s=min(config.read_timeout_s, remaining),
+        total_s=None if timeout_s is None else remaining,
     )
-
-
-def deadline_extension(timeout_s: float | None) -> dict[str, float]:
-    """A whole-call time limit for the transport (httpx's own timeouts are per phase and per read).
-
-    It ends the upstream call, body included, a little before the client's deadline, so that even a
-    stream that trickles or stalls after its headers ends with the gateway's DEADLINE_EXCEEDED.
-    """
-    if timeout_s is None:
-        return {}
-    return {TOTAL_TIMEOUT_EXTENSION: _before_deadline(timeout_s)}
 
 
 def _before_deadline(timeout_s: float) -> float:

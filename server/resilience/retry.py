@@ -77,10 +77,6 @@ class RetryBudget:
         self._reserve = max(reserve, 1.0)
         self._balance = reserve
 
-    @property
-    def balance(self) -> float:
-        return self._balance
-
     def earn(self) -> None:
         """A first attempt was made."""
         self._balance = min(self._balance + self._ratio, self._reserve)

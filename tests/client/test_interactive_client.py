@@ -18,7 +18,6 @@ from client import (
     InvalidArgumentError,
     Message,
     RateLimitError,
-    StreamProtocolError,
     TextDelta,
     TurnEvent,
     TurnResult,
@@ -166,9 +165,8 @@ async def test_request_ids_of_running_turns_are_refused_and_closed_sessions_refu
         session.send("a b c", request_id="mine")
         with pytest.raises(ValueError, match="'mine'"):
             session.send("again", request_id="mine")
-    with pytest.raises(StreamProtocolError) as raised:
-        await session.send("late")
-    assert raised.value.reason == "SESSION_CLOSED"
+    with pytest.raises(RuntimeError, match="the session is closed"):
+        session.send("late")
 
 
 async def test_leaving_the_block_with_an_error_cancels_the_session(
@@ -208,6 +206,35 @@ async def test_go_away_is_reported_and_new_turns_are_refused(client: AsyncAIClie
 
     assert session.time_left == pytest.approx(1.8)
     assert raised.value.reason == "SHUTTING_DOWN"
+
+
+async def test_a_turn_sent_after_a_drain_ended_the_session_is_unavailable_not_unknown(
+    client: AsyncAIClient, gateway: Gateway
+) -> None:
+    notified: list[float | None] = []
+    async with client:
+        session = client.interactive(model="demo")
+        await session.open()
+        session.add_go_away_callback(lambda s: notified.append(s.time_left))
+        assert (await session.send("before")).text == "before"
+        await gateway.stop(2.0)  # an idle session gets go_away and ends at once
+        while not session.ended:  # the end of the stream reaches the client's reader
+            await asyncio.sleep(0.01)
+        late = session.send("after")
+        with pytest.raises(UnavailableError) as raised:
+            await late
+        await session.close()
+        session.add_go_away_callback(lambda s: notified.append(-1.0))  # after the fact: called at once
+
+    assert notified == [pytest.approx(1.8), -1.0]
+    error = raised.value
+    assert (error.code.name, error.reason, error.domain, error.request_id) == (
+        "UNAVAILABLE",
+        "SHUTTING_DOWN",
+        "client",
+        "t2",
+    )
+    assert "send it in a new session" in error.message
 
 
 async def test_a_turn_the_gateway_never_read_before_its_go_away_is_unavailable(

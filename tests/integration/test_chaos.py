@@ -8,7 +8,6 @@ non-OK status. tests/integration/test_openai_bridge.py pins the same faults with
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -27,6 +26,7 @@ from server.routing.catalog import Deployment
 from tests.conftest import FAKE_MODELS, UPSTREAM_KEY, GatewayFactory
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
 from tests.rpc import StreamOutcome, collect_stream, detail, error_info, request, rich_status, stub_for, unary_request
+from tests.server.scripted import FakeTime
 
 pytestmark = pytest.mark.asyncio
 
@@ -317,17 +317,22 @@ async def test_resume_continue_finishes_a_cut_stream_on_the_fallback_as_one_stre
 
 async def breaker_gateway(
     make_gateway: GatewayFactory, fake_openai: FakeOpenAIUpstream, failures: int, cooldown_s: float
-) -> Gateway:
-    """One attempt per model, and breakers that open after `failures` in a row."""
+) -> tuple[Gateway, FakeTime]:
+    """One attempt per model, and breakers that open after `failures` failing calls in a row, on a fake clock
+    (set before the first call, so that the breakers, made on first use, take it too)."""
     breaker = BreakerPolicy(consecutive_failures=failures, cooldown_s=cooldown_s)
     config = chaos_config(fake_openai.base_url, retry=replace(RETRY, max_attempts=1), circuit_breaker=breaker)
-    return await make_gateway(config)
+    gateway = await make_gateway(config)
+    time = FakeTime()
+    gateway.router.resilience.clock = time.clock
+    gateway.router.resilience.sleep = time.sleep
+    return gateway, time
 
 
 async def test_the_breaker_opens_fails_fast_to_the_fallback_and_probes_after_the_cooldown(
     make_gateway: GatewayFactory, fake_openai: FakeOpenAIUpstream
 ) -> None:
-    gateway = await breaker_gateway(make_gateway, fake_openai, failures=2, cooldown_s=0.3)
+    gateway, time = await breaker_gateway(make_gateway, fake_openai, failures=2, cooldown_s=30.0)
 
     def primary_attempts() -> int:
         return sum(1 for r in fake_openai.requests if r.model == "fault-503")
@@ -337,7 +342,11 @@ async def test_the_breaker_opens_fails_fast_to_the_fallback_and_probes_after_the
         assert served == ["echo-a"] * 3
         assert primary_attempts() == 2  # open after two failures: the third call went straight to the fallback
 
-        await asyncio.sleep(0.3)
+        time.now += 29.9
+        await stub.Generate(unary_request("falls-back"), timeout=5)
+        assert primary_attempts() == 2  # still open just before the cooldown ends
+
+        time.now += 0.1
         outcome = await collect_stream(stub, request("falls-back"))  # the probe fails: open again
         assert outcome.finals[0].model == "echo-a"
         assert primary_attempts() == 3
@@ -348,7 +357,7 @@ async def test_the_breaker_opens_fails_fast_to_the_fallback_and_probes_after_the
 async def test_with_every_circuit_open_the_call_fails_fast_with_circuit_open(
     make_gateway: GatewayFactory, fake_openai: FakeOpenAIUpstream
 ) -> None:
-    gateway = await breaker_gateway(make_gateway, fake_openai, failures=1, cooldown_s=60)
+    gateway, _ = await breaker_gateway(make_gateway, fake_openai, failures=1, cooldown_s=60)
     async with stub_for(gateway) as stub:
         await collect_stream(stub, request("fault-503"))
         outcome = await collect_stream(stub, request("fault-503"))

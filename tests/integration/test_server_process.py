@@ -17,6 +17,7 @@ from grpc_health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from generated import ai_service_pb2 as pb
 from generated import ai_service_pb2_grpc as pb_grpc
 from server.defaults import SHUTDOWN_ABORT_LEAD_S
+from tests.certs import make_certs
 from tests.conftest import UPSTREAM_KEY
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
 from tests.process import GatewayProcess, free_port, health_check, health_watch, run_gateway
@@ -144,6 +145,38 @@ async def test_an_invalid_config_file_exits_2_listing_every_problem(tmp_path: Pa
         "providers[2].api_key_env: environment variable NO_SUCH is not set or empty",
         "models[2].provider: required",
         "models: model 'x' names provider 'nowhere', which is not configured",
+    ]
+
+
+async def test_a_missing_tls_key_exits_2_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "certs").mkdir()
+    files = make_certs(tmp_path / "certs")
+    files.server_key.unlink()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        "listen: 127.0.0.1:0\n"
+        "tls: {cert_file: certs/server.crt, key_file: certs/server.key}\n"
+        "providers: [{name: demo, kind: demo}]\n"
+        "models: [{name: demo, provider: demo}]\n"
+    )
+    gateway = await GatewayProcess.start(tmp_path, "--config", str(config))
+
+    assert await gateway.wait_exit(REFUSAL_TIMEOUT_S) == 2
+    assert gateway.stderr.splitlines() == [
+        "gateway: invalid configuration:",
+        f"tls.key_file: {files.server_key}: no such file",
+    ]
+
+
+async def test_a_yaml_syntax_error_exits_2_naming_the_file_line_and_column(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("listen: 127.0.0.1:0\n  log_level: INFO\n")
+    gateway = await GatewayProcess.start(tmp_path, "--config", str(config))
+
+    assert await gateway.wait_exit(REFUSAL_TIMEOUT_S) == 2
+    assert gateway.stderr.splitlines() == [
+        "gateway: invalid configuration:",
+        f"config file {config} is not valid YAML: line 2, column 12: mapping values are not allowed here",
     ]
 
 

@@ -48,9 +48,9 @@ class RecordingContext:
     async def write(self, message: Any) -> None:
         self.written.append(message)
 
-    async def abort(self, code: Any, details: str, trailing_metadata: Any) -> None:
+    async def abort_with_status(self, status: Any) -> None:
         self.lines_when_status_sent = len(access_lines(self._caplog))
-        self.status = code
+        self.status = status
         raise StatusSent
 
 

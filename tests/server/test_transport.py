@@ -1,0 +1,289 @@
+"""The transport's failures are the gateway's upstream errors, saying what failed and where, never a secret."""
+
+from __future__ import annotations
+
+import errno
+import ssl
+
+import aiohttp
+import pytest
+from aiohttp.client_reqrep import ConnectionKey
+
+from server.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from server.providers.transport import AiohttpTransport, Timeouts, address_of, transport_error
+from tests.fakes.dead_upstreams import plaintext_server, refused_port, silent_server, untrusted_tls_server
+from tests.fakes.openai_upstream import FakeOpenAIUpstream
+from tools.devcerts import CertFiles
+
+KEY = ConnectionKey("api.example.com", 443, True, True, None, None, None, None)
+ADDRESS = "api.example.com:443"
+TIMEOUTS = Timeouts(pool_s=30.0, connect_s=30.0, read_s=30.0, total_s=60.0)
+
+
+def ssl_error(reason: str) -> ssl.SSLError:
+    error = ssl.SSLError(1, f"[SSL: {reason}] {reason.lower()}")
+    error.reason = reason  # set by the ssl module on real errors
+    return error
+
+
+@pytest.mark.parametrize(
+    ("exc", "streaming", "kind", "reason", "cause", "message"),
+    [
+        pytest.param(
+            aiohttp.ClientConnectorError(KEY, ConnectionRefusedError(errno.ECONNREFUSED, "refused")),
+            False,
+            UpstreamUnavailable,
+            "UPSTREAM_UNAVAILABLE",
+            "connection_refused",
+            f"cannot connect to upstream p at {ADDRESS}: connection refused",
+            id="refused",
+        ),
+        pytest.param(
+            aiohttp.ClientConnectorError(
+                KEY,
+                OSError("Multiple exceptions: [Errno 111] Connect call failed, [Errno 111] Connect call failed"),
+            ),
+            False,
+            UpstreamUnavailable,
+            "UPSTREAM_UNAVAILABLE",
+            "connection_refused",
+            f"cannot connect to upstream p at {ADDRESS}: connection refused",
+            id="refused on every address",
+        ),
+        pytest.param(
+            aiohttp.ClientConnectorError(KEY, OSError(errno.EHOSTUNREACH, "no route")),
+            False,
+            UpstreamUnavailable,
+            "UPSTREAM_UNAVAILABLE",
+            "unreachable",
+            f"cannot connect to upstream p at {ADDRESS}: no route to host",
+            id="unreachable",
+        ),
+        pytest.param(
+            aiohttp.ClientConnectorError(KEY, OSError(errno.EACCES, "denied")),
+            False,
+            UpstreamUnavailable,
+            "UPSTREAM_UNAVAILABLE",
+            "connect_failed",
+            f"cannot connect to upstream p at {ADDRESS}: connection failed (EACCES)",
+            id="other connect error",
+        ),
+        pytest.param(
+            aiohttp.ClientConnectorDNSError(KEY, OSError(-2, "Name or service not known")),
+            False,
+            UpstreamUnavailable,
+            "UPSTREAM_UNAVAILABLE",
+            "dns_failure",
+            f"cannot connect to upstream p at {ADDRESS}: DNS lookup failed",
+            id="DNS",
+        ),
+        pytest.param(
+            aiohttp.ClientConnectorSSLError(KEY, ssl_error("WRONG_VERSION_NUMBER")),
+            False,
+            UpstreamUnavailable,
+            "UPSTREAM_UNAVAILABLE",
+            "tls_failure",
+            f"cannot connect to upstream p at {ADDRESS}: TLS handshake failed (WRONG_VERSION_NUMBER)",
+            id="TLS",
+        ),
+        pytest.param(
+            aiohttp.ClientConnectorCertificateError(KEY, ssl.SSLCertVerificationError(1, "self-signed")),
+            False,
+            UpstreamUnavailable,
+            "UPSTREAM_UNAVAILABLE",
+            "tls_failure",
+            f"cannot connect to upstream p at {ADDRESS}: TLS handshake failed",
+            id="certificate",
+        ),
+        pytest.param(
+            aiohttp.ConnectionTimeoutError("Connection timeout to host https://api.example.com/v1?key=s"),
+            False,
+            UpstreamTimeout,
+            "UPSTREAM_TIMEOUT",
+            "connect_timeout",
+            f"cannot connect to upstream p at {ADDRESS}: timed out while connecting",
+            id="connect timeout",
+        ),
+        pytest.param(
+            aiohttp.SocketTimeoutError("Timeout on reading data from socket"),
+            True,
+            UpstreamTimeout,
+            "UPSTREAM_TIMEOUT",
+            "read_timeout",
+            f"upstream p at {ADDRESS} timed out while waiting for data",
+            id="read timeout",
+        ),
+        pytest.param(
+            TimeoutError(),
+            True,
+            UpstreamTimeout,
+            "UPSTREAM_TIMEOUT",
+            "deadline",
+            f"upstream p at {ADDRESS} did not answer before the call's deadline",
+            id="whole-call limit",
+        ),
+        pytest.param(
+            aiohttp.ClientOSError(errno.ECONNRESET, "Connection reset by peer"),
+            False,
+            UpstreamUnavailable,
+            "UPSTREAM_UNAVAILABLE",
+            "connection_reset",
+            f"upstream p at {ADDRESS} reset the connection",
+            id="reset before the answer",
+        ),
+        pytest.param(
+            aiohttp.ServerDisconnectedError(),
+            False,
+            UpstreamUnavailable,
+            "UPSTREAM_UNAVAILABLE",
+            "connection_closed",
+            f"upstream p at {ADDRESS} closed the connection",
+            id="closed before the answer",
+        ),
+        pytest.param(
+            aiohttp.ClientPayloadError("Response payload is not completed"),
+            True,
+            UpstreamUnavailable,
+            "UPSTREAM_STREAM_INTERRUPTED",
+            "body_cut",
+            f"upstream p at {ADDRESS} cut the body short mid-stream",
+            id="body cut mid-stream",
+        ),
+        pytest.param(
+            aiohttp.ClientConnectionResetError("reset"),
+            True,
+            UpstreamUnavailable,
+            "UPSTREAM_STREAM_INTERRUPTED",
+            "connection_reset",
+            f"upstream p at {ADDRESS} reset the connection mid-stream",
+            id="reset mid-stream",
+        ),
+        pytest.param(
+            aiohttp.ClientError("something else"),
+            False,
+            UpstreamUnavailable,
+            "UPSTREAM_UNAVAILABLE",
+            "connection_failed",
+            f"upstream p at {ADDRESS} failed",
+            id="any other client error",
+        ),
+    ],
+)
+def test_transport_failures(
+    exc: BaseException, streaming: bool, kind: type[UpstreamError], reason: str, cause: str, message: str
+) -> None:
+    error = transport_error("p", ADDRESS, exc, streaming=streaming)
+    assert (type(error), error.reason, error.message) == (kind, reason, message)
+    assert (error.metadata["cause"], error.metadata["upstream_address"], error.provider) == (cause, ADDRESS, "p")
+    assert "key=s" not in repr(error.metadata)
+
+
+def test_a_tls_failure_names_the_tls_library_reason() -> None:
+    error = transport_error(
+        "p", ADDRESS, aiohttp.ClientConnectorSSLError(KEY, ssl_error("WRONG_VERSION_NUMBER")), streaming=False
+    )
+    assert error.metadata["tls_error"] == "WRONG_VERSION_NUMBER"
+
+
+@pytest.mark.parametrize(
+    ("url", "address"),
+    [
+        ("http://127.0.0.1:9/v1", "127.0.0.1:9"),
+        ("https://api.openai.com/v1", "api.openai.com:443"),
+        ("http://upstream.test", "upstream.test:80"),
+        ("https://user:s3cret-pass@api.example.com:8443/v1?key=s3cret-key#frag", "api.example.com:8443"),
+        ("http://[::1]:8080/v1", "[::1]:8080"),
+        ("http://upstream.test:port/v1", "upstream.test"),
+    ],
+)
+def test_the_address_is_host_and_port_only(url: str, address: str) -> None:
+    assert address_of(url) == address
+
+
+# On loopback: real sockets, the failures as a real upstream produces them.
+
+
+async def post(base_url: str, timeouts: Timeouts = TIMEOUTS, model: str = "gpt-test") -> UpstreamError:
+    transport = AiohttpTransport("p", base_url, {"content-type": "application/json"}, max_connections=4)
+    body = f'{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}],"stream":true}}'.encode()
+    try:
+        response = await transport.post("/chat/completions", body, timeouts)
+        try:
+            async for _ in response:
+                pass
+        finally:
+            await response.aclose()
+    except UpstreamError as error:
+        return error
+    finally:
+        await transport.aclose()
+    raise AssertionError("the call succeeded")
+
+
+async def test_a_refused_port_says_connection_refused_and_where() -> None:
+    async with refused_port() as base_url:
+        error = await post(base_url)
+    address = base_url.removeprefix("http://").removesuffix("/v1")
+    assert (type(error), error.reason) == (UpstreamUnavailable, "UPSTREAM_UNAVAILABLE")
+    assert error.message == f"cannot connect to upstream p at {address}: connection refused"
+    assert (error.metadata["cause"], error.metadata["upstream_address"]) == ("connection_refused", address)
+
+
+async def test_userinfo_and_query_of_the_base_url_never_reach_the_error() -> None:
+    async with refused_port() as base_url:
+        secret_url = base_url.replace("http://", "http://user:s3cret-pass@") + "?key=s3cret-key"
+        error = await post(secret_url)
+    assert error.metadata["cause"] == "connection_refused"
+    assert "s3cret" not in error.message + repr(error.metadata)
+
+
+async def test_tls_to_a_plaintext_server_is_a_tls_failure() -> None:
+    async with plaintext_server() as base_url:
+        error = await post(base_url)
+    assert (type(error), error.reason, error.metadata["cause"]) == (
+        UpstreamUnavailable,
+        "UPSTREAM_UNAVAILABLE",
+        "tls_failure",
+    )
+    assert error.metadata["tls_error"] == "WRONG_VERSION_NUMBER"
+    assert "TLS handshake failed (WRONG_VERSION_NUMBER)" in error.message
+
+
+async def test_an_untrusted_certificate_is_a_tls_failure(tls_files: CertFiles) -> None:
+    async with untrusted_tls_server(tls_files.server_cert, tls_files.server_key) as base_url:
+        error = await post(base_url)
+    assert (error.metadata["cause"], error.metadata["tls_error"]) == ("tls_failure", "CERTIFICATE_VERIFY_FAILED")
+    assert error.message.endswith(": TLS handshake failed (CERTIFICATE_VERIFY_FAILED)")
+
+
+async def test_a_server_that_never_answers_is_a_read_timeout() -> None:
+    async with silent_server() as (base_url, silent):
+        error = await post(base_url, Timeouts(pool_s=30.0, connect_s=30.0, read_s=0.05, total_s=60.0))
+        assert silent.accepted.is_set()
+    assert (type(error), error.reason) == (UpstreamTimeout, "UPSTREAM_TIMEOUT")
+    assert (error.metadata["cause"], error.metadata["phase"]) == ("read_timeout", "waiting for data")
+
+
+async def test_an_unresolvable_name_is_a_dns_failure() -> None:
+    # .invalid never resolves (RFC 6761); the resolver answers at once, and the generous limits below
+    # let even a slow resolver give its answer rather than a timeout.
+    error = await post("http://nonexistent.invalid/v1")
+    assert (type(error), error.metadata["cause"], error.metadata["upstream_address"]) == (
+        UpstreamUnavailable,
+        "dns_failure",
+        "nonexistent.invalid:80",
+    )
+    assert error.message == "cannot connect to upstream p at nonexistent.invalid:80: DNS lookup failed"
+
+
+@pytest.mark.parametrize(
+    ("model", "reason", "cause"),
+    [
+        ("fault-reset-before", "UPSTREAM_UNAVAILABLE", "connection_reset"),
+        ("fault-reset-mid", "UPSTREAM_STREAM_INTERRUPTED", "body_cut"),
+    ],
+)
+async def test_resets_before_and_during_the_answer(model: str, reason: str, cause: str) -> None:
+    async with FakeOpenAIUpstream() as upstream:
+        error = await post(upstream.base_url, model=model)
+    assert (type(error), error.reason, error.metadata["cause"]) == (UpstreamUnavailable, reason, cause)

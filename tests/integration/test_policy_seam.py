@@ -153,4 +153,3 @@ async def test_a_session_whose_client_cancels_settles_the_running_turn_as_cancel
     await gateway.stop(30.0)  # returns once every handler has ended (at once: none is left running)
     start.remove(gateway)
     assert [(s.method, s.code) for s in policy.settled] == [("InteractiveStream.turn", "CANCELLED")]
-

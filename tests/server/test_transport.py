@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import errno
 import ssl
+from collections.abc import Callable
 
 import aiohttp
 import pytest
 from aiohttp.client_reqrep import ConnectionKey
 
 from server.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from server.providers.transport import AiohttpTransport, Timeouts, address_of, transport_error
+from server.providers.httpx_transport import HttpxTransport
+from server.providers.transport import AiohttpTransport, Timeouts, Transport, address_of, transport_error
 from tests.fakes.dead_upstreams import plaintext_server, refused_port, silent_server, untrusted_tls_server
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
 from tools.devcerts import CertFiles
@@ -200,11 +202,40 @@ def test_the_address_is_host_and_port_only(url: str, address: str) -> None:
     assert address_of(url) == address
 
 
-# On loopback: real sockets, the failures as a real upstream produces them.
+# On loopback: real sockets, the failures as a real upstream produces them, through either transport:
+# both must say the same.
+
+TRANSPORTS: dict[str, type[AiohttpTransport] | type[HttpxTransport]] = {
+    "aiohttp": AiohttpTransport,
+    "httpx": HttpxTransport,
+}
 
 
-async def post(base_url: str, timeouts: Timeouts = TIMEOUTS, model: str = "gpt-test") -> UpstreamError:
-    transport = AiohttpTransport("p", base_url, {"content-type": "application/json"}, max_connections=4)
+@pytest.fixture(params=sorted(TRANSPORTS))
+def transport_name(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def post(transport_name: str) -> Poster:
+    def make(base_url: str) -> Transport:
+        return TRANSPORTS[transport_name]("p", base_url, {"content-type": "application/json"}, max_connections=4)
+
+    return Poster(make)
+
+
+class Poster:
+    """Streams one chat completion through a transport and returns the error it ended with."""
+
+    def __init__(self, make: Callable[[str], Transport]) -> None:
+        self._make = make
+
+    async def __call__(self, base_url: str, timeouts: Timeouts = TIMEOUTS, model: str = "gpt-test") -> UpstreamError:
+        return await post_through(self._make(base_url), timeouts, model)
+
+
+async def post_through(transport: Transport, timeouts: Timeouts, model: str) -> UpstreamError:
     body = f'{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}],"stream":true}}'.encode()
     try:
         response = await transport.post("/chat/completions", body, timeouts)
@@ -220,7 +251,7 @@ async def post(base_url: str, timeouts: Timeouts = TIMEOUTS, model: str = "gpt-t
     raise AssertionError("the call succeeded")
 
 
-async def test_a_refused_port_says_connection_refused_and_where() -> None:
+async def test_a_refused_port_says_connection_refused_and_where(post: Poster) -> None:
     async with refused_port() as base_url:
         error = await post(base_url)
     address = base_url.removeprefix("http://").removesuffix("/v1")
@@ -229,7 +260,7 @@ async def test_a_refused_port_says_connection_refused_and_where() -> None:
     assert (error.metadata["cause"], error.metadata["upstream_address"]) == ("connection_refused", address)
 
 
-async def test_userinfo_and_query_of_the_base_url_never_reach_the_error() -> None:
+async def test_userinfo_and_query_of_the_base_url_never_reach_the_error(post: Poster) -> None:
     async with refused_port() as base_url:
         secret_url = base_url.replace("http://", "http://user:s3cret-pass@") + "?key=s3cret-key"
         error = await post(secret_url)
@@ -237,7 +268,7 @@ async def test_userinfo_and_query_of_the_base_url_never_reach_the_error() -> Non
     assert "s3cret" not in error.message + repr(error.metadata)
 
 
-async def test_tls_to_a_plaintext_server_is_a_tls_failure() -> None:
+async def test_tls_to_a_plaintext_server_is_a_tls_failure(post: Poster) -> None:
     async with plaintext_server() as base_url:
         error = await post(base_url)
     assert (type(error), error.reason, error.metadata["cause"]) == (
@@ -249,14 +280,14 @@ async def test_tls_to_a_plaintext_server_is_a_tls_failure() -> None:
     assert "TLS handshake failed (WRONG_VERSION_NUMBER)" in error.message
 
 
-async def test_an_untrusted_certificate_is_a_tls_failure(tls_files: CertFiles) -> None:
+async def test_an_untrusted_certificate_is_a_tls_failure(post: Poster, tls_files: CertFiles) -> None:
     async with untrusted_tls_server(tls_files.server_cert, tls_files.server_key) as base_url:
         error = await post(base_url)
     assert (error.metadata["cause"], error.metadata["tls_error"]) == ("tls_failure", "CERTIFICATE_VERIFY_FAILED")
     assert error.message.endswith(": TLS handshake failed (CERTIFICATE_VERIFY_FAILED)")
 
 
-async def test_a_server_that_never_answers_is_a_read_timeout() -> None:
+async def test_a_server_that_never_answers_is_a_read_timeout(post: Poster) -> None:
     async with silent_server() as (base_url, silent):
         error = await post(base_url, Timeouts(pool_s=30.0, connect_s=30.0, read_s=0.05, total_s=60.0))
         assert silent.accepted.is_set()
@@ -264,7 +295,7 @@ async def test_a_server_that_never_answers_is_a_read_timeout() -> None:
     assert (error.metadata["cause"], error.metadata["phase"]) == ("read_timeout", "waiting for data")
 
 
-async def test_an_unresolvable_name_is_a_dns_failure() -> None:
+async def test_an_unresolvable_name_is_a_dns_failure(post: Poster) -> None:
     # .invalid never resolves (RFC 6761); the resolver answers at once, and the generous limits below
     # let even a slow resolver give its answer rather than a timeout.
     error = await post("http://nonexistent.invalid/v1")
@@ -283,7 +314,7 @@ async def test_an_unresolvable_name_is_a_dns_failure() -> None:
         ("fault-reset-mid", "UPSTREAM_STREAM_INTERRUPTED", "body_cut"),
     ],
 )
-async def test_resets_before_and_during_the_answer(model: str, reason: str, cause: str) -> None:
+async def test_resets_before_and_during_the_answer(post: Poster, model: str, reason: str, cause: str) -> None:
     async with FakeOpenAIUpstream() as upstream:
         error = await post(upstream.base_url, model=model)
     assert (type(error), error.reason, error.metadata["cause"]) == (UpstreamUnavailable, reason, cause)

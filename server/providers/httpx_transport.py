@@ -207,7 +207,7 @@ def _connect_error(provider: str, address: str, exc: httpx.ConnectError) -> Upst
     if any(isinstance(cause, socket.gaierror) for cause in causes):
         return dns_error(provider, address)
     if tls := next((cause for cause in causes if isinstance(cause, ssl.SSLError)), None):
-        return tls_error(provider, address, safe_identifier(tls.reason))
+        return tls_error(provider, address, safe_identifier(getattr(tls, "reason", None)))
     return connect_errno_error(provider, address, _connect_os_error(causes))
 
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import errno
+import itertools
+import socket
 import ssl
 from collections.abc import Callable
 
 import aiohttp
+import httpx
 import pytest
 from aiohttp.client_reqrep import ConnectionKey
 
 from server.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from server.providers.httpx_transport import HttpxTransport
+from server.providers.httpx_transport import HttpxTransport, httpx_transport_error
 from server.providers.transport import AiohttpTransport, Timeouts, Transport, address_of, transport_error
 from tests.fakes.dead_upstreams import plaintext_server, refused_port, silent_server, untrusted_tls_server
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
@@ -187,6 +190,220 @@ def test_a_tls_failure_names_the_tls_library_reason() -> None:
     assert error.metadata["tls_error"] == "WRONG_VERSION_NUMBER"
 
 
+def chained(*chain: BaseException) -> BaseException:
+    """The first exception, raised from the second, raised from the third… as httpx raises from httpcore
+    from the socket or TLS library."""
+    for exc, cause in itertools.pairwise(chain):
+        exc.__cause__ = cause
+    return chain[0]
+
+
+def connect_error(*causes: BaseException) -> BaseException:
+    return chained(
+        httpx.ConnectError("All connection attempts failed"), OSError("All connection attempts failed"), *causes
+    )
+
+
+REFUSED = ConnectionRefusedError(errno.ECONNREFUSED, "Connect call failed")
+HTTPX_CONNECT_FAILURES = [
+    pytest.param(connect_error(REFUSED), "connection_refused", "connection refused", id="refused"),
+    pytest.param(
+        connect_error(ExceptionGroup("attempts", [REFUSED, ConnectionRefusedError(errno.ECONNREFUSED, "again")])),
+        "connection_refused",
+        "connection refused",
+        id="refused on every address",
+    ),
+    pytest.param(
+        connect_error(ExceptionGroup("attempts", [REFUSED, OSError(errno.EHOSTUNREACH, "no route")])),
+        "connect_failed",
+        "connection failed",
+        id="addresses failing differently",
+    ),
+    pytest.param(
+        connect_error(OSError(errno.EHOSTUNREACH, "no route")), "unreachable", "no route to host", id="unreachable"
+    ),
+    pytest.param(
+        connect_error(OSError(errno.EACCES, "denied")), "connect_failed", "connection failed (EACCES)", id="other"
+    ),
+    pytest.param(
+        connect_error(socket.gaierror(-2, "Name or service not known")), "dns_failure", "DNS lookup failed", id="DNS"
+    ),
+    pytest.param(
+        chained(httpx.ConnectError("wrong version"), ssl_error("WRONG_VERSION_NUMBER")),
+        "tls_failure",
+        "TLS handshake failed (WRONG_VERSION_NUMBER)",
+        id="TLS",
+    ),
+    pytest.param(
+        chained(httpx.ConnectError("verify failed"), ssl.SSLCertVerificationError(1, "self-signed")),
+        "tls_failure",
+        "TLS handshake failed",
+        id="certificate",
+    ),
+    pytest.param(httpx.ConnectError("no cause"), "connect_failed", "connection failed", id="no cause given"),
+]
+
+
+@pytest.mark.parametrize(("exc", "cause", "what"), HTTPX_CONNECT_FAILURES)
+def test_httpx_connect_failures_read_as_aiohttps(exc: BaseException, cause: str, what: str) -> None:
+    error = httpx_transport_error("p", ADDRESS, exc, in_body=False)
+    assert (type(error), error.reason, error.message) == (
+        UpstreamUnavailable,
+        "UPSTREAM_UNAVAILABLE",
+        f"cannot connect to upstream p at {ADDRESS}: {what}",
+    )
+    assert (error.metadata["cause"], error.metadata["upstream_address"], error.provider) == (cause, ADDRESS, "p")
+
+
+@pytest.mark.parametrize(
+    ("exc", "in_body", "streaming", "kind", "reason", "cause", "message"),
+    [
+        pytest.param(
+            httpx.ConnectTimeout("connect"),
+            False,
+            False,
+            UpstreamTimeout,
+            "UPSTREAM_TIMEOUT",
+            "connect_timeout",
+            f"cannot connect to upstream p at {ADDRESS}: timed out while connecting",
+            id="connect timeout",
+        ),
+        pytest.param(
+            httpx.PoolTimeout("pool"),
+            False,
+            False,
+            UpstreamTimeout,
+            "UPSTREAM_TIMEOUT",
+            "connect_timeout",
+            f"cannot connect to upstream p at {ADDRESS}: timed out while connecting",
+            id="pool timeout",
+        ),
+        pytest.param(
+            httpx.ReadTimeout("read"),
+            True,
+            True,
+            UpstreamTimeout,
+            "UPSTREAM_TIMEOUT",
+            "read_timeout",
+            f"upstream p at {ADDRESS} timed out while waiting for data",
+            id="read timeout",
+        ),
+        pytest.param(
+            httpx.WriteTimeout("write"),
+            False,
+            False,
+            UpstreamTimeout,
+            "UPSTREAM_TIMEOUT",
+            "read_timeout",
+            f"upstream p at {ADDRESS} timed out while waiting for data",
+            id="write timeout",
+        ),
+        pytest.param(
+            TimeoutError(),
+            True,
+            True,
+            UpstreamTimeout,
+            "UPSTREAM_TIMEOUT",
+            "deadline",
+            f"upstream p at {ADDRESS} did not answer before the call's deadline",
+            id="whole-call limit",
+        ),
+        pytest.param(
+            chained(httpx.ReadError("reset"), ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")),
+            False,
+            False,
+            UpstreamUnavailable,
+            "UPSTREAM_UNAVAILABLE",
+            "connection_reset",
+            f"upstream p at {ADDRESS} reset the connection",
+            id="reset before the answer",
+        ),
+        pytest.param(
+            httpx.RemoteProtocolError("Server disconnected without sending a response."),
+            False,
+            False,
+            UpstreamUnavailable,
+            "UPSTREAM_UNAVAILABLE",
+            "connection_closed",
+            f"upstream p at {ADDRESS} closed the connection",
+            id="closed before the answer",
+        ),
+        pytest.param(
+            httpx.RemoteProtocolError("illegal status line: bytearray(b'SSH-2.0-OpenSSH_9.6')"),
+            False,
+            False,
+            UpstreamUnavailable,
+            "UPSTREAM_UNAVAILABLE",
+            "protocol_error",
+            f"upstream p at {ADDRESS} did not answer in HTTP",
+            id="not HTTP",
+        ),
+        pytest.param(
+            httpx.RemoteProtocolError("peer closed connection without sending complete message body"),
+            True,
+            True,
+            UpstreamUnavailable,
+            "UPSTREAM_STREAM_INTERRUPTED",
+            "body_cut",
+            f"upstream p at {ADDRESS} cut the body short mid-stream",
+            id="body cut mid-stream",
+        ),
+        pytest.param(
+            chained(httpx.ReadError("reset"), ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")),
+            True,
+            True,
+            UpstreamUnavailable,
+            "UPSTREAM_STREAM_INTERRUPTED",
+            "body_cut",
+            f"upstream p at {ADDRESS} cut the body short mid-stream",
+            id="reset mid-stream",
+        ),
+        pytest.param(
+            httpx.ReadError("closed"),
+            True,
+            False,
+            UpstreamUnavailable,
+            "UPSTREAM_UNAVAILABLE",
+            "body_cut",
+            f"upstream p at {ADDRESS} cut the body short",
+            id="cut while a whole body is read",
+        ),
+        pytest.param(
+            httpx.UnsupportedProtocol("Request URL has an unsupported protocol 'ftp://'."),
+            False,
+            False,
+            UpstreamUnavailable,
+            "UPSTREAM_UNAVAILABLE",
+            "connection_failed",
+            f"upstream p at {ADDRESS} failed",
+            id="any other httpx error",
+        ),
+        pytest.param(
+            httpx.InvalidURL("Invalid port: 'port'"),
+            False,
+            False,
+            UpstreamUnavailable,
+            "UPSTREAM_UNAVAILABLE",
+            "connection_failed",
+            f"upstream p at {ADDRESS} failed",
+            id="a URL httpx cannot send to",
+        ),
+    ],
+)
+def test_httpx_failures_read_as_aiohttps(
+    exc: BaseException,
+    in_body: bool,
+    streaming: bool,
+    kind: type[UpstreamError],
+    reason: str,
+    cause: str,
+    message: str,
+) -> None:
+    error = httpx_transport_error("p", ADDRESS, exc, in_body=in_body, streaming=streaming)
+    assert (type(error), error.reason, error.message) == (kind, reason, message)
+    assert (error.metadata["cause"], error.metadata["upstream_address"], error.provider) == (cause, ADDRESS, "p")
+
+
 @pytest.mark.parametrize(
     ("url", "address"),
     [
@@ -318,3 +535,65 @@ async def test_resets_before_and_during_the_answer(post: Poster, model: str, rea
     async with FakeOpenAIUpstream() as upstream:
         error = await post(upstream.base_url, model=model)
     assert (type(error), error.reason, error.metadata["cause"]) == (UpstreamUnavailable, reason, cause)
+
+
+async def test_a_call_past_its_whole_call_limit_is_a_deadline(post: Poster) -> None:
+    # The read limit is generous: only the whole-call limit (which httpx has not: an asyncio deadline) can end it.
+    async with silent_server() as (base_url, silent):
+        error = await post(base_url, Timeouts(pool_s=30.0, connect_s=30.0, read_s=30.0, total_s=0.05))
+        assert silent.accepted.is_set()
+    assert (type(error), error.reason) == (UpstreamTimeout, "UPSTREAM_TIMEOUT")
+    assert (error.metadata["cause"], error.metadata["phase"]) == ("deadline", "waiting for data")
+    assert error.message == f"upstream p at {base_url.removeprefix('http://').removesuffix('/v1')} did not answer " + (
+        "before the call's deadline"
+    )
+
+
+async def test_a_deadline_mid_body_is_a_deadline_too(transport_name: str) -> None:
+    # 200 headers, then silence: the limit runs out while the body is read chunk by chunk.
+    async with FakeOpenAIUpstream() as upstream:
+        transport = TRANSPORTS[transport_name]("p", upstream.base_url, {}, max_connections=4)
+        timeouts = Timeouts(pool_s=30.0, connect_s=30.0, read_s=30.0, total_s=0.2)
+        error = await post_through(transport, timeouts, "fault-stall")
+        await upstream.wait_for_disconnect(timeout=5.0)
+    assert (type(error), error.metadata["cause"]) == (UpstreamTimeout, "deadline")
+
+
+async def read_stream(transport: Transport, model: str, chunks: int | None = None) -> bytes:
+    """`model`'s stream: all of it, or its first `chunks` reads (then the response is abandoned)."""
+    body = f'{{"model":"{model}","messages":[{{"role":"user","content":"a b c"}}],"stream":true}}'.encode()
+    response = await transport.post("/chat/completions", body, TIMEOUTS)
+    received = b""
+    try:
+        assert (response.status, response.headers["Content-Type"].split(";")[0]) == (200, "text/event-stream")
+        async for chunk in response:
+            received += chunk
+            if chunks is not None and (chunks := chunks - 1) == 0:
+                break
+    finally:
+        await response.aclose()
+    return received
+
+
+async def test_a_body_read_to_its_end_gives_the_connection_back_to_the_pool(transport_name: str) -> None:
+    async with FakeOpenAIUpstream() as upstream:
+        transport = TRANSPORTS[transport_name]("p", upstream.base_url, {}, max_connections=4)
+        try:
+            for _ in range(3):
+                assert (await read_stream(transport, "echo")).endswith(b"data: [DONE]\n\n")
+        finally:
+            await transport.aclose()
+        assert (upstream.connections_accepted, upstream.disconnects) == (1, [])
+
+
+async def test_an_abandoned_body_closes_the_connection(transport_name: str) -> None:
+    # Closing tells the upstream to stop generating; the next call opens a new connection.
+    async with FakeOpenAIUpstream() as upstream:
+        transport = TRANSPORTS[transport_name]("p", upstream.base_url, {}, max_connections=4)
+        try:
+            assert await read_stream(transport, "slow-tokens-100", chunks=1)
+            disconnect = await upstream.wait_for_disconnect(timeout=5.0)
+            assert await read_stream(transport, "echo")
+        finally:
+            await transport.aclose()
+        assert (disconnect.model, upstream.connections_accepted) == ("slow-tokens-100", 2)

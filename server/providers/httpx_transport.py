@@ -28,6 +28,7 @@ HTTP/1.1 only: HTTP/2 would need the `h2` package, and streams of events gain no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import http.cookiejar
 import socket
@@ -35,6 +36,7 @@ import ssl
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import NoReturn
 
+import anyio
 import httpx
 
 from server.errors import UpstreamError
@@ -155,11 +157,21 @@ class _HttpxResponse(UpstreamResponse):
 
     async def aclose(self) -> None:
         # httpx gives the connection back to its pool when the body was read to its end, and closes it
-        # otherwise. The chunk iterator is closed first, so that no generator is left for the GC to finish.
+        # otherwise. Unlike aiohttp, it knows a body has ended only once it has parsed the end: a reader
+        # that stops at the last event (the gateway stops at the end event) leaves it unparsed, in the
+        # buffer. So what has already arrived is read here, without waiting for more: the first read that
+        # would wait is cancelled (httpcore then closes the connection, shielded from the cancellation).
         try:
-            await self._chunks.aclose()  # type: ignore[attr-defined]  # an async generator
+            if not self._response.is_closed:
+                with anyio.move_on_after(0), contextlib.suppress(*_FAILURES):
+                    async for _ in self._chunks:
+                        pass
         finally:
-            await self._response.aclose()
+            try:
+                # Closed, so that no generator is left for the GC to finish.
+                await self._chunks.aclose()  # type: ignore[attr-defined]  # an async generator
+            finally:
+                await self._response.aclose()
 
 
 def httpx_transport_error(

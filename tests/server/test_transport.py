@@ -559,8 +559,9 @@ async def test_a_deadline_mid_body_is_a_deadline_too(transport_name: str) -> Non
     assert (type(error), error.metadata["cause"]) == (UpstreamTimeout, "deadline")
 
 
-async def read_stream(transport: Transport, model: str, chunks: int | None = None) -> bytes:
-    """`model`'s stream: all of it, or its first `chunks` reads (then the response is abandoned)."""
+async def read_stream(transport: Transport, model: str, chunks: int | None = None, until: bytes = b"") -> bytes:
+    """`model`'s stream: all of it, its first `chunks` reads, or up to `until` (then the response is
+    abandoned, as the gateway abandons it after the end event)."""
     body = f'{{"model":"{model}","messages":[{{"role":"user","content":"a b c"}}],"stream":true}}'.encode()
     response = await transport.post("/chat/completions", body, TIMEOUTS)
     received = b""
@@ -569,6 +570,8 @@ async def read_stream(transport: Transport, model: str, chunks: int | None = Non
         async for chunk in response:
             received += chunk
             if chunks is not None and (chunks := chunks - 1) == 0:
+                break
+            if until and until in received:
                 break
     finally:
         await response.aclose()
@@ -597,3 +600,18 @@ async def test_an_abandoned_body_closes_the_connection(transport_name: str) -> N
         finally:
             await transport.aclose()
         assert (disconnect.model, upstream.connections_accepted) == ("slow-tokens-100", 2)
+
+
+async def test_a_body_whose_end_has_arrived_goes_back_to_the_pool_when_its_reader_stops_at_the_last_event(
+    transport_name: str,
+) -> None:
+    # The gateway stops reading at the end event; the body's own end (the last chunk of the chunked
+    # encoding) came with it, so the connection is whole and is reused.
+    async with FakeOpenAIUpstream() as upstream:
+        transport = TRANSPORTS[transport_name]("p", upstream.base_url, {}, max_connections=4)
+        try:
+            for _ in range(3):
+                assert (await read_stream(transport, "echo", until=b"data: [DONE]")).endswith(b"data: [DONE]\n\n")
+        finally:
+            await transport.aclose()
+        assert (upstream.connections_accepted, upstream.disconnects) == (1, [])

@@ -6,6 +6,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -13,6 +14,8 @@ import pytest
 from generated import ai_service_pb2 as pb
 from generated import ai_service_pb2_grpc as pb_grpc
 from server.app import Gateway
+from server.config import TRANSPORTS, TransportName
+from tests.conftest import GatewayFactory, openai_config
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
 from tests.rpc import request, stub_for, unary_request
 
@@ -77,9 +80,13 @@ async def settle(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts file descriptors in /proc")
+@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_a_thousand_cancelled_streams_leave_no_task_socket_or_slot_behind(
-    openai_gateway: Gateway, fake_openai: FakeOpenAIUpstream
+    make_gateway: GatewayFactory, fake_openai: FakeOpenAIUpstream, transport: TransportName
 ) -> None:
+    config = openai_config(fake_openai.base_url)
+    providers = tuple(replace(p, transport=transport) if p.name == "fake-openai" else p for p in config.providers)
+    openai_gateway = await make_gateway(replace(config, providers=providers))
     limits = openai_gateway.router.resilience.limits
 
     async def cancel_after_first_delta(stub: pb_grpc.AIServiceAsyncStub) -> None:

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import errno
 import http.cookiejar
+import logging
 import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -57,6 +58,7 @@ __all__ = ["HttpxTransport", "httpx_transport_error"]
 # What httpx raises: its own errors, InvalidURL (not one of them) for a URL it cannot send to, and
 # TimeoutError from the whole-call deadline.
 _FAILURES = (httpx.HTTPError, httpx.InvalidURL, TimeoutError)
+_QUIET_LOGGERS = ("httpx", "httpcore")
 
 
 class HttpxTransport(Transport):
@@ -84,6 +86,10 @@ class HttpxTransport(Transport):
         self._client: httpx.AsyncClient | None = None
 
     def _open(self) -> httpx.AsyncClient:
+        # httpx logs every request's URL at INFO (a base URL's userinfo and query with it), httpcore its
+        # traces at DEBUG: neither belongs in the gateway's log, which says what failed in its own words.
+        for name in _QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
         # No proxies from the environment (trust_env=False): they must not see the upstream key. No
         # cookies kept: upstream APIs set none the gateway wants, and one caller's must not reach the next.
         no_cookies = http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import logging
 import socket
 import ssl
 from collections.abc import Callable
@@ -615,3 +616,18 @@ async def test_a_body_whose_end_has_arrived_goes_back_to_the_pool_when_its_reade
         finally:
             await transport.aclose()
         assert (upstream.connections_accepted, upstream.disconnects) == (1, [])
+
+
+async def test_no_url_secret_reaches_the_log_through_either_transport(
+    transport_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # httpx logs each request's URL at INFO on its own; the transport keeps it out of the gateway's log.
+    caplog.set_level(logging.DEBUG)
+    async with FakeOpenAIUpstream() as upstream:
+        secret_url = upstream.base_url.replace("http://", "http://user:s3cret-pass@")
+        transport = TRANSPORTS[transport_name]("p", secret_url, {}, max_connections=4)
+        try:
+            await read_stream(transport, "echo")
+        finally:
+            await transport.aclose()
+    assert "s3cret" not in caplog.text

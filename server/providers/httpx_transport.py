@@ -1,6 +1,6 @@
 """The same Transport over httpx (provider key `transport: httpx`), for when httpx's behaviour is wanted
-over aiohttp's speed: its pool and h11 parser cost several times aiohttp's per streamed event (`make
-bench` measures both), so aiohttp stays the default.
+over aiohttp's speed: through it a streamed token costs the gateway about twice the CPU (`make bench`
+measures both), so aiohttp stays the default.
 
 httpx's failures become exactly the errors AiohttpTransport raises (transport_errors.py builds both):
 

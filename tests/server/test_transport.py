@@ -631,3 +631,18 @@ async def test_no_url_secret_reaches_the_log_through_either_transport(
         finally:
             await transport.aclose()
     assert "s3cret" not in caplog.text
+
+
+async def test_a_proxy_in_the_environment_is_not_used(transport_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A proxy would see the upstream key: only an explicit setting may send calls through one.
+    async with refused_port() as proxy, FakeOpenAIUpstream() as upstream:
+        for variable in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+            monkeypatch.setenv(variable, proxy.removesuffix("/v1"))
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        transport = TRANSPORTS[transport_name]("p", upstream.base_url, {}, max_connections=4)
+        try:
+            assert (await read_stream(transport, "echo")).endswith(b"data: [DONE]\n\n")
+        finally:
+            await transport.aclose()
+        assert len(upstream.requests) == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import itertools
 import logging
@@ -646,3 +648,34 @@ async def test_a_proxy_in_the_environment_is_not_used(transport_name: str, monke
         finally:
             await transport.aclose()
         assert len(upstream.requests) == 1
+
+
+async def test_cookies_an_upstream_sets_are_never_sent_back(transport_name: str) -> None:
+    # One caller's session cookie must not ride along on the next caller's call.
+    heads: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):  # the client hangs up
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).lower()
+                heads.append(head)
+                await reader.readexactly(int(head.split(b"content-length:")[1].split(b"\r\n")[0]))
+                writer.write(b"HTTP/1.1 200 OK\r\nset-cookie: session=abc; Path=/\r\ncontent-length: 2\r\n\r\nok")
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    async with server:
+        base_url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+        transport = TRANSPORTS[transport_name]("p", base_url, {}, max_connections=4)
+        try:
+            for _ in range(2):
+                response = await transport.post("/chat/completions", b"{}", TIMEOUTS)
+                try:
+                    assert (response.status, await response.read()) == (200, b"ok")
+                finally:
+                    await response.aclose()
+        finally:
+            await transport.aclose()
+    assert len(heads) == 2
+    assert not any(b"\r\ncookie:" in head for head in heads)

@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     throughput.add_argument("--sync", action="store_true", help="print READY, then wait for 'GO <unix time>'")
     throughput.add_argument("--expect", type=int, help="tokens every stream must deliver (else it is an error)")
     for sub in (ttft, throughput):
-        sub.add_argument("--target", choices=("direct", "gateway"), required=True)
+        sub.add_argument("--target", choices=("direct", "gateway", "gateway-httpx"), required=True)
         sub.add_argument("--address", required=True, help="upstream base URL (direct) or gateway HOST:PORT")
         sub.add_argument("--model", required=True, help="tokens-N (direct) or the gateway's catalog name")
     args = parser.parse_args(argv)

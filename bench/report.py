@@ -61,7 +61,14 @@ Row = tuple[str, str, str, str, str]  # scenario, direct, gateway, added / ratio
 
 def _rows(result: BenchResult) -> list[Row]:
     header: Row = ("scenario", "direct", "gateway", "added / ratio", "target")
-    return [header, *_ttft_rows(result), *_throughput_rows(result), *_detail_rows(result), *_gateway_rows(result)]
+    return [
+        header,
+        *_ttft_rows(result),
+        *_throughput_rows(result),
+        *_detail_rows(result),
+        *_gateway_rows(result),
+        *_httpx_rows(result),
+    ]
 
 
 def _ttft_rows(result: BenchResult) -> list[Row]:
@@ -149,6 +156,33 @@ def _gateway_rows(result: BenchResult) -> list[Row]:
     return rows
 
 
+def _httpx_rows(result: BenchResult) -> list[Row]:
+    """The same gateway calling the same upstream through httpx (`transport: httpx`), against aiohttp."""
+    if "gateway-httpx" not in result.throughput:
+        return []
+    s = result.summary()
+    tokens, us_per_token = s["tokens_per_s_gateway-httpx"], s["gateway_httpx_us_per_token"]
+    errors = sum(r.errors for r in result.throughput["gateway-httpx"])
+    failed: list[Row] = [("gateway via httpx: ERRORS", _DASH, str(errors), "", "FAILED STREAMS")] if errors else []
+    return [
+        (
+            "gateway via httpx: tokens/s",
+            _DASH,
+            _count(tokens),
+            f"{tokens / s['tokens_per_s_gateway']:.2f}{_TIMES} aiohttp's",
+            "",
+        ),
+        (
+            "gateway via httpx: CPU per token",
+            _DASH,
+            "n/a" if math.isnan(us_per_token) else f"{us_per_token:.0f} µs",
+            f"{us_per_token / s['gateway_us_per_token']:.2f}{_TIMES} aiohttp's",
+            "",
+        ),
+        *failed,
+    ]
+
+
 def render(result: BenchResult) -> str:
     settings, machine = result.settings, result.machine
     split = " + ".join(str(n) for n in settings.per_process_concurrency())
@@ -177,7 +211,7 @@ def render(result: BenchResult) -> str:
 
 def _first_errors(result: BenchResult) -> dict[str, str]:
     errors: dict[str, str] = {}
-    for target in ("direct", "gateway"):
+    for target in ("direct", "gateway", "gateway-httpx"):
         ttft = result.ttft.get(target)
         candidates = [ttft.first_error if ttft else ""]
         candidates += [load.first_error for r in result.throughput.get(target, []) for load in r.loads]

@@ -195,5 +195,6 @@ class BenchResult:
             **throughput,
             "gateway_cpu_percent": statistics.median(gateway_cpu) if gateway_cpu else math.nan,
             "gateway_us_per_token": self.median("gateway", "gateway_us_per_token"),
+            "gateway_httpx_us_per_token": self.median("gateway-httpx", "gateway_us_per_token"),
             "gateway_peak_rss_mib": self.gateway_peak_rss_bytes / 2**20,
         }

@@ -31,7 +31,7 @@ from grpc_health.v1 import health_pb2
 from bench.procs import Child, Children, cpu_seconds, machine_cpu_seconds, peak_rss_bytes
 from bench.results import BenchResult, LoadResult, Machine, Settings, ThroughputResult, TtftResult
 
-__all__ = ["Progress", "Stack", "run_bench", "to_stderr"]
+__all__ = ["THROUGHPUT_TARGETS", "Progress", "Stack", "run_bench", "to_stderr"]
 
 # A cold interpreter imports grpc, protobuf and httpx in well under a second; this leaves room for a slow box.
 READY_TIMEOUT_S = 20.0
@@ -39,6 +39,10 @@ _POLL_INTERVAL_S = 0.05
 # The gateway's grace period on SIGTERM: the bench stops it only when no call is left.
 _GATEWAY_GRACE_S = 1.0
 _TTFT_MODEL_TOKENS = 1  # the shortest stream: TTFT then measures the path, not the stream's length
+# The throughput sides, each round in this order: the upstream itself, the gateway calling it through
+# aiohttp (its default transport), and the same gateway process through httpx (a second provider entry).
+THROUGHPUT_TARGETS = ("direct", "gateway", "gateway-httpx")
+_MODEL_PREFIX = {"gateway": "bench", "gateway-httpx": "bench-httpx"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +61,7 @@ class CpuPlan:
         return cls(gateway=frozenset(cpus[:1]), others=frozenset(cpus[1:]))
 
     def load_cpus(self, target: str) -> frozenset[int] | None:
-        return self.others if target == "gateway" else None
+        return self.others if target != "direct" else None
 
     def describe(self) -> str:
         if self.gateway is None or self.others is None:
@@ -113,7 +117,7 @@ class Stack:
         """The address and model name a load process uses for `target` and streams of `tokens` tokens."""
         if target == "direct":
             return self.upstream_url, f"tokens-{tokens}"
-        return self.gateway_address, f"bench-{tokens}"
+        return self.gateway_address, f"{_MODEL_PREFIX[target]}-{tokens}"
 
     async def ttft(self, target: str, settings: Settings) -> TtftResult:
         address, model = self._endpoint(target, _TTFT_MODEL_TOKENS)
@@ -154,7 +158,7 @@ class Stack:
         window_start = time.time() + settings.warmup_s
         for load in loads:
             load.write_line(f"GO {window_start!r}")
-        servers = {"upstream": self.upstream.pid} | ({"gateway": self.gateway.pid} if target == "gateway" else {})
+        servers = {"upstream": self.upstream.pid} | ({"gateway": self.gateway.pid} if target != "direct" else {})
         cpu = await _cpu_percent_over(servers, window_start, settings.duration_s)
         raws = [await _result(load, settings.duration_s + 30) for load in loads]
         for load in loads:
@@ -177,7 +181,7 @@ async def run_bench(settings: Settings, command: str | None = None, progress: Pr
         machine=Machine.this(),
         command=command or shlex.join([sys.executable, "-m", "bench", *sys.argv[1:]]),
     )
-    steps = 2 + 2 * settings.rounds
+    steps = 2 + len(THROUGHPUT_TARGETS) * settings.rounds
     step = 0
 
     def begin(what: str) -> float:
@@ -200,7 +204,7 @@ async def run_bench(settings: Settings, command: str | None = None, progress: Pr
                 end(began, f"TTFT p50 {ttft.p50_ms:.2f} ms")
             window = f"{settings.warmup_s:g} s warm-up + {settings.duration_s:g} s at c={settings.concurrency}"
             for n in range(1, settings.rounds + 1):
-                for target in ("direct", "gateway"):
+                for target in THROUGHPUT_TARGETS:
                     began = begin(f"throughput round {n}/{settings.rounds}, {target}: {window}")
                     throughput = await stack.throughput(target, settings)
                     result.throughput.setdefault(target, []).append(throughput)
@@ -210,11 +214,16 @@ async def run_bench(settings: Settings, command: str | None = None, progress: Pr
 
 
 def _gateway_config(upstream_url: str, settings: Settings) -> dict[str, Any]:
+    providers = {"bench": "upstream", "bench-httpx": "upstream-httpx"}
     return {
         "grace_period_s": _GATEWAY_GRACE_S,
-        "providers": [{"name": "upstream", "kind": "openai", "base_url": upstream_url}],
+        "providers": [
+            {"name": "upstream", "kind": "openai", "base_url": upstream_url},  # transport: aiohttp, the default
+            {"name": "upstream-httpx", "kind": "openai", "base_url": upstream_url, "transport": "httpx"},
+        ],
         "models": [
-            {"name": f"bench-{n}", "provider": "upstream", "upstream_model": f"tokens-{n}"}
+            {"name": f"{prefix}-{n}", "provider": provider, "upstream_model": f"tokens-{n}"}
+            for prefix, provider in providers.items()
             for n in sorted({_TTFT_MODEL_TOKENS, settings.tokens})
         ],
     }

@@ -30,6 +30,8 @@ def test_quick_bench_measures_every_figure(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-2000:]
     assert "TTFT p50 (c=1)" in run.stdout
     assert "tokens/s (c=32, 64-token streams)" in run.stdout
+    # The same gateway through its httpx transport, side by side with aiohttp.
+    assert "gateway via httpx: CPU per token" in run.stdout
     summary = json.loads(out.read_text())["summary"]
     assert summary
     assert all(value is not None for value in summary.values()), summary
@@ -38,10 +40,11 @@ def test_quick_bench_measures_every_figure(tmp_path: Path) -> None:
     assert progress[0] == "bench: starting the fake upstream and the gateway ..."
     starts = [line for line in progress if line.endswith(" ...")][1:]
     ends = [line for line in progress if line.endswith(" s)")]
-    assert [line.split("]")[0] for line in starts] == ["bench: [1/4", "bench: [2/4", "bench: [3/4", "bench: [4/4"]
+    assert [line.split("]")[0] for line in starts] == [f"bench: [{n}/5" for n in range(1, 6)]
     assert [line.split("]")[0] for line in ends] == [line.split("]")[0] for line in starts]
     assert "time to first token, direct" in starts[0]
-    assert "throughput round 1/1, gateway" in starts[3]
+    assert "throughput round 1/1, gateway:" in starts[3]
+    assert "throughput round 1/1, gateway-httpx:" in starts[4]
     assert "TTFT p50" in ends[1]
     assert "tokens/s" in ends[3]
     assert progress.index(starts[3]) < progress.index(ends[3])

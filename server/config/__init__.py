@@ -15,6 +15,7 @@ from server.config.checks import is_loopback_host, parse_listen
 from server.config.load import default_config, load_config
 from server.config.schema import (
     PROVIDER_KINDS,
+    TRANSPORTS,
     AuthConfig,
     ClientToken,
     ConfigError,
@@ -25,11 +26,13 @@ from server.config.schema import (
     ProviderConfig,
     ProviderKind,
     TLSConfig,
+    TransportName,
 )
 from server.routing.catalog import Deployment, ModelConfig, Price
 
 __all__ = [
     "PROVIDER_KINDS",
+    "TRANSPORTS",
     "AuthConfig",
     "ClientToken",
     "ConfigError",
@@ -43,6 +46,7 @@ __all__ = [
     "ProviderConfig",
     "ProviderKind",
     "TLSConfig",
+    "TransportName",
     "default_config",
     "is_loopback_host",
     "load_config",

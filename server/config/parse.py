@@ -18,6 +18,7 @@ from server.config.readers import as_list, mapping, number, numbers, unknown_key
 from server.config.schema import (
     OFFLINE_KINDS,
     PROVIDER_KINDS,
+    TRANSPORTS,
     AuthConfig,
     ClientToken,
     GatewayConfig,
@@ -27,6 +28,7 @@ from server.config.schema import (
     ProviderConfig,
     ProviderKind,
     TLSConfig,
+    TransportName,
     is_provider_kind,
 )
 from server.errors import register_secret
@@ -50,7 +52,7 @@ _PROVIDER_NUMBERS = (
     *("connect_timeout_s", "read_timeout_s", "max_connections"),
     *("max_concurrent_streams", "first_token_timeout_s", "stream_idle_timeout_s"),
 )
-_PROVIDER_KEYS = {"name", "kind", "base_url", "api_key_env", *_PROVIDER_NUMBERS}
+_PROVIDER_KEYS = {"name", "kind", "base_url", "api_key_env", "transport", *_PROVIDER_NUMBERS}
 
 
 def parse(raw: Any, base_dir: Path, env: Mapping[str, str], problems: list[str], unparsed: set[str]) -> GatewayConfig:
@@ -219,6 +221,8 @@ def _parse_provider(raw: Any, where: str, env: Mapping[str, str], problems: list
     provider = ProviderConfig(name=name, kind=kind)
     if kind not in OFFLINE_KINDS:
         provider = _with_upstream(provider, entry, where, env, problems)
+    if "transport" in entry and (transport := _transport(entry["transport"], where, problems)) is not None:
+        provider = replace(provider, transport=transport)
     return replace(provider, **numbers(entry, _PROVIDER_NUMBERS, f"{where}.", provider, problems, minimum=1e-3))
 
 
@@ -230,6 +234,14 @@ def _provider_kind(
     if is_provider_kind(kind):
         return kind
     problems.append(f"{where}.kind: expected one of {', '.join(PROVIDER_KINDS)}, got {kind!r}")
+    return None
+
+
+def _transport(raw: Any, where: str, problems: list[str]) -> TransportName | None:
+    for transport in TRANSPORTS:
+        if raw == transport:
+            return transport
+    problems.append(f"{where}.transport: expected one of {', '.join(TRANSPORTS)}, got {raw!r}")
     return None
 
 

@@ -18,6 +18,7 @@ from server.routing.catalog import ModelConfig
 __all__ = [
     "OFFLINE_KINDS",
     "PROVIDER_KINDS",
+    "TRANSPORTS",
     "AuthConfig",
     "ClientToken",
     "ConfigError",
@@ -28,6 +29,7 @@ __all__ = [
     "ProviderConfig",
     "ProviderKind",
     "TLSConfig",
+    "TransportName",
     "is_provider_kind",
 ]
 
@@ -37,6 +39,12 @@ ProviderKind = Literal["openai", "anthropic", "gemini", "demo"]
 PROVIDER_KINDS: tuple[ProviderKind, ...] = get_args(ProviderKind)
 # Kinds that call no upstream, so need no base_url and no key.
 OFFLINE_KINDS: frozenset[ProviderKind] = frozenset({"demo"})
+
+
+# The HTTP clients a provider's calls can go through (providers/transport.py, providers/httpx_transport.py);
+# the first is the default.
+TransportName = Literal["aiohttp", "httpx"]
+TRANSPORTS: tuple[TransportName, ...] = get_args(TransportName)
 
 
 def is_provider_kind(kind: str) -> TypeGuard[ProviderKind]:
@@ -82,6 +90,8 @@ class ProviderConfig:
     # Streams only: the longest wait for the first token, and the longest silence between events after it.
     first_token_timeout_s: float = defaults.FIRST_TOKEN_TIMEOUT_S
     stream_idle_timeout_s: float = defaults.STREAM_IDLE_TIMEOUT_S
+    # The HTTP client that carries the calls: aiohttp (faster) or httpx.
+    transport: TransportName = "aiohttp"
 
 
 @dataclass(frozen=True, slots=True)

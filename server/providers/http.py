@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, assert_never
 
 from server import defaults
 from server.config import ProviderConfig
@@ -26,6 +26,7 @@ from server.errors import (
 )
 from server.observe.request_id import upstream_request_id
 from server.providers.base import Provider
+from server.providers.httpx_transport import HttpxTransport
 from server.providers.transport import AiohttpTransport, Timeouts, Transport, UpstreamResponse
 from server.providers.upstream_errors import error_for_status, safe_identifier
 from server.sse import ServerSentEvent, SSEDecoder, SSELineTooLong
@@ -233,8 +234,15 @@ def stream_interrupted(provider: str) -> UpstreamUnavailable:
 
 
 def make_transport(config: ProviderConfig, headers: Mapping[str, str]) -> Transport:
-    """One pooled transport per provider (see transport.py for why it is aiohttp)."""
-    return AiohttpTransport(config.name, config.base_url, headers, max_connections=config.max_connections)
+    """One pooled transport per provider, through the HTTP client its `transport` names (aiohttp unless
+    asked: see transport.py for why)."""
+    match config.transport:
+        case "aiohttp":
+            return AiohttpTransport(config.name, config.base_url, headers, max_connections=config.max_connections)
+        case "httpx":
+            return HttpxTransport(config.name, config.base_url, headers, max_connections=config.max_connections)
+        case _:
+            assert_never(config.transport)
 
 
 def request_timeouts(config: ProviderConfig, timeout_s: float | None) -> Timeouts:

@@ -20,8 +20,10 @@ URL's userinfo, path or query):
 
 A failure while a body is read chunk by chunk (`async for chunk in response`) is a stream cut mid-way
 (reason UPSTREAM_STREAM_INTERRUPTED); before the answer's headers, or while a whole body is read, it is
-not. aiohttp carries the bytes: its connection pool and C HTTP parser make reading a stream cost about
-15 µs per SSE event against about 73 µs through httpx's own h11 transport (`make bench` has the figures).
+not. aiohttp carries the bytes by default: its connection pool and C HTTP parser make reading a stream
+cost about 15 µs per SSE event against about 73 µs through httpx's own h11 transport. httpx_transport.py
+is the same interface over httpx (provider key `transport: httpx`), raising the same errors; the error
+builders both share are in transport_errors.py, and `make bench` measures both.
 """
 
 from __future__ import annotations
@@ -36,7 +38,16 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from server.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from server.errors import UpstreamError
+from server.providers.transport_errors import (
+    broken_connection_error,
+    connect_errno_error,
+    connect_timeout_error,
+    deadline_error,
+    dns_error,
+    read_timeout_error,
+    tls_error,
+)
 from server.providers.upstream_errors import safe_identifier
 
 __all__ = [
@@ -224,59 +235,24 @@ class _AiohttpResponse(UpstreamResponse):
             self._response.close()
 
 
-# The connect errors by errno: (cause, what the message says).
-_CONNECT_ERRNOS = {
-    errno.ECONNREFUSED: ("connection_refused", "connection refused"),
-    errno.EHOSTUNREACH: ("unreachable", "no route to host"),
-    errno.ENETUNREACH: ("unreachable", "network unreachable"),
-    errno.ECONNRESET: ("connection_reset", "connection reset"),
-}
-
-
 def transport_error(provider: str, address: str, exc: BaseException, *, streaming: bool) -> UpstreamError:
-    """The gateway's error for a transport failure talking to `provider` at `address`.
+    """The gateway's error for an aiohttp failure talking to `provider` at `address`.
 
     `streaming`: the failure cut a body being relayed chunk by chunk (UPSTREAM_STREAM_INTERRUPTED).
     """
-    where = f"upstream {provider} at {address}"
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        message = f"cannot connect to {where}: timed out while connecting"
-        return _timeout(provider, address, message, "connect_timeout", "connecting")
+        return connect_timeout_error(provider, address)
     if isinstance(exc, aiohttp.ServerTimeoutError):
-        message = f"{where} timed out while waiting for data"
-        return _timeout(provider, address, message, "read_timeout", "waiting for data")
+        return read_timeout_error(provider, address)
     if isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ClientError):
-        message = f"{where} did not answer before the call's deadline"
-        return _timeout(provider, address, message, "deadline", "waiting for data")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return _connect_error(provider, address, exc)
-    cause, what = _broken_connection(exc)
-    if streaming:
-        return _unavailable(
-            provider, address, f"{where} {what} mid-stream", cause, reason="UPSTREAM_STREAM_INTERRUPTED"
-        )
-    return _unavailable(provider, address, f"{where} {what}", cause)
-
-
-def _connect_error(provider: str, address: str, exc: aiohttp.ClientConnectorError) -> UpstreamError:
-    prefix = f"cannot connect to upstream {provider} at {address}"
+        return deadline_error(provider, address)
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return _unavailable(provider, address, f"{prefix}: DNS lookup failed", "dns_failure")
+        return dns_error(provider, address)
     if isinstance(exc, aiohttp.ClientSSLError):
-        tls_error = _tls_reason(exc)
-        detail = f" ({tls_error})" if tls_error else ""
-        extra = {"tls_error": tls_error} if tls_error else {}
-        return _unavailable(provider, address, f"{prefix}: TLS handshake failed{detail}", "tls_failure", extra)
-    cause, what = _CONNECT_ERRNOS.get(exc.os_error.errno or 0, ("connect_failed", ""))
-    if not what:
-        # Several addresses (IPv4 and IPv6) each refused: asyncio joins their errors into one, without errno.
-        refused = f"[Errno {errno.ECONNREFUSED}]"
-        if str(exc.os_error).count("[Errno") == str(exc.os_error).count(refused) > 0:
-            cause, what = _CONNECT_ERRNOS[errno.ECONNREFUSED]
-        else:
-            code = errno.errorcode.get(exc.os_error.errno or 0)
-            what = f"connection failed ({code})" if code else "connection failed"
-    return _unavailable(provider, address, f"{prefix}: {what}", cause)
+        return tls_error(provider, address, _tls_reason(exc))
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return connect_errno_error(provider, address, exc.os_error)
+    return broken_connection_error(provider, address, _broken_connection(exc), streaming=streaming)
 
 
 def _tls_reason(exc: aiohttp.ClientSSLError) -> str | None:
@@ -285,31 +261,13 @@ def _tls_reason(exc: aiohttp.ClientSSLError) -> str | None:
     return safe_identifier(getattr(cause, "reason", None))
 
 
-def _broken_connection(exc: BaseException) -> tuple[str, str]:
+def _broken_connection(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "connection_closed", "closed the connection"
+        return "connection_closed"
     if isinstance(exc, aiohttp.ClientPayloadError):
-        return "body_cut", "cut the body short"
+        return "body_cut"
     if isinstance(exc, aiohttp.ClientResponseError):
-        return "protocol_error", "did not answer in HTTP"
+        return "protocol_error"
     if isinstance(exc, ConnectionResetError) or (isinstance(exc, OSError) and exc.errno == errno.ECONNRESET):
-        return "connection_reset", "reset the connection"
-    return "connection_failed", "failed"
-
-
-def _unavailable(
-    provider: str,
-    address: str,
-    message: str,
-    cause: str,
-    extra: Mapping[str, str] | None = None,
-    *,
-    reason: str | None = None,
-) -> UpstreamUnavailable:
-    metadata = {"cause": cause, "upstream_address": address, **(extra or {})}
-    return UpstreamUnavailable(message, provider=provider, reason=reason, metadata=metadata)
-
-
-def _timeout(provider: str, address: str, message: str, cause: str, phase: str) -> UpstreamTimeout:
-    metadata = {"cause": cause, "upstream_address": address, "phase": phase}
-    return UpstreamTimeout(message, provider=provider, metadata=metadata)
+        return "connection_reset"
+    return "connection_failed"

@@ -6,6 +6,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -13,6 +14,8 @@ import pytest
 from generated import ai_service_pb2 as pb
 from generated import ai_service_pb2_grpc as pb_grpc
 from server.app import Gateway
+from server.config import TRANSPORTS, GatewayConfig, TransportName
+from tests.conftest import GatewayFactory, openai_config
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
 from tests.rpc import request, stub_for, unary_request
 
@@ -21,6 +24,21 @@ pytestmark = pytest.mark.asyncio
 # The issue's bound on cancel -> upstream closed.
 CLOSE_WITHIN_S = 0.1
 WORDS = "one two three four five six seven eight"
+
+
+def config_through(transport: TransportName, fake_openai: FakeOpenAIUpstream) -> GatewayConfig:
+    """conftest's openai_config, its fake-openai provider calling through `transport`."""
+    config = openai_config(fake_openai.base_url)
+    providers = tuple(replace(p, transport=transport) if p.name == "fake-openai" else p for p in config.providers)
+    return replace(config, providers=providers)
+
+
+@pytest.fixture(params=TRANSPORTS)
+async def openai_gateway(
+    make_gateway: GatewayFactory, fake_openai: FakeOpenAIUpstream, request: pytest.FixtureRequest
+) -> Gateway:
+    """conftest's openai_gateway, once per transport: both must close the upstream at once."""
+    return await make_gateway(config_through(request.param, fake_openai))
 
 
 async def test_cancelling_a_stream_closes_the_upstream_within_100_ms(
@@ -77,9 +95,11 @@ async def settle(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts file descriptors in /proc")
+@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_a_thousand_cancelled_streams_leave_no_task_socket_or_slot_behind(
-    openai_gateway: Gateway, fake_openai: FakeOpenAIUpstream
+    make_gateway: GatewayFactory, fake_openai: FakeOpenAIUpstream, transport: TransportName
 ) -> None:
+    openai_gateway = await make_gateway(config_through(transport, fake_openai))
     limits = openai_gateway.router.resilience.limits
 
     async def cancel_after_first_delta(stub: pb_grpc.AIServiceAsyncStub) -> None:

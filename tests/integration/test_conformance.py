@@ -1,7 +1,8 @@
 """One contract over three wire protocols: OpenAI-compatible, Anthropic and Gemini gateways behave alike.
 
-Each test runs once per provider: a real gateway in front of that provider's fake upstream, whose
-models are named after the fakes' behaviours. The client must see the same sequence shape (the deltas,
+Each test runs once per provider and transport: a real gateway in front of that provider's fake upstream,
+whose models are named after the fakes' behaviours, calling it through aiohttp or httpx (the provider's
+`transport`), which must not change what a client sees. The client must see the same sequence shape (the deltas,
 then exactly one final chunk with usage, finish reason and cost) and, for the same upstream fault, the
 same status code, ErrorInfo reason and RetryInfo, with nothing of the upstream's body or key.
 """
@@ -18,7 +19,7 @@ from google.rpc import error_details_pb2
 
 from generated import ai_service_pb2 as pb
 from server.app import Gateway
-from server.config import GatewayConfig, ModelConfig, ProviderConfig
+from server.config import TRANSPORTS, GatewayConfig, ModelConfig, ProviderConfig, TransportName
 from server.defaults import ERROR_DOMAIN
 from server.resilience.retry import RetryPolicy
 from server.routing.catalog import Price
@@ -85,7 +86,7 @@ MODELS = (
 )
 
 
-def conformance_config(kind: str, base_url: str) -> GatewayConfig:
+def conformance_config(kind: str, base_url: str, transport: TransportName = "aiohttp") -> GatewayConfig:
     """A gateway with one provider of `kind` at `base_url`, every fake behaviour as a priced model."""
     provider = ProviderConfig(
         name=f"fake-{kind}",
@@ -93,6 +94,7 @@ def conformance_config(kind: str, base_url: str) -> GatewayConfig:
         base_url=base_url,
         api_key_env="FAKE_KEY",
         api_key=UPSTREAM_KEY,
+        transport=transport,
     )
     models = tuple(ModelConfig(name=m, provider=provider.name, upstream_model=m, price=PRICE) for m in MODELS)
     # One attempt per call: what is compared here is how each provider's answers map, not retries.
@@ -114,9 +116,9 @@ async def upstream(request: pytest.FixtureRequest) -> AsyncIterator[Upstream]:
             assert fake.keys_in_url == 0, "the Gemini key must travel in x-goog-api-key, never in the URL"
 
 
-@pytest.fixture
-async def gateway(make_gateway: GatewayFactory, upstream: Upstream) -> Gateway:
-    return await make_gateway(conformance_config(upstream.kind, upstream.fake.base_url))
+@pytest.fixture(params=TRANSPORTS)
+async def gateway(make_gateway: GatewayFactory, upstream: Upstream, request: pytest.FixtureRequest) -> Gateway:
+    return await make_gateway(conformance_config(upstream.kind, upstream.fake.base_url, request.param))
 
 
 def assert_final(final: pb.StreamChunk | pb.GenerateResponse, upstream: Upstream, usage: Usage) -> None:

@@ -21,7 +21,7 @@ import pytest
 from client import AsyncAIClient, TextDelta
 from client.errors import GatewayError
 from server.app import Gateway
-from server.config import GatewayConfig, ModelConfig, ProviderConfig
+from server.config import TRANSPORTS, GatewayConfig, ModelConfig, ProviderConfig, TransportName
 from server.resilience.breaker import BreakerPolicy
 from server.resilience.retry import RetryPolicy
 from tests.conftest import UPSTREAM_KEY, GatewayFactory, openai_config
@@ -171,9 +171,11 @@ async def silent_url() -> AsyncIterator[str]:
         ),
     ],
 )  # fmt: skip
+@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_the_status_and_the_log_say_what_failed_and_where_never_the_key(
     make_gateway: GatewayFactory,
     logs: pytest.LogCaptureFixture,
+    transport: TransportName,
     upstream: Callable[[], AbstractAsyncContextManager[str]],
     provider: dict[str, Any],
     code: grpc.StatusCode,
@@ -183,7 +185,7 @@ async def test_the_status_and_the_log_say_what_failed_and_where_never_the_key(
 ) -> None:
     async with upstream() as base_url:
         address = base_url.split("://")[1].removesuffix("/v1")
-        gateway, _ = await start(make_gateway, base_url, **provider)
+        gateway, _ = await start(make_gateway, base_url, transport=transport, **provider)
         async with AsyncAIClient(target=f"127.0.0.1:{gateway.port}", plaintext=True) as client:
             seen, error = await stream_error(client)
 

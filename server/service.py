@@ -82,8 +82,9 @@ class AIService(pb_grpc.AIServiceServicer):
         status, and every log line of the call carries it. A `streaming` call also sends it at once in its
         initial metadata, with `headers`, so that the client has the id before the first token. A unary
         call that succeeds does not: grpc.aio cannot set initial metadata without sending it, and that send
-        is a batch of its own, about 100 µs of CPU a call whenever it is made; its trailers travel with the
-        answer at no cost. A unary call that fails names the id in its initial metadata too.
+        is a batch of its own whenever it is made (a socket write of its own, about 7 more system calls and
+        55,000 more instructions a call, measured); its trailers travel with the answer at no cost. A unary
+        call that fails names the id in its initial metadata too.
 
         A GatewayError becomes its own status (with `deltas_sent` when a stream had started), a
         cancellation by the shutdown becomes SHUTTING_DOWN, and anything else is a bug: logged here

@@ -129,7 +129,7 @@ async def test_cancel_ends_the_turn_cancelled_with_its_partial_text(
         turn = session.send(EIGHT_WORDS)
         first = await anext(aiter(turn))
         await turn.cancel()
-        await fake_openai.wait_for_disconnect(timeout=1.0)
+        await fake_openai.wait_for_disconnect()
         result = await turn
         await turn.cancel()  # a finished turn: nothing is sent
         later = await session.send("after")
@@ -183,7 +183,7 @@ async def test_leaving_the_block_with_an_error_cancels_the_session(
                 await anext(aiter(turn))
                 raise KeyError("boom")
         assert turn is not None
-        await fake_openai.wait_for_disconnect(timeout=1.0)
+        await fake_openai.wait_for_disconnect()
         with pytest.raises(GatewayError) as raised:
             await turn
     assert raised.value.code.name == "CANCELLED"
@@ -260,7 +260,7 @@ async def test_the_blocking_client_cancels_a_turn(target: str, fake_openai: Fake
 
     result = await asyncio.to_thread(cancel)
     assert result.finish_reason is FinishReason.CANCELLED
-    await fake_openai.wait_for_disconnect(timeout=1.0)
+    await fake_openai.wait_for_disconnect()
 
 
 async def test_sessions_over_tls_need_the_token(secure_target: str, tls_files: CertFiles) -> None:

@@ -287,7 +287,7 @@ async def test_a_stream_that_stalls_after_its_first_token_ends_at_the_idle_timeo
     )
     assert info.metadata["partial_completion_tokens"] == "1"
     assert IDLE_S <= elapsed < 0.3 + 0.2
-    await fake_openai.wait_for_disconnect(timeout=1.0)
+    await fake_openai.wait_for_disconnect()
     assert len(fake_openai.requests) == 1
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -24,7 +25,7 @@ from server.resilience.breaker import BreakerPolicy
 from server.resilience.resume import CONTINUE_INSTRUCTION
 from server.resilience.retry import RetryPolicy
 from server.routing.catalog import Deployment
-from tests.conftest import FAKE_MODELS, UPSTREAM_KEY, GatewayFactory
+from tests.conftest import ENDLESS, FAKE_MODELS, UPSTREAM_KEY, GatewayFactory
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
 from tests.rpc import StreamOutcome, collect_stream, detail, error_info, request, rich_status, stub_for, unary_request
 
@@ -35,13 +36,16 @@ PROMPT = "hello brave world"
 REPLY = ("hello", " brave", " world")
 TWO = REPLY[:2]
 
-# Stream timers: a first token may take up to 0.4 s, but once streaming, 0.1 s of silence ends the stream.
-FIRST_TOKEN_S = 0.4
-IDLE_S = 0.1
-READ_TIMEOUT_S = 0.6
+# Stream timers: a first token may take up to 1.2 s, but once streaming, 0.3 s of silence ends the stream.
+# Each is twice what it must tell apart (a first token after 0.6 s; the fake's few ms between its last piece
+# and a reset), so that a loaded machine cannot make the wrong timer fire; the stall rows wait them out.
+FIRST_TOKEN_S = 1.2
+IDLE_S = 0.3
+READ_TIMEOUT_S = 1.2
+SLOW_FIRST_TOKEN = "slow-first-token-600"
 RETRY = RetryPolicy(max_attempts=3, backoff_base_s=0.01, backoff_cap_s=0.05, retry_after_cap_s=0.5)
 
-FAULTS = (*FAKE_MODELS, "slow-first-token-150", "slow-tokens-300")
+FAULTS = (*FAKE_MODELS, SLOW_FIRST_TOKEN)
 
 
 def fake(model: str, upstream: str | None = None, **fields: object) -> ModelConfig:
@@ -90,6 +94,20 @@ def chaos_config(base_url: str, **overrides: object) -> GatewayConfig:
 @pytest.fixture
 async def chaos_gateway(make_gateway: GatewayFactory, fake_openai: FakeOpenAIUpstream) -> Gateway:
     return await make_gateway(chaos_config(fake_openai.base_url))
+
+
+def record_sleeps(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Every wait the gateway's call plans ask for (backoff, Retry-After), in order; the waits still happen."""
+    sleeps: list[float] = []
+    resilience = gateway.router.resilience
+    sleep: Callable[[float], Awaitable[None]] = resilience.sleep
+
+    async def recorded(seconds: float) -> None:
+        sleeps.append(seconds)
+        await sleep(seconds)
+
+    monkeypatch.setattr(resilience, "sleep", recorded)
+    return sleeps
 
 
 @dataclass(frozen=True)
@@ -153,15 +171,15 @@ ROWS = [
         "UPSTREAM_STREAM_IDLE",
         unary_code=Code.DEADLINE_EXCEEDED,
         unary_reason="UPSTREAM_TIMEOUT",
-        metadata=(("phase", "waiting for the first token"), ("timeout_s", "0.4")),
+        metadata=(("phase", "waiting for the first token"), ("timeout_s", f"{FIRST_TOKEN_S:g}")),
         unary_metadata=(("phase", "waiting for data"),),
     ),
     # After the first token a stream is never retried: it ends with the error and the partial usage.
     cut_after_two("fault-reset-mid", "UPSTREAM_STREAM_INTERRUPTED"),
     cut_after_two("fault-cut-mid", "UPSTREAM_STREAM_INTERRUPTED"),
     cut_after_two("fault-inband-error-after", "UPSTREAM_UNAVAILABLE"),
-    # A slow first token is not an idle stream: it is waited for (0.15 s > the 0.1 s idle timeout).
-    Row("slow-first-token-150", deltas=REPLY),
+    # A slow first token is not an idle stream: it is waited for (0.6 s > the 0.3 s idle timeout).
+    Row(SLOW_FIRST_TOKEN, deltas=REPLY),
     # Fallbacks: the final chunk names the model that finally served.
     Row("falls-back", attempts=4, deltas=REPLY, served="echo-a"),
     Row("by-class-429", attempts=4, deltas=REPLY, served="echo-a"),
@@ -207,8 +225,10 @@ def assert_error(
 
 
 @pytest.mark.parametrize("row", ROWS, ids=lambda r: r.model)
-async def test_stream(chaos_gateway: Gateway, fake_openai: FakeOpenAIUpstream, row: Row) -> None:
-    started = time.monotonic()
+async def test_stream(
+    chaos_gateway: Gateway, fake_openai: FakeOpenAIUpstream, row: Row, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sleeps = record_sleeps(chaos_gateway, monkeypatch)
     async with stub_for(chaos_gateway) as stub:
         outcome = await collect_stream(stub, request(row.model, PROMPT))
 
@@ -226,7 +246,7 @@ async def test_stream(chaos_gateway: Gateway, fake_openai: FakeOpenAIUpstream, r
         if row.deltas:
             metadata = error_info(outcome.error).metadata
             assert metadata["partial_completion_tokens"] == metadata["deltas_sent"] == str(len(row.deltas))
-    assert time.monotonic() - started < 3.0  # capped Retry-After: no 7 s sleep
+    assert all(s <= RETRY.retry_after_cap_s for s in sleeps), sleeps  # capped Retry-After: no 7 s sleep
 
 
 @pytest.mark.parametrize("row", ROWS, ids=lambda r: r.model)
@@ -272,7 +292,8 @@ async def test_a_stream_that_stalls_after_its_first_token_ends_at_the_idle_timeo
 ) -> None:
     started = time.monotonic()
     async with stub_for(chaos_gateway) as stub:
-        outcome = await collect_stream(stub, request("slow-tokens-300", PROMPT), timeout=10)
+        # ENDLESS sends its second word after an hour: only the idle timer can end this stream.
+        outcome = await collect_stream(stub, request(ENDLESS, PROMPT), timeout=60)
     elapsed = time.monotonic() - started
 
     assert_ends_once(outcome)
@@ -283,11 +304,11 @@ async def test_a_stream_that_stalls_after_its_first_token_ends_at_the_idle_timeo
     assert (info.reason, info.metadata["phase"], info.metadata["timeout_s"]) == (
         "UPSTREAM_STREAM_IDLE",
         "between tokens",
-        "0.1",
+        f"{IDLE_S:g}",
     )
     assert info.metadata["partial_completion_tokens"] == "1"
-    assert IDLE_S <= elapsed < 0.3 + 0.2
-    await fake_openai.wait_for_disconnect()
+    assert elapsed >= IDLE_S  # the timer never ends a stream early
+    assert (await fake_openai.wait_for_disconnect()).model == ENDLESS
     assert len(fake_openai.requests) == 1
 
 
@@ -381,22 +402,23 @@ async def test_an_exhausted_retry_budget_stops_retrying(
 
 
 async def test_retry_after_is_honoured_within_the_cap_and_never_past_the_deadline(
-    make_gateway: GatewayFactory, fake_openai: FakeOpenAIUpstream
+    make_gateway: GatewayFactory, fake_openai: FakeOpenAIUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = chaos_config(fake_openai.base_url, retry=replace(RETRY, max_attempts=2, retry_after_cap_s=2.0))
+    config = chaos_config(fake_openai.base_url, retry=replace(RETRY, max_attempts=2, retry_after_cap_s=10.0))
     gateway = await make_gateway(config)
+    sleeps = record_sleeps(gateway, monkeypatch)
     async with stub_for(gateway) as stub:
-        started = time.monotonic()
-        short = await collect_stream(stub, request("fault-429-ms"), timeout=1.0)  # 1.5 s would pass the deadline
-        gave_up_after = time.monotonic() - started
+        short = await collect_stream(stub, request("fault-429"), timeout=5.0)  # 7 s would pass the deadline
         assert len(fake_openai.requests) == 1
-        honoured = await collect_stream(stub, request("fault-429-ms"), timeout=5.0)
+        assert sleeps == []  # failed at once with the last error instead of sleeping
+        honoured = await collect_stream(stub, request("fault-429-ms"), timeout=60.0)
 
     assert short.error is not None
     assert short.error.code() == Code.RESOURCE_EXHAUSTED
-    assert gave_up_after < 0.5  # failed at once with the last error instead of sleeping
     assert error_info(short.error).metadata["retry_stopped_by"] == "deadline"
     assert honoured.error is not None
+    [slept] = sleeps  # one wait, for the rest of retry-after-ms: 1500 after the 429 was read...
     first, second = fake_openai.requests[1:]
-    assert second.time - first.time >= 1.5  # retry-after-ms: 1500, waited in full
+    assert 0 < slept <= 1.5
+    assert second.time - first.time >= 1.5  # ...so the retry came 1.5 s after the first request or later
     assert error_info(honoured.error).metadata["attempts"] == "2"

@@ -193,12 +193,13 @@ async def test_client_deadline(openai_target: str) -> None:
 
 
 async def test_unreachable_gateway_is_unavailable() -> None:
-    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens on it
+    # A port bound but not listening: connecting is refused, and no other process can take the port meanwhile.
+    with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    async with AsyncAIClient(target=f"127.0.0.1:{port}", plaintext=True, timeout=5) as client:
-        with pytest.raises(UnavailableError) as caught:
-            await client.generate("hi", model="demo")
+        async with AsyncAIClient(target=f"127.0.0.1:{port}", plaintext=True, timeout=30) as client:
+            with pytest.raises(UnavailableError) as caught:
+                await client.generate("hi", model="demo")
     assert caught.value.reason == ""
 
 

@@ -506,7 +506,7 @@ class Out:
         """Deliver what was written, then RST the connection."""
         await self.flush()
         transport = self.conn.writer.transport
-        deadline = time.monotonic() + 2.0
+        deadline = time.monotonic() + WAIT_TIMEOUT_S  # a busy peer may read slowly; a gone one ends it early
         while transport.get_write_buffer_size() > 0 and time.monotonic() < deadline:
             if self.conn.gone.done():
                 raise ClientGone

@@ -25,7 +25,10 @@ from server.types import StreamEvent, TextDelta
 
 __all__ = ["Bidi", "Outcome", "UpstreamMeter", "assert_no_session_left", "eventually", "rid_of"]
 
-TIMEOUT_S = 30.0  # only against a hang: every read ends on a message or the end of the stream
+# Only against a hang: every read ends on a message or the end of the stream. It is also the call's deadline,
+# so it stays above the fakes' 30 s waits: a turn's upstream timers (cut to the deadline) cannot be what a
+# test waiting for a disconnect sees.
+TIMEOUT_S = 60.0
 
 
 def rid_of(response: pb.InteractiveResponse) -> str:

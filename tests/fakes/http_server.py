@@ -477,10 +477,11 @@ class Out:
             raise ClientGone
 
     async def until_open(self, gate: asyncio.Event) -> None:
-        """Flush, then wait until ``gate`` is set - raising ClientGone as soon as the peer leaves."""
-        await self.flush()
+        """Wait until ``gate`` is set (after flushing what is written) - raising ClientGone as soon as the peer
+        leaves. An open gate changes nothing, not even how the bytes are split into writes."""
         if gate.is_set():
             return
+        await self.flush()
 
         async def opened_() -> None:
             await gate.wait()

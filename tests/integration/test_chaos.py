@@ -36,36 +36,47 @@ PROMPT = "hello brave world"
 REPLY = ("hello", " brave", " world")
 TWO = REPLY[:2]
 
-# Stream timers: a first token may take up to 1.2 s, but once streaming, 0.3 s of silence ends the stream.
-# Each is twice what it must tell apart (a first token after 0.6 s; the fake's few ms between its last piece
-# and a reset), so that a loaded machine cannot make the wrong timer fire; the stall rows wait them out.
-FIRST_TOKEN_S = 1.2
-IDLE_S = 0.3
-READ_TIMEOUT_S = 1.2
-SLOW_FIRST_TOKEN = "slow-first-token-600"
+# The gateway's stream timers run on the wall clock, so a short one can fire on a loaded machine while the
+# fake is still answering. Each provider (all three are the same fake) has short timers only where no answer
+# is coming: "stalling" serves the stall (the first-token and read timers end each attempt) and "idling"
+# the streams that go silent (the idle timer ends them); "fake", everything else, waits far longer than any
+# answer takes.
+FIRST_TOKEN_S = 0.4  # "stalling"
+READ_TIMEOUT_S = 0.6  # "stalling"
+IDLE_S = 0.3  # "idling"
+PATIENT_S = 60.0  # every timer of "fake", and the first-token and read timers of "idling"
+SLOW_FIRST_TOKEN = "slow-first-token-600"  # on "idling": a first token after twice the idle timeout
 RETRY = RetryPolicy(max_attempts=3, backoff_base_s=0.01, backoff_cap_s=0.05, retry_after_cap_s=0.5)
 
 FAULTS = (*FAKE_MODELS, SLOW_FIRST_TOKEN)
+PROVIDER_OF = {"fault-stall": "stalling", SLOW_FIRST_TOKEN: "idling", ENDLESS: "idling"}
 
 
 def fake(model: str, upstream: str | None = None, **fields: object) -> ModelConfig:
-    return ModelConfig(name=model, provider="fake", upstream_model=upstream or model, **fields)  # type: ignore[arg-type]
+    provider = PROVIDER_OF.get(model, "fake")
+    return ModelConfig(name=model, provider=provider, upstream_model=upstream or model, **fields)  # type: ignore[arg-type]
+
+
+def fake_provider(name: str, base_url: str, *, first_token_s: float, read_s: float, idle_s: float) -> ProviderConfig:
+    return ProviderConfig(
+        name=name,
+        kind="openai",
+        base_url=base_url,
+        api_key_env="FAKE_KEY",
+        api_key=UPSTREAM_KEY,
+        read_timeout_s=read_s,
+        first_token_timeout_s=first_token_s,
+        stream_idle_timeout_s=idle_s,
+    )
 
 
 def chaos_config(base_url: str, **overrides: object) -> GatewayConfig:
-    """The fake upstream as provider "fake" (with short stream timers), a refusing provider, and models for
-    every fault plus the fallback and resume rows."""
+    """The fake upstream as providers "fake", "stalling" and "idling" (see their timers above), a refusing
+    provider, and models for every fault plus the fallback and resume rows."""
     providers = (
-        ProviderConfig(
-            name="fake",
-            kind="openai",
-            base_url=base_url,
-            api_key_env="FAKE_KEY",
-            api_key=UPSTREAM_KEY,
-            read_timeout_s=READ_TIMEOUT_S,
-            first_token_timeout_s=FIRST_TOKEN_S,
-            stream_idle_timeout_s=IDLE_S,
-        ),
+        fake_provider("fake", base_url, first_token_s=PATIENT_S, read_s=PATIENT_S, idle_s=PATIENT_S),
+        fake_provider("stalling", base_url, first_token_s=FIRST_TOKEN_S, read_s=READ_TIMEOUT_S, idle_s=PATIENT_S),
+        fake_provider("idling", base_url, first_token_s=PATIENT_S, read_s=PATIENT_S, idle_s=IDLE_S),
         ProviderConfig(name="refusing", kind="openai", base_url="http://127.0.0.1:9/v1"),
     )
     models = (
@@ -211,7 +222,7 @@ def assert_error(
     info = error_info(error)
     assert (info.reason, info.domain) == (reason, ERROR_DOMAIN)
     assert info.metadata["attempts"] == str(attempts)
-    assert (info.metadata["provider"], info.metadata["model"]) == ("fake", row.model)
+    assert (info.metadata["provider"], info.metadata["model"]) == (PROVIDER_OF.get(row.model, "fake"), row.model)
     assert info.metadata.get("retry_stopped_by") == stopped_by
     for key, value in metadata:
         assert info.metadata[key] == value
@@ -238,7 +249,7 @@ async def test_stream(
     if row.code == Code.OK:
         assert outcome.error is None, outcome.error
         final = outcome.finals[0]
-        assert (final.model, final.provider) == (row.served or row.model, "fake")
+        assert (final.model, final.provider) == (row.served or row.model, PROVIDER_OF.get(row.model, "fake"))
         assert final.usage.completion_tokens == len(REPLY)
     else:
         assert outcome.error is not None
@@ -265,7 +276,7 @@ async def test_generate(chaos_gateway: Gateway, fake_openai: FakeOpenAIUpstream,
     if code == Code.OK:
         assert error is None, error
         assert response.content == PROMPT
-        assert (response.model, response.provider) == (row.served or row.model, "fake")
+        assert (response.model, response.provider) == (row.served or row.model, PROVIDER_OF.get(row.model, "fake"))
     else:
         assert error is not None
         assert_error(error, row, code, reason, attempts, row.unary_stopped_by or row.stopped_by, row.unary_metadata)

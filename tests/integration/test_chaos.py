@@ -245,6 +245,8 @@ async def test_stream(
 
     assert_ends_once(outcome)
     assert tuple(outcome.deltas) == row.deltas
+    # A timer can end an attempt before the fake has read its request: wait for the fake to catch up.
+    await fake_openai.wait_for_requests(row.attempts)
     assert len(fake_openai.requests) == row.attempts
     if row.code == Code.OK:
         assert outcome.error is None, outcome.error
@@ -272,6 +274,7 @@ async def test_generate(chaos_gateway: Gateway, fake_openai: FakeOpenAIUpstream,
         else:
             error = None
 
+    await fake_openai.wait_for_requests(attempts)  # as in test_stream
     assert len(fake_openai.requests) == attempts
     if code == Code.OK:
         assert error is None, error

@@ -702,6 +702,10 @@ class FakeHTTPServer:
         """Wait until no connection is open."""
         await self._wait_until(lambda: self._open == 0, timeout)
 
+    async def wait_for_connections(self, count: int, timeout: float = WAIT_TIMEOUT_S) -> None:
+        """Wait until ``count`` connections were accepted in all."""
+        await self._wait_until(lambda: self._accepted >= count, timeout)
+
     async def wait_for_requests(self, count: int = 1, timeout: float = WAIT_TIMEOUT_S) -> RecordedRequest:
         """Wait until ``count`` requests were recorded; return the ``count``-th one."""
         await self._wait_until(lambda: len(self.requests) >= count, timeout)
@@ -716,6 +720,7 @@ class FakeHTTPServer:
         cid = next(self._ids)
         self._open += 1
         self._accepted += 1
+        self._notify()
         conn = Conn(cid, reader, writer)
         close_cleanly = True
         try:

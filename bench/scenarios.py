@@ -14,8 +14,8 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shlex
-import socket
 import sys
 import tempfile
 import time
@@ -99,17 +99,17 @@ class Stack:
             upstream_url = f"http://127.0.0.1:{port}/v1"
             config = workdir / "gateway.yaml"
             config.write_text(yaml.safe_dump(_gateway_config(upstream_url, settings), sort_keys=False))
-            gateway_address = f"127.0.0.1:{_free_port()}"
             gateway = await children.start(
                 "gateway",
                 "server",
                 "--config",
                 str(config),
                 "--listen",
-                gateway_address,
+                "127.0.0.1:0",
                 stdout=False,
                 cpus=cpus.gateway,
             )
+            gateway_address = await _wait_listening(gateway)
             await _wait_serving(gateway, gateway_address)
             yield cls(children, upstream, upstream_url, gateway, gateway_address, cpus)
 
@@ -229,12 +229,20 @@ def _gateway_config(upstream_url: str, settings: Settings) -> dict[str, Any]:
     }
 
 
-def _free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (the gateway fails clearly if that changes)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+# server/app.py's start-up line: "listening on HOST:PORT (...)", with the port the kernel chose for port 0.
+_LISTENING = re.compile(r" listening on (\S+:\d+) ")
+
+
+async def _wait_listening(gateway: Child) -> str:
+    """The address the gateway says it bound (it listens on port 0: a port picked here could be taken first)."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while gateway.process.returncode is None and time.monotonic() < deadline:
+        if found := _LISTENING.search(gateway.stderr_path.read_text(errors="replace")):
+            return found[1]
+        await asyncio.sleep(_POLL_INTERVAL_S)
+    if gateway.process.returncode is None:
+        raise gateway.failure(f"did not say where it listens within {READY_TIMEOUT_S:.0f} s")
+    raise gateway.failure("exited before it listened")
 
 
 async def _wait_serving(gateway: Child, address: str) -> None:

@@ -25,7 +25,7 @@ from server.policy.seam import Policy, Seam
 from server.routing.dispatch import Router
 from server.service import AIService
 
-__all__ = ["Gateway", "serve", "start_gateway"]
+__all__ = ["Gateway", "bound_address", "serve", "start_gateway"]
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,12 @@ async def start_gateway(
     return Gateway(server, port, health_servicer, service, router, tracing)
 
 
+def bound_address(listen: str, port: int) -> str:
+    """`listen` with its port replaced by the one actually bound (`127.0.0.1:0` -> `127.0.0.1:43117`)."""
+    host = listen.rpartition(":")[0]
+    return f"{host}:{port}"
+
+
 async def serve(config: GatewayConfig, tracing: Tracing | None = None) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully within the configured grace period."""
     stop = asyncio.Event()
@@ -149,10 +155,11 @@ async def serve(config: GatewayConfig, tracing: Tracing | None = None) -> None:
     gateway = await start_gateway(config, tracing=tracing)
     scheme = "tls" if config.tls else "plaintext"
     auth = f"{len(config.auth.tokens)} client token(s)" if config.auth else "no auth"
+    # The bound address, not the configured one: with port 0 this line is how a supervisor (or a test)
+    # learns the port the kernel chose. Keep its start stable: `listening on HOST:PORT `.
     log.info(
-        "listening on %s (port %d, %s, %s); models: %s",
-        config.listen,
-        gateway.port,
+        "listening on %s (%s, %s); models: %s",
+        bound_address(config.listen, gateway.port),
         scheme,
         auth,
         ", ".join(gateway.router.catalog.model_names),

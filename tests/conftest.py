@@ -24,6 +24,9 @@ from tests.fakes.openai_upstream import FakeOpenAIUpstream
 from tools.devcerts import CertFiles, make_certs
 
 CLIENT_TOKEN = "test-client-token-0123456789"
+# The first word, then an hour of silence before the next: a stream that, while a test runs, only the client
+# (a cancel, a disconnect) or the gateway (a drain, a timer the test configured) can end.
+ENDLESS = "slow-tokens-3600000"
 UPSTREAM_KEY = "sk-test-upstream-key-abcdef0123456789"
 # Catalog models of `openai_config`: each name is served by the fake upstream model of the same name,
 # which chooses its behaviour (see tests/fakes/openai_upstream.py).
@@ -51,6 +54,7 @@ FAKE_MODELS = (
     "fault-malformed",
     "fault-stall",
     "slow-tokens-50",
+    ENDLESS,
 )
 
 GatewayFactory = Callable[[GatewayConfig], Awaitable[Gateway]]

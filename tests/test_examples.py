@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import pytest
 import yaml
+from grpc_health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 from client.defaults import TOKEN_ENV
 from server.config import (
@@ -33,7 +34,7 @@ from server.config import (
 from server.resilience.breaker import BreakerPolicy
 from server.resilience.retry import RetryPolicy
 from server.routing.catalog import Deployment, ModelConfig, Price
-from tests.process import run_gateway
+from tests.process import SAFETY_TIMEOUT_S, health_check, run_gateway
 from tools.devcerts import CertFiles, make_certs
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -82,13 +83,16 @@ def test_each_example_loads_on_a_loopback_address(name: str, checkout: Checkout)
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", example_names())
-async def test_each_example_starts_and_serves(name: str, checkout: Checkout, tmp_path: Path) -> None:
+async def test_each_example_starts_and_serves(name: str, checkout: Checkout) -> None:
     tls = checkout.load(name).tls is not None
     args = ("--config", str(checkout.examples / name), "--listen", "127.0.0.1:0")
-    async with run_gateway(tmp_path, *args, env=EXAMPLE_ENV[name]) as gateway:
-        address = f"127.0.0.1:{await gateway.bound_port()}"
+    async with run_gateway(*args, env=EXAMPLE_ENV[name]) as gateway:
+        address = await gateway.wait_ready()
         credentials = grpc.ssl_channel_credentials(checkout.certs.ca_cert.read_bytes()) if tls else None
-        await gateway.wait_ready(address, credentials=credentials)
+        channel = grpc.aio.secure_channel(address, credentials) if credentials else grpc.aio.insecure_channel(address)
+        async with channel:
+            reply = await health_check(channel)(HealthCheckRequest(service=""), timeout=SAFETY_TIMEOUT_S)
+        assert reply.status == HealthCheckResponse.SERVING
 
 
 def test_the_secure_example_serves_the_demo_over_tls_to_the_clients_token_variable(checkout: Checkout) -> None:

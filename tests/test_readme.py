@@ -38,7 +38,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
 import pytest_asyncio
 import yaml
@@ -191,19 +190,14 @@ async def machine(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rea
             (folder / entry.name).symlink_to(entry)
     shutil.copytree(REPO_ROOT / "examples", folder / "examples")
     (folder / "dev" / "tls").mkdir(parents=True)
-    certs = make_certs(folder / "dev" / "tls")
-    logs = tmp_path_factory.mktemp("gateways")
+    make_certs(folder / "dev" / "tls")
     secure = ("--config", str(folder / "examples" / "secure.yaml"))
     async with contextlib.AsyncExitStack() as stack:
-        default = await stack.enter_async_context(run_gateway(logs, "--listen", "127.0.0.1:0"))
+        default = await stack.enter_async_context(run_gateway("--listen", "127.0.0.1:0"))
         tls = await stack.enter_async_context(
-            run_gateway(logs, *secure, "--listen", "127.0.0.1:0", env={"GATEWAY_TOKEN": SECURE_TOKEN})
+            run_gateway(*secure, "--listen", "127.0.0.1:0", env={"GATEWAY_TOKEN": SECURE_TOKEN})
         )
-        default_address = f"127.0.0.1:{await default.bound_port()}"
-        secure_address = f"127.0.0.1:{await tls.bound_port()}"
-        await default.wait_ready(default_address)
-        await tls.wait_ready(secure_address, credentials=grpc.ssl_channel_credentials(certs.ca_cert.read_bytes()))
-        yield ReadersMachine(folder, default_address, secure_address)
+        yield ReadersMachine(folder, await default.wait_ready(), await tls.wait_ready())
 
 
 async def run_block(block: Block, machine: ReadersMachine) -> tuple[int, str]:

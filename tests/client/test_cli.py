@@ -19,7 +19,7 @@ from server.config import Deployment, ModelConfig, Price
 from tests.certs import CertFiles
 from tests.conftest import CLIENT_TOKEN, GatewayFactory, openai_config, repo_root
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
-from tests.process import free_port, run_gateway
+from tests.process import run_gateway
 
 
 async def run(*argv: str) -> int:
@@ -54,7 +54,7 @@ async def test_stream_subprocess_prints_tokens(demo_target: str) -> None:
         "--target", demo_target, "--plaintext",
         cwd=repo_root(), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    out, err = await asyncio.wait_for(process.communicate(), timeout=10)
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)  # only against a hang
     assert process.returncode == 0, err.decode()
     assert out.decode() == "hello brave world\n"
     assert "finish: stop" in err.decode()
@@ -266,9 +266,8 @@ def test_program_name(argv0: str, prog: str) -> None:
 
 
 async def test_tls_to_a_plaintext_gateway_says_use_plaintext_without_grpc_log_lines(tmp_path: Path) -> None:
-    address = f"127.0.0.1:{free_port()}"
-    async with run_gateway(tmp_path, "--listen", address) as gateway:  # what `make run` starts
-        await gateway.wait_ready(address)
+    async with run_gateway("--listen", "127.0.0.1:0") as gateway:  # what `make run` starts
+        address = await gateway.wait_ready()
         for command in ("generate", "stream"):
             code, out, err = await cli(command, "--target", address, "--model", "demo", "--prompt", "hi")
             assert (code, out) == (1, "")

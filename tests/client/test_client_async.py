@@ -29,7 +29,7 @@ from client import (
 )
 from generated import ai_service_pb2 as pb
 from tests.certs import CertFiles
-from tests.conftest import CLIENT_TOKEN
+from tests.conftest import CLIENT_TOKEN, ENDLESS
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
 
 HELLO_DELTAS = [TextDelta("hello"), TextDelta(" brave"), TextDelta(" world")]
@@ -212,43 +212,44 @@ async def test_client_deadline(openai_target: str) -> None:
 
 
 async def test_unreachable_gateway_is_unavailable() -> None:
-    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens on it
+    # A port bound but not listening: connecting is refused, and no other process can take the port meanwhile.
+    with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    async with AsyncAIClient(target=f"127.0.0.1:{port}", plaintext=True, timeout=5) as client:
-        with pytest.raises(UnavailableError) as caught:
-            await client.generate("hi", model="demo")
+        async with AsyncAIClient(target=f"127.0.0.1:{port}", plaintext=True, timeout=30) as client:
+            with pytest.raises(UnavailableError) as caught:
+                await client.generate("hi", model="demo")
     assert caught.value.reason == ""
 
 
-SLOW_PROMPT = " ".join(f"w{i}" for i in range(40))  # 40 deltas, 50 ms apart: 2 s if not cancelled
+SLOW_PROMPT = " ".join(f"w{i}" for i in range(40))  # "w0", then silence: only a cancel ends the stream
 
 
 async def test_leaving_stream_block_cancels_upstream(openai_target: str, fake_openai: FakeOpenAIUpstream) -> None:
     async with AsyncAIClient(target=openai_target, plaintext=True) as client:
-        async with client.stream_generate(SLOW_PROMPT, model="slow-tokens-50") as stream:
+        async with client.stream_generate(SLOW_PROMPT, model=ENDLESS) as stream:
             async for event in stream:
                 assert event == TextDelta("w0")
                 break
-        await fake_openai.wait_for_disconnect(timeout=1.0, model="slow-tokens-50")
+        await fake_openai.wait_for_disconnect(model=ENDLESS)
         assert [event async for event in stream] == []  # a closed stream stays closed
 
 
 async def test_break_without_block_cancels_upstream(openai_target: str, fake_openai: FakeOpenAIUpstream) -> None:
     async with AsyncAIClient(target=openai_target, plaintext=True) as client:
-        async for _ in client.stream_generate(SLOW_PROMPT, model="slow-tokens-50"):
+        async for _ in client.stream_generate(SLOW_PROMPT, model=ENDLESS):
             break  # the dropped stream cancels its call
-        await fake_openai.wait_for_disconnect(timeout=1.0, model="slow-tokens-50")
+        await fake_openai.wait_for_disconnect(model=ENDLESS)
 
 
 async def test_task_cancellation_cancels_upstream(openai_target: str, fake_openai: FakeOpenAIUpstream) -> None:
     async with AsyncAIClient(target=openai_target, plaintext=True) as client:
-        task = asyncio.create_task(collect(client, SLOW_PROMPT, "slow-tokens-50"))
+        task = asyncio.create_task(collect(client, SLOW_PROMPT, ENDLESS))
         await fake_openai.wait_for_requests(1)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await fake_openai.wait_for_disconnect(timeout=1.0, model="slow-tokens-50")
+        await fake_openai.wait_for_disconnect(model=ENDLESS)
 
 
 async def test_repr_hides_token(demo_target: str) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -143,23 +144,32 @@ async def test_generate_waits_out_retry_info_on_resource_exhausted(serve: Serve)
 
 
 @pytest.mark.parametrize(
-    ("error", "timeout"),
+    ("error", "timeout", "policy"),
     [
-        (GatewayOverloaded("busy", retry_after_s=7.0), 5.0),  # longer than max_retry_delay_s: reported
-        (GatewayOverloaded("busy", retry_after_s=1.0), 0.5),  # would pass the deadline: reported at once
+        # Longer than max_retry_delay_s (2 s): reported.
+        (GatewayOverloaded("busy", retry_after_s=7.0), 30.0, FAST),
+        # Within a raised cap, but it would pass the deadline: reported at once.
+        (GatewayOverloaded("busy", retry_after_s=20.0), 10.0, replace(FAST, max_retry_delay_s=60.0)),
     ],
     ids=["delay-over-the-cap", "delay-past-the-deadline"],
 )
 async def test_resource_exhausted_is_reported_when_its_delay_is_too_long(
-    serve: Serve, error: ServerError, timeout: float
+    serve: Serve, error: ServerError, timeout: float, policy: RetryPolicy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    delays: list[float | None] = []
+    decide = Retrier.delay
+
+    def recorded(self: Retrier, error: GatewayError, *, unavailable: bool) -> float | None:
+        delays.append(decide(self, error, unavailable=unavailable))
+        return delays[-1]
+
+    monkeypatch.setattr(Retrier, "delay", recorded)
     servicer = Scripted(error)
-    started = time.monotonic()
     with pytest.raises(RateLimitError) as raised:
-        await generate(await serve(servicer), timeout=timeout)
+        await generate(await serve(servicer), policy, timeout=timeout)
     assert raised.value.retry_after == error.retry_after_s
     assert len(servicer.times) == 1
-    assert time.monotonic() - started < 0.4
+    assert delays == [None]  # reported at once: the client decided against any wait
 
 
 async def test_not_retried_without_retry_info_or_for_other_codes(serve: Serve) -> None:

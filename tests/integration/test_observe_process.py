@@ -18,8 +18,9 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from generated import ai_service_pb2_grpc as pb_grpc
 from server.defaults import GRACE_PERIOD_S
 from tests.conftest import UPSTREAM_KEY
+from tests.fakes.dead_upstreams import refused_port
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
-from tests.process import free_port, run_gateway
+from tests.process import run_gateway
 from tests.rpc import collect_stream, request
 
 TRACE_ID = "5bf92f3577b34da6a3ce929d0e0e4736"
@@ -74,10 +75,9 @@ async def test_a_call_that_falls_back_reaches_an_otlp_receiver_and_its_json_logs
     tmp_path: Path, fake_openai: FakeOpenAIUpstream, receiver: tuple[Receiver, int]
 ) -> None:
     collector, collector_port = receiver
-    address = f"127.0.0.1:{free_port()}"
     config = tmp_path / "gateway.yaml"
     config.write_text(
-        f"listen: {address}\n"
+        "listen: 127.0.0.1:0\n"
         "log: {level: debug, format: json}\n"
         "retry: {max_attempts: 1}\n"
         "providers:\n"
@@ -92,8 +92,8 @@ async def test_a_call_that_falls_back_reaches_an_otlp_receiver_and_its_json_logs
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_port}",
         "OTEL_SERVICE_NAME": "gateway-e2e",
     }
-    async with run_gateway(tmp_path, "--config", str(config), env=env) as gateway:
-        await gateway.wait_ready(address)
+    async with run_gateway("--config", str(config), env=env) as gateway:
+        address = await gateway.wait_ready()
         async with grpc.aio.insecure_channel(address) as channel:
             outcome = await collect_stream(
                 pb_grpc.AIServiceStub(channel), request("primary", "one two"), metadata=CALLER
@@ -143,7 +143,7 @@ async def test_a_call_that_falls_back_reaches_an_otlp_receiver_and_its_json_logs
 
 async def test_an_unknown_trace_exporter_stops_the_gateway_at_start_with_status_2(tmp_path: Path) -> None:
     env = {"OTEL_TRACES_EXPORTER": "zipkin"}
-    async with run_gateway(tmp_path, "--listen", f"127.0.0.1:{free_port()}", env=env) as gateway:
+    async with run_gateway("--listen", "127.0.0.1:0", env=env) as gateway:
         assert await gateway.wait_exit(EXPORT_TIMEOUT_S) == 2
         assert gateway.stderr.splitlines() == [
             "gateway: invalid configuration:",
@@ -152,14 +152,19 @@ async def test_an_unknown_trace_exporter_stops_the_gateway_at_start_with_status_
 
 
 async def test_a_collector_that_is_down_delays_neither_calls_nor_the_exit(tmp_path: Path) -> None:
-    address = f"127.0.0.1:{free_port()}"
-    env = {
-        "OTEL_TRACES_EXPORTER": "otlp",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",  # nothing listens there
-        "OTEL_EXPORTER_OTLP_TIMEOUT": "30",  # an export would wait this long for the collector
-    }
-    async with run_gateway(tmp_path, "--listen", address, env=env) as gateway:
-        await gateway.wait_ready(address)
+    async with (
+        refused_port() as dead,
+        run_gateway(
+            "--listen",
+            "127.0.0.1:0",
+            env={
+                "OTEL_TRACES_EXPORTER": "otlp",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": dead.removesuffix("/v1"),  # bound, not listening: refused
+                "OTEL_EXPORTER_OTLP_TIMEOUT": "30",  # an export would wait this long for the collector
+            },
+        ) as gateway,
+    ):
+        address = await gateway.wait_ready()
         async with grpc.aio.insecure_channel(address) as channel:
             outcome = await collect_stream(pb_grpc.AIServiceStub(channel), request("demo", "one two"))
         assert "".join(outcome.deltas) == "one two"

@@ -19,7 +19,7 @@ from aiohttp.client_reqrep import ConnectionKey
 from server.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from server.providers.httpx_transport import HttpxTransport, httpx_transport_error
 from server.providers.transport import AiohttpTransport, Timeouts, Transport, address_of, transport_error
-from tests.fakes.dead_upstreams import plaintext_server, refused_port, silent_server, untrusted_tls_server
+from tests.fakes.dead_upstreams import plaintext_server, refused_port, serving, silent_server, untrusted_tls_server
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
 from tools.devcerts import CertFiles
 
@@ -689,8 +689,7 @@ async def test_cookies_an_upstream_sets_are_never_sent_back(transport_name: str)
         await writer.wait_closed()
         hung_up.set()
 
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    async with server:
+    async with serving(answer) as server:
         base_url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
         transport = TRANSPORTS[transport_name]("p", base_url, {}, max_connections=4)
         try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 import tomllib
 from importlib import metadata
@@ -16,6 +15,8 @@ from pathlib import Path
 
 from server.app import serve
 from server.config import ConfigError, load_config
+from server.observe.logs import configure_logging
+from server.observe.trace import tracing_from_env
 
 DISTRIBUTION = "holysheep-gateway"
 _PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
@@ -33,14 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config, listen=args.listen)
-    except ConfigError as exc:
+        tracing = tracing_from_env()
+    except (ConfigError, ValueError) as exc:
         print(f"gateway: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging(config.log_level, "json" if config.log_format == "json" else "text")
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, tracing))
     except OSError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1

@@ -20,6 +20,7 @@ from generated import ai_service_pb2, ai_service_pb2_grpc
 from server import defaults
 from server.auth import BearerAuthInterceptor
 from server.config import GatewayConfig, KeepaliveConfig, TLSConfig
+from server.observe.trace import Tracing, tracing_from_env
 from server.policy.seam import Policy, Seam
 from server.routing.dispatch import Router
 from server.service import AIService
@@ -40,6 +41,7 @@ class Gateway:
     health: health.aio.HealthServicer
     service: AIService
     router: Router
+    tracing: Tracing
 
     async def stop(self, grace_s: float | None) -> None:
         """Drain: report NOT_SERVING, refuse new calls, let in-flight calls run up to `grace_s`, close.
@@ -57,6 +59,7 @@ class Gateway:
                 await self.service.end_in_flight_calls()
         await stopping
         await self.router.aclose()
+        await asyncio.to_thread(self.tracing.shutdown)  # the spans still buffered go out
 
 
 def server_options(config: GatewayConfig) -> list[tuple[str, int]]:
@@ -99,13 +102,19 @@ def _server_credentials(tls: TLSConfig) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials([(tls.key_file.read_bytes(), tls.cert_file.read_bytes())])
 
 
-async def start_gateway(config: GatewayConfig, *, policies: Sequence[Policy] = ()) -> Gateway:
-    """Bind and start a gateway for `config`; `policies` plug into the policy seam (server/policy/seam.py)."""
+async def start_gateway(
+    config: GatewayConfig, *, policies: Sequence[Policy] = (), tracing: Tracing | None = None
+) -> Gateway:
+    """Bind and start a gateway for `config`; `policies` plug into the policy seam (server/policy/seam.py).
+    `tracing` defaults to what the OTEL_* variables ask for (server/observe/trace.py): off unless set."""
+    tracing = tracing or tracing_from_env()
     router = Router.from_config(config)
-    interceptors = [BearerAuthInterceptor(config.auth.tokens)] if config.auth else []
+    interceptors = [BearerAuthInterceptor(config.auth.tokens, tracing=tracing)] if config.auth else []
     server = grpc.aio.server(interceptors=interceptors, options=server_options(config))
     service = AIService(
-        Seam(router, policies), max_request_bytes=config.max_request_bytes, interactive=config.interactive
+        Seam(router, policies, tracing=tracing),
+        max_request_bytes=config.max_request_bytes,
+        interactive=config.interactive,
     )
     ai_service_pb2_grpc.add_AIServiceServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
@@ -128,7 +137,7 @@ async def start_gateway(config: GatewayConfig, *, policies: Sequence[Policy] = (
         raise OSError(f"cannot listen on {config.listen}: {reason}") from exc
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Gateway(server, port, health_servicer, service, router)
+    return Gateway(server, port, health_servicer, service, router, tracing)
 
 
 def bound_address(listen: str, port: int) -> str:
@@ -137,13 +146,13 @@ def bound_address(listen: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-async def serve(config: GatewayConfig) -> None:
+async def serve(config: GatewayConfig, tracing: Tracing | None = None) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully within the configured grace period."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # before the port opens: no window where a signal kills us
         loop.add_signal_handler(sig, stop.set)
-    gateway = await start_gateway(config)
+    gateway = await start_gateway(config, tracing=tracing)
     scheme = "tls" if config.tls else "plaintext"
     auth = f"{len(config.auth.tokens)} client token(s)" if config.auth else "no auth"
     # The bound address, not the configured one: with port 0 this line is how a supervisor (or a test)

@@ -46,6 +46,7 @@ __all__ = [
     "RETRY_MIN_REMAINING_S",
     "SHUTDOWN_ABORT_LEAD_S",
     "STREAM_IDLE_TIMEOUT_S",
+    "TRACE_FLUSH_TIMEOUT_S",
 ]
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -80,6 +81,8 @@ POOL_MAX_CONNECTIONS = 512
 GRACE_PERIOD_S = 10.0
 # Calls still running this long before the grace period ends are ended with SHUTTING_DOWN details.
 SHUTDOWN_ABORT_LEAD_S = 0.2
+# On the way out, the longest wait for the buffered trace spans to reach the collector; the rest is dropped.
+TRACE_FLUSH_TIMEOUT_S = 2.0
 
 # InteractiveStream sessions (config key `interactive`).
 # Pipeline: the default and the cap of SessionStart.max_in_flight (a conversation runs one turn at a time).

@@ -33,7 +33,7 @@ itself (SHUTTING_DOWN, GATEWAY_OVERLOADED with RetryInfo) carry neither: a clien
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -67,6 +67,7 @@ __all__ = [
     "UpstreamUnavailable",
     "abort",
     "code_name",
+    "code_number",
     "register_secret",
     "scrub",
     "to_rpc_status",
@@ -300,11 +301,18 @@ def scrub(text: str) -> str:
 
 
 _CODE_NAMES = {status.value[0]: status.name for status in grpc.StatusCode}
+_CODE_NUMBERS: dict[str, int] = {name: number for number, name in _CODE_NAMES.items()}
+_UNKNOWN: int = grpc.StatusCode.UNKNOWN.value[0]
 
 
 def code_name(error: GatewayError) -> str:
     """The gRPC code of `error` by name ("UNAVAILABLE"), for logs and metrics."""
     return _CODE_NAMES[error.code]
+
+
+def code_number(name: str) -> int:
+    """The gRPC code named `name` as a number ("UNAVAILABLE" -> 14), for traces; 2 (UNKNOWN) if no code."""
+    return _CODE_NUMBERS.get(name, _UNKNOWN)
 
 
 def _pack(message: object) -> any_pb2.Any:
@@ -337,13 +345,18 @@ def to_rpc_status(error: GatewayError) -> status_pb2.Status:
     return status
 
 
-async def abort(context: grpc.aio.ServicerContext[object, object], error: GatewayError) -> NoReturn:
-    """End the call with `error` as its status (code, message and details in the trailers)."""
+async def abort(
+    context: grpc.aio.ServicerContext[object, object],
+    error: GatewayError,
+    trailing_metadata: Sequence[tuple[str, str]] = (),
+) -> NoReturn:
+    """End the call with `error` as its status (code, message and details in the trailers, with
+    `trailing_metadata` beside them: an abort replaces whatever trailers were set before)."""
     status = rpc_status.to_status(to_rpc_status(error))
+    trailers: tuple[tuple[str, str | bytes], ...] = (*status.trailing_metadata, *trailing_metadata)
     if not error.client_may_retry:
-        trailers = (*status.trailing_metadata, _NO_RETRY_PUSHBACK)
-        status = _Status(status.code, status.details, trailers)
-    await context.abort_with_status(status)
+        trailers = (*trailers, _NO_RETRY_PUSHBACK)
+    await context.abort_with_status(_Status(status.code, status.details, trailers))
     raise AssertionError("abort_with_status returned")  # it always raises; this satisfies NoReturn
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -83,6 +84,13 @@ def openai_config(base_url: str, **overrides: object) -> GatewayConfig:
     from dataclasses import replace
 
     return replace(config, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture(autouse=True)
+def no_tracing_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's OTEL_* variables must not turn tracing on in the gateways tests start."""
+    for name in [name for name in os.environ if name.startswith("OTEL_")]:
+        monkeypatch.delenv(name)
 
 
 @pytest.fixture

@@ -66,9 +66,13 @@ class ScriptedTransport(Transport):
     def __init__(self, status: int, headers: Mapping[str, str], body: bytes, *, step: int) -> None:
         self._answer = (status, dict(headers), body, step)
         self.posts: list[tuple[str, bytes]] = []
+        self.headers: list[dict[str, str]] = []  # each POST's own headers
 
-    async def post(self, path: str, body: bytes, timeouts: Timeouts) -> UpstreamResponse:
+    async def post(
+        self, path: str, body: bytes, timeouts: Timeouts, headers: Mapping[str, str] | None = None
+    ) -> UpstreamResponse:
         self.posts.append((path, body))
+        self.headers.append(dict(headers or {}))
         return ScriptedResponse(*self._answer)
 
 

@@ -8,9 +8,9 @@ exit codes, messages on stderr, signals and graceful shutdown.
 
 The child binds port 0 and says which port it got in its start-up log line; a port picked by the test and
 handed over could be taken by another process in between. The child runs with the test's interpreter from the
-repository root, and with an environment stripped of the variables the gateway reads (GATEWAY_*, OPENAI_*),
-so only what a test passes in `env` reaches it. Its stderr is read continuously, so a chatty child can never
-block on a full pipe.
+repository root, and with an environment stripped of the variables the gateway reads (GATEWAY_*, OPENAI_*,
+OTEL_*), so only what a test passes in `env` reaches it. Its stderr is read continuously, so a chatty child can
+never block on a full pipe.
 
 Every timeout here only keeps a broken child from hanging the suite: each wait ends on an event (a line, an
 exit), never on the clock.
@@ -37,7 +37,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Only against a hang: a cold start on a loaded 2-core machine takes seconds, never a minute.
 SAFETY_TIMEOUT_S = 60.0
 # server/app.py's start-up line at INFO: "listening on HOST:PORT (plaintext, no auth); models: ...".
-_LISTENING = re.compile(r" listening on (?P<address>\S+:(?P<port>\d+)) ")
+# \b: a text line has a space before it, a JSON line (log.format: json) a quote.
+_LISTENING = re.compile(r"\blistening on (?P<address>\S+:(?P<port>\d+)) ")
 
 
 def health_check(
@@ -59,7 +60,7 @@ def health_watch(
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "OPENAI_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "OPENAI_", "OTEL_"))}
     return {**env, **(extra or {})}
 
 

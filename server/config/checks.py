@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from server.config.schema import ConfigError, GatewayConfig
+from server.observe.logs import LOG_FORMATS
 from server.routing.catalog import BUILTIN_ALIASES
 
 __all__ = ["checked", "is_loopback_host", "parse_listen"]
@@ -40,6 +41,7 @@ def checked(config: GatewayConfig, *, unparsed: frozenset[str] = frozenset()) ->
         *_listen_problems(config),
         *_tls_file_problems(config),
         *_log_level_problems(config),
+        *_log_format_problems(config),
         *_duplicate_names("providers", [p.name for p in config.providers]),
         *_duplicate_names("models", [m.name for m in config.models]),
         *_deployment_problems(config, unparsed),
@@ -112,6 +114,11 @@ def _pem_file_problem(path: Path, pattern: re.Pattern[bytes], what: str, example
 def _log_level_problems(config: GatewayConfig) -> Iterator[str]:
     if config.log_level not in _LOG_LEVELS:
         yield f"log_level: expected DEBUG, INFO, WARNING or ERROR, got {config.log_level!r}"
+
+
+def _log_format_problems(config: GatewayConfig) -> Iterator[str]:
+    if config.log_format not in LOG_FORMATS:
+        yield f"log.format: expected {' or '.join(LOG_FORMATS)}, got {config.log_format!r}"
 
 
 def _duplicate_names(section: str, names: list[str]) -> Iterator[str]:

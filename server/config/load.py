@@ -6,6 +6,7 @@ Precedence, highest first: command-line flags, environment variables, the YAML f
     GATEWAY_GRACE_PERIOD_S      seconds in-flight calls may run after SIGTERM/SIGINT
     GATEWAY_MAX_REQUEST_BYTES   cap on the total message content of one request
     GATEWAY_LOG_LEVEL           DEBUG, INFO, WARNING, ERROR
+    GATEWAY_LOG_FORMAT          text or json (one JSON object per line)
 
 Secrets enter here and nowhere else: upstream keys are read from the variables that `api_key_env`
 names, client tokens are kept only as sha256 digests, and every secret is registered with
@@ -86,6 +87,8 @@ def _apply_env(config: GatewayConfig, env: Mapping[str, str]) -> GatewayConfig:
         config = replace(config, listen=env["GATEWAY_LISTEN"])
     if env.get("GATEWAY_LOG_LEVEL"):
         config = replace(config, log_level=env["GATEWAY_LOG_LEVEL"].upper())
+    if env.get("GATEWAY_LOG_FORMAT"):
+        config = replace(config, log_format=env["GATEWAY_LOG_FORMAT"].lower())
     for var, key in _ENV_NUMBERS.items():
         if env.get(var) and (value := number(env[var], var, problems, minimum=0)) is not None:
             config = replace(config, **{key: type(getattr(config, key))(value)})

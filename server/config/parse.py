@@ -44,7 +44,7 @@ _Section = TypeVar("_Section", RetryPolicy, BreakerPolicy, LimitsConfig, Keepali
 _TOP_LEVEL_KEYS = frozenset(
     {
         *("listen", "tls", "auth", "providers", "models", "aliases"),
-        *("grace_period_s", "max_request_bytes", "log_level", "interactive"),
+        *("grace_period_s", "max_request_bytes", "log_level", "log", "interactive"),
         *_SECTIONS,
     }
 )
@@ -77,7 +77,22 @@ def parse(raw: Any, base_dir: Path, env: Mapping[str, str], problems: list[str],
     config = replace(config, **numbers(top, ("grace_period_s", "max_request_bytes"), "", config, problems, minimum=0))
     if "log_level" in top:
         config = replace(config, log_level=str(top["log_level"]).upper())
+    if top.get("log") is not None:
+        config = _parse_log(top["log"], config, "log_level" in top, problems)
     return _parse_sections(top, config, problems)
+
+
+def _parse_log(raw: Any, config: GatewayConfig, has_log_level: bool, problems: list[str]) -> GatewayConfig:
+    """`log: {level, format}`; `level` is the older top-level `log_level`, and only one may be given."""
+    entry = mapping(raw, "log", problems)
+    unknown_keys(entry, {"level", "format"}, "log.", problems)
+    if "level" in entry:
+        if has_log_level:
+            problems.append("log.level: give either log.level or the top-level log_level, not both")
+        config = replace(config, log_level=str(entry["level"]).upper())
+    if "format" in entry:
+        config = replace(config, log_format=str(entry["format"]).lower())
+    return config
 
 
 def _parse_sections(top: dict[str, Any], config: GatewayConfig, problems: list[str]) -> GatewayConfig:

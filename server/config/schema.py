@@ -137,6 +137,7 @@ class GatewayConfig:
     grace_period_s: float = defaults.GRACE_PERIOD_S
     max_request_bytes: int = defaults.MAX_REQUEST_CONTENT_BYTES
     log_level: str = "INFO"
+    log_format: str = "text"  # or "json" (config `log.format`)
     interactive: InteractiveConfig = InteractiveConfig()
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     circuit_breaker: BreakerPolicy = field(default_factory=BreakerPolicy)

@@ -58,6 +58,8 @@ _INPUT_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_inpu
 
 
 class AnthropicProvider(HTTPProvider):
+    request_id_header = "request-id"  # the upstream's id of its answer, for support tickets
+
     def __init__(self, config: ProviderConfig, *, transport: Transport | None = None) -> None:
         headers = {
             "content-type": "application/json",
@@ -71,10 +73,10 @@ class AnthropicProvider(HTTPProvider):
     def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         body = request_body(request)
         body["stream"] = True
-        return self._stream_sse(_PATH, body, request.timeout_s, _AnthropicEvents(self.name))
+        return self._stream_sse(_PATH, body, request, _AnthropicEvents(self.name))
 
     async def complete(self, request: ChatRequest) -> Completion:
-        return await self._post_json(_PATH, request_body(request), request.timeout_s, self._completion)
+        return await self._post_json(_PATH, request_body(request), request, self._completion)
 
     def _completion(self, payload: dict[str, Any]) -> Completion:
         if payload.get("type") == "error":

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, Callable, Mapping
-from typing import Any, TypeVar, assert_never
+from dataclasses import replace
+from typing import Any, assert_never
 
 from server import defaults
 from server.config import ProviderConfig
@@ -23,12 +24,13 @@ from server.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
+from server.observe.request_id import upstream_request_id
 from server.providers.base import Provider
 from server.providers.httpx_transport import HttpxTransport
 from server.providers.transport import AiohttpTransport, Timeouts, Transport, UpstreamResponse
 from server.providers.upstream_errors import error_for_status, safe_identifier
 from server.sse import ServerSentEvent, SSEDecoder, SSELineTooLong
-from server.types import Finish, FinishReason, StreamEvent, TextDelta, Usage
+from server.types import ChatRequest, Completion, Finish, FinishReason, StreamEvent, TextDelta, Usage
 
 __all__ = [
     "ErrorHint",
@@ -40,8 +42,6 @@ __all__ = [
     "stream_interrupted",
     "unexpected_shape",
 ]
-
-T = TypeVar("T")
 
 # Error bodies are read only to learn the error type; anything longer is not an error body we know.
 _MAX_ERROR_BODY_BYTES = 64 * 1024
@@ -80,7 +80,14 @@ class EventDecoder:
 
 
 class HTTPProvider(Provider):
-    """A provider behind one transport. Subclasses build bodies and decode their wire format."""
+    """A provider behind one transport. Subclasses build bodies and decode their wire format.
+
+    `request_id_header` names the response header in which the upstream gives its own id of the answer
+    (None: it gives none). That id goes on the Finish or Completion, and on any UpstreamError raised
+    once the answer's headers are in, as metadata `upstream_request_id`.
+    """
+
+    request_id_header: str | None = None
 
     def __init__(
         self, config: ProviderConfig, headers: Mapping[str, str], *, transport: Transport | None = None
@@ -98,10 +105,11 @@ class HTTPProvider(Provider):
         return safe_identifier(error.get("code")) or safe_identifier(error.get("type")), None
 
     async def _stream_sse(
-        self, path: str, body: dict[str, Any], timeout_s: float | None, events: EventDecoder
+        self, path: str, body: dict[str, Any], request: ChatRequest, events: EventDecoder
     ) -> AsyncGenerator[StreamEvent, None]:
         """POST `body` and relay its event stream: TextDelta per event with text, then one Finish."""
-        response = await self._post(path, body, timeout_s)
+        response = await self._post(path, body, request)
+        upstream_id = self._upstream_id(response)
         ended = False
         try:
             if response.status != 200:
@@ -119,52 +127,68 @@ class HTTPProvider(Provider):
                     if text:
                         yield TextDelta(text)
                     if events.ended:
-                        finish = self._finish(events)
+                        finish = self._finish(events, upstream_id)
                         ended = True
                         yield finish
             if not ended:
                 if not events.complete:
                     raise stream_interrupted(self.name)
-                finish = self._finish(events)
+                finish = self._finish(events, upstream_id)
                 ended = True
                 yield finish
-        except UpstreamError:
+        except UpstreamError as error:
             # Once the Finish is out the reply is whole: a transport failure while draining the rest of
             # the body only costs the connection.
             if not ended:
+                _with_upstream_id(error, upstream_id)
                 raise
         except SSELineTooLong as exc:
-            raise UpstreamBadResponse(
+            too_long = UpstreamBadResponse(
                 f"upstream {self.name} sent an event line too long to read", provider=self.name
-            ) from exc
+            )
+            raise _with_upstream_id(too_long, upstream_id) from exc
         finally:
             await response.aclose()
 
-    def _finish(self, events: EventDecoder) -> Finish:
+    def _finish(self, events: EventDecoder, upstream_id: str) -> Finish:
         try:
-            return events.finish()
+            finish = events.finish()
         except _SHAPE_ERRORS as exc:  # usage is read at the end by decoders that see it on every event
             raise unexpected_shape(self.name) from exc
+        return replace(finish, upstream_request_id=upstream_id) if upstream_id else finish
+
+    def _upstream_id(self, response: UpstreamResponse) -> str:
+        header = self.request_id_header
+        return upstream_request_id(response.headers.get(header)) if header else ""
 
     async def _post_json(
-        self, path: str, body: dict[str, Any], timeout_s: float | None, parse: Callable[[dict[str, Any]], T]
-    ) -> T:
+        self, path: str, body: dict[str, Any], request: ChatRequest, parse: Callable[[dict[str, Any]], Completion]
+    ) -> Completion:
         """POST `body` and return what `parse` makes of the JSON object of a 200 answer."""
-        response = await self._post(path, body, timeout_s)
+        response = await self._post(path, body, request)
+        upstream_id = self._upstream_id(response)
         try:
             if response.status != 200:
                 raise await self._error_from_response(response)
             payload = loads_object((await response.read()).decode("utf-8", "replace"), self.name)
+        except UpstreamError as error:
+            _with_upstream_id(error, upstream_id)
+            raise
         finally:
             await response.aclose()
         try:
-            return parse(payload)
+            completion = parse(payload)
+        except UpstreamError as error:
+            _with_upstream_id(error, upstream_id)
+            raise
         except _SHAPE_ERRORS as exc:
-            raise unexpected_shape(self.name) from exc
+            raise _with_upstream_id(unexpected_shape(self.name), upstream_id) from exc
+        return replace(completion, upstream_request_id=upstream_id) if upstream_id else completion
 
-    async def _post(self, path: str, body: dict[str, Any], timeout_s: float | None) -> UpstreamResponse:
+    async def _post(self, path: str, body: dict[str, Any], request: ChatRequest) -> UpstreamResponse:
         content = json.dumps(body, separators=(",", ":")).encode()
-        return await self._transport.post(path, content, request_timeouts(self._config, timeout_s))
+        timeouts = request_timeouts(self._config, request.timeout_s)
+        return await self._transport.post(path, content, timeouts, dict(request.headers) if request.headers else None)
 
     async def _error_from_response(self, response: UpstreamResponse) -> UpstreamError:
         hint: ErrorHint = (None, None)
@@ -178,6 +202,12 @@ class HTTPProvider(Provider):
         except (ValueError, AttributeError, UpstreamError):
             pass  # the status code alone decides; the body is only a hint
         return error_for_status(self.name, response.status, response.headers, *hint)
+
+
+def _with_upstream_id(error: UpstreamError, upstream_id: str) -> UpstreamError:
+    if upstream_id:
+        error.metadata["upstream_request_id"] = upstream_id
+    return error
 
 
 def loads_object(data: str, provider: str) -> dict[str, Any]:

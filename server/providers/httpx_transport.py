@@ -102,7 +102,9 @@ class HttpxTransport(Transport):
             follow_redirects=False,  # a redirect could carry the key away
         )
 
-    async def post(self, path: str, body: bytes, timeouts: Timeouts) -> UpstreamResponse:
+    async def post(
+        self, path: str, body: bytes, timeouts: Timeouts, headers: Mapping[str, str] | None = None
+    ) -> UpstreamResponse:
         if self._client is None:
             self._client = self._open()
         deadline = None if timeouts.total_s is None else asyncio.get_running_loop().time() + timeouts.total_s
@@ -111,7 +113,9 @@ class HttpxTransport(Transport):
         )
         response: httpx.Response | None = None
         try:
-            request = self._client.build_request("POST", self._base_url + path, content=body, timeout=timeout)
+            request = self._client.build_request(
+                "POST", self._base_url + path, content=body, headers=headers, timeout=timeout
+            )
             async with asyncio.timeout_at(deadline):
                 response = await self._client.send(request, stream=True)
         except _FAILURES as exc:

@@ -32,6 +32,8 @@ _PATH = "/chat/completions"
 
 
 class OpenAIProvider(HTTPProvider):
+    request_id_header = "x-request-id"  # the upstream's id of its answer, for support tickets
+
     def __init__(self, config: ProviderConfig, *, transport: Transport | None = None) -> None:
         headers = {"content-type": "application/json", "accept": "application/json"}
         if config.api_key:
@@ -42,10 +44,10 @@ class OpenAIProvider(HTTPProvider):
         body = _body(request)
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
-        return self._stream_sse(_PATH, body, request.timeout_s, _OpenAIEvents(self.name))
+        return self._stream_sse(_PATH, body, request, _OpenAIEvents(self.name))
 
     async def complete(self, request: ChatRequest) -> Completion:
-        return await self._post_json(_PATH, _body(request), request.timeout_s, self._completion)
+        return await self._post_json(_PATH, _body(request), request, self._completion)
 
     def _completion(self, payload: dict[str, Any]) -> Completion:
         if "error" in payload:

@@ -101,8 +101,13 @@ class Transport(abc.ABC):
     """POSTs to one upstream, with the provider's headers (its key among them)."""
 
     @abc.abstractmethod
-    async def post(self, path: str, body: bytes, timeouts: Timeouts) -> UpstreamResponse:
-        """POST `body` to the upstream's base URL + `path`; the answer with its body still unread."""
+    async def post(
+        self, path: str, body: bytes, timeouts: Timeouts, headers: Mapping[str, str] | None = None
+    ) -> UpstreamResponse:
+        """POST `body` to the upstream's base URL + `path`; the answer with its body still unread.
+
+        `headers` are this request's own (its `x-request-id`, its `traceparent`), sent beside the provider's;
+        never a secret."""
 
     async def aclose(self) -> None:  # noqa: B027  (optional hook: an in-memory transport holds nothing)
         """Close pooled connections."""
@@ -161,13 +166,16 @@ class AiohttpTransport(Transport):
             trust_env=False,
         )
 
-    async def post(self, path: str, body: bytes, timeouts: Timeouts) -> UpstreamResponse:
+    async def post(
+        self, path: str, body: bytes, timeouts: Timeouts, headers: Mapping[str, str] | None = None
+    ) -> UpstreamResponse:
         if self._session is None:
             self._session = self._open()
         try:
             response = await self._session.post(
                 self._base_url + path,
                 data=body,
+                headers=headers,
                 allow_redirects=False,  # a redirect could carry the key away
                 timeout=aiohttp.ClientTimeout(
                     total=timeouts.total_s,

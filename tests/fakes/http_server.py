@@ -593,6 +593,9 @@ class FakeHTTPServer:
         self._gate: asyncio.Event | None = None
         self.requests: list[RecordedRequest] = []
         self.disconnects: list[Disconnect] = []
+        # The provider's own id of each answer, in order: OpenAI's x-request-id and Anthropic's request-id
+        # headers, Gemini's responseId in the body of an answer to a valid request.
+        self.response_ids: list[str] = []
 
     # ----- lifecycle
 
@@ -650,6 +653,12 @@ class FakeHTTPServer:
     def connections_accepted(self) -> int:
         return self._accepted
 
+    def answer_id(self, make: Callable[[], str]) -> str:
+        """A new id for the answer being written (made by `make`), recorded in `response_ids`."""
+        answer_id = make()
+        self.response_ids.append(answer_id)
+        return answer_id
+
     def hold(self) -> None:
         """Hold every reply, from now on, before its first piece (after the headers and any opening events)
         until :meth:`release`: a test decides when an upstream answers, instead of a delay guessing it."""
@@ -665,9 +674,10 @@ class FakeHTTPServer:
         return self._gate
 
     def clear(self) -> None:
-        """Forget recorded requests and disconnects."""
+        """Forget recorded requests, disconnects and answer ids."""
         self.requests.clear()
         self.disconnects.clear()
+        self.response_ids.clear()
 
     def _notify(self) -> None:
         if self._changed is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -92,6 +93,8 @@ async def test_ordinary_stream_exact_sequence() -> None:
     rec = up.requests[0]
     assert (rec.method, rec.path, rec.model) == ("POST", "/v1/chat/completions", "gpt-test")
     assert rec.headers["content-type"] == "application/json"
+    assert re.fullmatch(r"req_[0-9a-f]{32}", r.headers["x-request-id"])
+    assert up.response_ids == [r.headers["x-request-id"]]
 
 
 @pytest.mark.asyncio

@@ -44,10 +44,26 @@ def texts(responses: list[pb.InteractiveResponse]) -> str:
     return "".join(r.delta.text for r in responses if r.WhichOneof("kind") == "delta")
 
 
+# ErrorInfo metadata that differs from call to call: the ids of the call and of the upstream's answer.
+PER_CALL_IDS = ("request_id", "session_request_id", "upstream_request_id")
+
+
 def decoded(status: status_pb2.Status) -> tuple[int, str, list[object]]:
-    """A status with its details unpacked (packed maps are serialized in no fixed order)."""
+    """A status with its details unpacked (packed maps are serialized in no fixed order), less the ids
+    that differ from call to call (each side must have them)."""
     kinds = (error_details_pb2.ErrorInfo, error_details_pb2.RetryInfo, error_details_pb2.BadRequest)
-    return status.code, status.message, [detail(status, kind) for kind in kinds]
+    details = [detail(status, kind) for kind in kinds]
+    info = details[0]
+    if isinstance(info, error_details_pb2.ErrorInfo):
+        assert ("request_id" in info.metadata) != ("session_request_id" in info.metadata)
+        for key in PER_CALL_IDS:
+            info.metadata.pop(key, None)
+    return status.code, status.message, details
+
+
+def header_of(metadata: object, key: str) -> str:
+    [value] = [value for k, value in metadata or () if k == key]  # type: ignore[attr-defined]
+    return str(value)
 
 
 def status_of(response: pb.InteractiveResponse) -> tuple[int, str]:
@@ -265,6 +281,7 @@ async def test_cancel_of_an_unknown_or_finished_id_is_a_turn_error_and_the_sessi
     info = detail(error.error.status, error_details_pb2.ErrorInfo)
     assert info is not None
     assert info.metadata["request_id"] == "x"
+    assert info.metadata["session_request_id"] == header_of(await bidi.call.initial_metadata(), "x-request-id")
     bad_request = detail(error.error.status, error_details_pb2.BadRequest)
     assert bad_request is not None
     assert bad_request.field_violations[0].field == "cancel.request_id"

@@ -23,6 +23,7 @@ from server.errors import (
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
+    code_number,
     register_secret,
     to_rpc_status,
 )
@@ -105,3 +106,8 @@ def test_registered_secrets_are_scrubbed_from_message_and_metadata() -> None:
     status = to_rpc_status(error)
     assert secret not in str(status)
     assert "[REDACTED]" in status.message
+
+
+@pytest.mark.parametrize(("name", "number"), [("OK", 0), ("INVALID_ARGUMENT", 3), ("UNAVAILABLE", 14), ("NOPE", 2)])
+def test_a_code_name_maps_back_to_its_number(name: str, number: int) -> None:
+    assert code_number(name) == number

@@ -592,6 +592,28 @@ async def test_a_body_read_to_its_end_gives_the_connection_back_to_the_pool(tran
         assert (upstream.connections_accepted, upstream.disconnects) == (1, [])
 
 
+async def test_a_requests_own_headers_go_beside_the_providers_and_only_on_that_request(transport_name: str) -> None:
+    async with FakeOpenAIUpstream() as upstream:
+        transport = TRANSPORTS[transport_name]("p", upstream.base_url, {"x-provider": "p"}, max_connections=4)
+        body = b'{"model":"echo","messages":[{"role":"user","content":"a"}],"stream":true}'
+        try:
+            for headers in ({"x-request-id": "call-1", "traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}, None):
+                response = await transport.post("/chat/completions", body, TIMEOUTS, headers)
+                try:
+                    assert response.status == 200
+                    async for _ in response:
+                        pass
+                finally:
+                    await response.aclose()
+        finally:
+            await transport.aclose()
+    first, second = (request.headers for request in upstream.requests)
+    assert (first["x-provider"], first["x-request-id"], first["traceparent"][:3]) == ("p", "call-1", "00-")
+    assert second["x-provider"] == "p"
+    assert "x-request-id" not in second
+    assert "traceparent" not in second
+
+
 async def test_an_abandoned_body_closes_the_connection(transport_name: str) -> None:
     # Closing tells the upstream to stop generating; the next call opens a new connection.
     async with FakeOpenAIUpstream() as upstream:
@@ -653,6 +675,7 @@ async def test_a_proxy_in_the_environment_is_not_used(transport_name: str, monke
 async def test_cookies_an_upstream_sets_are_never_sent_back(transport_name: str) -> None:
     # One caller's session cookie must not ride along on the next caller's call.
     heads: list[bytes] = []
+    hung_up = asyncio.Event()  # the handler has closed its end, so no socket outlives the test's loop
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):  # the client hangs up
@@ -663,6 +686,8 @@ async def test_cookies_an_upstream_sets_are_never_sent_back(transport_name: str)
                 writer.write(b"HTTP/1.1 200 OK\r\nset-cookie: session=abc; Path=/\r\ncontent-length: 2\r\n\r\nok")
                 await writer.drain()
         writer.close()
+        await writer.wait_closed()
+        hung_up.set()
 
     async with serving(answer) as server:
         base_url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
@@ -676,5 +701,6 @@ async def test_cookies_an_upstream_sets_are_never_sent_back(transport_name: str)
                     await response.aclose()
         finally:
             await transport.aclose()
+        await hung_up.wait()
     assert len(heads) == 2
     assert not any(b"\r\ncookie:" in head for head in heads)

@@ -193,7 +193,7 @@ def test_every_problem_of_a_file_is_listed_at_once(tmp_path: Path) -> None:
 
     assert problems(error) == [
         "colour: unknown key (known: aliases, auth, circuit_breaker, grace_period_s, interactive, keepalive, limits, "
-        "listen, log_level, max_request_bytes, models, providers, retry, tls)",
+        "listen, log, log_level, max_request_bytes, models, providers, retry, tls)",
         "auth.tokens[0].sha256: expected 64 hex characters (sha256 of the token)",
         "auth.tokens[1].sha256: expected 64 hex characters (sha256 of the token)",
         "auth.tokens[2].env: environment variable NO_SUCH_VARIABLE is not set or empty",
@@ -247,7 +247,7 @@ def test_field_and_cross_reference_problems_are_listed_together(tmp_path: Path) 
 
     assert problems(error) == [
         "colour: unknown key (known: aliases, auth, circuit_breaker, grace_period_s, interactive, keepalive, limits, "
-        "listen, log_level, max_request_bytes, models, providers, retry, tls)",
+        "listen, log, log_level, max_request_bytes, models, providers, retry, tls)",
         "models: model 'x' names provider 'nowhere', which is not configured",
     ]
 
@@ -345,6 +345,7 @@ OVERRIDES = [
     ("GATEWAY_GRACE_PERIOD_S", "0", "grace_period_s", 0.0),
     ("GATEWAY_MAX_REQUEST_BYTES", "2048", "max_request_bytes", 2048),
     ("GATEWAY_LOG_LEVEL", "warning", "log_level", "WARNING"),
+    ("GATEWAY_LOG_FORMAT", "JSON", "log_format", "json"),
 ]
 
 
@@ -379,6 +380,7 @@ def test_an_empty_variable_is_the_same_as_an_unset_one() -> None:
         ({"GATEWAY_GRACE_PERIOD_S": "-1"}, "GATEWAY_GRACE_PERIOD_S: must be at least 0"),
         ({"GATEWAY_MAX_REQUEST_BYTES": "1MB"}, "GATEWAY_MAX_REQUEST_BYTES: expected a number, got '1MB'"),
         ({"GATEWAY_LOG_LEVEL": "verbose"}, "log_level: expected DEBUG, INFO, WARNING or ERROR, got 'VERBOSE'"),
+        ({"GATEWAY_LOG_FORMAT": "xml"}, "log.format: expected text or json, got 'xml'"),
         ({"GATEWAY_LISTEN": "50051"}, "listen: expected HOST:PORT, got '50051'"),
         ({"GATEWAY_LISTEN": "0.0.0.0:50051"}, "listen: refusing to serve without auth on non-loopback address"),
     ],
@@ -570,6 +572,43 @@ def test_every_interactive_problem_is_listed(tmp_path: Path) -> None:
     ]
 
 
+# --- log ---------------------------------------------------------------------------------------------------
+
+
+def test_the_log_section_sets_the_level_and_the_format(tmp_path: Path) -> None:
+    text = """
+        providers: [{name: demo, kind: demo}]
+        models: [{name: demo, provider: demo}]
+        log: {level: debug, format: json}
+        """
+
+    config = load_config(write(tmp_path, text), env={})
+
+    assert (config.log_level, config.log_format) == ("DEBUG", "json")
+
+
+def test_logs_are_text_unless_asked_otherwise() -> None:
+    assert default_config(env={}).log_format == "text"
+
+
+def test_every_log_problem_is_listed_with_the_known_keys(tmp_path: Path) -> None:
+    text = """
+        providers: [{name: demo, kind: demo}]
+        models: [{name: demo, provider: demo}]
+        log_level: info
+        log: {level: debug, format: yaml, colour: blue}
+        """
+
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, text), env={})
+
+    assert problems(error) == [
+        "log.colour: unknown key (known: format, level)",
+        "log.level: give either log.level or the top-level log_level, not both",
+        "log.format: expected text or json, got 'yaml'",
+    ]
+
+
 # --- TLS files ------------------------------------------------------------------------------------------
 
 
@@ -626,7 +665,7 @@ def test_a_tls_file_that_cannot_serve_is_a_problem_naming_it(
     # Reported with the file's other problems, and never with the content of the file.
     assert problems(error) == [
         "colour: unknown key (known: aliases, auth, circuit_breaker, grace_period_s, interactive, keepalive, limits, "
-        "listen, log_level, max_request_bytes, models, providers, retry, tls)",
+        "listen, log, log_level, max_request_bytes, models, providers, retry, tls)",
         *(line.format(certs=tmp_path / "certs") for line in expected),
     ]
     assert CI_TOKEN not in str(error.value)

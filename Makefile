@@ -1,26 +1,41 @@
 # Two commands do everything on a fresh machine with Python 3.11 and make:
-#   make run    create .venv, install, start the gateway on the embedded default (demo model, 127.0.0.1:50051)
-#   make test   create .venv if needed, install, then lint, type-check, contract checks and the whole suite
+#   make run    create .venv, install the gateway (runtime packages only), start it on the embedded default
+#               (demo model, 127.0.0.1:50051)
+#   make test   create .venv if needed, install the gateway and the development tools, then lint, type-check,
+#               contract checks and the whole suite
+# Each install has its own stamp and runs again only when pyproject.toml changes.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+DEV_STAMP := $(VENV)/.installed-dev
 # The published contract that protos/ must stay compatible with (a copy is kept in tests/contract/).
 CONTRACT_BASELINE ?= $(firstword $(wildcard ../shared/contract) tests/contract)
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint typecheck contract proto proto-check pytest bench certs clean
+.PHONY: install install-runtime run test lint typecheck contract proto proto-check pytest bench certs clean
 
-install: $(STAMP)
+# The development tools (pytest, ruff, mypy, buf, grpcurl, ...) on top of the gateway.
+install: $(DEV_STAMP)
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+# The gateway alone: what `make run` needs.
+install-runtime: $(RUNTIME_STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+
+$(RUNTIME_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-run: install
+# The dev install includes the runtime one, so it stamps both.
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@ $(RUNTIME_STAMP)
+
+run: install-runtime
 	$(BIN)/python -m server $(ARGS)
 
 test: install lint typecheck contract proto-check pytest

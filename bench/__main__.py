@@ -1,8 +1,11 @@
-"""python -m bench [--quick] [--json FILE] [flags]: run the gateway benchmark and print one table.
+"""python -m bench [--quick] [--json [FILE]] [flags]: run the gateway benchmark and print one table.
 
     make bench                                  the default run (well under 90 s)
     make bench ARGS="--quick"                   a smoke check of the whole pipeline in about 10 s
-    make bench ARGS="--json bench.json --rounds 3"
+    make bench ARGS="--json --rounds 3"         the raw numbers too, in bench/results/ (git ignores it)
+    make bench ARGS="--json /tmp/bench.json"    ... or in a file of your choice
+
+Progress goes to stderr, one line as each scenario starts and ends; the table goes to stdout.
 
 Exit status: 0 when the bench ran, even if a target was missed (the table says MISSED); 1 when it could
 not measure (a child failed); 130 after Ctrl-C, 143 after SIGTERM. No child process outlives it.
@@ -18,7 +21,7 @@ import sys
 from pathlib import Path
 
 from bench.procs import BenchError
-from bench.report import render, write_json
+from bench.report import default_json_path, render, write_json
 from bench.results import QUICK, BenchResult, Settings
 from bench.scenarios import run_bench
 
@@ -44,7 +47,14 @@ def _parser() -> argparse.ArgumentParser:
         "token at concurrency 1 and throughput under concurrent load, each in separate processes.",
     )
     parser.add_argument("--quick", action="store_true", help="short runs for a smoke check (about 10 s)")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="also save every raw number to FILE")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        nargs="?",
+        const=default_json_path(),
+        metavar="FILE",
+        help="also save every raw number to FILE (default: bench/results/bench-<UTC time>.json, ignored by git)",
+    )
     parser.add_argument(
         "--no-pin",
         dest="pin",

@@ -20,7 +20,7 @@ import httpx
 
 from generated import ai_service_pb2 as pb
 from generated import ai_service_pb2_grpc as pb_grpc
-from server.sse import aiter_sse
+from server.sse import SSEDecoder
 
 __all__ = ["TRANSPORT_ERRORS", "DirectClient", "GatewayClient", "StreamClient", "StreamFailed", "Tally"]
 
@@ -84,16 +84,18 @@ class DirectClient:
             if response.status_code != 200:
                 raise StreamFailed(f"upstream answered HTTP {response.status_code}")
             # Read to the end, past [DONE]: a body left unread would cost the connection its keep-alive.
-            async for event in aiter_sse(response.aiter_raw()):
-                if event.data == "[DONE]":
-                    done = True
-                    continue
-                choices = json.loads(event.data).get("choices")
-                if choices and choices[0]["delta"].get("content"):
-                    if not tokens:
-                        first = time.perf_counter() - start
-                    tokens += 1
-                    tally.tokens += 1
+            decoder = SSEDecoder()
+            async for chunk in response.aiter_raw():
+                for event in decoder.feed(chunk):
+                    if event.data == "[DONE]":
+                        done = True
+                        continue
+                    choices = json.loads(event.data).get("choices")
+                    if choices and choices[0]["delta"].get("content"):
+                        if not tokens:
+                            first = time.perf_counter() - start
+                        tokens += 1
+                        tally.tokens += 1
         if not done:
             raise StreamFailed("the upstream stream ended without [DONE]")
         return first, tokens

@@ -13,6 +13,7 @@ A missed target is marked MISSED; the bench still exits 0, since a missed target
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import statistics
@@ -27,7 +28,10 @@ from bench.results import (
     BenchResult,
 )
 
-__all__ = ["metrics_changes", "missed_targets", "render", "write_json"]
+__all__ = ["RESULTS_DIR", "default_json_path", "metrics_changes", "missed_targets", "render", "write_json"]
+
+# Where `--json` without a file name writes: inside the repository, but ignored by git (.gitignore).
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 _DASH = "—"
 _TIMES = "\N{MULTIPLICATION SIGN}"
@@ -90,7 +94,14 @@ Row = tuple[str, str, str, str, str]  # scenario, direct, gateway, added / ratio
 
 def _rows(result: BenchResult) -> list[Row]:
     header: Row = ("scenario", "direct", "gateway", "added / ratio", "target")
-    return [header, *_ttft_rows(result), *_throughput_rows(result), *_detail_rows(result), *_gateway_rows(result)]
+    return [
+        header,
+        *_ttft_rows(result),
+        *_throughput_rows(result),
+        *_detail_rows(result),
+        *_gateway_rows(result),
+        *_httpx_rows(result),
+    ]
 
 
 def _ttft_rows(result: BenchResult) -> list[Row]:
@@ -178,8 +189,37 @@ def _gateway_rows(result: BenchResult) -> list[Row]:
     return rows
 
 
+def _httpx_rows(result: BenchResult) -> list[Row]:
+    """The same gateway calling the same upstream through httpx (`transport: httpx`), against aiohttp."""
+    if "gateway-httpx" not in result.throughput:
+        return []
+    s = result.summary()
+    tokens, us_per_token = s["tokens_per_s_gateway-httpx"], s["gateway_httpx_us_per_token"]
+    errors = sum(r.errors for r in result.throughput["gateway-httpx"])
+    failed: list[Row] = [("gateway via httpx: ERRORS", _DASH, str(errors), "", "FAILED STREAMS")] if errors else []
+    return [
+        (
+            "gateway via httpx: tokens/s",
+            _DASH,
+            _count(tokens),
+            f"{tokens / s['tokens_per_s_gateway']:.2f}{_TIMES} aiohttp's",
+            "",
+        ),
+        (
+            "gateway via httpx: CPU per token",
+            _DASH,
+            "n/a" if math.isnan(us_per_token) else f"{us_per_token:.0f} µs",
+            f"{us_per_token / s['gateway_us_per_token']:.2f}{_TIMES} aiohttp's",
+            "",
+        ),
+        *failed,
+    ]
+
+
 def _metrics_rows(result: BenchResult) -> list[Row]:
     """The gateway with metrics off and on, under the same load in the same run."""
+    if "gateway_metrics" not in result.throughput or "gateway_metrics" not in result.ttft:
+        return []
     s = result.summary()
     control = result.settings.metrics_control
     changes = metrics_changes(result)
@@ -230,8 +270,11 @@ def render(result: BenchResult) -> str:
         "",
     ]
     lines += _table(_rows(result))
-    lines += ["", *_table(_metrics_rows(result))]
-    lines += ["* per round (off and on back to back, order swapped every round); the mean of the two orders' medians"]
+    if metrics_rows := _metrics_rows(result):
+        lines += ["", *_table(metrics_rows)]
+        lines += [
+            "* per round (off and on back to back, order swapped every round); the mean of the two orders' medians"
+        ]
     lines += ["", "CPU: 100% = one core, over the throughput window. Direct: httpx + SSE; gateway: grpc.aio."]
     lines += [f"first error ({target}): {error}" for target, error in _first_errors(result).items()]
     missed = missed_targets(result)
@@ -250,6 +293,12 @@ def _first_errors(result: BenchResult) -> dict[str, str]:
     return errors
 
 
+def default_json_path(now: datetime.datetime | None = None) -> Path:
+    """bench/results/bench-YYYYMMDD-HHMMSS.json, in UTC: one file per run, none in the repository root."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    return RESULTS_DIR / f"bench-{now:%Y%m%d-%H%M%S}.json"
+
+
 def write_json(result: BenchResult, path: Path) -> None:
     """Every raw number of the run (samples included), the headline summary and the missed targets."""
     document = {
@@ -258,6 +307,7 @@ def write_json(result: BenchResult, path: Path) -> None:
         "metrics_changes_percent": metrics_changes(result),
         "missed_targets": missed_targets(result),
     }
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_strict(document), indent=2, allow_nan=False) + "\n")
 
 

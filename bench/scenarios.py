@@ -14,12 +14,12 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shlex
-import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -30,9 +30,9 @@ import yaml
 from grpc_health.v1 import health_pb2
 
 from bench.procs import Child, Children, cpu_seconds, machine_cpu_seconds, peak_rss_bytes
-from bench.results import TARGETS, BenchResult, LoadResult, Machine, Settings, ThroughputResult, TtftResult
+from bench.results import BenchResult, LoadResult, Machine, Settings, ThroughputResult, TtftResult
 
-__all__ = ["Stack", "run_bench"]
+__all__ = ["THROUGHPUT_TARGETS", "TTFT_TARGETS", "Progress", "Stack", "run_bench", "to_stderr"]
 
 # A cold interpreter imports grpc, protobuf and httpx in well under a second; this leaves room for a slow box.
 READY_TIMEOUT_S = 20.0
@@ -42,6 +42,13 @@ _GATEWAY_GRACE_S = 1.0
 # How often the gateway with metrics on is scraped during a throughput window (Prometheus's default is 15 s).
 _SCRAPE_INTERVAL_S = 1.0
 _TTFT_MODEL_TOKENS = 1  # the shortest stream: TTFT then measures the path, not the stream's length
+# The throughput sides, each round in this order: the upstream itself, the gateway calling it through
+# aiohttp (its default transport), a second gateway process of the same config with metrics on (right
+# after it: off and on back to back), and the first gateway process through httpx (a second provider entry).
+THROUGHPUT_TARGETS = ("direct", "gateway", "gateway_metrics", "gateway-httpx")
+# Time to first token: the upstream, the gateway, and the gateway with metrics on.
+TTFT_TARGETS = ("direct", "gateway", "gateway_metrics")
+_MODEL_PREFIX = {"gateway": "bench", "gateway-httpx": "bench-httpx", "gateway_metrics": "bench"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +92,10 @@ class Stack:
     gateway: Child
     gateway_address: str  # 127.0.0.1:PORT
     cpus: CpuPlan
-    # The same gateway with metrics on, and its /metrics URL.
+    # The same gateway with metrics on, and its /metrics URL (None in the control run: metrics off there too).
     gateway_metrics: Child
     gateway_metrics_address: str
-    metrics_url: str
+    metrics_url: str | None
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -100,18 +107,12 @@ class Stack:
             if word != "PORT" or not port.isdigit():
                 raise upstream.failure(f"expected 'PORT <n>' on stdout, got {word} {port}")
             upstream_url = f"http://127.0.0.1:{port}/v1"
-            gateway, gateway_address = await _start_gateway(children, workdir, "gateway", upstream_url, settings, cpus)
-            metrics_port = _free_port()
-            metrics, metrics_address = await _start_gateway(
-                children,
-                workdir,
-                "gateway_metrics",
-                upstream_url,
-                settings,
-                cpus,
-                metrics_port=None if settings.metrics_control else metrics_port,
+            gateway, gateway_address, _ = await _start_gateway(
+                children, workdir, "gateway", upstream_url, settings, cpus
             )
-            metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+            metrics, metrics_address, metrics_url = await _start_gateway(
+                children, workdir, "gateway_metrics", upstream_url, settings, cpus, metrics=not settings.metrics_control
+            )
             yield cls(
                 children, upstream, upstream_url, gateway, gateway_address, cpus, metrics, metrics_address, metrics_url
             )
@@ -121,7 +122,7 @@ class Stack:
         if target == "direct":
             return self.upstream_url, f"tokens-{tokens}"
         address = self.gateway_metrics_address if target == "gateway_metrics" else self.gateway_address
-        return address, f"bench-{tokens}"
+        return address, f"{_MODEL_PREFIX[target]}-{tokens}"
 
     def _gateway_pid(self, target: str) -> dict[str, int]:
         """The gateway process `target` loads (none for direct), under the one key "gateway"."""
@@ -169,8 +170,8 @@ class Stack:
         for load in loads:
             load.write_line(f"GO {window_start!r}")
         servers = {"upstream": self.upstream.pid} | self._gateway_pid(target)
-        scraped = target == "gateway_metrics" and not settings.metrics_control
-        scraping = _scraping(self.metrics_url) if scraped else contextlib.nullcontext()
+        scraped = self.metrics_url if target == "gateway_metrics" else None
+        scraping = _scraping(scraped) if scraped else contextlib.nullcontext()
         async with scraping:
             cpu = await _cpu_percent_over(servers, window_start, settings.duration_s)
         raws = [await _result(load, settings.duration_s + 30) for load in loads]
@@ -179,22 +180,52 @@ class Stack:
         return ThroughputResult(target, [LoadResult(**_known(LoadResult, raw)) for raw in raws], cpu)
 
 
-async def run_bench(settings: Settings, command: str | None = None) -> BenchResult:
+Progress = Callable[[str], None]
+
+
+def to_stderr(line: str) -> None:
+    """The default progress: one line per step on stderr, so that stdout holds only the table."""
+    print(f"bench: {line}", file=sys.stderr, flush=True)
+
+
+async def run_bench(settings: Settings, command: str | None = None, progress: Progress = to_stderr) -> BenchResult:
+    """Run every scenario; `progress` hears of each one as it starts and as it ends, with its headline figure."""
     result = BenchResult(
         settings=settings,
         machine=Machine.this(),
         command=command or shlex.join([sys.executable, "-m", "bench", *sys.argv[1:]]),
     )
+    steps = len(TTFT_TARGETS) + len(THROUGHPUT_TARGETS) * settings.rounds
+    step = 0
+
+    def begin(what: str) -> float:
+        nonlocal step
+        step += 1
+        progress(f"[{step}/{steps}] {what} ...")
+        return time.monotonic()
+
+    def end(began: float, figure: str) -> None:
+        progress(f"[{step}/{steps}] {figure} ({time.monotonic() - began:.1f} s)")
+
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        progress("starting the fake upstream and the gateway ...")
         async with Stack.start(Path(tmp), settings) as stack:
             result.pinning = stack.cpus.describe()
-            for target in TARGETS:
-                result.ttft[target] = await stack.ttft(target, settings)
-            for round_number in range(settings.rounds):
-                # The two gateways swap places every round: whichever runs second does worse on a busy
-                # machine, and that must not pass for the cost of metrics.
-                for target in TARGETS if round_number % 2 == 0 else (*TARGETS[:1], *reversed(TARGETS[1:])):
-                    result.throughput.setdefault(target, []).append(await stack.throughput(target, settings))
+            for target in TTFT_TARGETS:
+                calls = settings.ttft_warmup + settings.ttft_requests
+                began = begin(f"time to first token, {target}: {calls} sequential calls")
+                ttft = result.ttft[target] = await stack.ttft(target, settings)
+                end(began, f"TTFT p50 {ttft.p50_ms:.2f} ms")
+            window = f"{settings.warmup_s:g} s warm-up + {settings.duration_s:g} s at c={settings.concurrency}"
+            for n in range(1, settings.rounds + 1):
+                # The gateway sides run in reverse order every other round: whichever runs later does worse
+                # on a busy machine, and that must not pass for the cost of metrics (or of httpx).
+                order = THROUGHPUT_TARGETS if n % 2 else (*THROUGHPUT_TARGETS[:1], *reversed(THROUGHPUT_TARGETS[1:]))
+                for target in order:
+                    began = begin(f"throughput round {n}/{settings.rounds}, {target}: {window}")
+                    throughput = await stack.throughput(target, settings)
+                    result.throughput.setdefault(target, []).append(throughput)
+                    end(began, f"{throughput.tokens_per_s:,.0f} tokens/s")
             result.gateway_peak_rss_bytes = peak_rss_bytes(stack.gateway.pid)
     return result
 
@@ -207,19 +238,26 @@ async def _start_gateway(
     settings: Settings,
     cpus: CpuPlan,
     *,
-    metrics_port: int | None = None,
-) -> tuple[Child, str]:
-    """A gateway process in front of the upstream, SERVING; with metrics on when `metrics_port` is given."""
+    metrics: bool = False,
+) -> tuple[Child, str, str | None]:
+    """A gateway process in front of the upstream, SERVING: it, its address and, with `metrics`, its
+    /metrics URL. Both listeners bind port 0; the gateway says which ports it got."""
     config = workdir / f"{name}.yaml"
     raw = _gateway_config(upstream_url, settings)
-    if metrics_port is not None:
-        raw["metrics"] = {"listen": f"127.0.0.1:{metrics_port}"}
+    if metrics:
+        raw["metrics"] = {"listen": "127.0.0.1:0"}
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
-    address = f"127.0.0.1:{_free_port()}"
-    args = ("--config", str(config), "--listen", address)
+    args = ("--config", str(config), "--listen", "127.0.0.1:0")
     gateway = await children.start(name, "server", *args, stdout=False, cpus=cpus.gateway)
+    address = await _wait_listening(gateway)
     await _wait_serving(gateway, address)
-    return gateway, address
+    metrics_url = None
+    if metrics:  # its line comes before the "listening on" one
+        found = _METRICS_ON.search(gateway.stderr_path.read_text(errors="replace"))
+        if found is None:
+            raise gateway.failure("did not say where /metrics is")
+        metrics_url = found[1]
+    return gateway, address, metrics_url
 
 
 @contextlib.asynccontextmanager
@@ -245,22 +283,37 @@ async def _scraping(url: str) -> AsyncIterator[None]:
 
 
 def _gateway_config(upstream_url: str, settings: Settings) -> dict[str, Any]:
+    providers = {"bench": "upstream", "bench-httpx": "upstream-httpx"}
     return {
         "grace_period_s": _GATEWAY_GRACE_S,
-        "providers": [{"name": "upstream", "kind": "openai", "base_url": upstream_url}],
+        "providers": [
+            {"name": "upstream", "kind": "openai", "base_url": upstream_url},  # transport: aiohttp, the default
+            {"name": "upstream-httpx", "kind": "openai", "base_url": upstream_url, "transport": "httpx"},
+        ],
         "models": [
-            {"name": f"bench-{n}", "provider": "upstream", "upstream_model": f"tokens-{n}"}
+            {"name": f"{prefix}-{n}", "provider": provider, "upstream_model": f"tokens-{n}"}
+            for prefix, provider in providers.items()
             for n in sorted({_TTFT_MODEL_TOKENS, settings.tokens})
         ],
     }
 
 
-def _free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (the gateway fails clearly if that changes)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+# server/app.py's start-up line: "listening on HOST:PORT (...)", with the port the kernel chose for port 0.
+_LISTENING = re.compile(r" listening on (\S+:\d+) ")
+# And before it, with metrics on: "metrics on http://HOST:PORT/metrics".
+_METRICS_ON = re.compile(r" metrics on (http://\S+:\d+/metrics)")
+
+
+async def _wait_listening(gateway: Child) -> str:
+    """The address the gateway says it bound (it listens on port 0: a port picked here could be taken first)."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while gateway.process.returncode is None and time.monotonic() < deadline:
+        if found := _LISTENING.search(gateway.stderr_path.read_text(errors="replace")):
+            return found[1]
+        await asyncio.sleep(_POLL_INTERVAL_S)
+    if gateway.process.returncode is None:
+        raise gateway.failure(f"did not say where it listens within {READY_TIMEOUT_S:.0f} s")
+    raise gateway.failure("exited before it listened")
 
 
 async def _wait_serving(gateway: Child, address: str) -> None:

@@ -13,21 +13,34 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self, TypeAlias
 
 import grpc
 
 from client import defaults
 from client.channel import DEFAULT_RETRY, ChannelOptions, ConnectionSettings
-from client.errors import StreamProtocolError, error_from_rpc_error
+from client.errors import GatewayError, StreamProtocolError
 from client.interactive import AsyncSession
-from client.retry import AsyncStreamRetry, Retrier, RetryPolicy
-from client.types import GenerateResult, MessageLike, SessionMode, StreamEnd, StreamEvent
-from client.wire import StreamAssembler, build_request, generate_result, session_start
+from client.retry import Retrier, RetryPolicy
+from client.stream_state import StreamState
+from client.types import (
+    GenerateResult,
+    MessageLike,
+    ModelInfo,
+    Sampling,
+    SamplingOptions,
+    SessionMode,
+    StreamEnd,
+    StreamEvent,
+)
+from client.wire import build_request, generate_result, model_info, session_start
 from generated import ai_service_pb2 as pb
 from generated import ai_service_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.12
 
 __all__ = ["AsyncAIClient", "AsyncStream"]
 
@@ -82,28 +95,42 @@ class AsyncAIClient:
         model: str,
         messages: Sequence[MessageLike] | None = None,
         system: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-        top_p: float | None = None,
-        stop: Sequence[str] = (),
+        sampling: SamplingOptions | None = None,
         timeout: float | None = None,  # noqa: ASYNC109  (the call's gRPC deadline, sent to the server)
+        **keywords: Unpack[Sampling],
     ) -> GenerateResult:
-        """The whole reply to `prompt` (the last user turn after `system` and `messages`)."""
+        """The whole reply to `prompt` (the last user turn after `system` and `messages`). `sampling` and
+        the keywords temperature, max_tokens, top_p and stop (which override its fields) shape the reply."""
         request = build_request(
             pb.GenerateRequest, model=model, prompt=prompt, messages=messages, system=system,
-            temperature=temperature, max_tokens=max_tokens, top_p=top_p, stop=stop,
+            sampling=SamplingOptions.of(sampling, keywords),
         )  # fmt: skip
         retrier = Retrier(self._settings.retry, self._settings.deadline(timeout))
         while True:  # the channel retries UNAVAILABLE; this loop, RESOURCE_EXHAUSTED with RetryInfo
             try:
                 response = await self._stub.Generate(request, timeout=retrier.remaining())
             except grpc.aio.AioRpcError as exc:
-                error = error_from_rpc_error(exc)
+                error = self._settings.error(exc)
                 if (delay := retrier.delay(error, unavailable=False)) is None:
                     raise error from exc
                 await asyncio.sleep(delay)
             else:
                 return generate_result(response)
+
+    async def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:  # noqa: ASYNC109
+        """The gateway's catalog, sorted by name: every model a call may name, with its aliases, prices,
+        deployments and fallbacks. Retried like a stream before its first chunk (it costs nothing)."""
+        retrier = Retrier(self._settings.retry, self._settings.deadline(timeout))
+        while True:
+            try:
+                response = await self._stub.ListModels(pb.ListModelsRequest(), timeout=retrier.remaining())
+            except grpc.aio.AioRpcError as exc:
+                error = self._settings.error(exc)
+                if (delay := retrier.delay(error, unavailable=True)) is None:
+                    raise error from exc
+                await asyncio.sleep(delay)
+            else:
+                return [model_info(model) for model in response.models]
 
     def stream_generate(
         self,
@@ -112,20 +139,18 @@ class AsyncAIClient:
         model: str,
         messages: Sequence[MessageLike] | None = None,
         system: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-        top_p: float | None = None,
-        stop: Sequence[str] = (),
+        sampling: SamplingOptions | None = None,
         timeout: float | None = None,
+        **keywords: Unpack[Sampling],
     ) -> AsyncStream:
-        """Stream the reply: TextDelta events, then one StreamEnd. Use `async with` to cancel on early exit."""
+        """Stream the reply: TextDelta events, then one StreamEnd. Use `async with` to cancel on early exit.
+        The options are generate's."""
         request = build_request(
             pb.StreamGenerateRequest, model=model, prompt=prompt, messages=messages, system=system,
-            temperature=temperature, max_tokens=max_tokens, top_p=top_p, stop=stop,
+            sampling=SamplingOptions.of(sampling, keywords),
         )  # fmt: skip
-        retrier = Retrier(self._settings.retry, self._settings.deadline(timeout))
-        restart = AsyncStreamRetry(lambda left: self._stub.StreamGenerate(request, timeout=left), retrier)
-        return AsyncStream(self._stub.StreamGenerate(request, timeout=retrier.remaining()), retry=restart)
+        state = StreamState(Retrier(self._settings.retry, self._settings.deadline(timeout)), self._settings.error)
+        return AsyncStream(lambda left: self._stub.StreamGenerate(request, timeout=left), state)
 
     def interactive(
         self,
@@ -134,20 +159,21 @@ class AsyncAIClient:
         system: str | None = None,
         mode: SessionMode = "conversation",
         max_in_flight: int = 0,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-        top_p: float | None = None,
-        stop: Sequence[str] = (),
+        sampling: SamplingOptions | None = None,
         timeout: float | None = None,
+        **keywords: Unpack[Sampling],
     ) -> AsyncSession:
         """An InteractiveStream session; open it with `async with`. `model`, `system` and the sampling
         options are the defaults of every turn; `max_in_flight` (pipeline; 0: the server's default) is
         capped by the server. A session has no deadline unless `timeout` (seconds, the whole session)."""
         start = session_start(
             model=model, system=system, mode=mode, max_in_flight=max_in_flight,
-            temperature=temperature, max_tokens=max_tokens, top_p=top_p, stop=stop,
+            sampling=SamplingOptions.of(sampling, keywords),
         )  # fmt: skip
-        return AsyncSession(self._stub, start, timeout=timeout)
+        return AsyncSession(self._stub, start, timeout=timeout, to_error=self._settings.error)
+
+
+_StreamCall: TypeAlias = "grpc.aio.UnaryStreamCall[pb.StreamGenerateRequest, pb.StreamChunk]"
 
 
 class AsyncStream(AsyncIterator[StreamEvent]):
@@ -158,17 +184,14 @@ class AsyncStream(AsyncIterator[StreamEvent]):
     the StreamEnd once the stream is exhausted.
     """
 
-    def __init__(
-        self,
-        call: grpc.aio.UnaryStreamCall[pb.StreamGenerateRequest, pb.StreamChunk],
-        *,
-        retry: AsyncStreamRetry[grpc.aio.UnaryStreamCall[pb.StreamGenerateRequest, pb.StreamChunk]] | None = None,
-    ) -> None:
-        self._call = call
-        self._retry = retry  # until the first chunk: a failure may start the call again
-        self._assembler = StreamAssembler()
-        self._closed = False
-        self.result: StreamEnd | None = None
+    def __init__(self, start: Callable[[float], _StreamCall], state: StreamState) -> None:
+        self._start = start  # called again to retry a call that failed before its first chunk
+        self._state = state
+        self._call = start(state.remaining())
+
+    @property
+    def result(self) -> StreamEnd | None:
+        return self._state.result
 
     async def __aenter__(self) -> Self:
         return self
@@ -181,38 +204,34 @@ class AsyncStream(AsyncIterator[StreamEvent]):
     def __del__(self) -> None:
         # A dropped stream (`break` without a with block) cancels its call now: grpc's own finalizer
         # would wait for the cyclic garbage collector, and the upstream would keep generating meanwhile.
-        if not getattr(self, "_closed", True):
+        if hasattr(self, "_call") and not self._state.closed:
             self._call.cancel()
 
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> StreamEvent:
-        if self._closed:
-            raise StopAsyncIteration
-        while True:
+        while not self._state.closed:
             try:
                 chunk = await self._call.read()
-                break
             except grpc.aio.AioRpcError as exc:
-                error = error_from_rpc_error(exc)
-                call = await self._retry.restart(error) if self._retry is not None else None
-                if call is None:
-                    self._closed = True
-                    raise error from exc
-                self._call = call
-        self._retry = None  # a chunk arrived (or the call ended): never retried from here on
-        if not isinstance(chunk, pb.StreamChunk):  # grpc.aio.EOF: the call ended with OK
-            self._closed = True
-            self.result = self._assembler.finish()
-            raise StopAsyncIteration
-        try:
-            return self._assembler.event(chunk)
-        except StreamProtocolError:
-            await self.aclose()
-            raise
+                step = self._state.failed(exc)
+                if isinstance(step, GatewayError):
+                    raise step from exc
+                await asyncio.sleep(step)
+                self._call = self._start(self._state.remaining())
+                continue
+            if not isinstance(chunk, pb.StreamChunk):  # grpc.aio.EOF: the call ended with OK
+                self._state.end()
+                break
+            try:
+                return self._state.chunk(chunk)
+            except StreamProtocolError:
+                self._call.cancel()
+                raise
+        raise StopAsyncIteration
 
     async def aclose(self) -> None:
         """Cancel the call if it is still running; further iteration stops."""
-        self._closed = True
+        self._state.closed = True
         self._call.cancel()

@@ -22,9 +22,18 @@ from typing import Any, TypeAlias
 import grpc
 
 from client import defaults
+from client.diagnose import explain
+from client.errors import ConfigurationError, GatewayError, error_from_rpc_error
 from client.retry import RetryPolicy, channel_options
 
-__all__ = ["DEFAULT_RETRY", "BearerToken", "ChannelOptions", "ConnectionSettings", "is_loopback_target"]
+__all__ = [
+    "DEFAULT_RETRY",
+    "BearerToken",
+    "ChannelOptions",
+    "ConnectionSettings",
+    "is_loopback_target",
+    "read_ca_file",
+]
 
 ChannelOptions: TypeAlias = Sequence[tuple[str, Any]]
 
@@ -32,6 +41,7 @@ DEFAULT_RETRY = RetryPolicy()
 
 # Name-resolver prefixes that may stand before the address, e.g. "dns:///localhost:50051".
 _SCHEMES = ("dns:///", "dns:", "ipv4:", "ipv6:")
+_PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
 
 
 class BearerToken(grpc.AuthMetadataPlugin):
@@ -54,6 +64,7 @@ class ConnectionSettings:
     target: str
     token: str | None = field(repr=False)
     ca_file: Path | None
+    ca_certificates: bytes | None = field(repr=False)  # the PEM read from ca_file
     plaintext: bool
     timeout: float
     # The caller's channel options, plus the retry service config unless `retry` is None (client/retry.py).
@@ -73,21 +84,23 @@ class ConnectionSettings:
         env: Mapping[str, str] | None = None,
         retry: RetryPolicy | None = DEFAULT_RETRY,
     ) -> ConnectionSettings:
+        """Raises ConfigurationError for a wrong option, naming it (and the file, for `ca_file`)."""
         env = os.environ if env is None else env
         target = target or env.get(defaults.TARGET_ENV) or defaults.DEFAULT_TARGET
         token = token or env.get(defaults.TOKEN_ENV) or None
         if plaintext and not is_loopback_target(target):
-            raise ValueError(
+            raise ConfigurationError(
                 f"plaintext is only allowed to a loopback target (127.0.0.0/8, ::1, localhost), not {target!r}"
             )
         if plaintext and ca_file is not None:
-            raise ValueError("ca_file applies to TLS; it cannot be combined with plaintext")
+            raise ConfigurationError("ca_file applies to TLS; it cannot be combined with plaintext")
         if token is not None and any(c.isspace() for c in token):
-            raise ValueError("the token must not contain whitespace")
+            raise ConfigurationError("the token must not contain whitespace")
         if timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {timeout}")
+            raise ConfigurationError(f"timeout must be positive, got {timeout}")
         path = Path(ca_file) if ca_file is not None else None
-        return cls(target, token, path, plaintext, timeout, channel_options(options or (), retry), retry)
+        roots = read_ca_file(path) if path is not None else None
+        return cls(target, token, path, roots, plaintext, timeout, channel_options(options or (), retry), retry)
 
     def credentials(self) -> grpc.ChannelCredentials | None:
         """The channel credentials, or None for an insecure channel."""
@@ -96,11 +109,14 @@ class ConnectionSettings:
                 return None
             channel = grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP)
         else:
-            roots = self.ca_file.read_bytes() if self.ca_file is not None else None
-            channel = grpc.ssl_channel_credentials(root_certificates=roots)
+            channel = grpc.ssl_channel_credentials(root_certificates=self.ca_certificates)
         if self.token is None:
             return channel
         return grpc.composite_channel_credentials(channel, grpc.metadata_call_credentials(BearerToken(self.token)))
+
+    def error(self, exc: grpc.RpcError) -> GatewayError:
+        """The GatewayError for a call of a client with these settings that failed with `exc`."""
+        return explain(error_from_rpc_error(exc), target=self.target, plaintext=self.plaintext)
 
     def deadline(self, timeout: float | None) -> float:
         """The deadline of one call: its own `timeout`, else the client's default."""
@@ -113,6 +129,20 @@ class ConnectionSettings:
             security += f", ca_file={str(self.ca_file)!r}"
         auth = "bearer" if self.token else "none"
         return f"target={self.target!r}, {security}, auth={auth}, timeout={self.timeout:g}"
+
+
+def read_ca_file(path: Path) -> bytes:
+    """The PEM certificates in `path`; ConfigurationError naming the file when it cannot be used. gRPC itself
+    would accept anything here and fail every handshake later with a message that names no file."""
+    try:
+        pem = path.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read ca_file {str(path)!r}: {exc.strerror}", path=str(path)) from exc
+    if _PEM_CERTIFICATE not in pem:
+        raise ConfigurationError(
+            f"ca_file {str(path)!r} holds no PEM certificate (no {_PEM_CERTIFICATE.decode()} line)", path=str(path)
+        )
+    return pem
 
 
 def is_loopback_target(target: str) -> bool:

@@ -1,21 +1,27 @@
 """The client's error tree, and the one function that turns a failed gRPC call into it.
 
-    GatewayError                       base: code, message, reason, domain, metadata, retry_after,
-    │                                  field_violations, request_id (the InteractiveStream turn)
-    ├── InvalidArgumentError           INVALID_ARGUMENT: INVALID_REQUEST, MODEL_NOT_FOUND,
-    │                                  UPSTREAM_REJECTED_REQUEST; field_violations lists every problem
-    ├── AuthenticationError            UNAUTHENTICATED: missing or unknown bearer token
-    ├── PermissionDeniedError          PERMISSION_DENIED
-    ├── RateLimitError                 RESOURCE_EXHAUSTED: retry_after when the server said when
-    ├── UnavailableError               UNAVAILABLE: upstream down, stream cut, gateway shutting down or
-    │                                  unreachable; safe to retry
-    ├── DeadlineExceededError          DEADLINE_EXCEEDED: the call's deadline or the upstream's timeout
-    ├── InternalServerError            INTERNAL: a gateway bug or a gateway-side upstream problem
-    ├── NotImplementedByServerError    UNIMPLEMENTED
-    ├── StreamProtocolError            the server broke the StreamGenerate or InteractiveStream contract
-    │                                  (no final chunk, data after it, a turn left unfinished); detected
-    │                                  by the client
-    └── UnknownStatusError             any other status code (UNKNOWN, CANCELLED, ABORTED, ...)
+    ClientError                            base of every error the client raises
+    ├── ConfigurationError                 a client option is wrong (also a ValueError): a missing,
+    │                                      unreadable or non-PEM ca_file (`path` names it), plaintext
+    │                                      to a remote target, a non-positive timeout
+    └── GatewayError                       a call failed: code, message, reason, domain, metadata,
+        │                                  retry_after, field_violations, request_id (of a turn)
+        ├── InvalidArgumentError           INVALID_ARGUMENT: INVALID_REQUEST, MODEL_NOT_FOUND,
+        │                                  UPSTREAM_REJECTED_REQUEST; field_violations lists every problem
+        ├── AuthenticationError            UNAUTHENTICATED: missing or unknown bearer token
+        ├── PermissionDeniedError          PERMISSION_DENIED
+        ├── RateLimitError                 RESOURCE_EXHAUSTED: retry_after when the server said when
+        ├── UnavailableError               UNAVAILABLE: upstream down, stream cut, gateway shutting down
+        │                                  or unreachable (client-side reasons in client/diagnose.py);
+        │                                  safe to retry
+        ├── DeadlineExceededError          DEADLINE_EXCEEDED: the call's deadline or the upstream's timeout
+        ├── InternalServerError            INTERNAL: a gateway bug or a gateway-side upstream problem
+        ├── NotImplementedByServerError    UNIMPLEMENTED
+        ├── StreamProtocolError            the server broke the StreamGenerate or InteractiveStream
+        │                                  contract (no final chunk, data after it, a turn left
+        │                                  unfinished, a session ended without go_away); detected by
+        │                                  the client
+        └── UnknownStatusError             any other status code (UNKNOWN, CANCELLED, ABORTED, ...)
 
 `error_from_rpc_error` decodes the `grpc-status-details-bin` trailer (a google.rpc.Status whose details
 hold ErrorInfo, RetryInfo and BadRequest) for the sync and the async client alike; callers raise its
@@ -35,6 +41,8 @@ from google.rpc import error_details_pb2, status_pb2
 
 __all__ = [
     "AuthenticationError",
+    "ClientError",
+    "ConfigurationError",
     "DeadlineExceededError",
     "GatewayError",
     "InternalServerError",
@@ -54,7 +62,20 @@ STATUS_DETAILS_KEY = "grpc-status-details-bin"
 CLIENT_DOMAIN = "client"
 
 
-class GatewayError(Exception):
+class ClientError(Exception):
+    """Base of every error the client raises."""
+
+
+class ConfigurationError(ClientError, ValueError):
+    """A client option is wrong; raised when the client is made, before any call. `path` names the file
+    at fault, if any."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class GatewayError(ClientError):
     """A call failed. `str(error)` reads "CODE REASON: message"."""
 
     def __init__(

@@ -23,7 +23,7 @@ import asyncio
 import itertools
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Literal, Self, TypeAlias, overload
+from typing import TYPE_CHECKING, Literal, Self, TypeAlias, overload
 
 import grpc
 
@@ -36,7 +36,7 @@ from client.errors import (
     error_from_rpc_error,
     error_from_rpc_status,
 )
-from client.types import MessageLike, SessionMode, TextDelta, TurnEvent, TurnResult
+from client.types import MessageLike, Sampling, SamplingOptions, SessionMode, TextDelta, TurnEvent, TurnResult
 from client.wire import cancel_request, session_mode, turn_request, turn_result
 from generated import ai_service_pb2 as pb
 from generated import ai_service_pb2_grpc as pb_grpc
@@ -50,6 +50,10 @@ SESSION_ID_HEADER = "session-id"
 Prompt: TypeAlias = str | Sequence[MessageLike]
 PipelineRequests: TypeAlias = Iterable[Prompt] | Mapping[str, Prompt]
 _Call: TypeAlias = "grpc.aio.StreamStreamCall[pb.InteractiveRequest, pb.InteractiveResponse]"
+_SESSION_SAMPLING = SamplingOptions()  # a turn's unset options are the session's
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.12
 
 
 class AsyncTurn:
@@ -136,14 +140,22 @@ class AsyncSession:
     """One InteractiveStream call. Made by `AsyncAIClient.interactive`; use it as an async context manager.
 
     After opening: `session_id`, `model`, `mode` and `max_in_flight` are what the server chose. `draining`
-    and `time_left` (seconds) are set when the server announces its shutdown (go_away). `errors` collects
-    the errors that belong to no turn (a cancel of a turn that had already finished).
+    and `time_left` (seconds) are set when the server announces its shutdown (go_away), and the callbacks
+    given to `add_go_away_callback` are called. `ended` is true once the stream is over: a turn sent then
+    fails at once (UNAVAILABLE SHUTTING_DOWN after a drain: send it again in a new session). `errors`
+    collects the errors that belong to no turn (a cancel of a turn that had already finished).
     """
 
     def __init__(
-        self, stub: pb_grpc.AIServiceAsyncStub, start: pb.InteractiveRequest, *, timeout: float | None
+        self,
+        stub: pb_grpc.AIServiceAsyncStub,
+        start: pb.InteractiveRequest,
+        *,
+        timeout: float | None,
+        to_error: Callable[[grpc.RpcError], GatewayError] = error_from_rpc_error,
     ) -> None:
         self._stub = stub
+        self._to_error = to_error
         self._start = start
         self._timeout = timeout
         self._outgoing: asyncio.Queue[pb.InteractiveRequest | None] = asyncio.Queue()
@@ -162,6 +174,7 @@ class AsyncSession:
         self.draining = False
         self.time_left: float | None = None
         self.errors: list[GatewayError] = []
+        self._go_away_callbacks: list[Callable[[AsyncSession], None]] = []
 
     def __repr__(self) -> str:
         return f"AsyncSession(session_id={self.session_id!r}, model={self.model!r}, mode={self.mode!r})"
@@ -197,6 +210,18 @@ class AsyncSession:
         self.mode, self.max_in_flight = session_mode(started.mode), started.max_in_flight
         self._reader = asyncio.create_task(self._read(call), name=f"session {self.session_id} reader")
 
+    @property
+    def ended(self) -> bool:
+        """True once the stream has ended, by the server or by `close`/`abort`."""
+        return self._ended.is_set()
+
+    def add_go_away_callback(self, callback: Callable[[AsyncSession], None]) -> None:
+        """Call `callback(session)` when the server announces its shutdown; at once if it already has."""
+        if self.draining:
+            callback(self)
+        else:
+            self._go_away_callbacks.append(callback)
+
     def send(
         self,
         content: str | None = None,
@@ -204,15 +229,14 @@ class AsyncSession:
         messages: Sequence[MessageLike] | None = None,
         request_id: str | None = None,
         model: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-        top_p: float | None = None,
-        stop: Sequence[str] = (),
+        sampling: SamplingOptions | None = None,
+        **keywords: Unpack[Sampling],
     ) -> AsyncTurn:
         """Send a turn and return it at once. `content` is the user's text; `messages` come before it (a
         conversation appends them to its history; a pipeline request may be `messages` alone). `model` and
-        the sampling options override the session's for this turn. `request_id` defaults to t1, t2, ..."""
-        return self._send(content, messages, request_id, model, temperature, max_tokens, top_p, stop)
+        the sampling options override the session's for this turn. `request_id` defaults to t1, t2, ...
+        After `close` or `abort` it raises RuntimeError; after the server ended the session, the turn fails."""
+        return self._send(content, messages, request_id, model, SamplingOptions.of(sampling, keywords))
 
     async def cancel(self, request_id: str) -> None:
         """Ask the server to stop the turn `request_id` (running or waiting); it ends with CANCELLED."""
@@ -249,7 +273,7 @@ class AsyncSession:
             while len(live) < window and (item := next(items, None)) is not None:
                 request_id, prompt = item
                 content, messages = (prompt, None) if isinstance(prompt, str) else (None, prompt)
-                turn = self._send(content, messages, request_id, None, None, None, None, (), keep_events=False)
+                turn = self._send(content, messages, request_id, None, _SESSION_SAMPLING, keep_events=False)
                 live.add(turn)
                 turn._on_end(finished.put_nowait)
 
@@ -296,10 +320,7 @@ class AsyncSession:
         messages: Sequence[MessageLike] | None,
         request_id: str | None,
         model: str | None,
-        temperature: float | None,
-        max_tokens: int | None,
-        top_p: float | None,
-        stop: Sequence[str],
+        sampling: SamplingOptions,
         *,
         keep_events: bool = True,
     ) -> AsyncTurn:
@@ -307,15 +328,14 @@ class AsyncSession:
             request_id = f"t{next(self._ids)}"
         elif request_id in self._turns:
             raise ValueError(f"request_id {request_id!r} belongs to a turn that has not ended")
+        if self._half_closed:
+            raise RuntimeError("the session is closed; start a new one with client.interactive(...)")
         turn = AsyncTurn(self, request_id, keep_events=keep_events)
-        if self._half_closed or self._ended.is_set():
-            turn._end(self._failure or _closed_error(request_id))
+        if self._ended.is_set():
+            turn._end(self._failure or _ended_error(request_id, self.draining))
             return turn
         self._turns[request_id] = turn
-        request = turn_request(
-            request_id, content=content, messages=messages, model=model,
-            temperature=temperature, max_tokens=max_tokens, top_p=top_p, stop=stop,
-        )  # fmt: skip
+        request = turn_request(request_id, content=content, messages=messages, model=model, sampling=sampling)
         self._outgoing.put_nowait(request)
         return turn
 
@@ -326,7 +346,7 @@ class AsyncSession:
                     return response.started
                 self._dispatch(response)  # a go_away can come first
         except grpc.aio.AioRpcError as exc:
-            raise error_from_rpc_error(exc) from exc
+            raise self._to_error(exc) from exc
         raise UnavailableError(
             grpc.StatusCode.UNAVAILABLE,
             "the server ended the session before it started (it is shutting down)",
@@ -344,7 +364,7 @@ class AsyncSession:
             while isinstance(response := await call.read(), pb.InteractiveResponse):
                 self._dispatch(response)
         except grpc.aio.AioRpcError as exc:
-            failure = error_from_rpc_error(exc)
+            failure = self._to_error(exc)
         except asyncio.CancelledError:  # the call was cancelled by `abort`
             failure = UnknownStatusError(grpc.StatusCode.CANCELLED, "the session was cancelled", domain=CLIENT_DOMAIN)
         finally:
@@ -371,13 +391,26 @@ class AsyncSession:
             else:
                 self.errors.append(error)
         elif kind == "go_away":
-            self.draining = True
             if response.go_away.HasField("time_left"):
                 self.time_left = response.go_away.time_left.ToTimedelta().total_seconds()
+            self.draining = True
+            for callback in self._go_away_callbacks:
+                callback(self)
+            self._go_away_callbacks.clear()
 
 
-def _closed_error(request_id: str) -> GatewayError:
-    return StreamProtocolError(f"turn {request_id!r} was sent after the session was closed", reason="SESSION_CLOSED")
+def _ended_error(request_id: str, draining: bool) -> GatewayError:
+    if draining:  # the session ended because the gateway drained: the turn is for a new session
+        return UnavailableError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"the session ended when the gateway shut down; turn {request_id!r} was not sent, send it in a new session",
+            reason="SHUTTING_DOWN",
+            domain=CLIENT_DOMAIN,
+            request_id=request_id,
+        )
+    return StreamProtocolError(
+        f"the server ended the session without go_away; turn {request_id!r} was not sent", reason="SESSION_ENDED"
+    )
 
 
 def _unanswered_error(request_id: str, draining: bool) -> GatewayError:

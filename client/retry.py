@@ -8,6 +8,11 @@ when the server says nothing was generated for it.
     StreamGenerate  RESOURCE_EXHAUSTED + RetryInfo, the client                   the server's RetryInfo delay
                     before any chunk
 
+Nothing is retried that the gateway has already retried: an error whose ErrorInfo says `client_retry: "no"`
+(every upstream failure, after the gateway's own attempts and fallbacks, and CIRCUIT_OPEN) is raised at
+once; the gateway also sends `grpc-retry-pushback-ms: -1` with it, which stops the channel's retryPolicy.
+So one call costs the upstream at most the gateway's attempts, whatever the client's policy.
+
 RESOURCE_EXHAUSTED is retried only when the server says when (RetryInfo), and only when that delay is at
 most `max_retry_delay_s` (a rate limit for a minute is better reported than waited for). No wait ever
 goes past the call's deadline, and a stream is never retried once a chunk arrived: the caller has seen it.
@@ -17,23 +22,23 @@ same number). `retry=None` on a client turns all of this off.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import grpc
 
 from client import defaults
 from client.errors import GatewayError
 
-__all__ = ["AsyncStreamRetry", "Retrier", "RetryPolicy", "StreamRetry", "channel_options"]
+__all__ = ["Retrier", "RetryPolicy", "channel_options"]
 
 SERVICE = "holysheepai.AIService"
-CallT = TypeVar("CallT")
+# The ErrorInfo metadata by which the gateway says that it has already retried a call.
+NO_CLIENT_RETRY = ("client_retry", "no")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +92,7 @@ class Retrier:
         """Seconds to wait before the next attempt after `error`; None to give up. `unavailable` says
         whether this retrier handles UNAVAILABLE (streams) or leaves it to the channel (Generate)."""
         policy = self._policy
-        if policy is None or self.attempts >= policy.max_attempts:
+        if policy is None or self.attempts >= policy.max_attempts or _retried_by_gateway(error):
             return None
         if error.code == grpc.StatusCode.UNAVAILABLE and unavailable:
             wait = error.retry_after if error.retry_after is not None else self._backoff(policy)
@@ -107,29 +112,6 @@ class Retrier:
         return self._rng() * min(ceiling, policy.max_backoff_s)
 
 
-class StreamRetry(Generic[CallT]):
-    """Starts a blocking stream call again after a failure before its first chunk, when the retrier says so."""
-
-    def __init__(self, start: Callable[[float], CallT], retrier: Retrier) -> None:
-        self._start, self._retrier = start, retrier
-
-    def restart(self, error: GatewayError) -> CallT | None:
-        delay = self._retrier.delay(error, unavailable=True)
-        if delay is None:
-            return None
-        time.sleep(delay)
-        return self._start(self._retrier.remaining())
-
-
-class AsyncStreamRetry(Generic[CallT]):
-    """StreamRetry for grpc.aio calls."""
-
-    def __init__(self, start: Callable[[float], CallT], retrier: Retrier) -> None:
-        self._start, self._retrier = start, retrier
-
-    async def restart(self, error: GatewayError) -> CallT | None:
-        delay = self._retrier.delay(error, unavailable=True)
-        if delay is None:
-            return None
-        await asyncio.sleep(delay)
-        return self._start(self._retrier.remaining())
+def _retried_by_gateway(error: GatewayError) -> bool:
+    key, value = NO_CLIENT_RETRY
+    return error.metadata.get(key) == value

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
@@ -22,16 +22,27 @@ import grpc
 
 from client import defaults
 from client.channel import DEFAULT_RETRY, ChannelOptions, ConnectionSettings
-from client.errors import StreamProtocolError, error_from_rpc_error
-from client.retry import Retrier, RetryPolicy, StreamRetry
+from client.errors import GatewayError, StreamProtocolError
+from client.retry import Retrier, RetryPolicy
+from client.stream_state import StreamState
 from client.sync_interactive import Session, SessionRunner
-from client.types import GenerateResult, MessageLike, SessionMode, StreamEnd, StreamEvent
-from client.wire import StreamAssembler, build_request, generate_result
+from client.types import (
+    GenerateResult,
+    MessageLike,
+    ModelInfo,
+    Sampling,
+    SamplingOptions,
+    SessionMode,
+    StreamEnd,
+    StreamEvent,
+)
+from client.wire import build_request, generate_result, model_info
 from generated import ai_service_pb2 as pb
 from generated import ai_service_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
     from grpc import _CallIterator
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.12
 
 __all__ = ["AIClient", "Stream"]
 
@@ -87,28 +98,42 @@ class AIClient:
         model: str,
         messages: Sequence[MessageLike] | None = None,
         system: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-        top_p: float | None = None,
-        stop: Sequence[str] = (),
+        sampling: SamplingOptions | None = None,
         timeout: float | None = None,
+        **keywords: Unpack[Sampling],
     ) -> GenerateResult:
-        """The whole reply to `prompt` (the last user turn after `system` and `messages`)."""
+        """The whole reply to `prompt` (the last user turn after `system` and `messages`). `sampling` and
+        the keywords temperature, max_tokens, top_p and stop (which override its fields) shape the reply."""
         request = build_request(
             pb.GenerateRequest, model=model, prompt=prompt, messages=messages, system=system,
-            temperature=temperature, max_tokens=max_tokens, top_p=top_p, stop=stop,
+            sampling=SamplingOptions.of(sampling, keywords),
         )  # fmt: skip
         retrier = Retrier(self._settings.retry, self._settings.deadline(timeout))
         while True:  # the channel retries UNAVAILABLE; this loop, RESOURCE_EXHAUSTED with RetryInfo
             try:
                 response = self._stub.Generate(request, timeout=retrier.remaining())
             except grpc.RpcError as exc:
-                error = error_from_rpc_error(exc)
+                error = self._settings.error(exc)
                 if (delay := retrier.delay(error, unavailable=False)) is None:
                     raise error from exc
                 time.sleep(delay)
             else:
                 return generate_result(response)
+
+    def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        """The gateway's catalog, sorted by name: every model a call may name, with its aliases, prices,
+        deployments and fallbacks. Retried like a stream before its first chunk (it costs nothing)."""
+        retrier = Retrier(self._settings.retry, self._settings.deadline(timeout))
+        while True:
+            try:
+                response = self._stub.ListModels(pb.ListModelsRequest(), timeout=retrier.remaining())
+            except grpc.RpcError as exc:
+                error = self._settings.error(exc)
+                if (delay := retrier.delay(error, unavailable=True)) is None:
+                    raise error from exc
+                time.sleep(delay)
+            else:
+                return [model_info(model) for model in response.models]
 
     def stream_generate(
         self,
@@ -117,20 +142,18 @@ class AIClient:
         model: str,
         messages: Sequence[MessageLike] | None = None,
         system: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-        top_p: float | None = None,
-        stop: Sequence[str] = (),
+        sampling: SamplingOptions | None = None,
         timeout: float | None = None,
+        **keywords: Unpack[Sampling],
     ) -> Stream:
-        """Stream the reply: TextDelta events, then one StreamEnd. Use `with` to cancel on early exit."""
+        """Stream the reply: TextDelta events, then one StreamEnd. Use `with` to cancel on early exit. The
+        options are generate's."""
         request = build_request(
             pb.StreamGenerateRequest, model=model, prompt=prompt, messages=messages, system=system,
-            temperature=temperature, max_tokens=max_tokens, top_p=top_p, stop=stop,
+            sampling=SamplingOptions.of(sampling, keywords),
         )  # fmt: skip
-        retrier = Retrier(self._settings.retry, self._settings.deadline(timeout))
-        restart = StreamRetry(lambda left: self._stub.StreamGenerate(request, timeout=left), retrier)
-        return Stream(self._stub.StreamGenerate(request, timeout=retrier.remaining()), retry=restart)
+        state = StreamState(Retrier(self._settings.retry, self._settings.deadline(timeout)), self._settings.error)
+        return Stream(lambda left: self._stub.StreamGenerate(request, timeout=left), state)
 
     def interactive(
         self,
@@ -139,18 +162,16 @@ class AIClient:
         system: str | None = None,
         mode: SessionMode = "conversation",
         max_in_flight: int = 0,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-        top_p: float | None = None,
-        stop: Sequence[str] = (),
+        sampling: SamplingOptions | None = None,
         timeout: float | None = None,
+        **keywords: Unpack[Sampling],
     ) -> Session:
         """An InteractiveStream session; open it with `with`. The options are AsyncAIClient.interactive's."""
         if self._runner is None:
             self._runner = SessionRunner(self._settings)
         open_session = functools.partial(
             self._runner.client.interactive, model=model, system=system, mode=mode, max_in_flight=max_in_flight,
-            temperature=temperature, max_tokens=max_tokens, top_p=top_p, stop=stop, timeout=timeout,
+            sampling=SamplingOptions.of(sampling, keywords), timeout=timeout,
         )  # fmt: skip
         return Session(self._runner, self._runner.call(open_session))
 
@@ -163,14 +184,14 @@ class Stream(Iterator[StreamEvent]):
     StreamEnd once the stream is exhausted.
     """
 
-    def __init__(
-        self, call: _CallIterator[pb.StreamChunk], *, retry: StreamRetry[_CallIterator[pb.StreamChunk]] | None = None
-    ) -> None:
-        self._call = call
-        self._retry = retry  # until the first chunk: a failure may start the call again
-        self._assembler = StreamAssembler()
-        self._closed = False
-        self.result: StreamEnd | None = None
+    def __init__(self, start: Callable[[float], _CallIterator[pb.StreamChunk]], state: StreamState) -> None:
+        self._start = start  # called again to retry a call that failed before its first chunk
+        self._state = state
+        self._call = start(state.remaining())
+
+    @property
+    def result(self) -> StreamEnd | None:
+        return self._state.result
 
     def __enter__(self) -> Self:
         return self
@@ -183,38 +204,34 @@ class Stream(Iterator[StreamEvent]):
     def __del__(self) -> None:
         # A dropped stream (`break` without a with block) cancels its call now: grpc's own finalizer
         # would wait for the cyclic garbage collector, and the upstream would keep generating meanwhile.
-        if not getattr(self, "_closed", True):
+        if hasattr(self, "_call") and not self._state.closed:
             self._call.cancel()
 
     def __iter__(self) -> Self:
         return self
 
     def __next__(self) -> StreamEvent:
-        if self._closed:
-            raise StopIteration
-        while True:
+        while not self._state.closed:
             try:
                 chunk = next(self._call)
-                break
             except StopIteration:
-                self._closed = True
-                self.result = self._assembler.finish()
-                raise
+                self._state.end()
+                break
             except grpc.RpcError as exc:
-                error = error_from_rpc_error(exc)
-                call = self._retry.restart(error) if self._retry is not None else None
-                if call is None:
-                    self._closed = True
-                    raise error from exc
-                self._call = call
-        self._retry = None  # a chunk arrived: never retried from here on
-        try:
-            return self._assembler.event(chunk)
-        except StreamProtocolError:
-            self.close()
-            raise
+                step = self._state.failed(exc)
+                if isinstance(step, GatewayError):
+                    raise step from exc
+                time.sleep(step)
+                self._call = self._start(self._state.remaining())
+                continue
+            try:
+                return self._state.chunk(chunk)
+            except StreamProtocolError:
+                self._call.cancel()
+                raise
+        raise StopIteration
 
     def close(self) -> None:
         """Cancel the call if it is still running; further iteration stops."""
-        self._closed = True
+        self._state.closed = True
         self._call.cancel()

@@ -20,13 +20,16 @@ import functools
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from types import TracebackType
-from typing import Any, Literal, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, overload
 
 from client.async_client import AsyncAIClient
 from client.channel import ConnectionSettings
 from client.errors import GatewayError
 from client.interactive import AsyncSession, AsyncTurn, PipelineRequests
-from client.types import MessageLike, SessionMode, TurnEvent, TurnResult
+from client.types import MessageLike, Sampling, SamplingOptions, SessionMode, TurnEvent, TurnResult
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.12
 
 __all__ = ["Session", "SessionRunner", "Turn"]
 
@@ -159,6 +162,15 @@ class Session:
     def errors(self) -> list[GatewayError]:
         return self._session.errors
 
+    @property
+    def ended(self) -> bool:
+        return self._session.ended
+
+    def add_go_away_callback(self, callback: Callable[[Session], None]) -> None:
+        """Call `callback(session)` when the server announces its shutdown; see AsyncSession. It runs on
+        the session's thread, so it must not wait for the session."""
+        self._runner.call(functools.partial(self._session.add_go_away_callback, lambda _: callback(self)))
+
     def send(
         self,
         content: str | None = None,
@@ -166,15 +178,13 @@ class Session:
         messages: Sequence[MessageLike] | None = None,
         request_id: str | None = None,
         model: str | None = None,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-        top_p: float | None = None,
-        stop: Sequence[str] = (),
+        sampling: SamplingOptions | None = None,
+        **keywords: Unpack[Sampling],
     ) -> Turn:
         """Send a turn and return it at once; see AsyncSession.send."""
         send = functools.partial(
             self._session.send, content, messages=messages, request_id=request_id, model=model,
-            temperature=temperature, max_tokens=max_tokens, top_p=top_p, stop=stop,
+            sampling=SamplingOptions.of(sampling, keywords),
         )  # fmt: skip
         return Turn(self._runner, self._runner.call(send))
 

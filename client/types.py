@@ -5,6 +5,8 @@
                              finish_reason, usage)
     interactive(...)      -> a session; each turn: TextDelta(text), ..., TurnResult(request_id, text,
                              model, provider, finish_reason, usage, history_trimmed)
+    list_models()         -> [ModelInfo(name, aliases, provider, prices, max_output_tokens,
+                             deployments, fallbacks), ...]
 
 `client.wire` converts them to and from protobuf; `messages=` also accepts the generated Message, for
 callers who already hold one.
@@ -12,9 +14,10 @@ callers who already hold one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, TypedDict
 
 from generated import ai_service_pb2 as pb
 
@@ -23,6 +26,10 @@ __all__ = [
     "GenerateResult",
     "Message",
     "MessageLike",
+    "ModelDeployment",
+    "ModelInfo",
+    "Sampling",
+    "SamplingOptions",
     "SessionMode",
     "StreamEnd",
     "StreamEvent",
@@ -55,6 +62,36 @@ class Message:
 
 # What `messages=` accepts: a client Message, a generated protobuf Message, or a (role, content) pair.
 MessageLike: TypeAlias = Message | pb.Message | tuple[str, str]
+
+
+class Sampling(TypedDict, total=False):
+    """The sampling keywords every call also takes one by one; each overrides that field of `sampling=`."""
+
+    temperature: float | None
+    max_tokens: int | None
+    top_p: float | None
+    stop: Sequence[str]
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingOptions:
+    """How to sample a reply. None (and no stop sequences) leaves an option to the model's default.
+
+        client.generate("hi", model="demo", sampling=SamplingOptions(temperature=0.2, max_tokens=64))
+        client.generate("hi", model="demo", temperature=0.2)      # the same fields, as keywords
+
+    `stop` holds up to 4 sequences; a lone string is one sequence. The gateway checks the ranges.
+    """
+
+    temperature: float | None = None
+    max_tokens: int | None = None
+    top_p: float | None = None
+    stop: Sequence[str] = ()
+
+    @classmethod
+    def of(cls, sampling: SamplingOptions | None, keywords: Sampling) -> SamplingOptions:
+        """`sampling` (or the defaults) with the fields given as keywords replaced."""
+        return replace(sampling or cls(), **keywords)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,3 +161,31 @@ class TurnResult:
 
 
 TurnEvent: TypeAlias = TextDelta | TurnResult
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDeployment:
+    """One place a catalog model is served, with its share of the calls."""
+
+    name: str
+    provider: str
+    upstream_model: str
+    weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """One model of the gateway's catalog, as `list_models` returns it."""
+
+    name: str
+    aliases: tuple[str, ...]
+    # The provider of the main (highest weight) deployment.
+    provider: str
+    # US dollars per million tokens; None when the gateway does not know the price.
+    input_price_per_million: float | None
+    output_price_per_million: float | None
+    # The most tokens one reply may have, and the cap of max_tokens.
+    max_output_tokens: int
+    deployments: tuple[ModelDeployment, ...]
+    # Tried in order when every deployment fails before the first token.
+    fallbacks: tuple[str, ...]

@@ -16,6 +16,9 @@ from client.types import (
     GenerateResult,
     Message,
     MessageLike,
+    ModelDeployment,
+    ModelInfo,
+    SamplingOptions,
     SessionMode,
     StreamEnd,
     StreamEvent,
@@ -30,6 +33,7 @@ __all__ = [
     "build_request",
     "cancel_request",
     "generate_result",
+    "model_info",
     "session_mode",
     "session_start",
     "turn_request",
@@ -47,10 +51,7 @@ def build_request(
     prompt: str | None,
     messages: Sequence[MessageLike] | None,
     system: str | None,
-    temperature: float | None,
-    max_tokens: int | None,
-    top_p: float | None,
-    stop: Sequence[str],
+    sampling: SamplingOptions,
 ) -> RequestT:
     """The request for a conversation of `system`, then `messages`, then `prompt` as the last user turn.
 
@@ -60,17 +61,15 @@ def build_request(
     conversation += [_message_pb(m) for m in messages or ()]
     if prompt is not None:
         conversation.append(pb.Message(role="user", content=prompt))
-    config = _config(temperature, max_tokens, top_p, stop)
-    return request_type(model=model, messages=conversation, config=config)
+    return request_type(model=model, messages=conversation, config=_config(sampling))
 
 
-def _config(
-    temperature: float | None, max_tokens: int | None, top_p: float | None, stop: Sequence[str]
-) -> pb.GenerationConfig:
+def _config(sampling: SamplingOptions) -> pb.GenerationConfig:
+    stop = sampling.stop
     return pb.GenerationConfig(
-        temperature=temperature,
-        max_tokens=max_tokens,
-        top_p=top_p,
+        temperature=sampling.temperature,
+        max_tokens=sampling.max_tokens,
+        top_p=sampling.top_p,
         stop=[stop] if isinstance(stop, str) else stop,  # a lone string is one sequence, not characters
     )
 
@@ -87,14 +86,11 @@ def session_start(
     system: str | None,
     mode: SessionMode,
     max_in_flight: int,
-    temperature: float | None,
-    max_tokens: int | None,
-    top_p: float | None,
-    stop: Sequence[str],
+    sampling: SamplingOptions,
 ) -> pb.InteractiveRequest:
     start = pb.SessionStart(
         model=model,
-        config=_config(temperature, max_tokens, top_p, stop),
+        config=_config(sampling),
         system_prompt=system or "",
         mode=_MODES.get(mode, pb.SESSION_MODE_UNSPECIFIED),
         max_in_flight=max_in_flight,
@@ -108,17 +104,14 @@ def turn_request(
     content: str | None,
     messages: Sequence[MessageLike] | None,
     model: str | None,
-    temperature: float | None,
-    max_tokens: int | None,
-    top_p: float | None,
-    stop: Sequence[str],
+    sampling: SamplingOptions,
 ) -> pb.InteractiveRequest:
     turn = pb.TurnRequest(
         request_id=request_id,
         content=content or "",
         messages=[_message_pb(m) for m in messages or ()],
         model=model or "",
-        config=_config(temperature, max_tokens, top_p, stop),
+        config=_config(sampling),
     )
     return pb.InteractiveRequest(message=turn)
 
@@ -159,6 +152,21 @@ def generate_result(response: pb.GenerateResponse) -> GenerateResult:
         provider=response.provider,
         finish_reason=_finish_reason(response.finish_reason),
         usage=_usage(response.usage),
+    )
+
+
+def model_info(model: pb.ModelInfo) -> ModelInfo:
+    return ModelInfo(
+        name=model.name,
+        aliases=tuple(model.aliases),
+        provider=model.provider,
+        input_price_per_million=model.input_price_per_million if model.HasField("input_price_per_million") else None,
+        output_price_per_million=(
+            model.output_price_per_million if model.HasField("output_price_per_million") else None
+        ),
+        max_output_tokens=model.max_output_tokens,
+        deployments=tuple(ModelDeployment(d.name, d.provider, d.upstream_model, d.weight) for d in model.deployments),
+        fallbacks=tuple(model.fallbacks),
     )
 
 

@@ -1,42 +1,71 @@
-"""python -m server [--config FILE] [--listen HOST:PORT]"""
+"""python -m server [--config FILE] [--listen HOST:PORT] | --version
+
+Installed, the same command is the console script `holysheep-gateway`; the usage line names whichever
+the user typed.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
+import tomllib
+from importlib import metadata
 from pathlib import Path
 
 from server.app import serve
 from server.config import ConfigError, load_config
+from server.observe.logs import configure_logging
+from server.observe.trace import tracing_from_env
+
+DISTRIBUTION = "holysheep-gateway"
+_PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m server",
+        prog=program_name(sys.argv[0]),
         description="The gRPC AI gateway. With no --config it serves the offline demo model on "
         "127.0.0.1:50051 (plus OpenAI models when OPENAI_API_KEY is set).",
     )
     parser.add_argument("--config", type=Path, help="YAML config file (default: the embedded default)")
     parser.add_argument("--listen", help="HOST:PORT to listen on (overrides config and GATEWAY_LISTEN)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config, listen=args.listen)
-    except ConfigError as exc:
+        tracing = tracing_from_env()
+    except (ConfigError, ValueError) as exc:
         print(f"gateway: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    # httpx logs every request URL at INFO; URLs are the upstreams' business, not the operator's log.
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(config.log_level)))
+    configure_logging(config.log_level, "json" if config.log_format == "json" else "text")
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, tracing))
     except OSError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def program_name(argv0: str) -> str:
+    """`python -m server`, or the console script's name (holysheep-gateway) when started as one."""
+    name = Path(argv0).name
+    return "python -m server" if name in ("__main__.py", "", "-c") else name
+
+
+def version(pyproject: Path = _PYPROJECT) -> str:
+    """The installed distribution's version; from pyproject.toml in a source tree never installed."""
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        pass
+    try:
+        project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
+    except (OSError, tomllib.TOMLDecodeError, KeyError):
+        return "unknown (not installed)"
+    if project.get("name") != DISTRIBUTION or "version" not in project:
+        return "unknown (not installed)"
+    return f"{project['version']} (source tree, not installed)"
 
 
 if __name__ == "__main__":

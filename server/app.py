@@ -23,11 +23,12 @@ from server.auth import BearerAuthInterceptor
 from server.config import GatewayConfig, KeepaliveConfig, TLSConfig, parse_listen
 from server.observe.exporter import MetricsServer, start_metrics_server
 from server.observe.metrics import GatewayMetrics, LabelBounds
+from server.observe.trace import Tracing, tracing_from_env
 from server.policy.seam import Policy, Seam
 from server.routing.dispatch import Router
 from server.service import AIService
 
-__all__ = ["Gateway", "serve", "start_gateway"]
+__all__ = ["Gateway", "bound_address", "serve", "start_gateway"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class Gateway:
     health: health.aio.HealthServicer
     service: AIService
     router: Router
+    tracing: Tracing
     metrics: GatewayMetrics | None = None
     metrics_server: MetricsServer | None = None
 
@@ -64,6 +66,7 @@ class Gateway:
         await self.router.aclose()
         if self.metrics_server is not None:
             await self.metrics_server.close()
+        await asyncio.to_thread(self.tracing.shutdown)  # the spans still buffered go out
 
 
 def server_options(config: GatewayConfig) -> list[tuple[str, int]]:
@@ -106,15 +109,19 @@ def _server_credentials(tls: TLSConfig) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials([(tls.key_file.read_bytes(), tls.cert_file.read_bytes())])
 
 
-async def start_gateway(config: GatewayConfig, *, policies: Sequence[Policy] = ()) -> Gateway:
-    """Bind and start a gateway for `config`; `policies` plug into the policy seam (server/policy/seam.py)."""
+async def start_gateway(
+    config: GatewayConfig, *, policies: Sequence[Policy] = (), tracing: Tracing | None = None
+) -> Gateway:
+    """Bind and start a gateway for `config`; `policies` plug into the policy seam (server/policy/seam.py).
+    `tracing` defaults to what the OTEL_* variables ask for (server/observe/trace.py): off unless set."""
+    tracing = tracing or tracing_from_env()
     router = Router.from_config(config)
     metrics = gateway_metrics(config, router) if config.metrics.listen is not None else None
     interceptors: list[grpc.aio.ServerInterceptor] = [metrics.grpc] if metrics else []
     if config.auth:  # after the metrics: a call refused for its token is counted too
-        interceptors.append(BearerAuthInterceptor(config.auth.tokens))
+        interceptors.append(BearerAuthInterceptor(config.auth.tokens, tracing=tracing))
     server = grpc.aio.server(interceptors=interceptors, options=server_options(config))
-    seam = Seam(router, policies, observers=[metrics] if metrics else [])
+    seam = Seam(router, policies, tracing=tracing, observers=[metrics] if metrics else [])
     service = AIService(seam, max_request_bytes=config.max_request_bytes, interactive=config.interactive)
     ai_service_pb2_grpc.add_AIServiceServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
@@ -144,7 +151,7 @@ async def start_gateway(config: GatewayConfig, *, policies: Sequence[Policy] = (
             raise OSError(f"cannot listen on {config.metrics.listen} (metrics.listen): {_why(exc)}") from exc
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Gateway(server, port, health_servicer, service, router, metrics, metrics_server)
+    return Gateway(server, port, health_servicer, service, router, tracing, metrics, metrics_server)
 
 
 def gateway_metrics(config: GatewayConfig, router: Router) -> GatewayMetrics:
@@ -160,21 +167,29 @@ def _why(exc: BaseException) -> str:
     return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
-async def serve(config: GatewayConfig) -> None:
+def bound_address(listen: str, port: int) -> str:
+    """`listen` with its port replaced by the one actually bound (`127.0.0.1:0` -> `127.0.0.1:43117`)."""
+    host = listen.rpartition(":")[0]
+    return f"{host}:{port}"
+
+
+async def serve(config: GatewayConfig, tracing: Tracing | None = None) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully within the configured grace period."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # before the port opens: no window where a signal kills us
         loop.add_signal_handler(sig, stop.set)
-    gateway = await start_gateway(config)
+    gateway = await start_gateway(config, tracing=tracing)
     scheme = "tls" if config.tls else "plaintext"
     auth = f"{len(config.auth.tokens)} client token(s)" if config.auth else "no auth"
-    if gateway.metrics_server is not None:
-        log.info("metrics on http://%s/metrics (port %d)", config.metrics.listen, gateway.metrics_server.port)
+    if gateway.metrics_server is not None and config.metrics.listen is not None:
+        # Before the "listening on" line, with the bound port too: whoever reads that line finds this one.
+        log.info("metrics on http://%s/metrics", bound_address(config.metrics.listen, gateway.metrics_server.port))
+    # The bound address, not the configured one: with port 0 this line is how a supervisor (or a test)
+    # learns the port the kernel chose. Keep its start stable: `listening on HOST:PORT `.
     log.info(
-        "listening on %s (port %d, %s, %s); models: %s",
-        config.listen,
-        gateway.port,
+        "listening on %s (%s, %s); models: %s",
+        bound_address(config.listen, gateway.port),
         scheme,
         auth,
         ", ".join(gateway.router.catalog.model_names),

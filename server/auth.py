@@ -19,6 +19,8 @@ import grpc
 from server.config import ClientToken
 from server.errors import Unauthenticated, abort, code_name
 from server.observe.record import CallRecord
+from server.observe.request_id import CURRENT_REQUEST_ID, REQUEST_ID_HEADER, request_id_from
+from server.observe.trace import Tracing
 
 __all__ = ["CURRENT_CLIENT", "EXEMPT_METHODS", "BearerAuthInterceptor", "authenticate"]
 
@@ -54,8 +56,9 @@ def authenticate(metadata: Sequence[tuple[str, str | bytes]] | None, tokens: Seq
 
 
 class BearerAuthInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, tokens: Sequence[ClientToken]) -> None:
+    def __init__(self, tokens: Sequence[ClientToken], *, tracing: Tracing | None = None) -> None:
         self._tokens = tuple(tokens)
+        self._tracing = tracing or Tracing()  # a refused call is traced as any other
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -65,23 +68,36 @@ class BearerAuthInterceptor(grpc.aio.ServerInterceptor):
             return handler
         client = authenticate(handler_call_details.invocation_metadata, self._tokens)
         if client is None:
-            return _rejecting(handler, handler_call_details.method)
+            return _rejecting(handler, handler_call_details.method, self._tracing)
         CURRENT_CLIENT.set(client)
         return handler
 
 
-def _rejecting(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
+def _rejecting(
+    handler: grpc.RpcMethodHandler[Any, Any], method: str, tracing: Tracing
+) -> grpc.RpcMethodHandler[Any, Any]:
     error = Unauthenticated(
         "missing or invalid credentials: send metadata 'authorization: Bearer <token>' with a token the gateway knows"
     )
     # `method` is one the server registered (an unknown one has no handler), so its name is safe to log.
     name = method.rpartition("/")[2]
+    # In an InteractiveStream `request_id` names a turn; the session's own id goes by another key.
+    key = "session_request_id" if handler.request_streaming and handler.response_streaming else "request_id"
 
     async def reject(_request: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        # The refused call gets its access log line too (no client name: it proved none), before its status.
-        record = CallRecord(name, None, code=code_name(error), reason=error.reason)
+        # The refused call gets its request id, its access log line and its span too (no client name: it
+        # proved none), before its status.
+        metadata = tuple(context.invocation_metadata() or ())
+        request_id = request_id_from(metadata)
+        CURRENT_REQUEST_ID.set(request_id)
+        refused = Unauthenticated(error.message, metadata={key: request_id})
+        record = CallRecord(name, None, request_id=request_id, code=code_name(refused), reason=refused.reason)
+        trace = tracing.begin(record, metadata)
         record.finish()
-        await abort(context, error)
+        trace.end(record)
+        headers = ((REQUEST_ID_HEADER, request_id),)
+        await context.send_initial_metadata(headers)
+        await abort(context, refused, headers)
 
     kwargs = {
         "request_deserializer": handler.request_deserializer,

@@ -34,7 +34,6 @@ __all__ = [
     "MAX_TOKENS_LIMIT",
     "OVERLOAD_RETRY_AFTER_S",
     "POOL_MAX_CONNECTIONS",
-    "POOL_MAX_KEEPALIVE",
     "POOL_TIMEOUT_S",
     "READ_TIMEOUT_S",
     "REQUEST_TIMEOUT_S",
@@ -47,7 +46,7 @@ __all__ = [
     "RETRY_MIN_REMAINING_S",
     "SHUTDOWN_ABORT_LEAD_S",
     "STREAM_IDLE_TIMEOUT_S",
-    "WRITE_TIMEOUT_S",
+    "TRACE_FLUSH_TIMEOUT_S",
 ]
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -62,11 +61,11 @@ MAX_REQUEST_CONTENT_BYTES = 1024 * 1024
 # request just over the content cap gets our clear INVALID_ARGUMENT rather than gRPC's RESOURCE_EXHAUSTED.
 MAX_MESSAGE_OVERHEAD_BYTES = 64 * 1024
 
-# Upstream HTTP (one pooled httpx.AsyncClient per provider).
+# Upstream HTTP (one pooled transport per provider, server/providers/transport.py).
 CONNECT_TIMEOUT_S = 5.0
 # Read timeout is the longest silence allowed between two reads: a slow first token must fit inside it.
 READ_TIMEOUT_S = 120.0
-WRITE_TIMEOUT_S = 10.0
+# The longest wait for a pooled or new connection (connecting included).
 POOL_TIMEOUT_S = 5.0
 # Upstream timeouts end this much before the client's gRPC deadline, so the gateway answers first.
 # The margin is a share of what is left (10 %), at least DEADLINE_MARGIN_S and at most DEADLINE_MARGIN_MAX_S.
@@ -77,12 +76,13 @@ DEADLINE_MARGIN_MAX_S = 1.0
 # phase's timeout. (It does not end a stream that is still delivering tokens.)
 REQUEST_TIMEOUT_S = 600.0
 POOL_MAX_CONNECTIONS = 512
-POOL_MAX_KEEPALIVE = 128
 
 # Graceful shutdown: how long in-flight calls may run after SIGTERM/SIGINT.
 GRACE_PERIOD_S = 10.0
 # Calls still running this long before the grace period ends are ended with SHUTTING_DOWN details.
 SHUTDOWN_ABORT_LEAD_S = 0.2
+# On the way out, the longest wait for the buffered trace spans to reach the collector; the rest is dropped.
+TRACE_FLUSH_TIMEOUT_S = 2.0
 
 # InteractiveStream sessions (config key `interactive`).
 # Pipeline: the default and the cap of SessionStart.max_in_flight (a conversation runs one turn at a time).
@@ -113,9 +113,9 @@ RETRY_BUDGET_RESERVE = 10.0
 # A retry is not started with less than this left of the call's deadline.
 RETRY_MIN_REMAINING_S = 0.05
 
-# Circuit breaker per deployment: opens after this many failures in a row, or when more than
-# BREAKER_FAILURE_RATIO of at least BREAKER_MIN_REQUESTS calls in the window failed (at 5 % of 50 calls
-# that takes 3 failures); lets one probe through after the cooldown.
+# Circuit breaker per deployment: opens after this many failing calls in a row (a call counts once, however
+# many attempts it made), or when more than BREAKER_FAILURE_RATIO of at least BREAKER_MIN_REQUESTS calls in
+# the window failed (at 5 % of 50 calls that takes 3 failures); lets one probe through after the cooldown.
 BREAKER_CONSECUTIVE_FAILURES = 10
 BREAKER_FAILURE_RATIO = 0.05
 BREAKER_MIN_REQUESTS = 50

@@ -6,7 +6,6 @@
     │   └── UnknownRequestId        InteractiveStream: a `cancel` names no live turn (reason UNKNOWN_REQUEST_ID)
     ├── ProtocolViolation           INVALID_ARGUMENT (reason PROTOCOL_VIOLATION): a session broke its rules
     ├── Unauthenticated             UNAUTHENTICATED
-    ├── NotImplementedYet           UNIMPLEMENTED
     ├── ShuttingDown                UNAVAILABLE (reason SHUTTING_DOWN)
     ├── GatewayOverloaded           RESOURCE_EXHAUSTED + RetryInfo: over a concurrency limit (GATEWAY_OVERLOADED)
     ├── CircuitOpen                 UNAVAILABLE (reason CIRCUIT_OPEN): every deployment's breaker is open
@@ -23,12 +22,18 @@
 Messages are written by the gateway, never copied from an upstream body (bodies can echo keys), and
 `to_rpc_status` scrubs every registered secret from the message and metadata as a last line of defence.
 This module is the only one that knows gRPC status codes.
+
+Who retries what: the gateway retries and falls back across upstream attempts itself, so an error that
+comes out of that (every UpstreamError, and CircuitOpen) says so to the client, which must not multiply
+the gateway's attempts by its own: ErrorInfo metadata `client_retry: "no"`, and the trailer
+`grpc-retry-pushback-ms: -1`, which stops a gRPC channel's retryPolicy (gRFC A6). Errors of the gateway
+itself (SHUTTING_DOWN, GATEWAY_OVERLOADED with RetryInfo) carry neither: a client may retry those.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -40,6 +45,7 @@ from grpc_status import rpc_status
 from server.defaults import ERROR_DOMAIN
 
 __all__ = [
+    "CLIENT_RETRY_KEY",
     "CircuitOpen",
     "FieldViolation",
     "GatewayError",
@@ -47,7 +53,6 @@ __all__ = [
     "InternalError",
     "InvalidRequest",
     "ModelNotFound",
-    "NotImplementedYet",
     "ProtocolViolation",
     "ShuttingDown",
     "Unauthenticated",
@@ -62,6 +67,7 @@ __all__ = [
     "UpstreamUnavailable",
     "abort",
     "code_name",
+    "code_number",
     "register_secret",
     "scrub",
     "to_rpc_status",
@@ -84,6 +90,9 @@ class GatewayError(Exception):
     reason: str = "INTERNAL_ERROR"
     # When set, the status carries a RetryInfo with this delay.
     retry_after_s: float | None = None
+    # False when the gateway has already retried (or refused to, for the upstream's sake): the status
+    # tells the client not to retry it (ErrorInfo `client_retry: "no"`, grpc-retry-pushback-ms -1).
+    client_may_retry: bool = True
 
     def __init__(self, message: str, *, reason: str | None = None, metadata: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
@@ -167,11 +176,6 @@ class Unauthenticated(GatewayError):
     reason = "UNAUTHENTICATED"
 
 
-class NotImplementedYet(GatewayError):
-    code = code_pb2.UNIMPLEMENTED
-    reason = "NOT_IMPLEMENTED"
-
-
 class ShuttingDown(GatewayError):
     code = code_pb2.UNAVAILABLE
     reason = "SHUTTING_DOWN"
@@ -198,6 +202,7 @@ class CircuitOpen(GatewayError):
 
     code = code_pb2.UNAVAILABLE
     reason = "CIRCUIT_OPEN"
+    client_may_retry = False
 
 
 class UpstreamError(GatewayError):
@@ -205,6 +210,7 @@ class UpstreamError(GatewayError):
 
     code = code_pb2.UNAVAILABLE
     reason = "UPSTREAM_ERROR"
+    client_may_retry = False  # the call's plan of attempts has run its course
 
     def __init__(
         self,
@@ -274,6 +280,10 @@ class UpstreamBadResponse(UpstreamError):
 # Secrets (upstream keys, client tokens) that must never leave in an error; filled by config loading.
 _secrets: set[str] = set()
 _REDACTED = "[REDACTED]"
+# ErrorInfo metadata of an error the client must not retry, and the trailer that says it to a channel's
+# retryPolicy: a negative pushback means "do not retry" (gRFC A6).
+CLIENT_RETRY_KEY = "client_retry"
+_NO_RETRY_PUSHBACK = ("grpc-retry-pushback-ms", "-1")
 
 
 def register_secret(value: str | None) -> None:
@@ -291,11 +301,18 @@ def scrub(text: str) -> str:
 
 
 _CODE_NAMES = {status.value[0]: status.name for status in grpc.StatusCode}
+_CODE_NUMBERS: dict[str, int] = {name: number for number, name in _CODE_NAMES.items()}
+_UNKNOWN: int = grpc.StatusCode.UNKNOWN.value[0]
 
 
 def code_name(error: GatewayError) -> str:
     """The gRPC code of `error` by name ("UNAVAILABLE"), for logs and metrics."""
     return _CODE_NAMES[error.code]
+
+
+def code_number(name: str) -> int:
+    """The gRPC code named `name` as a number ("UNAVAILABLE" -> 14), for traces; 2 (UNKNOWN) if no code."""
+    return _CODE_NUMBERS.get(name, _UNKNOWN)
 
 
 def _pack(message: object) -> any_pb2.Any:
@@ -307,6 +324,8 @@ def _pack(message: object) -> any_pb2.Any:
 def to_rpc_status(error: GatewayError) -> status_pb2.Status:
     """Map any gateway error to a google.rpc.Status with ErrorInfo and the details that apply."""
     metadata = {key: scrub(value) for key, value in error.metadata.items()}
+    if not error.client_may_retry:
+        metadata[CLIENT_RETRY_KEY] = "no"
     status = status_pb2.Status(code=error.code, message=scrub(error.message))
     status.details.append(
         _pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata))
@@ -326,7 +345,23 @@ def to_rpc_status(error: GatewayError) -> status_pb2.Status:
     return status
 
 
-async def abort(context: grpc.aio.ServicerContext[object, object], error: GatewayError) -> NoReturn:
-    """End the call with `error` as its status (code, message and details in the trailers)."""
-    await context.abort_with_status(rpc_status.to_status(to_rpc_status(error)))
+async def abort(
+    context: grpc.aio.ServicerContext[object, object],
+    error: GatewayError,
+    trailing_metadata: Sequence[tuple[str, str]] = (),
+) -> NoReturn:
+    """End the call with `error` as its status (code, message and details in the trailers, with
+    `trailing_metadata` beside them: an abort replaces whatever trailers were set before)."""
+    status = rpc_status.to_status(to_rpc_status(error))
+    trailers: tuple[tuple[str, str | bytes], ...] = (*status.trailing_metadata, *trailing_metadata)
+    if not error.client_may_retry:
+        trailers = (*trailers, _NO_RETRY_PUSHBACK)
+    await context.abort_with_status(_Status(status.code, status.details, trailers))
     raise AssertionError("abort_with_status returned")  # it always raises; this satisfies NoReturn
+
+
+@dataclass(frozen=True, slots=True)
+class _Status(grpc.Status):
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]

@@ -28,10 +28,9 @@ CRLF streams are normalised to LF with two ``bytes.replace`` calls first.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 
-__all__ = ["MAX_LINE_BYTES", "SSEDecoder", "SSELineTooLong", "ServerSentEvent", "aiter_sse"]
+__all__ = ["MAX_LINE_BYTES", "SSEDecoder", "SSELineTooLong", "ServerSentEvent"]
 
 # The longest line the decoder buffers: far above any real event, low enough that an upstream that never
 # sends a line break cannot make the gateway's memory grow without bound.
@@ -52,8 +51,7 @@ class ServerSentEvent:
     ``id`` is the stream's last event ID at dispatch time (it persists across events, as in the
     spec's ``lastEventId``); ``None`` until the stream sends an ``id`` field, ``""`` after an
     explicit empty ``id:``. ``retry`` is the valid ``retry`` value sent within this event's block,
-    if any (see also :attr:`SSEDecoder.retry`, which also records ``retry`` sent in blocks that are
-    never dispatched because they carry no data).
+    if any.
     """
 
     data: str
@@ -65,8 +63,9 @@ class ServerSentEvent:
 class SSEDecoder:
     """Incremental decoder: feed raw bytes as they arrive from the network, get complete events.
 
-    One decoder per stream. Call :meth:`close` at end of stream, then :attr:`has_pending` tells
-    whether the stream was cut in the middle of an event (the partial event is discarded).
+    One decoder per stream. At the end of the stream an unterminated event is simply never returned,
+    as the spec says; whether a reply is whole is the wire format's business (an end event, a finish
+    reason), not the event stream's.
     """
 
     __slots__ = (
@@ -78,7 +77,6 @@ class SSEDecoder:
         "_in_event",
         "_last_id",
         "_max_line_bytes",
-        "_retry",
         "_skip_lf",
         "_tail",
     )
@@ -94,25 +92,6 @@ class SSEDecoder:
         self._event_retry: int | None = None  # retry sent in the current event block
         self._in_event = False  # a field line was seen since the last blank line
         self._last_id: str | None = None  # last event ID buffer (persists)
-        self._retry: int | None = None  # latest valid reconnection time, ms (persists)
-
-    @property
-    def last_event_id(self) -> str | None:
-        """The last event ID seen so far (for a reconnecting client's ``Last-Event-ID``)."""
-        return self._last_id
-
-    @property
-    def retry(self) -> int | None:
-        """The latest valid ``retry`` (reconnection time, ms) seen so far, if any."""
-        return self._retry
-
-    @property
-    def has_pending(self) -> bool:
-        """True if an incomplete event or partial line has been received but not terminated.
-
-        After :meth:`close`, this means the stream ended mid-event and that event was discarded.
-        """
-        return bool(self._tail or self._bom_head or self._in_event)
 
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
         """Consume the next bytes of the stream; return the events they complete (often [])."""
@@ -209,7 +188,7 @@ class SSEDecoder:
                 if "\0" not in value:
                     last_id = value
             elif name == "retry" and value.isascii() and value.isdigit():
-                event_retry = self._retry = int(value)
+                event_retry = int(value)
             # any other field is ignored
         self._data = data
         self._event = event
@@ -217,14 +196,6 @@ class SSEDecoder:
         self._event_retry = event_retry
         self._in_event = in_event
         return events
-
-    def close(self) -> list[ServerSentEvent]:
-        """Signal end of stream.
-
-        Per the spec an unterminated final event is discarded, so this returns ``[]``; check
-        :attr:`has_pending` to find out whether that happened.
-        """
-        return []
 
     def _strip_bom(self, chunk: bytes) -> bytes | None:
         head = self._bom_head + chunk
@@ -234,20 +205,3 @@ class SSEDecoder:
         self._at_start = False
         self._bom_head = b""
         return head[3:] if head.startswith(_BOM) else head
-
-
-async def aiter_sse(
-    chunks: AsyncIterable[bytes], *, decoder: SSEDecoder | None = None
-) -> AsyncIterator[ServerSentEvent]:
-    """Decode an async byte stream (e.g. httpx ``Response.aiter_raw()``) into events.
-
-    Pass your own ``decoder`` to inspect it afterwards, e.g. ``decoder.has_pending`` to detect a
-    stream that was cut mid-event, or ``decoder.last_event_id`` / ``decoder.retry``.
-    """
-    if decoder is None:
-        decoder = SSEDecoder()
-    async for chunk in chunks:
-        for event in decoder.feed(chunk):
-            yield event
-    for event in decoder.close():
-        yield event

@@ -7,7 +7,6 @@ events (`TextDelta`* then exactly one `Finish`) or one `Completion`. Nothing her
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -67,6 +66,8 @@ class ChatRequest:
     `timeout_s` bounds the whole upstream call: the client's remaining gRPC deadline, or a default.
     `max_output_tokens` is the model's own output limit, for APIs that require max_tokens (Anthropic)
     when the client set none.
+    `headers` go on the upstream HTTP request as they are: the call's `x-request-id`, and per attempt the
+    trace context (`traceparent`). Never a secret: the provider adds its own key.
     """
 
     model: str
@@ -74,6 +75,7 @@ class ChatRequest:
     params: SamplingParams = field(default_factory=SamplingParams)
     timeout_s: float | None = None
     max_output_tokens: int = 4096
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +119,9 @@ class Finish:
     """The end of a successful stream: exactly one, after the last TextDelta.
 
     `usage` is None when the upstream reported none (we never invent zeros that look real). Providers
-    set `reason` and `usage`; the router adds who served, the cost (None when unknown) and whether the
-    stream was resumed after a failure.
+    set `reason`, `usage` and the upstream's own id of its answer (`upstream_request_id`, "" when it sent
+    none); the router adds who served, the cost (None when unknown) and whether the stream was resumed
+    after a failure.
     """
 
     reason: FinishReason
@@ -126,6 +129,7 @@ class Finish:
     served: Served | None = None
     cost_usd: float | None = None
     resumed: bool = False
+    upstream_request_id: str = ""
 
 
 StreamEvent = TextDelta | Finish
@@ -140,7 +144,7 @@ class Completion:
     usage: Usage | None
     served: Served | None = None
     cost_usd: float | None = None
+    upstream_request_id: str = ""
 
 
 # The shape every provider's streaming method returns.
-EventStream = AsyncIterator[StreamEvent]

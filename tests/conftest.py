@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from tests.fakes.openai_upstream import FakeOpenAIUpstream
 from tools.devcerts import CertFiles, make_certs
 
 CLIENT_TOKEN = "test-client-token-0123456789"
+# The first word, then an hour of silence before the next: a stream that, while a test runs, only the client
+# (a cancel, a disconnect) or the gateway (a drain, a timer the test configured) can end.
+ENDLESS = "slow-tokens-3600000"
 UPSTREAM_KEY = "sk-test-upstream-key-abcdef0123456789"
 # Catalog models of `openai_config`: each name is served by the fake upstream model of the same name,
 # which chooses its behaviour (see tests/fakes/openai_upstream.py).
@@ -50,6 +54,7 @@ FAKE_MODELS = (
     "fault-malformed",
     "fault-stall",
     "slow-tokens-50",
+    ENDLESS,
 )
 
 GatewayFactory = Callable[[GatewayConfig], Awaitable[Gateway]]
@@ -81,6 +86,13 @@ def openai_config(base_url: str, **overrides: object) -> GatewayConfig:
     return replace(config, **overrides)  # type: ignore[arg-type]
 
 
+@pytest.fixture(autouse=True)
+def no_tracing_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's OTEL_* variables must not turn tracing on in the gateways tests start."""
+    for name in [name for name in os.environ if name.startswith("OTEL_")]:
+        monkeypatch.delenv(name)
+
+
 @pytest.fixture
 async def make_gateway() -> AsyncIterator[GatewayFactory]:
     """Start gateways from configs; every one is stopped at teardown."""
@@ -105,7 +117,7 @@ async def fake_openai() -> AsyncIterator[FakeOpenAIUpstream]:
 @pytest.fixture
 async def demo_gateway(make_gateway: GatewayFactory) -> Gateway:
     """The embedded default config (demo model only), on a free port."""
-    return await make_gateway(default_config(env={}).with_listen("127.0.0.1:0"))
+    return await make_gateway(default_config(env={}, listen="127.0.0.1:0"))
 
 
 @pytest.fixture

@@ -23,9 +23,12 @@ from server.app import Gateway
 from server.routing.dispatch import Router
 from server.types import StreamEvent, TextDelta
 
-__all__ = ["Bidi", "Outcome", "UpstreamMeter", "assert_no_session_left", "rid_of"]
+__all__ = ["Bidi", "Outcome", "UpstreamMeter", "assert_no_session_left", "eventually", "rid_of"]
 
-TIMEOUT_S = 10.0
+# Only against a hang: every read ends on a message or the end of the stream. It is also the call's deadline,
+# so it stays above the fakes' 30 s waits: a turn's upstream timers (cut to the deadline) cannot be what a
+# test waiting for a disconnect sees.
+TIMEOUT_S = 60.0
 
 
 def rid_of(response: pb.InteractiveResponse) -> str:
@@ -130,25 +133,44 @@ class UpstreamMeter:
         monkeypatch.setattr(router, "stream", self.stream)
         return self
 
-    async def settled(self, *, quiet_s: float = 0.3, timeout: float = 5.0) -> int:
-        """The delta count once it has stopped growing for `quiet_s`."""
+    async def quiet(self, quiet_s: float = 0.3, wakeups: int = 30) -> bool:
+        """Whether the delta count stays the same for `quiet_s` and at least `wakeups` turns of the event loop.
+
+        That nothing happens can only be watched over a window. Counting wakeups as well as time keeps one
+        long stall of a loaded machine (one wakeup, no chance for the gateway to run) from passing for quiet.
+        """
+        before = self.deltas
+        for _ in range(wakeups):
+            await asyncio.sleep(quiet_s / wakeups)
+            if self.deltas != before:
+                return False
+        return True
+
+    async def settled(self, *, timeout: float = TIMEOUT_S) -> int:
+        """The delta count once it has stopped growing (see `quiet`)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        last = -1
-        while self.deltas != last:
+        while not await self.quiet():
             assert loop.time() < deadline, f"upstream reads never stopped ({self.deltas} deltas)"
-            last = self.deltas
-            await asyncio.sleep(quiet_s)
-        return last
+        return self.deltas
 
 
-async def assert_no_session_left(gateway: Gateway, timeout: float = 2.0) -> None:
-    """Every session has ended: no session registered, no task of a session still running."""
+async def eventually(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT_S) -> None:
+    """Wait until `predicate` holds, re-checking as the gateway works; the timeout only prevents a hang."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while gateway.service.sessions or _session_tasks():
-        assert loop.time() < deadline, f"left behind: {gateway.service.sessions} {_session_tasks()}"
+    while not predicate():
+        assert loop.time() < deadline, f"never: {what}"
         await asyncio.sleep(0.01)
+
+
+async def assert_no_session_left(gateway: Gateway, timeout: float = TIMEOUT_S) -> None:
+    """Every session has ended: no session registered, no task of a session still running."""
+    await eventually(
+        lambda: not gateway.service.sessions and not _session_tasks(),
+        f"every session ended (left: {gateway.service.sessions} {_session_tasks()})",
+        timeout,
+    )
 
 
 def _session_tasks() -> list[asyncio.Task[Any]]:

@@ -1,4 +1,4 @@
-"""Helpers for provider tests that script an upstream's answer byte for byte (httpx.MockTransport).
+"""Helpers for provider tests that script an upstream's answer byte for byte (an in-memory transport).
 
 The fakes in tests/fakes/ are the real servers; these scripted answers reach the corners a fake does
 not produce (thinking blocks, tool calls, cache usage, odd error bodies).
@@ -6,14 +6,15 @@ not produce (thinking blocks, tool calls, cache usage, odd error bodies).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-import httpx
+from multidict import CIMultiDict
 
 from server.config import ProviderConfig
 from server.errors import UpstreamError
 from server.providers.base import Provider
+from server.providers.transport import Timeouts, Transport, UpstreamResponse
 from server.types import ChatMessage, ChatRequest, Finish, Role, SamplingParams, StreamEvent, TextDelta
 
 
@@ -36,6 +37,45 @@ class Outcome:
         return last
 
 
+class ScriptedResponse(UpstreamResponse):
+    """`body` in reads of `step` bytes."""
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes, step: int) -> None:
+        self.status = status
+        self.headers = CIMultiDict(headers)
+        self._reads = [body[i : i + step] for i in range(0, len(body), step)]
+
+    async def __anext__(self) -> bytes:
+        if not self._reads:
+            raise StopAsyncIteration
+        return self._reads.pop(0)
+
+    async def read(self, limit: int | None = None) -> bytes:
+        body = b""
+        while self._reads and (limit is None or len(body) <= limit):
+            body += self._reads.pop(0)
+        return body
+
+    async def aclose(self) -> None:
+        self._reads.clear()
+
+
+class ScriptedTransport(Transport):
+    """Answers every POST with the same status, headers and body; remembers what was posted."""
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes, *, step: int) -> None:
+        self._answer = (status, dict(headers), body, step)
+        self.posts: list[tuple[str, bytes]] = []
+        self.headers: list[dict[str, str]] = []  # each POST's own headers
+
+    async def post(
+        self, path: str, body: bytes, timeouts: Timeouts, headers: Mapping[str, str] | None = None
+    ) -> UpstreamResponse:
+        self.posts.append((path, body))
+        self.headers.append(dict(headers or {}))
+        return ScriptedResponse(*self._answer)
+
+
 def scripted(
     provider: Callable[..., Provider],
     body: bytes,
@@ -45,18 +85,8 @@ def scripted(
     split: bool = False,
 ) -> Provider:
     """`provider` (an adapter class) whose upstream answers every request with `body` (byte by byte if `split`)."""
-
-    async def reads() -> AsyncIterator[bytes]:
-        # An async iterator, not bytes: httpx would read bytes content at once, and then refuse to stream it.
-        step = 1 if split else max(len(body), 1)
-        for i in range(0, len(body), step):
-            yield body[i : i + step]
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(status, headers=headers, content=reads())
-
-    client = httpx.AsyncClient(transport=httpx.MockTransport(answer), base_url="http://upstream.test")
-    return provider(ProviderConfig(name="p", kind="openai", base_url="http://upstream.test"), client=client)
+    transport = ScriptedTransport(status, headers or {}, body, step=1 if split else max(len(body), 1))
+    return provider(ProviderConfig(name="p", kind="openai", base_url="http://upstream.test"), transport=transport)
 
 
 def chat(*messages: tuple[Role, str], **params: object) -> ChatRequest:

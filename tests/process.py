@@ -1,15 +1,19 @@
-"""`python -m server` as a child process on a free loopback port, for tests of what only a real process does:
+"""`python -m server` as a child process on a port it chooses itself, for tests of what only a real process does:
 exit codes, messages on stderr, signals and graceful shutdown.
 
-    address = f"127.0.0.1:{free_port()}"
-    async with run_gateway(tmp_path, "--listen", address) as gateway:
-        await gateway.wait_ready(address)   # health Check answers SERVING
+    async with run_gateway(tmp_path, "--listen", "127.0.0.1:0") as gateway:
+        address = await gateway.wait_ready()   # the child's own "listening on 127.0.0.1:PORT" line
         gateway.send_signal(signal.SIGTERM)
         assert await gateway.wait_exit() == 0
 
-The child runs with the test's interpreter from the repository root, and with an environment stripped of the
-variables the gateway reads (GATEWAY_*, OPENAI_*), so only what a test passes in `env` reaches it. Its stderr
-goes to a file so that a chatty child can never block on a full pipe.
+The child binds port 0 and says which port it got in its start-up log line; a port picked by the test and
+handed over could be taken by another process in between. The child runs with the test's interpreter from the
+repository root, and with an environment stripped of the variables the gateway reads (GATEWAY_*, OPENAI_*,
+OTEL_*), so only what a test passes in `env` reaches it. Its stderr is read continuously, so a chatty child can
+never block on a full pipe.
+
+Every timeout here only keeps a broken child from hanging the suite: each wait ends on an event (a line, an
+exit), never on the clock.
 """
 
 from __future__ import annotations
@@ -17,32 +21,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
-import socket
 import sys
-import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from grpc_health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
-__all__ = ["GatewayProcess", "free_port", "health_check", "health_watch", "run_gateway"]
+__all__ = ["SAFETY_TIMEOUT_S", "GatewayProcess", "health_check", "health_watch", "run_gateway"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# A cold `python -m server` imports grpc, protobuf and httpx: well under a second, with room for a slow CI box.
-READY_TIMEOUT_S = 15.0
-_POLL_INTERVAL_S = 0.05
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+# Only against a hang: a cold start on a loaded 2-core machine takes seconds, never a minute.
+SAFETY_TIMEOUT_S = 60.0
+# server/app.py's start-up line at INFO: "listening on HOST:PORT (plaintext, no auth); models: ...".
+# \b: a text line has a space before it, a JSON line (log.format: json) a quote.
+_LISTENING = re.compile(r"\blistening on (?P<address>\S+:(?P<port>\d+)) ")
 
 
 def health_check(
@@ -64,75 +60,90 @@ def health_watch(
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "OPENAI_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "OPENAI_", "OTEL_"))}
     return {**env, **(extra or {})}
 
 
-@dataclass
 class GatewayProcess:
-    process: asyncio.subprocess.Process
-    stderr_path: Path
+    """A running `python -m server`; its stderr lines are collected as they come."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self._lines: list[str] = []
+        self._listening: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._reader = asyncio.create_task(self._read_stderr())
 
     @classmethod
-    async def start(cls, tmp_path: Path, *args: str, env: Mapping[str, str] | None = None) -> GatewayProcess:
-        stderr_path = tmp_path / f"gateway-{time.monotonic_ns()}.stderr"
-        with stderr_path.open("wb") as stderr:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "server",
-                *args,
-                cwd=REPO_ROOT,
-                env=child_env(env),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=stderr,
-            )
-        return cls(process, stderr_path)
+    async def start(cls, *args: str, env: Mapping[str, str] | None = None) -> GatewayProcess:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "server",
+            *args,
+            cwd=REPO_ROOT,
+            env=child_env(env),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        return cls(process)
+
+    async def _read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        try:
+            while line := await self.process.stderr.readline():
+                text = line.decode(errors="replace")
+                self._lines.append(text)
+                if not self._listening.done() and (found := _LISTENING.search(text)):
+                    self._listening.set_result(found["address"])
+        finally:
+            if not self._listening.done():
+                self._listening.set_result(None)  # stderr closed: the child is gone without listening
 
     @property
     def stderr(self) -> str:
-        """Everything the child wrote to stderr so far."""
-        return self.stderr_path.read_text(errors="replace")
+        """Everything the child wrote to stderr so far (all of it once `wait_exit` returned)."""
+        return "".join(self._lines)
 
-    async def wait_ready(self, address: str, timeout: float = READY_TIMEOUT_S) -> None:
-        """Poll the health service at `address` until it answers SERVING; fail if the child exits first."""
-        deadline = time.monotonic() + timeout
-        async with grpc.aio.insecure_channel(address) as channel:
-            check = health_check(channel)
-            while True:
-                if self.process.returncode is not None:
-                    raise AssertionError(f"gateway exited with {self.process.returncode}:\n{self.stderr}")
-                with contextlib.suppress(grpc.aio.AioRpcError):
-                    reply = await check(HealthCheckRequest(service=""), timeout=1.0)
-                    if reply.status == HealthCheckResponse.SERVING:
-                        return
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"gateway not SERVING on {address} after {timeout} s:\n{self.stderr}")
-                await asyncio.sleep(_POLL_INTERVAL_S)
+    async def wait_ready(self, timeout: float = SAFETY_TIMEOUT_S) -> str:
+        """The address the child listens on, once it says so; it is SERVING by then (the line comes after).
+
+        Fails if the child exits first.
+        """
+        try:
+            address = await asyncio.wait_for(asyncio.shield(self._listening), timeout)
+        except TimeoutError:
+            raise AssertionError(f"gateway did not say where it listens after {timeout} s:\n{self.stderr}") from None
+        if address is None:
+            code = await self.wait_exit()
+            raise AssertionError(f"gateway exited with {code} before listening:\n{self.stderr}")
+        return address
 
     def send_signal(self, sig: signal.Signals) -> None:
         self.process.send_signal(sig)
 
-    async def wait_exit(self, timeout: float = 5.0) -> int:
-        """The exit code (negative: killed by that signal); fails the test when the child outlives `timeout`."""
+    async def wait_exit(self, timeout: float = SAFETY_TIMEOUT_S) -> int:
+        """The exit code (negative: killed by that signal), with all of stderr read; fails the test when the
+        child outlives `timeout`."""
         try:
-            return await asyncio.wait_for(self.process.wait(), timeout)
+            code = await asyncio.wait_for(self.process.wait(), timeout)
+            await asyncio.wait_for(asyncio.shield(self._reader), timeout)
         except TimeoutError:
             raise AssertionError(f"gateway still running after {timeout} s:\n{self.stderr}") from None
+        return code
 
     async def kill(self) -> None:
         if self.process.returncode is None:
             self.process.kill()
             await self.process.wait()
+        with contextlib.suppress(Exception):
+            await self._reader
 
 
 @contextlib.asynccontextmanager
-async def run_gateway(
-    tmp_path: Path, *args: str, env: Mapping[str, str] | None = None
-) -> AsyncIterator[GatewayProcess]:
+async def run_gateway(*args: str, env: Mapping[str, str] | None = None) -> AsyncIterator[GatewayProcess]:
     """Start `python -m server *args`; kill it on the way out if the test left it running."""
-    gateway = await GatewayProcess.start(tmp_path, *args, env=env)
+    gateway = await GatewayProcess.start(*args, env=env)
     try:
         yield gateway
     finally:

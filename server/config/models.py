@@ -22,26 +22,9 @@ _RESUME_MODES = ("none", "continue")
 def parse_model(raw: Any, where: str, problems: list[str]) -> ModelConfig | None:
     entry = mapping(raw, where, problems)
     unknown_keys(entry, _MODEL_KEYS, f"{where}.", problems)
-    name, provider = str(entry.get("name") or ""), str(entry.get("provider") or "")
-    has_deployments = entry.get("deployments") is not None
-    if not name:
-        problems.append(f"{where}.name: required")
-    if has_deployments and provider:
-        problems.append(f"{where}: give either provider (one deployment) or deployments, not both")
-    elif not has_deployments and not provider:
-        problems.append(f"{where}.provider: required")
-    if not name or (not provider and not has_deployments):
+    model = _model_with_deployments(entry, where, problems)
+    if model is None:
         return None
-    model = ModelConfig(name=name, provider=provider, upstream_model=str(entry.get("upstream_model") or name))
-    if has_deployments:
-        deployments = []
-        for i, item in enumerate(as_list(entry["deployments"], f"{where}.deployments", problems)):
-            deployment = _parse_deployment(item, f"{where}.deployments[{i}]", name, problems)
-            if deployment is not None:
-                deployments.append(deployment)
-        if not deployments:
-            problems.append(f"{where}.deployments: at least one deployment is required")
-        model = replace(model, provider="", upstream_model="", deployments=tuple(deployments))
     if "max_tokens" in entry:
         cap = number(entry["max_tokens"], f"{where}.max_tokens", problems, minimum=1)
         if cap is not None:
@@ -51,12 +34,46 @@ def parse_model(raw: Any, where: str, problems: list[str]) -> ModelConfig | None
     if entry.get("fallbacks") is not None:
         model = _parse_fallbacks(model, entry["fallbacks"], f"{where}.fallbacks", problems)
     if "resume" in entry:
-        if entry["resume"] in _RESUME_MODES:
-            model = replace(model, resume=entry["resume"])
-        else:
-            problems.append(f"{where}.resume: expected one of {', '.join(_RESUME_MODES)}, got {entry['resume']!r}")
+        model = _parse_resume(model, entry["resume"], f"{where}.resume", problems)
     if entry.get("price") is not None:
         model = replace(model, price=_parse_price(entry["price"], f"{where}.price", problems))
+    return model
+
+
+def _model_with_deployments(entry: dict[str, Any], where: str, problems: list[str]) -> ModelConfig | None:
+    """The model's name and where it is served: `provider` (one deployment) or a list of `deployments`."""
+    name, provider = str(entry.get("name") or ""), str(entry.get("provider") or "")
+    has_deployments = entry.get("deployments") is not None
+    problems += _identity_problems(name, provider, has_deployments, where)
+    if not name or not (provider or has_deployments):
+        return None
+    if has_deployments:
+        return ModelConfig(name=name, deployments=_parse_deployments(entry["deployments"], where, name, problems))
+    return ModelConfig(name=name, provider=provider, upstream_model=str(entry.get("upstream_model") or name))
+
+
+def _identity_problems(name: str, provider: str, has_deployments: bool, where: str) -> list[str]:
+    problems = [] if name else [f"{where}.name: required"]
+    if has_deployments and provider:
+        problems.append(f"{where}: give either provider (one deployment) or deployments, not both")
+    elif not has_deployments and not provider:
+        problems.append(f"{where}.provider: required")
+    return problems
+
+
+def _parse_deployments(raw: Any, where: str, model: str, problems: list[str]) -> tuple[Deployment, ...]:
+    items = as_list(raw, f"{where}.deployments", problems)
+    parsed = [_parse_deployment(item, f"{where}.deployments[{i}]", model, problems) for i, item in enumerate(items)]
+    deployments = tuple(d for d in parsed if d is not None)
+    if not deployments:
+        problems.append(f"{where}.deployments: at least one deployment is required")
+    return deployments
+
+
+def _parse_resume(model: ModelConfig, raw: Any, where: str, problems: list[str]) -> ModelConfig:
+    if raw in _RESUME_MODES:
+        return replace(model, resume=raw)
+    problems.append(f"{where}: expected one of {', '.join(_RESUME_MODES)}, got {raw!r}")
     return model
 
 

@@ -3,9 +3,41 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
-__all__ = ["as_list", "mapping", "number", "unknown_keys"]
+import yaml
+
+from server.config.schema import ConfigError
+
+__all__ = ["as_list", "mapping", "number", "numbers", "read_yaml", "unknown_keys"]
+
+
+def read_yaml(path: Path, what: str = "config file") -> Any:
+    """The YAML document in the file at `path`; a ConfigError naming the file, and the line and column of a
+    syntax error (PyYAML itself names `<unicode string>` and quotes the line, which may hold a secret)."""
+    try:
+        return yaml.safe_load(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML: {_yaml_problem(exc)}") from exc
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        problem = f"{_at(exc.problem_mark)}: {exc.problem}"
+        if exc.context and exc.context_mark is not None:
+            return f"{problem} ({exc.context} at {_at(exc.context_mark)})"
+        return f"{problem} ({exc.context})" if exc.context else problem
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"character {exc.position}: {str(exc).splitlines()[0]}"
+    return type(exc).__name__
+
+
+def _at(mark: yaml.Mark) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"
 
 
 def mapping(raw: Any, where: str, problems: list[str]) -> dict[str, Any]:
@@ -40,3 +72,15 @@ def number(raw: Any, where: str, problems: list[str], *, minimum: float) -> floa
         problems.append(f"{where}: must be at least {minimum:g}")
         return None
     return value
+
+
+def numbers(
+    entry: dict[str, Any], keys: Iterable[str], prefix: str, template: object, problems: list[str], *, minimum: float
+) -> dict[str, Any]:
+    """The `keys` present in `entry` that are numbers of at least `minimum`, each converted to the type of
+    the field of the same name in `template` (a dataclass instance), ready for `dataclasses.replace`."""
+    values: dict[str, Any] = {}
+    for key in keys:
+        if key in entry and (value := number(entry[key], f"{prefix}{key}", problems, minimum=minimum)) is not None:
+            values[key] = type(getattr(template, key))(value)
+    return values

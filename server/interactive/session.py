@@ -39,6 +39,8 @@ from server.interactive.history import History, Plan
 from server.interactive.outbox import Outbox
 from server.interactive.wire import SessionOptions, TurnSpec
 from server.observe.record import CallRecord
+from server.observe.request_id import REQUEST_ID_HEADER
+from server.observe.trace import CallTrace
 from server.policy.seam import CallContext, Seam
 from server.types import ChatRequest, Finish, TextDelta
 
@@ -53,11 +55,12 @@ log = logging.getLogger(__name__)
 class _Turn:
     """One accepted turn, from waiting to its `done` or `error`."""
 
-    __slots__ = ("call", "cancel_requested", "plan", "reply", "settled", "spec", "started", "task")
+    __slots__ = ("call", "cancel_requested", "number", "plan", "reply", "settled", "spec", "started", "task")
 
-    def __init__(self, spec: TurnSpec, call: CallContext) -> None:
+    def __init__(self, spec: TurnSpec, call: CallContext, number: int) -> None:
         self.spec = spec
         self.call = call  # its record counts the deltas and holds the outcome
+        self.number = number  # 1 for the session's first accepted turn
         self.task: asyncio.Task[None] | None = None  # None while waiting for a slot
         self.started = False  # its task has begun: a cancel must interrupt it
         self.cancel_requested = False
@@ -85,8 +88,9 @@ class InteractiveSession:
     ) -> None:
         self.id = secrets.token_hex(8)
         self._seam = seam
-        # The session's own record (service.py sets it); each turn has one of its own as well.
+        # The session's own record and trace (service.py sets them); each turn has its own as well.
         self.record = CallRecord("InteractiveStream", None)
+        self.trace = CallTrace()
         self._context = context
         self._limits = limits
         self._max_request_bytes = max_request_bytes
@@ -110,9 +114,8 @@ class InteractiveSession:
         return len(self._outbox)
 
     async def run(self, requests: AsyncIterator[pb.InteractiveRequest]) -> None:
-        """Serve the session. Returns when it ends with OK; raises a GatewayError to end it with that status."""
-        # Headers at once: a client may wait for them before it writes (see client/interactive.py).
-        await self._context.send_initial_metadata(((SESSION_ID_HEADER, self.id),))
+        """Serve the session. Returns when it ends with OK; raises a GatewayError to end it with that status.
+        The servicer has sent the headers, `SESSION_ID_HEADER` among them (see service.py)."""
         self._spawn(self._read(requests), "reader")
         try:
             while (message := await self._outbox.get()) is not None:
@@ -176,8 +179,10 @@ class InteractiveSession:
             "InteractiveStream.turn",
             self.record.client,
             message.model or self._options.model.name,
+            request_id=self.record.request_id,
             session=self.id,
-            request_id=request_id,
+            turn_request_id=request_id,
+            parent=self.trace,
         )
         try:
             if self._draining:
@@ -190,7 +195,7 @@ class InteractiveSession:
             self._seam.end(call, error)
             await self._outbox.put(wire.turn_error(request_id, error))
             return
-        turn = _Turn(spec, call)
+        turn = _Turn(spec, call, self.record.turns)
         self._live[request_id] = turn
         self._waiting.append(turn)
         self._start_waiting()
@@ -216,7 +221,9 @@ class InteractiveSession:
         turn = self._live.get(request_id)
         if turn is None:
             # TurnError.request_id stays empty: this error ends no turn (the id is in the ErrorInfo).
-            await self._outbox.put(wire.turn_error("", UnknownRequestId(request_id)))
+            unknown = UnknownRequestId(request_id)
+            unknown.metadata["session_request_id"] = self.record.request_id
+            await self._outbox.put(wire.turn_error("", unknown))
         elif turn.task is None:  # still waiting for a slot: it ends without having run
             self._waiting.remove(turn)
             self._update_room()
@@ -286,7 +293,14 @@ class InteractiveSession:
         else:
             turn.plan = self._history.plan(spec.messages)
             messages = turn.plan.messages
-        chat = ChatRequest(spec.model.name, (*options.system, *messages), spec.params, self._context.time_remaining())
+        chat = ChatRequest(
+            spec.model.name,
+            (*options.system, *messages),
+            spec.params,
+            self._context.time_remaining(),
+            # The session's id and the turn's number: turns running at once never share an id upstream.
+            headers=((REQUEST_ID_HEADER, f"{self.record.request_id}.{turn.number}"),),
+        )
         finish: Finish | None = None
         record = turn.call.record
         async with aclosing(await self._seam.stream(turn.call, spec.model, chat)) as events:
@@ -301,7 +315,7 @@ class InteractiveSession:
                 else:
                     finish = event
                     turn.settled = True
-                    record.served, record.usage, record.cost_usd = finish.served, finish.usage, finish.cost_usd
+                    record.answered(finish)
         if finish is None:
             raise InternalError("the upstream stream ended without a finish event")
         if turn.plan is not None:

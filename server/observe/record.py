@@ -10,8 +10,12 @@ What a client chose (a model name, a request id) is written bounded and escaped:
 newline or an ANSI escape cannot forge or split a log line.
 
     Generate client=team-a model=gpt-4.1 served=openai:openai/gpt-4.1 code=OK duration_ms=812.4 ttft_ms=- ...
-    InteractiveStream.turn client=team-a session=3f9c… request_id=r1 model=demo ... code=OK ...
-    InteractiveStream client=team-a session=3f9c… model=- ... code=OK ... turns=2
+        ... request_id=5d0c… upstream_request_id=req_9a1…
+    InteractiveStream.turn client=team-a session=3f9c… turn_request_id=r1 model=demo ... code=OK ...
+    InteractiveStream client=team-a session=3f9c… model=- ... code=OK ... request_id=… turns=2
+
+The same values go with the log record as `access` (a dict, see `fields`), so that JSON logs carry them
+as keys rather than as one formatted string (server/observe/logs.py).
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from server.types import Served, Usage
+from server.types import Completion, Finish, Served, Usage
 
-__all__ = ["CallRecord", "access_log", "log_value"]
+__all__ = ["AccessValue", "CallRecord", "access_log", "log_value"]
 
 access_log = logging.getLogger("server.access")
 
@@ -42,6 +46,16 @@ def log_value(value: str) -> str:
     return cut + "…" if len(value) > MAX_LOGGED_CHARS else cut
 
 
+def _bounded(value: str) -> str | None:
+    """`value` cut to MAX_LOGGED_CHARS (JSON escapes the rest itself); None when empty."""
+    if not value:
+        return None
+    return value if len(value) <= MAX_LOGGED_CHARS else value[:MAX_LOGGED_CHARS] + "…"
+
+
+AccessValue = str | int | float | None
+
+
 def _escaped(ch: str) -> str:
     if ch in _PLAIN:
         return ch
@@ -56,10 +70,13 @@ class CallRecord:
     started: float = field(default_factory=time.perf_counter)
     model: str = ""  # as the client named it
     session: str = ""  # InteractiveStream: the session id (the gateway's own)
-    request_id: str = ""  # InteractiveStream turn: the client's request_id
+    turn_request_id: str = ""  # InteractiveStream turn: the client's request_id of the turn
+    request_id: str = ""  # the call's x-request-id (a turn: its session's)
+    upstream_request_id: str = ""  # the upstream's own id of its answer, bounded (observe/request_id.py)
     served: Served | None = None
     usage: Usage | None = None
     cost_usd: float | None = None
+    finish_reason: str = ""  # stop, length, content_filter, … ("" until the reply is complete)
     deltas: int = 0
     first_token_s: float | None = None
     turns: int | None = None  # InteractiveStream session: turns accepted
@@ -70,14 +87,22 @@ class CallRecord:
     def first_token(self) -> None:
         self.first_token_s = time.perf_counter() - self.started
 
+    def answered(self, reply: Finish | Completion) -> None:
+        """The upstream's reply is complete: who served it, its usage, its cost and the upstream's id."""
+        self.served, self.usage, self.cost_usd = reply.served, reply.usage, reply.cost_usd
+        self.upstream_request_id = reply.upstream_request_id
+        self.finish_reason = reply.reason.name.lower()
+
     def finish(self) -> None:
-        self.duration_s = time.perf_counter() - self.started
+        self.duration_s = duration_s = time.perf_counter() - self.started
         if not access_log.isEnabledFor(logging.INFO):
             return
         served = self.served
         usage = self.usage
+        duration_ms = duration_s * 1000
         access_log.info(
-            "%s client=%s%s model=%s served=%s code=%s%s duration_ms=%.1f ttft_ms=%s deltas=%d tokens=%s cost_usd=%s%s",
+            "%s client=%s%s model=%s served=%s code=%s%s duration_ms=%.1f ttft_ms=%s deltas=%d tokens=%s cost_usd=%s"
+            " request_id=%s upstream_request_id=%s%s",
             self.method,
             self.client or "-",
             self._session_fields(),
@@ -85,16 +110,47 @@ class CallRecord:
             f"{served.provider}:{log_value(served.deployment)}" if served else "-",
             self.code,
             f" reason={self.reason}" if self.reason else "",
-            self.duration_s * 1000,
+            duration_ms,
             f"{self.first_token_s * 1000:.1f}" if self.first_token_s is not None else "-",
             self.deltas,
             f"{usage.prompt_tokens}/{usage.completion_tokens}" if usage else "-",
             f"{self.cost_usd:.6f}" if self.cost_usd is not None else "-",
+            self.request_id or "-",
+            self.upstream_request_id or "-",
             f" turns={self.turns}" if self.turns is not None else "",
+            extra={"access": self.fields(duration_ms)},
         )
+
+    def fields(self, duration_ms: float) -> dict[str, AccessValue]:
+        """The record as flat keys and values for a JSON log line; client-chosen strings bounded."""
+        served, usage = self.served, self.usage
+        values: dict[str, AccessValue] = {
+            "method": self.method,
+            "client": self.client,
+            "request_id": self.request_id or None,
+            "session": self.session or None,
+            "turn_request_id": _bounded(self.turn_request_id),
+            "model": _bounded(self.model),
+            "served_model": served.model if served else None,
+            "provider": served.provider if served else None,
+            "deployment": _bounded(served.deployment) if served else None,
+            "code": self.code,
+            "reason": self.reason or None,
+            "finish_reason": self.finish_reason or None,
+            "duration_ms": round(duration_ms, 1),
+            "ttft_ms": round(self.first_token_s * 1000, 1) if self.first_token_s is not None else None,
+            "deltas": self.deltas,
+            "input_tokens": usage.prompt_tokens if usage else None,
+            "output_tokens": usage.completion_tokens if usage else None,
+            "tokens_estimated": usage.estimated if usage else None,
+            "cost_usd": self.cost_usd,
+            "upstream_request_id": self.upstream_request_id or None,
+            "turns": self.turns,
+        }
+        return {key: value for key, value in values.items() if value is not None}
 
     def _session_fields(self) -> str:
         if not self.session:
             return ""
-        turn = f" request_id={log_value(self.request_id)}" if self.request_id else ""
+        turn = f" turn_request_id={log_value(self.turn_request_id)}" if self.turn_request_id else ""
         return f" session={self.session}{turn}"

@@ -26,6 +26,7 @@ from typing import Protocol
 
 from server.errors import GatewayError, code_name
 from server.observe.record import CallRecord
+from server.observe.trace import CallTrace, Metadata, Tracing
 from server.routing.catalog import Catalog, ModelConfig
 from server.routing.dispatch import Router
 from server.types import ChatRequest, Completion, StreamEvent
@@ -56,6 +57,7 @@ class CallContext:
     """One call, or one InteractiveStream turn, as the seam and its policies see it."""
 
     record: CallRecord
+    trace: CallTrace = field(default_factory=CallTrace)
     admitted: list[Policy] = field(default_factory=list)
     ended: bool = False
 
@@ -67,27 +69,45 @@ class CallContext:
 
 class Seam:
     def __init__(
-        self, router: Router, policies: Sequence[Policy] = (), *, observers: Sequence[RecordObserver] = ()
+        self,
+        router: Router,
+        policies: Sequence[Policy] = (),
+        *,
+        tracing: Tracing | None = None,
+        observers: Sequence[RecordObserver] = (),
     ) -> None:
         self.router = router
         self.catalog: Catalog = router.catalog
         self._policies = tuple(policies)
+        self.tracing = tracing or Tracing()
         self._observers = tuple(observers)
 
     def begin(
-        self, method: str, client: str | None, model: str = "", *, session: str = "", request_id: str = ""
+        self,
+        method: str,
+        client: str | None,
+        model: str = "",
+        *,
+        request_id: str = "",
+        session: str = "",
+        turn_request_id: str = "",
+        parent: Metadata | CallTrace = (),
     ) -> CallContext:
-        """A new call, or an InteractiveStream turn (`session` and `request_id` name it in the record)."""
-        call = CallContext(CallRecord(method, client, model=model, session=session, request_id=request_id))
+        """A new call with its x-request-id, or an InteractiveStream turn (`session` and `turn_request_id`
+        name it in the record; `request_id` is then its session's). `parent` is the caller's metadata
+        (its traceparent), or for a turn its session's trace."""
+        record = CallRecord(
+            method, client, model=model, session=session, turn_request_id=turn_request_id, request_id=request_id
+        )
+        call = CallContext(record, self.tracing.begin(record, parent))
         for observer in self._observers:
-            observer.begun(call.record)
+            observer.begun(record)
         return call
 
     async def complete(self, call: CallContext, model: ModelConfig, request: ChatRequest) -> Completion:
         await self._admit(call, model, request)
-        completion = await self.router.complete(model, request)
-        call.record.served, call.record.usage = completion.served, completion.usage
-        call.record.cost_usd = completion.cost_usd
+        completion = await self.router.complete(model, request, call.trace)
+        call.record.answered(completion)
         return completion
 
     async def stream(
@@ -96,20 +116,28 @@ class Seam:
         """Admit the call, then the router's event stream itself (close it with aclosing). The caller
         fills the record from the events it forwards: the seam adds no step per token."""
         await self._admit(call, model, request)
-        return self.router.stream(model, request)
+        return self.router.stream(model, request, call.trace)
 
     def end(self, call: CallContext, error: GatewayError | None = None, *, code: str | None = None) -> None:
         """The call has ended: OK, with `error`, or with `code` (CANCELLED). Write its record, then let
-        every admitted policy settle. Runs once; later calls do nothing."""
+        every admitted policy settle. Runs once; later calls do nothing.
+
+        `error` gets the request id in its metadata: `request_id`, or in an InteractiveStream, where
+        `request_id` names a turn, `session_request_id`.
+        """
         if call.ended:
             return
         call.ended = True
         record = call.record
         if error is not None:
             record.code, record.reason = code_name(error), error.reason
+            if record.request_id:
+                error.metadata["session_request_id" if record.session else "request_id"] = record.request_id
+            record.upstream_request_id = error.metadata.get("upstream_request_id", record.upstream_request_id)
         elif code is not None:
             record.code = code
         record.finish()
+        call.trace.end(record)
         for observer in self._observers:
             try:
                 observer.ended(record)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import assert_never
 
 from server.config import ProviderConfig
 from server.providers.anthropic import AnthropicProvider
@@ -13,13 +13,18 @@ from server.providers.openai import OpenAIProvider
 
 __all__ = ["Provider", "build_provider"]
 
-_BUILDERS: dict[str, Callable[[ProviderConfig], Provider]] = {
-    "anthropic": AnthropicProvider,
-    "demo": lambda config: DemoProvider(config.name),
-    "gemini": GeminiProvider,
-    "openai": OpenAIProvider,
-}
-
 
 def build_provider(config: ProviderConfig) -> Provider:
-    return _BUILDERS[config.kind](config)
+    """The adapter of `config.kind`. The kinds are listed once, in `server.config.ProviderKind`; a kind
+    added there without a case here fails mypy (assert_never)."""
+    match config.kind:
+        case "openai":
+            return OpenAIProvider(config)
+        case "anthropic":
+            return AnthropicProvider(config)
+        case "gemini":
+            return GeminiProvider(config)
+        case "demo":
+            return DemoProvider(config.name)
+        case _:
+            assert_never(config.kind)

@@ -34,11 +34,10 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import httpx
-
 from server.config import ProviderConfig
 from server.errors import UpstreamError
 from server.providers.http import EventDecoder, HTTPProvider, loads_object
+from server.providers.transport import Transport
 from server.providers.upstream_errors import error_for_error_type, safe_identifier
 from server.sse import ServerSentEvent
 from server.types import ChatRequest, Completion, FinishReason, Role, StreamEvent, Usage
@@ -59,7 +58,9 @@ _INPUT_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_inpu
 
 
 class AnthropicProvider(HTTPProvider):
-    def __init__(self, config: ProviderConfig, *, client: httpx.AsyncClient | None = None) -> None:
+    request_id_header = "request-id"  # the upstream's id of its answer, for support tickets
+
+    def __init__(self, config: ProviderConfig, *, transport: Transport | None = None) -> None:
         headers = {
             "content-type": "application/json",
             "accept": "application/json",
@@ -67,15 +68,15 @@ class AnthropicProvider(HTTPProvider):
         }
         if config.api_key:
             headers["x-api-key"] = config.api_key
-        super().__init__(config, headers, client=client)
+        super().__init__(config, headers, transport=transport)
 
     def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         body = request_body(request)
         body["stream"] = True
-        return self._stream_sse(_PATH, body, request.timeout_s, _AnthropicEvents(self.name))
+        return self._stream_sse(_PATH, body, request, _AnthropicEvents(self.name))
 
     async def complete(self, request: ChatRequest) -> Completion:
-        return await self._post_json(_PATH, request_body(request), request.timeout_s, self._completion)
+        return await self._post_json(_PATH, request_body(request), request, self._completion)
 
     def _completion(self, payload: dict[str, Any]) -> Completion:
         if payload.get("type") == "error":

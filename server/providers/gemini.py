@@ -35,14 +35,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncGenerator, Mapping
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from server.config import ProviderConfig
 from server.errors import UpstreamError
+from server.observe.request_id import upstream_request_id
 from server.providers.http import ErrorHint, EventDecoder, HTTPProvider, loads_object
+from server.providers.transport import Transport
 from server.providers.upstream_errors import error_for_error_type, safe_identifier
 from server.sse import ServerSentEvent
 from server.types import ChatRequest, Completion, Finish, FinishReason, Role, StreamEvent, Usage
@@ -67,25 +68,25 @@ _DURATION = re.compile(r"([0-9]{1,12}(?:\.[0-9]{1,9})?)s")
 
 
 class GeminiProvider(HTTPProvider):
-    def __init__(self, config: ProviderConfig, *, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, config: ProviderConfig, *, transport: Transport | None = None) -> None:
         headers = {"content-type": "application/json", "accept": "application/json"}
         if config.api_key:
             headers["x-goog-api-key"] = config.api_key
-        super().__init__(config, headers, client=client)
+        super().__init__(config, headers, transport=transport)
 
     def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         path = f"{_model_path(request.model)}:streamGenerateContent?alt=sse"
-        return self._stream_sse(path, request_body(request), request.timeout_s, _GeminiEvents(self.name))
+        return self._stream_sse(path, request_body(request), request, _GeminiEvents(self.name))
 
     async def complete(self, request: ChatRequest) -> Completion:
         path = f"{_model_path(request.model)}:generateContent"
-        return await self._post_json(path, request_body(request), request.timeout_s, self._completion)
+        return await self._post_json(path, request_body(request), request, self._completion)
 
     def _completion(self, payload: dict[str, Any]) -> Completion:
         events = _GeminiEvents(self.name)  # a whole answer has the shape of one stream event
         text = events.read(payload) or ""
         finish = events.finish()
-        return Completion(text, finish.reason, finish.usage)
+        return Completion(text, finish.reason, finish.usage, upstream_request_id=finish.upstream_request_id)
 
     def _error_hint(self, error: Mapping[str, Any]) -> ErrorHint:
         # ErrorInfo's reason (API_KEY_INVALID) says more than the canonical status (INVALID_ARGUMENT).
@@ -94,15 +95,21 @@ class GeminiProvider(HTTPProvider):
 
 
 class _GeminiEvents(EventDecoder):
-    __slots__ = ("_usage_metadata",)
+    __slots__ = ("_response_id", "_usage_metadata")
 
     def __init__(self, provider: str) -> None:
         super().__init__(provider)
         self._usage_metadata: Any = None  # the latest usageMetadata; Gemini repeats it on every event
+        # Gemini sends no request id header; its answer's `responseId` (read with the finish reason) is
+        # the id to quote to Google.
+        self._response_id: Any = None
 
     def finish(self) -> Finish:
         self.usage = usage_from(self._usage_metadata) if self._usage_metadata else None
-        return super().finish()
+        finish = super().finish()
+        if isinstance(self._response_id, str):
+            return replace(finish, upstream_request_id=upstream_request_id(self._response_id))
+        return finish
 
     def feed(self, event: ServerSentEvent) -> str | None:
         return self.read(loads_object(event.data, self.provider))
@@ -121,6 +128,7 @@ class _GeminiEvents(EventDecoder):
         candidate = candidates[0]
         if candidate.get("finishReason"):
             self.reason = _FINISH_REASONS.get(candidate["finishReason"], FinishReason.UNSPECIFIED)
+            self._response_id = chunk.get("responseId")
         text = None
         for part in (candidate.get("content") or {}).get("parts") or ():
             piece = part.get("text")

@@ -1,4 +1,4 @@
-"""What every HTTP provider shares: the pooled client, timeouts, the request/response flow, and HTTP
+"""What every HTTP provider shares: the transport, timeouts, the request/response flow, and HTTP
 failures as UpstreamErrors.
 
 `HTTPProvider` is the base of the wire-format adapters (openai.py, anthropic.py, gemini.py): it posts a
@@ -6,16 +6,16 @@ JSON body, turns a non-2xx answer into an UpstreamError, relays an SSE stream th
 `EventDecoder` (which knows the wire format of one event), drains the body after the end event so the
 connection goes back to the pool, and closes the response in `finally`.
 
-How an upstream's failures become the gateway's errors is in upstream_errors.py.
+The transport (transport.py) raises its failures as UpstreamErrors already; how an upstream's answers
+become the gateway's errors is in upstream_errors.py.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, Callable, Mapping
-from typing import Any, TypeVar
-
-import httpx
+from dataclasses import replace
+from typing import Any, assert_never
 
 from server import defaults
 from server.config import ProviderConfig
@@ -24,28 +24,24 @@ from server.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
+from server.observe.request_id import upstream_request_id
 from server.providers.base import Provider
-from server.providers.transport import TOTAL_TIMEOUT_EXTENSION, AiohttpTransport
-from server.providers.upstream_errors import (
-    error_for_status,
-    error_for_transport,
-    safe_identifier,
-)
+from server.providers.httpx_transport import HttpxTransport
+from server.providers.transport import AiohttpTransport, Timeouts, Transport, UpstreamResponse
+from server.providers.upstream_errors import error_for_status, safe_identifier
 from server.sse import ServerSentEvent, SSEDecoder, SSELineTooLong
-from server.types import Finish, FinishReason, StreamEvent, TextDelta, Usage
+from server.types import ChatRequest, Completion, Finish, FinishReason, StreamEvent, TextDelta, Usage
 
 __all__ = [
     "ErrorHint",
     "EventDecoder",
     "HTTPProvider",
     "loads_object",
-    "make_client",
-    "request_timeout",
+    "make_transport",
+    "request_timeouts",
     "stream_interrupted",
     "unexpected_shape",
 ]
-
-T = TypeVar("T")
 
 # Error bodies are read only to learn the error type; anything longer is not an error body we know.
 _MAX_ERROR_BODY_BYTES = 64 * 1024
@@ -84,17 +80,24 @@ class EventDecoder:
 
 
 class HTTPProvider(Provider):
-    """A provider behind one pooled httpx client. Subclasses build bodies and decode their wire format."""
+    """A provider behind one transport. Subclasses build bodies and decode their wire format.
+
+    `request_id_header` names the response header in which the upstream gives its own id of the answer
+    (None: it gives none). That id goes on the Finish or Completion, and on any UpstreamError raised
+    once the answer's headers are in, as metadata `upstream_request_id`.
+    """
+
+    request_id_header: str | None = None
 
     def __init__(
-        self, config: ProviderConfig, headers: Mapping[str, str], *, client: httpx.AsyncClient | None = None
+        self, config: ProviderConfig, headers: Mapping[str, str], *, transport: Transport | None = None
     ) -> None:
         super().__init__(config.name)
         self._config = config
-        self._client = client or make_client(config, headers)
+        self._transport = transport or make_transport(config, headers)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()
 
     def _error_hint(self, error: Mapping[str, Any]) -> ErrorHint:
         """What the `error` object of a non-2xx answer says: by default its `code` ("invalid_api_key",
@@ -102,19 +105,18 @@ class HTTPProvider(Provider):
         return safe_identifier(error.get("code")) or safe_identifier(error.get("type")), None
 
     async def _stream_sse(
-        self, path: str, body: dict[str, Any], timeout_s: float | None, events: EventDecoder
+        self, path: str, body: dict[str, Any], request: ChatRequest, events: EventDecoder
     ) -> AsyncGenerator[StreamEvent, None]:
         """POST `body` and relay its event stream: TextDelta per event with text, then one Finish."""
-        response = await self._post(path, body, timeout_s)
+        response = await self._post(path, body, request)
+        upstream_id = self._upstream_id(response)
         ended = False
         try:
-            if response.status_code != 200:
+            if response.status != 200:
                 raise await self._error_from_response(response)
             decoder = SSEDecoder()
-            # The per-token path: the transport's byte stream straight into the SSE decoder, without
-            # httpx's per-chunk bookkeeping (aiter_raw) or a generator per event (aiter_sse). Bodies
-            # arrive uncompressed (make_client asks for identity), so raw bytes are the text.
-            async for chunk in response.stream:  # type: ignore[union-attr]  # streaming responses: async
+            # The per-token path: the transport's bytes straight into the SSE decoder.
+            async for chunk in response:
                 for event in decoder.feed(chunk):
                     if ended:
                         continue  # read on to the end of the body, so the connection goes back to the pool
@@ -125,78 +127,87 @@ class HTTPProvider(Provider):
                     if text:
                         yield TextDelta(text)
                     if events.ended:
+                        finish = self._finish(events, upstream_id)
                         ended = True
-                        yield self._finish(events)
+                        yield finish
             if not ended:
                 if not events.complete:
                     raise stream_interrupted(self.name)
+                finish = self._finish(events, upstream_id)
                 ended = True
-                yield self._finish(events)
-        except httpx.TransportError as exc:
-            if not ended:  # after the end event the reply is whole; a failing drain only costs the connection
-                raise error_for_transport(self.name, exc, streaming=True) from exc
+                yield finish
+        except UpstreamError as error:
+            # Once the Finish is out the reply is whole: a transport failure while draining the rest of
+            # the body only costs the connection.
+            if not ended:
+                _with_upstream_id(error, upstream_id)
+                raise
         except SSELineTooLong as exc:
-            raise UpstreamBadResponse(
+            too_long = UpstreamBadResponse(
                 f"upstream {self.name} sent an event line too long to read", provider=self.name
-            ) from exc
+            )
+            raise _with_upstream_id(too_long, upstream_id) from exc
         finally:
             await response.aclose()
 
-    def _finish(self, events: EventDecoder) -> Finish:
+    def _finish(self, events: EventDecoder, upstream_id: str) -> Finish:
         try:
-            return events.finish()
+            finish = events.finish()
         except _SHAPE_ERRORS as exc:  # usage is read at the end by decoders that see it on every event
             raise unexpected_shape(self.name) from exc
+        return replace(finish, upstream_request_id=upstream_id) if upstream_id else finish
+
+    def _upstream_id(self, response: UpstreamResponse) -> str:
+        header = self.request_id_header
+        return upstream_request_id(response.headers.get(header)) if header else ""
 
     async def _post_json(
-        self, path: str, body: dict[str, Any], timeout_s: float | None, parse: Callable[[dict[str, Any]], T]
-    ) -> T:
+        self, path: str, body: dict[str, Any], request: ChatRequest, parse: Callable[[dict[str, Any]], Completion]
+    ) -> Completion:
         """POST `body` and return what `parse` makes of the JSON object of a 200 answer."""
-        response = await self._post(path, body, timeout_s)
+        response = await self._post(path, body, request)
+        upstream_id = self._upstream_id(response)
         try:
-            if response.status_code != 200:
+            if response.status != 200:
                 raise await self._error_from_response(response)
-            payload = loads_object((await response.aread()).decode("utf-8", "replace"), self.name)
-        except httpx.TransportError as exc:
-            raise error_for_transport(self.name, exc, streaming=False) from exc
+            payload = loads_object((await response.read()).decode("utf-8", "replace"), self.name)
+        except UpstreamError as error:
+            _with_upstream_id(error, upstream_id)
+            raise
         finally:
             await response.aclose()
         try:
-            return parse(payload)
+            completion = parse(payload)
+        except UpstreamError as error:
+            _with_upstream_id(error, upstream_id)
+            raise
         except _SHAPE_ERRORS as exc:
-            raise unexpected_shape(self.name) from exc
+            raise _with_upstream_id(unexpected_shape(self.name), upstream_id) from exc
+        return replace(completion, upstream_request_id=upstream_id) if upstream_id else completion
 
-    async def _post(self, path: str, body: dict[str, Any], timeout_s: float | None) -> httpx.Response:
-        http_request = self._client.build_request(
-            "POST",
-            path,
-            content=json.dumps(body, separators=(",", ":")).encode(),
-            timeout=request_timeout(self._config, timeout_s),
-            extensions=deadline_extension(timeout_s),
-        )
-        try:
-            return await self._client.send(http_request, stream=True)
-        except httpx.TransportError as exc:
-            # Nothing of the answer has been read yet: even a reset here is not a stream cut mid-way.
-            raise error_for_transport(self.name, exc, streaming=False) from exc
+    async def _post(self, path: str, body: dict[str, Any], request: ChatRequest) -> UpstreamResponse:
+        content = json.dumps(body, separators=(",", ":")).encode()
+        timeouts = request_timeouts(self._config, request.timeout_s)
+        return await self._transport.post(path, content, timeouts, dict(request.headers) if request.headers else None)
 
-    async def _error_from_response(self, response: httpx.Response) -> UpstreamError:
+    async def _error_from_response(self, response: UpstreamResponse) -> UpstreamError:
         hint: ErrorHint = (None, None)
         try:
-            body = b""
-            async for piece in response.aiter_bytes():
-                body += piece
-                if len(body) > _MAX_ERROR_BODY_BYTES:
-                    break
-            payload = json.loads(body)
+            payload = json.loads(await response.read(_MAX_ERROR_BODY_BYTES))
             if isinstance(payload, list) and payload:  # Google's JSON-array streams wrap the error
                 payload = payload[0]
             error = payload.get("error")
             if isinstance(error, dict):
                 hint = self._error_hint(error)
-        except (ValueError, AttributeError, httpx.HTTPError):
+        except (ValueError, AttributeError, UpstreamError):
             pass  # the status code alone decides; the body is only a hint
-        return error_for_status(self.name, response.status_code, response.headers, *hint)
+        return error_for_status(self.name, response.status, response.headers, *hint)
+
+
+def _with_upstream_id(error: UpstreamError, upstream_id: str) -> UpstreamError:
+    if upstream_id:
+        error.metadata["upstream_request_id"] = upstream_id
+    return error
 
 
 def loads_object(data: str, provider: str) -> dict[str, Any]:
@@ -222,55 +233,33 @@ def stream_interrupted(provider: str) -> UpstreamUnavailable:
     )
 
 
-def make_client(config: ProviderConfig, headers: Mapping[str, str]) -> httpx.AsyncClient:
-    """One pooled client per provider: keep-alive, no redirects (a redirect could carry the key away).
-
-    Bytes travel over `AiohttpTransport` (see transport.py for why). Responses are asked for
-    uncompressed: event streams are read raw, and compressing them would only add latency.
-    """
-    return httpx.AsyncClient(
-        base_url=config.base_url,
-        headers={"accept-encoding": "identity", **headers},
-        transport=AiohttpTransport(max_connections=config.max_connections),
-        follow_redirects=False,
-        timeout=httpx.Timeout(
-            connect=config.connect_timeout_s,
-            read=config.read_timeout_s,
-            write=defaults.WRITE_TIMEOUT_S,
-            pool=defaults.POOL_TIMEOUT_S,
-        ),
-        limits=httpx.Limits(
-            max_connections=config.max_connections,
-            max_keepalive_connections=min(config.max_connections, defaults.POOL_MAX_KEEPALIVE),
-        ),
-        trust_env=False,  # proxies from the environment must not see the upstream key
-    )
+def make_transport(config: ProviderConfig, headers: Mapping[str, str]) -> Transport:
+    """One pooled transport per provider, through the HTTP client its `transport` names (aiohttp unless
+    asked: see transport.py for why)."""
+    match config.transport:
+        case "aiohttp":
+            return AiohttpTransport(config.name, config.base_url, headers, max_connections=config.max_connections)
+        case "httpx":
+            return HttpxTransport(config.name, config.base_url, headers, max_connections=config.max_connections)
+        case _:
+            assert_never(config.transport)
 
 
-def request_timeout(config: ProviderConfig, timeout_s: float | None) -> httpx.Timeout:
-    """Timeouts for one call: the provider's, each capped by what is left of the client's deadline.
+def request_timeouts(config: ProviderConfig, timeout_s: float | None) -> Timeouts:
+    """Time limits for one call: the provider's, each capped by what is left of the client's deadline,
+    and the whole call (body included) limited to it.
 
-    The cap stops a little before the deadline, so that the client gets the gateway's DEADLINE_EXCEEDED
-    with the phase in ErrorInfo rather than gRPC's bare one.
+    The limits end a little before the deadline, so that the client gets the gateway's DEADLINE_EXCEEDED
+    with the phase in ErrorInfo rather than gRPC's bare one, even from a stream that trickles or stalls
+    after its headers.
     """
     remaining = defaults.REQUEST_TIMEOUT_S if timeout_s is None else _before_deadline(timeout_s)
-    return httpx.Timeout(
-        connect=min(config.connect_timeout_s, remaining),
-        read=min(config.read_timeout_s, remaining),
-        write=min(defaults.WRITE_TIMEOUT_S, remaining),
-        pool=min(defaults.POOL_TIMEOUT_S, remaining),
+    return Timeouts(
+        pool_s=min(defaults.POOL_TIMEOUT_S, remaining),
+        connect_s=min(config.connect_timeout_s, remaining),
+        read_s=min(config.read_timeout_s, remaining),
+        total_s=None if timeout_s is None else remaining,
     )
-
-
-def deadline_extension(timeout_s: float | None) -> dict[str, float]:
-    """A whole-call time limit for the transport (httpx's own timeouts are per phase and per read).
-
-    It ends the upstream call, body included, a little before the client's deadline, so that even a
-    stream that trickles or stalls after its headers ends with the gateway's DEADLINE_EXCEEDED.
-    """
-    if timeout_s is None:
-        return {}
-    return {TOTAL_TIMEOUT_EXTENSION: _before_deadline(timeout_s)}
 
 
 def _before_deadline(timeout_s: float) -> float:

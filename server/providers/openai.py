@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import httpx
-
 from server.config import ProviderConfig
 from server.errors import UpstreamError
 from server.providers.http import EventDecoder, HTTPProvider, loads_object
+from server.providers.transport import Transport
 from server.providers.upstream_errors import error_for_error_type, safe_identifier
 from server.sse import ServerSentEvent
 from server.types import ChatRequest, Completion, FinishReason, StreamEvent, Usage
@@ -33,20 +32,22 @@ _PATH = "/chat/completions"
 
 
 class OpenAIProvider(HTTPProvider):
-    def __init__(self, config: ProviderConfig, *, client: httpx.AsyncClient | None = None) -> None:
+    request_id_header = "x-request-id"  # the upstream's id of its answer, for support tickets
+
+    def __init__(self, config: ProviderConfig, *, transport: Transport | None = None) -> None:
         headers = {"content-type": "application/json", "accept": "application/json"}
         if config.api_key:
             headers["authorization"] = f"Bearer {config.api_key}"
-        super().__init__(config, headers, client=client)
+        super().__init__(config, headers, transport=transport)
 
     def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         body = _body(request)
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
-        return self._stream_sse(_PATH, body, request.timeout_s, _OpenAIEvents(self.name))
+        return self._stream_sse(_PATH, body, request, _OpenAIEvents(self.name))
 
     async def complete(self, request: ChatRequest) -> Completion:
-        return await self._post_json(_PATH, _body(request), request.timeout_s, self._completion)
+        return await self._post_json(_PATH, _body(request), request, self._completion)
 
     def _completion(self, payload: dict[str, Any]) -> Completion:
         if "error" in payload:

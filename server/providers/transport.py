@@ -1,95 +1,152 @@
-"""An httpx transport on aiohttp's connection pool and C HTTP parser.
+"""The one way providers speak HTTP: POST a body to an upstream, read the answer's status, headers and bytes.
 
-Providers keep httpx's API (one `httpx.AsyncClient` per provider, httpx timeouts and exceptions), but the
-bytes travel through aiohttp: measured on the fake upstream's 64-token streams, reading a stream costs
-about 15 µs per SSE event this way against about 73 µs through httpx's own h11 transport, which made the
-upstream read the largest cost per token in the gateway (`make bench` has the figures).
+Every failure of the transport is already the gateway's own upstream error, saying what failed and where
+(`cause` and `upstream_address` in its metadata; the address is the configured host and port, never the
+URL's userinfo, path or query):
 
-aiohttp's exceptions are mapped to the httpx exceptions that `providers/http.py` already understands:
+    aiohttp's failure                       error                  cause
+    ClientConnectorDNSError                 UpstreamUnavailable    dns_failure
+    ClientSSLError (handshake, certificate) UpstreamUnavailable    tls_failure         (+ tls_error: the reason)
+    ClientConnectorError, ECONNREFUSED      UpstreamUnavailable    connection_refused
+    ClientConnectorError, other             UpstreamUnavailable    unreachable, connect_failed
+    ConnectionTimeoutError                  UpstreamTimeout        connect_timeout     (phase: connecting)
+    SocketTimeoutError                      UpstreamTimeout        read_timeout        (phase: waiting for data)
+    TimeoutError (the whole-call limit)     UpstreamTimeout        deadline            (phase: waiting for data)
+    ClientOSError ECONNRESET, reset         UpstreamUnavailable    connection_reset
+    ServerDisconnectedError                 UpstreamUnavailable    connection_closed
+    ClientPayloadError (a body cut short)   UpstreamUnavailable    body_cut
+    ClientResponseError (not HTTP)          UpstreamUnavailable    protocol_error
+    other ClientError                       UpstreamUnavailable    connection_failed
 
-    ConnectionTimeoutError              -> httpx.ConnectTimeout
-    SocketTimeoutError, ServerTimeout   -> httpx.ReadTimeout
-    ClientConnectorError                -> httpx.ConnectError     (refused, DNS, unreachable)
-    ServerDisconnectedError             -> httpx.RemoteProtocolError (closed before or during the answer)
-    ClientPayloadError                  -> httpx.RemoteProtocolError (a body cut short)
-    ClientResponseError                 -> httpx.RemoteProtocolError (not HTTP)
-    ClientOSError                       -> httpx.ReadError          (reset)
-    other ClientError                   -> httpx.NetworkError
-    TimeoutError (the whole-call limit) -> httpx.ReadTimeout
-
-Besides httpx's per-phase timeouts, a request may carry `extensions={TOTAL_TIMEOUT_EXTENSION: seconds}`:
-a limit on the whole call, body included (aiohttp's `total`), used for the client's gRPC deadline.
+A failure while a body is read chunk by chunk (`async for chunk in response`) is a stream cut mid-way
+(reason UPSTREAM_STREAM_INTERRUPTED); before the answer's headers, or while a whole body is read, it is
+not. aiohttp carries the bytes by default: its connection pool and C HTTP parser make reading a stream
+cost about 15 µs per SSE event against about 73 µs through httpx's own h11 transport. httpx_transport.py
+is the same interface over httpx (provider key `transport: httpx`), raising the same errors; the error
+builders both share are in transport_errors.py, and `make bench` measures both.
 """
 
 from __future__ import annotations
 
+import abc
+import errno
 import ssl
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import NoReturn
+from urllib.parse import urlsplit
 
 import aiohttp
-import httpx
 
-__all__ = ["TOTAL_TIMEOUT_EXTENSION", "AiohttpTransport"]
-
-TOTAL_TIMEOUT_EXTENSION = "gateway.total_timeout_s"
-
-# Most specific first: the first match wins.
-_EXCEPTIONS: tuple[tuple[type[BaseException], type[httpx.TransportError]], ...] = (
-    (aiohttp.ConnectionTimeoutError, httpx.ConnectTimeout),
-    (aiohttp.SocketTimeoutError, httpx.ReadTimeout),
-    (aiohttp.ServerTimeoutError, httpx.ReadTimeout),
-    (aiohttp.ClientConnectorError, httpx.ConnectError),
-    (aiohttp.ServerDisconnectedError, httpx.RemoteProtocolError),
-    (aiohttp.ClientPayloadError, httpx.RemoteProtocolError),
-    (aiohttp.ClientResponseError, httpx.RemoteProtocolError),
-    (aiohttp.ClientOSError, httpx.ReadError),
-    (aiohttp.ClientError, httpx.NetworkError),
+from server.errors import UpstreamError
+from server.providers.transport_errors import (
+    broken_connection_error,
+    connect_errno_error,
+    connect_timeout_error,
+    deadline_error,
+    dns_error,
+    read_timeout_error,
+    tls_error,
 )
+from server.providers.upstream_errors import safe_identifier
+
+__all__ = [
+    "AiohttpTransport",
+    "Timeouts",
+    "Transport",
+    "UpstreamResponse",
+    "address_of",
+    "transport_error",
+]
 
 
-@contextmanager
-def _httpx_errors() -> Iterator[None]:
-    try:
-        yield
-    except aiohttp.ClientError as exc:
-        for source, target in _EXCEPTIONS:
-            if isinstance(exc, source):
-                raise target(f"{type(exc).__name__}: {exc}") from exc
-        raise  # unreachable: ClientError is the last row
-    except TimeoutError as exc:  # aiohttp's `total` limit raises a plain TimeoutError
-        raise httpx.ReadTimeout("the call's time limit ran out") from exc
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """One call's time limits: waiting for a pooled or new connection (`pool_s`, connecting included),
+    connecting and the TLS handshake (`connect_s`), the longest silence between two reads (`read_s`),
+    and the whole call, body included (`total_s`)."""
+
+    pool_s: float
+    connect_s: float
+    read_s: float
+    total_s: float | None = None
 
 
-class _ResponseStream(httpx.AsyncByteStream):
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self._response = response
+class UpstreamResponse(abc.ABC):
+    """An answer: its status and headers, then its body read once, chunk by chunk or whole. Always close it.
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
+    Iterating gives the body's bytes as they arrive (several events at once, or part of one).
+    """
+
+    status: int
+    headers: Mapping[str, str]  # case-insensitive
+
+    def __aiter__(self) -> UpstreamResponse:
         return self
 
-    async def __anext__(self) -> bytes:
-        # readany hands over everything already received at once: one event or several. A plain
-        # __anext__ (not an async generator) keeps this per-chunk hop as cheap as it can be.
-        with _httpx_errors():
-            chunk = await self._response.content.readany()
-        if not chunk:
-            raise StopAsyncIteration
-        return chunk
+    @abc.abstractmethod
+    async def __anext__(self) -> bytes: ...
 
+    @abc.abstractmethod
+    async def read(self, limit: int | None = None) -> bytes:
+        """The rest of the body, or its first `limit` bytes or a little more (the rest is left unread)."""
+
+    @abc.abstractmethod
     async def aclose(self) -> None:
-        # A body read to its end gives the connection back to the pool; one abandoned mid-way (a client
-        # cancelled) closes it, which is what tells the upstream to stop generating.
-        if self._response.content.at_eof():
-            self._response.release()
-        else:
-            self._response.close()
+        """Give the connection back when the body was read to its end; close it otherwise (which tells the
+        upstream to stop generating)."""
 
 
-class AiohttpTransport(httpx.AsyncBaseTransport):
-    """One aiohttp session (created on first use, inside the running event loop) per transport."""
+class Transport(abc.ABC):
+    """POSTs to one upstream, with the provider's headers (its key among them)."""
 
-    def __init__(self, *, max_connections: int, keepalive_expiry_s: float = 30.0) -> None:
+    @abc.abstractmethod
+    async def post(
+        self, path: str, body: bytes, timeouts: Timeouts, headers: Mapping[str, str] | None = None
+    ) -> UpstreamResponse:
+        """POST `body` to the upstream's base URL + `path`; the answer with its body still unread.
+
+        `headers` are this request's own (its `x-request-id`, its `traceparent`), sent beside the provider's;
+        never a secret."""
+
+    async def aclose(self) -> None:  # noqa: B027  (optional hook: an in-memory transport holds nothing)
+        """Close pooled connections."""
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def address_of(url: str) -> str:
+    """The `host:port` of `url` (`[v6]:port` for an IPv6 host), without userinfo, path or query."""
+    parsed = urlsplit(url)
+    host = parsed.hostname or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parsed.port or _DEFAULT_PORTS.get(parsed.scheme)
+    except ValueError:  # not a number: aiohttp will refuse the URL itself, with its own error
+        port = None
+    return f"{host}:{port}" if port is not None else host
+
+
+class AiohttpTransport(Transport):
+    """One aiohttp session per provider, created on first use inside the running event loop."""
+
+    def __init__(
+        self,
+        provider: str,
+        base_url: str,
+        headers: Mapping[str, str],
+        *,
+        max_connections: int,
+        keepalive_expiry_s: float = 30.0,
+    ) -> None:
+        self._provider = provider
+        self._base_url = base_url.rstrip("/")
+        self._address = address_of(base_url)
+        # Responses are asked for uncompressed: event streams are read as they come, and compressing
+        # them would only add latency.
+        self._headers = {"accept-encoding": "identity", **headers}
         self._max_connections = max_connections
         self._keepalive_expiry_s = keepalive_expiry_s
         self._session: aiohttp.ClientSession | None = None
@@ -100,36 +157,117 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             keepalive_timeout=self._keepalive_expiry_s,
             ssl=ssl.create_default_context(),
         )
-        # No cookies (upstream APIs set none we want), no proxies from the environment.
-        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
+        # No cookies (upstream APIs set none we want); no proxies from the environment, which must not
+        # see the upstream key.
+        return aiohttp.ClientSession(
+            connector=connector,
+            headers=self._headers,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=False,
+        )
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def post(
+        self, path: str, body: bytes, timeouts: Timeouts, headers: Mapping[str, str] | None = None
+    ) -> UpstreamResponse:
         if self._session is None:
             self._session = self._open()
-        timeout = request.extensions.get("timeout", {})
-        with _httpx_errors():
-            response = await self._session.request(
-                request.method,
-                str(request.url),
-                headers=request.headers.multi_items(),
-                data=request.content or None,
-                allow_redirects=False,
-                auto_decompress=False,  # httpx decodes by content-encoding, as with its own transport
+        try:
+            response = await self._session.post(
+                self._base_url + path,
+                data=body,
+                headers=headers,
+                allow_redirects=False,  # a redirect could carry the key away
                 timeout=aiohttp.ClientTimeout(
-                    total=request.extensions.get(TOTAL_TIMEOUT_EXTENSION),
-                    connect=timeout.get("pool"),
-                    sock_connect=timeout.get("connect"),
-                    sock_read=timeout.get("read"),
+                    total=timeouts.total_s,
+                    connect=timeouts.pool_s,
+                    sock_connect=timeouts.connect_s,
+                    sock_read=timeouts.read_s,
                 ),
             )
-        return httpx.Response(
-            status_code=response.status,
-            headers=response.raw_headers,
-            stream=_ResponseStream(response),
-            request=request,
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": (response.reason or "").encode()},
-        )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise transport_error(self._provider, self._address, exc, streaming=False) from exc
+        return _AiohttpResponse(response, self._provider, self._address)
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+class _AiohttpResponse(UpstreamResponse):
+    __slots__ = ("_address", "_content", "_provider", "_response", "headers", "status")
+
+    def __init__(self, response: aiohttp.ClientResponse, provider: str, address: str) -> None:
+        self._response = response
+        self._content = response.content
+        self._provider, self._address = provider, address
+        self.status = response.status
+        self.headers = response.headers
+
+    async def __anext__(self) -> bytes:
+        # The per-token path: readany hands over everything already received, one event or several. A
+        # plain __anext__ with a try (free until it raises), not an async generator or a context manager.
+        try:
+            chunk = await self._content.readany()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._fail(exc, streaming=True)
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
+
+    async def read(self, limit: int | None = None) -> bytes:
+        body = bytearray()
+        try:
+            while chunk := await self._content.readany():
+                body += chunk
+                if limit is not None and len(body) > limit:
+                    break
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._fail(exc, streaming=False)
+        return bytes(body)
+
+    def _fail(self, exc: BaseException, *, streaming: bool) -> NoReturn:
+        raise transport_error(self._provider, self._address, exc, streaming=streaming) from exc
+
+    async def aclose(self) -> None:
+        if self._content.at_eof():
+            self._response.release()
+        else:
+            self._response.close()
+
+
+def transport_error(provider: str, address: str, exc: BaseException, *, streaming: bool) -> UpstreamError:
+    """The gateway's error for an aiohttp failure talking to `provider` at `address`.
+
+    `streaming`: the failure cut a body being relayed chunk by chunk (UPSTREAM_STREAM_INTERRUPTED).
+    """
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return connect_timeout_error(provider, address)
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        return read_timeout_error(provider, address)
+    if isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ClientError):
+        return deadline_error(provider, address)
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return dns_error(provider, address)
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return tls_error(provider, address, _tls_reason(exc))
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return connect_errno_error(provider, address, exc.os_error)
+    return broken_connection_error(provider, address, _broken_connection(exc), streaming=streaming)
+
+
+def _tls_reason(exc: aiohttp.ClientSSLError) -> str | None:
+    """The TLS library's reason ("CERTIFICATE_VERIFY_FAILED", "WRONG_VERSION_NUMBER"), an identifier."""
+    cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+    return safe_identifier(getattr(cause, "reason", None))
+
+
+def _broken_connection(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "connection_closed"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "body_cut"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return "protocol_error"
+    if isinstance(exc, ConnectionResetError) or (isinstance(exc, OSError) and exc.errno == errno.ECONNRESET):
+        return "connection_reset"
+    return "connection_failed"

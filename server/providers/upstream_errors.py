@@ -1,4 +1,5 @@
-"""An upstream's failures as the gateway's errors: HTTP statuses, in-band error events, transport errors.
+"""An upstream's answers as the gateway's errors: HTTP statuses and in-band error events. (Transport
+failures are the transport's own: providers/transport.py raises them as the gateway's errors.)
 
 Upstream error bodies are never copied into errors (they can echo keys); only their status, and an
 error type or code that looks like an identifier, are kept.
@@ -9,8 +10,7 @@ from __future__ import annotations
 import email.utils
 import re
 import time
-
-import httpx
+from collections.abc import Mapping
 
 from server.errors import (
     UpstreamAuthFailed,
@@ -19,14 +19,12 @@ from server.errors import (
     UpstreamFailed,
     UpstreamRateLimited,
     UpstreamRejected,
-    UpstreamTimeout,
     UpstreamUnavailable,
 )
 
 __all__ = [
     "error_for_error_type",
     "error_for_status",
-    "error_for_transport",
     "parse_retry_after",
     "safe_identifier",
 ]
@@ -60,8 +58,10 @@ def safe_identifier(value: object) -> str | None:
     return value if isinstance(value, str) and _IDENTIFIER.fullmatch(value) else None
 
 
-def parse_retry_after(headers: httpx.Headers) -> float | None:
-    """Seconds to wait from `retry-after-ms`, or `Retry-After` as seconds or an HTTP date."""
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from `retry-after-ms`, or `Retry-After` as seconds or an HTTP date.
+
+    `headers` are looked up by lower-case name (the transport's are case-insensitive)."""
     if (millis := headers.get("retry-after-ms")) is not None:
         try:
             return max(float(millis) / 1000, 0.0)
@@ -84,7 +84,7 @@ def parse_retry_after(headers: httpx.Headers) -> float | None:
 def error_for_status(
     provider: str,
     status: int,
-    headers: httpx.Headers,
+    headers: Mapping[str, str],
     error_type: str | None = None,
     retry_after_s: float | None = None,
 ) -> UpstreamError:
@@ -156,28 +156,3 @@ def error_for_error_type(provider: str, error_type: str | None, retry_after_s: f
     if kind is UpstreamRateLimited:
         return UpstreamRateLimited(what, provider=provider, retry_after_s=retry_after_s, metadata=meta)
     return kind(what, provider=provider, metadata=meta)
-
-
-def error_for_transport(provider: str, exc: httpx.TransportError, *, streaming: bool) -> UpstreamError:
-    """Map an httpx transport failure (timeouts, refused and reset connections)."""
-    if isinstance(exc, httpx.TimeoutException):
-        phase = {
-            httpx.ConnectTimeout: "connecting",
-            httpx.ReadTimeout: "waiting for data",
-            httpx.WriteTimeout: "sending the request",
-            httpx.PoolTimeout: "waiting for a free connection",
-        }.get(type(exc), "waiting")
-        return UpstreamTimeout(
-            f"upstream {provider} timed out while {phase}", provider=provider, metadata={"phase": phase}
-        )
-    if isinstance(exc, httpx.ConnectError):
-        return UpstreamUnavailable(f"cannot connect to upstream {provider}", provider=provider)
-    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError) and streaming:
-        return UpstreamUnavailable(
-            f"upstream {provider} closed the connection mid-stream",
-            provider=provider,
-            reason="UPSTREAM_STREAM_INTERRUPTED",
-        )
-    return UpstreamUnavailable(
-        f"the connection to upstream {provider} failed ({type(exc).__name__})", provider=provider
-    )

@@ -1,6 +1,6 @@
 """A circuit breaker per deployment: stop sending calls to an upstream that keeps failing, then probe it.
 
-    CLOSED ──(N failures in a row, or failure ratio > R over >= M calls in the window)──> OPEN
+    CLOSED ──(N failed calls in a row, or failure ratio > R over >= M calls in the window)──> OPEN
     OPEN ──(cooldown passed; one call is let through as a probe)──> HALF_OPEN
     HALF_OPEN ──(probe succeeded)──> CLOSED        HALF_OPEN ──(probe failed)──> OPEN
 
@@ -9,6 +9,11 @@ the caller reports the outcome of every admitted call with `record(admission, ok
 when the call ended without a verdict (cancelled by its client, or refused for a client error). While
 OPEN or HALF_OPEN only the probe's verdict counts. A probe that gives no verdict within a cooldown is
 presumed lost, and the next call becomes the probe.
+
+The breaker counts client calls, not upstream attempts: a call that retried the same deployment three
+times reports one failure (server/routing/plan.py sees to it), so opening takes N failing calls, and the
+calls before the one that opened it each report the upstream's real error. A failure may come with a note
+(the error's message and metadata), kept as `last_failure` for the calls the open breaker turns away.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from server import defaults
@@ -64,16 +69,12 @@ class CircuitBreaker:
         self._buckets: deque[list[float]] = deque()
         self._opened_at = 0.0
         self._probe_started: float | None = None
+        # (message, metadata) of the last failure counted, if the caller said what it was.
+        self.last_failure: tuple[str, Mapping[str, str]] | None = None
 
     @property
     def state(self) -> BreakerState:
         return self._state
-
-    def retry_in_s(self) -> float:
-        """Seconds until an open breaker lets a probe through (0 when it would now)."""
-        if self._state is BreakerState.CLOSED:
-            return 0.0
-        return max(self._opened_at + self._policy.cooldown_s - self._clock(), 0.0)
 
     def allow(self) -> Admission:
         if self._state is BreakerState.CLOSED:
@@ -89,8 +90,11 @@ class CircuitBreaker:
         self._probe_started = now
         return Admission.PROBE
 
-    def record(self, admission: Admission, ok: bool) -> None:
-        """The outcome of an admitted call: `ok` when the upstream served (its first token arrived)."""
+    def record(self, admission: Admission, ok: bool, failure: tuple[str, Mapping[str, str]] | None = None) -> None:
+        """The outcome of an admitted call: `ok` when the upstream served (its first token arrived); for a
+        failure, optionally what it was (message, metadata)."""
+        if not ok and failure is not None:
+            self.last_failure = failure
         if admission is Admission.PROBE:
             self._probe_started = None
             if self._state is BreakerState.HALF_OPEN:
@@ -115,12 +119,18 @@ class CircuitBreaker:
         if admission is Admission.PROBE:
             self._probe_started = None
 
+    def probe_in_s(self) -> float:
+        """Seconds until an open breaker lets a probe through (0 when closed, or when it would now)."""
+        if self._state is BreakerState.CLOSED:
+            return 0.0
+        return max(self._opened_at + self._policy.cooldown_s - self._clock(), 0.0)
+
     def _maybe_open(self) -> None:
         policy = self._policy
         if not policy.enabled:
             return
         if self._consecutive >= policy.consecutive_failures:
-            self._open(f"{self._consecutive} failures in a row")
+            self._open(f"{self._consecutive} failed calls in a row")
             return
         successes = sum(b[1] for b in self._buckets)
         failures = sum(b[2] for b in self._buckets)
@@ -132,7 +142,10 @@ class CircuitBreaker:
         self._state = BreakerState.OPEN
         self._opened_at = self._clock()
         self._probe_started = None
-        log.warning("circuit of %s opened: %s; calls go elsewhere for %g s", self.name, why, self._policy.cooldown_s)
+        last = f" (last: {self.last_failure[0]})" if self.last_failure else ""
+        log.warning(
+            "circuit of %s opened: %s%s; calls go elsewhere for %g s", self.name, why, last, self._policy.cooldown_s
+        )
 
     def _close(self) -> None:
         self._state = BreakerState.CLOSED

@@ -22,9 +22,6 @@ class UpstreamLimits:
         self.in_flight = 0
         self._per_provider: dict[str, int] = dict.fromkeys(per_provider, 0)
 
-    def in_flight_of(self, provider: str) -> int:
-        return self._per_provider.get(provider, 0)
-
     def try_acquire(self, provider: str) -> Refusal | None:
         if self.in_flight >= self.process_limit:
             return "process"

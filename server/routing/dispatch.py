@@ -21,6 +21,7 @@ from dataclasses import replace
 from server import defaults
 from server.config import GatewayConfig
 from server.errors import GatewayError, UpstreamBadResponse, UpstreamError, UpstreamUnavailable
+from server.observe.trace import AttemptTrace, CallTrace
 from server.providers import Provider, build_provider
 from server.resilience.idle import IdleWatch
 from server.resilience.resume import add_streamed, continuation
@@ -29,6 +30,8 @@ from server.routing.plan import Attempt, CallPlan, Resilience
 from server.types import ChatRequest, Completion, Finish, StreamEvent, TextDelta, Usage
 
 __all__ = ["Router"]
+
+_UNTRACED = CallTrace()
 
 
 class Router:
@@ -42,29 +45,41 @@ class Router:
         *,
         resilience: Resilience | None = None,
         rng: Callable[[], float] = random.random,
+        kinds: Mapping[str, str] | None = None,
     ) -> None:
         self.catalog = catalog
         self._providers = dict(providers)
         self.resilience = resilience or Resilience()
         self._rng = rng
+        self._kinds = dict(kinds or {})  # provider name -> kind (openai, anthropic, …), for traces
 
     @classmethod
     def from_config(cls, config: GatewayConfig) -> Router:
         providers = {p.name: build_provider(p) for p in config.providers}
         catalog = Catalog(config.models, providers, dict(config.aliases))
-        return cls(catalog, providers, resilience=Resilience.from_config(config))
+        kinds = {p.name: p.kind for p in config.providers}
+        return cls(catalog, providers, resilience=Resilience.from_config(config), kinds=kinds)
 
     def plan(self, model: ModelConfig, request: ChatRequest) -> CallPlan:
         return CallPlan(
             self.resilience, self.catalog, model, request.timeout_s, providers=self._providers, rng=self._rng
         )
 
-    def stream(self, model: ModelConfig, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+    def stream(
+        self, model: ModelConfig, request: ChatRequest, trace: CallTrace = _UNTRACED
+    ) -> AsyncGenerator[StreamEvent, None]:
         """Stream `request` from `model`, its deployments and fallbacks: TextDelta*, then one Finish that
-        names who served, or an error. Close it (aclosing) to close the upstream request."""
-        return self._stream(model, request)
+        names who served, or an error. Close it (aclosing) to close the upstream request. Each attempt
+        is traced in `trace`, and carries its trace context upstream."""
+        return self._stream(model, request, trace)
 
-    async def _stream(self, model: ModelConfig, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+    def _attempt_trace(self, trace: CallTrace, attempt: Attempt) -> AttemptTrace:
+        kind = self._kinds.get(attempt.served.provider, "")
+        return trace.attempt(attempt.served, attempt.deployment.upstream_model, kind, attempt.number)
+
+    async def _stream(
+        self, model: ModelConfig, request: ChatRequest, trace: CallTrace
+    ) -> AsyncGenerator[StreamEvent, None]:
         plan = self.plan(model, request)
         parts: list[str] | None = [] if model.resume == "continue" else None
         streamed = resumes = 0  # deltas sent over every attempt; resumes so far
@@ -73,17 +88,19 @@ class Router:
         try:
             while True:
                 attempt = await plan.next_attempt()
-                with attempt:
+                with attempt, self._attempt_trace(trace, attempt) as traced:
                     timeouts = self.resilience.timeouts(attempt.deployment.provider)
-                    events = attempt.provider.stream(plan.upstream_request(current, attempt))
+                    events = attempt.provider.stream(_traced(plan.upstream_request(current, attempt), traced))
                     async with aclosing(events):
                         try:
                             first = await _first_event(events, timeouts.first_token_s, attempt)
                         except UpstreamError as error:
+                            traced.failed(error)
                             plan.failed(attempt, error)
                             continue
                         attempt.succeeded()
                         if not isinstance(first, TextDelta):
+                            traced.answered(first)
                             yield _finished(first, attempt, streamed, resumes, carried_cost)
                             return
                         # From here on the client sees every event: forward and count, nothing more per token.
@@ -102,6 +119,7 @@ class Router:
                                     yield event
                                 else:
                                     watch.stop()
+                                    traced.answered(event)
                                     yield _finished(event, attempt, streamed, resumes, carried_cost)
                                     return
                             failure = UpstreamBadResponse(
@@ -118,6 +136,7 @@ class Router:
                         finally:
                             watch.stop()
                         streamed += watch.count
+                        traced.failed(failure)
                         plan.failed(attempt, failure, mid_stream=True)
                         if parts is None or resumes >= defaults.MAX_RESUMES:
                             raise failure
@@ -130,23 +149,32 @@ class Router:
                 error.metadata["partial_completion_tokens"] = str(streamed)
             raise
 
-    async def complete(self, model: ModelConfig, request: ChatRequest) -> Completion:
+    async def complete(self, model: ModelConfig, request: ChatRequest, trace: CallTrace = _UNTRACED) -> Completion:
         """The whole reply to `request` from `model`, its deployments or its fallbacks."""
         plan = self.plan(model, request)
         while True:
             attempt = await plan.next_attempt()
-            with attempt:
+            with attempt, self._attempt_trace(trace, attempt) as traced:
                 try:
-                    completion = await attempt.provider.complete(plan.upstream_request(request, attempt))
+                    completion = await attempt.provider.complete(
+                        _traced(plan.upstream_request(request, attempt), traced)
+                    )
                 except UpstreamError as error:
+                    traced.failed(error)
                     plan.failed(attempt, error)
                     continue
                 attempt.succeeded()
+                traced.answered(completion)
             cost = cost_of(attempt.model, attempt.deployment, completion.usage)
             return replace(completion, served=attempt.served, cost_usd=cost)
 
     async def aclose(self) -> None:
         await asyncio.gather(*(provider.aclose() for provider in self._providers.values()))
+
+
+def _traced(request: ChatRequest, traced: AttemptTrace) -> ChatRequest:
+    """`request` with the attempt's trace context among its upstream headers."""
+    return replace(request, headers=(*request.headers, *traced.headers)) if traced.headers else request
 
 
 def _tokens(completion_tokens: int) -> Usage:

@@ -19,7 +19,13 @@ on to the fallbacks. The process-wide limit refuses the whole call.
 
 Giving up raises the last upstream error with metadata `attempts` and `retry_stopped_by` (`max_attempts`,
 `deadline`, `retry_budget`, `retry_after_cap`, `circuit_open`, `overloaded`, `failed_mid_stream`); when
-no attempt could be made at all, GatewayOverloaded (RESOURCE_EXHAUSTED + RetryInfo) or CircuitOpen.
+no attempt could be made at all, GatewayOverloaded (RESOURCE_EXHAUSTED + RetryInfo) or CircuitOpen, which
+says what the open breaker's last counted failure was.
+
+Breakers count calls, not attempts: a call reports at most one failure per deployment to its breaker,
+however many times it tried that deployment (through the model or a fallback that shares it). So a breaker opens only
+after failures of several calls (`consecutive_failures` of them), each of which reports the upstream's
+own error; CIRCUIT_OPEN is for the calls after that, which it spares the upstream.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from types import TracebackType
 
 from server import defaults
 from server.config import GatewayConfig, ProviderConfig
-from server.errors import CircuitOpen, GatewayError, GatewayOverloaded, UpstreamError, UpstreamTimeout
+from server.errors import CircuitOpen, GatewayError, GatewayOverloaded, UpstreamError, UpstreamTimeout, scrub
 from server.providers.base import Provider
 from server.resilience.breaker import Admission, BreakerPolicy, CircuitBreaker
 from server.resilience.limits import UpstreamLimits
@@ -157,16 +163,17 @@ class Attempt:
         self.outcome = "ok"
         self._record(True)
 
-    def failed(self) -> None:
+    def failed(self, error: UpstreamError | None = None) -> None:
+        note = _failure_note(error) if error is not None else None
         if self._verdict:  # it failed after its first token: one more sample, as any call's
-            self._breaker.record(Admission.ADMITTED, False)
+            self._breaker.record(Admission.ADMITTED, False, note)
         else:
-            self._record(False)
+            self._record(False, note)
 
-    def _record(self, ok: bool) -> None:
+    def _record(self, ok: bool, note: tuple[str, Mapping[str, str]] | None = None) -> None:
         if not self._verdict:
             self._verdict = True
-            self._breaker.record(self._admission, ok)
+            self._breaker.record(self._admission, ok, note)
 
     def __enter__(self) -> Attempt:
         return self
@@ -213,6 +220,8 @@ class CallPlan:
         self._excluded: dict[tuple[str, str], str] = {}
         self._not_before: dict[tuple[str, str], float] = {}
         self._failures: dict[tuple[str, str], int] = {}
+        self._counted: set[tuple[str, str]] = set()  # deployments whose breaker has this call's failure
+        self._open: list[tuple[Deployment, CircuitBreaker]] = []  # breakers that turned this call away
 
     def remaining(self) -> float:
         return self._deadline - self._shared.clock()
@@ -246,17 +255,22 @@ class CallPlan:
         attempt.outcome = "failed_mid_stream" if mid_stream else failure.value
         if failure is FailureClass.FATAL:
             raise error
-        if not (isinstance(error, UpstreamTimeout) and self.remaining() < defaults.RETRY_MIN_REMAINING_S):
-            attempt.failed()  # (a timeout at the client's deadline says nothing about the upstream)
+        key = _key(attempt.deployment)
+        # One failure per deployment and call reaches its breaker; a timeout at the client's deadline says
+        # nothing about the upstream and none.
+        at_deadline = isinstance(error, UpstreamTimeout) and self.remaining() < defaults.RETRY_MIN_REMAINING_S
+        if not at_deadline and key not in self._counted:
+            attempt.failed(error)
+            self._counted.add(key)
         self._last_error, self._last_class = error, failure
         log.debug(
-            "attempt %d of %s on %s failed: %s",
+            "attempt %d of %s on %s failed (%s): %s",
             attempt.number,
             self._chain[0].name,
             attempt.served.deployment,
             error.reason,
+            scrub(error.message),
         )
-        key = _key(attempt.deployment)
         if mid_stream:
             self._excluded[key] = "failed_mid_stream"
             return
@@ -329,6 +343,7 @@ class CallPlan:
         admission = breaker.allow()
         if admission is Admission.DENIED:
             shared.limits.release(provider)
+            self._open.append((deployment, breaker))
             self._skip("circuit_open")
             return None
         budget = shared.budget(provider)
@@ -367,14 +382,39 @@ class CallPlan:
                     retry_after_s=self._shared.overload_retry_after_s,
                     metadata={**self._refused, "model": model},
                 )
-            return CircuitOpen(
-                f"model {model} and its fallbacks are failing: every deployment's circuit is open; retry later",
-                metadata={"model": model},
-            )
+            return self._circuit_open(model)
         error.metadata["attempts"] = str(self.attempts)
         if self._stop_reason:
             error.metadata["retry_stopped_by"] = self._stop_reason
         return error
+
+    def _circuit_open(self, model: str) -> CircuitOpen:
+        """CIRCUIT_OPEN, saying what the first open breaker's last failure was and when it lets a probe by."""
+        metadata = {"model": model}
+        why = ""
+        if self._open:
+            deployment, breaker = self._open[0]
+            retry_in_s = breaker.probe_in_s()
+            metadata |= {"deployment": deployment.label, "retry_in_s": f"{retry_in_s:.0f}"}
+            if breaker.last_failure is not None:
+                message, details = breaker.last_failure
+                metadata |= details
+                why = f" (last failure of {deployment.label}: {message})"
+            why += f"; retry in {retry_in_s:.0f} s"
+        return CircuitOpen(
+            f"model {model} and its fallbacks are failing: every deployment's circuit is open{why}",
+            metadata=metadata,
+        )
+
+
+_FAILURE_DETAILS = ("cause", "upstream_address")
+
+
+def _failure_note(error: UpstreamError) -> tuple[str, Mapping[str, str]]:
+    """What a breaker keeps of a failure: the message, the reason, and what failed where."""
+    details = {"last_error_reason": error.reason}
+    details.update((key, error.metadata[key]) for key in _FAILURE_DETAILS if key in error.metadata)
+    return error.message, details
 
 
 def pick(model: ModelConfig, rng: Callable[[], float]) -> Deployment:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
+from client import AIClient, AsyncAIClient
 from client.channel import BearerToken, ConnectionSettings, is_loopback_target
+from client.errors import ConfigurationError
 
 TOKEN = "secret-token-0123456789"
 
@@ -81,8 +84,9 @@ def test_empty_token_means_none() -> None:
     ],
 )
 def test_invalid_options(options: dict[str, object], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigurationError, match=message) as raised:
         resolve(**options)
+    assert isinstance(raised.value, ValueError)  # what these options raised before ConfigurationError
 
 
 def test_token_never_in_repr_or_errors() -> None:
@@ -95,10 +99,47 @@ def test_token_never_in_repr_or_errors() -> None:
     assert TOKEN not in str(caught.value)
 
 
-def test_missing_ca_file_fails_when_building_credentials(tmp_path: Path) -> None:
-    settings = resolve(ca_file=tmp_path / "missing.pem")
-    with pytest.raises(FileNotFoundError):
-        settings.credentials()
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("missing.pem", None, "cannot read ca_file '{path}': No such file or directory"),
+        ("a-directory", "dir", "cannot read ca_file '{path}': Is a directory"),
+        ("key.pem", b"-----BEGIN PRIVATE KEY-----\n", "ca_file '{path}' holds no PEM certificate"),
+        ("empty.pem", b"", "ca_file '{path}' holds no PEM certificate"),
+    ],
+)
+def test_an_unusable_ca_file_is_named_when_the_client_is_made(
+    tmp_path: Path, name: str, content: bytes | str | None, message: str
+) -> None:
+    path = tmp_path / name
+    if content == "dir":
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    with pytest.raises(ConfigurationError) as raised:
+        resolve(ca_file=path)
+    assert str(raised.value).startswith(message.format(path=path))
+    assert raised.value.path == str(path)
+
+
+@pytest.mark.parametrize("client_class", [AIClient, AsyncAIClient])
+def test_both_clients_raise_the_configuration_error_for_a_missing_ca_file(
+    tmp_path: Path, client_class: type[AIClient] | type[AsyncAIClient]
+) -> None:
+    with pytest.raises(ConfigurationError, match=r"missing\.pem"):
+        client_class(ca_file=tmp_path / "missing.pem")
+
+
+def test_an_unreadable_ca_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "ca.pem"
+    path.write_bytes(b"-----BEGIN CERTIFICATE-----\n")
+    path.chmod(0)
+    if os.access(path, os.R_OK):  # root reads every file; make it unreadable another way
+        path.chmod(0o600)
+        path.unlink()
+        path.symlink_to(path)  # a symlink loop: reading it fails with ELOOP
+    with pytest.raises(ConfigurationError, match=f"cannot read ca_file '{path}': "):
+        resolve(ca_file=path)
 
 
 def test_plaintext_without_token_is_insecure() -> None:

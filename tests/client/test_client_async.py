@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from client import (
+    AIClient,
     AsyncAIClient,
     AsyncStream,
     AuthenticationError,
@@ -16,7 +17,10 @@ from client import (
     FinishReason,
     InvalidArgumentError,
     Message,
+    ModelDeployment,
+    ModelInfo,
     RateLimitError,
+    SamplingOptions,
     StreamEnd,
     StreamEvent,
     TextDelta,
@@ -25,7 +29,7 @@ from client import (
 )
 from generated import ai_service_pb2 as pb
 from tests.certs import CertFiles
-from tests.conftest import CLIENT_TOKEN
+from tests.conftest import CLIENT_TOKEN, ENDLESS
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
 
 HELLO_DELTAS = [TextDelta("hello"), TextDelta(" brave"), TextDelta(" world")]
@@ -51,6 +55,21 @@ async def test_stream_demo_yields_exact_deltas_then_end(demo_target: str) -> Non
         events = [event async for event in stream]
     assert events == [*HELLO_DELTAS, HELLO_END]
     assert stream.result == HELLO_END
+
+
+async def test_sampling_options_object_and_keywords_reach_the_gateway(demo_target: str) -> None:
+    sampling = SamplingOptions(max_tokens=2, stop=["zzz"])
+    async with AsyncAIClient(target=demo_target, plaintext=True) as client:
+        capped = await client.generate("one two three four", model="demo", sampling=sampling)
+        overridden = await client.generate("one two three four", model="demo", sampling=sampling, max_tokens=3)
+        streamed = [e async for e in client.stream_generate("one two three four", model="demo", sampling=sampling)]
+        async with client.interactive(model="demo", sampling=sampling) as session:
+            turn = await session.send("one two three four")
+            wider = await session.send("one two three four", max_tokens=3)
+    assert (capped.text, capped.finish_reason) == ("one two", FinishReason.LENGTH)
+    assert overridden.text == "one two three"
+    assert streamed[:2] == [TextDelta("one"), TextDelta(" two")]
+    assert (turn.text, wider.text) == ("one two", "one two three")
 
 
 async def test_messages_accept_dataclass_protobuf_and_tuple(demo_target: str) -> None:
@@ -193,43 +212,44 @@ async def test_client_deadline(openai_target: str) -> None:
 
 
 async def test_unreachable_gateway_is_unavailable() -> None:
-    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens on it
+    # A port bound but not listening: connecting is refused, and no other process can take the port meanwhile.
+    with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    async with AsyncAIClient(target=f"127.0.0.1:{port}", plaintext=True, timeout=5) as client:
-        with pytest.raises(UnavailableError) as caught:
-            await client.generate("hi", model="demo")
+        async with AsyncAIClient(target=f"127.0.0.1:{port}", plaintext=True, timeout=30) as client:
+            with pytest.raises(UnavailableError) as caught:
+                await client.generate("hi", model="demo")
     assert caught.value.reason == ""
 
 
-SLOW_PROMPT = " ".join(f"w{i}" for i in range(40))  # 40 deltas, 50 ms apart: 2 s if not cancelled
+SLOW_PROMPT = " ".join(f"w{i}" for i in range(40))  # "w0", then silence: only a cancel ends the stream
 
 
 async def test_leaving_stream_block_cancels_upstream(openai_target: str, fake_openai: FakeOpenAIUpstream) -> None:
     async with AsyncAIClient(target=openai_target, plaintext=True) as client:
-        async with client.stream_generate(SLOW_PROMPT, model="slow-tokens-50") as stream:
+        async with client.stream_generate(SLOW_PROMPT, model=ENDLESS) as stream:
             async for event in stream:
                 assert event == TextDelta("w0")
                 break
-        await fake_openai.wait_for_disconnect(timeout=1.0, model="slow-tokens-50")
+        await fake_openai.wait_for_disconnect(model=ENDLESS)
         assert [event async for event in stream] == []  # a closed stream stays closed
 
 
 async def test_break_without_block_cancels_upstream(openai_target: str, fake_openai: FakeOpenAIUpstream) -> None:
     async with AsyncAIClient(target=openai_target, plaintext=True) as client:
-        async for _ in client.stream_generate(SLOW_PROMPT, model="slow-tokens-50"):
+        async for _ in client.stream_generate(SLOW_PROMPT, model=ENDLESS):
             break  # the dropped stream cancels its call
-        await fake_openai.wait_for_disconnect(timeout=1.0, model="slow-tokens-50")
+        await fake_openai.wait_for_disconnect(model=ENDLESS)
 
 
 async def test_task_cancellation_cancels_upstream(openai_target: str, fake_openai: FakeOpenAIUpstream) -> None:
     async with AsyncAIClient(target=openai_target, plaintext=True) as client:
-        task = asyncio.create_task(collect(client, SLOW_PROMPT, "slow-tokens-50"))
+        task = asyncio.create_task(collect(client, SLOW_PROMPT, ENDLESS))
         await fake_openai.wait_for_requests(1)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await fake_openai.wait_for_disconnect(timeout=1.0, model="slow-tokens-50")
+        await fake_openai.wait_for_disconnect(model=ENDLESS)
 
 
 async def test_repr_hides_token(demo_target: str) -> None:
@@ -242,3 +262,34 @@ async def test_repr_hides_token(demo_target: str) -> None:
 async def test_plaintext_to_remote_target_is_refused() -> None:
     with pytest.raises(ValueError, match="loopback"):
         AsyncAIClient(target="gateway.example.com:443", plaintext=True)
+
+
+DEMO_MODEL = ModelInfo(
+    name="demo",
+    aliases=(),
+    provider="demo",
+    input_price_per_million=None,
+    output_price_per_million=None,
+    max_output_tokens=32000,
+    deployments=(ModelDeployment("demo/demo", "demo", "demo", 1.0),),
+    fallbacks=(),
+)
+
+
+async def test_list_models_returns_the_catalog_as_client_types(demo_target: str) -> None:
+    async with AsyncAIClient(target=demo_target, plaintext=True) as client:
+        assert await client.list_models() == [DEMO_MODEL]
+
+    def blocking() -> list[ModelInfo]:
+        with AIClient(target=demo_target, plaintext=True) as client:
+            return client.list_models(timeout=5)
+
+    assert await asyncio.to_thread(blocking) == [DEMO_MODEL]
+
+
+async def test_list_models_needs_the_token(secure_target: str, tls_files: CertFiles) -> None:
+    async with AsyncAIClient(target=secure_target, ca_file=tls_files.ca_cert) as client:
+        with pytest.raises(AuthenticationError):
+            await client.list_models()
+    async with AsyncAIClient(target=secure_target, ca_file=tls_files.ca_cert, token=CLIENT_TOKEN) as client:
+        assert "gpt-test" in [m.name for m in await client.list_models()]

@@ -22,7 +22,7 @@ from client import (
     Usage,
 )
 from tests.certs import CertFiles
-from tests.conftest import CLIENT_TOKEN
+from tests.conftest import CLIENT_TOKEN, ENDLESS
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
 
 HELLO_EVENTS = [
@@ -31,7 +31,7 @@ HELLO_EVENTS = [
     TextDelta(" world"),
     StreamEnd("demo", "demo", FinishReason.STOP, Usage(3, 3, 6)),
 ]
-SLOW_PROMPT = " ".join(f"w{i}" for i in range(40))  # 40 deltas, 50 ms apart: 2 s if not cancelled
+SLOW_PROMPT = " ".join(f"w{i}" for i in range(40))  # "w0", then silence: only a cancel ends the stream
 
 
 def generate(prompt: str, *, model: str, **options: object) -> GenerateResult:
@@ -134,15 +134,15 @@ async def test_early_exit_cancels_upstream(
     def run() -> None:
         with AIClient(target=openai_target, plaintext=True) as client:
             if with_block:
-                with client.stream_generate(SLOW_PROMPT, model="slow-tokens-50") as events:
+                with client.stream_generate(SLOW_PROMPT, model=ENDLESS) as events:
                     next(events)
                 assert list(events) == []  # a closed stream stays closed
             else:
-                for _ in client.stream_generate(SLOW_PROMPT, model="slow-tokens-50"):
+                for _ in client.stream_generate(SLOW_PROMPT, model=ENDLESS):
                     break  # the dropped stream cancels its call
 
     await asyncio.to_thread(run)
-    await fake_openai.wait_for_disconnect(timeout=1.0, model="slow-tokens-50")
+    await fake_openai.wait_for_disconnect(model=ENDLESS)
 
 
 async def test_repr_hides_token(secure_target: str, tls_files: CertFiles) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -17,8 +18,16 @@ from client.errors import GatewayError, InvalidArgumentError
 from client.retry import Retrier, RetryPolicy, channel_options
 from generated import ai_service_pb2 as pb
 from generated import ai_service_pb2_grpc as pb_grpc
+from server.errors import (
+    CircuitOpen,
+    GatewayOverloaded,
+    InvalidRequest,
+    ShuttingDown,
+    UpstreamRateLimited,
+    UpstreamUnavailable,
+    abort,
+)
 from server.errors import GatewayError as ServerError
-from server.errors import GatewayOverloaded, InvalidRequest, NotImplementedYet, ShuttingDown, abort
 
 FAST = RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.05)
 OK = "ok"
@@ -66,12 +75,12 @@ class Scripted(pb_grpc.AIServiceServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> pb.ListModelsResponse:
-        await abort(context, NotImplementedYet("not scripted"))
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not scripted")
 
     async def InteractiveStream(  # type: ignore[override]
         self, request_iterator: AsyncIterator[pb.InteractiveRequest], context: grpc.aio.ServicerContext[object, object]
     ) -> None:
-        await abort(context, NotImplementedYet("not scripted"))
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not scripted")
 
 
 Serve = Callable[[Scripted], Awaitable[str]]
@@ -135,23 +144,32 @@ async def test_generate_waits_out_retry_info_on_resource_exhausted(serve: Serve)
 
 
 @pytest.mark.parametrize(
-    ("error", "timeout"),
+    ("error", "timeout", "policy"),
     [
-        (GatewayOverloaded("busy", retry_after_s=7.0), 5.0),  # longer than max_retry_delay_s: reported
-        (GatewayOverloaded("busy", retry_after_s=1.0), 0.5),  # would pass the deadline: reported at once
+        # Longer than max_retry_delay_s (2 s): reported.
+        (GatewayOverloaded("busy", retry_after_s=7.0), 30.0, FAST),
+        # Within a raised cap, but it would pass the deadline: reported at once.
+        (GatewayOverloaded("busy", retry_after_s=20.0), 10.0, replace(FAST, max_retry_delay_s=60.0)),
     ],
     ids=["delay-over-the-cap", "delay-past-the-deadline"],
 )
 async def test_resource_exhausted_is_reported_when_its_delay_is_too_long(
-    serve: Serve, error: ServerError, timeout: float
+    serve: Serve, error: ServerError, timeout: float, policy: RetryPolicy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    delays: list[float | None] = []
+    decide = Retrier.delay
+
+    def recorded(self: Retrier, error: GatewayError, *, unavailable: bool) -> float | None:
+        delays.append(decide(self, error, unavailable=unavailable))
+        return delays[-1]
+
+    monkeypatch.setattr(Retrier, "delay", recorded)
     servicer = Scripted(error)
-    started = time.monotonic()
     with pytest.raises(RateLimitError) as raised:
-        await generate(await serve(servicer), timeout=timeout)
+        await generate(await serve(servicer), policy, timeout=timeout)
     assert raised.value.retry_after == error.retry_after_s
     assert len(servicer.times) == 1
-    assert time.monotonic() - started < 0.4
+    assert delays == [None]  # reported at once: the client decided against any wait
 
 
 async def test_not_retried_without_retry_info_or_for_other_codes(serve: Serve) -> None:
@@ -164,6 +182,75 @@ async def test_not_retried_without_retry_info_or_for_other_codes(serve: Serve) -
     with pytest.raises(InvalidArgumentError):
         await generate(target)
     assert len(limited.times) == 2
+
+
+# --- What the gateway already retried -----------------------------------------------------------------------
+
+RETRIED_BY_GATEWAY = [
+    pytest.param(lambda: UpstreamUnavailable("cannot connect", provider="p"), UnavailableError, id="upstream-down"),
+    pytest.param(lambda: CircuitOpen("every circuit is open"), UnavailableError, id="circuit-open"),
+    pytest.param(
+        lambda: UpstreamRateLimited("rate limited", provider="p", retry_after_s=0.05), RateLimitError, id="rate-limited"
+    ),
+]
+
+
+@pytest.mark.parametrize(("make_error", "kind"), RETRIED_BY_GATEWAY)
+async def test_generate_does_not_retry_what_the_gateway_already_retried(
+    serve: Serve, make_error: Callable[[], ServerError], kind: type[GatewayError]
+) -> None:
+    servicer = Scripted(make_error(), make_error())
+    with pytest.raises(kind) as raised:
+        await generate(await serve(servicer))
+    assert raised.value.metadata["client_retry"] == "no"
+    assert len(servicer.times) == 1  # neither the channel's retryPolicy nor the client's loop tried again
+
+
+@pytest.mark.parametrize(("make_error", "kind"), RETRIED_BY_GATEWAY)
+async def test_a_stream_does_not_retry_what_the_gateway_already_retried(
+    serve: Serve, make_error: Callable[[], ServerError], kind: type[GatewayError]
+) -> None:
+    servicer = Scripted(make_error(), make_error())
+    with pytest.raises(kind):
+        await stream(await serve(servicer))
+    assert len(servicer.times) == 1
+
+
+async def test_the_blocking_client_does_not_retry_what_the_gateway_already_retried(serve: Serve) -> None:
+    servicer = Scripted(*(UpstreamUnavailable("down", provider="p") for _ in range(4)))
+    target = await serve(servicer)
+
+    def run() -> list[GatewayError]:
+        errors: list[GatewayError] = []
+        with AIClient(target=target, plaintext=True, retry=FAST) as client:
+            for call in (
+                lambda: client.generate("hi", model="m"),
+                lambda: list(client.stream_generate("hi", model="m")),
+            ):
+                try:
+                    call()
+                except GatewayError as error:
+                    errors.append(error)
+        return errors
+
+    errors = await asyncio.to_thread(run)
+    assert [(type(e), e.metadata["client_retry"]) for e in errors] == [(UnavailableError, "no")] * 2
+    assert len(servicer.times) == 2
+
+
+async def test_the_channel_alone_honours_the_gateways_pushback(serve: Serve) -> None:
+    """A plain stub with a retryPolicy (as any language's client may configure) stops at the trailer."""
+    servicer = Scripted(UpstreamUnavailable("down", provider="p"), unavailable(), unavailable())
+    target = await serve(servicer)
+    options = channel_options((), FAST)
+    async with grpc.aio.insecure_channel(target, options=options) as channel:
+        stub = pb_grpc.AIServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.Generate(pb.GenerateRequest(model="m"), timeout=5)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert len(servicer.times) == 1
+        assert await stub.Generate(pb.GenerateRequest(model="m"), timeout=5)  # SHUTTING_DOWN twice: retried
+    assert len(servicer.times) == 4
 
 
 # --- StreamGenerate -----------------------------------------------------------------------------------------

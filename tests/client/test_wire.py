@@ -5,11 +5,9 @@ from __future__ import annotations
 import pytest
 
 from client.errors import StreamProtocolError
-from client.types import FinishReason, Message, StreamEnd, TextDelta, Usage
+from client.types import FinishReason, Message, SamplingOptions, StreamEnd, TextDelta, Usage
 from client.wire import StreamAssembler, build_request, generate_result
 from generated import ai_service_pb2 as pb
-
-NO_OPTIONS: dict[str, object] = {"temperature": None, "max_tokens": None, "top_p": None, "stop": ()}
 
 
 def test_conversation_order_system_messages_prompt() -> None:
@@ -19,7 +17,7 @@ def test_conversation_order_system_messages_prompt() -> None:
         prompt="last",
         messages=[("user", "a"), Message("assistant", "b", name="bot"), pb.Message(role="user", content="c")],
         system="rules",
-        **NO_OPTIONS,  # type: ignore[arg-type]
+        sampling=SamplingOptions(),
     )
     assert [(m.role, m.content, m.name) for m in request.messages] == [
         ("system", "rules", ""),
@@ -31,13 +29,15 @@ def test_conversation_order_system_messages_prompt() -> None:
 
 
 def test_unset_options_stay_unset_and_zero_is_sent() -> None:
-    unset = build_request(pb.GenerateRequest, model="m", prompt="p", messages=None, system=None, **NO_OPTIONS)  # type: ignore[arg-type]
+    unset = build_request(
+        pb.GenerateRequest, model="m", prompt="p", messages=None, system=None, sampling=SamplingOptions()
+    )
     assert not unset.config.HasField("temperature")
     assert not unset.config.HasField("max_tokens")
     assert not unset.config.HasField("top_p")
     zero = build_request(
         pb.GenerateRequest, model="m", prompt="p", messages=None, system=None,
-        temperature=0.0, max_tokens=0, top_p=0.0, stop=["a", "b"],
+        sampling=SamplingOptions(temperature=0.0, max_tokens=0, top_p=0.0, stop=["a", "b"]),
     )  # fmt: skip
     assert zero.config.HasField("temperature")
     assert zero.config.HasField("max_tokens")
@@ -93,3 +93,10 @@ def test_assembler_rejects_data_after_end() -> None:
     assembler.event(pb.StreamChunk(is_complete=True))
     with pytest.raises(StreamProtocolError, match="after the final chunk"):
         assembler.event(pb.StreamChunk(delta="late"))
+
+
+def test_sampling_keywords_override_the_options_object() -> None:
+    base = SamplingOptions(temperature=0.5, max_tokens=10, stop=["x"])
+    assert SamplingOptions.of(base, {"temperature": 0.0, "stop": ()}) == SamplingOptions(0.0, 10, None, ())
+    assert SamplingOptions.of(None, {"top_p": 0.9}) == SamplingOptions(top_p=0.9)
+    assert SamplingOptions.of(base, {}) == base

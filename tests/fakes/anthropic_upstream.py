@@ -129,8 +129,8 @@ def _behaviour(model: str) -> Behaviour | None:
     return parse_behaviour(model, {*_HTTP_FAULTS, "fault-502"})
 
 
-def _error_body(type_: str, message: str) -> bytes:
-    error = {"type": "error", "error": {"type": type_, "message": message}, "request_id": _id("req_")}
+def _error_body(type_: str, message: str, request_id: str | None = None) -> bytes:
+    error = {"type": "error", "error": {"type": type_, "message": message}, "request_id": request_id or _id("req_")}
     return json.dumps(error, separators=(",", ":")).encode()
 
 
@@ -145,9 +145,12 @@ def _event(name: bytes, data: bytes) -> bytes:
 class FakeAnthropicUpstream(FakeHTTPServer):
     """Fake Anthropic Messages API upstream.  See the module docstring."""
 
+    _error_id: str | None = None  # the request_id of the error body being sent, for its header
+
     def vendor_headers(self, content_type: str) -> list[bytes]:
+        error_id, self._error_id = self._error_id, None
         lines = [
-            b"request-id: " + _id("req_").encode(),
+            b"request-id: " + self.answer_id(lambda: error_id or _id("req_")).encode(),
             b"anthropic-organization-id: 00000000-0000-0000-0000-000000000000",
             b"server: cloudflare",
             b"x-robots-tag: none",
@@ -169,7 +172,10 @@ class FakeAnthropicUpstream(FakeHTTPServer):
         keep_alive: bool,
         extra: tuple[tuple[str, str], ...] = (),
     ) -> bool:
-        body = _error_body(type_, message)
+        # The body's request_id is the request-id header's, as Anthropic sends them; send_body writes
+        # the head (and so takes the id) before it awaits anything.
+        self._error_id = _id("req_")
+        body = _error_body(type_, message, self._error_id)
         return await self.send_body(out, status, body, keep_alive=keep_alive, extra=extra)
 
     async def respond(self, conn: Conn, req: Request) -> bool:

@@ -285,7 +285,8 @@ class FakeGeminiUpstream(FakeHTTPServer):
         reply = plan_reply(beh, prompts, last_user, (body.get("generationConfig") or {}).get("maxOutputTokens"))
         if beh.split:
             out = Out(conn, True)
-        wire = _GeminiWire(beh, reply, model)
+        # Gemini sends no request id header; each answer's body names it with `responseId`.
+        wire = _GeminiWire(beh, reply, model, self.answer_id(lambda: secrets.token_urlsafe(18)))
         return await (self.stream_reply(out, wire, keep) if stream else self.complete_reply(out, wire, keep))
 
 
@@ -320,9 +321,9 @@ class _GeminiWire(Wire):
 
     json_type = _JSON
 
-    def __init__(self, beh: Behaviour, reply: Reply, model: str) -> None:
+    def __init__(self, beh: Behaviour, reply: Reply, model: str, response_id: str) -> None:
         super().__init__(beh, reply, model)
-        self.trailer = {"modelVersion": model, "responseId": secrets.token_urlsafe(18)}
+        self.trailer = {"modelVersion": model, "responseId": response_id}
         self.finish = "MAX_TOKENS" if reply.truncated else "STOP"
         # Every piece's event: the text, the running usage (prompt only), the trailer.
         running = {"usageMetadata": self._usage(None)} if beh.usage else {}

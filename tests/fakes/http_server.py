@@ -7,7 +7,8 @@ have in common:
 
 * :class:`FakeHTTPServer`: lifecycle (``async with``), request parsing (``Content-Length`` or chunked
   bodies, ``Expect: 100-continue``, keep-alive), recording (:class:`RecordedRequest`,
-  :class:`Disconnect`), and the waits tests use; a subclass answers each request in ``respond``;
+  :class:`Disconnect`), the waits tests use, and a gate (``hold``/``release``) that keeps every reply
+  before its first piece until the test lets it go; a subclass answers each request in ``respond``;
 * :class:`Out`: a buffered response writer that notices disconnects, writes one HTTP chunk per event,
   can write every byte on its own (``split-bytes``), reset (RST) or cut (FIN) the connection;
 * :func:`parse_behaviour` and :func:`plan_reply`: the model-name grammar every fake speaks, so that one
@@ -63,6 +64,7 @@ from typing import Any, Literal, Self
 
 __all__ = [
     "MAX_TOKENS_N",
+    "WAIT_TIMEOUT_S",
     "Aborted",
     "Behaviour",
     "ClientGone",
@@ -87,6 +89,10 @@ MAX_HEAD = 64 * 1024
 MAX_BODY = 32 * 1024 * 1024
 MAX_TOKENS_N = 1_000_000
 FLUSH_AT = 64 * 1024
+# How long the waits for what a test caused (a request, a disconnect) may take before they fail. It only keeps
+# a broken gateway from hanging the suite, so it is generous for a loaded machine; it stays below the gateway's
+# default stream idle timeout (60 s), so a disconnect seen within it was not that timer's doing.
+WAIT_TIMEOUT_S = 30.0
 
 
 # --------------------------------------------------------------------------- the behaviour grammar
@@ -470,6 +476,24 @@ class Out:
         if done:
             raise ClientGone
 
+    async def until_open(self, gate: asyncio.Event) -> None:
+        """Wait until ``gate`` is set (after flushing what is written) - raising ClientGone as soon as the peer
+        leaves. An open gate changes nothing, not even how the bytes are split into writes."""
+        if gate.is_set():
+            return
+        await self.flush()
+
+        async def opened_() -> None:
+            await gate.wait()
+
+        opened = asyncio.ensure_future(opened_())
+        try:
+            await asyncio.wait({opened, self.conn.gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            opened.cancel()
+        if not gate.is_set():
+            raise ClientGone
+
     async def wait_gone(self) -> None:
         await self.flush()
         await self.conn.gone
@@ -483,7 +507,7 @@ class Out:
         """Deliver what was written, then RST the connection."""
         await self.flush()
         transport = self.conn.writer.transport
-        deadline = time.monotonic() + 2.0
+        deadline = time.monotonic() + WAIT_TIMEOUT_S  # a busy peer may read slowly; a gone one ends it early
         while transport.get_write_buffer_size() > 0 and time.monotonic() < deadline:
             if self.conn.gone.done():
                 raise ClientGone
@@ -566,8 +590,12 @@ class FakeHTTPServer:
         self._open = 0
         self._accepted = 0
         self._changed: asyncio.Event | None = None
+        self._gate: asyncio.Event | None = None
         self.requests: list[RecordedRequest] = []
         self.disconnects: list[Disconnect] = []
+        # The provider's own id of each answer, in order: OpenAI's x-request-id and Anthropic's request-id
+        # headers, Gemini's responseId in the body of an answer to a valid request.
+        self.response_ids: list[str] = []
 
     # ----- lifecycle
 
@@ -575,6 +603,8 @@ class FakeHTTPServer:
         if self._server is not None:
             raise RuntimeError("already started")
         self._changed = asyncio.Event()
+        self._gate = asyncio.Event()
+        self._gate.set()
         self._server = await asyncio.start_server(
             self._handle, self._host, self._port, limit=MAX_HEAD * 2, backlog=1024
         )
@@ -623,10 +653,31 @@ class FakeHTTPServer:
     def connections_accepted(self) -> int:
         return self._accepted
 
+    def answer_id(self, make: Callable[[], str]) -> str:
+        """A new id for the answer being written (made by `make`), recorded in `response_ids`."""
+        answer_id = make()
+        self.response_ids.append(answer_id)
+        return answer_id
+
+    def hold(self) -> None:
+        """Hold every reply, from now on, before its first piece (after the headers and any opening events)
+        until :meth:`release`: a test decides when an upstream answers, instead of a delay guessing it."""
+        self._started_gate().clear()
+
+    def release(self) -> None:
+        """Let every held reply, and every later one, go on."""
+        self._started_gate().set()
+
+    def _started_gate(self) -> asyncio.Event:
+        if self._gate is None:
+            raise RuntimeError("server not started")
+        return self._gate
+
     def clear(self) -> None:
-        """Forget recorded requests and disconnects."""
+        """Forget recorded requests, disconnects and answer ids."""
         self.requests.clear()
         self.disconnects.clear()
+        self.response_ids.clear()
 
     def _notify(self) -> None:
         if self._changed is not None:
@@ -644,7 +695,7 @@ class FakeHTTPServer:
         await asyncio.wait_for(loop(), timeout)
 
     async def wait_for_disconnect(
-        self, timeout: float = 1.0, *, model: str | None = None, count: int = 1
+        self, timeout: float = WAIT_TIMEOUT_S, *, model: str | None = None, count: int = 1
     ) -> Disconnect:
         """Wait until ``count`` disconnects (optionally for ``model``) were seen; return the last.
 
@@ -657,7 +708,15 @@ class FakeHTTPServer:
         await self._wait_until(lambda: len(matching()) >= count, timeout)
         return matching()[count - 1]
 
-    async def wait_for_requests(self, count: int = 1, timeout: float = 1.0) -> RecordedRequest:
+    async def wait_until_idle(self, timeout: float = WAIT_TIMEOUT_S) -> None:
+        """Wait until no connection is open."""
+        await self._wait_until(lambda: self._open == 0, timeout)
+
+    async def wait_for_connections(self, count: int, timeout: float = WAIT_TIMEOUT_S) -> None:
+        """Wait until ``count`` connections were accepted in all."""
+        await self._wait_until(lambda: self._accepted >= count, timeout)
+
+    async def wait_for_requests(self, count: int = 1, timeout: float = WAIT_TIMEOUT_S) -> RecordedRequest:
         """Wait until ``count`` requests were recorded; return the ``count``-th one."""
         await self._wait_until(lambda: len(self.requests) >= count, timeout)
         return self.requests[count - 1]
@@ -671,6 +730,7 @@ class FakeHTTPServer:
         cid = next(self._ids)
         self._open += 1
         self._accepted += 1
+        self._notify()
         conn = Conn(cid, reader, writer)
         close_cleanly = True
         try:
@@ -856,6 +916,7 @@ class FakeHTTPServer:
                 out.event(event)
             await out.end_chunked()
             return keep
+        await out.until_open(self._started_gate())
         if beh.first_delay:
             await out.sleep(beh.first_delay)
         piece = wire.piece
@@ -885,6 +946,7 @@ class FakeHTTPServer:
         if beh.kind == "stall":
             out.raw(self.head(200, wire.json_type, length=None, keep_alive=keep))
             await out.wait_gone()
+        await out.until_open(self._started_gate())
         delay = beh.first_delay + beh.gap * max(0, wire.reply.completion_tokens - 1)
         if delay:
             await out.sleep(delay)

@@ -267,7 +267,7 @@ class FakeOpenAIUpstream(FakeHTTPServer):
             b"openai-organization: org-fake",
             b"openai-processing-ms: 1",
             b"openai-version: 2020-10-01",
-            b"x-request-id: req_" + secrets.token_hex(16).encode(),
+            b"x-request-id: " + self.answer_id(lambda: "req_" + secrets.token_hex(16)).encode(),
         ]
         if content_type.startswith("text/event-stream"):
             lines.append(b"cache-control: no-cache")

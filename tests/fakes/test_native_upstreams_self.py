@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import httpx
@@ -77,6 +78,19 @@ async def test_anthropic_refuses_what_the_api_refuses(
     assert error["type"] == "error"
     assert message in error["error"]["message"]
     assert error["request_id"].startswith("req_")
+    assert error["request_id"] == r.headers["request-id"] == up.response_ids[-1], "one id, as Anthropic sends it"
+
+
+async def test_anthropic_names_every_answer_in_its_request_id_header() -> None:
+    async with (
+        FakeAnthropicUpstream() as up,
+        httpx.AsyncClient(base_url=up.base_url, headers=ANTHROPIC_HEADERS) as c,
+    ):
+        streamed = await c.post(MESSAGES_PATH, json={**_messages("echo"), "stream": True})
+        whole = await c.post(MESSAGES_PATH, json=_messages("echo"))
+    ids = [streamed.headers["request-id"], whole.headers["request-id"]]
+    assert ids == up.response_ids
+    assert all(re.fullmatch(r"req_011C[0-9a-f]{22}", answer_id) for answer_id in ids)
 
 
 async def test_anthropic_overloaded_is_529() -> None:
@@ -107,6 +121,9 @@ async def test_gemini_stream_uses_crlf_and_has_no_end_event() -> None:
     assert [c["candidates"][0].get("finishReason") for c in chunks] == [None, None, None, "STOP"]
     assert chunks[-1]["usageMetadata"]["candidatesTokenCount"] == 3
     assert b'"candidates": [{"content": {"parts": [{"text": "hello"}],"role": "model"}' in events[0]
+    assert {c["responseId"] for c in chunks} == set(up.response_ids), "one answer, one responseId"
+    assert "request-id" not in r.headers
+    assert "x-request-id" not in r.headers
 
 
 @pytest.mark.parametrize(

@@ -73,9 +73,11 @@ async def test_every_interactive_turn_logs_its_model_usage_and_cost_and_the_sess
         assert (await bidi.finish()).code == grpc.StatusCode.OK
     first, second, session = access_lines(caplog)
     prefix = f"InteractiveStream.turn client=test-client session={started.session_id}"
-    assert first.startswith(f"{prefix} request_id=r1 model=gpt-test served=fake-openai:fake-openai/gpt-test code=OK ")
+    assert first.startswith(
+        f"{prefix} turn_request_id=r1 model=gpt-test served=fake-openai:fake-openai/gpt-test code=OK "
+    )
     assert " deltas=3 tokens=" in first
-    assert second.startswith(f"{prefix} request_id=r2 model=fault-401 ")
+    assert second.startswith(f"{prefix} turn_request_id=r2 model=fault-401 ")
     assert " code=INTERNAL reason=UPSTREAM_AUTH_FAILED " in second
     assert session.startswith(f"InteractiveStream client=test-client session={started.session_id} model=- ")
     assert session.endswith(" turns=2")

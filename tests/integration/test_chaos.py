@@ -8,8 +8,8 @@ non-OK status. tests/integration/test_openai_bridge.py pins the same faults with
 
 from __future__ import annotations
 
-import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -24,9 +24,10 @@ from server.resilience.breaker import BreakerPolicy
 from server.resilience.resume import CONTINUE_INSTRUCTION
 from server.resilience.retry import RetryPolicy
 from server.routing.catalog import Deployment
-from tests.conftest import FAKE_MODELS, UPSTREAM_KEY, GatewayFactory
+from tests.conftest import ENDLESS, FAKE_MODELS, UPSTREAM_KEY, GatewayFactory
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
 from tests.rpc import StreamOutcome, collect_stream, detail, error_info, request, rich_status, stub_for, unary_request
+from tests.server.scripted import FakeTime
 
 pytestmark = pytest.mark.asyncio
 
@@ -35,33 +36,47 @@ PROMPT = "hello brave world"
 REPLY = ("hello", " brave", " world")
 TWO = REPLY[:2]
 
-# Stream timers: a first token may take up to 0.4 s, but once streaming, 0.1 s of silence ends the stream.
-FIRST_TOKEN_S = 0.4
-IDLE_S = 0.1
-READ_TIMEOUT_S = 0.6
+# The gateway's stream timers run on the wall clock, so a short one can fire on a loaded machine while the
+# fake is still answering. Each provider (all three are the same fake) has short timers only where no answer
+# is coming: "stalling" serves the stall (the first-token and read timers end each attempt) and "idling"
+# the streams that go silent (the idle timer ends them); "fake", everything else, waits far longer than any
+# answer takes.
+FIRST_TOKEN_S = 0.4  # "stalling"
+READ_TIMEOUT_S = 0.6  # "stalling"
+IDLE_S = 0.3  # "idling"
+PATIENT_S = 60.0  # every timer of "fake", and the first-token and read timers of "idling"
+SLOW_FIRST_TOKEN = "slow-first-token-600"  # on "idling": a first token after twice the idle timeout
 RETRY = RetryPolicy(max_attempts=3, backoff_base_s=0.01, backoff_cap_s=0.05, retry_after_cap_s=0.5)
 
-FAULTS = (*FAKE_MODELS, "slow-first-token-150", "slow-tokens-300")
+FAULTS = (*FAKE_MODELS, SLOW_FIRST_TOKEN)
+PROVIDER_OF = {"fault-stall": "stalling", SLOW_FIRST_TOKEN: "idling", ENDLESS: "idling"}
 
 
 def fake(model: str, upstream: str | None = None, **fields: object) -> ModelConfig:
-    return ModelConfig(name=model, provider="fake", upstream_model=upstream or model, **fields)  # type: ignore[arg-type]
+    provider = PROVIDER_OF.get(model, "fake")
+    return ModelConfig(name=model, provider=provider, upstream_model=upstream or model, **fields)  # type: ignore[arg-type]
+
+
+def fake_provider(name: str, base_url: str, *, first_token_s: float, read_s: float, idle_s: float) -> ProviderConfig:
+    return ProviderConfig(
+        name=name,
+        kind="openai",
+        base_url=base_url,
+        api_key_env="FAKE_KEY",
+        api_key=UPSTREAM_KEY,
+        read_timeout_s=read_s,
+        first_token_timeout_s=first_token_s,
+        stream_idle_timeout_s=idle_s,
+    )
 
 
 def chaos_config(base_url: str, **overrides: object) -> GatewayConfig:
-    """The fake upstream as provider "fake" (with short stream timers), a refusing provider, and models for
-    every fault plus the fallback and resume rows."""
+    """The fake upstream as providers "fake", "stalling" and "idling" (see their timers above), a refusing
+    provider, and models for every fault plus the fallback and resume rows."""
     providers = (
-        ProviderConfig(
-            name="fake",
-            kind="openai",
-            base_url=base_url,
-            api_key_env="FAKE_KEY",
-            api_key=UPSTREAM_KEY,
-            read_timeout_s=READ_TIMEOUT_S,
-            first_token_timeout_s=FIRST_TOKEN_S,
-            stream_idle_timeout_s=IDLE_S,
-        ),
+        fake_provider("fake", base_url, first_token_s=PATIENT_S, read_s=PATIENT_S, idle_s=PATIENT_S),
+        fake_provider("stalling", base_url, first_token_s=FIRST_TOKEN_S, read_s=READ_TIMEOUT_S, idle_s=PATIENT_S),
+        fake_provider("idling", base_url, first_token_s=PATIENT_S, read_s=PATIENT_S, idle_s=IDLE_S),
         ProviderConfig(name="refusing", kind="openai", base_url="http://127.0.0.1:9/v1"),
     )
     models = (
@@ -92,6 +107,20 @@ async def chaos_gateway(make_gateway: GatewayFactory, fake_openai: FakeOpenAIUps
     return await make_gateway(chaos_config(fake_openai.base_url))
 
 
+def record_sleeps(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Every wait the gateway's call plans ask for (backoff, Retry-After), in order; the waits still happen."""
+    sleeps: list[float] = []
+    resilience = gateway.router.resilience
+    sleep: Callable[[float], Awaitable[None]] = resilience.sleep
+
+    async def recorded(seconds: float) -> None:
+        sleeps.append(seconds)
+        await sleep(seconds)
+
+    monkeypatch.setattr(resilience, "sleep", recorded)
+    return sleeps
+
+
 @dataclass(frozen=True)
 class Row:
     """What a client sees of one fault, with retries on. `unary_*` say where Generate differs."""
@@ -110,6 +139,9 @@ class Row:
     served: str | None = None  # OK rows: the model that served (default: the row's model)
     metadata: tuple[tuple[str, str], ...] = ()
     unary_metadata: tuple[tuple[str, str], ...] = ()
+    # Each attempt is ended by a timer mid-response, so it leaves its connection behind. A timer can also end
+    # an attempt before its request has all reached the fake, so the fake counts its connections instead.
+    counted_by_connection: bool = False
 
 
 def limited(model: str, attempts: int, **fields: Any) -> Row:
@@ -153,15 +185,16 @@ ROWS = [
         "UPSTREAM_STREAM_IDLE",
         unary_code=Code.DEADLINE_EXCEEDED,
         unary_reason="UPSTREAM_TIMEOUT",
-        metadata=(("phase", "waiting for the first token"), ("timeout_s", "0.4")),
+        metadata=(("phase", "waiting for the first token"), ("timeout_s", f"{FIRST_TOKEN_S:g}")),
         unary_metadata=(("phase", "waiting for data"),),
+        counted_by_connection=True,
     ),
     # After the first token a stream is never retried: it ends with the error and the partial usage.
     cut_after_two("fault-reset-mid", "UPSTREAM_STREAM_INTERRUPTED"),
     cut_after_two("fault-cut-mid", "UPSTREAM_STREAM_INTERRUPTED"),
     cut_after_two("fault-inband-error-after", "UPSTREAM_UNAVAILABLE"),
-    # A slow first token is not an idle stream: it is waited for (0.15 s > the 0.1 s idle timeout).
-    Row("slow-first-token-150", deltas=REPLY),
+    # A slow first token is not an idle stream: it is waited for (0.6 s > the 0.3 s idle timeout).
+    Row(SLOW_FIRST_TOKEN, deltas=REPLY),
     # Fallbacks: the final chunk names the model that finally served.
     Row("falls-back", attempts=4, deltas=REPLY, served="echo-a"),
     Row("by-class-429", attempts=4, deltas=REPLY, served="echo-a"),
@@ -193,7 +226,7 @@ def assert_error(
     info = error_info(error)
     assert (info.reason, info.domain) == (reason, ERROR_DOMAIN)
     assert info.metadata["attempts"] == str(attempts)
-    assert (info.metadata["provider"], info.metadata["model"]) == ("fake", row.model)
+    assert (info.metadata["provider"], info.metadata["model"]) == (PROVIDER_OF.get(row.model, "fake"), row.model)
     assert info.metadata.get("retry_stopped_by") == stopped_by
     for key, value in metadata:
         assert info.metadata[key] == value
@@ -206,19 +239,32 @@ def assert_error(
     assert UPSTREAM_KEY not in f"{error.details()} {rich_status(error)}"
 
 
+async def assert_upstream_attempts(upstream: FakeOpenAIUpstream, row: Row, attempts: int) -> None:
+    """The fake saw `attempts` attempts: requests, or connections (`Row.counted_by_connection`), once it has
+    caught up with them (the gateway and the fake share an event loop: the client may hear first)."""
+    if row.counted_by_connection:
+        await upstream.wait_for_connections(attempts)
+        assert upstream.connections_accepted == attempts
+    else:
+        await upstream.wait_for_requests(attempts)
+        assert len(upstream.requests) == attempts
+
+
 @pytest.mark.parametrize("row", ROWS, ids=lambda r: r.model)
-async def test_stream(chaos_gateway: Gateway, fake_openai: FakeOpenAIUpstream, row: Row) -> None:
-    started = time.monotonic()
+async def test_stream(
+    chaos_gateway: Gateway, fake_openai: FakeOpenAIUpstream, row: Row, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sleeps = record_sleeps(chaos_gateway, monkeypatch)
     async with stub_for(chaos_gateway) as stub:
         outcome = await collect_stream(stub, request(row.model, PROMPT))
 
     assert_ends_once(outcome)
     assert tuple(outcome.deltas) == row.deltas
-    assert len(fake_openai.requests) == row.attempts
+    await assert_upstream_attempts(fake_openai, row, row.attempts)
     if row.code == Code.OK:
         assert outcome.error is None, outcome.error
         final = outcome.finals[0]
-        assert (final.model, final.provider) == (row.served or row.model, "fake")
+        assert (final.model, final.provider) == (row.served or row.model, PROVIDER_OF.get(row.model, "fake"))
         assert final.usage.completion_tokens == len(REPLY)
     else:
         assert outcome.error is not None
@@ -226,7 +272,7 @@ async def test_stream(chaos_gateway: Gateway, fake_openai: FakeOpenAIUpstream, r
         if row.deltas:
             metadata = error_info(outcome.error).metadata
             assert metadata["partial_completion_tokens"] == metadata["deltas_sent"] == str(len(row.deltas))
-    assert time.monotonic() - started < 3.0  # capped Retry-After: no 7 s sleep
+    assert all(s <= RETRY.retry_after_cap_s for s in sleeps), sleeps  # capped Retry-After: no 7 s sleep
 
 
 @pytest.mark.parametrize("row", ROWS, ids=lambda r: r.model)
@@ -241,11 +287,11 @@ async def test_generate(chaos_gateway: Gateway, fake_openai: FakeOpenAIUpstream,
         else:
             error = None
 
-    assert len(fake_openai.requests) == attempts
+    await assert_upstream_attempts(fake_openai, row, attempts)
     if code == Code.OK:
         assert error is None, error
         assert response.content == PROMPT
-        assert (response.model, response.provider) == (row.served or row.model, "fake")
+        assert (response.model, response.provider) == (row.served or row.model, PROVIDER_OF.get(row.model, "fake"))
     else:
         assert error is not None
         assert_error(error, row, code, reason, attempts, row.unary_stopped_by or row.stopped_by, row.unary_metadata)
@@ -272,7 +318,8 @@ async def test_a_stream_that_stalls_after_its_first_token_ends_at_the_idle_timeo
 ) -> None:
     started = time.monotonic()
     async with stub_for(chaos_gateway) as stub:
-        outcome = await collect_stream(stub, request("slow-tokens-300", PROMPT), timeout=10)
+        # ENDLESS sends its second word after an hour: only the idle timer can end this stream.
+        outcome = await collect_stream(stub, request(ENDLESS, PROMPT), timeout=60)
     elapsed = time.monotonic() - started
 
     assert_ends_once(outcome)
@@ -283,11 +330,11 @@ async def test_a_stream_that_stalls_after_its_first_token_ends_at_the_idle_timeo
     assert (info.reason, info.metadata["phase"], info.metadata["timeout_s"]) == (
         "UPSTREAM_STREAM_IDLE",
         "between tokens",
-        "0.1",
+        f"{IDLE_S:g}",
     )
     assert info.metadata["partial_completion_tokens"] == "1"
-    assert IDLE_S <= elapsed < 0.3 + 0.2
-    await fake_openai.wait_for_disconnect(timeout=1.0)
+    assert elapsed >= IDLE_S  # the timer never ends a stream early
+    assert (await fake_openai.wait_for_disconnect()).model == ENDLESS
     assert len(fake_openai.requests) == 1
 
 
@@ -317,17 +364,22 @@ async def test_resume_continue_finishes_a_cut_stream_on_the_fallback_as_one_stre
 
 async def breaker_gateway(
     make_gateway: GatewayFactory, fake_openai: FakeOpenAIUpstream, failures: int, cooldown_s: float
-) -> Gateway:
-    """One attempt per model, and breakers that open after `failures` in a row."""
+) -> tuple[Gateway, FakeTime]:
+    """One attempt per model, and breakers that open after `failures` failing calls in a row, on a fake clock
+    (set before the first call, so that the breakers, made on first use, take it too)."""
     breaker = BreakerPolicy(consecutive_failures=failures, cooldown_s=cooldown_s)
     config = chaos_config(fake_openai.base_url, retry=replace(RETRY, max_attempts=1), circuit_breaker=breaker)
-    return await make_gateway(config)
+    gateway = await make_gateway(config)
+    time = FakeTime()
+    gateway.router.resilience.clock = time.clock
+    gateway.router.resilience.sleep = time.sleep
+    return gateway, time
 
 
 async def test_the_breaker_opens_fails_fast_to_the_fallback_and_probes_after_the_cooldown(
     make_gateway: GatewayFactory, fake_openai: FakeOpenAIUpstream
 ) -> None:
-    gateway = await breaker_gateway(make_gateway, fake_openai, failures=2, cooldown_s=0.3)
+    gateway, time = await breaker_gateway(make_gateway, fake_openai, failures=2, cooldown_s=30.0)
 
     def primary_attempts() -> int:
         return sum(1 for r in fake_openai.requests if r.model == "fault-503")
@@ -337,7 +389,11 @@ async def test_the_breaker_opens_fails_fast_to_the_fallback_and_probes_after_the
         assert served == ["echo-a"] * 3
         assert primary_attempts() == 2  # open after two failures: the third call went straight to the fallback
 
-        await asyncio.sleep(0.3)
+        time.now += 29.9
+        await stub.Generate(unary_request("falls-back"), timeout=5)
+        assert primary_attempts() == 2  # still open just before the cooldown ends
+
+        time.now += 0.1
         outcome = await collect_stream(stub, request("falls-back"))  # the probe fails: open again
         assert outcome.finals[0].model == "echo-a"
         assert primary_attempts() == 3
@@ -348,7 +404,7 @@ async def test_the_breaker_opens_fails_fast_to_the_fallback_and_probes_after_the
 async def test_with_every_circuit_open_the_call_fails_fast_with_circuit_open(
     make_gateway: GatewayFactory, fake_openai: FakeOpenAIUpstream
 ) -> None:
-    gateway = await breaker_gateway(make_gateway, fake_openai, failures=1, cooldown_s=60)
+    gateway, _ = await breaker_gateway(make_gateway, fake_openai, failures=1, cooldown_s=60)
     async with stub_for(gateway) as stub:
         await collect_stream(stub, request("fault-503"))
         outcome = await collect_stream(stub, request("fault-503"))
@@ -381,22 +437,23 @@ async def test_an_exhausted_retry_budget_stops_retrying(
 
 
 async def test_retry_after_is_honoured_within_the_cap_and_never_past_the_deadline(
-    make_gateway: GatewayFactory, fake_openai: FakeOpenAIUpstream
+    make_gateway: GatewayFactory, fake_openai: FakeOpenAIUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = chaos_config(fake_openai.base_url, retry=replace(RETRY, max_attempts=2, retry_after_cap_s=2.0))
+    config = chaos_config(fake_openai.base_url, retry=replace(RETRY, max_attempts=2, retry_after_cap_s=10.0))
     gateway = await make_gateway(config)
+    sleeps = record_sleeps(gateway, monkeypatch)
     async with stub_for(gateway) as stub:
-        started = time.monotonic()
-        short = await collect_stream(stub, request("fault-429-ms"), timeout=1.0)  # 1.5 s would pass the deadline
-        gave_up_after = time.monotonic() - started
+        short = await collect_stream(stub, request("fault-429"), timeout=5.0)  # 7 s would pass the deadline
         assert len(fake_openai.requests) == 1
-        honoured = await collect_stream(stub, request("fault-429-ms"), timeout=5.0)
+        assert sleeps == []  # failed at once with the last error instead of sleeping
+        honoured = await collect_stream(stub, request("fault-429-ms"), timeout=60.0)
 
     assert short.error is not None
     assert short.error.code() == Code.RESOURCE_EXHAUSTED
-    assert gave_up_after < 0.5  # failed at once with the last error instead of sleeping
     assert error_info(short.error).metadata["retry_stopped_by"] == "deadline"
     assert honoured.error is not None
+    [slept] = sleeps  # one wait, for the rest of retry-after-ms: 1500 after the 429 was read...
     first, second = fake_openai.requests[1:]
-    assert second.time - first.time >= 1.5  # retry-after-ms: 1500, waited in full
+    assert 0 < slept <= 1.5
+    assert second.time - first.time >= 1.5  # ...so the retry came 1.5 s after the first request or later
     assert error_info(honoured.error).metadata["attempts"] == "2"

@@ -50,7 +50,7 @@ async def grpcurl(*args: str) -> Run:
     process = await asyncio.create_subprocess_exec(
         str(GRPCURL), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=20)
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)  # only against a hang
     assert process.returncode is not None
     return Run(process.returncode, out.decode(), err.decode())
 
@@ -145,7 +145,15 @@ async def test_generate_prints_the_whole_reply(demo_gateway: Gateway) -> None:
 async def test_an_invalid_request_prints_invalid_argument_and_every_violation(demo_gateway: Gateway) -> None:
     bad = '{"model":"demo","messages":[{"role":"robot","content":"hi"}],"config":{"temperature":5}}'
 
-    run = await grpcurl("-plaintext", "-d", bad, address(demo_gateway), "holysheepai.AIService/Generate")
+    run = await grpcurl(
+        "-plaintext",
+        "-H",
+        "x-request-id: ticket-42",
+        "-d",
+        bad,
+        address(demo_gateway),
+        "holysheepai.AIService/Generate",
+    )
 
     assert (run.code, run.out) == (EXIT_INVALID_ARGUMENT, "")
     assert "  Code: InvalidArgument\n" in run.err
@@ -154,6 +162,7 @@ async def test_an_invalid_request_prints_invalid_argument_and_every_violation(de
         "@type": "type.googleapis.com/google.rpc.ErrorInfo",
         "domain": "gateway.holysheep.ai",
         "reason": "INVALID_REQUEST",
+        "metadata": {"request_id": "ticket-42"},
     }
     assert bad_request["@type"] == "type.googleapis.com/google.rpc.BadRequest"
     assert [v["field"] for v in bad_request["field_violations"]] == ["messages[0].role", "config.temperature"]
@@ -209,6 +218,7 @@ async def test_tls_call_without_a_token_prints_code_unauthenticated(
     run = await grpcurl(
         "-cacert", str(tls_files.ca_cert),
         "-reflect-header", f"authorization: Bearer {CLIENT_TOKEN}",
+        "-rpc-header", "x-request-id: ticket-7",
         "-d", HELLO,
         address(secure_gateway), "holysheepai.AIService/StreamGenerate",
     )  # fmt: skip
@@ -220,5 +230,6 @@ async def test_tls_call_without_a_token_prints_code_unauthenticated(
             "@type": "type.googleapis.com/google.rpc.ErrorInfo",
             "domain": "gateway.holysheep.ai",
             "reason": "UNAUTHENTICATED",
+            "metadata": {"request_id": "ticket-7"},
         }
     ]

@@ -39,7 +39,7 @@ async def test_the_readme_grpcurl_example_works_as_pasted(demo_gateway: Gateway)
         str(GRPCURL), *args,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    out, err = await asyncio.wait_for(process.communicate(heredoc.encode()), timeout=20)
+    out, err = await asyncio.wait_for(process.communicate(heredoc.encode()), timeout=60)  # only against a hang
     run = Run(process.returncode or 0, out.decode(), err.decode())
 
     assert (run.code, run.err) == (0, "")

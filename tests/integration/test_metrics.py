@@ -12,9 +12,14 @@ import grpc
 import pytest
 from grpc_health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from grpc_reflection.v1alpha import reflection_pb2
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
-from server.app import Gateway
+from server.app import Gateway, start_gateway
 from server.config import GatewayConfig, MetricsConfig, ModelConfig, Price, ProviderConfig
+from server.observe.otel import OtelTracing
 from server.resilience.retry import RetryPolicy
 from tests.conftest import CLIENT_TOKEN, UPSTREAM_KEY, GatewayFactory, client_auth
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
@@ -265,17 +270,28 @@ async def test_a_metrics_port_in_use_fails_the_start_saying_which_listener(
     assert address in str(failed.value)
 
 
-async def test_the_metrics_and_the_access_log_line_come_from_the_same_record(
-    gateway: Gateway, caplog: pytest.LogCaptureFixture
+async def test_the_access_log_line_the_metrics_and_the_trace_come_from_the_same_record(
+    fake_openai: FakeOpenAIUpstream, caplog: pytest.LogCaptureFixture
 ) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = OtelTracing(provider.get_tracer("test"), provider)
     caplog.set_level(logging.INFO, logger="server.access")
-    async with stub_for(gateway) as stub:
-        outcome = await collect_stream(stub, request("echo"))
+    gateway = await start_gateway(metrics_config(fake_openai.base_url), tracing=tracing)
+    try:
+        async with stub_for(gateway) as stub:
+            outcome = await collect_stream(stub, request("echo"), metadata=(("x-request-id", "same-record"),))
+        scrape = await Scrape.of(gateway)
+    finally:
+        await gateway.stop(0)
     assert outcome.error is None
-    [line] = [r.getMessage() for r in caplog.records if r.name == "server.access"]
-    fields = dict(field.split("=", 1) for field in line.split()[1:])
-    scrape = await Scrape.of(gateway)
+    [record] = [r for r in caplog.records if r.name == "server.access"]
+    fields = dict(field.split("=", 1) for field in record.getMessage().split()[1:])
+    [span] = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.SERVER]
+    attributes = {key: str(value) for key, value in (span.attributes or {}).items()}
 
+    # The metrics and the log line: the same duration, TTFT, tokens and cost.
     duration_ms = scrape.value("gen_ai_client_operation_duration_seconds_sum") * 1000
     ttft_ms = scrape.value("gen_ai_server_time_to_first_token_seconds_sum") * 1000
     assert f"{duration_ms:.1f}" == fields["duration_ms"]
@@ -286,3 +302,11 @@ async def test_the_metrics_and_the_access_log_line_come_from_the_same_record(
     )
     assert f"{tokens[0]:.0f}/{tokens[1]:.0f}" == fields["tokens"]
     assert f"{scrape.value('gateway_cost_usd_total'):.6f}" == fields["cost_usd"]
+    # The trace and the log line: the same call, TTFT, tokens and served deployment.
+    assert attributes["gateway.request_id"] == fields["request_id"] == "same-record"
+    assert f"{float(attributes['gateway.ttft_ms']):.1f}" == fields["ttft_ms"]
+    assert f"{attributes['gen_ai.usage.input_tokens']}/{attributes['gen_ai.usage.output_tokens']}" == fields["tokens"]
+    assert f"{attributes['gateway.provider']}:{attributes['gateway.deployment']}" == fields["served"]
+    assert attributes["rpc.grpc.status_code"] == "0"
+    assert fields["code"] == "OK"
+    assert scrape.value("gateway_calls_total", grpc_method="StreamGenerate", code="OK") == 1

@@ -18,7 +18,7 @@ from google.rpc import error_details_pb2
 from generated import ai_service_pb2 as pb
 from server.app import Gateway
 from server.defaults import ERROR_DOMAIN
-from tests.conftest import UPSTREAM_KEY, GatewayFactory, openai_config
+from tests.conftest import ENDLESS, UPSTREAM_KEY, GatewayFactory, openai_config
 from tests.fakes.openai_upstream import FAKE_401_KEY, FakeOpenAIUpstream
 from tests.rpc import collect_stream, detail, error_info, request, rich_status, stub_for, unary_request
 
@@ -270,10 +270,11 @@ async def test_client_cancel_closes_the_upstream_request(
     openai_gateway: Gateway, fake_openai: FakeOpenAIUpstream
 ) -> None:
     async with stub_for(openai_gateway) as stub:
-        call = stub.StreamGenerate(request("slow-tokens-50", "one two three four five six seven eight"))
+        call = stub.StreamGenerate(request(ENDLESS, "one two three four five six seven eight"))
         first = await call.read()
         assert isinstance(first, pb.StreamChunk)
         assert first.delta == "one"
         call.cancel()
-        await fake_openai.wait_for_disconnect(timeout=1.0)
+        disconnect = await fake_openai.wait_for_disconnect()  # the stream would not end by itself
+    assert disconnect.model == ENDLESS
     assert len(fake_openai.disconnects) == 1

@@ -12,13 +12,12 @@ from google.rpc import error_details_pb2
 from generated import ai_service_pb2 as pb
 from server.config import LimitsConfig, ModelConfig
 from server.routing.catalog import Deployment
-from tests.conftest import GatewayFactory, openai_config
+from tests.conftest import ENDLESS, GatewayFactory, openai_config
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
 from tests.rpc import collect_stream, detail, error_info, request, rich_status, stub_for, unary_request
 
 pytestmark = pytest.mark.asyncio
 
-SLOW = "fake-openai/slow-tokens-200"  # three words: about 0.4 s of stream
 PROMPT = "hello brave world"
 
 
@@ -28,9 +27,9 @@ async def test_over_the_process_limit_calls_fail_fast_with_retry_info(
     config = openai_config(fake_openai.base_url, limits=LimitsConfig(max_concurrent_upstream=2, retry_after_s=0.25))
     gateway = await make_gateway(config)
     async with stub_for(gateway) as stub:
-        running = [stub.StreamGenerate(request(SLOW, PROMPT), timeout=5) for _ in range(2)]
-        for call in running:
-            assert isinstance(await call.read(), pb.StreamChunk)
+        fake_openai.hold()  # the two running calls hold their slots until the release below
+        running = [stub.StreamGenerate(request("gpt-test", PROMPT), timeout=60) for _ in range(2)]
+        await fake_openai.wait_for_requests(2)
 
         refused = await collect_stream(stub, request("gpt-test"))
         with pytest.raises(grpc.aio.AioRpcError) as unary:
@@ -47,6 +46,7 @@ async def test_over_the_process_limit_calls_fail_fast_with_retry_info(
         assert refused.chunks == []
         assert len(fake_openai.requests) == 2  # the refused calls never reached the upstream
 
+        fake_openai.release()
         for call in running:
             while isinstance(await call.read(), pb.StreamChunk):  # to the end (grpc.aio.EOF)
                 pass
@@ -67,7 +67,7 @@ async def test_a_provider_at_its_limit_is_skipped_for_another_deployment(
         replace(config, providers=(config.providers[0], capped, other), models=(*config.models, spread))
     )
     async with stub_for(gateway) as stub:
-        running = stub.StreamGenerate(request(SLOW, PROMPT), timeout=5)
+        running = stub.StreamGenerate(request(ENDLESS, PROMPT), timeout=60)  # holds the provider's one slot to the end
         assert isinstance(await running.read(), pb.StreamChunk)
 
         served = await collect_stream(stub, request("spread"))

@@ -12,6 +12,7 @@ from google.rpc import error_details_pb2
 
 from server.app import Gateway, start_gateway
 from server.errors import GatewayError, GatewayOverloaded
+from server.observe.request_id import valid_request_id
 from server.policy.seam import CallContext, Policy
 from server.routing.catalog import ModelConfig
 from server.types import ChatRequest
@@ -119,7 +120,9 @@ async def test_a_refusal_is_the_status_of_each_rpc_and_nothing_reaches_the_upstr
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert error.details() == "refused by the test policy"
         info = error_info(error)
-        assert (info.reason, dict(info.metadata)) == ("GATEWAY_OVERLOADED", {"limit": "test"})
+        metadata = dict(info.metadata)
+        assert valid_request_id(metadata.pop("request_id"))
+        assert (info.reason, metadata) == ("GATEWAY_OVERLOADED", {"limit": "test"})
         retry = detail(rich_status(error), error_details_pb2.RetryInfo)
         assert retry is not None
         assert retry.retry_delay.seconds == 2

@@ -7,12 +7,13 @@ from google.rpc import code_pb2, error_details_pb2
 
 from server.defaults import ERROR_DOMAIN
 from server.errors import (
+    CircuitOpen,
     FieldViolation,
     GatewayError,
+    GatewayOverloaded,
     InternalError,
     InvalidRequest,
     ModelNotFound,
-    NotImplementedYet,
     ShuttingDown,
     Unauthenticated,
     UpstreamAuthFailed,
@@ -22,6 +23,7 @@ from server.errors import (
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
+    code_number,
     register_secret,
     to_rpc_status,
 )
@@ -31,7 +33,6 @@ CASES: list[tuple[GatewayError, int, str]] = [
     (InvalidRequest([FieldViolation("model", "required")]), code_pb2.INVALID_ARGUMENT, "INVALID_REQUEST"),
     (ModelNotFound("x", ["demo"]), code_pb2.INVALID_ARGUMENT, "MODEL_NOT_FOUND"),
     (Unauthenticated("no"), code_pb2.UNAUTHENTICATED, "UNAUTHENTICATED"),
-    (NotImplementedYet("later"), code_pb2.UNIMPLEMENTED, "NOT_IMPLEMENTED"),
     (ShuttingDown("bye"), code_pb2.UNAVAILABLE, "SHUTTING_DOWN"),
     (InternalError("bug"), code_pb2.INTERNAL, "INTERNAL_ERROR"),
     (UpstreamRateLimited("slow down", provider="p"), code_pb2.RESOURCE_EXHAUSTED, "UPSTREAM_RATE_LIMITED"),
@@ -52,6 +53,26 @@ def test_each_error_has_its_code_and_reason(error: GatewayError, code: int, reas
     assert info is not None
     assert (info.reason, info.domain) == (reason, ERROR_DOMAIN)
     assert status.code != code_pb2.UNKNOWN
+
+
+@pytest.mark.parametrize(
+    ("error", "client_retry"),
+    [
+        (UpstreamUnavailable("down", provider="p"), "no"),
+        (UpstreamRateLimited("slow down", provider="p", retry_after_s=1.0), "no"),
+        (UpstreamTimeout("slow", provider="p"), "no"),
+        (CircuitOpen("every circuit is open"), "no"),
+        (ShuttingDown("bye"), None),
+        (GatewayOverloaded("busy", retry_after_s=1.0), None),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, GatewayError) else str(v),
+)
+def test_what_the_gateway_already_retried_tells_the_client_not_to_retry(
+    error: GatewayError, client_retry: str | None
+) -> None:
+    info = detail(to_rpc_status(error), error_details_pb2.ErrorInfo)
+    assert info is not None
+    assert info.metadata.get("client_retry") == client_retry
 
 
 def test_invalid_request_carries_bad_request_with_every_violation() -> None:
@@ -75,7 +96,7 @@ def test_upstream_errors_name_the_provider_and_http_status() -> None:
         to_rpc_status(UpstreamUnavailable("x", provider="openai", http_status=503)), error_details_pb2.ErrorInfo
     )
     assert info is not None
-    assert dict(info.metadata) == {"provider": "openai", "upstream_http_status": "503"}
+    assert dict(info.metadata) == {"provider": "openai", "upstream_http_status": "503", "client_retry": "no"}
 
 
 def test_registered_secrets_are_scrubbed_from_message_and_metadata() -> None:
@@ -85,3 +106,8 @@ def test_registered_secrets_are_scrubbed_from_message_and_metadata() -> None:
     status = to_rpc_status(error)
     assert secret not in str(status)
     assert "[REDACTED]" in status.message
+
+
+@pytest.mark.parametrize(("name", "number"), [("OK", 0), ("INVALID_ARGUMENT", 3), ("UNAVAILABLE", 14), ("NOPE", 2)])
+def test_a_code_name_maps_back_to_its_number(name: str, number: int) -> None:
+    assert code_number(name) == number

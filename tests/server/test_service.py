@@ -10,7 +10,6 @@ import logging
 from typing import Any
 
 import pytest
-from google.rpc import status_pb2
 
 from generated import ai_service_pb2 as pb
 from server.errors import UpstreamUnavailable
@@ -31,11 +30,20 @@ class RecordingContext:
     def __init__(self, caplog: pytest.LogCaptureFixture) -> None:
         self._caplog = caplog
         self.written: list[Any] = []
-        self.status: status_pb2.Status | None = None
+        self.status: Any = None
         self.lines_when_status_sent: int | None = None
 
     def time_remaining(self) -> float:
         return 30.0
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+    async def send_initial_metadata(self, metadata: Any) -> None:
+        pass
+
+    def set_trailing_metadata(self, metadata: Any) -> None:
+        pass
 
     async def write(self, message: Any) -> None:
         self.written.append(message)

@@ -5,22 +5,21 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 
 import pytest
 
-from server.sse import ServerSentEvent, SSEDecoder, SSELineTooLong, aiter_sse
+from server.sse import ServerSentEvent, SSEDecoder, SSELineTooLong
 
 E = ServerSentEvent
 
 
-def decode(chunks: Iterable[bytes]) -> tuple[list[ServerSentEvent], SSEDecoder]:
+def decode(chunks: Iterable[bytes]) -> list[ServerSentEvent]:
     decoder = SSEDecoder()
     events: list[ServerSentEvent] = []
     for chunk in chunks:
         events += decoder.feed(chunk)
-    events += decoder.close()
-    return events, decoder
+    return events
 
 
 def splits(stream: bytes) -> Iterable[list[bytes]]:
@@ -31,111 +30,99 @@ def splits(stream: bytes) -> Iterable[list[bytes]]:
     yield [stream[i : i + 1] for i in range(len(stream))]
 
 
-# (stream, events it decodes to, has_pending at EOF)
-CASES: dict[str, tuple[bytes, list[ServerSentEvent], bool]] = {
+# stream -> the events it decodes to (an event the stream leaves unterminated is never returned)
+CASES: dict[str, tuple[bytes, list[ServerSentEvent]]] = {
     # line endings
-    "LF": (b"data: a\n\ndata: b\n\n", [E("a"), E("b")], False),
-    "CRLF": (b"data: a\r\n\r\ndata: b\r\n\r\n", [E("a"), E("b")], False),
-    "CR": (b"data: a\r\rdata: b\r\r", [E("a"), E("b")], False),
-    "mixed endings": (b"data: a\r\ndata: b\rdata: c\n\r\n", [E("a\nb\nc")], False),
-    "CR then CRLF is two line breaks": (b"data: a\r\r\n", [E("a")], False),
-    "LF CR is two line breaks": (b"data: a\n\r", [E("a")], False),
+    "LF": (b"data: a\n\ndata: b\n\n", [E("a"), E("b")]),
+    "CRLF": (b"data: a\r\n\r\ndata: b\r\n\r\n", [E("a"), E("b")]),
+    "CR": (b"data: a\r\rdata: b\r\r", [E("a"), E("b")]),
+    "mixed endings": (b"data: a\r\ndata: b\rdata: c\n\r\n", [E("a\nb\nc")]),
+    "CR then CRLF is two line breaks": (b"data: a\r\r\n", [E("a")]),
+    "LF CR is two line breaks": (b"data: a\n\r", [E("a")]),
     # comments
-    "comment ignored": (b": keep-alive\n\n:\ndata: a\n:x\n\n", [E("a")], False),
-    "comment-only stream": (b": ping\n\n: ping\n\n", [], False),
+    "comment ignored": (b": keep-alive\n\n:\ndata: a\n:x\n\n", [E("a")]),
+    "comment-only stream": (b": ping\n\n: ping\n\n", []),
     # data
-    "multi-line data joined with LF": (b"data: a\ndata: b\ndata: c\n\n", [E("a\nb\nc")], False),
-    "empty data line is dispatched": (b"data:\n\n", [E("")], False),
-    "empty data lines keep their LFs": (b"data\ndata\n\n", [E("\n")], False),
-    "data lines around an empty one": (b"data: a\ndata:\ndata: b\n\n", [E("a\n\nb")], False),
-    "no space after colon": (b"data:a\n\n", [E("a")], False),
-    "only one leading space stripped": (b"data:  a \n\n", [E(" a ")], False),
-    "tab is not stripped": (b"data:\ta\n\n", [E("\ta")], False),
-    "only the first colon separates": (b'data: {"a":"b:c"}\n\n', [E('{"a":"b:c"}')], False),
-    "field without colon has empty value": (b"data\n\n", [E("")], False),
-    "field names are case-sensitive": (b"Data: a\nDATA: b\ndata: c\n\n", [E("c")], False),
-    "field name with trailing space is unknown": (b"data : a\ndata: b\n\n", [E("b")], False),
+    "multi-line data joined with LF": (b"data: a\ndata: b\ndata: c\n\n", [E("a\nb\nc")]),
+    "empty data line is dispatched": (b"data:\n\n", [E("")]),
+    "empty data lines keep their LFs": (b"data\ndata\n\n", [E("\n")]),
+    "data lines around an empty one": (b"data: a\ndata:\ndata: b\n\n", [E("a\n\nb")]),
+    "no space after colon": (b"data:a\n\n", [E("a")]),
+    "only one leading space stripped": (b"data:  a \n\n", [E(" a ")]),
+    "tab is not stripped": (b"data:\ta\n\n", [E("\ta")]),
+    "only the first colon separates": (b'data: {"a":"b:c"}\n\n', [E('{"a":"b:c"}')]),
+    "field without colon has empty value": (b"data\n\n", [E("")]),
+    "field names are case-sensitive": (b"Data: a\nDATA: b\ndata: c\n\n", [E("c")]),
+    "field name with trailing space is unknown": (b"data : a\ndata: b\n\n", [E("b")]),
     # event type
-    "event sets type": (b"event: delta\ndata: a\n\n", [E("a", event="delta")], False),
-    "empty event means message": (b"event:\ndata: a\n\n", [E("a")], False),
+    "event sets type": (b"event: delta\ndata: a\n\n", [E("a", event="delta")]),
+    "empty event means message": (b"event:\ndata: a\n\n", [E("a")]),
     "event type resets after dispatch": (
         b"event: x\ndata: a\n\ndata: b\n\n",
         [E("a", event="x"), E("b")],
-        False,
     ),
-    "last event field wins": (b"event: x\nevent: y\ndata: a\n\n", [E("a", event="y")], False),
+    "last event field wins": (b"event: x\nevent: y\ndata: a\n\n", [E("a", event="y")]),
     # id
     "id persists across events": (
         b"id: 1\ndata: a\n\ndata: b\n\nid: 2\ndata: c\n\n",
         [E("a", id="1"), E("b", id="1"), E("c", id="2")],
-        False,
     ),
     "empty id resets to empty string": (
         b"id: 1\ndata: a\n\nid\ndata: b\n\n",
         [E("a", id="1"), E("b", id="")],
-        False,
     ),
     "id with NUL is ignored": (
         b"id: 1\ndata: a\n\nid: 2\x003\ndata: b\n\n",
         [E("a", id="1"), E("b", id="1")],
-        False,
     ),
-    "id without data still updates the last id": (b"id: 7\n\ndata: a\n\n", [E("a", id="7")], False),
+    "id without data still updates the last id": (b"id: 7\n\ndata: a\n\n", [E("a", id="7")]),
     # retry
-    "retry in digits": (b"retry: 3000\ndata: a\n\n", [E("a", retry=3000)], False),
-    "retry is per event block": (b"retry: 10\ndata: a\n\ndata: b\n\n", [E("a", retry=10), E("b")], False),
-    "retry not digits ignored": (b"retry: 1.5\ndata: a\n\n", [E("a")], False),
-    "retry negative ignored": (b"retry: -1\ndata: a\n\n", [E("a")], False),
-    "retry with space ignored": (b"retry: 10 \ndata: a\n\n", [E("a")], False),
-    "retry empty ignored": (b"retry:\ndata: a\n\n", [E("a")], False),
-    "retry non-ASCII digits ignored": ("retry: ١٢\ndata: a\n\n".encode(), [E("a")], False),
+    "retry in digits": (b"retry: 3000\ndata: a\n\n", [E("a", retry=3000)]),
+    "retry is per event block": (b"retry: 10\ndata: a\n\ndata: b\n\n", [E("a", retry=10), E("b")]),
+    "retry not digits ignored": (b"retry: 1.5\ndata: a\n\n", [E("a")]),
+    "retry negative ignored": (b"retry: -1\ndata: a\n\n", [E("a")]),
+    "retry with space ignored": (b"retry: 10 \ndata: a\n\n", [E("a")]),
+    "retry empty ignored": (b"retry:\ndata: a\n\n", [E("a")]),
+    "retry non-ASCII digits ignored": ("retry: ١٢\ndata: a\n\n".encode(), [E("a")]),
     # unknown fields and non-dispatch
-    "unknown field ignored": (b"foo: bar\ndata: a\n\n", [E("a")], False),
-    "block without data is not dispatched": (b"event: x\n\ndata: a\n\n", [E("a")], False),
-    "event type resets even without dispatch": (b"event: x\nretry: 5\n\ndata: a\n\n", [E("a")], False),
-    "extra blank lines do nothing": (b"\n\n\ndata: a\n\n\n\n", [E("a")], False),
+    "unknown field ignored": (b"foo: bar\ndata: a\n\n", [E("a")]),
+    "block without data is not dispatched": (b"event: x\n\ndata: a\n\n", [E("a")]),
+    "event type resets even without dispatch": (b"event: x\nretry: 5\n\ndata: a\n\n", [E("a")]),
+    "extra blank lines do nothing": (b"\n\n\ndata: a\n\n\n\n", [E("a")]),
     # BOM
-    "leading BOM stripped": (b"\xef\xbb\xbfdata: a\n\n", [E("a")], False),
+    "leading BOM stripped": (b"\xef\xbb\xbfdata: a\n\n", [E("a")]),
     "BOM before a field name is stripped only once": (
         b"\xef\xbb\xbf\xef\xbb\xbfdata: a\n\ndata: b\n\n",
         [E("b")],
-        False,
     ),
     "BOM later in the stream is data": (
         b"data: a\n\ndata: \xef\xbb\xbfb\n\n",
         [E("a"), E("\ufeffb")],
-        False,
     ),
     # UTF-8
-    "multi-byte UTF-8": ("data: héllo — 世界 👋\n\n".encode(), [E("héllo — 世界 👋")], False),
-    "invalid UTF-8 replaced": (b"data: a\xffb\xe2\x82\n\n", [E("a\ufffdb\ufffd")], False),
+    "multi-byte UTF-8": ("data: héllo — 世界 👋\n\n".encode(), [E("héllo — 世界 👋")]),
+    "invalid UTF-8 replaced": (b"data: a\xffb\xe2\x82\n\n", [E("a\ufffdb\ufffd")]),
     # end of stream
-    "empty stream": (b"", [], False),
-    "unterminated final event discarded": (b"data: a\n\ndata: b\n", [E("a")], True),
-    "partial final line discarded": (b"data: a\n\ndata: b", [E("a")], True),
-    "final event without blank line discarded": (b"data: a", [], True),
-    "trailing event field without blank line pending": (b"data: a\n\nevent: x\n", [E("a")], True),
-    "trailing comment is not pending": (b"data: a\n\n: bye\n", [E("a")], False),
-    "final CR terminates": (b"data: a\r\r", [E("a")], False),
-    "partial BOM alone is pending": (b"\xef\xbb", [], True),
+    "empty stream": (b"", []),
+    "unterminated final event discarded": (b"data: a\n\ndata: b\n", [E("a")]),
+    "partial final line discarded": (b"data: a\n\ndata: b", [E("a")]),
+    "final event without blank line discarded": (b"data: a", []),
+    "trailing event field without blank line": (b"data: a\n\nevent: x\n", [E("a")]),
+    "trailing comment": (b"data: a\n\n: bye\n", [E("a")]),
+    "final CR terminates": (b"data: a\r\r", [E("a")]),
+    "partial BOM alone": (b"\xef\xbb", []),
 }
 
 
-@pytest.mark.parametrize(("stream", "expected", "pending"), CASES.values(), ids=CASES.keys())
-def test_decodes(stream: bytes, expected: list[ServerSentEvent], pending: bool) -> None:
-    events, decoder = decode([stream])
-    assert events == expected
-    assert decoder.has_pending is pending
+@pytest.mark.parametrize(("stream", "expected"), CASES.values(), ids=CASES.keys())
+def test_decodes(stream: bytes, expected: list[ServerSentEvent]) -> None:
+    assert decode([stream]) == expected
 
 
-@pytest.mark.parametrize(("stream", "expected", "pending"), CASES.values(), ids=CASES.keys())
-def test_decodes_the_same_however_the_stream_is_split(
-    stream: bytes, expected: list[ServerSentEvent], pending: bool
-) -> None:
+@pytest.mark.parametrize(("stream", "expected"), CASES.values(), ids=CASES.keys())
+def test_decodes_the_same_however_the_stream_is_split(stream: bytes, expected: list[ServerSentEvent]) -> None:
     for chunks in splits(stream):
-        events, decoder = decode(chunks)
-        assert events == expected, chunks
-        assert decoder.has_pending is pending, chunks
+        assert decode(chunks) == expected, chunks
 
 
 @pytest.mark.parametrize(
@@ -154,30 +141,31 @@ def test_decodes_the_same_however_the_stream_is_split(
     ],
 )
 def test_chunk_boundaries(chunks: list[bytes], expected: list[ServerSentEvent]) -> None:
-    assert decode(chunks)[0] == expected
+    assert decode(chunks) == expected
 
 
 def test_events_come_out_as_soon_as_their_blank_line_arrives() -> None:
     decoder = SSEDecoder()
     steps = [
-        # chunk, events it completes, has_pending afterwards
-        (b"data: a\n", [], True),
-        (b"\ndata: b\n\nda", [E("a"), E("b")], True),
-        (b"ta: c\n\n", [E("c")], False),
+        # chunk, events it completes
+        (b"data: a\n", []),
+        (b"\ndata: b\n\nda", [E("a"), E("b")]),
+        (b"ta: c\n\n", [E("c")]),
     ]
-    assert [(decoder.feed(chunk), decoder.has_pending) for chunk, _, _ in steps] == [
-        (events, pending) for _, events, pending in steps
-    ]
-    assert decoder.close() == []
+    assert [decoder.feed(chunk) for chunk, _ in steps] == [events for _, events in steps]
 
 
-def test_decoder_tracks_last_event_id_and_retry_even_without_dispatch() -> None:
+def test_the_last_event_id_persists_even_through_blocks_without_data_and_retry_does_not() -> None:
     decoder = SSEDecoder()
-    seen = [(decoder.last_event_id, decoder.retry)]
-    for chunk in [b"retry: 2500\nid: 42\n\n", b"retry: x\nid: 4\x002\n\n", b"id\n\n"]:
-        assert decoder.feed(chunk) == []
-        seen.append((decoder.last_event_id, decoder.retry))
-    assert seen == [(None, None), ("42", 2500), ("42", 2500), ("", 2500)]
+    chunks = [b"data: a\n\n", b"retry: 2500\nid: 42\n\n", b"data: b\n\n", b"retry: x\nid: 4\x002\ndata: c\n\n"]
+    chunks += [b"id\nretry: 7\ndata: d\n\n", b"data: e\n\n"]
+    assert [event for chunk in chunks for event in decoder.feed(chunk)] == [
+        E("a"),
+        E("b", id="42"),
+        E("c", id="42"),
+        E("d", id="", retry=7),
+        E("e", id=""),
+    ]
 
 
 # A recorded OpenAI chat-completions stream (stream_options.include_usage=true).
@@ -222,16 +210,12 @@ OPENAI_EVENTS = [E(d) for d in OPENAI_DATA]
 def test_openai_stream_split_at_every_byte(stream: bytes) -> None:
     assert all(json.loads(e.data) for e in OPENAI_EVENTS[:-1])
     for chunks in splits(stream):
-        events, decoder = decode(chunks)
-        assert events == OPENAI_EVENTS, chunks
-        assert not decoder.has_pending
+        assert decode(chunks) == OPENAI_EVENTS, chunks
 
 
-def test_openai_stream_cut_mid_event_is_detected() -> None:
+def test_an_openai_stream_cut_mid_event_gives_the_events_before_the_cut() -> None:
     cut = OPENAI_STREAM.index(b'finish_reason":"stop')
-    events, decoder = decode([OPENAI_STREAM[:cut]])
-    assert events == OPENAI_EVENTS[:4]
-    assert decoder.has_pending
+    assert decode([OPENAI_STREAM[:cut]]) == OPENAI_EVENTS[:4]
 
 
 # --- Differential test against a straightforward transcription of the spec ---
@@ -291,36 +275,7 @@ def test_matches_reference_on_random_streams(seed: int) -> None:
     stream = b"".join(rng.choices(FRAGMENTS, k=rng.randint(0, 40)))
     cuts = sorted(rng.sample(range(len(stream) + 1), k=min(len(stream) + 1, rng.randint(0, 6))))
     chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
-    assert decode(chunks)[0] == reference_decode(stream), chunks
-
-
-# --- aiter_sse ---
-
-
-async def agen(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
-    for chunk in chunks:
-        yield chunk
-
-
-async def test_aiter_sse_decodes_an_async_byte_stream() -> None:
-    chunks = [OPENAI_STREAM[i : i + 37] for i in range(0, len(OPENAI_STREAM), 37)]
-    assert [e async for e in aiter_sse(agen(chunks))] == OPENAI_EVENTS
-
-
-@pytest.mark.parametrize(
-    ("chunks", "expected", "pending"),
-    [
-        pytest.param([], [], False, id="empty"),
-        pytest.param([b"event: x\r", b"\ndata: a\r\n", b"\r\n"], [E("a", event="x")], False, id="CRLF split"),
-        pytest.param([b"data: a\n\n", b"data: b\n"], [E("a")], True, id="cut mid-event"),
-    ],
-)
-async def test_aiter_sse_reports_through_a_caller_decoder(
-    chunks: list[bytes], expected: list[ServerSentEvent], pending: bool
-) -> None:
-    decoder = SSEDecoder()
-    assert [e async for e in aiter_sse(agen(chunks), decoder=decoder)] == expected
-    assert decoder.has_pending is pending
+    assert decode(chunks) == reference_decode(stream), chunks
 
 
 @pytest.mark.parametrize("pieces", [[b"data: " + b"x" * 2000], [b"data: ", b"x" * 1000, b"x" * 1000]])

@@ -1,12 +1,12 @@
-"""HTTP answers and transport failures of an upstream, mapped to the gateway's errors."""
+"""HTTP answers of an upstream, mapped to the gateway's errors (transport failures: test_transport.py)."""
 
 from __future__ import annotations
 
 import email.utils
 import time
 
-import httpx
 import pytest
+from multidict import CIMultiDict
 
 from server.errors import (
     UpstreamAuthFailed,
@@ -14,13 +14,11 @@ from server.errors import (
     UpstreamFailed,
     UpstreamRateLimited,
     UpstreamRejected,
-    UpstreamTimeout,
     UpstreamUnavailable,
 )
 from server.providers.upstream_errors import (
     error_for_error_type,
     error_for_status,
-    error_for_transport,
     parse_retry_after,
 )
 
@@ -42,7 +40,7 @@ from server.providers.upstream_errors import (
     ],
 )
 def test_http_status(status: int, kind: type[UpstreamError]) -> None:
-    error = error_for_status("p", status, httpx.Headers())
+    error = error_for_status("p", status, CIMultiDict())
     assert type(error) is kind
     assert error.metadata["upstream_http_status"] == str(status)
 
@@ -60,14 +58,16 @@ def test_http_status(status: int, kind: type[UpstreamError]) -> None:
     ],
 )
 def test_retry_after(headers: dict[str, str], seconds: float | None) -> None:
-    assert parse_retry_after(httpx.Headers(headers)) == seconds
+    assert parse_retry_after(CIMultiDict(headers)) == seconds
 
 
 def test_retry_after_as_an_http_date() -> None:
-    later = email.utils.formatdate(time.time() + 30, usegmt=True)
-    seconds = parse_retry_after(httpx.Headers({"retry-after": later}))
+    now = time.time()
+    later = email.utils.formatdate(now + 30, usegmt=True)  # whole seconds: up to 1 s less
+    seconds = parse_retry_after(CIMultiDict({"retry-after": later}))
+    took = time.time() - now  # however long a loaded machine took between the two lines
     assert seconds is not None
-    assert 28 <= seconds <= 30
+    assert 29 - took <= seconds <= 30
 
 
 @pytest.mark.parametrize(
@@ -84,26 +84,6 @@ def test_retry_after_as_an_http_date() -> None:
 )
 def test_in_band_error_type(error_type: str | None, kind: type[UpstreamError]) -> None:
     assert type(error_for_error_type("p", error_type)) is kind
-
-
-@pytest.mark.parametrize(
-    ("exc", "kind", "reason"),
-    [
-        (httpx.ConnectTimeout("t"), UpstreamTimeout, "UPSTREAM_TIMEOUT"),
-        (httpx.ReadTimeout("t"), UpstreamTimeout, "UPSTREAM_TIMEOUT"),
-        (httpx.ConnectError("refused"), UpstreamUnavailable, "UPSTREAM_UNAVAILABLE"),
-        (httpx.ReadError("reset"), UpstreamUnavailable, "UPSTREAM_STREAM_INTERRUPTED"),
-        (httpx.RemoteProtocolError("eof"), UpstreamUnavailable, "UPSTREAM_STREAM_INTERRUPTED"),
-    ],
-)
-def test_transport_failures_mid_stream(exc: httpx.TransportError, kind: type[UpstreamError], reason: str) -> None:
-    error = error_for_transport("p", exc, streaming=True)
-    assert (type(error), error.reason) == (kind, reason)
-
-
-def test_a_reset_before_the_answer_is_not_a_stream_interruption() -> None:
-    error = error_for_transport("p", httpx.RemoteProtocolError("no response"), streaming=False)
-    assert error.reason == "UPSTREAM_UNAVAILABLE"
 
 
 async def test_an_endless_event_line_is_a_bad_response_not_unbounded_memory() -> None:

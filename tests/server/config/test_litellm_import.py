@@ -7,10 +7,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import yaml
 
 from server.config import load_config
 from server.config.litellm_import import convert, main
+from server.resilience.retry import RetryPolicy
 from tests.conftest import UPSTREAM_KEY, GatewayFactory
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
 from tests.rpc import collect_stream, request, stub_for
@@ -144,6 +146,18 @@ def test_the_command_reports_unreadable_input(tmp_path: Path) -> None:
     assert main([str(tmp_path / "list.yaml")]) == 2
 
 
+def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    litellm = tmp_path / "litellm.yaml"
+    litellm.write_text("model_list: m\n  router_settings: {}\n")
+
+    assert main([str(litellm)]) == 2
+
+    assert capsys.readouterr().err == (
+        f"litellm_import: LiteLLM config {litellm} is not valid YAML: line 2, column 18: "
+        "mapping values are not allowed here\n"
+    )
+
+
 def test_the_command_runs_as_a_module(tmp_path: Path) -> None:
     litellm = tmp_path / "litellm.yaml"
     litellm.write_text("model_list: [{model_name: m, litellm_params: {model: openai/gpt-4o, rpm: 5}}]\n")
@@ -157,3 +171,76 @@ def test_the_command_runs_as_a_module(tmp_path: Path) -> None:
     assert run.returncode == 0
     assert yaml.safe_load(run.stdout)["models"] == [{"name": "m", "provider": "openai", "upstream_model": "gpt-4o"}]
     assert run.stderr == "not carried over: model_list[0] (m): rpm limit not carried over (no rate limits yet)\n"
+
+
+# --- num_retries: LiteLLM counts the retries after the first attempt, the gateway counts attempts ----------
+
+ONE_MODEL = "model_list: [{model_name: m, litellm_params: {model: openai/gpt-4o}}]\n"
+
+
+@pytest.mark.parametrize(
+    ("settings", "max_attempts"),
+    [
+        pytest.param("router_settings: {num_retries: 4}", 5, id="router"),
+        pytest.param("litellm_settings: {num_retries: 1}", 2, id="litellm_settings"),
+        pytest.param("router_settings: {num_retries: 0}", 1, id="no retries"),
+    ],
+)
+def test_num_retries_becomes_max_attempts_one_more(tmp_path: Path, settings: str, max_attempts: int) -> None:
+    conversion = convert(yaml.safe_load(ONE_MODEL + settings), env={})
+
+    assert conversion.config["retry"] == {"max_attempts": max_attempts}
+    assert conversion.notes == []
+    out = tmp_path / "gateway.yaml"
+    out.write_text(yaml.safe_dump(conversion.config))
+    assert load_config(out, env={"OPENAI_API_KEY": "sk-test-0123456789"}).retry.max_attempts == max_attempts
+
+
+def test_without_num_retries_the_gateway_default_matches_litellm_default() -> None:
+    # LiteLLM's Router retries twice by default (openai.DEFAULT_MAX_RETRIES): three attempts, as here.
+    conversion = convert(yaml.safe_load(ONE_MODEL), env={})
+
+    assert "retry" not in conversion.config
+    assert RetryPolicy().max_attempts == 3
+
+
+def test_router_num_retries_wins_over_litellm_settings_and_the_other_is_named() -> None:
+    text = ONE_MODEL + "router_settings: {num_retries: 2}\nlitellm_settings: {num_retries: 7}\n"
+
+    conversion = convert(yaml.safe_load(text), env={})
+
+    assert conversion.config["retry"] == {"max_attempts": 3}
+    assert conversion.notes == [
+        "litellm_settings.num_retries: 7 is overridden by router_settings.num_retries (2), as in LiteLLM"
+    ]
+
+
+@pytest.mark.parametrize("value", ["-1", "'3'", "2.5", "true"])
+def test_a_num_retries_that_is_not_a_count_is_named_not_carried(value: str) -> None:
+    conversion = convert(yaml.safe_load(ONE_MODEL + f"router_settings: {{num_retries: {value}}}"), env={})
+
+    assert "retry" not in conversion.config
+    assert conversion.notes == [
+        f"router_settings.num_retries: expected a whole number of retries, got {yaml.safe_load(value)!r}"
+    ]
+
+
+def test_a_deployment_num_retries_is_named_not_carried() -> None:
+    text = "model_list: [{model_name: m, litellm_params: {model: openai/gpt-4o, num_retries: 3}}]\n"
+
+    conversion = convert(yaml.safe_load(text), env={})
+
+    assert "retry" not in conversion.config
+    assert conversion.notes == [
+        "model_list[0] (m): litellm_params.num_retries not carried over (retries are set for every model, by "
+        "router_settings.num_retries here and retry.max_attempts in the gateway)"
+    ]
+
+
+def test_an_openai_compatible_entry_without_api_base_is_skipped_and_named() -> None:
+    text = "model_list: [{model_name: local, litellm_params: {model: hosted_vllm/llama}}]\n"
+
+    conversion = convert(yaml.safe_load(text), env={})
+
+    assert conversion.config["models"] == []
+    assert conversion.notes == ["model_list[0] (local): no api_base for provider 'hosted_vllm'; entry skipped"]

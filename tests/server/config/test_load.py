@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import string
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,9 @@ from server.config import (
     load_config,
     parse_listen,
 )
+from server.config.checks import checked
 from server.errors import scrub
+from tests.certs import make_certs
 
 CI_TOKEN = "ci-token-7f3a9c0e5b1d"
 DEV_TOKEN = "dev-token-2b8e4d6f0a1c"
@@ -77,6 +80,13 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def write_example(folder: Path, text: str = EXAMPLE) -> Path:
+    """The README-shaped example in `folder`, with the certificate and key it names in `folder`/certs."""
+    (folder / "certs").mkdir()
+    make_certs(folder / "certs")
+    return write(folder, text)
+
+
 def problems(error: pytest.ExceptionInfo[ConfigError]) -> list[str]:
     return str(error.value).splitlines()
 
@@ -85,7 +95,7 @@ def problems(error: pytest.ExceptionInfo[ConfigError]) -> list[str]:
 
 
 def test_the_readme_example_loads_into_typed_config(tmp_path: Path) -> None:
-    config = load_config(write(tmp_path, EXAMPLE), env=SECRETS)
+    config = load_config(write_example(tmp_path), env=SECRETS)
 
     assert config == GatewayConfig(
         listen="0.0.0.0:50051",
@@ -120,16 +130,19 @@ def test_the_readme_example_loads_into_typed_config(tmp_path: Path) -> None:
 def test_tls_paths_are_relative_to_the_config_file_not_the_working_directory(tmp_path: Path) -> None:
     folder = tmp_path / "etc" / "gateway"
     folder.mkdir(parents=True)
-    config = load_config(write(folder, EXAMPLE), env=SECRETS)
+    config = load_config(write_example(folder), env=SECRETS)
 
     assert config.tls == TLSConfig(cert_file=folder / "certs/server.crt", key_file=folder / "certs/server.key")
 
 
 def test_absolute_tls_paths_are_kept(tmp_path: Path) -> None:
-    text = EXAMPLE.replace("certs/server.crt", "/etc/ssl/gw.crt").replace("certs/server.key", "/etc/ssl/gw.key")
+    (tmp_path / "ssl").mkdir()
+    files = make_certs(tmp_path / "ssl")
+    text = EXAMPLE.replace("certs/server.crt", str(files.server_cert))
+    text = text.replace("certs/server.key", str(files.server_key))
     config = load_config(write(tmp_path, text), env=SECRETS)
 
-    assert config.tls == TLSConfig(cert_file=Path("/etc/ssl/gw.crt"), key_file=Path("/etc/ssl/gw.key"))
+    assert config.tls == TLSConfig(cert_file=files.server_cert, key_file=files.server_key)
 
 
 def test_the_sections_left_out_take_their_defaults(tmp_path: Path) -> None:
@@ -207,7 +220,7 @@ def test_every_problem_of_a_file_is_listed_at_once(tmp_path: Path) -> None:
 
     assert problems(error) == [
         "colour: unknown key (known: aliases, auth, circuit_breaker, grace_period_s, interactive, keepalive, limits, "
-        "listen, log_level, max_request_bytes, metrics, models, providers, retry, tls)",
+        "listen, log, log_level, max_request_bytes, metrics, models, providers, retry, tls)",
         "auth.tokens[0].sha256: expected 64 hex characters (sha256 of the token)",
         "auth.tokens[1].sha256: expected 64 hex characters (sha256 of the token)",
         "auth.tokens[2].env: environment variable NO_SUCH_VARIABLE is not set or empty",
@@ -261,7 +274,7 @@ def test_field_and_cross_reference_problems_are_listed_together(tmp_path: Path) 
 
     assert problems(error) == [
         "colour: unknown key (known: aliases, auth, circuit_breaker, grace_period_s, interactive, keepalive, limits, "
-        "listen, log_level, max_request_bytes, metrics, models, providers, retry, tls)",
+        "listen, log, log_level, max_request_bytes, metrics, models, providers, retry, tls)",
         "models: model 'x' names provider 'nowhere', which is not configured",
     ]
 
@@ -311,6 +324,36 @@ def test_a_malformed_file_is_a_config_error(tmp_path: Path, text: str, problem: 
         load_config(write(tmp_path, text), env={})
 
 
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        pytest.param(
+            b"listen: [127.0.0.1\n",
+            "line 2, column 1: expected ',' or ']', but got '<stream end>' (while parsing a flow sequence at line 1, "
+            "column 9)",
+            id="unclosed list",
+        ),
+        pytest.param(
+            b"log_level: INFO\n  listen: 127.0.0.1:1\n", "line 2, column 9: mapping values are not allowed here"
+        ),
+        pytest.param(
+            b"listen:\t127.0.0.1:1\n\tlog_level: INFO\n",
+            "line 1, column 8: found character '\\t' that cannot start any token (while scanning for the next token)",
+            id="tab",
+        ),
+        pytest.param(b"log_level: \xff\n", "character 11: unacceptable character #x00ff: invalid start byte"),
+    ],
+)
+def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path: Path, content: bytes, problem: str) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_bytes(content)
+
+    with pytest.raises(ConfigError) as error:
+        load_config(path, env={})
+
+    assert problems(error) == [f"config file {path} is not valid YAML: {problem}"]
+
+
 def test_a_missing_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"cannot read config file .*nowhere\.yaml: No such file or directory"):
         load_config(tmp_path / "nowhere.yaml", env={})
@@ -329,6 +372,7 @@ OVERRIDES = [
     ("GATEWAY_GRACE_PERIOD_S", "0", "grace_period_s", 0.0),
     ("GATEWAY_MAX_REQUEST_BYTES", "2048", "max_request_bytes", 2048),
     ("GATEWAY_LOG_LEVEL", "warning", "log_level", "WARNING"),
+    ("GATEWAY_LOG_FORMAT", "JSON", "log_format", "json"),
     ("GATEWAY_METRICS_LISTEN", "127.0.0.1:9464", "metrics", MetricsConfig(listen="127.0.0.1:9464")),
 ]
 
@@ -337,7 +381,7 @@ OVERRIDES = [
 def test_the_environment_overrides_the_file(
     tmp_path: Path, variable: str, value: str, field: str, expected: object
 ) -> None:
-    path = write(tmp_path, EXAMPLE.replace("0.0.0.0:50051", "127.0.0.1:50051"))
+    path = write_example(tmp_path, EXAMPLE.replace("0.0.0.0:50051", "127.0.0.1:50051"))
 
     config = load_config(path, env={**SECRETS, variable: value})
 
@@ -364,6 +408,7 @@ def test_an_empty_variable_is_the_same_as_an_unset_one() -> None:
         ({"GATEWAY_GRACE_PERIOD_S": "-1"}, "GATEWAY_GRACE_PERIOD_S: must be at least 0"),
         ({"GATEWAY_MAX_REQUEST_BYTES": "1MB"}, "GATEWAY_MAX_REQUEST_BYTES: expected a number, got '1MB'"),
         ({"GATEWAY_LOG_LEVEL": "verbose"}, "log_level: expected DEBUG, INFO, WARNING or ERROR, got 'VERBOSE'"),
+        ({"GATEWAY_LOG_FORMAT": "xml"}, "log.format: expected text or json, got 'xml'"),
         ({"GATEWAY_LISTEN": "50051"}, "listen: expected HOST:PORT, got '50051'"),
         ({"GATEWAY_METRICS_LISTEN": "9464"}, "metrics.listen: expected HOST:PORT, got '9464'"),
         ({"GATEWAY_LISTEN": "0.0.0.0:50051"}, "listen: refusing to serve without auth on non-loopback address"),
@@ -471,7 +516,7 @@ def test_is_loopback_host(host: str, loopback: bool) -> None:
 
 @pytest.mark.parametrize("listen", ["127.0.0.1:50051", "127.0.0.2:50051", "[::1]:50051", "localhost:50051"])
 def test_no_auth_is_allowed_on_loopback(listen: str) -> None:
-    assert default_config(env={}).with_listen(listen).listen == listen
+    assert default_config(env={}, listen=listen).listen == listen
 
 
 @pytest.mark.parametrize("listen", ["0.0.0.0:50051", "192.168.1.20:50051", "[::]:50051", "gateway.example.com:50051"])
@@ -479,7 +524,7 @@ def test_no_auth_is_refused_on_any_other_address(listen: str) -> None:
     host, _ = parse_listen(listen)
 
     with pytest.raises(ConfigError) as error:
-        default_config(env={}).with_listen(listen)
+        default_config(env={}, listen=listen)
 
     assert problems(error) == [
         f"listen: refusing to serve without auth on non-loopback address {host}; configure auth.tokens, "
@@ -488,14 +533,14 @@ def test_no_auth_is_refused_on_any_other_address(listen: str) -> None:
 
 
 def test_with_auth_any_address_is_allowed(tmp_path: Path) -> None:
-    assert load_config(write(tmp_path, EXAMPLE), env=SECRETS).with_listen("[::]:443").listen == "[::]:443"
+    assert load_config(write_example(tmp_path), env=SECRETS, listen="[::]:443").listen == "[::]:443"
 
 
 # --- secrets --------------------------------------------------------------------------------------------
 
 
 def test_secrets_are_not_in_the_repr_of_the_config(tmp_path: Path) -> None:
-    config = load_config(write(tmp_path, EXAMPLE), env=SECRETS)
+    config = load_config(write_example(tmp_path), env=SECRETS)
     shown = repr(config) + str(config) + repr(config.providers) + repr(config.auth)
 
     for secret in (OPENAI_KEY, DEV_TOKEN, sha256_hex(CI_TOKEN), sha256_hex(DEV_TOKEN)):
@@ -504,7 +549,7 @@ def test_secrets_are_not_in_the_repr_of_the_config(tmp_path: Path) -> None:
 
 
 def test_secrets_are_registered_for_scrubbing(tmp_path: Path) -> None:
-    load_config(write(tmp_path, EXAMPLE), env=SECRETS)
+    load_config(write_example(tmp_path), env=SECRETS)
 
     assert scrub(f"echo: {OPENAI_KEY} / {DEV_TOKEN}") == "echo: [REDACTED] / [REDACTED]"
 
@@ -553,4 +598,119 @@ def test_every_interactive_problem_is_listed(tmp_path: Path) -> None:
         "max_queued_turns, queue_size)",
         "interactive.max_history_bytes: expected a number, got 'lots'",
         "interactive.queue_size: must be at least 1",
+    ]
+
+
+# --- log ---------------------------------------------------------------------------------------------------
+
+
+def test_the_log_section_sets_the_level_and_the_format(tmp_path: Path) -> None:
+    text = """
+        providers: [{name: demo, kind: demo}]
+        models: [{name: demo, provider: demo}]
+        log: {level: debug, format: json}
+        """
+
+    config = load_config(write(tmp_path, text), env={})
+
+    assert (config.log_level, config.log_format) == ("DEBUG", "json")
+
+
+def test_logs_are_text_unless_asked_otherwise() -> None:
+    assert default_config(env={}).log_format == "text"
+
+
+def test_every_log_problem_is_listed_with_the_known_keys(tmp_path: Path) -> None:
+    text = """
+        providers: [{name: demo, kind: demo}]
+        models: [{name: demo, provider: demo}]
+        log_level: info
+        log: {level: debug, format: yaml, colour: blue}
+        """
+
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, text), env={})
+
+    assert problems(error) == [
+        "log.colour: unknown key (known: format, level)",
+        "log.level: give either log.level or the top-level log_level, not both",
+        "log.format: expected text or json, got 'yaml'",
+    ]
+
+
+# --- TLS files ------------------------------------------------------------------------------------------
+
+
+def remove_the_certificate(certs: Path) -> None:
+    (certs / "server.crt").unlink()
+
+
+def make_the_key_a_folder(certs: Path) -> None:
+    (certs / "server.key").unlink()
+    (certs / "server.key").mkdir()
+
+
+def swap_certificate_and_key(certs: Path) -> None:
+    cert, key = (certs / "server.crt").read_bytes(), (certs / "server.key").read_bytes()
+    (certs / "server.crt").write_bytes(key)
+    (certs / "server.key").write_bytes(cert)
+
+
+def write_a_secret_where_the_key_belongs(certs: Path) -> None:
+    (certs / "server.key").write_text(f"token={CI_TOKEN}\n")
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        pytest.param(remove_the_certificate, ["tls.cert_file: {certs}/server.crt: no such file"], id="missing"),
+        pytest.param(
+            make_the_key_a_folder, ["tls.key_file: {certs}/server.key: cannot read it: Is a directory"], id="unreadable"
+        ),
+        pytest.param(
+            swap_certificate_and_key,
+            [
+                'tls.cert_file: {certs}/server.crt: not a PEM certificate (no "-----BEGIN CERTIFICATE-----" line)',
+                'tls.key_file: {certs}/server.key: not a PEM private key (no "-----BEGIN PRIVATE KEY-----" line)',
+            ],
+            id="swapped",
+        ),
+        pytest.param(
+            write_a_secret_where_the_key_belongs,
+            ['tls.key_file: {certs}/server.key: not a PEM private key (no "-----BEGIN PRIVATE KEY-----" line)'],
+            id="not PEM",
+        ),
+    ],
+)
+def test_a_tls_file_that_cannot_serve_is_a_problem_naming_it(
+    tmp_path: Path, damage: Callable[[Path], None], expected: list[str]
+) -> None:
+    path = write_example(tmp_path, EXAMPLE.replace("log_level: debug", "log_level: debug\ncolour: blue"))
+    damage(tmp_path / "certs")
+
+    with pytest.raises(ConfigError) as error:
+        load_config(path, env=SECRETS)
+
+    # Reported with the file's other problems, and never with the content of the file.
+    assert problems(error) == [
+        "colour: unknown key (known: aliases, auth, circuit_breaker, grace_period_s, interactive, keepalive, limits, "
+        "listen, log, log_level, max_request_bytes, metrics, models, providers, retry, tls)",
+        *(line.format(certs=tmp_path / "certs") for line in expected),
+    ]
+    assert CI_TOKEN not in str(error.value)
+
+
+def test_tls_files_are_checked_whatever_the_source_of_the_config(tmp_path: Path) -> None:
+    config = GatewayConfig(
+        tls=TLSConfig(cert_file=tmp_path / "gone.crt", key_file=tmp_path / "gone.key"),
+        providers=(ProviderConfig(name="demo", kind="demo"),),
+        models=(ModelConfig(name="demo", provider="demo", upstream_model="demo"),),
+    )
+
+    with pytest.raises(ConfigError) as error:
+        checked(config)
+
+    assert problems(error) == [
+        f"tls.cert_file: {tmp_path}/gone.crt: no such file",
+        f"tls.key_file: {tmp_path}/gone.key: no such file",
     ]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from server.resilience.breaker import Admission, BreakerPolicy, BreakerState, CircuitBreaker
 
 POLICY = BreakerPolicy(consecutive_failures=10, failure_ratio=0.05, min_requests=50, window_s=60.0, cooldown_s=30.0)
@@ -80,7 +78,6 @@ def test_after_the_cooldown_one_probe_goes_through_and_its_success_closes_it() -
     calls(b, "x" * 10)
     clock.now += 29.9
     assert b.allow() is Admission.DENIED
-    assert b.retry_in_s() == pytest.approx(0.1)
     clock.now += 0.1
     probe = b.allow()
     assert probe is Admission.PROBE
@@ -134,3 +131,21 @@ def test_a_disabled_breaker_never_opens() -> None:
     b, _ = breaker(BreakerPolicy(enabled=False))
     calls(b, "x" * 100)
     assert state(b) is BreakerState.CLOSED
+
+
+def test_it_keeps_the_note_of_the_last_failure_and_says_when_it_probes() -> None:
+    b, clock = breaker(BreakerPolicy(consecutive_failures=2, cooldown_s=30.0))
+    first = ("upstream p failed (HTTP 503)", {"last_error_reason": "UPSTREAM_UNAVAILABLE"})
+    last = ("cannot connect to upstream p at 127.0.0.1:9: connection refused", {"cause": "connection_refused"})
+    b.record(b.allow(), False, first)
+    b.record(b.allow(), True)  # a success leaves the note of the last failure
+    assert b.last_failure == first
+    assert b.probe_in_s() == 0.0  # closed
+    b.record(b.allow(), False, last)
+    b.record(b.allow(), False)  # a failure without a note keeps the one before
+    assert state(b) is BreakerState.OPEN
+    assert b.last_failure == last
+    clock.now += 29.5
+    assert b.probe_in_s() == 0.5
+    clock.now += 1.0
+    assert b.probe_in_s() == 0.0

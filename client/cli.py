@@ -1,0 +1,130 @@
+"""The commands of `python -m client` (parsed by client/__main__.py): generate, stream, models and chat.
+
+Imported only once the CLI has set gRPC's log verbosity, because it imports grpc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from typing import Final
+
+from client import console
+from client.channel import DEFAULT_RETRY
+from client.chat import Chat, LineReader
+from client.errors import ConfigurationError, GatewayError
+from client.sync_client import AIClient
+from client.types import ModelInfo, SamplingOptions, TextDelta
+
+__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "models_table", "run"]
+
+EXIT_OK: Final = 0
+EXIT_ERROR: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_INTERRUPTED: Final = 130
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed command; the exit code."""
+    try:
+        client = AIClient(
+            target=args.target,
+            token=args.token,
+            ca_file=args.ca_cert,
+            plaintext=args.plaintext,
+            timeout=args.timeout,
+            retry=DEFAULT_RETRY,
+        )
+    except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    commands = {"generate": _generate, "stream": _stream, "models": _models, "chat": _chat}
+    with client:
+        try:
+            commands[args.command](client, args)
+        except GatewayError as exc:
+            console.print_error(exc, debug=args.debug)
+            return EXIT_ERROR
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+def _generate(client: AIClient, args: argparse.Namespace) -> None:
+    result = client.generate(args.prompt, model=args.model, system=args.system, sampling=_sampling(args))
+    print(result.text)
+    console.print_summary(result)
+
+
+def _stream(client: AIClient, args: argparse.Namespace) -> None:
+    out = sys.stdout
+    printed = False
+    stream = client.stream_generate(args.prompt, model=args.model, system=args.system, sampling=_sampling(args))
+    try:
+        with stream:
+            for event in stream:
+                if isinstance(event, TextDelta):
+                    out.write(event.text)
+                    out.flush()
+                    printed = True
+    finally:
+        console.end_line(printed)
+    if stream.result is not None:
+        console.print_summary(stream.result)
+
+
+def _models(client: AIClient, args: argparse.Namespace) -> None:
+    models = client.list_models()
+    if args.json:
+        print(json.dumps([asdict(model) for model in models], indent=2))
+    else:
+        print(models_table(models))
+
+
+def _chat(client: AIClient, args: argparse.Namespace) -> None:
+    chat = Chat(client, model=args.model, system=args.system, sampling=_sampling(args), retry=DEFAULT_RETRY)
+    chat.run(LineReader())
+
+
+def _sampling(args: argparse.Namespace) -> SamplingOptions:
+    return SamplingOptions(
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+        top_p=getattr(args, "top_p", None),  # chat has no --top-p and --stop
+        stop=getattr(args, "stop", ()),
+    )
+
+
+_COLUMNS = ("MODEL", "ALIASES", "PROVIDER", "$/M IN", "$/M OUT", "MAX OUT", "DEPLOYMENTS", "FALLBACKS")
+
+
+def models_table(models: list[ModelInfo]) -> str:
+    """One aligned row per model; `-` for nothing, deployments as name:weight when there are several."""
+    rows = [_COLUMNS, *(_row(model) for model in models)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
+
+
+def _row(model: ModelInfo) -> tuple[str, ...]:
+    if len(model.deployments) > 1:
+        deployments = ", ".join(f"{d.name}:{d.weight:g}" for d in model.deployments)
+    else:
+        deployments = ", ".join(d.name for d in model.deployments)
+    return (
+        model.name,
+        ", ".join(model.aliases) or "-",
+        model.provider,
+        _price(model.input_price_per_million),
+        _price(model.output_price_per_million),
+        str(model.max_output_tokens),
+        deployments or "-",
+        ", ".join(model.fallbacks) or "-",
+    )
+
+
+def _price(price: float | None) -> str:
+    return "-" if price is None else f"{price:g}"

@@ -1,0 +1,88 @@
+"""The Makefile's installs: `make run` installs the gateway alone, `make install` (and so `make test`) the
+development tools too; each once, until pyproject.toml changes.
+
+The recipes run for real, from the repository, with a stand-in for python3.11 that records its arguments
+and makes a stand-in venv: no network, and the shared .venv is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Records "python ARGS" and, for `-m venv DIR`, makes DIR/bin/python a copy of itself.
+FAKE_PYTHON = """#!/bin/sh
+echo "$*" >> {log}
+if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then mkdir -p "$3/bin" && cp "$0" "$3/bin/python"; fi
+"""
+
+
+class Make:
+    def __init__(self, tmp_path: Path) -> None:
+        self.log = tmp_path / "python.log"
+        self.log.touch()
+        self.venv = tmp_path / "venv"
+        self.python = tmp_path / "python3.11"
+        self.python.write_text(FAKE_PYTHON.format(log=shlex.quote(str(self.log))))
+        self.python.chmod(0o755)
+
+    def __call__(self, target: str) -> list[str]:
+        """Run `make target`; the python commands it ran, one per line."""
+        before = len(self.log.read_text().splitlines())
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS"))}
+        subprocess.run(
+            ["make", "--no-print-directory", target, f"VENV={self.venv}", f"PYTHON={self.python}"],
+            cwd=REPO_ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        return self.log.read_text().splitlines()[before:]
+
+
+@pytest.fixture
+def make(tmp_path: Path) -> Make:
+    return Make(tmp_path)
+
+
+def pip_installs(commands: list[str]) -> list[str]:
+    return [c.split(" install ", 1)[1] for c in commands if c.startswith("-m pip install ")]
+
+
+def test_make_run_on_a_fresh_clone_makes_the_venv_and_installs_only_the_runtime(make: Make) -> None:
+    commands = make("run")
+    assert commands[0] == f"-m venv {make.venv}"
+    assert pip_installs(commands) == ["--quiet --upgrade pip", "--quiet -e ."]
+    assert commands[-1] == "-m server"
+
+
+def test_make_run_installs_once(make: Make) -> None:
+    make("run")
+    assert make("run") == ["-m server"]
+
+
+def test_make_install_adds_the_development_tools_once_and_make_run_then_installs_nothing(make: Make) -> None:
+    make("run")
+    assert pip_installs(make("install")) == ["--quiet -e .[dev]"]
+    assert make("install") == []
+    assert make("run") == ["-m server"]
+
+
+def test_a_dev_install_on_a_fresh_clone_serves_make_run_too(make: Make) -> None:
+    assert pip_installs(make("install")) == ["--quiet --upgrade pip", "--quiet -e .[dev]"]
+    assert make("run") == ["-m server"]
+
+
+def test_an_install_older_than_pyproject_toml_runs_again(make: Make) -> None:
+    make("install")
+    os.utime(make.venv / ".installed-runtime", (0, 0))
+    assert pip_installs(make("run")) == ["--quiet -e ."]
+    os.utime(make.venv / ".installed-dev", (0, 0))
+    assert pip_installs(make("install")) == ["--quiet -e .[dev]"]

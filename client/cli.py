@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from dataclasses import asdict
 from typing import Final
@@ -84,6 +85,9 @@ def _models(client: AIClient, args: argparse.Namespace) -> None:
 
 
 def _chat(client: AIClient, args: argparse.Namespace) -> None:
+    # Ctrl-C cancels an answer, and quits at the prompt, even when the chat was started with SIGINT ignored
+    # (as a shell without job control starts a background command, and Python then leaves it ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     chat = Chat(client, model=args.model, system=args.system, sampling=_sampling(args), retry=DEFAULT_RETRY)
     chat.run(LineReader())
 

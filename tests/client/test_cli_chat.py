@@ -68,10 +68,13 @@ class Chat:
 
 
 @asynccontextmanager
-async def chat(gateway: Gateway, *args: str) -> AsyncIterator[Chat]:
+async def chat(gateway: Gateway, *args: str, sigint_ignored: bool = False) -> AsyncIterator[Chat]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "GRPC_"))}
+    command = (sys.executable, "-m", "client", "chat", "--plaintext", "--target", f"127.0.0.1:{gateway.port}", *args)
+    if sigint_ignored:  # as a shell without job control starts a background command: `cmd &`
+        command = ("sh", "-c", 'trap "" INT; exec "$@"', "sh", *command)
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "client", "chat", "--plaintext", "--target", f"127.0.0.1:{gateway.port}", *args,
+        *command,
         cwd=repo_root(), env=env,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
@@ -121,8 +124,9 @@ async def test_ctrl_c_during_an_answer_cancels_it_and_the_chat_goes_on(
     await assert_no_session_left(openai_gateway)
 
 
-async def test_ctrl_c_at_the_prompt_ends_the_chat(demo_gateway: Gateway) -> None:
-    async with chat(demo_gateway) as session:
+@pytest.mark.parametrize("sigint_ignored", [False, True], ids=["foreground", "started-with-sigint-ignored"])
+async def test_ctrl_c_at_the_prompt_ends_the_chat(demo_gateway: Gateway, sigint_ignored: bool) -> None:
+    async with chat(demo_gateway, sigint_ignored=sigint_ignored) as session:
         await session.wait_for_prompt()
         session.process.send_signal(signal.SIGINT)
         code = await asyncio.wait_for(session.process.wait(), TIMEOUT_S)

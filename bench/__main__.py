@@ -61,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         help="let every process use every CPU (default: the gateway gets CPU 0 alone, when there are 2+)",
     )
+    parser.add_argument(
+        "--metrics-control",
+        action="store_true",
+        help="run the 'metrics on' gateway with metrics off as well: its difference is then the noise floor",
+    )
     for flag, (name, kind, text) in _FLAGS.items():
         default = getattr(Settings(), name)
         quick = getattr(QUICK, name)
@@ -73,6 +78,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     base = QUICK if args.quick else Settings()
     overrides = {name: getattr(args, name) for name, _, _ in _FLAGS.values() if getattr(args, name) is not None}
     overrides["pin"] = args.pin
+    overrides["metrics_control"] = args.metrics_control
     settings = dataclasses.replace(base, **overrides)
     positive = [
         settings.ttft_requests,

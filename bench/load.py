@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict
 
 from bench.clients import TRANSPORT_ERRORS, DirectClient, GatewayClient, StreamClient, StreamFailed, Tally
-from bench.results import LoadResult, TtftResult, percentile
+from bench.results import TARGETS, LoadResult, TtftResult, percentile
 
 __all__ = ["main"]
 
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     throughput.add_argument("--sync", action="store_true", help="print READY, then wait for 'GO <unix time>'")
     throughput.add_argument("--expect", type=int, help="tokens every stream must deliver (else it is an error)")
     for sub in (ttft, throughput):
-        sub.add_argument("--target", choices=("direct", "gateway", "gateway-httpx"), required=True)
+        sub.add_argument("--target", choices=TARGETS, required=True)
         sub.add_argument("--address", required=True, help="upstream base URL (direct) or gateway HOST:PORT")
         sub.add_argument("--model", required=True, help="tokens-N (direct) or the gateway's catalog name")
     args = parser.parse_args(argv)

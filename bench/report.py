@@ -4,6 +4,10 @@
     TTFT p50 (c=1)                     1.05 ms    1.90 ms     +0.85 ms       ≤ +2 ms  ok
     tokens/s (c=32, 64-token streams)  30,000     11,000      0.37 times     ≥ 10,000  ok
 
+    metrics (the gateway, same load)   off        on          difference     target
+    tokens/s                           11,000     10,900      -0.9 %         within 5 %  ok
+    gateway CPU per token              90 µs      92 µs       +2.2 %         within 5 %  ok
+
 A missed target is marked MISSED; the bench still exits 0, since a missed target is a finding, not a failure.
 """
 
@@ -12,12 +16,19 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import statistics
 from dataclasses import asdict
 from pathlib import Path
 
-from bench.results import TARGET_ADDED_TTFT_P50_MS, TARGET_GATEWAY_TOKENS_PER_S, BenchResult
+from bench.results import (
+    TARGET_ADDED_TTFT_P50_MS,
+    TARGET_GATEWAY_TOKENS_PER_S,
+    TARGET_METRICS_OVERHEAD_PERCENT,
+    TARGETS,
+    BenchResult,
+)
 
-__all__ = ["RESULTS_DIR", "default_json_path", "missed_targets", "render", "write_json"]
+__all__ = ["RESULTS_DIR", "default_json_path", "metrics_changes", "missed_targets", "render", "write_json"]
 
 # Where `--json` without a file name writes: inside the repository, but ignored by git (.gitignore).
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -53,7 +64,29 @@ def missed_targets(result: BenchResult) -> list[str]:
         missed.append("added TTFT p50")
     if not summary["tokens_per_s_gateway"] >= TARGET_GATEWAY_TOKENS_PER_S:
         missed.append("gateway tokens/s")
+    if not all(abs(change) <= TARGET_METRICS_OVERHEAD_PERCENT for change in metrics_changes(result).values()):
+        missed.append("metrics overhead")
     return missed
+
+
+def metrics_changes(result: BenchResult) -> dict[str, float]:
+    """How much turning metrics on changed the gateway's tokens/s and CPU per token, in percent of off.
+
+    The two gateways run back to back in every round, in swapped order every other round (whichever runs
+    second does worse on a busy machine). Each round's own difference is taken; the medians of the rounds
+    of each order are averaged, so that the order's bias cancels."""
+    pairs = list(zip(result.throughput.get("gateway", []), result.throughput.get("gateway_metrics", []), strict=False))
+    changes: dict[str, float] = {}
+    for name, metric in (("tokens/s", "tokens_per_s"), ("gateway CPU per token", "gateway_us_per_token")):
+        per_round = [_change(getattr(off, metric), getattr(on, metric)) for off, on in pairs]
+        by_order = [per_round[0::2], per_round[1::2]]
+        medians = [statistics.median(rounds) for rounds in by_order if rounds]
+        changes[name] = statistics.fmean(medians) if medians else math.nan
+    return changes
+
+
+def _change(off: float, on: float) -> float:
+    return 100 * (on - off) / off if off else math.nan
 
 
 Row = tuple[str, str, str, str, str]  # scenario, direct, gateway, added / ratio, target
@@ -183,6 +216,45 @@ def _httpx_rows(result: BenchResult) -> list[Row]:
     ]
 
 
+def _metrics_rows(result: BenchResult) -> list[Row]:
+    """The gateway with metrics off and on, under the same load in the same run."""
+    if "gateway_metrics" not in result.throughput or "gateway_metrics" not in result.ttft:
+        return []
+    s = result.summary()
+    control = result.settings.metrics_control
+    changes = metrics_changes(result)
+    ok = "metrics overhead" not in missed_targets(result)
+    target = f"within {TARGET_METRICS_OVERHEAD_PERCENT:g} %  {_verdict(ok)}"
+    ttft_off, ttft_on = s["ttft_p50_ms_gateway"], s["ttft_p50_ms_gateway_metrics"]
+    us_off, us_on = s["gateway_us_per_token"], s["gateway_metrics_us_per_token"]
+    return [
+        ("metrics (the gateway, same load)", "off", "off (control)" if control else "on", "difference*", "target"),
+        (
+            "tokens/s",
+            _count(s["tokens_per_s_gateway"]),
+            _count(s["tokens_per_s_gateway_metrics"]),
+            f"{changes['tokens/s']:+.1f} %",
+            target,
+        ),
+        (
+            "gateway CPU per token",
+            f"{us_off:.1f} µs",
+            f"{us_on:.1f} µs",
+            f"{changes['gateway CPU per token']:+.1f} %",
+            target,
+        ),
+        ("TTFT p50 (c=1)", _ms(ttft_off), _ms(ttft_on), f"{ttft_on - ttft_off:+.2f} ms", ""),
+    ]
+
+
+def _table(rows: list[Row]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return [
+        "  ".join([cell.ljust(width) for cell, width in zip(row, widths, strict=False)] + [row[-1]]).rstrip()
+        for row in rows
+    ]
+
+
 def render(result: BenchResult) -> str:
     settings, machine = result.settings, result.machine
     split = " + ".join(str(n) for n in settings.per_process_concurrency())
@@ -197,11 +269,12 @@ def render(result: BenchResult) -> str:
         + (f"{settings.rounds} rounds (medians)" if settings.rounds > 1 else "1 round"),
         "",
     ]
-    rows = _rows(result)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)] + [row[-1]]
-        lines.append("  ".join(cells).rstrip())
+    lines += _table(_rows(result))
+    if metrics_rows := _metrics_rows(result):
+        lines += ["", *_table(metrics_rows)]
+        lines += [
+            "* per round (off and on back to back, order swapped every round); the mean of the two orders' medians"
+        ]
     lines += ["", "CPU: 100% = one core, over the throughput window. Direct: httpx + SSE; gateway: grpc.aio."]
     lines += [f"first error ({target}): {error}" for target, error in _first_errors(result).items()]
     missed = missed_targets(result)
@@ -211,7 +284,7 @@ def render(result: BenchResult) -> str:
 
 def _first_errors(result: BenchResult) -> dict[str, str]:
     errors: dict[str, str] = {}
-    for target in ("direct", "gateway", "gateway-httpx"):
+    for target in TARGETS:
         ttft = result.ttft.get(target)
         candidates = [ttft.first_error if ttft else ""]
         candidates += [load.first_error for r in result.throughput.get(target, []) for load in r.loads]
@@ -228,7 +301,12 @@ def default_json_path(now: datetime.datetime | None = None) -> Path:
 
 def write_json(result: BenchResult, path: Path) -> None:
     """Every raw number of the run (samples included), the headline summary and the missed targets."""
-    document = {**asdict(result), "summary": result.summary(), "missed_targets": missed_targets(result)}
+    document = {
+        **asdict(result),
+        "summary": result.summary(),
+        "metrics_changes_percent": metrics_changes(result),
+        "missed_targets": missed_targets(result),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_strict(document), indent=2, allow_nan=False) + "\n")
 

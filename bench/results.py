@@ -14,9 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 __all__ = [
+    "GATEWAYS",
     "QUICK",
+    "TARGETS",
     "TARGET_ADDED_TTFT_P50_MS",
     "TARGET_GATEWAY_TOKENS_PER_S",
+    "TARGET_METRICS_OVERHEAD_PERCENT",
     "BenchResult",
     "LoadResult",
     "Machine",
@@ -30,11 +33,19 @@ __all__ = [
 # through one gateway process.
 TARGET_ADDED_TTFT_P50_MS = 2.0
 TARGET_GATEWAY_TOKENS_PER_S = 10_000.0
+# Metrics must not cost the per-token path: tokens/s and CPU per token with metrics on stay this close to off.
+TARGET_METRICS_OVERHEAD_PERCENT = 5.0
+
+# What the load goes to: the upstream itself, the gateway, the same gateway process through its httpx
+# transport, and the same gateway config with metrics on (a second gateway process, scraped once a second
+# as a busy Prometheus would). GATEWAYS are the gateway processes, whose CPU each side of theirs measures.
+GATEWAYS = ("gateway", "gateway_metrics")
+TARGETS = ("direct", "gateway", "gateway-httpx", "gateway_metrics")
 
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    """One bench run. The defaults make `make bench` take about 75 s."""
+    """One bench run. The defaults make `make bench` take about 140 s."""
 
     ttft_requests: int = 300  # measured sequential requests per side
     ttft_warmup: int = 30  # requests before those, not measured
@@ -47,6 +58,9 @@ class Settings:
     # Give the gateway a CPU of its own (with 2+ CPUs): it is one Python thread, and on a small machine the
     # load processes would otherwise take turns with it on its core, so it would measure the scheduler.
     pin: bool = True
+    # The control run: the second gateway gets metrics off too, so "metrics on vs off" shows the bench's own
+    # noise between two identical gateways.
+    metrics_control: bool = False
 
     def per_process_concurrency(self) -> list[int]:
         """The concurrency of each load process: as even a split as the numbers allow."""
@@ -189,12 +203,15 @@ class BenchResult:
             for target in self.throughput
             for metric in ("tokens_per_s", "streams_per_s")
         }
-        gateway_cpu = [r.cpu_percent.get("gateway", math.nan) for r in self.throughput.get("gateway", [])]
+        gateways: dict[str, float] = {}
+        for target in GATEWAYS:
+            cpu = [r.cpu_percent.get("gateway", math.nan) for r in self.throughput.get(target, [])]
+            gateways[f"{target}_cpu_percent"] = statistics.median(cpu) if cpu else math.nan
+            gateways[f"{target}_us_per_token"] = self.median(target, "gateway_us_per_token")
         return {
             **ttft,
             **throughput,
-            "gateway_cpu_percent": statistics.median(gateway_cpu) if gateway_cpu else math.nan,
-            "gateway_us_per_token": self.median("gateway", "gateway_us_per_token"),
+            **gateways,
             "gateway_httpx_us_per_token": self.median("gateway-httpx", "gateway_us_per_token"),
             "gateway_peak_rss_mib": self.gateway_peak_rss_bytes / 2**20,
         }

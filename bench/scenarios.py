@@ -25,24 +25,30 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import yaml
 from grpc_health.v1 import health_pb2
 
 from bench.procs import Child, Children, cpu_seconds, machine_cpu_seconds, peak_rss_bytes
 from bench.results import BenchResult, LoadResult, Machine, Settings, ThroughputResult, TtftResult
 
-__all__ = ["THROUGHPUT_TARGETS", "Progress", "Stack", "run_bench", "to_stderr"]
+__all__ = ["THROUGHPUT_TARGETS", "TTFT_TARGETS", "Progress", "Stack", "run_bench", "to_stderr"]
 
 # A cold interpreter imports grpc, protobuf and httpx in well under a second; this leaves room for a slow box.
 READY_TIMEOUT_S = 20.0
 _POLL_INTERVAL_S = 0.05
 # The gateway's grace period on SIGTERM: the bench stops it only when no call is left.
 _GATEWAY_GRACE_S = 1.0
+# How often the gateway with metrics on is scraped during a throughput window (Prometheus's default is 15 s).
+_SCRAPE_INTERVAL_S = 1.0
 _TTFT_MODEL_TOKENS = 1  # the shortest stream: TTFT then measures the path, not the stream's length
 # The throughput sides, each round in this order: the upstream itself, the gateway calling it through
-# aiohttp (its default transport), and the same gateway process through httpx (a second provider entry).
-THROUGHPUT_TARGETS = ("direct", "gateway", "gateway-httpx")
-_MODEL_PREFIX = {"gateway": "bench", "gateway-httpx": "bench-httpx"}
+# aiohttp (its default transport), a second gateway process of the same config with metrics on (right
+# after it: off and on back to back), and the first gateway process through httpx (a second provider entry).
+THROUGHPUT_TARGETS = ("direct", "gateway", "gateway_metrics", "gateway-httpx")
+# Time to first token: the upstream, the gateway, and the gateway with metrics on.
+TTFT_TARGETS = ("direct", "gateway", "gateway_metrics")
+_MODEL_PREFIX = {"gateway": "bench", "gateway-httpx": "bench-httpx", "gateway_metrics": "bench"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +67,7 @@ class CpuPlan:
         return cls(gateway=frozenset(cpus[:1]), others=frozenset(cpus[1:]))
 
     def load_cpus(self, target: str) -> frozenset[int] | None:
-        return self.others if target != "direct" else None
+        return None if target == "direct" else self.others
 
     def describe(self) -> str:
         if self.gateway is None or self.others is None:
@@ -86,6 +92,10 @@ class Stack:
     gateway: Child
     gateway_address: str  # 127.0.0.1:PORT
     cpus: CpuPlan
+    # The same gateway with metrics on, and its /metrics URL (None in the control run: metrics off there too).
+    gateway_metrics: Child
+    gateway_metrics_address: str
+    metrics_url: str | None
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -97,27 +107,28 @@ class Stack:
             if word != "PORT" or not port.isdigit():
                 raise upstream.failure(f"expected 'PORT <n>' on stdout, got {word} {port}")
             upstream_url = f"http://127.0.0.1:{port}/v1"
-            config = workdir / "gateway.yaml"
-            config.write_text(yaml.safe_dump(_gateway_config(upstream_url, settings), sort_keys=False))
-            gateway = await children.start(
-                "gateway",
-                "server",
-                "--config",
-                str(config),
-                "--listen",
-                "127.0.0.1:0",
-                stdout=False,
-                cpus=cpus.gateway,
+            gateway, gateway_address, _ = await _start_gateway(
+                children, workdir, "gateway", upstream_url, settings, cpus
             )
-            gateway_address = await _wait_listening(gateway)
-            await _wait_serving(gateway, gateway_address)
-            yield cls(children, upstream, upstream_url, gateway, gateway_address, cpus)
+            metrics, metrics_address, metrics_url = await _start_gateway(
+                children, workdir, "gateway_metrics", upstream_url, settings, cpus, metrics=not settings.metrics_control
+            )
+            yield cls(
+                children, upstream, upstream_url, gateway, gateway_address, cpus, metrics, metrics_address, metrics_url
+            )
 
     def _endpoint(self, target: str, tokens: int) -> tuple[str, str]:
         """The address and model name a load process uses for `target` and streams of `tokens` tokens."""
         if target == "direct":
             return self.upstream_url, f"tokens-{tokens}"
-        return self.gateway_address, f"{_MODEL_PREFIX[target]}-{tokens}"
+        address = self.gateway_metrics_address if target == "gateway_metrics" else self.gateway_address
+        return address, f"{_MODEL_PREFIX[target]}-{tokens}"
+
+    def _gateway_pid(self, target: str) -> dict[str, int]:
+        """The gateway process `target` loads (none for direct), under the one key "gateway"."""
+        if target == "direct":
+            return {}
+        return {"gateway": (self.gateway_metrics if target == "gateway_metrics" else self.gateway).pid}
 
     async def ttft(self, target: str, settings: Settings) -> TtftResult:
         address, model = self._endpoint(target, _TTFT_MODEL_TOKENS)
@@ -158,8 +169,11 @@ class Stack:
         window_start = time.time() + settings.warmup_s
         for load in loads:
             load.write_line(f"GO {window_start!r}")
-        servers = {"upstream": self.upstream.pid} | ({"gateway": self.gateway.pid} if target != "direct" else {})
-        cpu = await _cpu_percent_over(servers, window_start, settings.duration_s)
+        servers = {"upstream": self.upstream.pid} | self._gateway_pid(target)
+        scraped = self.metrics_url if target == "gateway_metrics" else None
+        scraping = _scraping(scraped) if scraped else contextlib.nullcontext()
+        async with scraping:
+            cpu = await _cpu_percent_over(servers, window_start, settings.duration_s)
         raws = [await _result(load, settings.duration_s + 30) for load in loads]
         for load in loads:
             await self.children.stop(load)
@@ -181,7 +195,7 @@ async def run_bench(settings: Settings, command: str | None = None, progress: Pr
         machine=Machine.this(),
         command=command or shlex.join([sys.executable, "-m", "bench", *sys.argv[1:]]),
     )
-    steps = 2 + len(THROUGHPUT_TARGETS) * settings.rounds
+    steps = len(TTFT_TARGETS) + len(THROUGHPUT_TARGETS) * settings.rounds
     step = 0
 
     def begin(what: str) -> float:
@@ -197,20 +211,75 @@ async def run_bench(settings: Settings, command: str | None = None, progress: Pr
         progress("starting the fake upstream and the gateway ...")
         async with Stack.start(Path(tmp), settings) as stack:
             result.pinning = stack.cpus.describe()
-            for target in ("direct", "gateway"):
+            for target in TTFT_TARGETS:
                 calls = settings.ttft_warmup + settings.ttft_requests
                 began = begin(f"time to first token, {target}: {calls} sequential calls")
                 ttft = result.ttft[target] = await stack.ttft(target, settings)
                 end(began, f"TTFT p50 {ttft.p50_ms:.2f} ms")
             window = f"{settings.warmup_s:g} s warm-up + {settings.duration_s:g} s at c={settings.concurrency}"
             for n in range(1, settings.rounds + 1):
-                for target in THROUGHPUT_TARGETS:
+                # The gateway sides run in reverse order every other round: whichever runs later does worse
+                # on a busy machine, and that must not pass for the cost of metrics (or of httpx).
+                order = THROUGHPUT_TARGETS if n % 2 else (*THROUGHPUT_TARGETS[:1], *reversed(THROUGHPUT_TARGETS[1:]))
+                for target in order:
                     began = begin(f"throughput round {n}/{settings.rounds}, {target}: {window}")
                     throughput = await stack.throughput(target, settings)
                     result.throughput.setdefault(target, []).append(throughput)
                     end(began, f"{throughput.tokens_per_s:,.0f} tokens/s")
             result.gateway_peak_rss_bytes = peak_rss_bytes(stack.gateway.pid)
     return result
+
+
+async def _start_gateway(
+    children: Children,
+    workdir: Path,
+    name: str,
+    upstream_url: str,
+    settings: Settings,
+    cpus: CpuPlan,
+    *,
+    metrics: bool = False,
+) -> tuple[Child, str, str | None]:
+    """A gateway process in front of the upstream, SERVING: it, its address and, with `metrics`, its
+    /metrics URL. Both listeners bind port 0; the gateway says which ports it got."""
+    config = workdir / f"{name}.yaml"
+    raw = _gateway_config(upstream_url, settings)
+    if metrics:
+        raw["metrics"] = {"listen": "127.0.0.1:0"}
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    args = ("--config", str(config), "--listen", "127.0.0.1:0")
+    gateway = await children.start(name, "server", *args, stdout=False, cpus=cpus.gateway)
+    address = await _wait_listening(gateway)
+    await _wait_serving(gateway, address)
+    metrics_url = None
+    if metrics:  # its line comes before the "listening on" one
+        found = _METRICS_ON.search(gateway.stderr_path.read_text(errors="replace"))
+        if found is None:
+            raise gateway.failure("did not say where /metrics is")
+        metrics_url = found[1]
+    return gateway, address, metrics_url
+
+
+@contextlib.asynccontextmanager
+async def _scraping(url: str) -> AsyncIterator[None]:
+    """Scrape `url` every _SCRAPE_INTERVAL_S while the block runs, as Prometheus would; a failed scrape
+    fails the bench (the metrics listener must keep answering under load)."""
+
+    async def scrape() -> None:
+        async with httpx.AsyncClient() as client:
+            while True:
+                (await client.get(url, timeout=10.0)).raise_for_status()
+                await asyncio.sleep(_SCRAPE_INTERVAL_S)
+
+    task = asyncio.create_task(scrape())
+    try:
+        yield
+    finally:
+        if task.done():
+            task.result()  # raises what failed the scrape
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _gateway_config(upstream_url: str, settings: Settings) -> dict[str, Any]:
@@ -231,6 +300,8 @@ def _gateway_config(upstream_url: str, settings: Settings) -> dict[str, Any]:
 
 # server/app.py's start-up line: "listening on HOST:PORT (...)", with the port the kernel chose for port 0.
 _LISTENING = re.compile(r" listening on (\S+:\d+) ")
+# And before it, with metrics on: "metrics on http://HOST:PORT/metrics".
+_METRICS_ON = re.compile(r" metrics on (http://\S+:\d+/metrics)")
 
 
 async def _wait_listening(gateway: Child) -> str:

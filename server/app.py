@@ -1,4 +1,5 @@
-"""Build and run the gateway: the grpc.aio server with AIService, health, reflection and auth.
+"""Build and run the gateway: the grpc.aio server with AIService, health, reflection and auth, and the
+Prometheus `/metrics` listener when `metrics.listen` is configured.
 
 `start_gateway(config)` binds and starts a server and returns a `Gateway` with its bound port (tests
 listen on 127.0.0.1:0). `serve(config)` adds signal handling and graceful shutdown on top.
@@ -19,7 +20,9 @@ from grpc_reflection.v1alpha import reflection
 from generated import ai_service_pb2, ai_service_pb2_grpc
 from server import defaults
 from server.auth import BearerAuthInterceptor
-from server.config import GatewayConfig, KeepaliveConfig, TLSConfig
+from server.config import GatewayConfig, KeepaliveConfig, TLSConfig, parse_listen
+from server.observe.exporter import MetricsServer, start_metrics_server
+from server.observe.metrics import GatewayMetrics, LabelBounds
 from server.observe.trace import Tracing, tracing_from_env
 from server.policy.seam import Policy, Seam
 from server.routing.dispatch import Router
@@ -42,6 +45,8 @@ class Gateway:
     service: AIService
     router: Router
     tracing: Tracing
+    metrics: GatewayMetrics | None = None
+    metrics_server: MetricsServer | None = None
 
     async def stop(self, grace_s: float | None) -> None:
         """Drain: report NOT_SERVING, refuse new calls, let in-flight calls run up to `grace_s`, close.
@@ -59,6 +64,8 @@ class Gateway:
                 await self.service.end_in_flight_calls()
         await stopping
         await self.router.aclose()
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
         await asyncio.to_thread(self.tracing.shutdown)  # the spans still buffered go out
 
 
@@ -109,13 +116,13 @@ async def start_gateway(
     `tracing` defaults to what the OTEL_* variables ask for (server/observe/trace.py): off unless set."""
     tracing = tracing or tracing_from_env()
     router = Router.from_config(config)
-    interceptors = [BearerAuthInterceptor(config.auth.tokens, tracing=tracing)] if config.auth else []
+    metrics = gateway_metrics(config, router) if config.metrics.listen is not None else None
+    interceptors: list[grpc.aio.ServerInterceptor] = [metrics.grpc] if metrics else []
+    if config.auth:  # after the metrics: a call refused for its token is counted too
+        interceptors.append(BearerAuthInterceptor(config.auth.tokens, tracing=tracing))
     server = grpc.aio.server(interceptors=interceptors, options=server_options(config))
-    service = AIService(
-        Seam(router, policies, tracing=tracing),
-        max_request_bytes=config.max_request_bytes,
-        interactive=config.interactive,
-    )
+    seam = Seam(router, policies, tracing=tracing, observers=[metrics] if metrics else [])
+    service = AIService(seam, max_request_bytes=config.max_request_bytes, interactive=config.interactive)
     ai_service_pb2_grpc.add_AIServiceServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -133,11 +140,31 @@ async def start_gateway(
         await server.start()
     except (RuntimeError, OSError) as exc:
         await router.aclose()
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise OSError(f"cannot listen on {config.listen}: {reason}") from exc
+        raise OSError(f"cannot listen on {config.listen}: {_why(exc)}") from exc
+    metrics_server = None
+    if metrics is not None and config.metrics.listen is not None:
+        try:
+            metrics_server = start_metrics_server(*parse_listen(config.metrics.listen), metrics.registry)
+        except OSError as exc:
+            await server.stop(None)
+            await router.aclose()
+            raise OSError(f"cannot listen on {config.metrics.listen} (metrics.listen): {_why(exc)}") from exc
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Gateway(server, port, health_servicer, service, router, tracing)
+    return Gateway(server, port, health_servicer, service, router, tracing, metrics, metrics_server)
+
+
+def gateway_metrics(config: GatewayConfig, router: Router) -> GatewayMetrics:
+    """The metrics of a gateway of `config`, watching `router`'s breakers, retry budgets and call plans."""
+    clients = [token.name for token in config.auth.tokens] if config.auth else []
+    bounds = LabelBounds(router.catalog, clients, [p.name for p in config.providers])
+    metrics = GatewayMetrics(bounds)
+    metrics.watch(router.resilience)
+    return metrics
+
+
+def _why(exc: BaseException) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
 def bound_address(listen: str, port: int) -> str:
@@ -155,6 +182,9 @@ async def serve(config: GatewayConfig, tracing: Tracing | None = None) -> None:
     gateway = await start_gateway(config, tracing=tracing)
     scheme = "tls" if config.tls else "plaintext"
     auth = f"{len(config.auth.tokens)} client token(s)" if config.auth else "no auth"
+    if gateway.metrics_server is not None and config.metrics.listen is not None:
+        # Before the "listening on" line, with the bound port too: whoever reads that line finds this one.
+        log.info("metrics on http://%s/metrics", bound_address(config.metrics.listen, gateway.metrics_server.port))
     # The bound address, not the configured one: with port 0 this line is how a supervisor (or a test)
     # learns the port the kernel chose. Keep its start stable: `listening on HOST:PORT `.
     log.info(

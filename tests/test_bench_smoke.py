@@ -32,20 +32,30 @@ def test_quick_bench_measures_every_figure(tmp_path: Path) -> None:
     assert "tokens/s (c=32, 64-token streams)" in run.stdout
     # The same gateway through its httpx transport, side by side with aiohttp.
     assert "gateway via httpx: CPU per token" in run.stdout
-    summary = json.loads(out.read_text())["summary"]
+    # And the gateway with metrics off and on, under the same load.
+    assert "metrics (the gateway, same load)" in run.stdout
+    document = json.loads(out.read_text())
+    summary = document["summary"]
     assert summary
     assert all(value is not None for value in summary.values()), summary
+    assert summary["tokens_per_s_gateway_metrics"] > 0
+    assert summary["tokens_per_s_gateway-httpx"] > 0
+    changes = document["metrics_changes_percent"]
+    assert set(changes) == {"tokens/s", "gateway CPU per token"}
+    assert all(value is not None for value in changes.values()), changes
     # Progress: each scenario says when it starts and what it measured, on stderr (stdout is the table).
     progress = [line for line in run.stderr.splitlines() if line.startswith("bench: ")]
     assert progress[0] == "bench: starting the fake upstream and the gateway ..."
     starts = [line for line in progress if line.endswith(" ...")][1:]
     ends = [line for line in progress if line.endswith(" s)")]
-    assert [line.split("]")[0] for line in starts] == [f"bench: [{n}/5" for n in range(1, 6)]
+    assert [line.split("]")[0] for line in starts] == [f"bench: [{n}/7" for n in range(1, 8)]
     assert [line.split("]")[0] for line in ends] == [line.split("]")[0] for line in starts]
     assert "time to first token, direct" in starts[0]
-    assert "throughput round 1/1, gateway:" in starts[3]
-    assert "throughput round 1/1, gateway-httpx:" in starts[4]
+    assert "time to first token, gateway_metrics" in starts[2]
+    assert "throughput round 1/1, gateway:" in starts[4]
+    assert "throughput round 1/1, gateway_metrics:" in starts[5]
+    assert "throughput round 1/1, gateway-httpx:" in starts[6]
     assert "TTFT p50" in ends[1]
-    assert "tokens/s" in ends[3]
-    assert progress.index(starts[3]) < progress.index(ends[3])
+    assert "tokens/s" in ends[4]
+    assert progress.index(starts[4]) < progress.index(ends[4])
     assert not any(line.startswith("bench: ") for line in run.stdout.splitlines())

@@ -26,6 +26,7 @@ from server.config import (
     InteractiveConfig,
     KeepaliveConfig,
     LimitsConfig,
+    MetricsConfig,
     ProviderConfig,
     is_loopback_host,
     load_config,
@@ -86,7 +87,9 @@ def test_each_example_loads_on_a_loopback_address(name: str, checkout: Checkout)
 async def test_each_example_starts_and_serves(name: str, checkout: Checkout) -> None:
     tls = checkout.load(name).tls is not None
     args = ("--config", str(checkout.examples / name), "--listen", "127.0.0.1:0")
-    async with run_gateway(*args, env=EXAMPLE_ENV[name]) as gateway:
+    # As with --listen, only the port of a metrics listener is replaced: another test may hold 9464.
+    env = {**EXAMPLE_ENV[name], "GATEWAY_METRICS_LISTEN": "127.0.0.1:0"}
+    async with run_gateway(*args, env=env) as gateway:
         address = await gateway.wait_ready()
         credentials = grpc.ssl_channel_credentials(checkout.certs.ca_cert.read_bytes()) if tls else None
         channel = grpc.aio.secure_channel(address, credentials) if credentials else grpc.aio.insecure_channel(address)
@@ -103,6 +106,10 @@ def test_the_secure_example_serves_the_demo_over_tls_to_the_clients_token_variab
     assert config.auth is not None
     assert [t.name for t in config.auth.tokens] == ["local-developer"]
     assert [m.name for m in config.models] == ["demo"]
+
+
+def test_the_full_example_serves_metrics_on_loopback(checkout: Checkout) -> None:
+    assert checkout.load("gateway.yaml").metrics.listen == "127.0.0.1:9464"
 
 
 def test_the_full_example_takes_make_certs_output(checkout: Checkout) -> None:
@@ -167,6 +174,7 @@ def test_the_full_example_names_every_option() -> None:
         "circuit_breaker": BreakerPolicy,
         "limits": LimitsConfig,
         "keepalive": KeepaliveConfig,
+        "metrics": MetricsConfig,
     }
     for key, cls in sections.items():
         assert set(raw[key]) == _fields(cls), key

@@ -39,6 +39,7 @@ def checked(config: GatewayConfig, *, unparsed: frozenset[str] = frozenset()) ->
     """
     problems = [
         *_listen_problems(config),
+        *_metrics_listen_problems(config),
         *_tls_file_problems(config),
         *_log_level_problems(config),
         *_log_format_problems(config),
@@ -83,6 +84,14 @@ def _listen_problems(config: GatewayConfig) -> Iterator[str]:
             f"listen: refusing to serve without auth on non-loopback address {host}; configure "
             "auth.tokens, or listen on 127.0.0.1"
         )
+
+
+def _metrics_listen_problems(config: GatewayConfig) -> Iterator[str]:
+    if config.metrics.listen is not None:
+        try:
+            parse_listen(config.metrics.listen)
+        except ConfigError as exc:
+            yield f"metrics.{exc}"
 
 
 def _tls_file_problems(config: GatewayConfig) -> Iterator[str]:

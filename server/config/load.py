@@ -7,6 +7,7 @@ Precedence, highest first: command-line flags, environment variables, the YAML f
     GATEWAY_MAX_REQUEST_BYTES   cap on the total message content of one request
     GATEWAY_LOG_LEVEL           DEBUG, INFO, WARNING, ERROR
     GATEWAY_LOG_FORMAT          text or json (one JSON object per line)
+    GATEWAY_METRICS_LISTEN      host:port of the Prometheus /metrics listener (turns it on)
 
 Secrets enter here and nowhere else: upstream keys are read from the variables that `api_key_env`
 names, client tokens are kept only as sha256 digests, and every secret is registered with
@@ -23,7 +24,7 @@ from pathlib import Path
 from server.config.checks import checked
 from server.config.parse import parse
 from server.config.readers import number, read_yaml
-from server.config.schema import ConfigError, GatewayConfig, ProviderConfig
+from server.config.schema import ConfigError, GatewayConfig, MetricsConfig, ProviderConfig
 from server.errors import register_secret
 from server.routing.catalog import PROVIDER_PRESETS, ModelConfig
 
@@ -89,6 +90,8 @@ def _apply_env(config: GatewayConfig, env: Mapping[str, str]) -> GatewayConfig:
         config = replace(config, log_level=env["GATEWAY_LOG_LEVEL"].upper())
     if env.get("GATEWAY_LOG_FORMAT"):
         config = replace(config, log_format=env["GATEWAY_LOG_FORMAT"].lower())
+    if env.get("GATEWAY_METRICS_LISTEN"):
+        config = replace(config, metrics=MetricsConfig(listen=env["GATEWAY_METRICS_LISTEN"]))
     for var, key in _ENV_NUMBERS.items():
         if env.get(var) and (value := number(env[var], var, problems, minimum=0)) is not None:
             config = replace(config, **{key: type(getattr(config, key))(value)})

@@ -25,6 +25,7 @@ from server.config.schema import (
     InteractiveConfig,
     KeepaliveConfig,
     LimitsConfig,
+    MetricsConfig,
     ProviderConfig,
     ProviderKind,
     TLSConfig,
@@ -44,7 +45,7 @@ _Section = TypeVar("_Section", RetryPolicy, BreakerPolicy, LimitsConfig, Keepali
 _TOP_LEVEL_KEYS = frozenset(
     {
         *("listen", "tls", "auth", "providers", "models", "aliases"),
-        *("grace_period_s", "max_request_bytes", "log_level", "log", "interactive"),
+        *("grace_period_s", "max_request_bytes", "log_level", "log", "interactive", "metrics"),
         *_SECTIONS,
     }
 )
@@ -98,6 +99,8 @@ def _parse_log(raw: Any, config: GatewayConfig, has_log_level: bool, problems: l
 def _parse_sections(top: dict[str, Any], config: GatewayConfig, problems: list[str]) -> GatewayConfig:
     if top.get("interactive") is not None:
         config = replace(config, interactive=_parse_interactive(top["interactive"], problems))
+    if top.get("metrics") is not None:
+        config = replace(config, metrics=_parse_metrics(top["metrics"], problems))
     for key in _SECTIONS:
         if top.get(key) is not None:
             config = replace(config, **{key: _parse_section(top[key], key, getattr(config, key), problems)})
@@ -129,6 +132,13 @@ def _parse_interactive(raw: Any, problems: list[str]) -> InteractiveConfig:
     unknown_keys(entry, fields, "interactive.", problems)
     limits = InteractiveConfig()
     return replace(limits, **numbers(entry, sorted(set(entry) & fields), "interactive.", limits, problems, minimum=1))
+
+
+def _parse_metrics(raw: Any, problems: list[str]) -> MetricsConfig:
+    entry = mapping(raw, "metrics", problems)
+    unknown_keys(entry, set(MetricsConfig.__dataclass_fields__), "metrics.", problems)
+    listen = entry.get("listen")
+    return MetricsConfig(listen=None if listen is None else str(listen))
 
 
 def _parse_tls(raw: Any, base_dir: Path, problems: list[str]) -> TLSConfig | None:

@@ -126,6 +126,13 @@ class KeepaliveConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """The Prometheus endpoint (config key `metrics`): `/metrics` on its own HTTP listener; None is off."""
+
+    listen: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     listen: str = defaults.DEFAULT_LISTEN
     tls: TLSConfig | None = None
@@ -143,3 +150,4 @@ class GatewayConfig:
     circuit_breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     limits: LimitsConfig = LimitsConfig()
     keepalive: KeepaliveConfig = KeepaliveConfig()
+    metrics: MetricsConfig = MetricsConfig()

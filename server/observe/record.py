@@ -82,6 +82,7 @@ class CallRecord:
     turns: int | None = None  # InteractiveStream session: turns accepted
     code: str = "OK"
     reason: str = ""
+    duration_s: float | None = None  # set by finish(): the one duration the log and the metrics report
 
     def first_token(self) -> None:
         self.first_token_s = time.perf_counter() - self.started
@@ -93,11 +94,12 @@ class CallRecord:
         self.finish_reason = reply.reason.name.lower()
 
     def finish(self) -> None:
+        self.duration_s = duration_s = time.perf_counter() - self.started
         if not access_log.isEnabledFor(logging.INFO):
             return
         served = self.served
         usage = self.usage
-        duration_ms = (time.perf_counter() - self.started) * 1000
+        duration_ms = duration_s * 1000
         access_log.info(
             "%s client=%s%s model=%s served=%s code=%s%s duration_ms=%.1f ttft_ms=%s deltas=%d tokens=%s cost_usd=%s"
             " request_id=%s upstream_request_id=%s%s",

@@ -4,6 +4,9 @@
     session turn ──────────┴─► Seam.begin ─► Seam.complete / Seam.stream ─► router (routing/dispatch.py)
                               Seam.end ◄─ the call ends: its record is written, then admitted policies settle
 
+Observers (the metrics, server/observe/metrics.py) see every record: `begun` when the call or turn
+starts, `ended` right after the record is written, whether or not any policy admitted the call.
+
 A policy sees each call twice: `admit` before anything is sent upstream (a GatewayError refuses the call
 with that error's status), and `settle` once the call has ended, with the outcome, usage and cost in the
 call's record. Every policy whose `admit` returned gets exactly one `settle`, whatever happened after it,
@@ -28,7 +31,7 @@ from server.routing.catalog import Catalog, ModelConfig
 from server.routing.dispatch import Router
 from server.types import ChatRequest, Completion, StreamEvent
 
-__all__ = ["CallContext", "Policy", "Seam"]
+__all__ = ["CallContext", "Policy", "RecordObserver", "Seam"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,14 @@ class Policy(Protocol):
 
     def settle(self, call: CallContext) -> None:
         """The call has ended: its record holds the outcome, the usage and the cost."""
+
+
+class RecordObserver(Protocol):
+    def begun(self, record: CallRecord) -> None:
+        """A call or turn starts (its record holds the method, the client and the model asked for)."""
+
+    def ended(self, record: CallRecord) -> None:
+        """The call or turn has ended and its record is written."""
 
 
 @dataclass(slots=True)
@@ -57,11 +68,19 @@ class CallContext:
 
 
 class Seam:
-    def __init__(self, router: Router, policies: Sequence[Policy] = (), *, tracing: Tracing | None = None) -> None:
+    def __init__(
+        self,
+        router: Router,
+        policies: Sequence[Policy] = (),
+        *,
+        tracing: Tracing | None = None,
+        observers: Sequence[RecordObserver] = (),
+    ) -> None:
         self.router = router
         self.catalog: Catalog = router.catalog
         self._policies = tuple(policies)
         self.tracing = tracing or Tracing()
+        self._observers = tuple(observers)
 
     def begin(
         self,
@@ -80,7 +99,10 @@ class Seam:
         record = CallRecord(
             method, client, model=model, session=session, turn_request_id=turn_request_id, request_id=request_id
         )
-        return CallContext(record, self.tracing.begin(record, parent))
+        call = CallContext(record, self.tracing.begin(record, parent))
+        for observer in self._observers:
+            observer.begun(record)
+        return call
 
     async def complete(self, call: CallContext, model: ModelConfig, request: ChatRequest) -> Completion:
         await self._admit(call, model, request)
@@ -116,6 +138,11 @@ class Seam:
             record.code = code
         record.finish()
         call.trace.end(record)
+        for observer in self._observers:
+            try:
+                observer.ended(record)
+            except Exception as exc:  # as for policies below: a broken observer must not fail the call
+                log.exception("observer %s failed on a %s record", type(observer).__name__, record.method, exc_info=exc)
         for policy in reversed(call.admitted):
             try:
                 policy.settle(call)

@@ -87,3 +87,8 @@ class RetryBudget:
             return False
         self._balance -= 1
         return True
+
+    @property
+    def balance(self) -> float:
+        """The retries the bucket holds now (the metrics report it)."""
+        return self._balance

@@ -46,6 +46,7 @@ from server.resilience.breaker import Admission, BreakerPolicy, CircuitBreaker
 from server.resilience.limits import UpstreamLimits
 from server.resilience.retry import FailureClass, RetryBudget, RetryPolicy, classify
 from server.routing.catalog import Catalog, Deployment, ModelConfig
+from server.routing.observer import NO_OBSERVER, PlanObserver
 from server.types import ChatRequest, Served
 
 __all__ = ["Attempt", "CallPlan", "Resilience", "StreamTimeouts", "failover_order", "pick"]
@@ -85,6 +86,7 @@ class Resilience:
         self._timeouts = dict(timeouts or {})
         self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
         self._budgets: dict[str, RetryBudget] = {}
+        self.observer: PlanObserver = NO_OBSERVER  # the metrics, when on (server/observe/metrics.py)
 
     @classmethod
     def from_config(cls, config: GatewayConfig) -> Resilience:
@@ -111,6 +113,14 @@ class Resilience:
             self._breakers[key] = breaker
         return breaker
 
+    def breakers(self) -> list[CircuitBreaker]:
+        """Every breaker made so far (one per deployment that was called), for the metrics."""
+        return list(self._breakers.values())
+
+    def budgets(self) -> list[tuple[str, RetryBudget]]:
+        """Every provider's retry budget made so far, for the metrics."""
+        return list(self._budgets.items())
+
     def budget(self, provider: str) -> RetryBudget:
         budget = self._budgets.get(provider)
         if budget is None:
@@ -127,7 +137,10 @@ class Attempt:
     """One upstream call of a client call. `with attempt:` releases its limit slot, and its breaker
     admission when no verdict was given (a cancelled call says nothing about the upstream)."""
 
-    __slots__ = ("_admission", "_breaker", "_limits", "_verdict", "deployment", "model", "number", "provider", "served")
+    __slots__ = (
+        *("_admission", "_breaker", "_limits", "_verdict", "deployment", "model", "number", "provider", "served"),
+        *("observer", "outcome"),
+    )
 
     def __init__(
         self,
@@ -143,8 +156,11 @@ class Attempt:
         self.served = Served(model.name, provider.name, deployment.label)
         self._breaker, self._admission, self._limits = breaker, admission, limits
         self._verdict = False
+        self.observer: PlanObserver = NO_OBSERVER
+        self.outcome = "cancelled"  # until the call plan learns better (see routing/observer.py)
 
     def succeeded(self) -> None:
+        self.outcome = "ok"
         self._record(True)
 
     def failed(self, error: UpstreamError | None = None) -> None:
@@ -168,6 +184,7 @@ class Attempt:
         self._limits.release(self.deployment.provider)
         if not self._verdict:
             self._breaker.release(self._admission)
+        self.observer.attempt_ended(self.served, self.outcome)
 
 
 class CallPlan:
@@ -226,6 +243,7 @@ class CallPlan:
                 raise self._give_up()
             attempt = await self._admit(*candidate)
             if attempt is not None:
+                self._observe(attempt)
                 return attempt
 
     def failed(self, attempt: Attempt, error: UpstreamError, *, mid_stream: bool = False) -> None:
@@ -234,6 +252,7 @@ class CallPlan:
         error.metadata.setdefault("deployment", attempt.served.deployment)
         error.metadata["attempts"] = str(self.attempts)
         failure = classify(error)
+        attempt.outcome = "failed_mid_stream" if mid_stream else failure.value
         if failure is FailureClass.FATAL:
             raise error
         key = _key(attempt.deployment)
@@ -339,6 +358,13 @@ class CallPlan:
         self._tries += 1
         self._skips_in_row = 0
         return Attempt(model, deployment, self._providers[provider], self.attempts, breaker, admission, shared.limits)
+
+    def _observe(self, attempt: Attempt) -> None:
+        observer = attempt.observer = self._shared.observer
+        if self._tries > 1:
+            observer.retried(attempt.served)
+        elif self._index:
+            observer.fell_back(self._chain[0], attempt.served, self._last_class.value)
 
     def _skip(self, reason: str) -> None:
         self._skips_in_row += 1

@@ -13,10 +13,11 @@ import pytest
 from generated import ai_service_pb2 as pb
 from generated import ai_service_pb2_grpc as pb_grpc
 from server.app import Gateway
-from server.config import TRANSPORTS, GatewayConfig, TransportName
+from server.config import TRANSPORTS, GatewayConfig, MetricsConfig, TransportName
 from tests.conftest import GatewayFactory, openai_config
 from tests.fakes.http_server import WAIT_TIMEOUT_S
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
+from tests.metrics import Scrape
 from tests.rpc import request, stub_for, unary_request
 
 pytestmark = pytest.mark.asyncio
@@ -106,11 +107,19 @@ async def settle(predicate: Callable[[], bool], timeout: float = SAFETY_S) -> No
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts file descriptors in /proc")
-@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize(
+    ("transport", "metrics"),
+    # Each transport with metrics off, and the default one again with metrics on: the metrics' interceptor
+    # and record observer must leave nothing behind either, and count every cancelled call.
+    [*((transport, False) for transport in TRANSPORTS), (TRANSPORTS[0], True)],
+    ids=[*(f"{transport}-metrics-off" for transport in TRANSPORTS), f"{TRANSPORTS[0]}-metrics-on"],
+)
 async def test_a_thousand_cancelled_streams_leave_no_task_socket_or_slot_behind(
-    make_gateway: GatewayFactory, fake_openai: FakeOpenAIUpstream, transport: TransportName
+    make_gateway: GatewayFactory, fake_openai: FakeOpenAIUpstream, transport: TransportName, metrics: bool
 ) -> None:
-    openai_gateway = await make_gateway(config_through(transport, fake_openai))
+    config = config_through(transport, fake_openai)
+    on = MetricsConfig(listen="127.0.0.1:0") if metrics else MetricsConfig()
+    openai_gateway = await make_gateway(replace(config, metrics=on))
     limits = openai_gateway.router.resilience.limits
 
     async def cancel_after_first_delta(stub: pb_grpc.AIServiceAsyncStub) -> None:
@@ -145,3 +154,8 @@ async def test_a_thousand_cancelled_streams_leave_no_task_socket_or_slot_behind(
     assert after[0] <= baseline[0], f"asyncio tasks: {baseline[0]} before, {after[0]} after"
     assert after[1] <= baseline[1], f"open fds: {baseline[1]} before, {after[1]} after"
     assert len(fake_openai.disconnects) == 1125  # every upstream request was closed early
+    if metrics:  # the metrics saw every cancelled call end, and none is left in flight
+        scrape = await Scrape.of(openai_gateway)
+        assert scrape.value("grpc_server_handled_total", grpc_method="StreamGenerate", grpc_code="Canceled") == 1125
+        assert scrape.value("gateway_calls_total", grpc_method="StreamGenerate", code="CANCELLED") == 1125
+        assert scrape.value("gateway_calls_in_flight") == 0

@@ -17,6 +17,7 @@ from server.config import (
     ConfigError,
     GatewayConfig,
     InteractiveConfig,
+    MetricsConfig,
     ModelConfig,
     ProviderConfig,
     TLSConfig,
@@ -155,6 +156,32 @@ def test_the_sections_left_out_take_their_defaults(tmp_path: Path) -> None:
     )
 
 
+DEMO = "providers: [{name: demo, kind: demo}]\nmodels: [{name: demo, provider: demo}]\n"
+
+
+def test_metrics_are_off_unless_a_listen_address_is_configured(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, DEMO), env={}).metrics == MetricsConfig(listen=None)
+    on = load_config(write(tmp_path, DEMO + "metrics: {listen: '0.0.0.0:9464'}"), env={})
+    assert on.metrics == MetricsConfig(listen="0.0.0.0:9464")
+
+
+def test_every_problem_of_the_metrics_section_is_listed_with_the_known_keys(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, DEMO + "metrics: {listen: 9464, path: /m}"), env={})
+
+    assert problems(error) == [
+        "metrics.path: unknown key (known: listen)",
+        "metrics.listen: expected HOST:PORT, got '9464'",
+    ]
+
+
+def test_the_metrics_section_must_be_a_mapping(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, DEMO + "metrics: 127.0.0.1:9464"), env={})
+
+    assert problems(error) == ["metrics: expected a mapping, got str"]
+
+
 def test_a_model_max_tokens_above_the_gateway_limit_is_capped_at_the_limit(tmp_path: Path) -> None:
     text = "providers: [{name: demo, kind: demo}]\nmodels: [{name: demo, provider: demo, max_tokens: 10000000}]"
 
@@ -193,7 +220,7 @@ def test_every_problem_of_a_file_is_listed_at_once(tmp_path: Path) -> None:
 
     assert problems(error) == [
         "colour: unknown key (known: aliases, auth, circuit_breaker, grace_period_s, interactive, keepalive, limits, "
-        "listen, log, log_level, max_request_bytes, models, providers, retry, tls)",
+        "listen, log, log_level, max_request_bytes, metrics, models, providers, retry, tls)",
         "auth.tokens[0].sha256: expected 64 hex characters (sha256 of the token)",
         "auth.tokens[1].sha256: expected 64 hex characters (sha256 of the token)",
         "auth.tokens[2].env: environment variable NO_SUCH_VARIABLE is not set or empty",
@@ -247,7 +274,7 @@ def test_field_and_cross_reference_problems_are_listed_together(tmp_path: Path) 
 
     assert problems(error) == [
         "colour: unknown key (known: aliases, auth, circuit_breaker, grace_period_s, interactive, keepalive, limits, "
-        "listen, log, log_level, max_request_bytes, models, providers, retry, tls)",
+        "listen, log, log_level, max_request_bytes, metrics, models, providers, retry, tls)",
         "models: model 'x' names provider 'nowhere', which is not configured",
     ]
 
@@ -346,6 +373,7 @@ OVERRIDES = [
     ("GATEWAY_MAX_REQUEST_BYTES", "2048", "max_request_bytes", 2048),
     ("GATEWAY_LOG_LEVEL", "warning", "log_level", "WARNING"),
     ("GATEWAY_LOG_FORMAT", "JSON", "log_format", "json"),
+    ("GATEWAY_METRICS_LISTEN", "127.0.0.1:9464", "metrics", MetricsConfig(listen="127.0.0.1:9464")),
 ]
 
 
@@ -382,6 +410,7 @@ def test_an_empty_variable_is_the_same_as_an_unset_one() -> None:
         ({"GATEWAY_LOG_LEVEL": "verbose"}, "log_level: expected DEBUG, INFO, WARNING or ERROR, got 'VERBOSE'"),
         ({"GATEWAY_LOG_FORMAT": "xml"}, "log.format: expected text or json, got 'xml'"),
         ({"GATEWAY_LISTEN": "50051"}, "listen: expected HOST:PORT, got '50051'"),
+        ({"GATEWAY_METRICS_LISTEN": "9464"}, "metrics.listen: expected HOST:PORT, got '9464'"),
         ({"GATEWAY_LISTEN": "0.0.0.0:50051"}, "listen: refusing to serve without auth on non-loopback address"),
     ],
 )
@@ -665,7 +694,7 @@ def test_a_tls_file_that_cannot_serve_is_a_problem_naming_it(
     # Reported with the file's other problems, and never with the content of the file.
     assert problems(error) == [
         "colour: unknown key (known: aliases, auth, circuit_breaker, grace_period_s, interactive, keepalive, limits, "
-        "listen, log, log_level, max_request_bytes, models, providers, retry, tls)",
+        "listen, log, log_level, max_request_bytes, metrics, models, providers, retry, tls)",
         *(line.format(certs=tmp_path / "certs") for line in expected),
     ]
     assert CI_TOKEN not in str(error.value)

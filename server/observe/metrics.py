@@ -1,0 +1,329 @@
+"""The gateway's Prometheus metrics: GenAI metrics from each call's record, attempts from the call plan,
+breakers and retry budgets read when scraped. The gRPC server metrics are in grpc_metrics.py.
+
+Every call's numbers come from its CallRecord when it ends (`ended`, called by the policy seam right
+after the access log line is written), so the log and the metrics never disagree; nothing is done per
+token. The GenAI metrics follow the OpenTelemetry GenAI semantic conventions as the OpenTelemetry
+Prometheus exporter names them (dots become underscores, the unit `s` becomes `_seconds`):
+
+    gen_ai_client_token_usage{..., gen_ai_token_type}        histogram, input and output tokens per call
+    gen_ai_server_time_to_first_token_seconds{...}           histogram, streams only
+    gen_ai_server_time_per_output_token_seconds{...}         histogram, streams with 2+ output tokens
+    gen_ai_client_operation_duration_seconds{..., error_type} histogram, every call and turn
+
+each labelled with gen_ai_operation_name ("chat"), gen_ai_request_model, gen_ai_response_model,
+gen_ai_provider_name and deployment. The gateway's own, all prefixed `gateway_`, are listed in README
+("Metrics").
+
+Label values are bounded: models, providers and deployments are the catalog's (a name the catalog does
+not know is `unknown`; a "provider/anything" pass-through is `provider/*`), clients are the configured
+names (`anonymous` without auth), reasons are the error tree's UPPER_SNAKE names. Nothing a client
+typed and no secret becomes a label.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from server.observe.grpc_metrics import GrpcServerMetrics
+from server.observe.record import CallRecord
+from server.resilience.breaker import BreakerState
+from server.routing.catalog import Catalog, ModelConfig
+from server.routing.plan import Resilience
+from server.types import Served
+
+__all__ = ["GatewayMetrics", "LabelBounds"]
+
+OPERATION = "chat"  # gen_ai.operation.name of every call the gateway serves
+UNKNOWN = "unknown"
+ANONYMOUS = "anonymous"  # the client of a gateway without auth
+NONE = ""  # a label that does not apply (no deployment served a failed call)
+SESSION = "InteractiveStream"
+TURN = "InteractiveStream.turn"
+
+GENAI_LABELS = (
+    "gen_ai_operation_name",
+    "gen_ai_request_model",
+    "gen_ai_response_model",
+    "gen_ai_provider_name",
+    "deployment",
+)
+# The bucket boundaries the OpenTelemetry GenAI conventions advise.
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+
+_REASON = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+
+
+class LabelBounds:
+    """Turns what a record holds into label values from a fixed set: the catalog's and the config's."""
+
+    def __init__(self, catalog: Catalog, clients: Collection[str], providers: Collection[str]) -> None:
+        self._catalog = catalog
+        self._names = frozenset(catalog.known_names)
+        self._clients = frozenset(clients)
+        self._providers = frozenset(providers)
+        deployments = [d for m in catalog.models() for d in m.all_deployments]
+        self._deployments = frozenset(d.label for d in deployments)
+        self._upstreams = frozenset(f"{d.provider}/{d.upstream_model}" for d in deployments)
+
+    def model(self, name: str) -> str:
+        """A model name as asked (or as served): a catalog name or alias, `provider/*`, or `unknown`."""
+        if name in self._names:
+            return name
+        if not name:
+            return NONE
+        resolved = self._catalog.resolve(name)
+        return f"{resolved.provider}/*" if resolved is not None else UNKNOWN
+
+    def provider(self, name: str) -> str:
+        return name if name in self._providers else UNKNOWN
+
+    def deployment(self, served: Served) -> str:
+        if served.deployment in self._deployments:
+            return served.deployment
+        return f"{self.provider(served.provider)}/*"
+
+    def is_upstream(self, name: str) -> bool:
+        """Whether `name` ("provider/upstream_model", a breaker's) is a deployment of the catalog."""
+        return name in self._upstreams
+
+    def client(self, name: str | None) -> str:
+        if name is None:
+            return ANONYMOUS
+        return name if name in self._clients else UNKNOWN
+
+    @staticmethod
+    def reason(reason: str) -> str:
+        return reason if not reason or _REASON.fullmatch(reason) else "OTHER"
+
+    def genai(self, record: CallRecord) -> tuple[str, str, str, str, str]:
+        """The GenAI label values of a call or turn (the served ones empty when none served it)."""
+        served = record.served
+        requested = self.model(record.model)
+        if served is None:
+            return OPERATION, requested, NONE, NONE, NONE
+        return OPERATION, requested, self.model(served.model), self.provider(served.provider), self.deployment(served)
+
+
+class GatewayMetrics:
+    """Every metric of one gateway, in its own registry (several gateways can run in one test process).
+
+    It is the policy seam's record observer (`begun`, `ended`) and the call plan's observer
+    (`attempt_ended`, `retried`, `fell_back`); `watch(resilience)` adds the breakers and retry budgets.
+    """
+
+    def __init__(self, bounds: LabelBounds, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry = registry or CollectorRegistry()
+        self.bounds = bounds
+        self.grpc = GrpcServerMetrics(registry)
+        self.token_usage = _Children(
+            Histogram(
+                "gen_ai_client_token_usage",
+                "Tokens used per call, by type (input, output).",
+                (*GENAI_LABELS, "gen_ai_token_type"),
+                buckets=TOKEN_BUCKETS,
+                registry=registry,
+            )
+        )
+        self.ttft = _histogram(
+            registry,
+            "gen_ai_server_time_to_first_token",
+            "Time from the start of a stream to its first token.",
+            GENAI_LABELS,
+            TTFT_BUCKETS,
+        )
+        self.tpot = _histogram(
+            registry,
+            "gen_ai_server_time_per_output_token",
+            "Time per output token after the first, of a stream.",
+            GENAI_LABELS,
+            TPOT_BUCKETS,
+        )
+        self.duration = _histogram(
+            registry,
+            "gen_ai_client_operation_duration",
+            "Duration of a call or InteractiveStream turn, to its status.",
+            (*GENAI_LABELS, "error_type"),
+            DURATION_BUCKETS,
+        )
+        self.calls = _counter(
+            registry,
+            "gateway_calls",
+            "Calls, InteractiveStream sessions and turns ended, by outcome.",
+            ("grpc_method", "client", "gen_ai_request_model", "code", "reason"),
+        )
+        self.tokens = _counter(
+            registry,
+            "gateway_tokens",
+            "Tokens used, by client and type.",
+            ("client", *GENAI_LABELS, "gen_ai_token_type"),
+        )
+        self.cost = _counter(
+            registry,
+            "gateway_cost_usd",
+            "What the calls cost upstream, in US dollars (calls with a known price).",
+            ("client", *GENAI_LABELS),
+        )
+        self.in_flight = _Children(
+            Gauge(
+                "gateway_calls_in_flight",
+                "Calls and InteractiveStream turns running.",
+                ("grpc_method",),
+                registry=registry,
+            )
+        )
+        self.sessions = Gauge("gateway_interactive_sessions", "InteractiveStream sessions open.", registry=registry)
+        self.turns = _counter(
+            registry, "gateway_interactive_turns", "InteractiveStream turns ended, by gRPC code.", ("code",)
+        )
+        attempt_labels = ("gen_ai_provider_name", "deployment")
+        self.attempts = _counter(
+            registry,
+            "gateway_upstream_attempts",
+            "Upstream attempts ended, by outcome (ok, rate_limited, unavailable, fatal, failed_mid_stream, cancelled).",
+            (*attempt_labels, "outcome"),
+        )
+        self.retries = _counter(
+            registry, "gateway_upstream_retries", "Attempts that were not the first on their model.", attempt_labels
+        )
+        self.fallbacks = _counter(
+            registry,
+            "gateway_fallbacks",
+            "Fallbacks taken: the first attempt on a fallback model, after a failure of error_class.",
+            ("from_model", "to_model", "error_class"),
+        )
+        for method in ("Generate", "StreamGenerate", TURN):
+            self.in_flight(method)  # present at 0 before the first call
+
+    def watch(self, resilience: Resilience) -> None:
+        """Observe `resilience`'s call plans, and report its breakers and retry budgets when scraped."""
+        resilience.observer = self
+        self.registry.register(_ResilienceCollector(resilience, self.bounds))
+
+    # --- the policy seam's record observer ------------------------------------------------------------
+
+    def begun(self, record: CallRecord) -> None:
+        if record.method == SESSION:
+            self.sessions.inc()
+        else:
+            self.in_flight(record.method).inc()
+
+    def ended(self, record: CallRecord) -> None:
+        bounds = self.bounds
+        client = bounds.client(record.client)
+        requested = bounds.model(record.model)
+        reason = bounds.reason(record.reason)
+        self.calls(record.method, client, requested, record.code, reason).inc()
+        if record.method == SESSION:
+            self.sessions.dec()
+            return
+        self.in_flight(record.method).dec()
+        if record.method == TURN:
+            self.turns(record.code).inc()
+        labels = bounds.genai(record)
+        if record.duration_s is not None:
+            error_type = reason or (record.code if record.code != "OK" else "")
+            self.duration(*labels, error_type).observe(record.duration_s)
+        if record.first_token_s is not None:
+            self.ttft(*labels).observe(record.first_token_s)
+        usage = record.usage
+        if usage is not None:
+            for kind, count in (("input", usage.prompt_tokens), ("output", usage.completion_tokens)):
+                self.token_usage(*labels, kind).observe(count)
+                self.tokens(client, *labels, kind).inc(count)
+            after_first = usage.completion_tokens - 1
+            if record.first_token_s is not None and record.duration_s is not None and after_first > 0:
+                self.tpot(*labels).observe((record.duration_s - record.first_token_s) / after_first)
+        if record.cost_usd is not None:
+            self.cost(client, *labels).inc(record.cost_usd)
+
+    # --- the call plan's observer ---------------------------------------------------------------------
+
+    def attempt_ended(self, served: Served, outcome: str) -> None:
+        bounds = self.bounds
+        self.attempts(bounds.provider(served.provider), bounds.deployment(served), outcome).inc()
+
+    def retried(self, served: Served) -> None:
+        self.retries(self.bounds.provider(served.provider), self.bounds.deployment(served)).inc()
+
+    def fell_back(self, origin: ModelConfig, served: Served, failure_class: str) -> None:
+        bounds = self.bounds
+        self.fallbacks(bounds.model(origin.name), bounds.model(served.model), failure_class).inc()
+
+
+class _Children:
+    """A metric's children by label values, each looked up once (the values are bounded, so is this)."""
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: Counter | Gauge | Histogram) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
+
+
+def _counter(registry: CollectorRegistry, name: str, documentation: str, labels: Sequence[str]) -> _Children:
+    return _Children(Counter(name, documentation, labels, registry=registry))
+
+
+def _histogram(
+    registry: CollectorRegistry, name: str, documentation: str, labels: Sequence[str], buckets: Sequence[float]
+) -> _Children:
+    return _Children(Histogram(name, documentation, labels, unit="seconds", buckets=buckets, registry=registry))
+
+
+class _ResilienceCollector(Collector):
+    """Breaker states and retry-budget balances, read at scrape time: nothing to keep up to date per call.
+
+    A breaker is per upstream deployment (provider and upstream model, shared by the catalog models that
+    use it), labelled `provider/upstream_model`; breakers of "provider/anything" pass-through names are
+    left out, so that no client-chosen name becomes a label.
+    """
+
+    def __init__(self, resilience: Resilience, bounds: LabelBounds) -> None:
+        self._resilience = resilience
+        self._bounds = bounds
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return self._families()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        states, budgets = self._families()
+        for breaker in self._resilience.breakers():
+            if not self._bounds.is_upstream(breaker.name):
+                continue
+            provider = breaker.name.partition("/")[0]
+            for state in BreakerState:
+                states.add_metric([provider, breaker.name, state.value], 1.0 if breaker.state is state else 0.0)
+        for provider, budget in self._resilience.budgets():
+            budgets.add_metric([self._bounds.provider(provider)], budget.balance)
+        yield states
+        yield budgets
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        states = GaugeMetricFamily(
+            "gateway_circuit_breaker_state",
+            "1 for the state each upstream deployment's circuit breaker is in (closed, half_open, open).",
+            labels=("gen_ai_provider_name", "deployment", "state"),
+        )
+        budgets = GaugeMetricFamily(
+            "gateway_retry_budget_balance",
+            "Retries each provider's retry budget holds now.",
+            labels=("gen_ai_provider_name",),
+        )
+        return states, budgets

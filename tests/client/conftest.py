@@ -19,5 +19,6 @@ def openai_target(openai_gateway: Gateway) -> str:
 
 @pytest.fixture
 def secure_target(secure_gateway: Gateway) -> str:
-    # "localhost" matches the test server certificate's DNS name.
-    return f"localhost:{secure_gateway.port}"
+    # 127.0.0.1 matches the test server certificate's IP address. Not "localhost": it resolves to ::1 too,
+    # where nothing listens, and a failed call's message then names whichever address gRPC tried last.
+    return f"127.0.0.1:{secure_gateway.port}"

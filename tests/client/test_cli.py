@@ -286,11 +286,12 @@ async def test_tls_to_a_plaintext_gateway_says_use_plaintext_without_grpc_log_li
 async def test_plaintext_to_a_tls_gateway_says_it_probably_requires_tls(
     secure_target: str, tls_files: CertFiles
 ) -> None:
-    address = secure_target.replace("localhost", "127.0.0.1")
-    code, out, err = await cli("generate", "--plaintext", "--target", address, "--model", "demo", "--prompt", "hi")
+    code, out, err = await cli(
+        "generate", "--plaintext", "--target", secure_target, "--model", "demo", "--prompt", "hi"
+    )
     assert (code, out) == (1, "")
     assert err == (
-        f"error: UNAVAILABLE PLAINTEXT_REFUSED: the server at {address} closed the plaintext connection at once; "
+        f"error: UNAVAILABLE PLAINTEXT_REFUSED: the server at {secure_target} closed the plaintext connection at once; "
         "it probably requires TLS: leave out --plaintext (Python: plaintext=False), and give --ca-cert "
         "(ca_file=) if a private CA signed its certificate\n"
     )

@@ -236,8 +236,8 @@ async def test_a_turn_sent_after_a_drain_ended_the_session_is_unavailable_not_un
         session.add_go_away_callback(lambda s: notified.append(s.time_left))
         assert (await session.send("before")).text == "before"
         await gateway.stop(2.0)  # an idle session gets go_away and ends at once
-        while not session.ended:  # the end of the stream reaches the client's reader
-            await asyncio.sleep(0.01)
+        # the end of the stream reaches the client's reader (the timeout only guards against a hang)
+        await asyncio.wait_for(session._ended.wait(), 30)
         late = session.send("after")
         with pytest.raises(UnavailableError) as raised:
             await late

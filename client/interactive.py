@@ -41,7 +41,7 @@ from client.wire import cancel_request, session_mode, turn_request, turn_result
 from generated import ai_service_pb2 as pb
 from generated import ai_service_pb2_grpc as pb_grpc
 
-__all__ = ["SESSION_ID_HEADER", "AsyncSession", "AsyncTurn", "PipelineRequests"]
+__all__ = ["SESSION_ID_HEADER", "AsyncSession", "AsyncTurn", "PipelineRequests", "lost_to_a_drain"]
 
 # The initial-metadata key with which the gateway's session says it is running.
 SESSION_ID_HEADER = "session-id"
@@ -364,7 +364,7 @@ class AsyncSession:
             while isinstance(response := await call.read(), pb.InteractiveResponse):
                 self._dispatch(response)
         except grpc.aio.AioRpcError as exc:
-            failure = self._to_error(exc)
+            failure = None if lost_to_a_drain(exc, self.draining) else self._to_error(exc)
         except asyncio.CancelledError:  # the call was cancelled by `abort`
             failure = UnknownStatusError(grpc.StatusCode.CANCELLED, "the session was cancelled", domain=CLIENT_DOMAIN)
         finally:
@@ -397,6 +397,18 @@ class AsyncSession:
             for callback in self._go_away_callbacks:
                 callback(self)
             self._go_away_callbacks.clear()
+
+
+def lost_to_a_drain(exc: grpc.aio.AioRpcError, draining: bool) -> bool:
+    """Whether the call's status is grpc's own INTERNAL for a write that raced the end of a session the gateway
+    was draining (grpc/grpc#36066): the gateway had sent go_away and ended the session with nothing of ours in
+    flight, and a turn written in that instant replaced its status with this one. The turns still waiting are
+    then unanswered by the drain, not failed by an internal error."""
+    return draining and exc.code() == grpc.StatusCode.INTERNAL and exc.details() == _CORE_INTERNAL
+
+
+# The message grpc's C core gives a call that failed inside the core itself, not a status a server sent.
+_CORE_INTERNAL = "Internal error from Core"
 
 
 def _ended_error(request_id: str, draining: bool) -> GatewayError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -22,6 +23,19 @@ from server.config import (
 from server.resilience.retry import RetryPolicy
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
 from tools.devcerts import CertFiles, make_certs
+
+# A runaway test (an unbounded buffer, a loop that never yields) once grew pytest to 24 GB and the machine's OOM
+# killer ended the whole run with no word of which test. Past this address-space cap Python raises MemoryError
+# in the test instead, with its traceback; gateway children inherit the cap. The suite needs well under 1 GB.
+SUITE_ADDRESS_SPACE_CAP_BYTES = 8 * 2**30
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = SUITE_ADDRESS_SPACE_CAP_BYTES if hard == resource.RLIM_INFINITY else min(hard, SUITE_ADDRESS_SPACE_CAP_BYTES)
+    if soft == resource.RLIM_INFINITY or soft > cap:
+        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+
 
 CLIENT_TOKEN = "test-client-token-0123456789"
 # The first word, then an hour of silence before the next: a stream that, while a test runs, only the client

@@ -39,6 +39,9 @@ SAFETY_TIMEOUT_S = 60.0
 # server/app.py's start-up line at INFO: "listening on HOST:PORT (plaintext, no auth); models: ...".
 # \b: a text line has a space before it, a JSON line (log.format: json) a quote.
 _LISTENING = re.compile(r"\blistening on (?P<address>\S+:(?P<port>\d+)) ")
+# A child that logs in a loop must fail its test, not fill the test process's memory: past this much stderr
+# the rest is read and dropped.
+STDERR_KEPT_BYTES = 16 * 2**20
 
 
 def health_check(
@@ -70,6 +73,7 @@ class GatewayProcess:
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
         self._lines: list[str] = []
+        self._kept_bytes = 0
         self._listening: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._reader = asyncio.create_task(self._read_stderr())
 
@@ -93,7 +97,10 @@ class GatewayProcess:
         try:
             while line := await self.process.stderr.readline():
                 text = line.decode(errors="replace")
-                self._lines.append(text)
+                if self._kept_bytes >= STDERR_KEPT_BYTES:
+                    continue
+                self._kept_bytes += len(line)
+                self._lines.append(text if self._kept_bytes < STDERR_KEPT_BYTES else "[the rest of stderr dropped]\n")
                 if not self._listening.done() and (found := _LISTENING.search(text)):
                     self._listening.set_result(found["address"])
         finally:

@@ -19,6 +19,7 @@ from server.config.schema import (
     OFFLINE_KINDS,
     PROVIDER_KINDS,
     TRANSPORTS,
+    ApiKey,
     AuthConfig,
     ClientToken,
     GatewayConfig,
@@ -53,7 +54,7 @@ _PROVIDER_NUMBERS = (
     *("connect_timeout_s", "read_timeout_s", "max_connections"),
     *("max_concurrent_streams", "first_token_timeout_s", "stream_idle_timeout_s"),
 )
-_PROVIDER_KEYS = {"name", "kind", "base_url", "api_key_env", "transport", *_PROVIDER_NUMBERS}
+_PROVIDER_KEYS = {"name", "kind", "base_url", "api_key_env", "signing_secret_env", "transport", *_PROVIDER_NUMBERS}
 
 
 def parse(raw: Any, base_dir: Path, env: Mapping[str, str], problems: list[str], unparsed: set[str]) -> GatewayConfig:
@@ -264,20 +265,43 @@ def _with_upstream(
     base_url = str(entry.get("base_url") or (same_preset.base_url if same_preset else ""))
     if not base_url.startswith(("http://", "https://")):
         problems.append(f"{where}.base_url: required, an http:// or https:// URL")
-    api_key_env = str(entry.get("api_key_env") or "") or _preset_key_env(same_preset, env)
-    api_key = _api_key(api_key_env, env, where, problems)
-    return replace(provider, base_url=base_url.rstrip("/"), api_key_env=api_key_env, api_key=api_key)
+    key_envs = _key_envs(entry.get("api_key_env"), where, problems) or [_preset_key_env(same_preset, env)]
+    keys = [ApiKey(name, _secret(name, env, f"{where}.api_key_env", problems)) for name in key_envs]
+    signing_env = str(entry.get("signing_secret_env") or "")
+    signing_secret = _secret(signing_env, env, f"{where}.signing_secret_env", problems)
+    return replace(
+        provider,
+        base_url=base_url.rstrip("/"),
+        api_key_env=keys[0].env,
+        api_key=keys[0].value,
+        extra_api_keys=tuple(keys[1:]),
+        signing_secret_env=signing_env,
+        signing_secret=signing_secret,
+    )
 
 
-def _api_key(api_key_env: str, env: Mapping[str, str], where: str, problems: list[str]) -> str:
-    """The key in `api_key_env`, registered as a secret; "" for a keyless upstream (no variable named)."""
-    if not api_key_env:
+def _key_envs(raw: Any, where: str, problems: list[str]) -> list[str]:
+    """`api_key_env` as a list of variable names: one name, or a pool of them used in turn."""
+    if raw is None or raw == "":
+        return []
+    names = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else None
+    if names is None or not names or not all(isinstance(name, str) and name for name in names):
+        problems.append(f"{where}.api_key_env: expected a variable name or a non-empty list of them")
+        return []
+    if len(set(names)) != len(names):
+        problems.append(f"{where}.api_key_env: a variable is listed twice")
+    return list(names)
+
+
+def _secret(variable: str, env: Mapping[str, str], where: str, problems: list[str]) -> str:
+    """The value of `variable`, registered as a secret; "" when no variable is named (a keyless upstream)."""
+    if not variable:
         return ""
-    api_key = env.get(api_key_env, "")
-    if not api_key:
-        problems.append(f"{where}.api_key_env: environment variable {api_key_env} is not set or empty")
-    register_secret(api_key)
-    return api_key
+    value = env.get(variable, "")
+    if not value:
+        problems.append(f"{where}: environment variable {variable} is not set or empty")
+    register_secret(value)
+    return value
 
 
 def _preset_key_env(preset: ProviderPreset | None, env: Mapping[str, str]) -> str:

@@ -19,6 +19,7 @@ __all__ = [
     "OFFLINE_KINDS",
     "PROVIDER_KINDS",
     "TRANSPORTS",
+    "ApiKey",
     "AuthConfig",
     "ClientToken",
     "ConfigError",
@@ -75,6 +76,14 @@ class AuthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiKey:
+    """One upstream key and the environment variable it was read from (its only printable name)."""
+
+    env: str
+    value: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderConfig:
     name: str
     kind: ProviderKind
@@ -82,6 +91,11 @@ class ProviderConfig:
     api_key_env: str = ""
     # The key itself, read from `api_key_env`; empty for keyless upstreams (local servers, demo).
     api_key: str = field(default="", repr=False)
+    # More keys after the first (`api_key_env` given as a list): the provider uses them all in turn.
+    extra_api_keys: tuple[ApiKey, ...] = ()
+    # Upstreams that require signed requests: the HMAC secret, read from `signing_secret_env`.
+    signing_secret_env: str = ""
+    signing_secret: str = field(default="", repr=False)
     connect_timeout_s: float = defaults.CONNECT_TIMEOUT_S
     read_timeout_s: float = defaults.READ_TIMEOUT_S
     max_connections: int = defaults.POOL_MAX_CONNECTIONS

@@ -187,7 +187,7 @@ class AIService(pb_grpc.AIServiceServicer):
     ) -> tuple[ModelConfig, ChatRequest]:
         if self.draining:
             raise ShuttingDown("the gateway is shutting down; retry on another instance")
-        catalog = self._seam.catalog
+        catalog = call.router.catalog
         model = catalog.resolve(request.model)
         params = params_from_pb(request.config)
         messages = check_request(

@@ -124,6 +124,7 @@ class GatewayMetrics:
     def __init__(self, bounds: LabelBounds, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry = registry or CollectorRegistry()
         self.bounds = bounds
+        self._watched: _ResilienceCollector | None = None
         self.grpc = GrpcServerMetrics(registry)
         self.token_usage = _Children(
             Histogram(
@@ -204,10 +205,18 @@ class GatewayMetrics:
         for method in ("Generate", "StreamGenerate", TURN):
             self.in_flight(method)  # present at 0 before the first call
 
-    def watch(self, resilience: Resilience) -> None:
-        """Observe `resilience`'s call plans, and report its breakers and retry budgets when scraped."""
+    def watch(self, resilience: Resilience, bounds: LabelBounds | None = None) -> None:
+        """Observe `resilience`'s call plans, and report its breakers and retry budgets when scraped.
+
+        After a config reload: watch the new router's `resilience` instead, with the new config's `bounds`
+        (the label values of calls that began before the reload are then mapped by the new ones)."""
+        if bounds is not None:
+            self.bounds = bounds
+        if self._watched is not None:
+            self.registry.unregister(self._watched)
         resilience.observer = self
-        self.registry.register(_ResilienceCollector(resilience, self.bounds))
+        self._watched = _ResilienceCollector(resilience, self.bounds)
+        self.registry.register(self._watched)
 
     # --- the policy seam's record observer ------------------------------------------------------------
 

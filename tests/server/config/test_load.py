@@ -751,10 +751,47 @@ def test_every_problem_of_a_key_pool_is_listed(tmp_path: Path) -> None:
         load_config(write(tmp_path, text), env={"KEY_A": "sk-a-123456789"})
 
     assert problems(error) == [
-        "providers[0].api_key_env: expected a variable name or a non-empty list of them",
-        "providers[1].api_key_env: expected a variable name or a non-empty list of them",
-        "providers[2].api_key_env: a variable is listed twice",
+        "providers[0].api_key_env: expected a name or a non-empty list of them",
+        "providers[1].api_key_env: expected a name or a non-empty list of them",
+        "providers[2].api_key_env: a name is listed twice",
         "providers[3].api_key_env: environment variable NO_SUCH_KEY is not set or empty",
         "providers[4].signing_secret_env: environment variable NOPE is not set or empty",
+        "models: at least one model is required",
+    ]
+
+
+def test_keys_can_be_read_from_files_relative_to_the_config(tmp_path: Path) -> None:
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "one").write_text("sk-from-file-1-abcdef\n")
+    (tmp_path / "keys" / "two").write_text("sk-from-file-2-abcdef")
+    text = """
+        providers:
+          - {name: o, kind: openai, base_url: "https://x.example/v1", api_key_file: [keys/one, keys/two]}
+        models:
+          - {name: m, provider: o}
+        """
+    provider = next(p for p in load_config(write(tmp_path, text), env={}).providers if p.name == "o")
+
+    assert (provider.api_key_env, provider.api_key) == ("keys/one", "sk-from-file-1-abcdef")
+    assert [(k.env, k.value) for k in provider.extra_api_keys] == [("keys/two", "sk-from-file-2-abcdef")]
+    assert scrub("sk-from-file-2-abcdef") == "[REDACTED]"
+
+
+def test_every_problem_of_key_files_is_listed(tmp_path: Path) -> None:
+    (tmp_path / "empty").write_text("\n")
+    text = """
+        providers:
+          - {name: a, kind: openai, base_url: "https://x.example/v1", api_key_file: missing}
+          - {name: b, kind: openai, base_url: "https://x.example/v1", api_key_file: empty}
+          - {name: c, kind: openai, base_url: "https://x.example/v1", api_key_file: empty, api_key_env: K}
+        """
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, text), env={"K": "sk-k-0123456789"})
+
+    assert problems(error) == [
+        f"providers[0].api_key_file: cannot read {tmp_path / 'missing'}: No such file or directory",
+        f"providers[1].api_key_file: {tmp_path / 'empty'} is empty",
+        "providers[2]: give api_key_env or api_key_file, not both",
+        f"providers[2].api_key_file: {tmp_path / 'empty'} is empty",
         "models: at least one model is required",
     ]

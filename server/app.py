@@ -27,6 +27,7 @@ from server.config import ConfigError, GatewayConfig, KeepaliveConfig, TLSConfig
 from server.observe.exporter import MetricsServer, start_metrics_server
 from server.observe.metrics import GatewayMetrics, LabelBounds
 from server.observe.trace import Tracing, tracing_from_env
+from server.policy.fair_queue import FairQueue
 from server.policy.seam import Policy, Seam
 from server.routing.dispatch import Router
 from server.service import AIService
@@ -49,6 +50,7 @@ class Gateway:
     seam: Seam
     tracing: Tracing
     config: GatewayConfig
+    queue: FairQueue | None = None
     auth: BearerAuthInterceptor | None = None
     metrics: GatewayMetrics | None = None
     metrics_server: MetricsServer | None = None
@@ -79,6 +81,9 @@ class Gateway:
             self.metrics.watch(router.resilience, label_bounds(config, router))
         if self.auth is not None and config.auth is not None:
             self.auth.tokens = config.auth.tokens
+        if self.queue is not None:
+            limits = config.limits
+            self.queue.resize(limits.max_concurrent_upstream, limits.queue_wait_s, limits.retry_after_s)
         self.seam.swap(router)
         kept = {name: getattr(self.config, name) for name in _RESTART_ONLY}
         self.config = replace(config, auth=config.auth if self.auth is not None else None, **kept)
@@ -163,7 +168,10 @@ async def start_gateway(
     if auth is not None:  # after the metrics: a call refused for its token is counted too
         interceptors.append(auth)
     server = grpc.aio.server(interceptors=interceptors, options=server_options(config))
-    seam = Seam(router, policies, tracing=tracing, observers=[metrics] if metrics else [])
+    limits = config.limits
+    queue = FairQueue(limits.max_concurrent_upstream, limits.queue_wait_s, retry_after_s=limits.retry_after_s)
+    # The queue first: a call waits for its slot before any other policy counts it.
+    seam = Seam(router, (queue, *policies), tracing=tracing, observers=[metrics] if metrics else [])
     service = AIService(seam, max_request_bytes=config.max_request_bytes, interactive=config.interactive)
     ai_service_pb2_grpc.add_AIServiceServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
@@ -193,7 +201,7 @@ async def start_gateway(
             raise OSError(f"cannot listen on {config.metrics.listen} (metrics.listen): {_why(exc)}") from exc
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Gateway(server, port, health_servicer, service, seam, tracing, config, auth, metrics, metrics_server)
+    return Gateway(server, port, health_servicer, service, seam, tracing, config, queue, auth, metrics, metrics_server)
 
 
 def gateway_metrics(config: GatewayConfig, router: Router) -> GatewayMetrics:

@@ -133,6 +133,8 @@ MAX_RESUMES = 1
 # the RetryInfo delay of a call refused for being over a limit.
 MAX_CONCURRENT_UPSTREAM = 1024
 OVERLOAD_RETRY_AFTER_S = 1.0
+# Over the limit of calls in flight, a call waits at most this long for a slot (never past its deadline).
+QUEUE_WAIT_S = 2.0
 # How often a gateway started with --config looks at the file for a change to reload.
 CONFIG_POLL_S = 1.0
 # A key of a provider's pool answered 429 rests this long when the upstream gives no Retry-After, and never

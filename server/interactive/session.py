@@ -183,6 +183,7 @@ class InteractiveSession:
             session=self.id,
             turn_request_id=request_id,
             parent=self.trace,
+            priority=self.record.priority,
         )
         try:
             if self._draining:

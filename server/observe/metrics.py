@@ -58,6 +58,7 @@ GENAI_LABELS = (
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+QUEUE_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 
 _REASON = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
@@ -182,6 +183,16 @@ class GatewayMetrics:
                 registry=registry,
             )
         )
+        self.queue_wait = _Children(
+            Histogram(
+                "gateway_queue_wait_seconds",
+                "How long calls that found every slot taken waited for one (server/policy/fair_queue.py), "
+                "by priority class and client, whether they got one or not.",
+                ("priority", "client", "code"),
+                buckets=QUEUE_WAIT_BUCKETS,
+                registry=registry,
+            )
+        )
         self.sessions = Gauge("gateway_interactive_sessions", "InteractiveStream sessions open.", registry=registry)
         self.turns = _counter(
             registry, "gateway_interactive_turns", "InteractiveStream turns ended, by gRPC code.", ("code",)
@@ -236,6 +247,8 @@ class GatewayMetrics:
             self.sessions.dec()
             return
         self.in_flight(record.method).dec()
+        if record.queued_s is not None:
+            self.queue_wait(record.priority, client, record.code).observe(record.queued_s)
         if record.method == TURN:
             self.turns(record.code).inc()
         labels = bounds.genai(record)

@@ -118,12 +118,19 @@ class Seam:
         session: str = "",
         turn_request_id: str = "",
         parent: Metadata | CallTrace = (),
+        priority: str = "interactive",
     ) -> CallContext:
         """A new call with its x-request-id, or an InteractiveStream turn (`session` and `turn_request_id`
         name it in the record; `request_id` is then its session's). `parent` is the caller's metadata
         (its traceparent), or for a turn its session's trace."""
         record = CallRecord(
-            method, client, model=model, session=session, turn_request_id=turn_request_id, request_id=request_id
+            method,
+            client,
+            model=model,
+            session=session,
+            turn_request_id=turn_request_id,
+            request_id=request_id,
+            priority=priority,
         )
         router = self.router
         self._calls_on[router] = self._calls_on.get(router, 0) + 1

@@ -65,6 +65,7 @@ pytest: install
 
 bench: install
 	$(BIN)/python -m bench $(ARGS)
+	$(BIN)/python -m bench.fairness
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,5 +1,7 @@
 """python -m server [--config FILE] [--listen HOST:PORT] | --version
 
+With --config, SIGHUP or a change of FILE reloads it (server/app.py: Gateway.reload).
+
 Installed, the same command is the console script `holysheep-gateway`; the usage line names whichever
 the user typed.
 """
@@ -8,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import sys
 import tomllib
 from importlib import metadata
 from pathlib import Path
 
-from server.app import serve
+from server.app import WatchedFile, serve
 from server.config import ConfigError, load_config
 from server.observe.logs import configure_logging
 from server.observe.trace import tracing_from_env
@@ -32,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", help="HOST:PORT to listen on (overrides config and GATEWAY_LISTEN)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     args = parser.parse_args(argv)
+    watched = WatchedFile.now(args.config) if args.config is not None else None  # as it is before it is read
     try:
         config = load_config(args.config, listen=args.listen)
         tracing = tracing_from_env()
@@ -40,7 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(config.log_level, "json" if config.log_format == "json" else "text")
     try:
-        asyncio.run(serve(config, tracing))
+        if watched is None:
+            asyncio.run(serve(config, tracing))
+        else:  # SIGHUP, or a change of the file, reloads it
+            reload = functools.partial(load_config, args.config, listen=args.listen)
+            asyncio.run(serve(config, tracing, reload=reload, watch=watched))
     except OSError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1

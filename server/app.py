@@ -2,16 +2,19 @@
 Prometheus `/metrics` listener when `metrics.listen` is configured.
 
 `start_gateway(config)` binds and starts a server and returns a `Gateway` with its bound port (tests
-listen on 127.0.0.1:0). `serve(config)` adds signal handling and graceful shutdown on top.
+listen on 127.0.0.1:0). `serve(config)` adds signal handling and graceful shutdown on top, and with a
+`reload` function, a config reload on SIGHUP and whenever the config file changes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -20,15 +23,16 @@ from grpc_reflection.v1alpha import reflection
 from generated import ai_service_pb2, ai_service_pb2_grpc
 from server import defaults
 from server.auth import BearerAuthInterceptor
-from server.config import GatewayConfig, KeepaliveConfig, TLSConfig, parse_listen
+from server.config import ConfigError, GatewayConfig, KeepaliveConfig, TLSConfig, parse_listen
 from server.observe.exporter import MetricsServer, start_metrics_server
 from server.observe.metrics import GatewayMetrics, LabelBounds
 from server.observe.trace import Tracing, tracing_from_env
+from server.policy.fair_queue import FairQueue
 from server.policy.seam import Policy, Seam
 from server.routing.dispatch import Router
 from server.service import AIService
 
-__all__ = ["Gateway", "bound_address", "serve", "start_gateway"]
+__all__ = ["Gateway", "WatchedFile", "bound_address", "serve", "start_gateway"]
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +41,54 @@ SERVICE_NAME = ai_service_pb2.DESCRIPTOR.services_by_name["AIService"].full_name
 
 @dataclass(slots=True)
 class Gateway:
-    """A started gateway server."""
+    """A started gateway server, serving `config` (the one it started with, or the last one reloaded)."""
 
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
     service: AIService
-    router: Router
+    seam: Seam
     tracing: Tracing
+    config: GatewayConfig
+    queue: FairQueue | None = None
+    auth: BearerAuthInterceptor | None = None
     metrics: GatewayMetrics | None = None
     metrics_server: MetricsServer | None = None
+
+    @property
+    def router(self) -> Router:
+        """The router new calls go to."""
+        return self.seam.router
+
+    def reload(self, config: GatewayConfig) -> None:
+        """Serve `config` from the next call on: clients' tokens, providers and their keys, models, aliases,
+        deployments and their weights, fallbacks, retries, breakers and limits. Calls and streams already
+        running finish on what they started with.
+
+        What is bound when the process starts (the listen address, TLS, keepalive, the metrics listener,
+        max_request_bytes, logging, InteractiveStream limits, and whether auth is on at all) keeps its
+        running value; a change to it is logged as needing a restart.
+        """
+        for name in _RESTART_ONLY:
+            if getattr(config, name) != getattr(self.config, name):
+                log.warning("config reload: %s changed; it takes effect at the next restart", name)
+        if (config.auth is None) != (self.config.auth is None):
+            log.warning(
+                "config reload: auth was turned %s; it takes effect at the next restart", "on" if config.auth else "off"
+            )
+        router = Router.from_config(config)
+        if self.metrics is not None:
+            self.metrics.watch(router.resilience, label_bounds(config, router))
+        if self.auth is not None and config.auth is not None:
+            self.auth.tokens = config.auth.tokens
+        if self.queue is not None:
+            limits = config.limits
+            self.queue.resize(limits.max_concurrent_upstream, limits.queue_wait_s, limits.retry_after_s)
+        self.seam.swap(router)
+        kept = {name: getattr(self.config, name) for name in _RESTART_ONLY}
+        self.config = replace(config, auth=config.auth if self.auth is not None else None, **kept)
+        tokens = len(self.config.auth.tokens) if self.config.auth else 0
+        log.info("config reloaded: %d client token(s); models: %s", tokens, ", ".join(router.catalog.model_names))
 
     async def stop(self, grace_s: float | None) -> None:
         """Drain: report NOT_SERVING, refuse new calls, let in-flight calls run up to `grace_s`, close.
@@ -63,10 +105,14 @@ class Gateway:
             if not stopping.done():
                 await self.service.end_in_flight_calls()
         await stopping
-        await self.router.aclose()
+        await self.seam.aclose()
         if self.metrics_server is not None:
             await self.metrics_server.close()
         await asyncio.to_thread(self.tracing.shutdown)  # the spans still buffered go out
+
+
+# Config fields bound when the process starts: a reload keeps their running values.
+_RESTART_ONLY = ("listen", "tls", "keepalive", "metrics", "max_request_bytes", "log_level", "log_format", "interactive")
 
 
 def server_options(config: GatewayConfig) -> list[tuple[str, int]]:
@@ -118,10 +164,14 @@ async def start_gateway(
     router = Router.from_config(config)
     metrics = gateway_metrics(config, router) if config.metrics.listen is not None else None
     interceptors: list[grpc.aio.ServerInterceptor] = [metrics.grpc] if metrics else []
-    if config.auth:  # after the metrics: a call refused for its token is counted too
-        interceptors.append(BearerAuthInterceptor(config.auth.tokens, tracing=tracing))
+    auth = BearerAuthInterceptor(config.auth.tokens, tracing=tracing) if config.auth else None
+    if auth is not None:  # after the metrics: a call refused for its token is counted too
+        interceptors.append(auth)
     server = grpc.aio.server(interceptors=interceptors, options=server_options(config))
-    seam = Seam(router, policies, tracing=tracing, observers=[metrics] if metrics else [])
+    limits = config.limits
+    queue = FairQueue(limits.max_concurrent_upstream, limits.queue_wait_s, retry_after_s=limits.retry_after_s)
+    # The queue first: a call waits for its slot before any other policy counts it.
+    seam = Seam(router, (queue, *policies), tracing=tracing, observers=[metrics] if metrics else [])
     service = AIService(seam, max_request_bytes=config.max_request_bytes, interactive=config.interactive)
     ai_service_pb2_grpc.add_AIServiceServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
@@ -151,16 +201,20 @@ async def start_gateway(
             raise OSError(f"cannot listen on {config.metrics.listen} (metrics.listen): {_why(exc)}") from exc
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Gateway(server, port, health_servicer, service, router, tracing, metrics, metrics_server)
+    return Gateway(server, port, health_servicer, service, seam, tracing, config, queue, auth, metrics, metrics_server)
 
 
 def gateway_metrics(config: GatewayConfig, router: Router) -> GatewayMetrics:
     """The metrics of a gateway of `config`, watching `router`'s breakers, retry budgets and call plans."""
-    clients = [token.name for token in config.auth.tokens] if config.auth else []
-    bounds = LabelBounds(router.catalog, clients, [p.name for p in config.providers])
-    metrics = GatewayMetrics(bounds)
+    metrics = GatewayMetrics(label_bounds(config, router))
     metrics.watch(router.resilience)
     return metrics
+
+
+def label_bounds(config: GatewayConfig, router: Router) -> LabelBounds:
+    """The metric label values a gateway of `config` may use: its catalog's, clients' and providers' names."""
+    clients = [token.name for token in config.auth.tokens] if config.auth else []
+    return LabelBounds(router.catalog, clients, [p.name for p in config.providers])
 
 
 def _why(exc: BaseException) -> str:
@@ -173,12 +227,26 @@ def bound_address(listen: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-async def serve(config: GatewayConfig, tracing: Tracing | None = None) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully within the configured grace period."""
+async def serve(
+    config: GatewayConfig,
+    tracing: Tracing | None = None,
+    *,
+    reload: Callable[[], GatewayConfig] | None = None,
+    watch: WatchedFile | None = None,
+) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully within the configured grace period.
+
+    With `reload` (which loads the config again, raising ConfigError for a bad one): SIGHUP reloads, and
+    so does a change of the file `watch`. A config with problems is refused whole: every problem is
+    logged and the running config is kept. `watch` is taken before the config was loaded, so that a change
+    made while the gateway starts is not missed."""
     stop = asyncio.Event()
+    reload_asked = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # before the port opens: no window where a signal kills us
         loop.add_signal_handler(sig, stop.set)
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, reload_asked.set)
     gateway = await start_gateway(config, tracing=tracing)
     scheme = "tls" if config.tls else "plaintext"
     auth = f"{len(config.auth.tokens)} client token(s)" if config.auth else "no auth"
@@ -194,7 +262,60 @@ async def serve(config: GatewayConfig, tracing: Tracing | None = None) -> None:
         auth,
         ", ".join(gateway.router.catalog.model_names),
     )
+    background: list[asyncio.Task[None]] = []
+    if reload is not None:
+        background.append(asyncio.create_task(_reload_when_asked(gateway, reload, reload_asked)))
+        if watch is not None:
+            background.append(asyncio.create_task(watch.changes(reload_asked.set)))
     await stop.wait()
-    log.info("shutting down: in-flight calls have %.1f s to finish", config.grace_period_s)
-    await gateway.stop(config.grace_period_s)
+    for task in background:
+        task.cancel()
+    grace_s = gateway.config.grace_period_s
+    log.info("shutting down: in-flight calls have %.1f s to finish", grace_s)
+    await gateway.stop(grace_s)
     log.info("stopped")
+
+
+async def _reload_when_asked(gateway: Gateway, load: Callable[[], GatewayConfig], asked: asyncio.Event) -> None:
+    while True:
+        await asyncio.shield(asked.wait())
+        asked.clear()  # a change during the reload asks for another one
+        try:
+            config = await asyncio.to_thread(load)
+        except ConfigError as problems:
+            log.error("config reload refused, the running config is kept:\n%s", problems)
+            continue
+        except (OSError, ValueError) as exc:
+            log.error("config reload refused, the running config is kept: %s", exc)
+            continue
+        gateway.reload(config)
+
+
+@dataclass(slots=True)
+class WatchedFile:
+    """A file, and how it looked when it was last read (None: it was not there)."""
+
+    path: Path
+    identity: tuple[int, int, int, int] | None
+
+    @classmethod
+    def now(cls, path: Path) -> WatchedFile:
+        return cls(path, _identity(path))
+
+    async def changes(self, changed: Callable[[], None], interval_s: float = defaults.CONFIG_POLL_S) -> None:
+        """Call `changed` whenever the file's identity, size or modification time differs from the last look
+        (every `interval_s`): an editor's save, a `mv` into place, a Kubernetes ConfigMap's symlink swap."""
+        while True:
+            await asyncio.sleep(interval_s)
+            identity = _identity(self.path)
+            if identity != self.identity:
+                self.identity = identity
+                changed()
+
+
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        found = os.stat(path)  # follows symlinks: a ConfigMap swaps the link, not the file
+    except OSError:
+        return None
+    return (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns)

@@ -57,7 +57,7 @@ def authenticate(metadata: Sequence[tuple[str, str | bytes]] | None, tokens: Seq
 
 class BearerAuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, tokens: Sequence[ClientToken], *, tracing: Tracing | None = None) -> None:
-        self._tokens = tuple(tokens)
+        self.tokens = tuple(tokens)  # replaced whole by a config reload
         self._tracing = tracing or Tracing()  # a refused call is traced as any other
 
     async def intercept_service(
@@ -66,7 +66,7 @@ class BearerAuthInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method in EXEMPT_METHODS:
             return handler
-        client = authenticate(handler_call_details.invocation_metadata, self._tokens)
+        client = authenticate(handler_call_details.invocation_metadata, self.tokens)
         if client is None:
             return _rejecting(handler, handler_call_details.method, self._tracing)
         CURRENT_CLIENT.set(client)

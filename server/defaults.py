@@ -133,6 +133,14 @@ MAX_RESUMES = 1
 # the RetryInfo delay of a call refused for being over a limit.
 MAX_CONCURRENT_UPSTREAM = 1024
 OVERLOAD_RETRY_AFTER_S = 1.0
+# Over the limit of calls in flight, a call waits at most this long for a slot (never past its deadline).
+QUEUE_WAIT_S = 2.0
+# How often a gateway started with --config looks at the file for a change to reload.
+CONFIG_POLL_S = 1.0
+# A key of a provider's pool answered 429 rests this long when the upstream gives no Retry-After, and never
+# longer than the cap whatever it gives.
+KEY_REST_S = 5.0
+KEY_REST_MAX_S = 300.0
 
 # HTTP/2 keepalive of the gRPC server: ping idle connections every KEEPALIVE_TIME_S, drop them when a ping
 # is not answered within KEEPALIVE_TIMEOUT_S; accept client pings this often, with or without calls.

@@ -23,6 +23,7 @@ from server.convert import final_chunk, generate_response, model_info, params_fr
 from server.errors import GatewayError, InternalError, ShuttingDown, abort
 from server.interactive.session import SESSION_ID_HEADER, InteractiveSession
 from server.observe.request_id import CURRENT_REQUEST_ID, REQUEST_ID_HEADER, request_id_from
+from server.policy.fair_queue import PRIORITY_HEADER, priority_class
 from server.policy.seam import CallContext, Seam
 from server.routing.catalog import ModelConfig
 from server.types import ChatRequest, Finish, TextDelta
@@ -96,7 +97,10 @@ class AIService(pb_grpc.AIServiceServicer):
         metadata = tuple(context.invocation_metadata() or ())
         request_id = request_id_from(metadata)
         logged_as = CURRENT_REQUEST_ID.set(request_id)
-        call = self._seam.begin(method, CURRENT_CLIENT.get(), model, request_id=request_id, parent=metadata)
+        priority = priority_class(next((v for k, v in metadata if k == PRIORITY_HEADER), None))
+        call = self._seam.begin(
+            method, CURRENT_CLIENT.get(), model, request_id=request_id, parent=metadata, priority=priority
+        )
         trailers = ((REQUEST_ID_HEADER, request_id),)
         try:
             context.set_trailing_metadata(trailers)
@@ -187,7 +191,7 @@ class AIService(pb_grpc.AIServiceServicer):
     ) -> tuple[ModelConfig, ChatRequest]:
         if self.draining:
             raise ShuttingDown("the gateway is shutting down; retry on another instance")
-        catalog = self._seam.catalog
+        catalog = call.router.catalog
         model = catalog.resolve(request.model)
         params = params_from_pb(request.config)
         messages = check_request(

@@ -74,6 +74,7 @@ class GatewayProcess:
         self.process = process
         self._lines: list[str] = []
         self._kept_bytes = 0
+        self._new_line = asyncio.Event()
         self._listening: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._reader = asyncio.create_task(self._read_stderr())
 
@@ -103,9 +104,11 @@ class GatewayProcess:
                 self._lines.append(text if self._kept_bytes < STDERR_KEPT_BYTES else "[the rest of stderr dropped]\n")
                 if not self._listening.done() and (found := _LISTENING.search(text)):
                     self._listening.set_result(found["address"])
+                self._new_line.set()
         finally:
             if not self._listening.done():
                 self._listening.set_result(None)  # stderr closed: the child is gone without listening
+            self._new_line.set()  # wakes a wait_for_line, which then sees the reader is done
 
     @property
     def stderr(self) -> str:
@@ -125,6 +128,21 @@ class GatewayProcess:
             code = await self.wait_exit()
             raise AssertionError(f"gateway exited with {code} before listening:\n{self.stderr}")
         return address
+
+    async def wait_for_line(self, text: str, count: int = 1, timeout: float = SAFETY_TIMEOUT_S) -> None:
+        """Wait until `count` lines of stderr contain `text`; fails the test if the child exits first."""
+
+        async def seen() -> None:
+            while sum(text in line for line in self._lines) < count:
+                if self._reader.done():
+                    raise AssertionError(f"gateway exited before saying {text!r}:\n{self.stderr}")
+                self._new_line.clear()
+                await self._new_line.wait()
+
+        try:
+            await asyncio.wait_for(seen(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"gateway did not say {text!r} after {timeout} s:\n{self.stderr}") from None
 
     def send_signal(self, sig: signal.Signals) -> None:
         self.process.send_signal(sig)

@@ -59,3 +59,19 @@ def test_quick_bench_measures_every_figure(tmp_path: Path) -> None:
     assert "tokens/s" in ends[4]
     assert progress.index(starts[4]) < progress.index(ends[4])
     assert not any(line.startswith("bench: ") for line in run.stdout.splitlines())
+
+
+@pytest.mark.slow
+def test_the_fairness_bench_runs_its_three_sides() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.fairness", "--duration", "0.5", "--flood", "8", "--slots", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = {line.split("  ")[0]: line for line in run.stdout.splitlines()}
+    assert {"steady alone", "fair queue", "no queue (refuse)"} <= set(rows)
+    assert " - " not in rows["fair queue"]  # both clients had calls served

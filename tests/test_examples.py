@@ -46,6 +46,9 @@ EXAMPLE_ENV: dict[str, dict[str, str]] = {
         "OPENAI_API_KEY": "sk-example-0123456789",
         "ANTHROPIC_API_KEY": "sk-ant-example-0123456789",
         "GATEWAY_TOKEN": "dev-token-0123456789",
+        "TEAM_KEY_1": "sk-team-1-0123456789",
+        "TEAM_KEY_2": "sk-team-2-0123456789",
+        "INTERNAL_SIGNING_SECRET": "signing-secret-0123456789",
     },
     "secure.yaml": {"GATEWAY_TOKEN": "dev-token-0123456789"},
 }
@@ -130,7 +133,9 @@ def test_the_examples_read_the_token_from_the_variable_the_client_reads() -> Non
 # --- "every option" -------------------------------------------------------------------------------------
 
 # YAML keys whose names differ from the config dataclass's field names.
-_NOT_KEYS = {"api_key", "fallbacks_by_class"}  # the key itself (read from api_key_env); fallbacks' mapping form
+# The key and secret themselves (read from the variables named), the keys after the first (api_key_env as a list),
+# and fallbacks' mapping form.
+_NOT_KEYS = {"api_key", "extra_api_keys", "signing_secret", "fallbacks_by_class"}
 
 
 def _fields(cls: type) -> set[str]:

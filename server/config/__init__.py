@@ -16,6 +16,7 @@ from server.config.load import default_config, load_config
 from server.config.schema import (
     PROVIDER_KINDS,
     TRANSPORTS,
+    ApiKey,
     AuthConfig,
     ClientToken,
     ConfigError,
@@ -34,6 +35,7 @@ from server.routing.catalog import Deployment, ModelConfig, Price
 __all__ = [
     "PROVIDER_KINDS",
     "TRANSPORTS",
+    "ApiKey",
     "AuthConfig",
     "ClientToken",
     "ConfigError",

@@ -19,6 +19,7 @@ from server.config.schema import (
     OFFLINE_KINDS,
     PROVIDER_KINDS,
     TRANSPORTS,
+    ApiKey,
     AuthConfig,
     ClientToken,
     GatewayConfig,
@@ -53,7 +54,10 @@ _PROVIDER_NUMBERS = (
     *("connect_timeout_s", "read_timeout_s", "max_connections"),
     *("max_concurrent_streams", "first_token_timeout_s", "stream_idle_timeout_s"),
 )
-_PROVIDER_KEYS = {"name", "kind", "base_url", "api_key_env", "transport", *_PROVIDER_NUMBERS}
+_PROVIDER_KEYS = {
+    *("name", "kind", "base_url", "api_key_env", "api_key_file", "signing_secret_env", "transport"),
+    *_PROVIDER_NUMBERS,
+}
 
 
 def parse(raw: Any, base_dir: Path, env: Mapping[str, str], problems: list[str], unparsed: set[str]) -> GatewayConfig:
@@ -69,7 +73,7 @@ def parse(raw: Any, base_dir: Path, env: Mapping[str, str], problems: list[str],
         config = replace(config, auth=_parse_auth(top["auth"], env, problems))
     config = replace(
         config,
-        providers=_parse_providers(top.get("providers", []), env, problems, unparsed),
+        providers=_parse_providers(top.get("providers", []), env, problems, unparsed, base_dir),
         models=_parse_models(top.get("models", []), problems, unparsed),
     )
     if top.get("aliases") is not None:
@@ -206,12 +210,12 @@ def _env_digest(variable: str, env: Mapping[str, str], where: str, problems: lis
 
 
 def _parse_providers(
-    raw: Any, env: Mapping[str, str], problems: list[str], unparsed: set[str]
+    raw: Any, env: Mapping[str, str], problems: list[str], unparsed: set[str], base_dir: Path
 ) -> tuple[ProviderConfig, ...]:
     providers = []
     for i, item in enumerate(as_list(raw, "providers", problems)):
         before = len(problems)
-        provider = _parse_provider(item, f"providers[{i}]", env, problems)
+        provider = _parse_provider(item, f"providers[{i}]", env, problems, base_dir)
         if provider is None or len(problems) > before:
             unparsed.add(str(item.get("name", "")) if isinstance(item, dict) else "")
         if provider is not None:
@@ -219,7 +223,9 @@ def _parse_providers(
     return tuple(providers)
 
 
-def _parse_provider(raw: Any, where: str, env: Mapping[str, str], problems: list[str]) -> ProviderConfig | None:
+def _parse_provider(
+    raw: Any, where: str, env: Mapping[str, str], problems: list[str], base_dir: Path
+) -> ProviderConfig | None:
     entry = mapping(raw, where, problems)
     unknown_keys(entry, _PROVIDER_KEYS, f"{where}.", problems)
     name = str(entry.get("name") or "")
@@ -230,7 +236,7 @@ def _parse_provider(raw: Any, where: str, env: Mapping[str, str], problems: list
         return None
     provider = ProviderConfig(name=name, kind=kind)
     if kind not in OFFLINE_KINDS:
-        provider = _with_upstream(provider, entry, where, env, problems)
+        provider = _with_upstream(provider, entry, where, env, problems, base_dir)
     if "transport" in entry and (transport := _transport(entry["transport"], where, problems)) is not None:
         provider = replace(provider, transport=transport)
     return replace(provider, **numbers(entry, _PROVIDER_NUMBERS, f"{where}.", provider, problems, minimum=1e-3))
@@ -256,7 +262,12 @@ def _transport(raw: Any, where: str, problems: list[str]) -> TransportName | Non
 
 
 def _with_upstream(
-    provider: ProviderConfig, entry: dict[str, Any], where: str, env: Mapping[str, str], problems: list[str]
+    provider: ProviderConfig,
+    entry: dict[str, Any],
+    where: str,
+    env: Mapping[str, str],
+    problems: list[str],
+    base_dir: Path,
 ) -> ProviderConfig:
     """The upstream's address and key; a preset of the same kind fills in what the entry leaves out."""
     preset = PROVIDER_PRESETS.get(provider.name)
@@ -264,20 +275,68 @@ def _with_upstream(
     base_url = str(entry.get("base_url") or (same_preset.base_url if same_preset else ""))
     if not base_url.startswith(("http://", "https://")):
         problems.append(f"{where}.base_url: required, an http:// or https:// URL")
-    api_key_env = str(entry.get("api_key_env") or "") or _preset_key_env(same_preset, env)
-    api_key = _api_key(api_key_env, env, where, problems)
-    return replace(provider, base_url=base_url.rstrip("/"), api_key_env=api_key_env, api_key=api_key)
+    if entry.get("api_key_file") is not None:
+        if entry.get("api_key_env") is not None:
+            problems.append(f"{where}: give api_key_env or api_key_file, not both")
+        files = _key_names(entry["api_key_file"], f"{where}.api_key_file", problems)
+        keys = [_key_from_file(name, base_dir, f"{where}.api_key_file", problems) for name in files]
+    else:
+        key_envs = _key_names(entry.get("api_key_env"), f"{where}.api_key_env", problems)
+        keys = [ApiKey(name, _secret(name, env, f"{where}.api_key_env", problems)) for name in key_envs]
+    if not keys:  # a preset's usual variable, or none: a keyless upstream
+        preset_env = _preset_key_env(same_preset, env)
+        keys = [ApiKey(preset_env, _secret(preset_env, env, f"{where}.api_key_env", problems))]
+    signing_env = str(entry.get("signing_secret_env") or "")
+    signing_secret = _secret(signing_env, env, f"{where}.signing_secret_env", problems)
+    return replace(
+        provider,
+        base_url=base_url.rstrip("/"),
+        api_key_env=keys[0].env,
+        api_key=keys[0].value,
+        extra_api_keys=tuple(keys[1:]),
+        signing_secret_env=signing_env,
+        signing_secret=signing_secret,
+    )
 
 
-def _api_key(api_key_env: str, env: Mapping[str, str], where: str, problems: list[str]) -> str:
-    """The key in `api_key_env`, registered as a secret; "" for a keyless upstream (no variable named)."""
-    if not api_key_env:
+def _key_names(raw: Any, where: str, problems: list[str]) -> list[str]:
+    """`api_key_env` (variable names) or `api_key_file` (paths) as a list: one, or a pool used in turn."""
+    if raw is None or raw == "":
+        return []
+    names = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else None
+    if names is None or not names or not all(isinstance(name, str) and name for name in names):
+        problems.append(f"{where}: expected a name or a non-empty list of them")
+        return []
+    if len(set(names)) != len(names):
+        problems.append(f"{where}: a name is listed twice")
+    return list(names)
+
+
+def _key_from_file(name: str, base_dir: Path, where: str, problems: list[str]) -> ApiKey:
+    """The key in the file `name` (relative to the config file), registered as a secret. A mounted secret
+    file changes in place when it is rotated, so a reload picks the new key up; a variable cannot change."""
+    path = Path(name) if Path(name).is_absolute() else base_dir / name
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeError) as exc:
+        problems.append(f"{where}: cannot read {path}: {exc.strerror if isinstance(exc, OSError) else exc}")
+        value = ""
+    else:
+        if not value:
+            problems.append(f"{where}: {path} is empty")
+    register_secret(value)
+    return ApiKey(name, value)
+
+
+def _secret(variable: str, env: Mapping[str, str], where: str, problems: list[str]) -> str:
+    """The value of `variable`, registered as a secret; "" when no variable is named (a keyless upstream)."""
+    if not variable:
         return ""
-    api_key = env.get(api_key_env, "")
-    if not api_key:
-        problems.append(f"{where}.api_key_env: environment variable {api_key_env} is not set or empty")
-    register_secret(api_key)
-    return api_key
+    value = env.get(variable, "")
+    if not value:
+        problems.append(f"{where}: environment variable {variable} is not set or empty")
+    register_secret(value)
+    return value
 
 
 def _preset_key_env(preset: ProviderPreset | None, env: Mapping[str, str]) -> str:

@@ -19,6 +19,7 @@ __all__ = [
     "OFFLINE_KINDS",
     "PROVIDER_KINDS",
     "TRANSPORTS",
+    "ApiKey",
     "AuthConfig",
     "ClientToken",
     "ConfigError",
@@ -75,6 +76,14 @@ class AuthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiKey:
+    """One upstream key and the environment variable it was read from (its only printable name)."""
+
+    env: str
+    value: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderConfig:
     name: str
     kind: ProviderKind
@@ -82,6 +91,11 @@ class ProviderConfig:
     api_key_env: str = ""
     # The key itself, read from `api_key_env`; empty for keyless upstreams (local servers, demo).
     api_key: str = field(default="", repr=False)
+    # More keys after the first (`api_key_env` given as a list): the provider uses them all in turn.
+    extra_api_keys: tuple[ApiKey, ...] = ()
+    # Upstreams that require signed requests: the HMAC secret, read from `signing_secret_env`.
+    signing_secret_env: str = ""
+    signing_secret: str = field(default="", repr=False)
     connect_timeout_s: float = defaults.CONNECT_TIMEOUT_S
     read_timeout_s: float = defaults.READ_TIMEOUT_S
     max_connections: int = defaults.POOL_MAX_CONNECTIONS
@@ -107,11 +121,13 @@ class InteractiveConfig:
 
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
-    """Load shedding (config key `limits`): upstream calls in flight per process, and the RetryInfo delay
-    of a call refused for being over a limit."""
+    """Load shedding (config key `limits`): calls in flight per process, how long a call may wait for a slot
+    (server/policy/fair_queue.py; 0: refused at once), and the RetryInfo delay of a call refused for being
+    over a limit."""
 
     max_concurrent_upstream: int = defaults.MAX_CONCURRENT_UPSTREAM
     retry_after_s: float = defaults.OVERLOAD_RETRY_AFTER_S
+    queue_wait_s: float = defaults.QUEUE_WAIT_S
 
 
 @dataclass(frozen=True, slots=True)

@@ -183,12 +183,13 @@ class InteractiveSession:
             session=self.id,
             turn_request_id=request_id,
             parent=self.trace,
+            priority=self.record.priority,
         )
         try:
             if self._draining:
                 raise ShuttingDown("the gateway is shutting down: this session takes no new turns (see go_away)")
             spec = wire.turn_spec(
-                message, self._options, catalog=self._seam.catalog, max_request_bytes=self._max_request_bytes
+                message, self._options, catalog=call.router.catalog, max_request_bytes=self._max_request_bytes
             )
         except GatewayError as error:
             self._remember(request_id)

@@ -58,6 +58,7 @@ GENAI_LABELS = (
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+QUEUE_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 
 _REASON = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
@@ -124,6 +125,7 @@ class GatewayMetrics:
     def __init__(self, bounds: LabelBounds, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry = registry or CollectorRegistry()
         self.bounds = bounds
+        self._watched: _ResilienceCollector | None = None
         self.grpc = GrpcServerMetrics(registry)
         self.token_usage = _Children(
             Histogram(
@@ -181,6 +183,16 @@ class GatewayMetrics:
                 registry=registry,
             )
         )
+        self.queue_wait = _Children(
+            Histogram(
+                "gateway_queue_wait_seconds",
+                "How long calls that found every slot taken waited for one (server/policy/fair_queue.py), "
+                "by priority class and client, whether they got one or not.",
+                ("priority", "client", "code"),
+                buckets=QUEUE_WAIT_BUCKETS,
+                registry=registry,
+            )
+        )
         self.sessions = Gauge("gateway_interactive_sessions", "InteractiveStream sessions open.", registry=registry)
         self.turns = _counter(
             registry, "gateway_interactive_turns", "InteractiveStream turns ended, by gRPC code.", ("code",)
@@ -204,10 +216,18 @@ class GatewayMetrics:
         for method in ("Generate", "StreamGenerate", TURN):
             self.in_flight(method)  # present at 0 before the first call
 
-    def watch(self, resilience: Resilience) -> None:
-        """Observe `resilience`'s call plans, and report its breakers and retry budgets when scraped."""
+    def watch(self, resilience: Resilience, bounds: LabelBounds | None = None) -> None:
+        """Observe `resilience`'s call plans, and report its breakers and retry budgets when scraped.
+
+        After a config reload: watch the new router's `resilience` instead, with the new config's `bounds`
+        (the label values of calls that began before the reload are then mapped by the new ones)."""
+        if bounds is not None:
+            self.bounds = bounds
+        if self._watched is not None:
+            self.registry.unregister(self._watched)
         resilience.observer = self
-        self.registry.register(_ResilienceCollector(resilience, self.bounds))
+        self._watched = _ResilienceCollector(resilience, self.bounds)
+        self.registry.register(self._watched)
 
     # --- the policy seam's record observer ------------------------------------------------------------
 
@@ -227,6 +247,8 @@ class GatewayMetrics:
             self.sessions.dec()
             return
         self.in_flight(record.method).dec()
+        if record.queued_s is not None:
+            self.queue_wait(record.priority, client, record.code).observe(record.queued_s)
         if record.method == TURN:
             self.turns(record.code).inc()
         labels = bounds.genai(record)

@@ -80,6 +80,8 @@ class CallRecord:
     deltas: int = 0
     first_token_s: float | None = None
     turns: int | None = None  # InteractiveStream session: turns accepted
+    priority: str = "interactive"  # the call's class in the fair queue (server/policy/fair_queue.py)
+    queued_s: float | None = None  # how long the call waited for a slot (None: a slot was free)
     code: str = "OK"
     reason: str = ""
     duration_s: float | None = None  # set by finish(): the one duration the log and the metrics report
@@ -102,7 +104,7 @@ class CallRecord:
         duration_ms = duration_s * 1000
         access_log.info(
             "%s client=%s%s model=%s served=%s code=%s%s duration_ms=%.1f ttft_ms=%s deltas=%d tokens=%s cost_usd=%s"
-            " request_id=%s upstream_request_id=%s%s",
+            " request_id=%s upstream_request_id=%s%s%s",
             self.method,
             self.client or "-",
             self._session_fields(),
@@ -118,6 +120,7 @@ class CallRecord:
             self.request_id or "-",
             self.upstream_request_id or "-",
             f" turns={self.turns}" if self.turns is not None else "",
+            f" priority={self.priority} queued_ms={self.queued_s * 1000:.1f}" if self.queued_s is not None else "",
             extra={"access": self.fields(duration_ms)},
         )
 
@@ -138,6 +141,8 @@ class CallRecord:
             "reason": self.reason or None,
             "finish_reason": self.finish_reason or None,
             "duration_ms": round(duration_ms, 1),
+            "priority": self.priority,
+            "queued_ms": round(self.queued_s * 1000, 1) if self.queued_s is not None else None,
             "ttft_ms": round(self.first_token_s * 1000, 1) if self.first_token_s is not None else None,
             "deltas": self.deltas,
             "input_tokens": usage.prompt_tokens if usage else None,

@@ -12,6 +12,10 @@ with that error's status), and `settle` once the call has ended, with the outcom
 call's record. Every policy whose `admit` returned gets exactly one `settle`, whatever happened after it,
 so a concurrency slot taken in `admit` is always given back.
 
+A call keeps the router it began with (`CallContext.router`): a config reload (`Seam.swap`) gives new calls
+the new catalog and providers while the calls and streams already running finish on the old ones, whose
+connections are closed once the last of those calls has ended.
+
 The seam adds nothing per token: `stream` admits the call, then hands back the router's own event stream.
 `end` runs before the status is sent (see service.py), so the access log, metrics and traces written from
 the record are complete when the client learns the outcome.
@@ -19,6 +23,7 @@ the record are complete when the client learns the outcome.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +62,8 @@ class CallContext:
     """One call, or one InteractiveStream turn, as the seam and its policies see it."""
 
     record: CallRecord
+    # The catalog and providers of the config this call began under; a reload does not change them.
+    router: Router
     trace: CallTrace = field(default_factory=CallTrace)
     admitted: list[Policy] = field(default_factory=list)
     ended: bool = False
@@ -81,6 +88,25 @@ class Seam:
         self._policies = tuple(policies)
         self.tracing = tracing or Tracing()
         self._observers = tuple(observers)
+        self._calls_on: dict[Router, int] = {}  # routers with calls running: the current one, and retired ones
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def swap(self, router: Router) -> None:
+        """Send new calls to `router`; the one it replaces is closed once its last running call has ended."""
+        retired, self.router, self.catalog = self.router, router, router.catalog
+        if retired is not router and retired not in self._calls_on:
+            self._close(retired)
+
+    async def aclose(self) -> None:
+        """Close the current router, and wait for the retired ones being closed."""
+        await self.router.aclose()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    def _close(self, router: Router) -> None:
+        task = asyncio.get_running_loop().create_task(router.aclose(), name="close a retired router")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def begin(
         self,
@@ -92,21 +118,30 @@ class Seam:
         session: str = "",
         turn_request_id: str = "",
         parent: Metadata | CallTrace = (),
+        priority: str = "interactive",
     ) -> CallContext:
         """A new call with its x-request-id, or an InteractiveStream turn (`session` and `turn_request_id`
         name it in the record; `request_id` is then its session's). `parent` is the caller's metadata
         (its traceparent), or for a turn its session's trace."""
         record = CallRecord(
-            method, client, model=model, session=session, turn_request_id=turn_request_id, request_id=request_id
+            method,
+            client,
+            model=model,
+            session=session,
+            turn_request_id=turn_request_id,
+            request_id=request_id,
+            priority=priority,
         )
-        call = CallContext(record, self.tracing.begin(record, parent))
+        router = self.router
+        self._calls_on[router] = self._calls_on.get(router, 0) + 1
+        call = CallContext(record, router, self.tracing.begin(record, parent))
         for observer in self._observers:
             observer.begun(record)
         return call
 
     async def complete(self, call: CallContext, model: ModelConfig, request: ChatRequest) -> Completion:
         await self._admit(call, model, request)
-        completion = await self.router.complete(model, request, call.trace)
+        completion = await call.router.complete(model, request, call.trace)
         call.record.answered(completion)
         return completion
 
@@ -116,7 +151,7 @@ class Seam:
         """Admit the call, then the router's event stream itself (close it with aclosing). The caller
         fills the record from the events it forwards: the seam adds no step per token."""
         await self._admit(call, model, request)
-        return self.router.stream(model, request, call.trace)
+        return call.router.stream(model, request, call.trace)
 
     def end(self, call: CallContext, error: GatewayError | None = None, *, code: str | None = None) -> None:
         """The call has ended: OK, with `error`, or with `code` (CANCELLED). Write its record, then let
@@ -128,6 +163,7 @@ class Seam:
         if call.ended:
             return
         call.ended = True
+        self._release(call.router)
         record = call.record
         if error is not None:
             record.code, record.reason = code_name(error), error.reason
@@ -150,6 +186,15 @@ class Seam:
                 log.exception(
                     "policy %s failed to settle a %s call", type(policy).__name__, record.method, exc_info=exc
                 )
+
+    def _release(self, router: Router) -> None:
+        left = self._calls_on[router] - 1
+        if left:
+            self._calls_on[router] = left
+            return
+        del self._calls_on[router]
+        if router is not self.router:  # retired by a reload, and its last call has ended
+            self._close(router)
 
     async def _admit(self, call: CallContext, model: ModelConfig, request: ChatRequest) -> None:
         for policy in self._policies:

@@ -66,9 +66,10 @@ class AnthropicProvider(HTTPProvider):
             "accept": "application/json",
             "anthropic-version": ANTHROPIC_VERSION,
         }
-        if config.api_key:
-            headers["x-api-key"] = config.api_key
         super().__init__(config, headers, transport=transport)
+
+    def key_headers(self, key: str) -> dict[str, str]:
+        return {"x-api-key": key}
 
     def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         body = request_body(request)

@@ -70,9 +70,10 @@ _DURATION = re.compile(r"([0-9]{1,12}(?:\.[0-9]{1,9})?)s")
 class GeminiProvider(HTTPProvider):
     def __init__(self, config: ProviderConfig, *, transport: Transport | None = None) -> None:
         headers = {"content-type": "application/json", "accept": "application/json"}
-        if config.api_key:
-            headers["x-goog-api-key"] = config.api_key
         super().__init__(config, headers, transport=transport)
+
+    def key_headers(self, key: str) -> dict[str, str]:
+        return {"x-goog-api-key": key}
 
     def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         path = f"{_model_path(request.model)}:streamGenerateContent?alt=sse"

@@ -18,15 +18,19 @@ from dataclasses import replace
 from typing import Any, assert_never
 
 from server import defaults
-from server.config import ProviderConfig
+from server.config import ApiKey, ProviderConfig
 from server.errors import (
+    UpstreamAuthFailed,
     UpstreamBadResponse,
     UpstreamError,
+    UpstreamRateLimited,
     UpstreamUnavailable,
 )
 from server.observe.request_id import upstream_request_id
 from server.providers.base import Provider
 from server.providers.httpx_transport import HttpxTransport
+from server.providers.keys import KeyPool
+from server.providers.signing import RequestSigner
 from server.providers.transport import AiohttpTransport, Timeouts, Transport, UpstreamResponse
 from server.providers.upstream_errors import error_for_status, safe_identifier
 from server.sse import ServerSentEvent, SSEDecoder, SSELineTooLong
@@ -43,6 +47,8 @@ __all__ = [
     "unexpected_shape",
 ]
 
+# The answers that may be about the key rather than the request: Google answers a bad key with 400.
+_KEY_STATUSES = frozenset((400, 401, 403, 429))
 # Error bodies are read only to learn the error type; anything longer is not an error body we know.
 _MAX_ERROR_BODY_BYTES = 64 * 1024
 # (error type or code, retry delay in seconds) that an upstream's error object may safely tell.
@@ -85,6 +91,9 @@ class HTTPProvider(Provider):
     `request_id_header` names the response header in which the upstream gives its own id of the answer
     (None: it gives none). That id goes on the Finish or Completion, and on any UpstreamError raised
     once the answer's headers are in, as metadata `upstream_request_id`.
+
+    `headers` go on every request; the key goes in the header `key_headers` names, fixed for a single key,
+    chosen per request from a `KeyPool` for several. A provider with a signing secret signs every request.
     """
 
     request_id_header: str | None = None
@@ -94,7 +103,17 @@ class HTTPProvider(Provider):
     ) -> None:
         super().__init__(config.name)
         self._config = config
+        self._keys: KeyPool | None = None
+        if config.extra_api_keys:
+            self._keys = KeyPool(config.name, (ApiKey(config.api_key_env, config.api_key), *config.extra_api_keys))
+        elif config.api_key:
+            headers = {**headers, **self.key_headers(config.api_key)}
+        self._signer = RequestSigner(config.signing_secret, config.base_url) if config.signing_secret else None
         self._transport = transport or make_transport(config, headers)
+
+    def key_headers(self, key: str) -> dict[str, str]:
+        """The header that carries `key` in this wire format."""
+        raise NotImplementedError
 
     async def aclose(self) -> None:
         await self._transport.aclose()
@@ -188,7 +207,36 @@ class HTTPProvider(Provider):
     async def _post(self, path: str, body: dict[str, Any], request: ChatRequest) -> UpstreamResponse:
         content = json.dumps(body, separators=(",", ":")).encode()
         timeouts = request_timeouts(self._config, request.timeout_s)
-        return await self._transport.post(path, content, timeouts, dict(request.headers) if request.headers else None)
+        headers = dict(request.headers) if request.headers else None
+        if self._signer is not None:
+            headers = {**(headers or {}), **self._signer.headers(path, content)}
+        if self._keys is None:
+            return await self._transport.post(path, content, timeouts, headers)
+        return await self._post_with_pool(self._keys, path, content, timeouts, headers or {})
+
+    async def _post_with_pool(
+        self, keys: KeyPool, path: str, content: bytes, timeouts: Timeouts, headers: dict[str, str]
+    ) -> UpstreamResponse:
+        """POST with the pool's next key; on to the next one at once while the upstream refuses (401/403)
+        or rate limits (429) the key, and the last key's error when every usable key has been tried."""
+        tried: set[str] = set()
+        error: UpstreamError | None = None
+        while (key := keys.take(tried)) is not None:
+            response = await self._transport.post(path, content, timeouts, {**headers, **self.key_headers(key.value)})
+            if response.status not in _KEY_STATUSES:
+                return response
+            try:
+                error = _with_upstream_id(await self._error_from_response(response), self._upstream_id(response))
+            finally:
+                await response.aclose()
+            if isinstance(error, UpstreamAuthFailed):
+                keys.set_aside(key, response.status)
+            elif isinstance(error, UpstreamRateLimited):
+                keys.rest(key, error.retry_after_s)
+            else:
+                raise error
+        assert error is not None  # take() gives a first key whatever the pool's state
+        raise error
 
     async def _error_from_response(self, response: UpstreamResponse) -> UpstreamError:
         hint: ErrorHint = (None, None)

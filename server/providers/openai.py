@@ -36,9 +36,10 @@ class OpenAIProvider(HTTPProvider):
 
     def __init__(self, config: ProviderConfig, *, transport: Transport | None = None) -> None:
         headers = {"content-type": "application/json", "accept": "application/json"}
-        if config.api_key:
-            headers["authorization"] = f"Bearer {config.api_key}"
         super().__init__(config, headers, transport=transport)
+
+    def key_headers(self, key: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {key}"}
 
     def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         body = _body(request)

@@ -1,6 +1,7 @@
-"""Caps on upstream calls in flight, per process and per provider. They never queue: over a cap, a call is
-refused at once (the router tries another provider, or answers RESOURCE_EXHAUSTED with RetryInfo), because
-a queue of generation calls only turns overload into timeouts.
+"""Caps on upstream calls in flight, per process and per provider. They never queue: over a cap, an attempt is
+refused at once (the router tries another provider, or answers RESOURCE_EXHAUSTED with RetryInfo). The
+bounded, fair wait for a slot happens before, at the policy seam (server/policy/fair_queue.py), so the
+process cap here only refuses when that queue lets more calls through than it (never, with the same limit).
 """
 
 from __future__ import annotations

@@ -183,11 +183,14 @@ class FakeAnthropicUpstream(FakeHTTPServer):
         out = Out(conn, False)
         if req.path != MESSAGES_PATH or req.method != "POST":
             return await self._send_error(out, 404, "not_found_error", "Not Found", keep_alive=keep)
-        if self._api_key is not None:
+        if self._api_keys is not None:
             key = req.headers.get("x-api-key", "")
-            if key != self._api_key:
+            if not self.key_accepted(key):
                 message = "invalid x-api-key" if key else "x-api-key header is required"
                 return await self._send_error(out, 401, "authentication_error", message, keep_alive=keep)
+        if (problem := self.signature_problem(req)) is not None:
+            message = f"invalid request signature: {problem}"
+            return await self._send_error(out, 401, "authentication_error", message, keep_alive=keep)
         if "anthropic-version" not in req.headers:
             message = "anthropic-version: header is required"
             return await self._send_error(out, 400, "invalid_request_error", message, keep_alive=keep)

@@ -184,8 +184,15 @@ def _sse(obj: dict[str, Any]) -> bytes:
 class FakeGeminiUpstream(FakeHTTPServer):
     """Fake Gemini API upstream.  See the module docstring."""
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None) -> None:
-        super().__init__(host=host, port=port, api_key=api_key)
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_key: str | tuple[str, ...] | None = None,
+        signing_secret: str | None = None,
+    ) -> None:
+        super().__init__(host=host, port=port, api_key=api_key, signing_secret=signing_secret)
         self.keys_in_url = 0  # requests that carried a key= query parameter
 
     def vendor_headers(self, content_type: str) -> list[bytes]:
@@ -239,7 +246,7 @@ class FakeGeminiUpstream(FakeHTTPServer):
         if stream and query.get("alt") != ["sse"]:
             message = "fake Gemini upstream: only alt=sse streams are implemented"
             return await self._send_error(out, 400, "INVALID_ARGUMENT", message, keep_alive=keep)
-        if self._api_key is not None:
+        if self._api_keys is not None:
             key = req.headers.get("x-goog-api-key", "")
             if not key:
                 message = (
@@ -247,7 +254,7 @@ class FakeGeminiUpstream(FakeHTTPServer):
                     "Please use API Key or other form of API consumer identity to call this API."
                 )
                 return await self._send_error(out, 403, "PERMISSION_DENIED", message, keep_alive=keep)
-            if key != self._api_key:
+            if not self.key_accepted(key):
                 details = [
                     {
                         "@type": _ERROR_INFO,
@@ -258,6 +265,9 @@ class FakeGeminiUpstream(FakeHTTPServer):
                 ]
                 message = "API key not valid. Please pass a valid API key."
                 return await self._send_error(out, 400, "INVALID_ARGUMENT", message, details, keep_alive=keep)
+        if (signature_problem := self.signature_problem(req)) is not None:
+            message = f"Request had invalid authentication credentials: {signature_problem}."
+            return await self._send_error(out, 401, "UNAUTHENTICATED", message, keep_alive=keep)
         problem, body = _check_body(req.body)
         if problem:
             return await self._send_error(out, 400, "INVALID_ARGUMENT", problem, keep_alive=keep)

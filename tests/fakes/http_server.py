@@ -47,6 +47,8 @@ import argparse
 import asyncio
 import contextlib
 import email.utils
+import hashlib
+import hmac
 import http
 import itertools
 import json
@@ -577,13 +579,29 @@ class Wire:
 # --------------------------------------------------------------------------- the server
 
 
+# How far a signed request's timestamp may be from the upstream's clock, either way.
+SIGNATURE_WINDOW_S = 300
+
+
 class FakeHTTPServer:
     """A real HTTP/1.1 server on asyncio; subclasses answer parsed requests in :meth:`respond`."""
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_key: str | tuple[str, ...] | None = None,
+        signing_secret: str | None = None,
+    ) -> None:
         self._host = host
         self._port = port
-        self._api_key = api_key
+        # The keys the upstream accepts (None: any, or none at all); several, like an account's key list.
+        self._api_keys = None if api_key is None else frozenset((api_key,) if isinstance(api_key, str) else api_key)
+        self._signing_secret = signing_secret.encode() if signing_secret is not None else None
+        # Keys the upstream answers as if the call asked for this fault model ("fault-429" …): a key that is
+        # rate limited or revoked on its own (answered by the OpenAI fake).
+        self.key_faults: dict[str, str] = {}
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ids = itertools.count(1)
@@ -985,6 +1003,25 @@ class FakeHTTPServer:
         out.raw(body)
         await out.flush()
         return keep_alive
+
+    # ----- credentials
+
+    def key_accepted(self, key: str) -> bool:
+        return self._api_keys is None or key in self._api_keys
+
+    def signature_problem(self, req: Request) -> str | None:
+        """Why the request's X-Timestamp/X-Signature do not hold, when the upstream requires signed requests:
+        hex HMAC-SHA256 of `METHOD:path:timestamp:body`, the timestamp within SIGNATURE_WINDOW_S of now."""
+        if self._signing_secret is None:
+            return None
+        timestamp, given = req.headers.get("x-timestamp", ""), req.headers.get("x-signature", "")
+        if not timestamp.isdigit() or not given:
+            return "missing X-Timestamp or X-Signature"
+        if abs(time.time() - int(timestamp)) > SIGNATURE_WINDOW_S:
+            return "stale X-Timestamp"
+        message = f"{req.method}:{req.path}:{timestamp}:".encode() + req.body
+        expected = hmac.new(self._signing_secret, message, hashlib.sha256).hexdigest()
+        return None if hmac.compare_digest(expected, given) else "bad X-Signature"
 
     # ----- what a subclass provides
 

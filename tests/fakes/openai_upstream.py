@@ -305,7 +305,7 @@ class FakeOpenAIUpstream(FakeHTTPServer):
                 keep_alive=keep,
             )
 
-        if self._api_key is not None:
+        if self._api_keys is not None:
             auth = req.headers.get("authorization", "")
             scheme, _, token = auth.partition(" ")
             token = token.strip()
@@ -319,7 +319,7 @@ class FakeOpenAIUpstream(FakeHTTPServer):
                     "invalid_api_key",
                     keep_alive=keep,
                 )
-            if token != self._api_key:
+            if not self.key_accepted(token):
                 masked = (token[:3] + "***" + token[-4:]) if len(token) > 8 else "***"
                 return await self._send_error(
                     out,
@@ -330,6 +330,23 @@ class FakeOpenAIUpstream(FakeHTTPServer):
                     "invalid_api_key",
                     keep_alive=keep,
                 )
+
+        if (
+            key_fault := self.key_faults.get(req.headers.get("authorization", "").partition(" ")[2].strip())
+        ) is not None:
+            spec = _HTTP_FAULTS[key_fault]
+            return await self._send_error(
+                out, spec.status, spec.message, spec.type, spec.code, keep_alive=keep, extra=spec.headers
+            )
+        if (problem := self.signature_problem(req)) is not None:
+            return await self._send_error(
+                out,
+                401,
+                f"Invalid request signature: {problem}.",
+                "invalid_request_error",
+                "invalid_signature",
+                keep_alive=keep,
+            )
 
         try:
             body: Any = json.loads(req.body)

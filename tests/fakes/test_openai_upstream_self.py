@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -16,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .http_server import WAIT_TIMEOUT_S
+from .http_server import SIGNATURE_WINDOW_S, WAIT_TIMEOUT_S
 from .openai_upstream import FakeOpenAIUpstream
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -340,3 +342,42 @@ async def test_cli_prints_port_and_exits_zero_on_sigterm() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_a_signing_upstream_accepts_a_fresh_signature_and_refuses_a_bad_or_stale_one() -> None:
+    secret = "signing-secret"
+    async with FakeOpenAIUpstream(signing_secret=secret) as up, httpx.AsyncClient(base_url=up.base_url) as c:
+        body = json.dumps(_req("gpt-test")).encode()
+
+        def signed(timestamp: int, key: str = secret) -> dict[str, str]:
+            message = f"POST:/v1/chat/completions:{timestamp}:".encode() + body
+            mac = hmac.new(key.encode(), message, hashlib.sha256).hexdigest()
+            return {"x-timestamp": str(timestamp), "x-signature": mac, "content-type": "application/json"}
+
+        now = int(time.time())
+        fresh = await c.post(PATH, content=body, headers=signed(now))
+        wrong_key = await c.post(PATH, content=body, headers=signed(now, "other"))
+        stale = await c.post(PATH, content=body, headers=signed(now - SIGNATURE_WINDOW_S - 60))
+        future = await c.post(PATH, content=body, headers=signed(now + SIGNATURE_WINDOW_S + 60))
+        unsigned = await c.post(PATH, content=body, headers={"content-type": "application/json"})
+
+    assert fresh.status_code == 200
+    assert (wrong_key.status_code, wrong_key.json()["error"]["message"]) == (
+        401,
+        "Invalid request signature: bad X-Signature.",
+    )
+    assert (stale.status_code, stale.json()["error"]["message"]) == (
+        401,
+        "Invalid request signature: stale X-Timestamp.",
+    )
+    assert future.status_code == 401
+    assert unsigned.status_code == 401
+
+
+async def test_a_key_can_be_answered_with_a_fault_of_its_own() -> None:
+    async with FakeOpenAIUpstream(api_key=("sk-a", "sk-b")) as up, httpx.AsyncClient(base_url=up.base_url) as c:
+        up.key_faults["sk-a"] = "fault-429"
+        limited = await c.post(PATH, json=_req("gpt-test"), headers={"authorization": "Bearer sk-a"})
+        served = await c.post(PATH, json=_req("gpt-test"), headers={"authorization": "Bearer sk-b"})
+    assert (limited.status_code, limited.headers["retry-after"]) == (429, "7")
+    assert served.status_code == 200

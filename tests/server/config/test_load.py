@@ -714,3 +714,84 @@ def test_tls_files_are_checked_whatever_the_source_of_the_config(tmp_path: Path)
         f"tls.cert_file: {tmp_path}/gone.crt: no such file",
         f"tls.key_file: {tmp_path}/gone.key: no such file",
     ]
+
+
+def test_a_provider_with_a_list_of_key_variables_has_a_pool_of_keys_and_a_signing_secret(tmp_path: Path) -> None:
+    text = """
+        providers:
+          - {name: o, kind: openai, base_url: "https://x.example/v1", api_key_env: [KEY_A, KEY_B, KEY_C],
+             signing_secret_env: SIGNING}
+        models:
+          - {name: m, provider: o}
+        """
+    env = {"KEY_A": "sk-a-123456789", "KEY_B": "sk-b-123456789", "KEY_C": "sk-c-123456789", "SIGNING": "s3cret-xyz"}
+    provider = next(p for p in load_config(write(tmp_path, text), env=env).providers if p.name == "o")
+
+    assert (provider.api_key_env, provider.api_key) == ("KEY_A", "sk-a-123456789")
+    assert [(k.env, k.value) for k in provider.extra_api_keys] == [
+        ("KEY_B", "sk-b-123456789"),
+        ("KEY_C", "sk-c-123456789"),
+    ]
+    assert (provider.signing_secret_env, provider.signing_secret) == ("SIGNING", "s3cret-xyz")
+    assert "sk-b-123456789" not in repr(provider)
+    assert "s3cret-xyz" not in repr(provider)
+    assert scrub("key sk-c-123456789 and secret s3cret-xyz") == "key [REDACTED] and secret [REDACTED]"
+
+
+def test_every_problem_of_a_key_pool_is_listed(tmp_path: Path) -> None:
+    text = """
+        providers:
+          - {name: a, kind: openai, base_url: "https://x.example/v1", api_key_env: []}
+          - {name: b, kind: openai, base_url: "https://x.example/v1", api_key_env: [KEY_A, 7]}
+          - {name: c, kind: openai, base_url: "https://x.example/v1", api_key_env: [KEY_A, KEY_A]}
+          - {name: d, kind: openai, base_url: "https://x.example/v1", api_key_env: [KEY_A, NO_SUCH_KEY]}
+          - {name: e, kind: openai, base_url: "https://x.example/v1", api_key_env: KEY_A, signing_secret_env: NOPE}
+        """
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, text), env={"KEY_A": "sk-a-123456789"})
+
+    assert problems(error) == [
+        "providers[0].api_key_env: expected a name or a non-empty list of them",
+        "providers[1].api_key_env: expected a name or a non-empty list of them",
+        "providers[2].api_key_env: a name is listed twice",
+        "providers[3].api_key_env: environment variable NO_SUCH_KEY is not set or empty",
+        "providers[4].signing_secret_env: environment variable NOPE is not set or empty",
+        "models: at least one model is required",
+    ]
+
+
+def test_keys_can_be_read_from_files_relative_to_the_config(tmp_path: Path) -> None:
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "one").write_text("sk-from-file-1-abcdef\n")
+    (tmp_path / "keys" / "two").write_text("sk-from-file-2-abcdef")
+    text = """
+        providers:
+          - {name: o, kind: openai, base_url: "https://x.example/v1", api_key_file: [keys/one, keys/two]}
+        models:
+          - {name: m, provider: o}
+        """
+    provider = next(p for p in load_config(write(tmp_path, text), env={}).providers if p.name == "o")
+
+    assert (provider.api_key_env, provider.api_key) == ("keys/one", "sk-from-file-1-abcdef")
+    assert [(k.env, k.value) for k in provider.extra_api_keys] == [("keys/two", "sk-from-file-2-abcdef")]
+    assert scrub("sk-from-file-2-abcdef") == "[REDACTED]"
+
+
+def test_every_problem_of_key_files_is_listed(tmp_path: Path) -> None:
+    (tmp_path / "empty").write_text("\n")
+    text = """
+        providers:
+          - {name: a, kind: openai, base_url: "https://x.example/v1", api_key_file: missing}
+          - {name: b, kind: openai, base_url: "https://x.example/v1", api_key_file: empty}
+          - {name: c, kind: openai, base_url: "https://x.example/v1", api_key_file: empty, api_key_env: K}
+        """
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, text), env={"K": "sk-k-0123456789"})
+
+    assert problems(error) == [
+        f"providers[0].api_key_file: cannot read {tmp_path / 'missing'}: No such file or directory",
+        f"providers[1].api_key_file: {tmp_path / 'empty'} is empty",
+        "providers[2]: give api_key_env or api_key_file, not both",
+        f"providers[2].api_key_file: {tmp_path / 'empty'} is empty",
+        "models: at least one model is required",
+    ]

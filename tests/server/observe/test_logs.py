@@ -82,6 +82,7 @@ def test_a_json_access_line_has_the_record_as_keys() -> None:
         "deployment": "openai/gpt-x",
         "code": "UNAVAILABLE",
         "reason": "UPSTREAM_UNAVAILABLE",
+        "priority": "interactive",
         "deltas": 3,
         "input_tokens": 7,
         "output_tokens": 3,

@@ -3,6 +3,7 @@ in reverse order, even when another policy's settle fails."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 
@@ -73,3 +74,40 @@ async def test_a_failing_settle_is_logged_and_the_others_still_settle(caplog: py
         s.end(call, code="CANCELLED")
     assert journal == ["admit a", "admit b", "settle b CANCELLED", "settle a CANCELLED"]
     assert "policy Noting failed to settle a Generate call" in caplog.text
+
+
+class ClosingRouter(Router):
+    """A router that says when it is closed."""
+
+    def __init__(self) -> None:
+        super().__init__(Catalog([MODEL], ["demo"]), {"demo": DemoProvider("demo")})
+        self.closed = asyncio.Event()
+
+    async def aclose(self) -> None:
+        self.closed.set()
+
+
+async def test_a_reload_sends_new_calls_to_the_new_router_and_closes_the_old_one_after_its_last_call() -> None:
+    old, new = ClosingRouter(), ClosingRouter()
+    s = Seam(old)
+    running = s.begin("StreamGenerate", None, "demo")
+    s.swap(new)
+    after = s.begin("Generate", None, "demo")
+
+    assert (running.router, after.router, s.catalog) == (old, new, new.catalog)
+    s.end(after)
+    await asyncio.sleep(0)  # a close would be a task by now
+    assert not old.closed.is_set()  # a call still runs on it
+    s.end(running)
+    await old.closed.wait()
+    assert not new.closed.is_set()
+    await s.aclose()
+    assert new.closed.is_set()
+
+
+async def test_a_router_with_no_call_running_is_closed_as_soon_as_it_is_replaced() -> None:
+    old, new = ClosingRouter(), ClosingRouter()
+    s = Seam(old)
+    s.end(s.begin("Generate", None, "demo"))
+    s.swap(new)
+    await old.closed.wait()

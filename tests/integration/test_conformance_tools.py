@@ -84,7 +84,8 @@ async def test_one_tool_call_streams_as_pieces_then_tool_calls(gateway: Gateway,
     assert outcome.deltas == []
     calls = calls_of(outcome.tool_pieces)
     assert [(name, arguments) for _, name, arguments in calls] == [("get_weather", args("call get_weather now"))]
-    assert len(outcome.tool_pieces) == 4  # the opening piece and three argument fragments
+    # OpenAI and Anthropic stream the arguments in fragments after an opening piece; Gemini sends a call whole.
+    assert len(outcome.tool_pieces) == (1 if upstream.kind == "gemini" else 4)
     final = outcome.finals[0]
     assert final is outcome.chunks[-1]
     assert final.finish_reason == pb.FINISH_REASON_TOOL_CALLS

@@ -69,6 +69,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     group.add_argument("--system", help="a system message sent before the prompt")
     group.add_argument("--top-p", type=float, help="nucleus sampling mass in (0, 1]")
     group.add_argument("--stop", action="append", default=[], help="a stop sequence (repeatable, up to 4)")
+    group.add_argument(
+        "--json-schema", metavar="FILE", help="a JSON Schema file: the answer is JSON matching it ('title' names it)"
+    )
     group.add_argument("--timeout", type=float, default=defaults.DEFAULT_TIMEOUT_S, help=_TIMEOUT_HELP)
     parser = argparse.ArgumentParser(
         prog=prog, description="Call the AI gateway. Connections use TLS unless --plaintext is given."

@@ -10,7 +10,7 @@ import json
 import signal
 import sys
 from dataclasses import asdict
-from typing import Final
+from typing import Any, Final
 
 from client import console
 from client.channel import DEFAULT_RETRY
@@ -29,6 +29,11 @@ EXIT_INTERRUPTED: Final = 130
 
 def run(args: argparse.Namespace) -> int:
     """Run the parsed command; the exit code."""
+    try:
+        args.schema = _schema(getattr(args, "json_schema", None))
+    except (OSError, ValueError) as exc:
+        print(f"error: --json-schema: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         client = AIClient(
             target=args.target,
@@ -96,9 +101,21 @@ def _sampling(args: argparse.Namespace) -> SamplingOptions:
     return SamplingOptions(
         temperature=args.temperature,
         max_tokens=args.max_tokens,
-        top_p=getattr(args, "top_p", None),  # chat has no --top-p and --stop
+        top_p=getattr(args, "top_p", None),  # chat has no --top-p, --stop and --json-schema
         stop=getattr(args, "stop", ()),
+        json_schema=getattr(args, "schema", None),
     )
+
+
+def _schema(path: str | None) -> dict[str, Any] | None:
+    """The JSON Schema in the file at `path` (None: none asked for); ValueError when it is no JSON object."""
+    if path is None:
+        return None
+    with open(path, encoding="utf-8") as file:
+        schema = json.load(file)
+    if not isinstance(schema, dict):
+        raise ValueError(f"{path} holds a JSON {type(schema).__name__}, not a schema object")
+    return schema
 
 
 _COLUMNS = ("MODEL", "ALIASES", "PROVIDER", "$/M IN", "$/M OUT", "MAX OUT", "DEPLOYMENTS", "FALLBACKS")

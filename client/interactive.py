@@ -37,7 +37,7 @@ from client.errors import (
     error_from_rpc_status,
 )
 from client.types import MessageLike, Sampling, SamplingOptions, SessionMode, TextDelta, TurnEvent, TurnResult
-from client.wire import cancel_request, session_mode, turn_request, turn_result
+from client.wire import cancel_request, session_mode, tool_call_delta, turn_request, turn_result
 from generated import ai_service_pb2 as pb
 from generated import ai_service_pb2_grpc as pb_grpc
 
@@ -115,6 +115,10 @@ class AsyncTurn:
         self._text.append(text)
         if self._keep_events:
             self._events.put_nowait(TextDelta(text))
+
+    def _tool_call(self, piece: pb.ToolCallDelta) -> None:
+        if self._keep_events:
+            self._events.put_nowait(tool_call_delta(piece))
 
     def _done(self, done: pb.TurnDone) -> None:
         self._end(turn_result(done, "".join(self._text)))
@@ -379,7 +383,10 @@ class AsyncSession:
         kind = response.WhichOneof("kind")
         if kind == "delta":
             if (turn := self._turns.get(response.delta.request_id)) is not None:
-                turn._delta(response.delta.text)
+                if response.delta.HasField("tool_call"):
+                    turn._tool_call(response.delta.tool_call)
+                else:
+                    turn._delta(response.delta.text)
         elif kind == "done":
             if (turn := self._turns.pop(response.done.request_id, None)) is not None:
                 turn._done(response.done)

@@ -1,8 +1,8 @@
 """The client's value types: what callers pass in (messages) and what they get back (results, events).
 
-    generate(...)         -> GenerateResult(text, model, provider, finish_reason, usage)
-    stream_generate(...)  -> TextDelta(text), TextDelta(text), ..., StreamEnd(model, provider,
-                             finish_reason, usage)
+    generate(...)         -> GenerateResult(text, model, provider, finish_reason, usage, tool_calls)
+    stream_generate(...)  -> TextDelta(text) and ToolCallDelta(index, id, name, arguments) events, ...,
+                             StreamEnd(model, provider, finish_reason, usage, tool_calls)
     interactive(...)      -> a session; each turn: TextDelta(text), ..., TurnResult(request_id, text,
                              model, provider, finish_reason, usage, history_trimmed)
     list_models()         -> [ModelInfo(name, aliases, provider, prices, max_output_tokens,
@@ -14,10 +14,11 @@ callers who already hold one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Literal, TypeAlias, TypedDict
+from typing import Any, Literal, TypeAlias, TypedDict
 
 from generated import ai_service_pb2 as pb
 
@@ -34,6 +35,9 @@ __all__ = [
     "StreamEnd",
     "StreamEvent",
     "TextDelta",
+    "Tool",
+    "ToolCall",
+    "ToolCallDelta",
     "TurnEvent",
     "TurnResult",
     "Usage",
@@ -52,12 +56,65 @@ class FinishReason(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A tool call the model made: `arguments` is JSON text (`args` parses it)."""
+
+    id: str
+    name: str
+    arguments: str
+
+    @property
+    def args(self) -> Any:
+        """The arguments, parsed (models may write JSON that does not match the tool's schema: check it)."""
+        return json.loads(self.arguments) if self.arguments else {}
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
-    """One turn of a conversation. `role` is "system", "user" or "assistant"."""
+    """One turn of a conversation. `role` is "system", "user", "assistant" or "tool"; an assistant message
+    may carry the `tool_calls` it made, a tool message answers the call `tool_call_id`.
+
+        history.append(Message.calling(result.tool_calls))         # the assistant's calls, sent back
+        history.append(Message.tool_result(call, "sunny"))         # one answer per call
+    """
 
     role: str
     content: str
     name: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
+
+    @classmethod
+    def calling(cls, tool_calls: Sequence[ToolCall], text: str = "") -> Message:
+        """The assistant's turn that made `tool_calls` (with the text it wrote before them)."""
+        return cls("assistant", text, tool_calls=tuple(tool_calls))
+
+    @classmethod
+    def tool_result(cls, call: ToolCall, result: str | Mapping[str, Any]) -> Message:
+        """The answer to `call`: text, or a dict sent as JSON."""
+        content = result if isinstance(result, str) else json.dumps(result, separators=(",", ":"))
+        return cls("tool", content, tool_call_id=call.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A tool the model may call: a name, what it does, and its arguments as a JSON Schema (a dict).
+
+    weather = Tool.from_dict({"name": "get_weather", "description": "The weather in a city",
+                              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}})
+    """
+
+    name: str
+    description: str = ""
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any]) -> Tool:
+        """A tool from a plain dict: {"name", "description", "parameters"}, or OpenAI's
+        {"type": "function", "function": {...}}."""
+        if spec.get("type") == "function" and isinstance(spec.get("function"), Mapping):
+            spec = spec["function"]
+        return cls(str(spec["name"]), str(spec.get("description") or ""), dict(spec.get("parameters") or {}))
 
 
 # What `messages=` accepts: a client Message, a generated protobuf Message, or a (role, content) pair.
@@ -71,6 +128,10 @@ class Sampling(TypedDict, total=False):
     max_tokens: int | None
     top_p: float | None
     stop: Sequence[str]
+    tools: Sequence[Tool | Mapping[str, Any]]
+    tool_choice: str | None
+    json_schema: Mapping[str, Any] | None
+    json_object: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +142,20 @@ class SamplingOptions:
         client.generate("hi", model="demo", temperature=0.2)      # the same fields, as keywords
 
     `stop` holds up to 4 sequences; a lone string is one sequence. The gateway checks the ranges.
+
+    Beyond sampling: `tools` (Tool, or dicts as Tool.from_dict takes them), `tool_choice` ("auto",
+    "none", "required", or a tool's name), and the reply's shape: `json_schema` (a JSON Schema dict; its
+    "title" names it, else "output") or `json_object=True`.
     """
 
     temperature: float | None = None
     max_tokens: int | None = None
     top_p: float | None = None
     stop: Sequence[str] = ()
+    tools: Sequence[Tool | Mapping[str, Any]] = ()
+    tool_choice: str | None = None
+    json_schema: Mapping[str, Any] | None = None
+    json_object: bool = False
 
     @classmethod
     def of(cls, sampling: SamplingOptions | None, keywords: Sampling) -> SamplingOptions:
@@ -116,6 +185,8 @@ class GenerateResult:
     provider: str
     finish_reason: FinishReason
     usage: Usage
+    # The tools the model called (finish_reason TOOL_CALLS): run them, answer with Message.tool_result.
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +197,17 @@ class TextDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a streamed tool call: the call's `index`; `id` and `name` on its first piece; a fragment
+    of its `arguments`. The StreamEnd holds the calls whole."""
+
+    index: int
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
 class StreamEnd:
     """The last event of a successful stream."""
 
@@ -133,9 +215,11 @@ class StreamEnd:
     provider: str
     finish_reason: FinishReason
     usage: Usage
+    # The tool calls of the reply, put together from its ToolCallDelta pieces.
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
-StreamEvent: TypeAlias = TextDelta | StreamEnd
+StreamEvent: TypeAlias = TextDelta | ToolCallDelta | StreamEnd
 
 # How an InteractiveStream session treats its turns: a conversation keeps the dialogue on the server and
 # answers one turn at a time; a pipeline answers independent requests concurrently.
@@ -158,9 +242,11 @@ class TurnResult:
     usage: Usage
     # Conversation: how many of the oldest history messages the server dropped before this turn.
     history_trimmed: int = 0
+    # The tools the model called; a conversation keeps them: answer with tool messages in the next turn.
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
-TurnEvent: TypeAlias = TextDelta | TurnResult
+TurnEvent: TypeAlias = TextDelta | ToolCallDelta | TurnResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +257,7 @@ class ModelDeployment:
     provider: str
     upstream_model: str
     weight: float
+    capabilities: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,3 +276,5 @@ class ModelInfo:
     deployments: tuple[ModelDeployment, ...]
     # Tried in order when every deployment fails before the first token.
     fallbacks: tuple[str, ...]
+    # What it can do: "tools", "json_object", "json_schema".
+    capabilities: tuple[str, ...] = ()

@@ -7,7 +7,8 @@ and `turn_result` are the InteractiveStream messages.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
 from typing import TypeVar
 
 from client.errors import StreamProtocolError
@@ -23,12 +24,16 @@ from client.types import (
     StreamEnd,
     StreamEvent,
     TextDelta,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
     TurnResult,
     Usage,
 )
 from generated import ai_service_pb2 as pb
 
 __all__ = [
+    "CallAssembler",
     "StreamAssembler",
     "build_request",
     "cancel_request",
@@ -36,6 +41,8 @@ __all__ = [
     "model_info",
     "session_mode",
     "session_start",
+    "tool_call_delta",
+    "tool_calls",
     "turn_request",
     "turn_result",
 ]
@@ -66,12 +73,42 @@ def build_request(
 
 def _config(sampling: SamplingOptions) -> pb.GenerationConfig:
     stop = sampling.stop
-    return pb.GenerationConfig(
+    config = pb.GenerationConfig(
         temperature=sampling.temperature,
         max_tokens=sampling.max_tokens,
         top_p=sampling.top_p,
         stop=[stop] if isinstance(stop, str) else stop,  # a lone string is one sequence, not characters
     )
+    if sampling.tools or sampling.tool_choice or sampling.json_schema is not None or sampling.json_object:
+        _tool_config(config, sampling)
+    return config
+
+
+_CHOICES = {
+    "auto": pb.TOOL_CHOICE_MODE_AUTO,
+    "none": pb.TOOL_CHOICE_MODE_NONE,
+    "required": pb.TOOL_CHOICE_MODE_REQUIRED,
+}
+
+
+def _tool_config(config: pb.GenerationConfig, sampling: SamplingOptions) -> None:
+    for tool in sampling.tools:
+        spec = tool if isinstance(tool, Tool) else Tool.from_dict(tool)
+        parameters = json.dumps(dict(spec.parameters), separators=(",", ":")) if spec.parameters else ""
+        config.tools.append(pb.Tool(name=spec.name, description=spec.description, parameters=parameters))
+    choice = sampling.tool_choice
+    if choice in _CHOICES:
+        config.tool_choice.mode = _CHOICES[choice]
+    elif choice:
+        config.tool_choice.CopyFrom(pb.ToolChoice(mode=pb.TOOL_CHOICE_MODE_NAMED, name=choice))
+    if sampling.json_schema is not None:
+        schema = dict(sampling.json_schema)
+        name = str(schema.get("title") or "output")
+        config.response_format.json_schema.CopyFrom(
+            pb.JsonSchemaFormat(name=name, schema=json.dumps(schema, separators=(",", ":")))
+        )
+    elif sampling.json_object:
+        config.response_format.json_object.SetInParent()
 
 
 _MODES: dict[SessionMode, pb.SessionMode.ValueType] = {
@@ -126,6 +163,7 @@ def session_mode(value: pb.SessionMode.ValueType) -> SessionMode:
 
 def turn_result(done: pb.TurnDone, text: str) -> TurnResult:
     return TurnResult(
+        tool_calls=tool_calls(done.tool_calls),
         request_id=done.request_id,
         text=text,
         model=done.model,
@@ -140,7 +178,13 @@ def _message_pb(message: MessageLike) -> pb.Message:
     if isinstance(message, pb.Message):
         return message
     if isinstance(message, Message):
-        return pb.Message(role=message.role, content=message.content, name=message.name)
+        return pb.Message(
+            role=message.role,
+            content=message.content,
+            name=message.name,
+            tool_calls=[pb.ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in message.tool_calls],
+            tool_call_id=message.tool_call_id,
+        )
     role, content = message
     return pb.Message(role=role, content=content)
 
@@ -152,7 +196,16 @@ def generate_result(response: pb.GenerateResponse) -> GenerateResult:
         provider=response.provider,
         finish_reason=_finish_reason(response.finish_reason),
         usage=_usage(response.usage),
+        tool_calls=tool_calls(response.tool_calls),
     )
+
+
+def tool_calls(calls: Iterable[pb.ToolCall]) -> tuple[ToolCall, ...]:
+    return tuple(ToolCall(c.id, c.name, c.arguments) for c in calls)
+
+
+def tool_call_delta(piece: pb.ToolCallDelta) -> ToolCallDelta:
+    return ToolCallDelta(piece.index, piece.id, piece.name, piece.arguments)
 
 
 def model_info(model: pb.ModelInfo) -> ModelInfo:
@@ -165,8 +218,12 @@ def model_info(model: pb.ModelInfo) -> ModelInfo:
             model.output_price_per_million if model.HasField("output_price_per_million") else None
         ),
         max_output_tokens=model.max_output_tokens,
-        deployments=tuple(ModelDeployment(d.name, d.provider, d.upstream_model, d.weight) for d in model.deployments),
+        deployments=tuple(
+            ModelDeployment(d.name, d.provider, d.upstream_model, d.weight, tuple(d.capabilities))
+            for d in model.deployments
+        ),
         fallbacks=tuple(model.fallbacks),
+        capabilities=tuple(model.capabilities),
     )
 
 
@@ -187,17 +244,21 @@ class StreamAssembler:
 
     def __init__(self) -> None:
         self.end: StreamEnd | None = None
+        self.calls = CallAssembler()
 
     def event(self, chunk: pb.StreamChunk) -> StreamEvent:
         if self.end is not None:
             raise StreamProtocolError("the server sent data after the final chunk", reason="DATA_AFTER_END")
         if not chunk.is_complete:
+            if chunk.HasField("tool_call"):
+                return self.calls.add(tool_call_delta(chunk.tool_call))
             return TextDelta(chunk.delta)
         self.end = StreamEnd(
             model=chunk.model,
             provider=chunk.provider,
             finish_reason=_finish_reason(chunk.finish_reason),
             usage=_usage(chunk.usage),
+            tool_calls=self.calls.calls(),
         )
         return self.end
 
@@ -206,3 +267,18 @@ class StreamAssembler:
         if self.end is None:
             raise StreamProtocolError("the stream ended without its final chunk", reason="MISSING_END")
         return self.end
+
+
+class CallAssembler:
+    """Puts a stream's tool calls together from their pieces, by index."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, list[str]] = {}
+
+    def add(self, piece: ToolCallDelta) -> ToolCallDelta:
+        parts = self._calls.setdefault(piece.index, [piece.id, piece.name])
+        parts.append(piece.arguments)
+        return piece
+
+    def calls(self) -> tuple[ToolCall, ...]:
+        return tuple(ToolCall(p[0], p[1], "".join(p[2:])) for _, p in sorted(self._calls.items()))

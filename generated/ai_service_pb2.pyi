@@ -31,6 +31,66 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ToolChoiceMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ToolChoiceModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ToolChoiceMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TOOL_CHOICE_MODE_UNSPECIFIED: _ToolChoiceMode.ValueType  # 0
+    """Not set: TOOL_CHOICE_MODE_AUTO."""
+    TOOL_CHOICE_MODE_AUTO: _ToolChoiceMode.ValueType  # 1
+    """The model decides whether to call tools."""
+    TOOL_CHOICE_MODE_NONE: _ToolChoiceMode.ValueType  # 2
+    """The model calls no tool (the declared tools stay known to it)."""
+    TOOL_CHOICE_MODE_REQUIRED: _ToolChoiceMode.ValueType  # 3
+    """The model calls at least one tool."""
+    TOOL_CHOICE_MODE_NAMED: _ToolChoiceMode.ValueType  # 4
+    """The model calls the tool named in ToolChoice.name."""
+
+class ToolChoiceMode(_ToolChoiceMode, metaclass=_ToolChoiceModeEnumTypeWrapper):
+    """ToolChoiceMode says whether and which tool the model must call."""
+
+TOOL_CHOICE_MODE_UNSPECIFIED: ToolChoiceMode.ValueType  # 0
+"""Not set: TOOL_CHOICE_MODE_AUTO."""
+TOOL_CHOICE_MODE_AUTO: ToolChoiceMode.ValueType  # 1
+"""The model decides whether to call tools."""
+TOOL_CHOICE_MODE_NONE: ToolChoiceMode.ValueType  # 2
+"""The model calls no tool (the declared tools stay known to it)."""
+TOOL_CHOICE_MODE_REQUIRED: ToolChoiceMode.ValueType  # 3
+"""The model calls at least one tool."""
+TOOL_CHOICE_MODE_NAMED: ToolChoiceMode.ValueType  # 4
+"""The model calls the tool named in ToolChoice.name."""
+Global___ToolChoiceMode: _TypeAlias = ToolChoiceMode  # noqa: Y015
+
+class _ReasoningEffort:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReasoningEffortEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReasoningEffort.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REASONING_EFFORT_UNSPECIFIED: _ReasoningEffort.ValueType  # 0
+    """Not set: the model's default."""
+    REASONING_EFFORT_LOW: _ReasoningEffort.ValueType  # 1
+    """Little reasoning, fast answers."""
+    REASONING_EFFORT_MEDIUM: _ReasoningEffort.ValueType  # 2
+    """The usual amount."""
+    REASONING_EFFORT_HIGH: _ReasoningEffort.ValueType  # 3
+    """Thorough reasoning."""
+
+class ReasoningEffort(_ReasoningEffort, metaclass=_ReasoningEffortEnumTypeWrapper):
+    """ReasoningEffort is how hard a reasoning model thinks before it answers."""
+
+REASONING_EFFORT_UNSPECIFIED: ReasoningEffort.ValueType  # 0
+"""Not set: the model's default."""
+REASONING_EFFORT_LOW: ReasoningEffort.ValueType  # 1
+"""Little reasoning, fast answers."""
+REASONING_EFFORT_MEDIUM: ReasoningEffort.ValueType  # 2
+"""The usual amount."""
+REASONING_EFFORT_HIGH: ReasoningEffort.ValueType  # 3
+"""Thorough reasoning."""
+Global___ReasoningEffort: _TypeAlias = ReasoningEffort  # noqa: Y015
+
 class _FinishReason:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -174,30 +234,428 @@ class Message(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     CONTENT_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    CACHE_CONTROL_FIELD_NUMBER: _builtins.int
     role: _builtins.str
-    """Who wrote the turn: "system", "user" or "assistant"."""
+    """Who wrote the turn: "system", "user", "assistant", or "tool" (the result of a tool call, for the call
+    named by `tool_call_id`).
+    """
     content: _builtins.str
-    """The text of the turn."""
+    """The text of the turn. With `parts`, it comes before them as one more text part. For a "tool" message,
+    the tool's result (any text; JSON is common).
+    """
     name: _builtins.str
     """An optional name of the author, passed to providers that support it."""
+    tool_call_id: _builtins.str
+    """"tool" messages: the `id` of the tool call this message answers. Required for role "tool", and only
+    there.
+    """
+    @_builtins.property
+    def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContentPart]:
+        """The turn's content as parts (text, images), after `content`. Images need a model with the "vision"
+        capability; this version of the gateway serves none yet, so they are refused with FAILED_PRECONDITION.
+        """
+
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
+        """Assistant messages: the tool calls the model made in this turn, in order. Send them back unchanged
+        (ids included) in the history, followed by one "tool" message per call.
+        """
+
+    @_builtins.property
+    def cache_control(self) -> Global___CacheControl:
+        """Marks the end of a cacheable prompt prefix (Anthropic's cache breakpoints): the provider may cache
+        everything up to and including this message. Needs the "prompt_caching" capability; this version
+        serves none yet, so it is refused with FAILED_PRECONDITION.
+        """
+
     def __init__(
         self,
         *,
         role: _builtins.str = ...,
         content: _builtins.str = ...,
         name: _builtins.str = ...,
+        parts: _abc.Iterable[Global___ContentPart] | None = ...,
+        tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
+        tool_call_id: _builtins.str = ...,
+        cache_control: Global___CacheControl | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "name", b"name", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "content", b"content", "name", b"name", "parts", b"parts", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Message: _TypeAlias = Message  # noqa: Y015
 
 @_typing.final
+class ContentPart(_message.Message):
+    """ContentPart is one piece of a message's content."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """Text."""
+    @_builtins.property
+    def image(self) -> Global___Image:
+        """An image, by URL or inline."""
+
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        image: Global___Image | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "kind", b"kind", "text", b"text"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "kind", b"kind", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["text", "image"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___ContentPart: _TypeAlias = ContentPart  # noqa: Y015
+
+@_typing.final
+class Image(_message.Message):
+    """Image is a picture in a message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    MIME_TYPE_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """An https URL (or a data: URL) the provider fetches."""
+    data: _builtins.bytes
+    """The image itself, with `mime_type` (in JSON: base64)."""
+    mime_type: _builtins.str
+    """The MIME type of `data` ("image/png", "image/jpeg", "image/gif" or "image/webp"); optional for a URL."""
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+        mime_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "source", b"source", "url", b"url"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "mime_type", b"mime_type", "source", b"source", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["url", "data"]  # noqa: Y015
+    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
+
+Global___Image: _TypeAlias = Image  # noqa: Y015
+
+@_typing.final
+class CacheControl(_message.Message):
+    """CacheControl asks the provider to cache the prompt up to the message that carries it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TTL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """How long the cached prefix should live; unset means the provider's default (Anthropic: 5 minutes)."""
+
+    def __init__(
+        self,
+        *,
+        ttl: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CacheControl: _TypeAlias = CacheControl  # noqa: Y015
+
+@_typing.final
+class Tool(_message.Message):
+    """Tool is a function the model may call. The model answers with ToolCalls; the client runs them and sends
+    the results back as "tool" messages in its next request.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The tool's name: 1 to 64 characters of [a-zA-Z0-9_-], unique among the request's tools."""
+    description: _builtins.str
+    """What the tool does and when to use it; models choose tools by this text."""
+    parameters: _builtins.str
+    """The tool's arguments as a JSON Schema, in JSON text (an object schema: `{"type":"object",...}`);
+    empty means the tool takes no arguments. At most 64 KiB and 32 levels deep.
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        parameters: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "parameters", b"parameters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Tool: _TypeAlias = Tool  # noqa: Y015
+
+@_typing.final
+class ToolChoice(_message.Message):
+    """ToolChoice constrains the model's use of the declared tools."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    mode: Global___ToolChoiceMode.ValueType
+    """Auto (the default), none, required, or named."""
+    name: _builtins.str
+    """TOOL_CHOICE_MODE_NAMED: the name of one of the declared tools; empty otherwise."""
+    def __init__(
+        self,
+        *,
+        mode: Global___ToolChoiceMode.ValueType = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolChoice: _TypeAlias = ToolChoice  # noqa: Y015
+
+@_typing.final
+class ToolCall(_message.Message):
+    """ToolCall is one call of a tool by the model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The call's id, unique in the conversation; a "tool" message answers it by this id. When a provider
+    gives no ids (Gemini), the gateway makes them ("call_" and 24 hex digits).
+    """
+    name: _builtins.str
+    """The name of the tool called."""
+    arguments: _builtins.str
+    """The arguments, as JSON text (an object). Models may produce JSON that does not match the tool's
+    schema; check it before use.
+    """
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "id", b"id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCall: _TypeAlias = ToolCall  # noqa: Y015
+
+@_typing.final
+class ToolCallDelta(_message.Message):
+    """ToolCallDelta is one piece of a tool call in a stream. The pieces of one call share its `index`; the
+    first piece carries `id` and `name`, and every piece may carry a fragment of `arguments`. Concatenating
+    a call's fragments in order gives its arguments. Pieces of different calls do not interleave within one
+    provider's stream, but a client should key them by `index` all the same.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """The position of the call among this reply's tool calls, from 0."""
+    id: _builtins.str
+    """The call's id; on the first piece of the call only."""
+    name: _builtins.str
+    """The tool's name; on the first piece of the call only."""
+    arguments: _builtins.str
+    """The next fragment of the arguments' JSON text; may be empty."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "id", b"id", "index", b"index", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCallDelta: _TypeAlias = ToolCallDelta  # noqa: Y015
+
+@_typing.final
+class ResponseFormat(_message.Message):
+    """ResponseFormat says what shape the reply's text takes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    JSON_OBJECT_FIELD_NUMBER: _builtins.int
+    JSON_SCHEMA_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def text(self) -> Global___TextFormat:
+        """Free text (the default)."""
+
+    @_builtins.property
+    def json_object(self) -> Global___JsonObjectFormat:
+        """Any JSON object. Needs the "json_object" capability."""
+
+    @_builtins.property
+    def json_schema(self) -> Global___JsonSchemaFormat:
+        """JSON matching a schema. Needs the "json_schema" capability."""
+
+    def __init__(
+        self,
+        *,
+        text: Global___TextFormat | None = ...,
+        json_object: Global___JsonObjectFormat | None = ...,
+        json_schema: Global___JsonSchemaFormat | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "json_object", b"json_object", "json_schema", b"json_schema", "text", b"text"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "json_object", b"json_object", "json_schema", b"json_schema", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_format: _TypeAlias = _typing.Literal["text", "json_object", "json_schema"]  # noqa: Y015
+    _WhichOneofArgType_format: _TypeAlias = _typing.Literal["format", b"format"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_format) -> _WhichOneofReturnType_format | None: ...
+
+Global___ResponseFormat: _TypeAlias = ResponseFormat  # noqa: Y015
+
+@_typing.final
+class TextFormat(_message.Message):
+    """TextFormat asks for free text."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TextFormat: _TypeAlias = TextFormat  # noqa: Y015
+
+@_typing.final
+class JsonObjectFormat(_message.Message):
+    """JsonObjectFormat asks for a reply that is one JSON object."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JsonObjectFormat: _TypeAlias = JsonObjectFormat  # noqa: Y015
+
+@_typing.final
+class JsonSchemaFormat(_message.Message):
+    """JsonSchemaFormat asks for a reply that is JSON matching `schema`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCHEMA_FIELD_NUMBER: _builtins.int
+    STRICT_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The schema's name: 1 to 64 characters of [a-zA-Z0-9_-]."""
+    schema: _builtins.str
+    """The JSON Schema, in JSON text (an object schema). At most 64 KiB and 32 levels deep."""
+    strict: _builtins.bool
+    """Ask the provider to enforce the schema exactly where it can (OpenAI's strict mode); otherwise the
+    schema guides the model and the reply should be checked.
+    """
+    description: _builtins.str
+    """What the output is for; passed to providers that take it."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        schema: _builtins.str = ...,
+        strict: _builtins.bool = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "schema", b"schema", "strict", b"strict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JsonSchemaFormat: _TypeAlias = JsonSchemaFormat  # noqa: Y015
+
+@_typing.final
+class ReasoningOptions(_message.Message):
+    """ReasoningOptions set a reasoning model's thinking, mapped to each provider's setting (OpenAI's
+    reasoning_effort, Anthropic's thinking budget, Gemini's thinkingConfig). Needs the "reasoning"
+    capability; this version serves none yet, so they are refused with FAILED_PRECONDITION.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EFFORT_FIELD_NUMBER: _builtins.int
+    BUDGET_TOKENS_FIELD_NUMBER: _builtins.int
+    INCLUDE_REASONING_FIELD_NUMBER: _builtins.int
+    effort: Global___ReasoningEffort.ValueType
+    """How hard to think; unset means the model's default."""
+    budget_tokens: _builtins.int
+    """The most tokens to spend on thinking, for providers that take a budget; unset means from `effort`."""
+    include_reasoning: _builtins.bool
+    """Stream the model's reasoning text (where the provider shares it) in StreamChunk.reasoning."""
+    def __init__(
+        self,
+        *,
+        effort: Global___ReasoningEffort.ValueType = ...,
+        budget_tokens: _builtins.int | None = ...,
+        include_reasoning: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_budget_tokens", b"_budget_tokens", "budget_tokens", b"budget_tokens"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_budget_tokens", b"_budget_tokens", "budget_tokens", b"budget_tokens", "effort", b"effort", "include_reasoning", b"include_reasoning"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__budget_tokens: _TypeAlias = _typing.Literal["budget_tokens"]  # noqa: Y015
+    _WhichOneofArgType__budget_tokens: _TypeAlias = _typing.Literal["_budget_tokens", b"_budget_tokens"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__budget_tokens) -> _WhichOneofReturnType__budget_tokens | None: ...
+
+Global___ReasoningOptions: _TypeAlias = ReasoningOptions  # noqa: Y015
+
+@_typing.final
 class GenerationConfig(_message.Message):
-    """GenerationConfig holds the sampling options. `optional` lets an explicit 0 differ from "not set"."""
+    """GenerationConfig holds the generation options: sampling, tools, the reply's format and reasoning.
+    `optional` lets an explicit 0 differ from "not set".
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -205,6 +663,10 @@ class GenerationConfig(_message.Message):
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
     TOP_P_FIELD_NUMBER: _builtins.int
     STOP_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
     temperature: _builtins.float
     """Sampling temperature in [0, 2]; unset means the model's default."""
     max_tokens: _builtins.int
@@ -215,6 +677,22 @@ class GenerationConfig(_message.Message):
     def stop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Up to 4 sequences at which generation stops; the sequence itself is not returned."""
 
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tool]:
+        """Tools the model may call (at most 128, names unique). Needs the "tools" capability."""
+
+    @_builtins.property
+    def tool_choice(self) -> Global___ToolChoice:
+        """Whether and which tool the model must call; unset means auto. Only with `tools`."""
+
+    @_builtins.property
+    def response_format(self) -> Global___ResponseFormat:
+        """The shape of the reply's text; unset means free text."""
+
+    @_builtins.property
+    def reasoning(self) -> Global___ReasoningOptions:
+        """Thinking options for reasoning models; unset means the model's default."""
+
     def __init__(
         self,
         *,
@@ -222,10 +700,14 @@ class GenerationConfig(_message.Message):
         max_tokens: _builtins.int | None = ...,
         top_p: _builtins.float | None = ...,
         stop: _abc.Iterable[_builtins.str] | None = ...,
+        tools: _abc.Iterable[Global___Tool] | None = ...,
+        tool_choice: Global___ToolChoice | None = ...,
+        response_format: Global___ResponseFormat | None = ...,
+        reasoning: Global___ReasoningOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "_top_p", b"_top_p", "max_tokens", b"max_tokens", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "_top_p", b"_top_p", "max_tokens", b"max_tokens", "reasoning", b"reasoning", "response_format", b"response_format", "temperature", b"temperature", "tool_choice", b"tool_choice", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "_top_p", b"_top_p", "max_tokens", b"max_tokens", "stop", b"stop", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "_top_p", b"_top_p", "max_tokens", b"max_tokens", "reasoning", b"reasoning", "response_format", b"response_format", "stop", b"stop", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
@@ -254,6 +736,8 @@ class GenerateResponse(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
     content: _builtins.str
     """The generated text."""
     model: _builtins.str
@@ -264,9 +748,19 @@ class GenerateResponse(_message.Message):
     """The provider that served the call, as named in the gateway's configuration (for example "openai")."""
     deployment: _builtins.str
     """The deployment that served the call, when the model has several (for example "gpt-4.1@azure")."""
+    reasoning: _builtins.str
+    """The model's reasoning text, where the provider shares it and ReasoningOptions.include_reasoning asked
+    for it; never part of `content`.
+    """
     @_builtins.property
     def usage(self) -> Global___Usage:
         """The tokens the call used."""
+
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
+        """The tools the model called, in order; finish_reason is then FINISH_REASON_TOOL_CALLS. `content` may
+        hold text the model wrote before them.
+        """
 
     def __init__(
         self,
@@ -277,10 +771,12 @@ class GenerateResponse(_message.Message):
         finish_reason: Global___FinishReason.ValueType = ...,
         provider: _builtins.str = ...,
         deployment: _builtins.str = ...,
+        tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
+        reasoning: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "deployment", b"deployment", "finish_reason", b"finish_reason", "model", b"model", "provider", b"provider", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "deployment", b"deployment", "finish_reason", b"finish_reason", "model", b"model", "provider", b"provider", "reasoning", b"reasoning", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -288,7 +784,9 @@ Global___GenerateResponse: _TypeAlias = GenerateResponse  # noqa: Y015
 
 @_typing.final
 class StreamChunk(_message.Message):
-    """StreamChunk is one message of a StreamGenerate stream: a text delta, or the final chunk."""
+    """StreamChunk is one message of a StreamGenerate stream: a text delta, a tool-call piece, a reasoning
+    delta, or the final chunk. A chunk carries one of them.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -300,6 +798,8 @@ class StreamChunk(_message.Message):
     PROVIDER_FIELD_NUMBER: _builtins.int
     DEPLOYMENT_FIELD_NUMBER: _builtins.int
     RESUMED_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
     delta: _builtins.str
     """The next piece of generated text; empty on the final chunk."""
     is_complete: _builtins.bool
@@ -316,9 +816,20 @@ class StreamChunk(_message.Message):
     """True when the upstream stream failed mid-way and the gateway resumed it (the model's `resume`
     setting); usage then sums every attempt. Set on the final chunk only.
     """
+    reasoning: _builtins.str
+    """The next piece of the model's reasoning text, a channel apart from `delta` (see
+    ReasoningOptions.include_reasoning).
+    """
     @_builtins.property
     def usage(self) -> Global___Usage:
         """The tokens the call used; set on the final chunk only."""
+
+    @_builtins.property
+    def tool_call(self) -> Global___ToolCallDelta:
+        """A piece of a tool call (see ToolCallDelta). The first piece of a stream's first call counts as its
+        first token: the gateway retries and falls back only before it, so a client never sees pieces of two
+        attempts.
+        """
 
     def __init__(
         self,
@@ -331,10 +842,12 @@ class StreamChunk(_message.Message):
         provider: _builtins.str = ...,
         deployment: _builtins.str = ...,
         resumed: _builtins.bool = ...,
+        tool_call: Global___ToolCallDelta | None = ...,
+        reasoning: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tool_call", b"tool_call", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "deployment", b"deployment", "finish_reason", b"finish_reason", "is_complete", b"is_complete", "model", b"model", "provider", b"provider", "resumed", b"resumed", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "deployment", b"deployment", "finish_reason", b"finish_reason", "is_complete", b"is_complete", "model", b"model", "provider", b"provider", "reasoning", b"reasoning", "resumed", b"resumed", "tool_call", b"tool_call", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -352,6 +865,9 @@ class Usage(_message.Message):
     UNREPORTED_FIELD_NUMBER: _builtins.int
     COST_USD_FIELD_NUMBER: _builtins.int
     ESTIMATED_FIELD_NUMBER: _builtins.int
+    REASONING_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHED_PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_TOKENS_FIELD_NUMBER: _builtins.int
     prompt_tokens: _builtins.int
     """Tokens in the prompt."""
     completion_tokens: _builtins.int
@@ -371,6 +887,12 @@ class Usage(_message.Message):
     did not report them: a cancelled turn, or the cut attempt of a resumed stream. Such counts are a
     lower bound; unknown prompt tokens are left out.
     """
+    reasoning_tokens: _builtins.int
+    """Of completion_tokens, those the model spent reasoning (0 when none or not reported)."""
+    cached_prompt_tokens: _builtins.int
+    """Of prompt_tokens, those read from the provider's prompt cache (priced at its cache-read price)."""
+    cache_write_tokens: _builtins.int
+    """Of prompt_tokens, those written to the provider's prompt cache (priced at its cache-write price)."""
     def __init__(
         self,
         *,
@@ -380,10 +902,13 @@ class Usage(_message.Message):
         unreported: _builtins.bool = ...,
         cost_usd: _builtins.float | None = ...,
         estimated: _builtins.bool = ...,
+        reasoning_tokens: _builtins.int = ...,
+        cached_prompt_tokens: _builtins.int = ...,
+        cache_write_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "cost_usd", b"cost_usd"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "estimated", b"estimated", "prompt_tokens", b"prompt_tokens", "total_tokens", b"total_tokens", "unreported", b"unreported"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "cache_write_tokens", b"cache_write_tokens", "cached_prompt_tokens", b"cached_prompt_tokens", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "estimated", b"estimated", "prompt_tokens", b"prompt_tokens", "reasoning_tokens", b"reasoning_tokens", "total_tokens", b"total_tokens", "unreported", b"unreported"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cost_usd: _TypeAlias = _typing.Literal["cost_usd"]  # noqa: Y015
     _WhichOneofArgType__cost_usd: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd"]  # noqa: Y015
@@ -488,7 +1013,10 @@ class TurnRequest(_message.Message):
     """Overrides the session's model for this turn only."""
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]:
-        """A full message list (pipeline), or messages appended to the history before `content` (conversation)."""
+        """A full message list (pipeline), or messages appended to the history before `content` (conversation).
+        To answer a turn that ended with FINISH_REASON_TOOL_CALLS, send one "tool" message per call here (the
+        history already holds the assistant's tool calls); `content` may then be empty.
+        """
 
     @_builtins.property
     def config(self) -> Global___GenerationConfig:
@@ -619,25 +1147,35 @@ Global___SessionStarted: _TypeAlias = SessionStarted  # noqa: Y015
 
 @_typing.final
 class TurnDelta(_message.Message):
-    """TurnDelta is the next piece of one turn's reply."""
+    """TurnDelta is the next piece of one turn's reply: text, a tool-call piece, or reasoning text."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_FIELD_NUMBER: _builtins.int
+    REASONING_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The turn it belongs to."""
     text: _builtins.str
     """The text."""
+    reasoning: _builtins.str
+    """The next piece of the model's reasoning text, as in StreamChunk.reasoning."""
+    @_builtins.property
+    def tool_call(self) -> Global___ToolCallDelta:
+        """A piece of a tool call, as in StreamChunk.tool_call."""
+
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         text: _builtins.str = ...,
+        tool_call: Global___ToolCallDelta | None = ...,
+        reasoning: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tool_call", b"tool_call"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reasoning", b"reasoning", "request_id", b"request_id", "text", b"text", "tool_call", b"tool_call"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -656,6 +1194,7 @@ class TurnDone(_message.Message):
     PROVIDER_FIELD_NUMBER: _builtins.int
     HISTORY_TRIMMED_FIELD_NUMBER: _builtins.int
     DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The turn it ends."""
     finish_reason: Global___FinishReason.ValueType
@@ -674,6 +1213,13 @@ class TurnDone(_message.Message):
     def usage(self) -> Global___Usage:
         """The tokens the turn used (partial for a cancelled turn), with its cost."""
 
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
+        """The tools the model called in this turn, assembled from its tool-call pieces (finish_reason is then
+        FINISH_REASON_TOOL_CALLS). A conversation keeps them in its history: answer them with "tool" messages
+        in the next turn.
+        """
+
     def __init__(
         self,
         *,
@@ -684,10 +1230,11 @@ class TurnDone(_message.Message):
         provider: _builtins.str = ...,
         history_trimmed: _builtins.int = ...,
         deployment: _builtins.str = ...,
+        tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "finish_reason", b"finish_reason", "history_trimmed", b"history_trimmed", "model", b"model", "provider", b"provider", "request_id", b"request_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "finish_reason", b"finish_reason", "history_trimmed", b"history_trimmed", "model", b"model", "provider", b"provider", "request_id", b"request_id", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -800,6 +1347,7 @@ class ModelInfo(_message.Message):
     MAX_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     DEPLOYMENTS_FIELD_NUMBER: _builtins.int
     FALLBACKS_FIELD_NUMBER: _builtins.int
+    CAPABILITIES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The name clients send in `model`."""
     provider: _builtins.str
@@ -822,6 +1370,14 @@ class ModelInfo(_message.Message):
     def fallbacks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Models tried, in order, when every deployment of this one fails before the first token."""
 
+    @_builtins.property
+    def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the model can do, sorted: "tools", "json_object", "json_schema" (and, in later versions,
+        "vision", "reasoning", "prompt_caching", "embeddings"). A call that needs a capability its model lacks
+        fails with FAILED_PRECONDITION, reason CAPABILITY_UNSUPPORTED, the capability in ErrorInfo.metadata;
+        deployments and fallbacks that lack it are skipped.
+        """
+
     def __init__(
         self,
         *,
@@ -833,10 +1389,11 @@ class ModelInfo(_message.Message):
         max_output_tokens: _builtins.int = ...,
         deployments: _abc.Iterable[Global___ModelDeployment] | None = ...,
         fallbacks: _abc.Iterable[_builtins.str] | None = ...,
+        capabilities: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_input_price_per_million", b"_input_price_per_million", "_output_price_per_million", b"_output_price_per_million", "input_price_per_million", b"input_price_per_million", "output_price_per_million", b"output_price_per_million"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_input_price_per_million", b"_input_price_per_million", "_output_price_per_million", b"_output_price_per_million", "aliases", b"aliases", "deployments", b"deployments", "fallbacks", b"fallbacks", "input_price_per_million", b"input_price_per_million", "max_output_tokens", b"max_output_tokens", "name", b"name", "output_price_per_million", b"output_price_per_million", "provider", b"provider"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_input_price_per_million", b"_input_price_per_million", "_output_price_per_million", b"_output_price_per_million", "aliases", b"aliases", "capabilities", b"capabilities", "deployments", b"deployments", "fallbacks", b"fallbacks", "input_price_per_million", b"input_price_per_million", "max_output_tokens", b"max_output_tokens", "name", b"name", "output_price_per_million", b"output_price_per_million", "provider", b"provider"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__input_price_per_million: _TypeAlias = _typing.Literal["input_price_per_million"]  # noqa: Y015
     _WhichOneofArgType__input_price_per_million: _TypeAlias = _typing.Literal["_input_price_per_million", b"_input_price_per_million"]  # noqa: Y015
@@ -859,6 +1416,7 @@ class ModelDeployment(_message.Message):
     PROVIDER_FIELD_NUMBER: _builtins.int
     UPSTREAM_MODEL_FIELD_NUMBER: _builtins.int
     WEIGHT_FIELD_NUMBER: _builtins.int
+    CAPABILITIES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The deployment's name, as responses report it."""
     provider: _builtins.str
@@ -867,6 +1425,10 @@ class ModelDeployment(_message.Message):
     """The model name the upstream is asked for."""
     weight: _builtins.float
     """The relative share of calls this deployment gets."""
+    @_builtins.property
+    def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What this deployment can do (see ModelInfo.capabilities)."""
+
     def __init__(
         self,
         *,
@@ -874,10 +1436,11 @@ class ModelDeployment(_message.Message):
         provider: _builtins.str = ...,
         upstream_model: _builtins.str = ...,
         weight: _builtins.float = ...,
+        capabilities: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "provider", b"provider", "upstream_model", b"upstream_model", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "name", b"name", "provider", b"provider", "upstream_model", b"upstream_model", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -69,9 +69,9 @@ class AIServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamGenerate(self, request, context):
-        """StreamGenerate streams the reply: one StreamChunk per text delta, then exactly one final chunk with
-        `is_complete = true`, usage and the finish reason. A stream that fails ends with a non-OK status,
-        never with OK after a truncated reply.
+        """StreamGenerate streams the reply: one StreamChunk per text delta or tool-call piece, then exactly one
+        final chunk with `is_complete = true`, usage and the finish reason. A stream that fails ends with a
+        non-OK status, never with OK after a truncated reply.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

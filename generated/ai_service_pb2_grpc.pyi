@@ -46,9 +46,9 @@ class AIServiceStub:
     Generate: _grpc.UnaryUnaryMultiCallable[_ai_service_pb2.GenerateRequest, _ai_service_pb2.GenerateResponse]
     """Generate returns the whole reply at once (the upstream call does not stream)."""
     StreamGenerate: _grpc.UnaryStreamMultiCallable[_ai_service_pb2.StreamGenerateRequest, _ai_service_pb2.StreamChunk]
-    """StreamGenerate streams the reply: one StreamChunk per text delta, then exactly one final chunk with
-    `is_complete = true`, usage and the finish reason. A stream that fails ends with a non-OK status,
-    never with OK after a truncated reply.
+    """StreamGenerate streams the reply: one StreamChunk per text delta or tool-call piece, then exactly one
+    final chunk with `is_complete = true`, usage and the finish reason. A stream that fails ends with a
+    non-OK status, never with OK after a truncated reply.
     """
     InteractiveStream: _grpc.StreamStreamMultiCallable[_ai_service_pb2.InteractiveRequest, _ai_service_pb2.InteractiveResponse]
     """InteractiveStream is a bidirectional session: a conversation whose history the server keeps, or a
@@ -66,9 +66,9 @@ class AIServiceAsyncStub(AIServiceStub):
     Generate: _aio.UnaryUnaryMultiCallable[_ai_service_pb2.GenerateRequest, _ai_service_pb2.GenerateResponse]  # type: ignore[assignment]
     """Generate returns the whole reply at once (the upstream call does not stream)."""
     StreamGenerate: _aio.UnaryStreamMultiCallable[_ai_service_pb2.StreamGenerateRequest, _ai_service_pb2.StreamChunk]  # type: ignore[assignment]
-    """StreamGenerate streams the reply: one StreamChunk per text delta, then exactly one final chunk with
-    `is_complete = true`, usage and the finish reason. A stream that fails ends with a non-OK status,
-    never with OK after a truncated reply.
+    """StreamGenerate streams the reply: one StreamChunk per text delta or tool-call piece, then exactly one
+    final chunk with `is_complete = true`, usage and the finish reason. A stream that fails ends with a
+    non-OK status, never with OK after a truncated reply.
     """
     InteractiveStream: _aio.StreamStreamMultiCallable[_ai_service_pb2.InteractiveRequest, _ai_service_pb2.InteractiveResponse]  # type: ignore[assignment]
     """InteractiveStream is a bidirectional session: a conversation whose history the server keeps, or a
@@ -95,9 +95,9 @@ class AIServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ai_service_pb2.StreamGenerateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_ai_service_pb2.StreamChunk], _abc.AsyncIterator[_ai_service_pb2.StreamChunk]]:
-        """StreamGenerate streams the reply: one StreamChunk per text delta, then exactly one final chunk with
-        `is_complete = true`, usage and the finish reason. A stream that fails ends with a non-OK status,
-        never with OK after a truncated reply.
+        """StreamGenerate streams the reply: one StreamChunk per text delta or tool-call piece, then exactly one
+        final chunk with `is_complete = true`, usage and the finish reason. A stream that fails ends with a
+        non-OK status, never with OK after a truncated reply.
         """
 
     @_abc_1.abstractmethod

@@ -9,7 +9,20 @@ from collections.abc import Iterable
 
 from generated import ai_service_pb2 as pb
 from server.routing.catalog import ModelConfig
-from server.types import Completion, Finish, FinishReason, SamplingParams, Usage
+from server.types import (
+    Completion,
+    Finish,
+    FinishReason,
+    OutputFormat,
+    ResponseFormat,
+    SamplingParams,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+    ToolMode,
+    Usage,
+)
 from server.validation import UncheckedMessage
 
 __all__ = [
@@ -18,12 +31,25 @@ __all__ = [
     "generate_response",
     "model_info",
     "params_from_pb",
+    "tool_call_chunk",
+    "tool_call_delta_pb",
+    "tool_calls_pb",
     "unchecked_messages",
+    "unserved_needs",
     "usage_pb",
 ]
 
 # FinishReason values are the proto enum numbers by design; this table makes the mapping explicit.
 FINISH_REASON_PB = {reason: pb.FinishReason.ValueType(reason.value) for reason in FinishReason}
+
+
+_TOOL_MODES = {
+    pb.TOOL_CHOICE_MODE_UNSPECIFIED: ToolMode.AUTO,
+    pb.TOOL_CHOICE_MODE_AUTO: ToolMode.AUTO,
+    pb.TOOL_CHOICE_MODE_NONE: ToolMode.NONE,
+    pb.TOOL_CHOICE_MODE_REQUIRED: ToolMode.REQUIRED,
+    pb.TOOL_CHOICE_MODE_NAMED: ToolMode.NAMED,
+}
 
 
 def params_from_pb(config: pb.GenerationConfig) -> SamplingParams:
@@ -32,11 +58,74 @@ def params_from_pb(config: pb.GenerationConfig) -> SamplingParams:
         max_tokens=config.max_tokens if config.HasField("max_tokens") else None,
         top_p=config.top_p if config.HasField("top_p") else None,
         stop=tuple(config.stop),
+        tools=tuple(Tool(t.name, t.description, t.parameters) for t in config.tools),
+        tool_choice=_tool_choice(config.tool_choice) if config.HasField("tool_choice") else None,
+        response_format=_response_format(config.response_format) if config.HasField("response_format") else None,
     )
 
 
+def _tool_choice(choice: pb.ToolChoice) -> ToolChoice:
+    # An unknown mode number (a newer client) is checked as NAMED without a name: refused, not guessed.
+    return ToolChoice(_TOOL_MODES.get(choice.mode, ToolMode.NAMED), choice.name)
+
+
+def _response_format(fmt: pb.ResponseFormat) -> ResponseFormat:
+    match fmt.WhichOneof("format"):
+        case "json_object":
+            return ResponseFormat(OutputFormat.JSON_OBJECT)
+        case "json_schema":
+            js = fmt.json_schema
+            return ResponseFormat(OutputFormat.JSON_SCHEMA, js.name, js.schema, js.strict, js.description)
+        case _:
+            return ResponseFormat(OutputFormat.TEXT)
+
+
 def unchecked_messages(messages: Iterable[pb.Message]) -> list[UncheckedMessage]:
-    return [UncheckedMessage(m.role, m.content, m.name) for m in messages]
+    return [
+        UncheckedMessage(m.role, m.content, m.name)
+        if not (m.tool_calls or m.tool_call_id or m.parts)
+        else UncheckedMessage(
+            m.role,
+            _with_text_parts(m),
+            m.name,
+            tuple(ToolCall(c.id, c.name, c.arguments) for c in m.tool_calls),
+            m.tool_call_id,
+        )
+        for m in messages
+    ]
+
+
+def _with_text_parts(message: pb.Message) -> str:
+    """`content`, then each text part on a line of its own (image parts are refused before the call)."""
+    texts = [part.text for part in message.parts if part.WhichOneof("kind") == "text"]
+    return "\n".join([message.content, *texts]) if message.content else "\n".join(texts)
+
+
+def unserved_needs(messages: Iterable[pb.Message], config: pb.GenerationConfig) -> frozenset[str]:
+    """Capabilities a request asks for that this version of the gateway serves on no model yet: images
+    ("vision"), cache breakpoints ("prompt_caching"), reasoning options ("reasoning"). Such a call is
+    refused with FAILED_PRECONDITION rather than sent without them."""
+    needs: set[str] = set()
+    if config.HasField("reasoning"):
+        needs.add("reasoning")
+    for message in messages:
+        if message.HasField("cache_control"):
+            needs.add("prompt_caching")
+        if any(part.WhichOneof("kind") == "image" for part in message.parts):
+            needs.add("vision")
+    return frozenset(needs)
+
+
+def tool_call_delta_pb(delta: ToolCallDelta) -> pb.ToolCallDelta:
+    return pb.ToolCallDelta(index=delta.index, id=delta.id, name=delta.name, arguments=delta.arguments)
+
+
+def tool_call_chunk(delta: ToolCallDelta) -> pb.StreamChunk:
+    return pb.StreamChunk(tool_call=tool_call_delta_pb(delta))
+
+
+def tool_calls_pb(calls: Iterable[ToolCall]) -> list[pb.ToolCall]:
+    return [pb.ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in calls]
 
 
 def usage_pb(usage: Usage | None, cost_usd: float | None = None) -> pb.Usage:
@@ -73,6 +162,7 @@ def generate_response(completion: Completion) -> pb.GenerateResponse:
         finish_reason=FINISH_REASON_PB[completion.reason],
         provider=served.provider if served else "",
         deployment=served.deployment if served else "",
+        tool_calls=tool_calls_pb(completion.tool_calls),
     )
 
 
@@ -88,8 +178,15 @@ def model_info(model: ModelConfig, aliases: list[str]) -> pb.ModelInfo:
         output_price_per_million=price.output_per_million if price else None,
         max_output_tokens=model.max_tokens,
         deployments=[
-            pb.ModelDeployment(name=d.label, provider=d.provider, upstream_model=d.upstream_model, weight=d.weight)
+            pb.ModelDeployment(
+                name=d.label,
+                provider=d.provider,
+                upstream_model=d.upstream_model,
+                weight=d.weight,
+                capabilities=sorted(model.capabilities if d.capabilities is None else d.capabilities),
+            )
             for d in deployments
         ],
         fallbacks=list(model.all_fallbacks),
+        capabilities=sorted(model.all_capabilities()),
     )

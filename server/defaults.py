@@ -30,8 +30,12 @@ __all__ = [
     "MAX_MESSAGE_OVERHEAD_BYTES",
     "MAX_REQUEST_CONTENT_BYTES",
     "MAX_RESUMES",
+    "MAX_SCHEMA_BYTES",
+    "MAX_SCHEMA_DEPTH",
     "MAX_STOP_SEQUENCES",
     "MAX_TOKENS_LIMIT",
+    "MAX_TOOLS",
+    "MAX_TOOL_CALLS_PER_MESSAGE",
     "OVERLOAD_RETRY_AFTER_S",
     "POOL_MAX_CONNECTIONS",
     "POOL_TIMEOUT_S",
@@ -56,6 +60,12 @@ ERROR_DOMAIN = "gateway.holysheep.ai"
 # Validation limits (GenerationConfig and messages).
 MAX_TOKENS_LIMIT = 32_000
 MAX_STOP_SEQUENCES = 4
+# Tools and structured output: what the providers accept (OpenAI: 128 tools, names of 64 [a-zA-Z0-9_-]),
+# and bounds on the JSON Schemas the gateway parses and checks.
+MAX_TOOLS = 128
+MAX_SCHEMA_BYTES = 64 * 1024
+MAX_SCHEMA_DEPTH = 32
+MAX_TOOL_CALLS_PER_MESSAGE = 128
 MAX_REQUEST_CONTENT_BYTES = 1024 * 1024
 # The gRPC receive limit is the content cap plus room for roles, names, config and framing, so that a
 # request just over the content cap gets our clear INVALID_ARGUMENT rather than gRPC's RESOURCE_EXHAUSTED.

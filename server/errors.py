@@ -5,6 +5,7 @@
     │   ├── ModelNotFound           the model is unknown (reason MODEL_NOT_FOUND); names the known ones
     │   └── UnknownRequestId        InteractiveStream: a `cancel` names no live turn (reason UNKNOWN_REQUEST_ID)
     ├── ProtocolViolation           INVALID_ARGUMENT (reason PROTOCOL_VIOLATION): a session broke its rules
+    ├── CapabilityUnsupported       FAILED_PRECONDITION (CAPABILITY_UNSUPPORTED): the model cannot do what is asked
     ├── Unauthenticated             UNAUTHENTICATED
     ├── ShuttingDown                UNAVAILABLE (reason SHUTTING_DOWN)
     ├── GatewayOverloaded           RESOURCE_EXHAUSTED + RetryInfo: over a concurrency limit (GATEWAY_OVERLOADED)
@@ -46,6 +47,7 @@ from server.defaults import ERROR_DOMAIN
 
 __all__ = [
     "CLIENT_RETRY_KEY",
+    "CapabilityUnsupported",
     "CircuitOpen",
     "FieldViolation",
     "GatewayError",
@@ -169,6 +171,20 @@ class ProtocolViolation(GatewayError):
 
     code = code_pb2.INVALID_ARGUMENT
     reason = "PROTOCOL_VIOLATION"
+
+
+class CapabilityUnsupported(GatewayError):
+    """The call needs a capability (metadata `capability`: "tools", "json_schema", …) that no deployment of
+    its model has. Raised before any upstream call."""
+
+    code = code_pb2.FAILED_PRECONDITION
+    reason = "CAPABILITY_UNSUPPORTED"
+
+    def __init__(self, model: str, capability: str) -> None:
+        super().__init__(
+            f"model {model} cannot serve this call: it lacks the {capability!r} capability",
+            metadata={"capability": capability, "model": model},
+        )
 
 
 class Unauthenticated(GatewayError):

@@ -19,14 +19,22 @@ from generated import ai_service_pb2_grpc as pb_grpc
 from server import defaults
 from server.auth import CURRENT_CLIENT
 from server.config import InteractiveConfig
-from server.convert import final_chunk, generate_response, model_info, params_from_pb, unchecked_messages
+from server.convert import (
+    final_chunk,
+    generate_response,
+    model_info,
+    params_from_pb,
+    tool_call_chunk,
+    unchecked_messages,
+    unserved_needs,
+)
 from server.errors import GatewayError, InternalError, ShuttingDown, abort
 from server.interactive.session import SESSION_ID_HEADER, InteractiveSession
 from server.observe.request_id import CURRENT_REQUEST_ID, REQUEST_ID_HEADER, request_id_from
 from server.policy.fair_queue import PRIORITY_HEADER, priority_class
 from server.policy.seam import CallContext, Seam
 from server.routing.catalog import ModelConfig
-from server.types import ChatRequest, Finish, TextDelta
+from server.types import ChatRequest, Finish, TextDelta, ToolCallDelta
 from server.validation import check_request
 
 __all__ = ["AIService"]
@@ -157,6 +165,11 @@ class AIService(pb_grpc.AIServiceServicer):
                             record.first_token()
                         await context.write(pb.StreamChunk(delta=event.text))
                         record.deltas += 1
+                    elif type(event) is ToolCallDelta:
+                        if not record.deltas:
+                            record.first_token()
+                        await context.write(tool_call_chunk(event))
+                        record.deltas += 1
                     else:
                         assert isinstance(event, Finish)
                         record.answered(event)
@@ -204,4 +217,5 @@ class AIService(pb_grpc.AIServiceServicer):
         )
         assert model is not None  # check_request raised ModelNotFound otherwise
         headers = ((REQUEST_ID_HEADER, call.record.request_id),)
-        return model, ChatRequest(model.name, messages, params, context.time_remaining(), headers=headers)
+        needs = unserved_needs(request.messages, request.config)
+        return model, ChatRequest(model.name, messages, params, context.time_remaining(), headers=headers, needs=needs)

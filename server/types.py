@@ -1,7 +1,8 @@
 """Provider-neutral request, stream events and results: the language every layer of the server speaks.
 
 A provider adapter turns a `ChatRequest` into its wire format and its answer into either a stream of
-events (`TextDelta`* then exactly one `Finish`) or one `Completion`. Nothing here knows gRPC or HTTP.
+events (`TextDelta`s and `ToolCallDelta`s, then exactly one `Finish`) or one `Completion`. Nothing here
+knows gRPC or HTTP.
 """
 
 from __future__ import annotations
@@ -15,11 +16,18 @@ __all__ = [
     "Completion",
     "Finish",
     "FinishReason",
+    "OutputFormat",
+    "ResponseFormat",
     "Role",
     "SamplingParams",
     "Served",
     "StreamEvent",
     "TextDelta",
+    "Tool",
+    "ToolCall",
+    "ToolCallDelta",
+    "ToolChoice",
+    "ToolMode",
     "Usage",
 ]
 
@@ -28,6 +36,7 @@ class Role(enum.StrEnum):
     SYSTEM = "system"
     USER = "user"
     ASSISTANT = "assistant"
+    TOOL = "tool"
 
 
 class FinishReason(enum.Enum):
@@ -42,10 +51,63 @@ class FinishReason(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One call of a tool by the model; `arguments` is JSON text, as the model wrote it."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
 class ChatMessage:
+    """One message. An assistant message may carry `tool_calls`; a TOOL message answers `tool_call_id`."""
+
     role: Role
     content: str
     name: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A tool the model may call. `parameters` is its JSON Schema as JSON text ("": no arguments);
+    tool_checks.schema_of parses a checked one."""
+
+    name: str
+    description: str
+    parameters: str
+
+
+class ToolMode(enum.Enum):
+    AUTO = 1
+    NONE = 2
+    REQUIRED = 3
+    NAMED = 4
+
+
+@dataclass(frozen=True, slots=True)
+class ToolChoice:
+    mode: ToolMode = ToolMode.AUTO
+    name: str = ""  # ToolMode.NAMED only
+
+
+class OutputFormat(enum.Enum):
+    TEXT = 1
+    JSON_OBJECT = 2
+    JSON_SCHEMA = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFormat:
+    """The shape of the reply's text. `schema` (JSON text) and `name` are for JSON_SCHEMA only."""
+
+    kind: OutputFormat = OutputFormat.TEXT
+    name: str = ""
+    schema: str = ""
+    strict: bool = False
+    description: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +118,13 @@ class SamplingParams:
     max_tokens: int | None = None
     top_p: float | None = None
     stop: tuple[str, ...] = ()
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice | None = None  # None: not set (auto when there are tools)
+    response_format: ResponseFormat | None = None  # None: not set (text)
+
+    @property
+    def wants_json(self) -> bool:
+        return self.response_format is not None and self.response_format.kind is not OutputFormat.TEXT
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +145,20 @@ class ChatRequest:
     timeout_s: float | None = None
     max_output_tokens: int = 4096
     headers: tuple[tuple[str, str], ...] = ()
+    # Capabilities the request needs beyond what its params show (images, cache breakpoints, reasoning).
+    needs: frozenset[str] = frozenset()
+
+    def capabilities_needed(self) -> frozenset[str]:
+        """Every catalog capability this request needs of the deployment that serves it."""
+        params = self.params
+        if not (params.tools or params.response_format or self.needs):
+            return self.needs
+        needs = set(self.needs)
+        if params.tools:
+            needs.add("tools")
+        if params.response_format is not None and params.response_format.kind is not OutputFormat.TEXT:
+            needs.add(params.response_format.kind.name.lower())
+        return frozenset(needs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +188,32 @@ class TextDelta:
     __hash__ = None  # type: ignore[assignment]  # mutable value object, like a dataclass(eq=True)
 
 
+class ToolCallDelta:
+    """A piece of a tool call in a stream: the call's `index` in the reply; `id` and `name` on its first
+    piece only; a fragment of its `arguments` JSON text. A plain slotted class, like TextDelta."""
+
+    __slots__ = ("arguments", "id", "index", "name")
+
+    def __init__(self, index: int, id: str = "", name: str = "", arguments: str = "") -> None:
+        self.index = index
+        self.id = id
+        self.name = name
+        self.arguments = arguments
+
+    def __repr__(self) -> str:
+        return f"ToolCallDelta({self.index}, {self.id!r}, {self.name!r}, {self.arguments!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ToolCallDelta) and (other.index, other.id, other.name, other.arguments) == (
+            self.index,
+            self.id,
+            self.name,
+            self.arguments,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 @dataclass(frozen=True, slots=True)
 class Served:
     """Who served a call: the catalog model, the provider and the deployment."""
@@ -132,7 +241,7 @@ class Finish:
     upstream_request_id: str = ""
 
 
-StreamEvent = TextDelta | Finish
+StreamEvent = TextDelta | ToolCallDelta | Finish
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +254,7 @@ class Completion:
     served: Served | None = None
     cost_usd: float | None = None
     upstream_request_id: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 # The shape every provider's streaming method returns.

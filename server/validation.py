@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from server import defaults
 from server.errors import FieldViolation, InvalidRequest, ModelNotFound, unknown_model_description
-from server.types import ChatMessage, Role, SamplingParams
+from server.tool_checks import check_message_tools, check_tool_options
+from server.types import ChatMessage, Role, SamplingParams, ToolCall
 
 __all__ = ["UncheckedMessage", "check_request"]
 
@@ -22,6 +23,8 @@ class UncheckedMessage:
     role: str
     content: str
     name: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
 
 
 def check_request(
@@ -53,11 +56,18 @@ def check_request(
         role = _ROLES.get(message.role)
         if role is None:
             violations.append(
-                FieldViolation(f"messages[{i}].role", f"must be system, user or assistant, got {message.role!r}")
+                FieldViolation(
+                    f"messages[{i}].role", f"must be system, user, assistant or tool, got {message.role[:32]!r}"
+                )
             )
         else:
-            checked.append(ChatMessage(role, message.content, message.name))
+            checked.append(ChatMessage(role, message.content, message.name, message.tool_calls, message.tool_call_id))
         content_bytes += _utf8_len(message.content) + _utf8_len(message.name)
+        if message.tool_calls or message.tool_call_id:
+            violations += check_message_tools(i, message.role, message.tool_calls, message.tool_call_id)
+            content_bytes += sum(len(c.arguments) + len(c.name) + len(c.id) for c in message.tool_calls)
+        elif role is Role.TOOL:
+            violations += check_message_tools(i, message.role, (), "")
     if content_bytes > max_content_bytes:
         violations.append(
             FieldViolation("messages", f"total content is {content_bytes} bytes; the limit is {max_content_bytes}")
@@ -90,6 +100,8 @@ def _check_params(params: SamplingParams, max_tokens_cap: int) -> list[FieldViol
     for i, sequence in enumerate(params.stop):
         if not sequence:
             violations.append(FieldViolation(f"config.stop[{i}]", "must not be empty"))
+    if params.tools or params.tool_choice or params.response_format:
+        violations += check_tool_options(params)
     return violations
 
 

@@ -49,7 +49,11 @@ class StreamOutcome:
 
     @property
     def deltas(self) -> list[str]:
-        return [c.delta for c in self.chunks if not c.is_complete]
+        return [c.delta for c in self.chunks if not c.is_complete and not c.HasField("tool_call")]
+
+    @property
+    def tool_pieces(self) -> list[pb.ToolCallDelta]:
+        return [c.tool_call for c in self.chunks if c.HasField("tool_call")]
 
     @property
     def finals(self) -> list[pb.StreamChunk]:

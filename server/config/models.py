@@ -1,4 +1,4 @@
-"""The `models:` entries of the config file: deployments, aliases, prices, fallbacks and resume."""
+"""The `models:` entries of the config file: deployments, aliases, prices, fallbacks, resume and capabilities."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from typing import Any
 from server import defaults
 from server.config.readers import as_list, mapping, number, unknown_keys
 from server.resilience.retry import FailureClass
-from server.routing.catalog import Deployment, ModelConfig, Price
+from server.routing.catalog import CAPABILITIES, Deployment, ModelConfig, Price
 
 __all__ = ["parse_model"]
 
 _MODEL_KEYS = {
-    *("name", "provider", "upstream_model", "max_tokens", "aliases", "deployments", "price", "fallbacks", "resume")
+    *("name", "provider", "upstream_model", "max_tokens", "aliases", "deployments", "price", "fallbacks", "resume"),
+    "capabilities",
 }
 _FALLBACK_CLASSES = ("default", *(c.value for c in FailureClass if c is not FailureClass.FATAL))
 _RESUME_MODES = ("none", "continue")
@@ -37,7 +38,19 @@ def parse_model(raw: Any, where: str, problems: list[str]) -> ModelConfig | None
         model = _parse_resume(model, entry["resume"], f"{where}.resume", problems)
     if entry.get("price") is not None:
         model = replace(model, price=_parse_price(entry["price"], f"{where}.price", problems))
+    if entry.get("capabilities") is not None:
+        capabilities = parse_capabilities(entry["capabilities"], f"{where}.capabilities", problems)
+        model = replace(model, capabilities=capabilities)
     return model
+
+
+def parse_capabilities(raw: Any, where: str, problems: list[str]) -> frozenset[str]:
+    """A list of capability names, each one the gateway knows."""
+    names = [str(c) for c in as_list(raw, where, problems)]
+    for name in names:
+        if name not in CAPABILITIES:
+            problems.append(f"{where}: unknown capability {name!r}; known: {', '.join(CAPABILITIES)}")
+    return frozenset(n for n in names if n in CAPABILITIES)
 
 
 def _model_with_deployments(entry: dict[str, Any], where: str, problems: list[str]) -> ModelConfig | None:
@@ -93,7 +106,7 @@ def _parse_fallbacks(model: ModelConfig, raw: Any, where: str, problems: list[st
 
 def _parse_deployment(raw: Any, where: str, model: str, problems: list[str]) -> Deployment | None:
     entry = mapping(raw, where, problems)
-    unknown_keys(entry, {"name", "provider", "upstream_model", "weight"}, f"{where}.", problems)
+    unknown_keys(entry, {"name", "provider", "upstream_model", "weight", "capabilities"}, f"{where}.", problems)
     provider = str(entry.get("provider") or "")
     if not provider:
         problems.append(f"{where}.provider: required")
@@ -104,6 +117,11 @@ def _parse_deployment(raw: Any, where: str, model: str, problems: list[str]) -> 
         upstream_model=str(entry.get("upstream_model") or model),
         weight=weight if weight is not None else 1.0,
         name=str(entry.get("name") or ""),
+        capabilities=(
+            parse_capabilities(entry["capabilities"], f"{where}.capabilities", problems)
+            if entry.get("capabilities") is not None
+            else None
+        ),
     )
 
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from server.errors import FieldViolation, InvalidRequest
-from server.types import ChatMessage, Role
+from server.types import ChatMessage, Role, ToolCall
 
 __all__ = ["History", "Plan"]
 
@@ -67,13 +67,20 @@ class History:
             trimmed += 1
         return Plan((*kept, *new), trimmed)
 
-    def commit(self, plan: Plan, reply: str | None) -> None:
-        """Make `plan` the history, followed by the assistant's `reply` (None: the turn left no reply)."""
-        self._messages = plan.messages if reply is None else (*plan.messages, ChatMessage(Role.ASSISTANT, reply))
+    def commit(self, plan: Plan, reply: str | None, tool_calls: tuple[ToolCall, ...] = ()) -> None:
+        """Make `plan` the history, followed by the assistant's `reply` and its `tool_calls` (None and no
+        calls: the turn left no reply). A next turn answers the calls with tool messages."""
+        if reply is None and not tool_calls:
+            self._messages = plan.messages
+        else:
+            self._messages = (*plan.messages, ChatMessage(Role.ASSISTANT, reply or "", tool_calls=tool_calls))
 
 
 def message_bytes(message: ChatMessage) -> int:
-    return len(message.content.encode("utf-8", "surrogatepass")) + len(message.name.encode("utf-8", "surrogatepass"))
+    size = len(message.content.encode("utf-8", "surrogatepass")) + len(message.name.encode("utf-8", "surrogatepass"))
+    for call in message.tool_calls:
+        size += len(call.arguments.encode("utf-8", "surrogatepass")) + len(call.name) + len(call.id)
+    return size
 
 
 def _first_non_system(messages: Sequence[ChatMessage]) -> int | None:

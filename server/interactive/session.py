@@ -42,7 +42,8 @@ from server.observe.record import CallRecord
 from server.observe.request_id import REQUEST_ID_HEADER
 from server.observe.trace import CallTrace
 from server.policy.seam import CallContext, Seam
-from server.types import ChatRequest, Finish, TextDelta
+from server.tool_calls import ToolCallAssembler
+from server.types import ChatRequest, Finish, TextDelta, ToolCallDelta
 
 __all__ = ["SESSION_ID_HEADER", "InteractiveSession"]
 
@@ -55,7 +56,10 @@ log = logging.getLogger(__name__)
 class _Turn:
     """One accepted turn, from waiting to its `done` or `error`."""
 
-    __slots__ = ("call", "cancel_requested", "number", "plan", "reply", "settled", "spec", "started", "task")
+    __slots__ = (
+        *("call", "cancel_requested", "number", "plan", "reply", "settled", "spec", "started", "task"),
+        "tool_calls",
+    )
 
     def __init__(self, spec: TurnSpec, call: CallContext, number: int) -> None:
         self.spec = spec
@@ -67,6 +71,7 @@ class _Turn:
         self.settled = False  # the upstream finished: a cancel no longer applies
         self.plan: Plan | None = None  # conversation: the history it was sent with
         self.reply: list[str] = []  # conversation: the reply, for the history
+        self.tool_calls = ToolCallAssembler()  # the reply's tool calls, for `done` and the history
 
     @property
     def deltas(self) -> int:
@@ -301,6 +306,7 @@ class InteractiveSession:
             self._context.time_remaining(),
             # The session's id and the turn's number: turns running at once never share an id upstream.
             headers=((REQUEST_ID_HEADER, f"{self.record.request_id}.{turn.number}"),),
+            needs=spec.needs,
         )
         finish: Finish | None = None
         record = turn.call.record
@@ -313,16 +319,23 @@ class InteractiveSession:
                     if turn.plan is not None:
                         turn.reply.append(event.text)
                     await self._outbox.put(wire.delta(spec.request_id, event.text))
+                elif isinstance(event, ToolCallDelta):
+                    if not record.deltas:
+                        record.first_token()
+                    record.deltas += 1
+                    turn.tool_calls.add(event)
+                    await self._outbox.put(wire.tool_call_delta(spec.request_id, event))
                 else:
                     finish = event
                     turn.settled = True
                     record.answered(finish)
         if finish is None:
             raise InternalError("the upstream stream ended without a finish event")
+        calls = turn.tool_calls.calls()
         if turn.plan is not None:
-            self._history.commit(turn.plan, "".join(turn.reply))
+            self._history.commit(turn.plan, "".join(turn.reply), calls)
         self._seam.end(turn.call)  # before `done` leaves
-        await self._outbox.put(wire.done(spec.request_id, finish, turn.trimmed))
+        await self._outbox.put(wire.done(spec.request_id, finish, turn.trimmed, calls))
 
     def _finish(self, turn: _Turn) -> None:
         del self._live[turn.spec.request_id]

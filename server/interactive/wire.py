@@ -13,11 +13,19 @@ from typing import Protocol
 from google.protobuf import duration_pb2
 
 from generated import ai_service_pb2 as pb
-from server.convert import FINISH_REASON_PB, params_from_pb, unchecked_messages, usage_pb
+from server.convert import (
+    FINISH_REASON_PB,
+    params_from_pb,
+    tool_call_delta_pb,
+    tool_calls_pb,
+    unchecked_messages,
+    unserved_needs,
+    usage_pb,
+)
 from server.errors import FieldViolation, GatewayError, InvalidRequest, ModelNotFound, to_rpc_status
 from server.interactive.history import message_bytes
 from server.routing.catalog import ModelConfig
-from server.types import ChatMessage, Finish, FinishReason, SamplingParams
+from server.types import ChatMessage, Finish, FinishReason, SamplingParams, ToolCall, ToolCallDelta
 from server.validation import UncheckedMessage, check_request
 
 __all__ = [
@@ -31,6 +39,7 @@ __all__ = [
     "merged_params",
     "session_options",
     "started",
+    "tool_call_delta",
     "turn_error",
     "turn_spec",
 ]
@@ -56,6 +65,7 @@ class SessionOptions:
     system: tuple[ChatMessage, ...]  # the system prompt, or nothing
     pipeline: bool
     max_in_flight: int
+    needs: frozenset[str] = frozenset()  # what the session's config asks beyond its params (reasoning)
 
     @property
     def mode(self) -> pb.SessionMode.ValueType:
@@ -70,6 +80,7 @@ class TurnSpec:
     model: ModelConfig
     params: SamplingParams
     messages: tuple[ChatMessage, ...]
+    needs: frozenset[str] = frozenset()
 
 
 def session_options(
@@ -90,7 +101,8 @@ def session_options(
     )
     pipeline = start.mode == pb.SESSION_MODE_PIPELINE
     limit = min(start.max_in_flight or max_in_flight, max_in_flight) if pipeline else 1
-    return SessionOptions(model, params, checked if start.system_prompt else (), pipeline, limit)
+    needs = unserved_needs((), start.config)
+    return SessionOptions(model, params, checked if start.system_prompt else (), pipeline, limit, needs)
 
 
 def turn_spec(
@@ -105,7 +117,8 @@ def turn_spec(
     renamed = {} if messages else {"messages": "content"}
     params = merged_params(options.params, turn.config)
     model, checked = _check(catalog, turn.model or options.model.name, messages, params, budget, [], renamed)
-    return TurnSpec(turn.request_id, model, params, checked)
+    needs = options.needs | unserved_needs(turn.messages, turn.config)
+    return TurnSpec(turn.request_id, model, params, checked, needs)
 
 
 def merged_params(session: SamplingParams, turn: pb.GenerationConfig) -> SamplingParams:
@@ -116,6 +129,9 @@ def merged_params(session: SamplingParams, turn: pb.GenerationConfig) -> Samplin
         max_tokens=session.max_tokens if own.max_tokens is None else own.max_tokens,
         top_p=session.top_p if own.top_p is None else own.top_p,
         stop=own.stop or session.stop,
+        tools=own.tools or session.tools,
+        tool_choice=session.tool_choice if own.tool_choice is None else own.tool_choice,
+        response_format=session.response_format if own.response_format is None else own.response_format,
     )
 
 
@@ -166,7 +182,13 @@ def delta(request_id: str, text: str) -> pb.InteractiveResponse:
     return pb.InteractiveResponse(delta=pb.TurnDelta(request_id=request_id, text=text))
 
 
-def done(request_id: str, finish: Finish, history_trimmed: int) -> pb.InteractiveResponse:
+def tool_call_delta(request_id: str, piece: ToolCallDelta) -> pb.InteractiveResponse:
+    return pb.InteractiveResponse(delta=pb.TurnDelta(request_id=request_id, tool_call=tool_call_delta_pb(piece)))
+
+
+def done(
+    request_id: str, finish: Finish, history_trimmed: int, tool_calls: tuple[ToolCall, ...] = ()
+) -> pb.InteractiveResponse:
     served = finish.served
     return pb.InteractiveResponse(
         done=pb.TurnDone(
@@ -177,6 +199,7 @@ def done(request_id: str, finish: Finish, history_trimmed: int) -> pb.Interactiv
             provider=served.provider if served else "",
             history_trimmed=history_trimmed,
             deployment=served.deployment if served else "",
+            tool_calls=tool_calls_pb(tool_calls),
         )
     )
 

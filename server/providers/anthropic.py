@@ -12,12 +12,25 @@ Request mapping:
   no place in the Messages API and are dropped. Values Anthropic refuses (a temperature above 1, say)
   are left for it to refuse: the client then sees INVALID_ARGUMENT from the upstream.
 
+Tools: `tools` as `{name, description, input_schema}`; tool choice auto -> `{"type":"auto"}`, none ->
+`{"type":"none"}`, required -> `{"type":"any"}`, named -> `{"type":"tool","name":…}`. An assistant
+message's tool calls become `tool_use` blocks (`input` is the parsed arguments) after its text; a tool
+message becomes a user message with one `tool_result` block (`tool_use_id`, the result text), merged with
+the user turns around it like any user message.
+
+Structured output: the Messages API has no JSON mode, so the gateway asks for it with a forced tool, as
+Anthropic documents: one more tool named after the schema (`json_output` for a JSON object) whose
+`input_schema` is the schema, and `tool_choice` `{"type":"tool"}` naming it (`{"type":"any"}` when the
+client declared tools of its own and left the choice to the model). That tool's input is the reply's
+text: streamed from its `input_json_delta`s, whole as compact JSON, and its `tool_use` stop is STOP.
+
 Streaming (`event:` + `data:` lines): `message_start` carries the input usage, `content_block_delta`
-events with a `text_delta` carry the text (other deltas, such as `input_json_delta` for tool calls and
-`thinking_delta`/`signature_delta` for extended thinking, are not text of the reply and are skipped),
-`message_delta` the stop reason and the cumulative output usage, `message_stop` ends the stream; `ping`
-and the block start/stop events carry nothing we need. An `error` event is an in-band error, mapped by
-its `error.type`. A body that ends without `message_stop` is whole only if a stop reason arrived.
+events with a `text_delta` carry the text, `content_block_start` of a `tool_use` block opens a tool call
+(its id and name) and its `input_json_delta`s carry the arguments' fragments (`thinking_delta`/
+`signature_delta` of extended thinking are skipped), `message_delta` the stop reason and the cumulative
+output usage, `message_stop` ends the stream; `ping` and block stops carry nothing we need. An `error`
+event is an in-band error, mapped by its `error.type`. A body that ends without `message_stop` is whole
+only if a stop reason arrived.
 
 Usage: prompt tokens are `input_tokens` plus `cache_creation_input_tokens` and `cache_read_input_tokens`
 (Anthropic counts cached prompt tokens apart; OpenAI's `prompt_tokens` include them, so this keeps one
@@ -31,6 +44,7 @@ to be continued by another request) and anything new -> UNSPECIFIED.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -40,7 +54,22 @@ from server.providers.http import EventDecoder, HTTPProvider, loads_object
 from server.providers.transport import Transport
 from server.providers.upstream_errors import error_for_error_type, safe_identifier
 from server.sse import ServerSentEvent
-from server.types import ChatRequest, Completion, FinishReason, Role, StreamEvent, Usage
+from server.tool_checks import object_of, schema_of
+from server.types import (
+    ChatMessage,
+    ChatRequest,
+    Completion,
+    Finish,
+    FinishReason,
+    OutputFormat,
+    Role,
+    SamplingParams,
+    StreamEvent,
+    ToolCall,
+    ToolCallDelta,
+    ToolMode,
+    Usage,
+)
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicProvider"]
 
@@ -74,26 +103,67 @@ class AnthropicProvider(HTTPProvider):
     def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         body = request_body(request)
         body["stream"] = True
-        return self._stream_sse(_PATH, body, request, _AnthropicEvents(self.name))
+        return self._stream_sse(_PATH, body, request, _AnthropicEvents(self.name, output_tool(request.params)))
 
     async def complete(self, request: ChatRequest) -> Completion:
-        return await self._post_json(_PATH, request_body(request), request, self._completion)
+        output = output_tool(request.params)
+        return await self._post_json(
+            _PATH, request_body(request), request, lambda payload: self._completion(payload, output)
+        )
 
-    def _completion(self, payload: dict[str, Any]) -> Completion:
+    def _completion(self, payload: dict[str, Any], output: str | None) -> Completion:
         if payload.get("type") == "error":
             raise _in_band_error(self.name, payload.get("error"))
-        text = "".join(block["text"] for block in payload["content"] if block.get("type") == "text")
+        texts: list[str] = []
+        calls: list[ToolCall] = []
+        answered = False  # by the output tool
+        for block in payload["content"]:
+            kind = block.get("type")
+            if kind == "text":
+                texts.append(block["text"])
+            elif kind == "tool_use" and block["name"] == output:
+                answered = True
+                texts.append(_compact(block["input"]))
+            elif kind == "tool_use":
+                calls.append(ToolCall(str(block["id"]), str(block["name"]), _compact(block["input"])))
         reason = _STOP_REASONS.get(payload.get("stop_reason") or "", FinishReason.UNSPECIFIED)
+        if reason is FinishReason.TOOL_CALLS and answered and not calls:
+            reason = FinishReason.STOP  # the forced output tool: the reply is whole
         raw = payload.get("usage")
-        return Completion(text, reason, usage_from(raw, None) if raw else None)
+        return Completion("".join(texts), reason, usage_from(raw, None) if raw else None, tool_calls=tuple(calls))
 
 
 class _AnthropicEvents(EventDecoder):
-    __slots__ = ("_input",)
+    __slots__ = ("_blocks", "_calls", "_input", "_output")
 
-    def __init__(self, provider: str) -> None:
+    def __init__(self, provider: str, output: str | None = None) -> None:
         super().__init__(provider)
         self._input: dict[str, Any] | None = None  # message_start's usage
+        self._output = output  # the forced output tool's name, when the reply is JSON
+        self._blocks: dict[int, int] = {}  # a tool_use block's index -> its call's index (-1: the output tool)
+        self._calls = 0
+
+    def finish(self) -> Finish:
+        if self.reason is FinishReason.TOOL_CALLS and -1 in self._blocks.values() and not self._calls:
+            self.reason = FinishReason.STOP  # the forced output tool: the reply is whole
+        return super().finish()
+
+    def _tool_block(self, chunk: dict[str, Any], block: dict[str, Any]) -> None:
+        if block["name"] == self._output:
+            self._blocks[int(chunk["index"])] = -1
+            return
+        self._blocks[int(chunk["index"])] = self._calls
+        self.tool_calls.append(ToolCallDelta(self._calls, str(block["id"]), str(block["name"])))
+        self._calls += 1
+
+    def _input_json(self, chunk: dict[str, Any], fragment: str) -> str | None:
+        call = self._blocks.get(int(chunk["index"]))
+        if call is None or not fragment:
+            return None
+        if call < 0:
+            return fragment  # the output tool's input is the reply's text
+        self.tool_calls.append(ToolCallDelta(call, arguments=fragment))
+        return None
 
     def feed(self, event: ServerSentEvent) -> str | None:
         if event.event == "ping":
@@ -102,7 +172,10 @@ class _AnthropicEvents(EventDecoder):
         kind = chunk.get("type")
         if kind == "content_block_delta":  # the hot path: one per token
             delta = chunk.get("delta") or {}
-            return delta.get("text") if delta.get("type") == "text_delta" else None
+            kind = delta.get("type")
+            if kind == "text_delta":
+                return delta.get("text")
+            return self._input_json(chunk, delta.get("partial_json") or "") if kind == "input_json_delta" else None
         if kind == "message_start":
             usage = (chunk.get("message") or {}).get("usage")
             if usage:
@@ -120,6 +193,8 @@ class _AnthropicEvents(EventDecoder):
             raise _in_band_error(self.provider, chunk.get("error"))
         elif kind == "content_block_start":
             block = chunk.get("content_block") or {}
+            if block.get("type") == "tool_use":
+                self._tool_block(chunk, block)
             return block.get("text") if block.get("type") == "text" else None
         return None
 
@@ -131,13 +206,16 @@ def request_body(request: ChatRequest) -> dict[str, Any]:
     for message in request.messages:
         if message.role is Role.SYSTEM:
             system.append(message.content)
-        elif messages and messages[-1]["role"] == message.role.value:
+            continue
+        role = "user" if message.role is Role.TOOL else message.role.value
+        plain = not (message.tool_calls or message.role is Role.TOOL)
+        if messages and messages[-1]["role"] == role:
             last = messages[-1]
             if isinstance(last["content"], str):
                 last["content"] = [{"type": "text", "text": last["content"]}]
-            last["content"].append({"type": "text", "text": message.content})
+            last["content"].extend([{"type": "text", "text": message.content}] if plain else _blocks(message))
         else:
-            messages.append({"role": message.role.value, "content": message.content})
+            messages.append({"role": role, "content": message.content if plain else _blocks(message)})
     params = request.params
     body: dict[str, Any] = {
         "model": request.model,
@@ -152,7 +230,63 @@ def request_body(request: ChatRequest) -> dict[str, Any]:
         body["top_p"] = params.top_p
     if params.stop:
         body["stop_sequences"] = list(params.stop)
+    if params.tools or params.wants_json:
+        _tool_options(body, params)
     return body
+
+
+def output_tool(params: SamplingParams) -> str | None:
+    """The name of the forced tool whose input is a JSON reply, or None for a text reply."""
+    fmt = params.response_format
+    if fmt is None or fmt.kind is OutputFormat.TEXT:
+        return None
+    return fmt.name if fmt.kind is OutputFormat.JSON_SCHEMA else "json_output"
+
+
+def _blocks(message: ChatMessage) -> list[dict[str, Any]]:
+    if message.role is Role.TOOL:
+        return [{"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.content}]
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": message.content}] if message.content else []
+    blocks += [
+        {"type": "tool_use", "id": c.id, "name": c.name, "input": object_of(c.arguments)} for c in message.tool_calls
+    ]
+    return blocks
+
+
+_CHOICES = {ToolMode.AUTO: {"type": "auto"}, ToolMode.NONE: {"type": "none"}, ToolMode.REQUIRED: {"type": "any"}}
+
+
+def _tool_options(body: dict[str, Any], params: SamplingParams) -> None:
+    tools = [
+        {
+            "name": t.name,
+            **({"description": t.description} if t.description else {}),
+            "input_schema": schema_of(t.parameters),
+        }
+        for t in params.tools
+    ]
+    choice = params.tool_choice
+    if choice is not None and params.tools:
+        body["tool_choice"] = (
+            {"type": "tool", "name": choice.name} if choice.mode is ToolMode.NAMED else _CHOICES[choice.mode]
+        )
+    output = output_tool(params)
+    if output is not None:
+        fmt = params.response_format
+        assert fmt is not None
+        schema = schema_of(fmt.schema) if fmt.schema else {"type": "object"}
+        description = fmt.description or "Give your whole reply as this tool's input."
+        tools.append({"name": output, "description": description, "input_schema": schema})
+        mode = (choice.mode if choice is not None else ToolMode.AUTO) if params.tools else ToolMode.NONE
+        if mode in (ToolMode.AUTO, ToolMode.REQUIRED):
+            body["tool_choice"] = {"type": "any"}  # the client's tools, or the output tool
+        elif mode is ToolMode.NONE:
+            body["tool_choice"] = {"type": "tool", "name": output}
+    body["tools"] = tools
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def usage_from(start: Any, delta: Any) -> Usage:

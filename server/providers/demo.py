@@ -2,46 +2,139 @@
 
 It exists so that `make run`, grpcurl and the client work on a fresh machine, and it is deterministic:
 the reply to "hello brave world" is the deltas "hello", " brave", " world". Usage counts words.
+
+Tools and structured output, as deterministic:
+- with tools declared (and a tool choice other than none), the model calls every tool whose name is a
+  word of the last user message, in parallel (required: the first tool when none is named; named: that
+  tool). A call's arguments are the simplest JSON that fits the tool's schema (`demo_instance`: strings
+  are the user's message, numbers its word count, booleans true, arrays empty, enums their first value),
+  streamed word by word after an opening piece with the id (`call_<n>`, counting the conversation's earlier
+  calls) and the name; the reply ends with TOOL_CALLS;
+- a last message that is a tool result is echoed, like a user message;
+- a JSON Schema response format is answered with `demo_instance` of the schema, a JSON object format
+  with `{"text": <the message>}`.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncGenerator
+from typing import Any
 
 from server.providers.base import Provider
+from server.tool_checks import schema_of
 from server.types import (
     ChatRequest,
     Completion,
     Finish,
     FinishReason,
+    OutputFormat,
     Role,
     StreamEvent,
     TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    ToolMode,
     Usage,
 )
 
-__all__ = ["DemoProvider"]
+__all__ = ["DemoProvider", "demo_instance"]
 
 # A word and the whitespace before it, so that the deltas concatenate to the original text.
 _WORDS = re.compile(r"\s*\S+")
 EMPTY_REPLY = "(the demo model echoes your last user message; it was empty)"
+_MAX_DEPTH = 8
 
 
 class DemoProvider(Provider):
     async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+        calls = _tool_calls(request)
+        if calls:
+            for index, call in enumerate(calls):
+                pieces = _WORDS.findall(call.arguments)
+                yield ToolCallDelta(index, call.id, call.name)
+                for piece in pieces:
+                    yield ToolCallDelta(index, arguments=piece)
+            yield Finish(FinishReason.TOOL_CALLS, _usage(request, sum(len(_WORDS.findall(c.arguments)) for c in calls)))
+            return
         words, reason, usage = _reply(request)
         for word in words:
             yield TextDelta(word)
         yield Finish(reason, usage)
 
     async def complete(self, request: ChatRequest) -> Completion:
+        calls = _tool_calls(request)
+        if calls:
+            usage = _usage(request, sum(len(_WORDS.findall(c.arguments)) for c in calls))
+            return Completion("", FinishReason.TOOL_CALLS, usage, tool_calls=calls)
         words, reason, usage = _reply(request)
         return Completion("".join(words), reason, usage)
 
 
+def _last_text(request: ChatRequest) -> str:
+    """The last user message, or the tool result when the conversation ends with one."""
+    if request.messages and request.messages[-1].role is Role.TOOL:
+        return request.messages[-1].content
+    return next((m.content for m in reversed(request.messages) if m.role is Role.USER), "")
+
+
+def _tool_calls(request: ChatRequest) -> tuple[ToolCall, ...]:
+    params = request.params
+    choice = params.tool_choice
+    mode = choice.mode if choice is not None else ToolMode.AUTO
+    if not params.tools or mode is ToolMode.NONE or request.messages[-1].role is Role.TOOL:
+        return ()
+    text = _last_text(request)
+    if mode is ToolMode.NAMED:
+        assert choice is not None
+        chosen = [t for t in params.tools if t.name == choice.name]
+    else:
+        words = set(text.replace(",", " ").split())
+        chosen = [t for t in params.tools if t.name in words]
+        if not chosen and mode is ToolMode.REQUIRED:
+            chosen = [params.tools[0]]
+    earlier = sum(len(m.tool_calls) for m in request.messages)
+    return tuple(
+        ToolCall(f"call_{earlier + i + 1}", tool.name, _compact(demo_instance(schema_of(tool.parameters), text)))
+        for i, tool in enumerate(chosen)
+    )
+
+
+def demo_instance(schema: Any, text: str, depth: int = 0) -> Any:
+    """The simplest value that fits `schema`, made from `text` (see the module docstring)."""
+    if not isinstance(schema, dict) or depth > _MAX_DEPTH:
+        return text
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    if "const" in schema:
+        return schema["const"]
+    kind = schema.get("type", "object" if "properties" in schema else "string")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    match kind:
+        case "object":
+            properties = schema.get("properties") or {}
+            return {name: demo_instance(sub, text, depth + 1) for name, sub in properties.items()}
+        case "array":
+            return []
+        case "integer" | "number":
+            return len(text.split())
+        case "boolean":
+            return True
+        case "null":
+            return None
+        case _:
+            return text
+
+
 def _reply(request: ChatRequest) -> tuple[list[str], FinishReason, Usage]:
-    last_user = next((m.content for m in reversed(request.messages) if m.role is Role.USER), "")
+    last_user = _last_text(request)
+    fmt = request.params.response_format
+    if fmt is not None and fmt.kind is OutputFormat.JSON_SCHEMA:
+        last_user = _compact(demo_instance(schema_of(fmt.schema), last_user))
+    elif fmt is not None and fmt.kind is OutputFormat.JSON_OBJECT:
+        last_user = _compact({"text": last_user})
     words = _WORDS.findall(last_user) or [EMPTY_REPLY]
     reason = FinishReason.STOP
     limit = request.params.max_tokens
@@ -51,5 +144,13 @@ def _reply(request: ChatRequest) -> tuple[list[str], FinishReason, Usage]:
         text = "".join(words)
         if stop in text:
             words, reason = _WORDS.findall(text[: text.index(stop)]), FinishReason.STOP
+    return words, reason, _usage(request, len(words))
+
+
+def _usage(request: ChatRequest, completion_tokens: int) -> Usage:
     prompt_tokens = sum(len(m.content.split()) for m in request.messages)
-    return words, reason, Usage(prompt_tokens, len(words), prompt_tokens + len(words))
+    return Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

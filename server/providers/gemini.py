@@ -9,6 +9,21 @@ Request mapping: user messages are `contents` of role `user`, assistant messages
 messages are lifted into `systemInstruction`, a part each; `generationConfig` holds only what the client
 set (`temperature`, `topP`, `maxOutputTokens`, `stopSequences`). Message `name`s are dropped.
 
+Tools: `tools: [{"functionDeclarations": [{name, description, parameters}]}]`, the choice in
+`toolConfig.functionCallingConfig` (`mode` AUTO, NONE, or ANY; a named tool is ANY with
+`allowedFunctionNames: [name]`). An assistant message's tool calls are `functionCall` parts (`args`: the
+parsed arguments) after its text; a tool message is a user content with a `functionResponse` part whose
+`name` is the called tool's (found by the call id in the earlier assistant messages, else the message's
+`name`) and whose `response` is the result when it is a JSON object, else `{"result": <the text>}`.
+Gemini sends each `functionCall` part whole, `args` an object and no id: each becomes one ToolCallDelta
+with the compact JSON of its arguments and an id the gateway makes (`call_` and 24 hex digits) unless the
+part has one; a reply with calls that stops with STOP ends with TOOL_CALLS.
+
+Structured output: `generationConfig.responseMimeType: application/json`, and for a schema
+`responseSchema`. Gemini takes an OpenAPI subset of JSON Schema there and in `parameters`: types are
+written upper case, `["x", "null"]` becomes `nullable`, and keywords outside the subset
+(`additionalProperties`, `$schema`, `$defs`, …) are left out, so Gemini's output is guided by the rest.
+
 Streaming: every SSE `data:` event is a whole GenerateContentResponse. The text is in
 `candidates[0].content.parts[].text` (parts marked `"thought": true` are thought summaries, not reply
 text, and are skipped); `candidates[0].finishReason` says why it stopped; `usageMetadata` may come with
@@ -33,7 +48,9 @@ Retry-After header says when.
 
 from __future__ import annotations
 
+import json
 import re
+import secrets
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import replace
 from typing import Any
@@ -46,7 +63,22 @@ from server.providers.http import ErrorHint, EventDecoder, HTTPProvider, loads_o
 from server.providers.transport import Transport
 from server.providers.upstream_errors import error_for_error_type, safe_identifier
 from server.sse import ServerSentEvent
-from server.types import ChatRequest, Completion, Finish, FinishReason, Role, StreamEvent, Usage
+from server.tool_checks import object_of, schema_of
+from server.types import (
+    ChatMessage,
+    ChatRequest,
+    Completion,
+    Finish,
+    FinishReason,
+    OutputFormat,
+    Role,
+    SamplingParams,
+    StreamEvent,
+    ToolCall,
+    ToolCallDelta,
+    ToolMode,
+    Usage,
+)
 
 __all__ = ["GeminiProvider"]
 
@@ -60,7 +92,16 @@ _FINISH_REASONS = {
     "SPII": FinishReason.CONTENT_FILTER,
     "IMAGE_SAFETY": FinishReason.CONTENT_FILTER,
 }
-_ROLES = {Role.USER: "user", Role.ASSISTANT: "model"}
+_ROLES = {Role.USER: "user", Role.ASSISTANT: "model", Role.TOOL: "user"}
+_MODES = {ToolMode.AUTO: "AUTO", ToolMode.NONE: "NONE", ToolMode.REQUIRED: "ANY", ToolMode.NAMED: "ANY"}
+# The keywords of Gemini's Schema object (an OpenAPI subset); the others are left out.
+_SCHEMA_KEYS = frozenset(
+    {
+        *("type", "format", "title", "description", "nullable", "enum", "maxItems", "minItems", "properties"),
+        *("required", "minProperties", "maxProperties", "minLength", "maxLength", "pattern", "example"),
+        *("anyOf", "propertyOrdering", "default", "items", "minimum", "maximum"),
+    }
+)
 _ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 _RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 # google.protobuf.Duration in JSON: seconds with up to nine fractional digits and an "s".
@@ -87,7 +128,10 @@ class GeminiProvider(HTTPProvider):
         events = _GeminiEvents(self.name)  # a whole answer has the shape of one stream event
         text = events.read(payload) or ""
         finish = events.finish()
-        return Completion(text, finish.reason, finish.usage, upstream_request_id=finish.upstream_request_id)
+        calls = tuple(ToolCall(d.id, d.name, d.arguments) for d in events.tool_calls)
+        return Completion(
+            text, finish.reason, finish.usage, upstream_request_id=finish.upstream_request_id, tool_calls=calls
+        )
 
     def _error_hint(self, error: Mapping[str, Any]) -> ErrorHint:
         # ErrorInfo's reason (API_KEY_INVALID) says more than the canonical status (INVALID_ARGUMENT).
@@ -96,7 +140,7 @@ class GeminiProvider(HTTPProvider):
 
 
 class _GeminiEvents(EventDecoder):
-    __slots__ = ("_response_id", "_usage_metadata")
+    __slots__ = ("_calls", "_response_id", "_usage_metadata")
 
     def __init__(self, provider: str) -> None:
         super().__init__(provider)
@@ -104,9 +148,12 @@ class _GeminiEvents(EventDecoder):
         # Gemini sends no request id header; its answer's `responseId` (read with the finish reason) is
         # the id to quote to Google.
         self._response_id: Any = None
+        self._calls = 0
 
     def finish(self) -> Finish:
         self.usage = usage_from(self._usage_metadata) if self._usage_metadata else None
+        if self._calls and self.reason is FinishReason.STOP:
+            self.reason = FinishReason.TOOL_CALLS
         finish = super().finish()
         if isinstance(self._response_id, str):
             return replace(finish, upstream_request_id=upstream_request_id(self._response_id))
@@ -135,23 +182,34 @@ class _GeminiEvents(EventDecoder):
             piece = part.get("text")
             if piece and not part.get("thought"):
                 text = piece if text is None else text + piece
+            elif "functionCall" in part:
+                self._function_call(part["functionCall"])
         return text
+
+    def _function_call(self, call: dict[str, Any]) -> None:
+        call_id = str(call.get("id") or "") or "call_" + secrets.token_hex(12)
+        arguments = json.dumps(call.get("args") or {}, separators=(",", ":"), ensure_ascii=False)
+        self.tool_calls.append(ToolCallDelta(self._calls, call_id, str(call["name"]), arguments))
+        self._calls += 1
 
 
 def request_body(request: ChatRequest) -> dict[str, Any]:
     """The generateContent body for `request` (the model is in the URL)."""
     system: list[dict[str, str]] = []
     contents: list[dict[str, Any]] = []
+    names: dict[str, str] = {}  # tool call id -> the tool's name, for functionResponse
     for message in request.messages:
-        part = {"text": message.content}
         if message.role is Role.SYSTEM:
-            system.append(part)
+            system.append({"text": message.content})
             continue
+        parts = (
+            _parts(message, names) if message.tool_calls or message.role is Role.TOOL else [{"text": message.content}]
+        )
         role = _ROLES[message.role]
         if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"].append(part)
+            contents[-1]["parts"].extend(parts)
         else:
-            contents.append({"role": role, "parts": [part]})
+            contents.append({"role": role, "parts": parts})
     body: dict[str, Any] = {"contents": contents}
     if system:
         body["systemInstruction"] = {"parts": system}
@@ -165,9 +223,75 @@ def request_body(request: ChatRequest) -> dict[str, Any]:
         config["maxOutputTokens"] = params.max_tokens
     if params.stop:
         config["stopSequences"] = list(params.stop)
+    fmt = params.response_format
+    if fmt is not None and fmt.kind is not OutputFormat.TEXT:
+        config["responseMimeType"] = "application/json"
+        if fmt.kind is OutputFormat.JSON_SCHEMA:
+            config["responseSchema"] = gemini_schema(schema_of(fmt.schema))
     if config:
         body["generationConfig"] = config
+    if params.tools:
+        _tool_options(body, params)
     return body
+
+
+def _parts(message: ChatMessage, names: dict[str, str]) -> list[dict[str, Any]]:
+    if message.role is Role.TOOL:
+        name = names.get(message.tool_call_id) or message.name
+        try:
+            result = json.loads(message.content)
+        except ValueError:
+            result = None
+        response = result if isinstance(result, dict) else {"result": message.content}
+        return [{"functionResponse": {"name": name, "response": response}}]
+    parts: list[dict[str, Any]] = [{"text": message.content}] if message.content else []
+    for call in message.tool_calls:
+        names[call.id] = call.name
+        parts.append({"functionCall": {"name": call.name, "args": object_of(call.arguments)}})
+    return parts
+
+
+def _tool_options(body: dict[str, Any], params: SamplingParams) -> None:
+    declarations = []
+    for tool in params.tools:
+        declaration: dict[str, Any] = {"name": tool.name}
+        if tool.description:
+            declaration["description"] = tool.description
+        if tool.parameters:
+            declaration["parameters"] = gemini_schema(schema_of(tool.parameters))
+        declarations.append(declaration)
+    body["tools"] = [{"functionDeclarations": declarations}]
+    choice = params.tool_choice
+    if choice is not None:
+        calling: dict[str, Any] = {"mode": _MODES[choice.mode]}
+        if choice.mode is ToolMode.NAMED:
+            calling["allowedFunctionNames"] = [choice.name]
+        body["toolConfig"] = {"functionCallingConfig": calling}
+
+
+def gemini_schema(schema: Any) -> Any:
+    """A JSON Schema in Gemini's OpenAPI subset (see the module docstring); a new object each time."""
+    if isinstance(schema, list):
+        return [gemini_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key not in _SCHEMA_KEYS:
+            continue
+        if key == "type":
+            types = [t for t in (value if isinstance(value, list) else [value]) if t != "null"]
+            if isinstance(value, list) and "null" in value:
+                out["nullable"] = True
+            if types:
+                out["type"] = str(types[0]).upper()
+        elif key == "properties" and isinstance(value, dict):
+            out[key] = {name: gemini_schema(sub) for name, sub in value.items()}
+        elif key in ("items", "anyOf"):
+            out[key] = gemini_schema(value)
+        else:
+            out[key] = value
+    return out
 
 
 def usage_from(raw: Any) -> Usage:

@@ -4,6 +4,17 @@ Streaming follows OpenAI's wire format: `data: {chat.completion.chunk}` events, 
 `finish_reason`, a usage chunk with `"choices": []` (asked for with `stream_options.include_usage`), then
 `data: [DONE]`. An `{"error": …}` event inside the 200 stream is an in-band error. A body that ends
 without [DONE] is whole after a finish_reason (some compatible servers omit [DONE]), cut before one.
+
+Tools: `tools` as `{"type":"function","function":{name, description, parameters}}`, `tool_choice` as
+"auto", "none", "required" or `{"type":"function","function":{"name":…}}`; assistant messages carry
+`tool_calls` (`content` null when they have no text), tool results are `role: tool` messages with their
+`tool_call_id`. Streamed tool calls are `delta.tool_calls` pieces keyed by `index`, the first with `id`
+and `function.name`, the rest with `function.arguments` fragments; they become ToolCallDeltas, with the
+id and name on the first piece of each call only. A piece that brings a new id under an index already
+used (some compatible servers number every parallel call 0) starts a call of its own.
+
+Structured output: `response_format` `{"type":"json_object"}` or `{"type":"json_schema","json_schema":
+{name, schema, strict, description}}`; the reply's text is the JSON.
 """
 
 from __future__ import annotations
@@ -17,7 +28,21 @@ from server.providers.http import EventDecoder, HTTPProvider, loads_object
 from server.providers.transport import Transport
 from server.providers.upstream_errors import error_for_error_type, safe_identifier
 from server.sse import ServerSentEvent
-from server.types import ChatRequest, Completion, FinishReason, StreamEvent, Usage
+from server.tool_checks import schema_of
+from server.types import (
+    ChatMessage,
+    ChatRequest,
+    Completion,
+    FinishReason,
+    OutputFormat,
+    Role,
+    SamplingParams,
+    StreamEvent,
+    ToolCall,
+    ToolCallDelta,
+    ToolMode,
+    Usage,
+)
 
 __all__ = ["OpenAIProvider"]
 
@@ -54,14 +79,38 @@ class OpenAIProvider(HTTPProvider):
         if "error" in payload:
             raise _in_band_error(self.name, payload["error"])
         choice = payload["choices"][0]
-        text = choice["message"].get("content") or ""
+        message = choice["message"]
+        text = message.get("content") or ""
         reason = _FINISH_REASONS.get(choice.get("finish_reason") or "", FinishReason.UNSPECIFIED)
         usage = _usage(payload["usage"]) if payload.get("usage") else None
-        return Completion(text, reason, usage)
+        calls = tuple(
+            ToolCall(str(c["id"]), str(c["function"]["name"]), str(c["function"].get("arguments") or ""))
+            for c in message.get("tool_calls") or ()
+        )
+        return Completion(text, reason, usage, tool_calls=calls)
 
 
 class _OpenAIEvents(EventDecoder):
-    __slots__ = ()
+    __slots__ = ("_calls", "_count")
+
+    def __init__(self, provider: str) -> None:
+        super().__init__(provider)
+        self._calls: dict[int, tuple[int, str]] = {}  # the upstream's index -> (our index, the call's id)
+        self._count = 0  # calls so far
+
+    def _tool_pieces(self, pieces: Any) -> None:
+        for piece in pieces:
+            raw = int(piece.get("index") or 0)
+            function = piece.get("function") or {}
+            call_id = piece.get("id") or ""
+            known = self._calls.get(raw)
+            if known is None or (call_id and call_id != known[1]):
+                known = self._calls[raw] = (self._count, call_id)
+                self._count += 1
+                name = str(function.get("name") or "")
+                self.tool_calls.append(ToolCallDelta(known[0], call_id, name, str(function.get("arguments") or "")))
+            elif function.get("arguments"):
+                self.tool_calls.append(ToolCallDelta(known[0], arguments=str(function["arguments"])))
 
     def feed(self, event: ServerSentEvent) -> str | None:
         data = event.data
@@ -74,9 +123,12 @@ class _OpenAIEvents(EventDecoder):
         # Deltas are the hot path: one dict walk per token, no intermediate objects.
         text = None
         for choice in chunk.get("choices") or ():
-            content = (choice.get("delta") or {}).get("content")
+            delta = choice.get("delta") or {}
+            content = delta.get("content")
             if content:
                 text = content if text is None else text + content
+            elif delta.get("tool_calls"):  # never looked at while text flows
+                self._tool_pieces(delta["tool_calls"])
             if choice.get("finish_reason"):
                 self.reason = _FINISH_REASONS.get(choice["finish_reason"], FinishReason.UNSPECIFIED)
         if chunk.get("usage"):
@@ -85,14 +137,18 @@ class _OpenAIEvents(EventDecoder):
 
 
 def _body(request: ChatRequest) -> dict[str, Any]:
-    messages: list[dict[str, str]] = []
+    messages: list[dict[str, Any]] = []
     for message in request.messages:
-        entry = {"role": message.role.value, "content": message.content}
+        entry: dict[str, Any] = {"role": message.role.value, "content": message.content}
         if message.name:
             entry["name"] = message.name
+        if message.tool_calls or message.role is Role.TOOL:
+            _tool_fields(entry, message)
         messages.append(entry)
     body: dict[str, Any] = {"model": request.model, "messages": messages}
     params = request.params
+    if params.tools or params.tool_choice or params.response_format:
+        _tool_options(body, params)
     if params.temperature is not None:
         body["temperature"] = params.temperature
     if params.top_p is not None:
@@ -102,6 +158,49 @@ def _body(request: ChatRequest) -> dict[str, Any]:
     if params.stop:
         body["stop"] = list(params.stop)
     return body
+
+
+def _tool_fields(entry: dict[str, Any], message: ChatMessage) -> None:
+    if message.role is Role.TOOL:
+        entry["tool_call_id"] = message.tool_call_id
+        return
+    if not message.content:
+        entry["content"] = None
+    entry["tool_calls"] = [
+        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments or "{}"}}
+        for c in message.tool_calls
+    ]
+
+
+def _tool_options(body: dict[str, Any], params: SamplingParams) -> None:
+    if params.tools:
+        body["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t.name,
+                    **({"description": t.description} if t.description else {}),
+                    "parameters": schema_of(t.parameters),
+                },
+            }
+            for t in params.tools
+        ]
+    choice = params.tool_choice
+    if choice is not None and params.tools:
+        if choice.mode is ToolMode.NAMED:
+            body["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
+        else:
+            body["tool_choice"] = choice.mode.name.lower()
+    fmt = params.response_format
+    if fmt is None or fmt.kind is OutputFormat.TEXT:
+        return
+    if fmt.kind is OutputFormat.JSON_OBJECT:
+        body["response_format"] = {"type": "json_object"}
+        return
+    json_schema: dict[str, Any] = {"name": fmt.name, "schema": schema_of(fmt.schema), "strict": fmt.strict}
+    if fmt.description:
+        json_schema["description"] = fmt.description
+    body["response_format"] = {"type": "json_schema", "json_schema": json_schema}
 
 
 def _in_band_error(provider: str, error: object) -> UpstreamError:

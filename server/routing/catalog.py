@@ -17,6 +17,8 @@ from server.types import Usage
 __all__ = [
     "BUILTIN_ALIASES",
     "BUILTIN_MODELS",
+    "CAPABILITIES",
+    "DEFAULT_CAPABILITIES",
     "PROVIDER_PRESETS",
     "Catalog",
     "Deployment",
@@ -41,14 +43,24 @@ class Price:
         ) / 1_000_000
 
 
+# What a model can do, as ListModels and CAPABILITY_UNSUPPORTED name it. Only these are served today;
+# "vision", "reasoning", "prompt_caching" and "embeddings" join when the gateway maps them.
+CAPABILITIES = ("json_object", "json_schema", "tools")
+# Every provider kind maps tools and both JSON formats (Anthropic through a forced tool), so a model has
+# them unless its config or the built-in table says otherwise.
+DEFAULT_CAPABILITIES = frozenset(CAPABILITIES)
+
+
 @dataclass(frozen=True, slots=True)
 class Deployment:
-    """One place a model is served. `name` is what responses report ("openai/gpt-4.1" by default)."""
+    """One place a model is served. `name` is what responses report ("openai/gpt-4.1" by default).
+    `capabilities` None means the model's."""
 
     provider: str
     upstream_model: str
     weight: float = 1.0
     name: str = ""
+    capabilities: frozenset[str] | None = None
 
     @property
     def label(self) -> str:
@@ -73,6 +85,28 @@ class ModelConfig:
     fallbacks_by_class: tuple[tuple[str, tuple[str, ...]], ...] = ()
     # "continue": a stream that fails after its first token is resumed instead of ended (see resilience/resume.py).
     resume: str = "none"
+    capabilities: frozenset[str] = DEFAULT_CAPABILITIES
+
+    def serves(self, deployment: Deployment, needs: frozenset[str]) -> bool:
+        """Whether `deployment` (one of this model's) has every capability in `needs`."""
+        caps = self.capabilities if deployment.capabilities is None else deployment.capabilities
+        return needs <= caps
+
+    def lacks(self, needs: frozenset[str]) -> str | None:
+        """The first capability of `needs` that no deployment of this model has, or None."""
+        for capability in sorted(needs):
+            if not any(self.serves(d, frozenset((capability,))) for d in self.all_deployments):
+                return capability
+        if needs and not any(self.serves(d, needs) for d in self.all_deployments):
+            return sorted(needs)[0]  # each is served somewhere, but no deployment has them all
+        return None
+
+    def all_capabilities(self) -> frozenset[str]:
+        """What at least one deployment can do."""
+        caps: set[str] = set()
+        for d in self.all_deployments:
+            caps |= self.capabilities if d.capabilities is None else d.capabilities
+        return frozenset(caps)
 
     @property
     def all_deployments(self) -> tuple[Deployment, ...]:
@@ -112,7 +146,8 @@ PROVIDER_PRESETS: dict[str, ProviderPreset] = {
 }
 
 # Models of the presets: (provider, upstream model, catalog aliases, price or None, max output tokens).
-# Prices are USD per million tokens (input, output).
+# Prices are USD per million tokens (input, output). Capabilities are DEFAULT_CAPABILITIES unless
+# _BUILTIN_CAPABILITIES says less.
 _MODEL_TABLE: tuple[tuple[str, str, tuple[str, ...], tuple[float, float] | None, int], ...] = (
     ("openai", "gpt-4.1", ("gpt-4.1",), (8.0, 32.0), 32_768),
     ("openai", "gpt-4.1-mini", ("gpt-4.1-mini",), (0.40, 1.60), 32_768),
@@ -130,6 +165,13 @@ _MODEL_TABLE: tuple[tuple[str, str, tuple[str, ...], tuple[float, float] | None,
     ("holysheep", "deepseek-v3.2", (), (0.42, 1.90), 8_192),
 )
 
+# DeepSeek's chat models take tools and JSON mode but no JSON Schema; its reasoner no tools.
+_BUILTIN_CAPABILITIES: dict[str, frozenset[str]] = {
+    "deepseek-chat": frozenset({"tools", "json_object"}),
+    "deepseek-v3.2": frozenset({"tools", "json_object"}),
+    "deepseek-reasoner": frozenset({"json_object"}),
+}
+
 # Catalog models of every preset, named "provider/upstream_model".
 BUILTIN_MODELS: dict[str, ModelConfig] = {
     f"{provider}/{upstream}": ModelConfig(
@@ -138,6 +180,7 @@ BUILTIN_MODELS: dict[str, ModelConfig] = {
         upstream_model=upstream,
         max_tokens=min(max_out, defaults.MAX_TOKENS_LIMIT),
         price=Price(*price) if price else None,
+        capabilities=_BUILTIN_CAPABILITIES.get(upstream, DEFAULT_CAPABILITIES),
     )
     for provider, upstream, _aliases, price, max_out in _MODEL_TABLE
 }

@@ -4,10 +4,15 @@ Each call picks one deployment of the model by weight, and the final event says 
 it cost. What a name means is the catalog's business (server/routing/catalog.py).
 
 A call is a series of attempts (server/routing/plan.py decides which deployment or fallback comes next).
-Streams hold their first event: a failure before it, even inside an HTTP 200 stream, is retried or
-fallen back invisibly. After it, the loop only forwards and counts; a failure there ends the stream with
-the error, its metadata naming the partial usage (`partial_completion_tokens`) and who served, unless
-the model says `resume: continue`. Every stream ends with exactly one Finish or one raised error.
+Streams hold their first event (a text delta or the first piece of a tool call): a failure before it,
+even inside an HTTP 200 stream, is retried or fallen back invisibly, so a client never sees pieces of two
+attempts. After it, the loop only forwards and counts; a failure there ends the stream with the error,
+its metadata naming the partial usage (`partial_completion_tokens`) and who served, unless the model
+says `resume: continue` and no tool call has started (a half tool call cannot be continued exactly).
+Every stream ends with exactly one Finish or one raised error.
+
+A call that needs a capability (tools, a JSON format) that no deployment of its model has fails with
+CapabilityUnsupported before any upstream call; the plan skips deployments and fallbacks that lack it.
 """
 
 from __future__ import annotations
@@ -20,14 +25,14 @@ from dataclasses import replace
 
 from server import defaults
 from server.config import GatewayConfig
-from server.errors import GatewayError, UpstreamBadResponse, UpstreamError, UpstreamUnavailable
+from server.errors import CapabilityUnsupported, GatewayError, UpstreamBadResponse, UpstreamError, UpstreamUnavailable
 from server.observe.trace import AttemptTrace, CallTrace
 from server.providers import Provider, build_provider
 from server.resilience.idle import IdleWatch
 from server.resilience.resume import add_streamed, continuation
 from server.routing.catalog import Catalog, ModelConfig, cost_of
 from server.routing.plan import Attempt, CallPlan, Resilience
-from server.types import ChatRequest, Completion, Finish, StreamEvent, TextDelta, Usage
+from server.types import ChatRequest, Completion, Finish, StreamEvent, TextDelta, ToolCallDelta, Usage
 
 __all__ = ["Router"]
 
@@ -61,8 +66,19 @@ class Router:
         return cls(catalog, providers, resilience=Resilience.from_config(config), kinds=kinds)
 
     def plan(self, model: ModelConfig, request: ChatRequest) -> CallPlan:
+        needs = request.capabilities_needed()
+        if needs:
+            lacking = model.lacks(needs)
+            if lacking is not None:
+                raise CapabilityUnsupported(model.name, lacking)
         return CallPlan(
-            self.resilience, self.catalog, model, request.timeout_s, providers=self._providers, rng=self._rng
+            self.resilience,
+            self.catalog,
+            model,
+            request.timeout_s,
+            providers=self._providers,
+            rng=self._rng,
+            needs=needs,
         )
 
     def stream(
@@ -99,7 +115,7 @@ class Router:
                             plan.failed(attempt, error)
                             continue
                         attempt.succeeded()
-                        if not isinstance(first, TextDelta):
+                        if isinstance(first, Finish):
                             traced.answered(first)
                             yield _finished(first, attempt, streamed, resumes, carried_cost)
                             return
@@ -108,7 +124,9 @@ class Router:
                         failure: UpstreamError
                         try:
                             watch.count = 1
-                            if parts is not None:
+                            if isinstance(first, ToolCallDelta):
+                                parts = None  # a tool call has started: no exact continuation
+                            elif parts is not None:
                                 parts.append(first.text)
                             yield first
                             async for event in events:
@@ -116,6 +134,10 @@ class Router:
                                     watch.count += 1
                                     if parts is not None:
                                         parts.append(event.text)
+                                    yield event
+                                elif isinstance(event, ToolCallDelta):
+                                    watch.count += 1
+                                    parts = None
                                     yield event
                                 else:
                                     watch.stop()

@@ -9,7 +9,9 @@ The order of candidates:
        last error (`rate_limited`, `unavailable`), else the default chain. Fallbacks of fallbacks are not
        followed, and a model appears once.
 
-A candidate is skipped (no attempt, nothing counted) while it is out of this call (its Retry-After was
+A candidate is skipped (no attempt, nothing counted) when it lacks a capability the call needs (tools, a
+JSON format: a fallback model with no deployment that has them is not tried at all), while it is out of
+this call (its Retry-After was
 over `retry.retry_after_cap_s`, or it failed mid-stream), when its wait would end too close to the
 deadline, when its provider is at its concurrency limit, when its circuit breaker is open, or when the
 attempt would be a retry and its provider's retry budget is empty. Waits apply only to trying the same
@@ -199,8 +201,10 @@ class CallPlan:
         *,
         providers: Mapping[str, Provider],
         rng: Callable[[], float] = random.random,
+        needs: frozenset[str] = frozenset(),
     ) -> None:
         self._shared = shared
+        self._needs = needs
         self._providers = providers
         self._catalog = catalog
         self._rng = rng  # picks deployments by weight (the shared one jitters backoff)
@@ -299,6 +303,8 @@ class CallPlan:
             seen = {self._chain[0].name}
             for name in self._chain[0].fallbacks_for(self._last_class.value):
                 model = self._catalog.resolve(name)
+                if model is not None and self._needs and model.lacks(self._needs) is not None:
+                    continue  # it could not serve this call
                 if model is not None and model.name not in seen:
                     seen.add(model.name)
                     self._chain.append(model)
@@ -316,6 +322,9 @@ class CallPlan:
 
     async def _admit(self, model: ModelConfig, deployment: Deployment) -> Attempt | None:
         shared, key, provider = self._shared, _key(deployment), deployment.provider
+        if self._needs and not model.serves(deployment, self._needs):
+            self._skip("capability")
+            return None
         if key in self._excluded:
             self._skip(self._excluded[key])
             return None

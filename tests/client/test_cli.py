@@ -176,6 +176,9 @@ async def test_models_prints_an_aligned_table(catalog_target: str, capsys: pytes
     ]
 
 
+ALL = ["json_object", "json_schema", "tools"]
+
+
 async def test_models_json_is_the_typed_catalog(catalog_target: str, capsys: pytest.CaptureFixture[str]) -> None:
     code = await run("models", "--json", "--target", catalog_target, "--plaintext")
     models = json.loads(capsys.readouterr().out)
@@ -189,10 +192,17 @@ async def test_models_json_is_the_typed_catalog(catalog_target: str, capsys: pyt
         "output_price_per_million": 1.6,
         "max_output_tokens": 32000,
         "deployments": [
-            {"name": "main", "provider": "fake-openai", "upstream_model": "gpt-test", "weight": 3.0},
-            {"name": "spare", "provider": "demo", "upstream_model": "demo", "weight": 1.0},
+            {
+                "name": "main",
+                "provider": "fake-openai",
+                "upstream_model": "gpt-test",
+                "weight": 3.0,
+                "capabilities": ALL,
+            },
+            {"name": "spare", "provider": "demo", "upstream_model": "demo", "weight": 1.0, "capabilities": ALL},
         ],
         "fallbacks": ["demo"],
+        "capabilities": ALL,
     }
 
 

@@ -271,8 +271,9 @@ DEMO_MODEL = ModelInfo(
     input_price_per_million=None,
     output_price_per_million=None,
     max_output_tokens=32000,
-    deployments=(ModelDeployment("demo/demo", "demo", "demo", 1.0),),
+    deployments=(ModelDeployment("demo/demo", "demo", "demo", 1.0, ("json_object", "json_schema", "tools")),),
     fallbacks=(),
+    capabilities=("json_object", "json_schema", "tools"),
 )
 
 

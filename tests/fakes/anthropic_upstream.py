@@ -27,6 +27,15 @@ behaviour grammar shared by every fake). It speaks the wire format of Anthropic'
 * ``fault-malformed`` sends ``message_start`` and friends, a truncated ``content_block_delta``, then
   ``message_stop``; ``fault-cut-mid`` ends the body after two deltas (no ``message_stop``).
 * ``refusal`` (this fake and the Gemini one): no content, ``stop_reason: "refusal"``.
+* Tools (``http_server.py`` says which the echo calls): ``tools`` need ``name`` and ``input_schema``
+  ("tools.<i>.input_schema: Field required"); ``tool_choice`` ``{"type":"auto"|"any"|"none"}`` or
+  ``{"type":"tool","name":…}``. A call streams as ``content_block_start`` with a ``tool_use`` block
+  (``id`` ``toolu_…``, ``name``, ``"input":{}``), a ``content_block_delta`` with an empty
+  ``input_json_delta`` then one per piece of its arguments (``partial_json``), ``content_block_stop``;
+  several calls follow one another (block indexes 0, 1, …), the ``ping`` after the first block start; the
+  stop reason is ``tool_use``. A whole answer holds ``tool_use`` blocks with the parsed ``input``. A
+  last user message made of ``tool_result`` blocks is answered with their text; ``tool_result`` contents
+  count as prompt words.
 * ``no-usage`` leaves ``usage`` out of ``message_start`` and ``message_delta`` (the real API always sends
   it; the gateway must still say "unreported" rather than invent zeros).
 
@@ -49,8 +58,10 @@ from tests.fakes.http_server import (
     Reply,
     Request,
     Wire,
+    jstr,
     parse_behaviour,
     plan_reply,
+    plan_tool_calls,
     run_cli,
     text_of,
 )
@@ -213,16 +224,42 @@ class FakeAnthropicUpstream(FakeHTTPServer):
         prompts = [text_of(body.get("system"))]
         last_user = ""
         for message in body["messages"]:
-            text = text_of(message.get("content"))
+            text = _text(message.get("content"))
             prompts.append(text)
             if message.get("role") == "user":
                 last_user = text
+        calls = plan_tool_calls(_tool_names(body), _tool_choice(body), last_user) if beh.kind == "echo" else ()
         reply = plan_reply(beh, prompts, last_user, body["max_tokens"])
+        if calls:
+            reply = Reply([], reply.prompt_tokens, False, [], calls)
         if beh.split:
             out = Out(conn, True)
         if body.get("stream") is True:
             return await self.stream_reply(out, _AnthropicWire(beh, reply, model), keep)
         return await self.complete_reply(out, _AnthropicWire(beh, reply, model), keep)
+
+
+def _text(content: Any) -> str:
+    """The text of a message's content: its text blocks, and the content of its tool_result blocks."""
+    if not isinstance(content, list):
+        return text_of(content)
+    texts = []
+    for block in content:
+        if isinstance(block, dict) and block.get("type") == "tool_result":
+            texts.append(text_of(block.get("content")))
+        elif isinstance(block, dict) and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+    return "\n".join(texts)
+
+
+def _tool_names(body: dict[str, Any]) -> list[str]:
+    return [str(tool["name"]) for tool in body.get("tools") or ()]
+
+
+def _tool_choice(body: dict[str, Any]) -> str:
+    choice = body.get("tool_choice") or {"type": "auto"}
+    kind = choice.get("type")
+    return {"any": "required", "tool": str(choice.get("name"))}.get(str(kind), str(kind))
 
 
 def _check_body(raw: bytes) -> tuple[str, Any]:
@@ -252,6 +289,11 @@ def _check_body(raw: bytes) -> tuple[str, Any]:
             ), None
         if role not in ("user", "assistant"):
             return f"messages.{i}.role: Input should be 'user' or 'assistant'", None
+    tools = body.get("tools")
+    for i, tool in enumerate(tools if isinstance(tools, list) else ()):
+        for name in ("name", "input_schema"):
+            if not isinstance(tool, dict) or name not in tool:
+                return f"tools.{i}.{name}: Field required", None
     return "", body
 
 
@@ -264,8 +306,11 @@ class _AnthropicWire(Wire):
         super().__init__(beh, reply, model)
         if beh.kind == "refusal":
             self.stop_reason = "refusal"
+        elif reply.calls:
+            self.stop_reason = "tool_use"
         else:
             self.stop_reason = "max_tokens" if reply.truncated else "end_turn"
+        self.call_ids = [_id("toolu_") for _ in reply.calls]
 
     def opening(self) -> list[bytes]:
         message: dict[str, Any] = {
@@ -281,7 +326,7 @@ class _AnthropicWire(Wire):
             message["usage"] = self._usage(1)
         start = {"type": "message_start", "message": message}
         events = [_event(b"message_start", json.dumps(start, separators=(",", ":")).encode())]
-        if self.beh.kind != "refusal":
+        if self.beh.kind != "refusal" and not self.reply.calls:
             block = b'{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}'
             events += [_event(b"content_block_start", block), _PING]
         return events
@@ -292,9 +337,28 @@ class _AnthropicWire(Wire):
             b'"delta":{"type":"text_delta","text":%b}}\n\n' % piece_json
         )
 
+    def tool_events(self) -> list[bytes]:
+        events = []
+        for i, (call, call_id) in enumerate(zip(self.reply.calls, self.call_ids, strict=True)):
+            block = {"type": "tool_use", "id": call_id, "name": call.name, "input": {}}
+            start = {"type": "content_block_start", "index": i, "content_block": block}
+            events.append(_event(b"content_block_start", json.dumps(start, separators=(",", ":")).encode()))
+            if i == 0:
+                events.append(_PING)
+            for piece in ["", *call.pieces]:
+                events.append(
+                    _event(
+                        b"content_block_delta",
+                        b'{"type":"content_block_delta","index":%d,"delta":{"type":"input_json_delta","partial_json":%b}}'
+                        % (i, jstr(piece)),
+                    )
+                )
+            events.append(_event(b"content_block_stop", b'{"type":"content_block_stop","index":%d}' % i))
+        return events
+
     def closing(self) -> list[bytes]:
         events = []
-        if self.beh.kind != "refusal":
+        if self.beh.kind != "refusal" and not self.reply.calls:
             events.append(_event(b"content_block_stop", b'{"type":"content_block_stop","index":0}'))
         delta = b'{"type":"message_delta","delta":{"stop_reason":"%b","stop_sequence":null}' % self.stop_reason.encode()
         if self.beh.usage:
@@ -319,7 +383,7 @@ class _AnthropicWire(Wire):
             "type": "message",
             "role": "assistant",
             "model": self.model,
-            "content": [{"type": "text", "text": "".join(texts)}] if texts else [],
+            "content": [{"type": "text", "text": "".join(texts)}] if texts else self._tool_uses(),
             "stop_reason": self.stop_reason,
             "stop_sequence": None,
         }
@@ -330,6 +394,12 @@ class _AnthropicWire(Wire):
     def whole_in_band_error(self) -> tuple[int, bytes, tuple[tuple[str, str], ...]]:
         status, type_, message = _INBAND_ERRORS[self.beh.inband]
         return status, _error_body(type_, message), ()
+
+    def _tool_uses(self) -> list[dict[str, Any]]:
+        return [
+            {"type": "tool_use", "id": call_id, "name": call.name, "input": json.loads(call.arguments)}
+            for call, call_id in zip(self.reply.calls, self.call_ids, strict=True)
+        ]
 
     def _usage(self, output_tokens: int) -> dict[str, Any]:
         return {

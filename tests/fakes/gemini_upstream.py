@@ -32,6 +32,14 @@ therefore None here, and tests read ``path``. It speaks the wire format of Googl
   any ``finishReason``.
 * ``refusal``: the prompt is blocked: one event with ``promptFeedback.blockReason`` and no candidates.
 * ``no-usage`` leaves ``usageMetadata`` out of every event.
+* Tools (``http_server.py`` says which the echo calls): ``tools[].functionDeclarations[]`` with a
+  ``name``; the choice from ``toolConfig.functionCallingConfig`` (``AUTO``, ``NONE``, ``ANY``, and ANY with
+  one ``allowedFunctionNames`` entry is that tool). Gemini sends function calls whole: one event whose
+  content holds a ``functionCall`` part (``name``, ``args`` as an object, no id) per call, with
+  ``finishReason: STOP`` and the whole ``usageMetadata``; a whole answer has the same candidate. A last
+  user content of ``functionResponse`` parts is answered with their ``response.result`` (or the compact
+  JSON of ``response``); a ``functionResponse`` without ``name`` is refused as the API refuses it.
+  ``generationConfig.responseMimeType: application/json`` asks for the JSON answer.
 
 CLI: ``python -m tests.fakes.gemini_upstream --port 0 [--api-key KEY]`` prints ``PORT <n>``.
 """
@@ -55,8 +63,10 @@ from tests.fakes.http_server import (
     Reply,
     Request,
     Wire,
+    json_text,
     parse_behaviour,
     plan_reply,
+    plan_tool_calls,
     run_cli,
     text_of,
 )
@@ -288,16 +298,50 @@ class FakeGeminiUpstream(FakeHTTPServer):
         prompts = [text_of((body.get("systemInstruction") or {}).get("parts"))]
         last_user = ""
         for content in body["contents"]:
-            text = text_of(content.get("parts"))
+            text = _text(content.get("parts"))
             prompts.append(text)
             if content.get("role", "user") == "user":
                 last_user = text
-        reply = plan_reply(beh, prompts, last_user, (body.get("generationConfig") or {}).get("maxOutputTokens"))
+        generation = body.get("generationConfig") or {}
+        calls = plan_tool_calls(_tool_names(body), _tool_choice(body), last_user) if beh.kind == "echo" else ()
+        if generation.get("responseMimeType") == "application/json" and not calls:
+            last_user = json_text(last_user)
+        reply = plan_reply(beh, prompts, last_user, generation.get("maxOutputTokens"))
+        if calls:
+            reply = Reply([], reply.prompt_tokens, False, [], calls)
         if beh.split:
             out = Out(conn, True)
         # Gemini sends no request id header; each answer's body names it with `responseId`.
         wire = _GeminiWire(beh, reply, model, self.answer_id(lambda: secrets.token_urlsafe(18)))
         return await (self.stream_reply(out, wire, keep) if stream else self.complete_reply(out, wire, keep))
+
+
+def _text(parts: Any) -> str:
+    """The text of a content's parts: text parts, and the result of functionResponse parts."""
+    texts = []
+    for part in parts if isinstance(parts, list) else ():
+        if not isinstance(part, dict):
+            continue
+        if isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif isinstance(part.get("functionResponse"), dict):
+            response = part["functionResponse"].get("response") or {}
+            result = response.get("result")
+            texts.append(result if isinstance(result, str) else json.dumps(response, separators=(",", ":")))
+    return "\n".join(texts)
+
+
+def _tool_names(body: dict[str, Any]) -> list[str]:
+    return [str(d["name"]) for tool in body.get("tools") or () for d in tool.get("functionDeclarations") or ()]
+
+
+def _tool_choice(body: dict[str, Any]) -> str:
+    calling = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}
+    mode = calling.get("mode", "AUTO")
+    allowed = calling.get("allowedFunctionNames") or []
+    if mode == "ANY":
+        return str(allowed[0]) if len(allowed) == 1 else "required"
+    return "none" if mode == "NONE" else "auto"
 
 
 def _check_body(raw: bytes) -> tuple[str, Any]:
@@ -323,6 +367,10 @@ def _check_body(raw: bytes) -> tuple[str, Any]:
     for content in contents:
         if not isinstance(content, dict) or content.get("role", "user") not in ("user", "model"):
             return "Please use a valid role: user, model.", None
+        for part in content.get("parts") or ():
+            response = part.get("functionResponse") if isinstance(part, dict) else None
+            if isinstance(response, dict) and not response.get("name"):
+                return "* GenerateContentRequest.contents.parts.function_response.name: Name cannot be empty.\n", None
     return "", body
 
 
@@ -334,7 +382,7 @@ class _GeminiWire(Wire):
     def __init__(self, beh: Behaviour, reply: Reply, model: str, response_id: str) -> None:
         super().__init__(beh, reply, model)
         self.trailer = {"modelVersion": model, "responseId": response_id}
-        self.finish = "MAX_TOKENS" if reply.truncated else "STOP"
+        self.finish = "MAX_TOKENS" if reply.truncated else "STOP"  # STOP after function calls too
         # Every piece's event: the text, the running usage (prompt only), the trailer.
         running = {"usageMetadata": self._usage(None)} if beh.usage else {}
         rest = json.dumps({**running, **self.trailer}, separators=(",", ": ")).encode()
@@ -345,7 +393,7 @@ class _GeminiWire(Wire):
         return self.piece_pre + piece_json + self.piece_post
 
     def closing(self) -> list[bytes]:
-        return [_sse(self._final(""))]
+        return [_sse(self._final(""))]  # with the function calls, when the reply makes any
 
     def malformed(self) -> list[bytes]:
         return [b'data: {"candidates": [{"content": {"parts": [{"text": "x"\r\n\r\n']
@@ -365,7 +413,10 @@ class _GeminiWire(Wire):
         if self.beh.kind == "refusal":
             obj = {"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"}}
         else:
-            candidate = {"content": {"parts": [{"text": text}], "role": "model"}, "finishReason": self.finish}
+            parts: list[dict[str, Any]] = [
+                {"functionCall": {"name": call.name, "args": json.loads(call.arguments)}} for call in self.reply.calls
+            ] or [{"text": text}]
+            candidate = {"content": {"parts": parts, "role": "model"}, "finishReason": self.finish}
             obj = {"candidates": [{**candidate, "index": 0}]}
         if self.beh.usage:
             obj["usageMetadata"] = self._usage(self.reply.completion_tokens)

@@ -36,6 +36,15 @@ have in common:
 ``fault-malformed`` / ``fault-stall``
     A truncated JSON event / 200 headers then silence until the client leaves.
 
+Tools and structured output, the same in every fake (each in its own wire format; see
+:func:`plan_tool_calls`): when the request declares tools, the echo model calls, in parallel, every
+declared tool whose name is a word of the last user message (``tool_choice`` required: the first tool when
+none is named; a named choice: that tool alone; none: no tool). Each call's arguments are the JSON text
+``{"text":"<last user message>"}``, streamed in the echo's pieces; completion tokens count the pieces of
+every call. When the last message is a tool result, the echo answers with the result's text. When the
+request asks for JSON output (OpenAI ``response_format``, Gemini ``responseMimeType: application/json``),
+the echo answers with that same JSON text instead of the plain message.
+
 The mid-stream faults use the first two echo pieces, padded with ``"t0"``/``" t1"`` when the last user
 message has fewer than two words. Names with the prefixes ``fault-``, ``tokens-``, ``slow-first-token-``
 or ``slow-tokens-`` that do not parse are unknown models (catches typos).
@@ -69,6 +78,7 @@ __all__ = [
     "WAIT_TIMEOUT_S",
     "Aborted",
     "Behaviour",
+    "Call",
     "ClientGone",
     "Conn",
     "Disconnect",
@@ -78,9 +88,11 @@ __all__ = [
     "Reply",
     "Request",
     "Wire",
+    "json_text",
     "jstr",
     "parse_behaviour",
     "plan_reply",
+    "plan_tool_calls",
     "run_cli",
     "text_of",
 ]
@@ -177,6 +189,7 @@ class Reply:
     prompt_tokens: int
     truncated: bool  # cut by the request's max tokens (finish "length")
     echoed: list[str] | None = None  # the pieces as text; None for ``tokens-N`` (made when asked for)
+    calls: tuple[Call, ...] = ()  # tool calls, after the text
 
     @property
     def texts(self) -> list[str]:
@@ -184,7 +197,38 @@ class Reply:
 
     @property
     def completion_tokens(self) -> int:
-        return len(self.pieces_json)
+        return len(self.pieces_json) + sum(len(call.pieces) for call in self.calls)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One tool call of a reply: the tool's name and its arguments' JSON text in pieces."""
+
+    name: str
+    pieces: list[str]
+
+    @property
+    def arguments(self) -> str:
+        return "".join(self.pieces)
+
+
+def json_text(text: str) -> str:
+    """The JSON answer (and tool arguments) of the fakes for a message ``text``: ``{"text":"…"}``."""
+    return json.dumps({"text": text}, separators=(",", ":"), ensure_ascii=False)
+
+
+def plan_tool_calls(tools: list[str], choice: str, last_user: str) -> tuple[Call, ...]:
+    """The tool calls of the echo model. ``choice`` is "auto", "none", "required" or a tool's name."""
+    if not tools or choice == "none":
+        return ()
+    if choice not in ("auto", "required"):
+        names = [choice] if choice in tools else []
+    else:
+        words = set(last_user.replace(",", " ").split())
+        names = [name for name in tools if name in words]
+        if not names and choice == "required":
+            names = tools[:1]
+    return tuple(Call(name, split_pieces(json_text(last_user))) for name in names)
 
 
 def plan_reply(beh: Behaviour, prompts: Iterable[str], last_user: str, max_tokens: object) -> Reply:
@@ -558,6 +602,10 @@ class Wire:
     def closing(self) -> list[bytes]:
         """Events after the last piece: the finish, the usage, the end."""
         raise NotImplementedError
+
+    def tool_events(self) -> list[bytes]:
+        """The events of the reply's tool calls (``reply.calls``), after its text pieces."""
+        return []
 
     def malformed(self) -> list[bytes]:
         """``fault-malformed``: events after the opening, one of them truncated JSON."""
@@ -953,6 +1001,8 @@ class FakeHTTPServer:
             out.event(wire.in_band_error())
             await out.end_chunked()
             return keep
+        for event in wire.tool_events():
+            out.event(event)
         for event in wire.closing():
             out.event(event)
         await out.end_chunked()

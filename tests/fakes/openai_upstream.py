@@ -89,6 +89,20 @@ Behaviour is selected by the request's ``model`` so the server is stateless:
     Send the 200 headers (SSE for streams; ``application/json`` + chunked for
     non-stream) and then nothing until the client disconnects.
 
+Tools and JSON output (see ``http_server.py`` for which tools the echo calls):
+``tools`` / ``tool_choice`` (``"auto"``, ``"none"``, ``"required"`` or
+``{"type":"function","function":{"name":…}}``) and ``response_format``
+(``json_object`` / ``json_schema``) are read as the API defines them. Streamed
+tool calls are chunks whose ``delta.tool_calls`` holds one piece: the first
+piece of each call carries ``index``, ``id`` (``call_`` + 24 characters),
+``"type":"function"`` and ``function.name`` with ``"arguments":""`` (the first
+call's also ``"role":"assistant","content":null`` and ``"refusal":null``, and
+no separate role chunk is sent), the others ``index`` and
+``function.arguments`` only; the finish chunk says ``"tool_calls"``. A whole
+answer's ``message`` has ``"content":null`` and ``tool_calls`` with ``id``,
+``type`` and ``function.{name,arguments}``. Tool messages (``role: tool``,
+``tool_call_id``) count as prompt words; one last is the text echoed.
+
 The mid-stream faults use the first two echo pieces of the last user message,
 padded with ``"t0"``/``" t1"`` style pieces when it has fewer than two words.
 Model names starting with ``fault-``, ``tokens-``, ``slow-first-token-`` or
@@ -123,6 +137,7 @@ from typing import Any
 from tests.fakes.http_server import (
     Aborted,
     Behaviour,
+    Call,
     Conn,
     Disconnect,
     FakeHTTPServer,
@@ -131,9 +146,11 @@ from tests.fakes.http_server import (
     Reply,
     Request,
     Wire,
+    json_text,
     jstr,
     parse_behaviour,
     plan_reply,
+    plan_tool_calls,
     run_cli,
     text_of,
 )
@@ -240,6 +257,33 @@ def _behaviour(model: str) -> Behaviour | None:
 
 def _completion_id() -> str:
     return "chatcmpl-" + secrets.token_hex(14)
+
+
+def _call_id() -> str:
+    return "call_" + secrets.token_hex(12)
+
+
+def _tool_names(body: dict[str, Any]) -> list[str]:
+    tools = body.get("tools")
+    names = []
+    for tool in tools if isinstance(tools, list) else ():
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            names.append(function["name"])
+    return names
+
+
+def _tool_choice(body: dict[str, Any]) -> str:
+    choice = body.get("tool_choice", "auto")
+    if isinstance(choice, dict):
+        function = choice.get("function")
+        return str(function.get("name")) if isinstance(function, dict) else "none"
+    return str(choice)
+
+
+def _wants_json(body: dict[str, Any]) -> bool:
+    fmt = body.get("response_format")
+    return isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")
 
 
 def _error_body(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:
@@ -432,7 +476,14 @@ class FakeOpenAIUpstream(FakeHTTPServer):
                 prompts.append(text)
                 if msg.get("role") == "user":
                     last_user = text
+        if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool":
+            last_user = text_of(messages[-1].get("content"))
+        calls = plan_tool_calls(_tool_names(body), _tool_choice(body), last_user) if beh.kind == "echo" else ()
+        if _wants_json(body) and not calls:
+            last_user = json_text(last_user)
         reply = plan_reply(beh, prompts, last_user, body.get("max_tokens", body.get("max_completion_tokens")))
+        if calls:
+            reply = Reply([], reply.prompt_tokens, False, [], calls)
         if beh.split:
             out = Out(conn, True)
         if stream:
@@ -445,7 +496,8 @@ class _OpenAIWire(Wire):
 
     def __init__(self, beh: Behaviour, reply: Reply, model: str, include_usage: bool) -> None:
         super().__init__(beh, reply, model)
-        self.finish = "length" if reply.truncated else "stop"
+        self.finish = "tool_calls" if reply.calls else "length" if reply.truncated else "stop"
+        self.call_ids = [_call_id() for _ in reply.calls]
         self.usage_on = include_usage and beh.usage
         self.tail = b',"usage":null}\n\n' if self.usage_on else b"}\n\n"
         self.prefix = (
@@ -461,6 +513,8 @@ class _OpenAIWire(Wire):
         self.content_post = b'},"logprobs":null,"finish_reason":null}]' + self.tail
 
     def opening(self) -> list[bytes]:
+        if self.reply.calls:
+            return []  # the first tool-call chunk carries the role
         return [
             self.prefix
             + b'[{"index":0,"delta":{"role":"assistant","content":""},'
@@ -470,6 +524,26 @@ class _OpenAIWire(Wire):
 
     def piece(self, piece_json: bytes) -> bytes:
         return self.content_pre + piece_json + self.content_post
+
+    def tool_events(self) -> list[bytes]:
+        events = []
+        for i, (call, call_id) in enumerate(zip(self.reply.calls, self.call_ids, strict=True)):
+            head = b'"tool_calls":[{"index":%d,"id":"%b","type":"function","function":{"name":%b,"arguments":""}}]' % (
+                i,
+                call_id.encode(),
+                jstr(call.name),
+            )
+            if i == 0:
+                head = b'"role":"assistant","content":null,' + head + b',"refusal":null'
+            events.append(self._choice_delta(head))
+            for piece in call.pieces:
+                events.append(
+                    self._choice_delta(b'"tool_calls":[{"index":%d,"function":{"arguments":%b}}]' % (i, jstr(piece)))
+                )
+        return events
+
+    def _choice_delta(self, delta: bytes) -> bytes:
+        return self.prefix + b'[{"index":0,"delta":{%b},"logprobs":null,"finish_reason":null}]' % delta + self.tail
 
     def closing(self) -> list[bytes]:
         events = [
@@ -495,7 +569,13 @@ class _OpenAIWire(Wire):
 
     def whole(self) -> bytes:
         texts = self.reply.texts
-        n = len(texts)
+        n = self.reply.completion_tokens
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(texts), "refusal": None}
+        if self.reply.calls:
+            message["content"] = None
+            message["tool_calls"] = [
+                _whole_call(call, call_id) for call, call_id in zip(self.reply.calls, self.call_ids, strict=True)
+            ]
         obj: dict[str, Any] = {
             "id": _completion_id(),
             "object": "chat.completion",
@@ -504,7 +584,7 @@ class _OpenAIWire(Wire):
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": "".join(texts), "refusal": None},
+                    "message": message,
                     "finish_reason": self.finish,
                     "logprobs": None,
                 }
@@ -520,6 +600,10 @@ class _OpenAIWire(Wire):
         # OpenAI-compatible servers may answer 200 with an error object.
         message, type_, code = _INBAND_ERRORS[self.beh.inband]
         return 200, _error_body(message, type_, code), ()
+
+
+def _whole_call(call: Call, call_id: str) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
 
 
 # --------------------------------------------------------------------------- CLI

@@ -102,6 +102,8 @@ async def test_describe_a_message_shows_its_fields(demo_gateway: Gateway) -> Non
         "string provider = 6;",
         "string deployment = 7;",
         "bool resumed = 8;",
+        ".holysheepai.ToolCallDelta tool_call = 9;",
+        "string reasoning = 10;",
     ]
 
 

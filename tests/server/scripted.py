@@ -3,8 +3,9 @@
     provider = ScriptedProvider("a", {"m": [UpstreamUnavailable(...), Reply("hello world")]})
 
 Each call to upstream model "m" plays the next step of its script (the last step repeats):
-an UpstreamError raised before any event, a `Reply` (deltas, then a Finish), a `Cut` (some deltas, then
-an error), or a `Stall` (deltas, then silence until cancelled). Every request it receives is kept.
+an UpstreamError raised before any event, a `Reply` (deltas, then a Finish), a `ToolReply` (tool-call
+pieces, then a Finish with TOOL_CALLS), a `Cut` (some deltas or tool-call pieces, then an error), or a
+`Stall` (deltas, then silence until cancelled). Every request it receives is kept.
 """
 
 from __future__ import annotations
@@ -15,7 +16,17 @@ from dataclasses import dataclass
 
 from server.errors import UpstreamError
 from server.providers.base import Provider
-from server.types import ChatRequest, Completion, Finish, FinishReason, StreamEvent, TextDelta, Usage
+from server.types import (
+    ChatRequest,
+    Completion,
+    Finish,
+    FinishReason,
+    StreamEvent,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
 
 
 @dataclass(frozen=True)
@@ -29,8 +40,13 @@ class Reply:
 
 
 @dataclass(frozen=True)
+class ToolReply:
+    pieces: tuple[ToolCallDelta, ...]
+
+
+@dataclass(frozen=True)
 class Cut:
-    deltas: tuple[str, ...]
+    deltas: tuple[str | ToolCallDelta, ...]
     error: UpstreamError
 
 
@@ -39,7 +55,7 @@ class Stall:
     deltas: tuple[str, ...] = ()
 
 
-Step = UpstreamError | Reply | Cut | Stall
+Step = UpstreamError | Reply | ToolReply | Cut | Stall
 # provider name -> upstream model -> steps
 Scripts = Mapping[str, Mapping[str, Sequence[Step]]]
 
@@ -74,8 +90,13 @@ class ScriptedProvider(Provider):
                 n = len(step.words)
                 yield Finish(FinishReason.STOP, Usage(3, n, 3 + n))
                 return
+            if isinstance(step, ToolReply):
+                for piece in step.pieces:
+                    yield piece
+                yield Finish(FinishReason.TOOL_CALLS, Usage(3, len(step.pieces), 3 + len(step.pieces)))
+                return
             for delta in step.deltas:
-                yield TextDelta(delta)
+                yield TextDelta(delta) if isinstance(delta, str) else delta
             if isinstance(step, Cut):
                 raise step.error
             await asyncio.Event().wait()  # a stall: silence until cancelled
@@ -91,6 +112,9 @@ class ScriptedProvider(Provider):
             raise step.error
         if isinstance(step, Stall):
             await asyncio.Event().wait()
+        if isinstance(step, ToolReply):
+            calls = tuple(ToolCall(p.id, p.name, p.arguments) for p in step.pieces if p.id)
+            return Completion("", FinishReason.TOOL_CALLS, Usage(3, 1, 4), tool_calls=calls)
         assert isinstance(step, Reply)
         n = len(step.words)
         return Completion(step.text, FinishReason.STOP, Usage(3, n, 3 + n))

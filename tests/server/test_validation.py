@@ -91,7 +91,7 @@ def test_every_violation_is_listed_at_once() -> None:
         "config.top_p",
         "config.max_tokens",
     ]
-    assert violations[1].description == "must be system, user or assistant, got 'robot'"
+    assert violations[1].description == "must be system, user, assistant or tool, got 'robot'"
 
 
 def test_no_messages_is_a_violation() -> None:

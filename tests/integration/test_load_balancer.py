@@ -105,7 +105,7 @@ async def test_sigkill_of_one_instance_fails_only_its_calls_in_flight_and_new_ca
         async with (
             run_nginx(workdir, grpc_proxy(workdir, [a.address, b.address])) as nginx,
             # nginx 1.22 sends the reset of a stream whose upstream died with its next write on that client
-            # connection: a client that pings (as the project's clients do) sees it within one ping interval.
+            # connection: a client that pings (the project's clients do, every 30 s) sees it within one ping interval.
             grpc.aio.insecure_channel(nginx.address, options=[("grpc.keepalive_time_ms", 1000)]) as channel,
         ):
             stub = pb_grpc.AIServiceStub(channel)

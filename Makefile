@@ -1,8 +1,8 @@
 # Two commands do everything on a fresh machine with Python 3.11 and make:
 #   make run    create .venv, install the gateway (runtime packages only), start it on the embedded default
 #               (demo model, 127.0.0.1:50051)
-#   make test   create .venv if needed, install the gateway and the development tools, then lint, type-check,
-#               contract checks and the whole suite
+#   make test   create .venv if needed, install the gateway and the development tools, and the Debian packages
+#               the tests start (nginx, redis-server), then lint, type-check, contract checks and the whole suite
 # Each install has its own stamp and runs again only when pyproject.toml changes.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -13,8 +13,13 @@ DEV_STAMP := $(VENV)/.installed-dev
 # The published contract that protos/ must stay compatible with (a copy is kept in tests/contract/).
 CONTRACT_BASELINE ?= $(firstword $(wildcard ../shared/contract) tests/contract)
 PYTEST_ARGS ?=
+# Debian packages the suite starts: nginx with its stream module (the load-balancer tests,
+# tests/integration/test_load_balancer.py) and redis-server (limits shared between instances).
+SYSTEM_PACKAGES ?= nginx libnginx-mod-stream redis-server
+APT_GET ?= apt-get
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install install-runtime run test lint typecheck contract proto proto-check pytest bench certs clean
+.PHONY: install install-runtime system-deps run test lint typecheck contract proto proto-check pytest bench certs clean
 
 # The development tools (pytest, ruff, mypy, buf, grpcurl, ...) on top of the gateway.
 install: $(DEV_STAMP)
@@ -35,10 +40,21 @@ $(DEV_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@ $(RUNTIME_STAMP)
 
+# Installs only what is missing (dpkg knows), so it costs nothing once they are there.
+system-deps:
+	@missing="$$(for p in $(SYSTEM_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -qx 'install ok installed' || echo $$p; done)"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		$(SUDO) $(APT_GET) update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq --no-install-recommends \
+			-o DPkg::Lock::Timeout=300 $$missing; \
+	fi
+
 run: install-runtime
 	$(BIN)/python -m server $(ARGS)
 
-test: install lint typecheck contract proto-check pytest
+test: install system-deps lint typecheck contract proto-check pytest
 
 lint: install
 	$(BIN)/ruff check .
@@ -60,7 +76,7 @@ proto: install
 proto-check: install
 	$(BIN)/python tools/genproto.py --check
 
-pytest: install
+pytest: install system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install

@@ -13,7 +13,8 @@
 
 Options (keyword-only, the same for both clients): `target` (env GATEWAY_TARGET, default
 127.0.0.1:50051), `token` (env GATEWAY_TOKEN), `ca_file`, `plaintext` (loopback targets only),
-`timeout` (seconds per call, default 60), `options` (grpc channel options) and `retry`. Calls take
+`timeout` (seconds per call, default 60), `options` (grpc channel options), `retry` and `load_balancing`
+("round_robin": spread calls over every address the target resolves to). Calls take
 `sampling=SamplingOptions(...)` or its fields as keywords.
 
 The names below are imported on first use: `import client` alone does not import grpc, so that the CLI

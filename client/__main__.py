@@ -1,4 +1,4 @@
-"""python -m client generate|stream --model M --prompt P | models [--json] | chat [--model M] [options]
+"""python -m client generate|stream --model M --prompt P | models [--json] | chat [--model M] | health [options]
 
 The reply goes to stdout (a stream prints each delta as it arrives); a one-line summary with the finish
 reason and token counts goes to stderr. Exit codes: 0 success, 1 the call failed, 2 bad usage,
@@ -7,7 +7,8 @@ reason and token counts goes to stderr. Exit codes: 0 success, 1 the call failed
 `models` prints the gateway's catalog as a table (`--json`: as JSON). `chat` is a terminal conversation
 over InteractiveStream (client/chat.py): each line read is a turn, answered as it arrives. Ctrl-C during an
 answer cancels that turn and the chat goes on; Ctrl-C at the prompt, or the end of input, ends the chat
-(exit 0). The prompt and the summaries go to stderr, so stdout holds only the answers.
+(exit 0). The prompt and the summaries go to stderr, so stdout holds only the answers. `health` prints the
+gateway's grpc.health.v1 status and exits 0 only when it is SERVING (1 otherwise): a container's health check.
 
 gRPC's C core writes its own log lines to stderr (a failed TLS handshake, ...); the CLI reports failures in
 its own words instead, so it turns them off (GRPC_VERBOSITY=NONE) unless `--debug` is given or the
@@ -29,6 +30,7 @@ from client.version import version
 __all__ = ["main", "program_name"]
 
 EXIT_USAGE = 2
+HEALTH_TIMEOUT_S = 5.0  # a health check that takes longer has failed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,6 +99,15 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     chat.add_argument("--model", default="demo", help="catalog model name (default: %(default)s)")
     chat.add_argument("--system", help="the system prompt of the conversation")
     chat.set_defaults(timeout=defaults.DEFAULT_TIMEOUT_S)  # the client's per-call default; a chat has none
+    health = commands.add_parser(
+        "health",
+        parents=[connection],
+        help="print the gateway's health; exit 0 only when SERVING",
+        description="Ask the gateway's grpc.health.v1 service (no token needed) and print its status: SERVING, "
+        "or NOT_SERVING while it drains. Exit 0 only when SERVING, 1 otherwise: a container health check.",
+    )
+    health.add_argument("--service", default="", help="the service to ask about (default: the whole server)")
+    health.add_argument("--timeout", type=float, default=HEALTH_TIMEOUT_S, help=_TIMEOUT_HELP)
     return parser
 
 
@@ -115,6 +126,12 @@ def _connection_parser() -> argparse.ArgumentParser:
         "--plaintext",
         action="store_true",
         help="connect without TLS; allowed for loopback targets only. The default is TLS.",
+    )
+    conn.add_argument(
+        "--load-balancing",
+        choices=defaults.LOAD_BALANCING_POLICIES,
+        help="gRPC's policy over the addresses the target resolves to (default: pick_first); round_robin "
+        "spreads calls over all of them, e.g. dns:///gateway-headless.NAMESPACE.svc.cluster.local:50051",
     )
     conn.add_argument(
         "--debug", action="store_true", help="let gRPC's own log lines through, and show the details of errors"

@@ -18,9 +18,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self, TypeAlias
 
 import grpc
+from grpc_health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 from client import defaults
-from client.channel import DEFAULT_RETRY, ChannelOptions, ConnectionSettings
+from client.channel import DEFAULT_RETRY, HEALTH_CHECK, ChannelOptions, ConnectionSettings
 from client.errors import GatewayError, StreamProtocolError
 from client.interactive import AsyncSession
 from client.retry import Retrier, RetryPolicy
@@ -61,10 +62,11 @@ class AsyncAIClient:
         timeout: float = defaults.DEFAULT_TIMEOUT_S,
         options: ChannelOptions | None = None,
         retry: RetryPolicy | None = DEFAULT_RETRY,
+        load_balancing: str | None = None,
     ) -> None:
         self._settings = ConnectionSettings.resolve(
             target=target, token=token, ca_file=ca_file, plaintext=plaintext, timeout=timeout, options=options,
-            retry=retry,
+            retry=retry, load_balancing=load_balancing,
         )  # fmt: skip
         credentials = self._settings.credentials()
         target, channel_options = self._settings.target, self._settings.options
@@ -116,6 +118,18 @@ class AsyncAIClient:
                 await asyncio.sleep(delay)
             else:
                 return generate_result(response)
+
+    async def health(self, service: str = "", *, timeout: float | None = None) -> str:  # noqa: ASYNC109
+        """The gateway's grpc.health.v1 status for `service` ("" for the whole server): "SERVING", or
+        "NOT_SERVING" while it drains. Not retried: a health check reports what it finds."""
+        check = self._channel.unary_unary(
+            HEALTH_CHECK, HealthCheckRequest.SerializeToString, HealthCheckResponse.FromString
+        )
+        try:
+            response = await check(HealthCheckRequest(service=service), timeout=self._settings.deadline(timeout))
+        except grpc.aio.AioRpcError as exc:
+            raise self._settings.error(exc) from exc
+        return HealthCheckResponse.ServingStatus.Name(response.status)
 
     async def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:  # noqa: ASYNC109
         """The gateway's catalog, sorted by name: every model a call may name, with its aliases, prices,

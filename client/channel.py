@@ -28,6 +28,7 @@ from client.retry import RetryPolicy, channel_options
 
 __all__ = [
     "DEFAULT_RETRY",
+    "HEALTH_CHECK",
     "BearerToken",
     "ChannelOptions",
     "ConnectionSettings",
@@ -38,6 +39,7 @@ __all__ = [
 ChannelOptions: TypeAlias = Sequence[tuple[str, Any]]
 
 DEFAULT_RETRY = RetryPolicy()
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
 # Name-resolver prefixes that may stand before the address, e.g. "dns:///localhost:50051".
 _SCHEMES = ("dns:///", "dns:", "ipv4:", "ipv6:")
@@ -70,6 +72,7 @@ class ConnectionSettings:
     # The caller's channel options, plus the retry service config unless `retry` is None (client/retry.py).
     options: tuple[tuple[str, Any], ...]
     retry: RetryPolicy | None = DEFAULT_RETRY
+    load_balancing: str | None = None
 
     @classmethod
     def resolve(
@@ -83,6 +86,7 @@ class ConnectionSettings:
         options: ChannelOptions | None,
         env: Mapping[str, str] | None = None,
         retry: RetryPolicy | None = DEFAULT_RETRY,
+        load_balancing: str | None = None,
     ) -> ConnectionSettings:
         """Raises ConfigurationError for a wrong option, naming it (and the file, for `ca_file`)."""
         env = os.environ if env is None else env
@@ -98,9 +102,13 @@ class ConnectionSettings:
             raise ConfigurationError("the token must not contain whitespace")
         if timeout <= 0:
             raise ConfigurationError(f"timeout must be positive, got {timeout}")
+        if load_balancing is not None and load_balancing not in defaults.LOAD_BALANCING_POLICIES:
+            known = ", ".join(defaults.LOAD_BALANCING_POLICIES)
+            raise ConfigurationError(f"load_balancing must be one of {known}, not {load_balancing!r}")
         path = Path(ca_file) if ca_file is not None else None
         roots = read_ca_file(path) if path is not None else None
-        return cls(target, token, path, roots, plaintext, timeout, channel_options(options or (), retry), retry)
+        extra = _connection_options(options or (), load_balancing)
+        return cls(target, token, path, roots, plaintext, timeout, channel_options(extra, retry), retry, load_balancing)
 
     def credentials(self) -> grpc.ChannelCredentials | None:
         """The channel credentials, or None for an insecure channel."""
@@ -128,7 +136,21 @@ class ConnectionSettings:
         if self.ca_file is not None:
             security += f", ca_file={str(self.ca_file)!r}"
         auth = "bearer" if self.token else "none"
-        return f"target={self.target!r}, {security}, auth={auth}, timeout={self.timeout:g}"
+        balancing = f", load_balancing={self.load_balancing!r}" if self.load_balancing else ""
+        return f"target={self.target!r}, {security}, auth={auth}, timeout={self.timeout:g}{balancing}"
+
+
+def _connection_options(options: ChannelOptions, load_balancing: str | None) -> tuple[tuple[str, Any], ...]:
+    """The caller's options, plus the load-balancing policy and keepalive pings unless the caller set them."""
+    keys = {key for key, _ in options}
+    extra: list[tuple[str, Any]] = []
+    if load_balancing is not None and "grpc.lb_policy_name" not in keys:
+        extra.append(("grpc.lb_policy_name", load_balancing))
+    if "grpc.keepalive_time_ms" not in keys:
+        extra.append(("grpc.keepalive_time_ms", round(defaults.KEEPALIVE_TIME_S * 1000)))
+    if "grpc.keepalive_timeout_ms" not in keys:
+        extra.append(("grpc.keepalive_timeout_ms", round(defaults.KEEPALIVE_TIMEOUT_S * 1000)))
+    return (*options, *extra)
 
 
 def read_ca_file(path: Path) -> bytes:
@@ -146,7 +168,15 @@ def read_ca_file(path: Path) -> bytes:
 
 
 def is_loopback_target(target: str) -> bool:
-    """True for targets on this machine: localhost, 127.0.0.0/8 or ::1, with or without a port."""
+    """True for targets on this machine: localhost, 127.0.0.0/8 or ::1, with or without a port; for an
+    address list (`ipv4:127.0.0.1:50051,127.0.0.1:50052`), when every address is."""
+    for scheme in ("ipv4:", "ipv6:"):
+        if target.startswith(scheme) and "," in target:
+            return all(_is_loopback(scheme + address) for address in target[len(scheme) :].split(","))
+    return _is_loopback(target)
+
+
+def _is_loopback(target: str) -> bool:
     host = _host(target)
     if host.lower().rstrip(".") == "localhost":
         return True

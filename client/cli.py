@@ -9,6 +9,7 @@ import argparse
 import json
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, Final
 
@@ -42,20 +43,23 @@ def run(args: argparse.Namespace) -> int:
             plaintext=args.plaintext,
             timeout=args.timeout,
             retry=DEFAULT_RETRY,
+            load_balancing=args.load_balancing,
         )
     except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    commands = {"generate": _generate, "stream": _stream, "models": _models, "chat": _chat}
+    commands: dict[str, Callable[[AIClient, argparse.Namespace], int | None]] = {
+        "generate": _generate, "stream": _stream, "models": _models, "chat": _chat, "health": _health,
+    }  # fmt: skip
     with client:
         try:
-            commands[args.command](client, args)
+            code = commands[args.command](client, args)
         except GatewayError as exc:
             console.print_error(exc, debug=args.debug)
             return EXIT_ERROR
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
-    return EXIT_OK
+    return EXIT_OK if code is None else code
 
 
 def _generate(client: AIClient, args: argparse.Namespace) -> None:
@@ -95,6 +99,12 @@ def _chat(client: AIClient, args: argparse.Namespace) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     chat = Chat(client, model=args.model, system=args.system, sampling=_sampling(args), retry=DEFAULT_RETRY)
     chat.run(LineReader())
+
+
+def _health(client: AIClient, args: argparse.Namespace) -> int:
+    status = client.health(args.service)
+    print(status)
+    return EXIT_OK if status == "SERVING" else EXIT_ERROR
 
 
 def _sampling(args: argparse.Namespace) -> SamplingOptions:

@@ -6,6 +6,9 @@ what the caller leaves out.
     token      token="..."         GATEWAY_TOKEN     none (no authorization metadata)
     timeout    timeout=60.0        -                 60 s deadline per call
     retry      retry=RetryPolicy() -                 5 attempts, backoff 0.1 s doubling to 1 s (client/retry.py)
+    balancing  load_balancing=...  -                 gRPC's pick_first; "round_robin" spreads calls over every
+                                                     address the target resolves to (a headless DNS name)
+    keepalive  options=[...]       -                 a ping every 30 s while calls are in flight
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ __all__ = [
     "DEFAULT_TARGET",
     "DEFAULT_TIMEOUT_S",
     "ERROR_DOMAIN",
+    "KEEPALIVE_TIMEOUT_S",
+    "KEEPALIVE_TIME_S",
+    "LOAD_BALANCING_POLICIES",
     "RETRY_BACKOFF_MULTIPLIER",
     "RETRY_INITIAL_BACKOFF_S",
     "RETRY_MAX_ATTEMPTS",
@@ -27,6 +33,14 @@ TARGET_ENV = "GATEWAY_TARGET"
 TOKEN_ENV = "GATEWAY_TOKEN"  # noqa: S105  (the variable's name, not a token)
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_S = 60.0
+# HTTP/2 pings while calls are in flight, so a dead connection is noticed during a long wait for the first token,
+# and a proxy that holds back a stream's reset until its next write on the connection (nginx 1.22, when the
+# instance behind it dies) sends it within a ping. The gateway accepts pings as often as every 5 s.
+KEEPALIVE_TIME_S = 30.0
+KEEPALIVE_TIMEOUT_S = 10.0
+# gRPC's load-balancing policies a client may choose (`load_balancing=`): pick_first (gRPC's default) uses one
+# address; round_robin one connection to every address the target resolves to, and calls in turn over them.
+LOAD_BALANCING_POLICIES = ("pick_first", "round_robin")
 # google.rpc.ErrorInfo.domain of the errors the gateway reports (see protos/ai_service.proto).
 ERROR_DOMAIN = "gateway.holysheep.ai"
 # Retries (client/retry.py): attempts per call, and the exponential backoff between them.

@@ -86,3 +86,45 @@ def test_an_install_older_than_pyproject_toml_runs_again(make: Make) -> None:
     assert pip_installs(make("run")) == ["--quiet -e ."]
     os.utime(make.venv / ".installed-dev", (0, 0))
     assert pip_installs(make("install")) == ["--quiet -e .[dev]"]
+
+
+FAKE_APT_GET = """#!/bin/sh
+echo "$*" >> {log}
+"""
+
+
+def system_deps(tmp_path: Path, packages: str) -> list[str]:
+    """Run `make system-deps` for `packages` with a stand-in apt-get; the apt-get commands it ran."""
+    log = tmp_path / "apt.log"
+    log.touch()
+    apt_get = tmp_path / "apt-get"
+    apt_get.write_text(FAKE_APT_GET.format(log=shlex.quote(str(log))))
+    apt_get.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS"))}
+    subprocess.run(
+        ["make", "--no-print-directory", "system-deps", f"SYSTEM_PACKAGES={packages}", f"APT_GET={apt_get}"],
+        cwd=REPO_ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return log.read_text().splitlines()
+
+
+def test_system_deps_installs_nothing_when_the_packages_are_there(tmp_path: Path) -> None:
+    assert system_deps(tmp_path, "nginx libnginx-mod-stream redis-server") == []
+
+
+def test_system_deps_installs_only_the_missing_packages(tmp_path: Path) -> None:
+    commands = system_deps(tmp_path, "nginx no-such-package-for-the-test")
+    assert commands[0] == "update -qq"
+    assert commands[1].startswith("install -y -qq --no-install-recommends")
+    assert commands[1].split()[-1] == "no-such-package-for-the-test"
+
+
+def test_make_test_and_pytest_install_the_system_packages_first() -> None:
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    rules = {line.split(":")[0]: line.split(":", 1)[1].split() for line in makefile.splitlines() if ": " in line}
+    assert "system-deps" in rules["test"]
+    assert "system-deps" in rules["pytest"]

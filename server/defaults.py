@@ -28,6 +28,8 @@ __all__ = [
     "KEEPALIVE_TIME_S",
     "MAX_CONCURRENT_UPSTREAM",
     "MAX_MESSAGE_OVERHEAD_BYTES",
+    "MAX_MODEL_NAME_CHARS",
+    "MAX_PASSTHROUGH_BREAKERS",
     "MAX_REQUEST_CONTENT_BYTES",
     "MAX_RESUMES",
     "MAX_STOP_SEQUENCES",
@@ -56,6 +58,8 @@ ERROR_DOMAIN = "gateway.holysheep.ai"
 # Validation limits (GenerationConfig and messages).
 MAX_TOKENS_LIMIT = 32_000
 MAX_STOP_SEQUENCES = 4
+# The longest model name a request may carry (real ones, Bedrock ARNs included, stay well under it).
+MAX_MODEL_NAME_CHARS = 256
 MAX_REQUEST_CONTENT_BYTES = 1024 * 1024
 # The gRPC receive limit is the content cap plus room for roles, names, config and framing, so that a
 # request just over the content cap gets our clear INVALID_ARGUMENT rather than gRPC's RESOURCE_EXHAUSTED.
@@ -121,6 +125,9 @@ BREAKER_FAILURE_RATIO = 0.05
 BREAKER_MIN_REQUESTS = 50
 BREAKER_WINDOW_S = 60.0
 BREAKER_COOLDOWN_S = 30.0
+# Breakers of "provider/anything" pass-through names are kept for the most recently used this many; the
+# catalog's own deployments always keep theirs. A client that invents names cannot grow them past it.
+MAX_PASSTHROUGH_BREAKERS = 1024
 
 # Streams: the longest wait for the first token (a reasoning model may think for minutes), and the longest
 # silence between two events after it. Both are distinct from the client's deadline.

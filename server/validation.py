@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from server import defaults
-from server.errors import FieldViolation, InvalidRequest, ModelNotFound, unknown_model_description
+from server.errors import FieldViolation, InvalidRequest, ModelNotFound, echo, unknown_model_description
 from server.types import ChatMessage, Role, SamplingParams
 
 __all__ = ["UncheckedMessage", "check_request"]
@@ -59,7 +59,7 @@ def check_request(
         role = _ROLES.get(message.role)
         if role is None:
             violations.append(
-                FieldViolation(f"messages[{i}].role", f"must be system, user or assistant, got {message.role!r}")
+                FieldViolation(f"messages[{i}].role", f"must be system, user or assistant, got {echo(message.role)}")
             )
         else:
             checked.append(ChatMessage(role, message.content, message.name))

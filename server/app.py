@@ -21,6 +21,7 @@ from generated import ai_service_pb2, ai_service_pb2_grpc
 from server import defaults
 from server.auth import BearerAuthInterceptor
 from server.config import GatewayConfig, KeepaliveConfig, TLSConfig, parse_listen
+from server.decoding import add_service
 from server.observe.exporter import MetricsServer, start_metrics_server
 from server.observe.metrics import GatewayMetrics, LabelBounds
 from server.observe.trace import Tracing, tracing_from_env
@@ -33,6 +34,11 @@ __all__ = ["Gateway", "bound_address", "serve", "start_gateway"]
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = ai_service_pb2.DESCRIPTOR.services_by_name["AIService"].full_name
+# Each AIService method's request type, by method name (for MALFORMED_REQUEST's message).
+REQUEST_TYPES = {
+    method.name: method.input_type.full_name
+    for method in ai_service_pb2.DESCRIPTOR.services_by_name["AIService"].methods
+}
 
 
 @dataclass(slots=True)
@@ -123,7 +129,7 @@ async def start_gateway(
     server = grpc.aio.server(interceptors=interceptors, options=server_options(config))
     seam = Seam(router, policies, tracing=tracing, observers=[metrics] if metrics else [])
     service = AIService(seam, max_request_bytes=config.max_request_bytes, interactive=config.interactive)
-    ai_service_pb2_grpc.add_AIServiceServicer_to_server(service, server)
+    add_service(ai_service_pb2_grpc.add_AIServiceServicer_to_server, service, server, REQUEST_TYPES)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     # Reflection describes the published contract, so it needs no token: grpcurl without one then reports

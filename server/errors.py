@@ -4,6 +4,7 @@
     ├── InvalidRequest              INVALID_ARGUMENT + BadRequest listing every field violation
     │   ├── ModelNotFound           the model is unknown (reason MODEL_NOT_FOUND); names the known ones
     │   └── UnknownRequestId        InteractiveStream: a `cancel` names no live turn (reason UNKNOWN_REQUEST_ID)
+    ├── MalformedRequest            INVALID_ARGUMENT (reason MALFORMED_REQUEST): not valid protobuf
     ├── ProtocolViolation           INVALID_ARGUMENT (reason PROTOCOL_VIOLATION): a session broke its rules
     ├── Unauthenticated             UNAUTHENTICATED
     ├── ShuttingDown                UNAVAILABLE (reason SHUTTING_DOWN)
@@ -60,6 +61,7 @@ __all__ = [
     "GatewayOverloaded",
     "InternalError",
     "InvalidRequest",
+    "MalformedRequest",
     "ModelNotFound",
     "ProtocolViolation",
     "ShuttingDown",
@@ -204,6 +206,13 @@ class UnknownRequestId(InvalidRequest):
             [FieldViolation("cancel.request_id", f"no running or waiting turn has request_id {echo(request_id)}")]
         )
         self.metadata = {"request_id": request_id}
+
+
+class MalformedRequest(GatewayError):
+    """The request could not be decoded as its protobuf message type (server/decoding.py)."""
+
+    code = code_pb2.INVALID_ARGUMENT
+    reason = "MALFORMED_REQUEST"
 
 
 class ProtocolViolation(GatewayError):

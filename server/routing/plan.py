@@ -42,6 +42,7 @@ from types import TracebackType
 from server import defaults
 from server.config import GatewayConfig, ProviderConfig
 from server.errors import CircuitOpen, GatewayError, GatewayOverloaded, UpstreamError, UpstreamTimeout, scrub
+from server.observe.record import log_value
 from server.providers.base import Provider
 from server.resilience.breaker import Admission, BreakerPolicy, CircuitBreaker
 from server.resilience.limits import UpstreamLimits
@@ -293,8 +294,8 @@ class CallPlan:
         log.debug(
             "attempt %d of %s on %s failed (%s): %s",
             attempt.number,
-            self._chain[0].name,
-            attempt.served.deployment,
+            log_value(self._chain[0].name),
+            log_value(attempt.served.deployment),
             error.reason,
             scrub(error.message),
         )

@@ -82,6 +82,11 @@ def server_options(config: GatewayConfig) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", config.max_request_bytes + defaults.MAX_MESSAGE_OVERHEAD_BYTES),
         # One process per port unless asked otherwise: a second `make run` must fail, not share the port.
         ("grpc.so_reuseport", 0),
+        # Calls that arrive faster than the event loop takes them wait in gRPC's queue. Past its default
+        # (randomly from 1,000, every one from 3,000) gRPC cancels them with a bare CANCELLED before the
+        # gateway sees them; with this bound the gateway answers each, over its limits GATEWAY_OVERLOADED.
+        ("grpc.server.max_pending_requests", config.limits.max_pending_calls),
+        ("grpc.server.max_pending_requests_hard_limit", config.limits.max_pending_calls),
         *keepalive_options(config.keepalive),
     ]
 

@@ -30,6 +30,7 @@ __all__ = [
     "MAX_MESSAGE_OVERHEAD_BYTES",
     "MAX_MODEL_NAME_CHARS",
     "MAX_PASSTHROUGH_BREAKERS",
+    "MAX_PENDING_CALLS",
     "MAX_REQUEST_CONTENT_BYTES",
     "MAX_RESUMES",
     "MAX_STOP_SEQUENCES",
@@ -139,6 +140,11 @@ MAX_RESUMES = 1
 # Overload: upstream calls in flight per process (per provider the default is its max_connections), and
 # the RetryInfo delay of a call refused for being over a limit.
 MAX_CONCURRENT_UPSTREAM = 1024
+# Calls gRPC holds before the gateway takes them (a burst arrives faster than the event loop takes it).
+# gRPC's own default (randomly from 1,000, all from 3,000) cancels the rest with a bare CANCELLED before the
+# gateway sees them; this many wait instead, and the gateway answers each (GATEWAY_OVERLOADED when over
+# its limit). A waiting call costs gRPC a few KiB.
+MAX_PENDING_CALLS = 20_000
 OVERLOAD_RETRY_AFTER_S = 1.0
 
 # HTTP/2 keepalive of the gRPC server: ping idle connections every KEEPALIVE_TIME_S, drop them when a ping

@@ -107,11 +107,12 @@ class InteractiveConfig:
 
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
-    """Load shedding (config key `limits`): upstream calls in flight per process, and the RetryInfo delay
-    of a call refused for being over a limit."""
+    """Load shedding (config key `limits`): upstream calls in flight per process, the RetryInfo delay of a
+    call refused for being over a limit, and the calls gRPC may hold before the gateway takes them."""
 
     max_concurrent_upstream: int = defaults.MAX_CONCURRENT_UPSTREAM
     retry_after_s: float = defaults.OVERLOAD_RETRY_AFTER_S
+    max_pending_calls: int = defaults.MAX_PENDING_CALLS
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from generated import ai_service_pb2, ai_service_pb2_grpc
 from server import defaults
 from server.auth import BearerAuthInterceptor
 from server.config import ConfigError, GatewayConfig, KeepaliveConfig, TLSConfig, parse_listen
+from server.decoding import add_service
 from server.observe.exporter import MetricsServer, start_metrics_server
 from server.observe.metrics import GatewayMetrics, LabelBounds
 from server.observe.trace import Tracing, tracing_from_env
@@ -37,6 +38,11 @@ __all__ = ["Gateway", "WatchedFile", "bound_address", "serve", "start_gateway"]
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = ai_service_pb2.DESCRIPTOR.services_by_name["AIService"].full_name
+# Each AIService method's request type, by method name (for MALFORMED_REQUEST's message).
+REQUEST_TYPES = {
+    method.name: method.input_type.full_name
+    for method in ai_service_pb2.DESCRIPTOR.services_by_name["AIService"].methods
+}
 
 
 @dataclass(slots=True)
@@ -122,6 +128,11 @@ def server_options(config: GatewayConfig) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", config.max_request_bytes + defaults.MAX_MESSAGE_OVERHEAD_BYTES),
         # One process per port unless asked otherwise: a second `make run` must fail, not share the port.
         ("grpc.so_reuseport", 0),
+        # Calls that arrive faster than the event loop takes them wait in gRPC's queue. Past its default
+        # (randomly from 1,000, every one from 3,000) gRPC cancels them with a bare CANCELLED before the
+        # gateway sees them; with this bound the gateway answers each, over its limits GATEWAY_OVERLOADED.
+        ("grpc.server.max_pending_requests", config.limits.max_pending_calls),
+        ("grpc.server.max_pending_requests_hard_limit", config.limits.max_pending_calls),
         *keepalive_options(config.keepalive),
     ]
 
@@ -173,7 +184,7 @@ async def start_gateway(
     # The queue first: a call waits for its slot before any other policy counts it.
     seam = Seam(router, (queue, *policies), tracing=tracing, observers=[metrics] if metrics else [])
     service = AIService(seam, max_request_bytes=config.max_request_bytes, interactive=config.interactive)
-    ai_service_pb2_grpc.add_AIServiceServicer_to_server(service, server)
+    add_service(ai_service_pb2_grpc.add_AIServiceServicer_to_server, service, server, REQUEST_TYPES)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     # Reflection describes the published contract, so it needs no token: grpcurl without one then reports

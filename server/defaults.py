@@ -28,6 +28,9 @@ __all__ = [
     "KEEPALIVE_TIME_S",
     "MAX_CONCURRENT_UPSTREAM",
     "MAX_MESSAGE_OVERHEAD_BYTES",
+    "MAX_MODEL_NAME_CHARS",
+    "MAX_PASSTHROUGH_BREAKERS",
+    "MAX_PENDING_CALLS",
     "MAX_REQUEST_CONTENT_BYTES",
     "MAX_RESUMES",
     "MAX_SCHEMA_BYTES",
@@ -66,6 +69,8 @@ MAX_TOOLS = 128
 MAX_SCHEMA_BYTES = 64 * 1024
 MAX_SCHEMA_DEPTH = 32
 MAX_TOOL_CALLS_PER_MESSAGE = 128
+# The longest model name a request may carry (real ones, Bedrock ARNs included, stay well under it).
+MAX_MODEL_NAME_CHARS = 256
 MAX_REQUEST_CONTENT_BYTES = 1024 * 1024
 # The gRPC receive limit is the content cap plus room for roles, names, config and framing, so that a
 # request just over the content cap gets our clear INVALID_ARGUMENT rather than gRPC's RESOURCE_EXHAUSTED.
@@ -131,6 +136,9 @@ BREAKER_FAILURE_RATIO = 0.05
 BREAKER_MIN_REQUESTS = 50
 BREAKER_WINDOW_S = 60.0
 BREAKER_COOLDOWN_S = 30.0
+# Breakers of "provider/anything" pass-through names are kept for the most recently used this many; the
+# catalog's own deployments always keep theirs. A client that invents names cannot grow them past it.
+MAX_PASSTHROUGH_BREAKERS = 1024
 
 # Streams: the longest wait for the first token (a reasoning model may think for minutes), and the longest
 # silence between two events after it. Both are distinct from the client's deadline.
@@ -142,6 +150,11 @@ MAX_RESUMES = 1
 # Overload: upstream calls in flight per process (per provider the default is its max_connections), and
 # the RetryInfo delay of a call refused for being over a limit.
 MAX_CONCURRENT_UPSTREAM = 1024
+# Calls gRPC holds before the gateway takes them (a burst arrives faster than the event loop takes it).
+# gRPC's own default (randomly from 1,000, all from 3,000) cancels the rest with a bare CANCELLED before the
+# gateway sees them; this many wait instead, and the gateway answers each (GATEWAY_OVERLOADED when over
+# its limit). A waiting call costs gRPC a few KiB.
+MAX_PENDING_CALLS = 20_000
 OVERLOAD_RETRY_AFTER_S = 1.0
 # Over the limit of calls in flight, a call waits at most this long for a slot (never past its deadline).
 QUEUE_WAIT_S = 2.0

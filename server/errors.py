@@ -4,6 +4,7 @@
     ├── InvalidRequest              INVALID_ARGUMENT + BadRequest listing every field violation
     │   ├── ModelNotFound           the model is unknown (reason MODEL_NOT_FOUND); names the known ones
     │   └── UnknownRequestId        InteractiveStream: a `cancel` names no live turn (reason UNKNOWN_REQUEST_ID)
+    ├── MalformedRequest            INVALID_ARGUMENT (reason MALFORMED_REQUEST): not valid protobuf
     ├── ProtocolViolation           INVALID_ARGUMENT (reason PROTOCOL_VIOLATION): a session broke its rules
     ├── CapabilityUnsupported       FAILED_PRECONDITION (CAPABILITY_UNSUPPORTED): the model cannot do what is asked
     ├── Unauthenticated             UNAUTHENTICATED
@@ -23,6 +24,14 @@
 Messages are written by the gateway, never copied from an upstream body (bodies can echo keys), and
 `to_rpc_status` scrubs every registered secret from the message and metadata as a last line of defence.
 This module is the only one that knows gRPC status codes.
+
+Every status is bounded, whatever the client sent, so that it always fits gRPC's 8 KiB trailer limit (a
+client would otherwise see RESOURCE_EXHAUSTED "metadata size exceeds limit" instead of the error): a value
+the client chose is quoted cut to 64 characters (`echo`); the message is cut to 512 UTF-8 bytes, each
+metadata value to 256 characters and each violation's description to 256; at most 10 violations are
+listed, with `violations` (how many there were) in the metadata; an unknown model lists at most 20 known
+names; and the serialized google.rpc.Status stays within 2,048 bytes (violations then metadata values give
+way first).
 
 Who retries what: the gateway retries and falls back across upstream attempts itself, so an error that
 comes out of that (every UpstreamError, and CircuitOpen) says so to the client, which must not multiply
@@ -54,6 +63,7 @@ __all__ = [
     "GatewayOverloaded",
     "InternalError",
     "InvalidRequest",
+    "MalformedRequest",
     "ModelNotFound",
     "ProtocolViolation",
     "ShuttingDown",
@@ -70,6 +80,7 @@ __all__ = [
     "abort",
     "code_name",
     "code_number",
+    "echo",
     "register_secret",
     "scrub",
     "to_rpc_status",
@@ -104,13 +115,34 @@ class GatewayError(Exception):
         self.metadata: dict[str, str] = dict(metadata or {})
 
 
+# The bounds of every status (see the module docstring).
+MAX_ECHO_CHARS = 64
+MAX_MESSAGE_BYTES = 512
+MAX_METADATA_CHARS = 256
+MAX_DESCRIPTION_CHARS = 256
+MAX_VIOLATIONS = 10
+MAX_STATUS_BYTES = 2048
+# How many violations the message spells out; BadRequest lists up to MAX_VIOLATIONS.
+_VIOLATIONS_IN_MESSAGE = 5
+
+
+def echo(value: str) -> str:
+    """A value the client chose, quoted for an error message: cut to MAX_ECHO_CHARS, its length then said."""
+    if len(value) <= MAX_ECHO_CHARS:
+        return repr(value)
+    return f"{value[:MAX_ECHO_CHARS]!r}… ({len(value)} characters)"
+
+
 class InvalidRequest(GatewayError):
     code = code_pb2.INVALID_ARGUMENT
     reason = "INVALID_REQUEST"
 
     def __init__(self, violations: Iterable[FieldViolation]) -> None:
         self.violations = tuple(violations)
-        summary = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
+        shown = self.violations[:_VIOLATIONS_IN_MESSAGE]
+        summary = "; ".join(f"{v.field}: {v.description}" for v in shown)
+        if len(self.violations) > len(shown):
+            summary += f"; and {len(self.violations) - len(shown)} more"
         super().__init__(f"invalid request: {summary}")
 
 
@@ -129,12 +161,24 @@ class ModelNotFound(InvalidRequest):
         self.metadata = {
             "model": model,
             "closest": ",".join(closest_names(model, known_models)),
-            "known_models": ",".join(known_models),
+            "known_models": _listed(known_models[:_NAMES_IN_MESSAGE], MAX_METADATA_CHARS),
+            "known_models_total": str(len(known_models)),
         }
 
 
 # How many known names an unknown-model message spells out; ListModels has them all.
 _NAMES_IN_MESSAGE = 20
+
+
+def _listed(names: Sequence[str], limit: int) -> str:
+    """The first `names`, comma-separated, as many whole ones as fit in `limit` characters."""
+    listed = ""
+    for name in names:
+        longer = f"{listed},{name}" if listed else name
+        if len(longer) > limit:
+            break
+        listed = longer
+    return listed
 
 
 def closest_names(model: str, known_models: Iterable[str]) -> list[str]:
@@ -151,7 +195,7 @@ def unknown_model_description(model: str, known_models: Iterable[str]) -> str:
         if len(known) > _NAMES_IN_MESSAGE
         else ""
     )
-    return f"unknown model {model!r}; {hint}known models: {listed}{more}"
+    return f"unknown model {echo(model)}; {hint}known models: {listed}{more}"
 
 
 class UnknownRequestId(InvalidRequest):
@@ -161,9 +205,16 @@ class UnknownRequestId(InvalidRequest):
 
     def __init__(self, request_id: str) -> None:
         super().__init__(
-            [FieldViolation("cancel.request_id", f"no running or waiting turn has request_id {request_id!r}")]
+            [FieldViolation("cancel.request_id", f"no running or waiting turn has request_id {echo(request_id)}")]
         )
         self.metadata = {"request_id": request_id}
+
+
+class MalformedRequest(GatewayError):
+    """The request could not be decoded as its protobuf message type (server/decoding.py)."""
+
+    code = code_pb2.INVALID_ARGUMENT
+    reason = "MALFORMED_REQUEST"
 
 
 class ProtocolViolation(GatewayError):
@@ -338,19 +389,36 @@ def _pack(message: object) -> any_pb2.Any:
 
 
 def to_rpc_status(error: GatewayError) -> status_pb2.Status:
-    """Map any gateway error to a google.rpc.Status with ErrorInfo and the details that apply."""
-    metadata = {key: scrub(value) for key, value in error.metadata.items()}
+    """Map any gateway error to a google.rpc.Status with ErrorInfo and the details that apply, bounded
+    (see the module docstring): secrets are scrubbed before anything is cut, so no cut leaves half of one."""
+    metadata = {key: _cut(scrub(value), MAX_METADATA_CHARS) for key, value in error.metadata.items()}
     if not error.client_may_retry:
         metadata[CLIENT_RETRY_KEY] = "no"
-    status = status_pb2.Status(code=error.code, message=scrub(error.message))
+    violations: tuple[FieldViolation, ...] = ()
+    if isinstance(error, InvalidRequest):
+        violations = error.violations
+        if len(violations) > MAX_VIOLATIONS:
+            metadata["violations"] = str(len(violations))
+    status = _status(error, metadata, violations[:MAX_VIOLATIONS])
+    if status.ByteSize() > MAX_STATUS_BYTES:
+        status = _shrunk(error, metadata, violations[:MAX_VIOLATIONS], len(violations))
+    return status
+
+
+def _status(
+    error: GatewayError, metadata: Mapping[str, str], violations: Sequence[FieldViolation]
+) -> status_pb2.Status:
+    status = status_pb2.Status(code=error.code, message=_cut_bytes(scrub(error.message), MAX_MESSAGE_BYTES))
     status.details.append(
         _pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata))
     )
     if isinstance(error, InvalidRequest):
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                for v in error.violations
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=_cut(v.field, MAX_ECHO_CHARS), description=_cut(scrub(v.description), MAX_DESCRIPTION_CHARS)
+                )
+                for v in violations
             ]
         )
         status.details.append(_pack(bad_request))
@@ -359,6 +427,42 @@ def to_rpc_status(error: GatewayError) -> status_pb2.Status:
         delay.FromMilliseconds(round(error.retry_after_s * 1000))
         status.details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     return status
+
+
+def _shrunk(
+    error: GatewayError, metadata: dict[str, str], violations: Sequence[FieldViolation], total: int
+) -> status_pb2.Status:
+    """A status over MAX_STATUS_BYTES made to fit: fewer violations first, then shorter metadata values, then
+    fewer metadata entries (the request id and `client_retry` last of all)."""
+    kept = list(violations)
+    while kept:
+        kept.pop()
+        status = _status(error, {**metadata, "violations": str(total)}, kept)
+        if status.ByteSize() <= MAX_STATUS_BYTES:
+            return status
+    short = {key: _cut(value, MAX_ECHO_CHARS) for key, value in metadata.items()}
+    if total:
+        short["violations"] = str(total)
+    keys = sorted(short, key=lambda key: key in _KEPT_LAST)
+    while True:
+        status = _status(error, short, [])
+        if status.ByteSize() <= MAX_STATUS_BYTES or not keys:
+            return status
+        del short[keys.pop(0)]
+
+
+_KEPT_LAST = frozenset({"request_id", "session_request_id", "violations", CLIENT_RETRY_KEY})
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _cut_bytes(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` UTF-8 bytes (on a character boundary), marked with "…" when cut."""
+    if len(text) <= limit // 4 or len(encoded := text.encode("utf-8", "surrogatepass")) <= limit:
+        return text
+    return encoded[: limit - 3].decode("utf-8", "ignore") + "…"
 
 
 async def abort(

@@ -28,6 +28,7 @@ from server.convert import (
     unchecked_messages,
     unserved_needs,
 )
+from server.decoding import Malformed, malformed_request
 from server.errors import GatewayError, InternalError, ShuttingDown, abort
 from server.interactive.session import SESSION_ID_HEADER, InteractiveSession
 from server.observe.request_id import CURRENT_REQUEST_ID, REQUEST_ID_HEADER, request_id_from
@@ -143,8 +144,8 @@ class AIService(pb_grpc.AIServiceServicer):
             await context.send_initial_metadata(trailers)  # a failed unary call names its id in its headers too
         await abort(context, error, trailers)
 
-    async def Generate(self, request: pb.GenerateRequest, context: ServicerContext) -> pb.GenerateResponse:
-        async with self._call(context, "Generate", request.model, streaming=False) as call:
+    async def Generate(self, request: pb.GenerateRequest | Malformed, context: ServicerContext) -> pb.GenerateResponse:
+        async with self._call(context, "Generate", _model_of(request), streaming=False) as call:
             model, chat = self._prepare(request, context, call)
             completion = await self._seam.complete(call, model, chat)
         return generate_response(completion)
@@ -153,9 +154,9 @@ class AIService(pb_grpc.AIServiceServicer):
     # writes with context.write, which we use: a client's cancellation then arrives inside this frame, so
     # `aclosing` closes the provider stream (and the upstream response) at once, not when GC finds it.
     async def StreamGenerate(  # type: ignore[override]
-        self, request: pb.StreamGenerateRequest, context: ServicerContext
+        self, request: pb.StreamGenerateRequest | Malformed, context: ServicerContext
     ) -> None:
-        async with self._call(context, "StreamGenerate", request.model, streaming=True) as call:
+        async with self._call(context, "StreamGenerate", _model_of(request), streaming=True) as call:
             model, chat = self._prepare(request, context, call)
             record = call.record
             async with aclosing(await self._seam.stream(call, model, chat)) as events:
@@ -176,7 +177,7 @@ class AIService(pb_grpc.AIServiceServicer):
                         await context.write(final_chunk(event))
 
     async def InteractiveStream(  # type: ignore[override]  # a writing coroutine, as StreamGenerate
-        self, request_iterator: AsyncIterator[pb.InteractiveRequest], context: ServicerContext
+        self, request_iterator: AsyncIterator[pb.InteractiveRequest | Malformed], context: ServicerContext
     ) -> None:
         session = InteractiveSession(
             self._seam, context, limits=self._interactive, max_request_bytes=self._max_request_bytes
@@ -195,15 +196,24 @@ class AIService(pb_grpc.AIServiceServicer):
         finally:
             self.sessions.discard(session)
 
-    async def ListModels(self, request: pb.ListModelsRequest, context: ServicerContext) -> pb.ListModelsResponse:
+    async def ListModels(
+        self, request: pb.ListModelsRequest | Malformed, context: ServicerContext
+    ) -> pb.ListModelsResponse:
+        if isinstance(request, Malformed):
+            await abort(context, malformed_request(request))
         catalog = self._seam.catalog
         return pb.ListModelsResponse(models=[model_info(m, catalog.aliases_of(m.name)) for m in catalog.models()])
 
     def _prepare(
-        self, request: pb.GenerateRequest | pb.StreamGenerateRequest, context: ServicerContext, call: CallContext
+        self,
+        request: pb.GenerateRequest | pb.StreamGenerateRequest | Malformed,
+        context: ServicerContext,
+        call: CallContext,
     ) -> tuple[ModelConfig, ChatRequest]:
         if self.draining:
             raise ShuttingDown("the gateway is shutting down; retry on another instance")
+        if isinstance(request, Malformed):
+            raise malformed_request(request)
         catalog = call.router.catalog
         model = catalog.resolve(request.model)
         params = params_from_pb(request.config)
@@ -219,3 +229,7 @@ class AIService(pb_grpc.AIServiceServicer):
         headers = ((REQUEST_ID_HEADER, call.record.request_id),)
         needs = unserved_needs(request.messages, request.config)
         return model, ChatRequest(model.name, messages, params, context.time_remaining(), headers=headers, needs=needs)
+
+
+def _model_of(request: pb.GenerateRequest | pb.StreamGenerateRequest | Malformed) -> str:
+    return "" if isinstance(request, Malformed) else request.model

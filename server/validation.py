@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from server import defaults
-from server.errors import FieldViolation, InvalidRequest, ModelNotFound, unknown_model_description
+from server.errors import FieldViolation, InvalidRequest, ModelNotFound, echo, unknown_model_description
 from server.tool_checks import check_message_tools, check_tool_options
 from server.types import ChatMessage, Role, SamplingParams, ToolCall
 
@@ -42,11 +42,17 @@ def check_request(
     is the only problem, ModelNotFound is raised instead, so clients can tell it apart by its reason.
     """
     violations: list[FieldViolation] = []
-    model_unknown = bool(model) and model_max_tokens is None
+    unknown: FieldViolation | None = None
     if not model:
         violations.append(FieldViolation("model", "required"))
-    elif model_unknown:
-        violations.append(FieldViolation("model", unknown_model_description(model, known_models)))
+    elif len(model) > defaults.MAX_MODEL_NAME_CHARS:
+        # Before any lookup: closest-name matching is quadratic in the name's length.
+        violations.append(
+            FieldViolation("model", f"is {len(model)} characters long; at most {defaults.MAX_MODEL_NAME_CHARS}")
+        )
+    elif model_max_tokens is None:
+        unknown = FieldViolation("model", unknown_model_description(model, known_models))
+        violations.append(unknown)
 
     if not messages:
         violations.append(FieldViolation("messages", "at least one message is required"))
@@ -57,7 +63,7 @@ def check_request(
         if role is None:
             violations.append(
                 FieldViolation(
-                    f"messages[{i}].role", f"must be system, user, assistant or tool, got {message.role[:32]!r}"
+                    f"messages[{i}].role", f"must be system, user, assistant or tool, got {echo(message.role)}"
                 )
             )
         else:
@@ -74,7 +80,7 @@ def check_request(
         )
 
     violations += _check_params(params, model_max_tokens or defaults.MAX_TOKENS_LIMIT)
-    if violations == [FieldViolation("model", unknown_model_description(model, known_models))]:
+    if unknown is not None and violations == [unknown]:
         raise ModelNotFound(model, known_models)
     if violations:
         raise InvalidRequest(violations)

@@ -199,6 +199,7 @@ def _resilience_problems(config: GatewayConfig) -> list[str]:
         (breaker.min_requests >= 1, "circuit_breaker.min_requests: must be at least 1"),
         (breaker.window_s > 0 and breaker.cooldown_s > 0, "circuit_breaker: window_s and cooldown_s must be above 0"),
         (limits.max_concurrent_upstream >= 1, "limits.max_concurrent_upstream: must be at least 1"),
+        (limits.max_pending_calls >= 1, "limits.max_pending_calls: must be at least 1"),
         (keepalive.time_s > 0 and keepalive.timeout_s > 0, "keepalive: time_s and timeout_s must be above 0"),
     ]
     return [problem for ok, problem in checks if not ok]

@@ -23,15 +23,16 @@ from pathlib import Path
 
 from server.config.checks import checked
 from server.config.parse import parse
-from server.config.readers import number, read_yaml
+from server.config.readers import number, range_of, read_yaml
 from server.config.schema import ConfigError, GatewayConfig, MetricsConfig, ProviderConfig
 from server.errors import register_secret
 from server.routing.catalog import PROVIDER_PRESETS, ModelConfig
 
 __all__ = ["default_config", "load_config"]
 
-# Environment variables that override a number of the config, and its field.
-_ENV_NUMBERS = {"GATEWAY_GRACE_PERIOD_S": "grace_period_s", "GATEWAY_MAX_REQUEST_BYTES": "max_request_bytes"}
+# Environment variables that override a number of the config: its field, and the smallest value it takes
+# (a request cap of 0 bytes would refuse every call).
+_ENV_NUMBERS = {"GATEWAY_GRACE_PERIOD_S": ("grace_period_s", 0), "GATEWAY_MAX_REQUEST_BYTES": ("max_request_bytes", 1)}
 
 
 def default_config(env: Mapping[str, str] | None = None, *, listen: str | None = None) -> GatewayConfig:
@@ -92,9 +93,14 @@ def _apply_env(config: GatewayConfig, env: Mapping[str, str]) -> GatewayConfig:
         config = replace(config, log_format=env["GATEWAY_LOG_FORMAT"].lower())
     if env.get("GATEWAY_METRICS_LISTEN"):
         config = replace(config, metrics=MetricsConfig(listen=env["GATEWAY_METRICS_LISTEN"]))
-    for var, key in _ENV_NUMBERS.items():
-        if env.get(var) and (value := number(env[var], var, problems, minimum=0)) is not None:
-            config = replace(config, **{key: type(getattr(config, key))(value)})
+    for var, (key, minimum) in _ENV_NUMBERS.items():
+        if not env.get(var):
+            continue
+        current = getattr(config, key)
+        maximum, whole = range_of(key, current)
+        value = number(env[var], var, problems, minimum=minimum, maximum=maximum, whole=whole)
+        if value is not None:
+            config = replace(config, **{key: type(current)(value)})
     if problems:
         raise ConfigError("\n".join(problems))
     return config

@@ -6,7 +6,7 @@ from dataclasses import replace
 from typing import Any
 
 from server import defaults
-from server.config.readers import as_list, mapping, number, unknown_keys
+from server.config.readers import MAX_WHOLE, as_list, mapping, number, unknown_keys
 from server.resilience.retry import FailureClass
 from server.routing.catalog import CAPABILITIES, Deployment, ModelConfig, Price
 
@@ -27,7 +27,7 @@ def parse_model(raw: Any, where: str, problems: list[str]) -> ModelConfig | None
     if model is None:
         return None
     if "max_tokens" in entry:
-        cap = number(entry["max_tokens"], f"{where}.max_tokens", problems, minimum=1)
+        cap = number(entry["max_tokens"], f"{where}.max_tokens", problems, minimum=1, maximum=MAX_WHOLE, whole=True)
         if cap is not None:
             model = replace(model, max_tokens=min(int(cap), defaults.MAX_TOKENS_LIMIT))
     if entry.get("aliases") is not None:

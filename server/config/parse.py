@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from server.config.models import parse_model
-from server.config.readers import as_list, mapping, number, numbers, unknown_keys
+from server.config.readers import as_list, mapping, number, numbers, range_of, unknown_keys
 from server.config.schema import (
     OFFLINE_KINDS,
     PROVIDER_KINDS,
@@ -79,7 +79,8 @@ def parse(raw: Any, base_dir: Path, env: Mapping[str, str], problems: list[str],
     if top.get("aliases") is not None:
         aliases = mapping(top["aliases"], "aliases", problems)
         config = replace(config, aliases=tuple((str(k), str(v)) for k, v in aliases.items()))
-    config = replace(config, **numbers(top, ("grace_period_s", "max_request_bytes"), "", config, problems, minimum=0))
+    config = replace(config, **numbers(top, ("grace_period_s",), "", config, problems, minimum=0))
+    config = replace(config, **numbers(top, ("max_request_bytes",), "", config, problems, minimum=1))
     if "log_level" in top:
         config = replace(config, log_level=str(top["log_level"]).upper())
     if top.get("log") is not None:
@@ -125,8 +126,11 @@ def _parse_section(raw: Any, key: str, template: _Section, problems: list[str]) 
             values[name] = value
         elif value is None and current is None:
             continue  # an optional setting left off
-        elif (parsed := number(value, f"{key}.{name}", problems, minimum=0)) is not None:
-            values[name] = int(parsed) if isinstance(current, int) else parsed
+        else:
+            maximum, whole = range_of(name, current)
+            parsed = number(value, f"{key}.{name}", problems, minimum=0, maximum=maximum, whole=whole)
+            if parsed is not None:
+                values[name] = int(parsed) if isinstance(current, int) else parsed
     return replace(template, **values)
 
 

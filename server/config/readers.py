@@ -9,9 +9,29 @@ from typing import Any
 
 import yaml
 
+from server import defaults
 from server.config.schema import ConfigError
 
-__all__ = ["as_list", "mapping", "number", "numbers", "read_yaml", "unknown_keys"]
+__all__ = [
+    "MAX_SECONDS",
+    "MAX_WHOLE",
+    "as_list",
+    "mapping",
+    "number",
+    "numbers",
+    "range_of",
+    "read_yaml",
+    "unknown_keys",
+]
+
+# The real range of the config's numbers. gRPC carries its limits and durations as 32-bit integers
+# (durations in milliseconds): a larger value would pass a naive check and then crash the start-up, so
+# every whole-number option stops at MAX_WHOLE and every duration (a key ending in `_s`) at MAX_SECONDS
+# (24.8 days), which no limit of the gateway needs to pass.
+MAX_WHOLE = 2**31 - 1
+MAX_SECONDS = float(MAX_WHOLE // 1000)
+# Options narrower than their kind: the gRPC receive limit is max_request_bytes plus the message overhead.
+_MAXIMA = {"max_request_bytes": float(MAX_WHOLE - defaults.MAX_MESSAGE_OVERHEAD_BYTES)}
 
 
 def read_yaml(path: Path, what: str = "config file") -> Any:
@@ -59,28 +79,58 @@ def unknown_keys(entry: dict[str, Any], known: set[str], prefix: str, problems: 
         problems.append(f"{prefix}{key}: unknown key (known: {', '.join(sorted(known))})")
 
 
-def number(raw: Any, where: str, problems: list[str], *, minimum: float) -> float | None:
+def number(
+    raw: Any, where: str, problems: list[str], *, minimum: float, maximum: float = math.inf, whole: bool = False
+) -> float | None:
+    """`raw` as a number in [minimum, maximum] (a whole one when `whole`), or None with the problem noted.
+    YAML's `true` and `false` are not numbers, although Python would read them as 1 and 0."""
+    if isinstance(raw, bool):
+        problems.append(f"{where}: expected a number, got {str(raw).lower()}")
+        return None
     try:
         value = float(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         problems.append(f"{where}: expected a number, got {raw!r}")
         return None
     if not math.isfinite(value):
         problems.append(f"{where}: expected a finite number, got {raw!r}")
         return None
+    if whole and not value.is_integer():
+        problems.append(f"{where}: expected a whole number, got {raw!r}")
+        return None
     if value < minimum:
         problems.append(f"{where}: must be at least {minimum:g}")
         return None
+    if value > maximum:
+        problems.append(f"{where}: must be at most {maximum:.0f}" + (" (24.8 days)" if maximum == MAX_SECONDS else ""))
+        return None
     return value
+
+
+def range_of(key: str, current: object) -> tuple[float, bool]:
+    """The largest value of option `key` whose value now is `current`, and whether it must be whole."""
+    if key in _MAXIMA:
+        return _MAXIMA[key], True
+    if key.endswith("_s"):
+        return MAX_SECONDS, False
+    if isinstance(current, int) and not isinstance(current, bool):
+        return float(MAX_WHOLE), True
+    return math.inf, False
 
 
 def numbers(
     entry: dict[str, Any], keys: Iterable[str], prefix: str, template: object, problems: list[str], *, minimum: float
 ) -> dict[str, Any]:
-    """The `keys` present in `entry` that are numbers of at least `minimum`, each converted to the type of
-    the field of the same name in `template` (a dataclass instance), ready for `dataclasses.replace`."""
+    """The `keys` present in `entry` that are numbers of at least `minimum` and in their real range (see
+    `range_of`), each converted to the type of the field of the same name in `template` (a dataclass
+    instance), ready for `dataclasses.replace`."""
     values: dict[str, Any] = {}
     for key in keys:
-        if key in entry and (value := number(entry[key], f"{prefix}{key}", problems, minimum=minimum)) is not None:
-            values[key] = type(getattr(template, key))(value)
+        if key not in entry:
+            continue
+        current = getattr(template, key)
+        maximum, whole = range_of(key, current)
+        value = number(entry[key], f"{prefix}{key}", problems, minimum=minimum, maximum=maximum, whole=whole)
+        if value is not None:
+            values[key] = type(current)(value)
     return values

@@ -122,12 +122,13 @@ class InteractiveConfig:
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
     """Load shedding (config key `limits`): calls in flight per process, how long a call may wait for a slot
-    (server/policy/fair_queue.py; 0: refused at once), and the RetryInfo delay of a call refused for being
-    over a limit."""
+    (server/policy/fair_queue.py; 0: refused at once), the RetryInfo delay of a call refused for being over
+    a limit, and the calls gRPC may hold before the gateway takes them."""
 
     max_concurrent_upstream: int = defaults.MAX_CONCURRENT_UPSTREAM
     retry_after_s: float = defaults.OVERLOAD_RETRY_AFTER_S
     queue_wait_s: float = defaults.QUEUE_WAIT_S
+    max_pending_calls: int = defaults.MAX_PENDING_CALLS
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ import grpc
 from generated import ai_service_pb2 as pb
 from server import defaults
 from server.config import InteractiveConfig
+from server.decoding import Malformed, malformed_request
 from server.errors import GatewayError, InternalError, ProtocolViolation, ShuttingDown, UnknownRequestId
 from server.interactive import wire
 from server.interactive.history import History, Plan
@@ -118,7 +119,7 @@ class InteractiveSession:
         """Outgoing messages waiting for the client to read them (at most `queue_size`, plus a go_away)."""
         return len(self._outbox)
 
-    async def run(self, requests: AsyncIterator[pb.InteractiveRequest]) -> None:
+    async def run(self, requests: AsyncIterator[pb.InteractiveRequest | Malformed]) -> None:
         """Serve the session. Returns when it ends with OK; raises a GatewayError to end it with that status.
         The servicer has sent the headers, `SESSION_ID_HEADER` among them (see service.py)."""
         self._spawn(self._read(requests), "reader")
@@ -137,7 +138,7 @@ class InteractiveSession:
 
     # --- reading -------------------------------------------------------------------------------------------
 
-    async def _read(self, requests: AsyncIterator[pb.InteractiveRequest]) -> None:
+    async def _read(self, requests: AsyncIterator[pb.InteractiveRequest | Malformed]) -> None:
         try:
             async for request in requests:
                 await self._dispatch(request)
@@ -151,7 +152,9 @@ class InteractiveSession:
         self._half_closed = True
         self._end_if_done()
 
-    async def _dispatch(self, request: pb.InteractiveRequest) -> None:
+    async def _dispatch(self, request: pb.InteractiveRequest | Malformed) -> None:
+        if isinstance(request, Malformed):
+            raise malformed_request(request)
         kind = request.WhichOneof("kind")
         if kind is None:
             raise ProtocolViolation("protocol violation: an InteractiveRequest must set start, message or cancel")

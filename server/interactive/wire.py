@@ -22,7 +22,7 @@ from server.convert import (
     unserved_needs,
     usage_pb,
 )
-from server.errors import FieldViolation, GatewayError, InvalidRequest, ModelNotFound, to_rpc_status
+from server.errors import FieldViolation, GatewayError, InvalidRequest, ModelNotFound, echo, to_rpc_status
 from server.interactive.history import message_bytes
 from server.routing.catalog import ModelConfig
 from server.types import ChatMessage, Finish, FinishReason, SamplingParams, ToolCall, ToolCallDelta
@@ -156,7 +156,7 @@ def _check(
         )
     except ModelNotFound:
         if extra:
-            raise InvalidRequest([FieldViolation("model", f"unknown model {model_name!r}"), *extra]) from None
+            raise InvalidRequest([FieldViolation("model", f"unknown model {echo(model_name)}"), *extra]) from None
         raise
     except InvalidRequest as error:
         violations = [FieldViolation(renamed.get(v.field, v.field), v.description) for v in error.violations]

@@ -11,6 +11,12 @@ brings its values as `access`: in JSON they become keys of the object, so a ship
 
 Both formats scrub every registered secret from the whole line (errors.scrub), a last line of defence:
 no log call is meant to carry one in the first place.
+
+Nothing a peer sends can forge a line or reach the terminal of whoever tails the log. Values a client or an
+upstream chose are bounded and escaped where they are logged (record.log_value); as a last line of defence,
+a text line's message is cut to MAX_MESSAGE_CHARS and every control character in it (newline, ESC, NUL, C1,
+the Unicode line separators) is written as an escape, and a traceback's lines are indented, so that only a
+record's first line starts at the first column. JSON escapes them itself.
 """
 
 from __future__ import annotations
@@ -24,12 +30,37 @@ from typing import Any, Literal, TextIO
 from server.errors import scrub
 from server.observe.request_id import CURRENT_REQUEST_ID
 
-__all__ = ["LOG_FORMATS", "CallFilter", "JsonFormatter", "LogFormat", "TextFormatter", "configure_logging"]
+__all__ = [
+    "LOG_FORMATS",
+    "MAX_MESSAGE_CHARS",
+    "CallFilter",
+    "JsonFormatter",
+    "LogFormat",
+    "TextFormatter",
+    "configure_logging",
+    "escape_controls",
+]
 
 LogFormat = Literal["text", "json"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
 
 _ACCESS_LOGGER = "server.access"  # its lines name their request id themselves
+# The longest message one log line carries (a traceback comes on top); longer ones are cut and marked.
+MAX_MESSAGE_CHARS = 8192
+_CONTROLS = {
+    code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    for code in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)
+}
+_CONTROLS_BUT_NEWLINE = {code: text for code, text in _CONTROLS.items() if code != 0x0A}
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every control character (newline, ESC, NUL, C1, U+2028/2029) written as an escape."""
+    return text.translate(_CONTROLS)
+
+
+def _bounded_message(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + "…"
 
 
 class CallFilter(logging.Filter):
@@ -45,6 +76,7 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(_bounded_message(record.message))
         line = super().formatMessage(record)
         request_id = getattr(record, "request_id", "")
         if request_id and record.name != _ACCESS_LOGGER:
@@ -52,7 +84,12 @@ class TextFormatter(logging.Formatter):
         return line
 
     def format(self, record: logging.LogRecord) -> str:
-        return scrub(super().format(record))
+        """The line; a traceback after it has its control characters but newlines escaped and each of its
+        lines indented, so that an exception's message (which may hold what a peer sent) starts no line."""
+        head, newline, rest = super().format(record).partition("\n")
+        if newline:
+            rest = "\n".join(f"  {line}" for line in rest.translate(_CONTROLS_BUT_NEWLINE).split("\n"))
+        return scrub(head + newline + rest)
 
 
 class JsonFormatter(logging.Formatter):
@@ -63,7 +100,7 @@ class JsonFormatter(logging.Formatter):
             "time": _utc(record.created),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": _bounded_message(record.getMessage()),
         }
         if request_id := getattr(record, "request_id", ""):
             entry["request_id"] = request_id

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from server import defaults
+from server.observe.record import log_value
 
 __all__ = ["Admission", "BreakerPolicy", "BreakerState", "CircuitBreaker"]
 
@@ -61,6 +62,7 @@ class BreakerPolicy:
 class CircuitBreaker:
     def __init__(self, name: str, policy: BreakerPolicy, clock: Callable[[], float]) -> None:
         self.name = name
+        self._logged_as = log_value(name)  # a pass-through name is the client's choice
         self._policy = policy
         self._clock = clock
         self._state = BreakerState.CLOSED
@@ -84,7 +86,7 @@ class CircuitBreaker:
             if now < self._opened_at + self._policy.cooldown_s:
                 return Admission.DENIED
             self._state = BreakerState.HALF_OPEN
-            log.info("circuit of %s half-open: letting a probe through", self.name)
+            log.info("circuit of %s half-open: letting a probe through", self._logged_as)
         elif self._probe_started is not None and now < self._probe_started + self._policy.cooldown_s:
             return Admission.DENIED  # a probe is in flight
         self._probe_started = now
@@ -144,14 +146,18 @@ class CircuitBreaker:
         self._probe_started = None
         last = f" (last: {self.last_failure[0]})" if self.last_failure else ""
         log.warning(
-            "circuit of %s opened: %s%s; calls go elsewhere for %g s", self.name, why, last, self._policy.cooldown_s
+            "circuit of %s opened: %s%s; calls go elsewhere for %g s",
+            self._logged_as,
+            why,
+            last,
+            self._policy.cooldown_s,
         )
 
     def _close(self) -> None:
         self._state = BreakerState.CLOSED
         self._consecutive = 0
         self._buckets.clear()
-        log.info("circuit of %s closed: its probe succeeded", self.name)
+        log.info("circuit of %s closed: its probe succeeded", self._logged_as)
 
     def _bucket(self) -> list[float]:
         """The current bucket of the window; buckets older than the window are dropped."""

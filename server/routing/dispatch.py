@@ -55,6 +55,7 @@ class Router:
         self.catalog = catalog
         self._providers = dict(providers)
         self.resilience = resilience or Resilience()
+        self.resilience.pin(d for model in catalog.models() for d in model.all_deployments)
         self._rng = rng
         self._kinds = dict(kinds or {})  # provider name -> kind (openai, anthropic, …), for traces
 

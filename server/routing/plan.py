@@ -36,13 +36,15 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from types import TracebackType
 
 from server import defaults
 from server.config import GatewayConfig, ProviderConfig
 from server.errors import CircuitOpen, GatewayError, GatewayOverloaded, UpstreamError, UpstreamTimeout, scrub
+from server.observe.record import log_value
 from server.providers.base import Provider
 from server.resilience.breaker import Admission, BreakerPolicy, CircuitBreaker
 from server.resilience.limits import UpstreamLimits
@@ -66,7 +68,13 @@ class StreamTimeouts:
 
 class Resilience:
     """What every call shares: the policies, a breaker per deployment, a retry budget per provider, the
-    concurrency limits, and the clock, sleep and random source (injected by unit tests)."""
+    concurrency limits, and the clock, sleep and random source (injected by unit tests).
+
+    The catalog's deployments (`pin`) keep their breakers for good; a "provider/anything" pass-through name
+    is the client's choice, so its breaker is kept only among the `max_passthrough_breakers` most recently
+    used ones: inventing names cannot grow the gateway's memory. A pass-through breaker that is evicted
+    starts closed when its name comes back.
+    """
 
     def __init__(
         self,
@@ -79,6 +87,7 @@ class Resilience:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: Callable[[], float] = random.random,
+        max_passthrough_breakers: int = defaults.MAX_PASSTHROUGH_BREAKERS,
     ) -> None:
         self.retry = retry or RetryPolicy()
         self.breaker_policy = breaker or BreakerPolicy()
@@ -86,7 +95,10 @@ class Resilience:
         self.overload_retry_after_s = overload_retry_after_s
         self.clock, self.sleep, self.rng = clock, sleep, rng
         self._timeouts = dict(timeouts or {})
-        self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
+        self._breakers: dict[tuple[str, str], CircuitBreaker] = {}  # the catalog's deployments
+        self._pinned: frozenset[tuple[str, str]] = frozenset()
+        self._passthrough: OrderedDict[tuple[str, str], CircuitBreaker] = OrderedDict()  # least recent first
+        self._max_passthrough = max_passthrough_breakers
         self._budgets: dict[str, RetryBudget] = {}
         self.observer: PlanObserver = NO_OBSERVER  # the metrics, when on (server/observe/metrics.py)
 
@@ -106,18 +118,34 @@ class Resilience:
     def timeouts(self, provider: str) -> StreamTimeouts:
         return self._timeouts.get(provider) or StreamTimeouts()
 
+    def pin(self, deployments: Iterable[Deployment]) -> None:
+        """The catalog's deployments: their breakers are never evicted."""
+        self._pinned = self._pinned | {_key(d) for d in deployments}
+
     def breaker(self, deployment: Deployment) -> CircuitBreaker:
         """The breaker of an upstream deployment (shared by every catalog model that uses it)."""
-        key = (deployment.provider, deployment.upstream_model)
-        breaker = self._breakers.get(key)
+        key = _key(deployment)
+        if key in self._pinned:
+            breaker = self._breakers.get(key)
+            if breaker is None:
+                breaker = self._breakers[key] = self._new_breaker(key)
+            return breaker
+        passthrough = self._passthrough
+        breaker = passthrough.get(key)
         if breaker is None:
-            breaker = CircuitBreaker(f"{key[0]}/{key[1]}", self.breaker_policy, self.clock)
-            self._breakers[key] = breaker
+            breaker = passthrough[key] = self._new_breaker(key)
+            if len(passthrough) > self._max_passthrough:
+                passthrough.popitem(last=False)
+        else:
+            passthrough.move_to_end(key)
         return breaker
 
+    def _new_breaker(self, key: tuple[str, str]) -> CircuitBreaker:
+        return CircuitBreaker(f"{key[0]}/{key[1]}", self.breaker_policy, self.clock)
+
     def breakers(self) -> list[CircuitBreaker]:
-        """Every breaker made so far (one per deployment that was called), for the metrics."""
-        return list(self._breakers.values())
+        """Every breaker kept now (one per deployment that was called), for the metrics."""
+        return [*self._breakers.values(), *self._passthrough.values()]
 
     def budgets(self) -> list[tuple[str, RetryBudget]]:
         """Every provider's retry budget made so far, for the metrics."""
@@ -270,8 +298,8 @@ class CallPlan:
         log.debug(
             "attempt %d of %s on %s failed (%s): %s",
             attempt.number,
-            self._chain[0].name,
-            attempt.served.deployment,
+            log_value(self._chain[0].name),
+            log_value(attempt.served.deployment),
             error.reason,
             scrub(error.message),
         )

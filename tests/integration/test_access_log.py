@@ -109,4 +109,4 @@ async def test_a_client_chosen_model_name_cannot_forge_or_split_a_log_line(
     assert " model=x\\x20code=OK\\x0aStreamGenerate\\x20client=admin\\x20yyy" in line
     assert "y" * 200 not in line  # cut, and marked
     assert "…" in line
-    assert " code=INVALID_ARGUMENT reason=MODEL_NOT_FOUND " in line
+    assert " code=INVALID_ARGUMENT reason=INVALID_REQUEST " in line  # a name over 256 characters

@@ -7,6 +7,8 @@ from google.rpc import code_pb2, error_details_pb2
 
 from server.defaults import ERROR_DOMAIN
 from server.errors import (
+    MAX_MESSAGE_BYTES,
+    MAX_STATUS_BYTES,
     CircuitOpen,
     FieldViolation,
     GatewayError,
@@ -111,3 +113,28 @@ def test_registered_secrets_are_scrubbed_from_message_and_metadata() -> None:
 @pytest.mark.parametrize(("name", "number"), [("OK", 0), ("INVALID_ARGUMENT", 3), ("UNAVAILABLE", 14), ("NOPE", 2)])
 def test_a_code_name_maps_back_to_its_number(name: str, number: int) -> None:
     assert code_number(name) == number
+
+
+def test_a_status_stays_within_its_byte_bound_however_large_its_parts() -> None:
+    error = InvalidRequest([FieldViolation(f"messages[{i}].role", "é" * 1000) for i in range(50)])
+    error.metadata = {f"key_{i}": "v" * 10_000 for i in range(20)}
+    error.message = "ü" * 100_000
+
+    status = to_rpc_status(error)
+
+    assert status.ByteSize() <= MAX_STATUS_BYTES
+    assert len(status.message.encode()) <= MAX_MESSAGE_BYTES
+    info = detail(status, error_details_pb2.ErrorInfo)
+    assert info is not None
+    assert info.metadata["violations"] == "50"
+
+
+def test_a_secret_is_scrubbed_before_a_message_is_cut_so_no_half_of_it_leaves() -> None:
+    secret = "sk-straddling-the-cut-0123456789"
+    register_secret(secret)
+    error = GatewayError("x" * (MAX_MESSAGE_BYTES - 10) + secret)
+
+    message = to_rpc_status(error).message
+
+    assert secret[:8] not in message
+    assert len(message.encode()) <= MAX_MESSAGE_BYTES

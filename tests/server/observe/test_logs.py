@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from server.errors import register_secret
-from server.observe.logs import configure_logging
+from server.observe.logs import MAX_MESSAGE_CHARS, configure_logging
 from server.observe.record import CallRecord
 from server.observe.request_id import CURRENT_REQUEST_ID
 from server.types import Served, Usage
@@ -149,3 +149,31 @@ def test_an_exception_is_one_line_in_json_and_no_secret_is_ever_written(log_form
         [line] = lines
         entry = json.loads(line)
         assert "RuntimeError: upstream said [REDACTED]" in entry["exception"]
+
+
+@pytest.mark.usefixtures("restore_root")
+def test_a_text_line_escapes_control_characters_and_indents_a_traceback_so_nothing_is_forged() -> None:
+    forged = "2026-12-01 00:00:00,000 INFO server.access: forged"
+
+    def hostile() -> None:
+        logging.getLogger("server.x").warning("name %s", f"a\n{forged}\x1b[2J\x00")
+        try:
+            raise ValueError(f"bad\n{forged}\x1b[2J")
+        except ValueError:
+            logging.getLogger("server.x").exception("failed")
+
+    lines = written("text", hostile)
+
+    assert lines[0].endswith("name a\\x0a2026-12-01 00:00:00,000 INFO server.access: forged\\x1b[2J\\x00")
+    assert lines[1].endswith(" ERROR server.x: failed")
+    assert all(line.startswith("  ") for line in lines[2:])
+    assert f"  {forged}\\x1b[2J" in lines
+    assert not any(line.startswith(forged[:10]) for line in lines[2:])
+
+
+@pytest.mark.usefixtures("restore_root")
+def test_a_huge_message_is_cut_in_both_formats() -> None:
+    for log_format in ("text", "json"):
+        [line] = written(log_format, lambda: logging.getLogger("server.x").info("%s", "z" * 100_000))
+        assert len(line) < MAX_MESSAGE_CHARS + 200
+        assert "z" * MAX_MESSAGE_CHARS + ("…" if log_format == "text" else "\\u2026") in line

@@ -60,7 +60,8 @@ async def test_a_hundred_bad_roles_list_the_first_ten_and_count_the_rest(big_cat
     info = error_info(error)
     assert (info.reason, info.metadata["violations"]) == ("INVALID_REQUEST", "100")
     assert violations(error) == [
-        (f"messages[{i}].role", f"must be system, user or assistant, got 'robot-{i}'") for i in range(MAX_VIOLATIONS)
+        (f"messages[{i}].role", f"must be system, user, assistant or tool, got 'robot-{i}'")
+        for i in range(MAX_VIOLATIONS)
     ]
     assert (error.details() or "").endswith("; and 95 more")
 
@@ -72,7 +73,7 @@ async def test_a_five_kilobyte_role_is_echoed_cut_with_its_length(big_catalog_ga
     )
 
     assert violations(error) == [
-        ("messages[0].role", f"must be system, user or assistant, got '{'r' * 64}'… (5000 characters)")
+        ("messages[0].role", f"must be system, user, assistant or tool, got '{'r' * 64}'… (5000 characters)")
     ]
 
 

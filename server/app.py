@@ -19,12 +19,14 @@ from grpc_reflection.v1alpha import reflection
 
 from generated import ai_service_pb2, ai_service_pb2_grpc
 from server import defaults
-from server.auth import BearerAuthInterceptor
+from server.auth import BearerAuthInterceptor, credentials_of
 from server.config import GatewayConfig, KeepaliveConfig, TLSConfig, parse_listen
 from server.observe.exporter import MetricsServer, start_metrics_server
 from server.observe.metrics import GatewayMetrics, LabelBounds
 from server.observe.trace import Tracing, tracing_from_env
+from server.policy.clients import ClientPolicy
 from server.policy.seam import Policy, Seam
+from server.policy.store import QuotaStore
 from server.routing.dispatch import Router
 from server.service import AIService
 
@@ -47,6 +49,7 @@ class Gateway:
     tracing: Tracing
     metrics: GatewayMetrics | None = None
     metrics_server: MetricsServer | None = None
+    clients: ClientPolicy | None = None  # allowed models, limits and budgets per client
 
     async def stop(self, grace_s: float | None) -> None:
         """Drain: report NOT_SERVING, refuse new calls, let in-flight calls run up to `grace_s`, close.
@@ -106,22 +109,35 @@ def _ms(seconds: float) -> int:
 
 
 def _server_credentials(tls: TLSConfig) -> grpc.ServerCredentials:
-    return grpc.ssl_server_credentials([(tls.key_file.read_bytes(), tls.cert_file.read_bytes())])
+    """The server's certificate; with `client_ca_file`, every client must present one that CA signed."""
+    pair = [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())]
+    if tls.client_ca_file is None:
+        return grpc.ssl_server_credentials(pair)
+    return grpc.ssl_server_credentials(
+        pair, root_certificates=tls.client_ca_file.read_bytes(), require_client_auth=True
+    )
 
 
 async def start_gateway(
-    config: GatewayConfig, *, policies: Sequence[Policy] = (), tracing: Tracing | None = None
+    config: GatewayConfig,
+    *,
+    policies: Sequence[Policy] = (),
+    tracing: Tracing | None = None,
+    quota_store: QuotaStore | None = None,
 ) -> Gateway:
-    """Bind and start a gateway for `config`; `policies` plug into the policy seam (server/policy/seam.py).
-    `tracing` defaults to what the OTEL_* variables ask for (server/observe/trace.py): off unless set."""
+    """Bind and start a gateway for `config`; `policies` plug into the policy seam (server/policy/seam.py)
+    after the clients' own (allowed models, limits, budgets: server/policy/clients.py), whose counters
+    live in `quota_store` (default: this process's memory). `tracing` defaults to what the OTEL_*
+    variables ask for (server/observe/trace.py): off unless set."""
     tracing = tracing or tracing_from_env()
     router = Router.from_config(config)
     metrics = gateway_metrics(config, router) if config.metrics.listen is not None else None
     interceptors: list[grpc.aio.ServerInterceptor] = [metrics.grpc] if metrics else []
-    if config.auth:  # after the metrics: a call refused for its token is counted too
-        interceptors.append(BearerAuthInterceptor(config.auth.tokens, tracing=tracing))
+    if config.authenticates:  # after the metrics: a call refused for its token is counted too
+        interceptors.append(BearerAuthInterceptor(credentials_of(config), tracing=tracing))
     server = grpc.aio.server(interceptors=interceptors, options=server_options(config))
-    seam = Seam(router, policies, tracing=tracing, observers=[metrics] if metrics else [])
+    clients = ClientPolicy.from_config(config, router.catalog, quota_store)
+    seam = Seam(router, (clients, *policies), tracing=tracing, observers=[metrics] if metrics else [])
     service = AIService(seam, max_request_bytes=config.max_request_bytes, interactive=config.interactive)
     ai_service_pb2_grpc.add_AIServiceServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
@@ -151,16 +167,28 @@ async def start_gateway(
             raise OSError(f"cannot listen on {config.metrics.listen} (metrics.listen): {_why(exc)}") from exc
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Gateway(server, port, health_servicer, service, router, tracing, metrics, metrics_server)
+    return Gateway(server, port, health_servicer, service, router, tracing, metrics, metrics_server, clients)
 
 
 def gateway_metrics(config: GatewayConfig, router: Router) -> GatewayMetrics:
     """The metrics of a gateway of `config`, watching `router`'s breakers, retry budgets and call plans."""
     clients = [token.name for token in config.auth.tokens] if config.auth else []
+    clients += [client.name for client in config.clients]
     bounds = LabelBounds(router.catalog, clients, [p.name for p in config.providers])
     metrics = GatewayMetrics(bounds)
     metrics.watch(router.resilience)
     return metrics
+
+
+def _auth_summary(config: GatewayConfig) -> str:
+    """ "3 clients, mTLS", "1 client token(s)" or "no auth", for the start-up line."""
+    if not config.authenticates:
+        return "no auth"
+    if not config.clients and config.auth is not None:
+        return f"{len(config.auth.tokens)} client token(s)"
+    names = {c.name for c in config.clients} | ({t.name for t in config.auth.tokens} if config.auth else set())
+    mtls = ", mTLS" if config.tls is not None and config.tls.client_ca_file is not None else ""
+    return f"{len(names)} client(s){mtls}"
 
 
 def _why(exc: BaseException) -> str:
@@ -181,7 +209,7 @@ async def serve(config: GatewayConfig, tracing: Tracing | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     gateway = await start_gateway(config, tracing=tracing)
     scheme = "tls" if config.tls else "plaintext"
-    auth = f"{len(config.auth.tokens)} client token(s)" if config.auth else "no auth"
+    auth = _auth_summary(config)
     if gateway.metrics_server is not None and config.metrics.listen is not None:
         # Before the "listening on" line, with the bound port too: whoever reads that line finds this one.
         log.info("metrics on http://%s/metrics", bound_address(config.metrics.listen, gateway.metrics_server.port))

@@ -23,6 +23,7 @@ from server.convert import final_chunk, generate_response, model_info, params_fr
 from server.errors import GatewayError, InternalError, ShuttingDown, abort
 from server.interactive.session import SESSION_ID_HEADER, InteractiveSession
 from server.observe.request_id import CURRENT_REQUEST_ID, REQUEST_ID_HEADER, request_id_from
+from server.policy.identity import end_user_from
 from server.policy.seam import CallContext, Seam
 from server.routing.catalog import ModelConfig
 from server.types import ChatRequest, Finish, TextDelta
@@ -96,13 +97,23 @@ class AIService(pb_grpc.AIServiceServicer):
         metadata = tuple(context.invocation_metadata() or ())
         request_id = request_id_from(metadata)
         logged_as = CURRENT_REQUEST_ID.set(request_id)
-        call = self._seam.begin(method, CURRENT_CLIENT.get(), model, request_id=request_id, parent=metadata)
+        try:
+            end_user, bad_end_user = end_user_from(metadata), None
+        except GatewayError as error:
+            end_user, bad_end_user = "", error
+        call = self._seam.begin(
+            method, CURRENT_CLIENT.get(), model, request_id=request_id, parent=metadata, end_user=end_user
+        )
         trailers = ((REQUEST_ID_HEADER, request_id),)
         try:
             context.set_trailing_metadata(trailers)
             if streaming:
                 await context.send_initial_metadata((*trailers, *headers))
+            if bad_end_user is not None:
+                raise bad_end_user
             yield call
+            if call.trailers:  # what the policies add: the rate-limit trailers of an admitted call
+                context.set_trailing_metadata((*trailers, *call.trailers))
         except GatewayError as error:
             await self._fail(context, call, error, trailers, streaming)
         except asyncio.CancelledError:
@@ -129,7 +140,7 @@ class AIService(pb_grpc.AIServiceServicer):
         self._seam.end(call, error)  # before the status leaves: whoever reads the log after it finds the line
         if not streaming:
             await context.send_initial_metadata(trailers)  # a failed unary call names its id in its headers too
-        await abort(context, error, trailers)
+        await abort(context, error, (*trailers, *call.trailers))
 
     async def Generate(self, request: pb.GenerateRequest, context: ServicerContext) -> pb.GenerateResponse:
         async with self._call(context, "Generate", request.model, streaming=False) as call:

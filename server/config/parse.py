@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from server.config.clients import parse_client_defaults, parse_clients
 from server.config.models import parse_model
 from server.config.readers import as_list, mapping, number, numbers, unknown_keys
 from server.config.schema import (
@@ -46,6 +47,7 @@ _TOP_LEVEL_KEYS = frozenset(
     {
         *("listen", "tls", "auth", "providers", "models", "aliases"),
         *("grace_period_s", "max_request_bytes", "log_level", "log", "interactive", "metrics"),
+        *("clients", "client_defaults"),
         *_SECTIONS,
     }
 )
@@ -67,6 +69,10 @@ def parse(raw: Any, base_dir: Path, env: Mapping[str, str], problems: list[str],
         config = replace(config, tls=_parse_tls(top["tls"], base_dir, problems))
     if top.get("auth") is not None:
         config = replace(config, auth=_parse_auth(top["auth"], env, problems))
+    if top.get("clients") is not None:
+        config = replace(config, clients=parse_clients(top["clients"], env, problems))
+    if top.get("client_defaults") is not None:
+        config = replace(config, client_defaults=parse_client_defaults(top["client_defaults"], problems))
     config = replace(
         config,
         providers=_parse_providers(top.get("providers", []), env, problems, unparsed),
@@ -143,17 +149,18 @@ def _parse_metrics(raw: Any, problems: list[str]) -> MetricsConfig:
 
 def _parse_tls(raw: Any, base_dir: Path, problems: list[str]) -> TLSConfig | None:
     tls = mapping(raw, "tls", problems)
-    unknown_keys(tls, {"cert_file", "key_file"}, "tls.", problems)
+    unknown_keys(tls, {"cert_file", "key_file", "client_ca_file"}, "tls.", problems)
     paths = {}
-    for key in ("cert_file", "key_file"):
+    for key in ("cert_file", "key_file", "client_ca_file"):
         if not tls.get(key):
-            problems.append(f"tls.{key}: required")
+            if key != "client_ca_file":
+                problems.append(f"tls.{key}: required")
             continue
         path = Path(str(tls[key]))
         paths[key] = path if path.is_absolute() else base_dir / path
-    if len(paths) < 2:
+    if "cert_file" not in paths or "key_file" not in paths:
         return None
-    return TLSConfig(cert_file=paths["cert_file"], key_file=paths["key_file"])
+    return TLSConfig(paths["cert_file"], paths["key_file"], client_ca_file=paths.get("client_ca_file"))
 
 
 def _parse_auth(raw: Any, env: Mapping[str, str], problems: list[str]) -> AuthConfig:

@@ -183,6 +183,7 @@ class InteractiveSession:
             session=self.id,
             turn_request_id=request_id,
             parent=self.trace,
+            end_user=self.record.end_user,
         )
         try:
             if self._draining:

@@ -61,6 +61,17 @@ TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 
 _REASON = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+# The client limits a call can be refused by (server/policy/store.py), and "models" (MODEL_NOT_ALLOWED).
+_LIMITS = frozenset(
+    {
+        "requests_per_minute",
+        "tokens_per_minute",
+        "concurrent_streams",
+        "budget_usd_per_day",
+        "budget_usd_per_month",
+        "models",
+    }
+)
 
 
 class LabelBounds:
@@ -100,6 +111,10 @@ class LabelBounds:
         if name is None:
             return ANONYMOUS
         return name if name in self._clients else UNKNOWN
+
+    @staticmethod
+    def limit(limit: str) -> str:
+        return limit if limit in _LIMITS else "other"
 
     @staticmethod
     def reason(reason: str) -> str:
@@ -201,6 +216,13 @@ class GatewayMetrics:
             "Fallbacks taken: the first attempt on a fallback model, after a failure of error_class.",
             ("from_model", "to_model", "error_class"),
         )
+        self.quota_rejections = _counter(
+            registry,
+            "gateway_quota_rejections",
+            "Calls refused by a client's limits, by client and limit (requests_per_minute, tokens_per_minute, "
+            "concurrent_streams, budget_usd_per_day, budget_usd_per_month, models).",
+            ("client", "limit"),
+        )
         for method in ("Generate", "StreamGenerate", TURN):
             self.in_flight(method)  # present at 0 before the first call
 
@@ -223,6 +245,8 @@ class GatewayMetrics:
         requested = bounds.model(record.model)
         reason = bounds.reason(record.reason)
         self.calls(record.method, client, requested, record.code, reason).inc()
+        if record.quota_limit:
+            self.quota_rejections(client, bounds.limit(record.quota_limit)).inc()
         if record.method == SESSION:
             self.sessions.dec()
             return

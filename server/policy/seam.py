@@ -12,6 +12,10 @@ with that error's status), and `settle` once the call has ended, with the outcom
 call's record. Every policy whose `admit` returned gets exactly one `settle`, whatever happened after it,
 so a concurrency slot taken in `admit` is always given back.
 
+A policy may add trailing metadata to the call (`CallContext.trailers`, the rate-limit trailers of
+policy/clients.py); the servicer sends them with the call's status. The seam also tells the upstream who
+is calling (`ChatRequest.user`, see policy/identity.py).
+
 The seam adds nothing per token: `stream` admits the call, then hands back the router's own event stream.
 `end` runs before the status is sent (see service.py), so the access log, metrics and traces written from
 the record are complete when the client learns the outcome.
@@ -21,12 +25,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from server.errors import GatewayError, code_name
+from server.errors import GatewayError, ModelNotAllowed, QuotaExceeded, code_name
 from server.observe.record import CallRecord
 from server.observe.trace import CallTrace, Metadata, Tracing
+from server.policy.identity import upstream_user
 from server.routing.catalog import Catalog, ModelConfig
 from server.routing.dispatch import Router
 from server.types import ChatRequest, Completion, StreamEvent
@@ -60,6 +65,8 @@ class CallContext:
     trace: CallTrace = field(default_factory=CallTrace)
     admitted: list[Policy] = field(default_factory=list)
     ended: bool = False
+    # Trailing metadata policies add (the rate-limit trailers), sent with the call's status.
+    trailers: tuple[tuple[str, str], ...] = ()
 
     @property
     def client(self) -> str | None:
@@ -92,12 +99,19 @@ class Seam:
         session: str = "",
         turn_request_id: str = "",
         parent: Metadata | CallTrace = (),
+        end_user: str = "",
     ) -> CallContext:
         """A new call with its x-request-id, or an InteractiveStream turn (`session` and `turn_request_id`
         name it in the record; `request_id` is then its session's). `parent` is the caller's metadata
-        (its traceparent), or for a turn its session's trace."""
+        (its traceparent), or for a turn its session's trace; `end_user` its checked x-end-user-id."""
         record = CallRecord(
-            method, client, model=model, session=session, turn_request_id=turn_request_id, request_id=request_id
+            method,
+            client,
+            model=model,
+            session=session,
+            turn_request_id=turn_request_id,
+            request_id=request_id,
+            end_user=end_user,
         )
         call = CallContext(record, self.tracing.begin(record, parent))
         for observer in self._observers:
@@ -105,7 +119,7 @@ class Seam:
         return call
 
     async def complete(self, call: CallContext, model: ModelConfig, request: ChatRequest) -> Completion:
-        await self._admit(call, model, request)
+        request = await self._admit(call, model, request)
         completion = await self.router.complete(model, request, call.trace)
         call.record.answered(completion)
         return completion
@@ -115,7 +129,7 @@ class Seam:
     ) -> AsyncGenerator[StreamEvent, None]:
         """Admit the call, then the router's event stream itself (close it with aclosing). The caller
         fills the record from the events it forwards: the seam adds no step per token."""
-        await self._admit(call, model, request)
+        request = await self._admit(call, model, request)
         return self.router.stream(model, request, call.trace)
 
     def end(self, call: CallContext, error: GatewayError | None = None, *, code: str | None = None) -> None:
@@ -131,6 +145,10 @@ class Seam:
         record = call.record
         if error is not None:
             record.code, record.reason = code_name(error), error.reason
+            if isinstance(error, QuotaExceeded):
+                record.quota_limit = error.limit
+            elif isinstance(error, ModelNotAllowed):
+                record.quota_limit = "models"
             if record.request_id:
                 error.metadata["session_request_id" if record.session else "request_id"] = record.request_id
             record.upstream_request_id = error.metadata.get("upstream_request_id", record.upstream_request_id)
@@ -151,7 +169,10 @@ class Seam:
                     "policy %s failed to settle a %s call", type(policy).__name__, record.method, exc_info=exc
                 )
 
-    async def _admit(self, call: CallContext, model: ModelConfig, request: ChatRequest) -> None:
+    async def _admit(self, call: CallContext, model: ModelConfig, request: ChatRequest) -> ChatRequest:
+        """Every policy admits the call (or one refuses it); then the request names its caller upstream."""
         for policy in self._policies:
             await policy.admit(call, model, request)
             call.admitted.append(policy)
+        user = upstream_user(call.record.client, call.record.end_user)
+        return replace(request, user=user) if user else request

@@ -4,6 +4,7 @@ Streaming follows OpenAI's wire format: `data: {chat.completion.chunk}` events, 
 `finish_reason`, a usage chunk with `"choices": []` (asked for with `stream_options.include_usage`), then
 `data: [DONE]`. An `{"error": …}` event inside the 200 stream is an in-band error. A body that ends
 without [DONE] is whole after a finish_reason (some compatible servers omit [DONE]), cut before one.
+The caller's identity (`ChatRequest.user`: client and end user) is sent as `user`.
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ def _body(request: ChatRequest) -> dict[str, Any]:
         body["max_tokens"] = params.max_tokens
     if params.stop:
         body["stop"] = list(params.stop)
+    if request.user:
+        body["user"] = request.user  # who is calling (server/policy/identity.py)
     return body
 
 

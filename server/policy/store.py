@@ -39,6 +39,8 @@ __all__ = ["CONCURRENCY_RETRY_AFTER_S", "Ask", "Granted", "MemoryQuotaStore", "Q
 # after this long.
 CONCURRENCY_RETRY_AFTER_S = 1.0
 _MINUTE = 60.0
+# Refills are float arithmetic on epoch seconds (~1e-7 s apart): a bucket waited for exactly may be a hair short.
+_EPSILON = 1e-3
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +185,7 @@ class MemoryQuotaStore:
                 continue
             level = state.bucket_of(kind, size, now).refill(size, now)
             wanted = min(need, size)  # a claim above the limit waits for a full bucket, then goes into debt
-            if level < wanted:
+            if level < wanted - _EPSILON:
                 return Refused(f"{kind}_per_minute", size, (wanted - level) * _MINUTE / size)
         return None
 

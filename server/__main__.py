@@ -62,7 +62,7 @@ def hash_token(argv: list[str]) -> int:
     parser.parse_args(argv)
     token = sys.stdin.readline().strip()
     if not token:
-        print("hash-token: no token on stdin (e.g. `printf %s \"$TOKEN\" | ... hash-token`)", file=sys.stderr)
+        print('hash-token: no token on stdin (e.g. `printf %s "$TOKEN" | ... hash-token`)', file=sys.stderr)
         return 2
     print(f"- sha256: {token_digest(token)}")
     return 0

@@ -29,7 +29,7 @@ async def test_async_results_and_streams_carry_the_limits_left(target: str, fake
     async with AsyncAIClient(target=target, plaintext=True, token=TOKEN, retry=None) as client:
         result = await client.generate("hello brave world", model="gpt-test", max_tokens=10, end_user="u-7")
         async with client.stream_generate("hello", model="gpt-test") as stream:
-            assert stream.rate_limits is None  # not before the stream has ended
+            before_the_end = stream.rate_limits
             events = [event async for event in stream]
 
     assert result.rate_limits is not None
@@ -38,6 +38,7 @@ async def test_async_results_and_streams_carry_the_limits_left(target: str, fake
     assert 14 < result.rate_limits.reset_requests_s <= 15  # one request back every 15 s
     assert (result.rate_limits.limit_tokens, result.rate_limits.remaining_tokens) == (10_000, 10_000 - 15)
     assert len(events) == 2
+    assert before_the_end is None
     assert stream.rate_limits is not None
     assert stream.rate_limits.remaining_requests == 2
     assert [r.body.get("user") for r in fake_openai.requests] == ["app:u-7", "app"]

@@ -49,7 +49,7 @@ class ClientRules:
         self.limited = limits != ClientLimits()  # without limits, the store is never asked
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Ticket:
     ask: Ask
     model: ModelConfig
@@ -110,7 +110,10 @@ class ClientPolicy:
 
 def estimate_prompt_tokens(request: ChatRequest) -> int:
     """About how many tokens the request's messages are: a quarter of their characters, at least 1."""
-    return max(math.ceil(sum(len(m.content) for m in request.messages) / _CHARS_PER_TOKEN), 1)
+    chars = 0
+    for message in request.messages:
+        chars += len(message.content)
+    return max(math.ceil(chars / _CHARS_PER_TOKEN), 1)
 
 
 _WHAT = {

@@ -20,19 +20,21 @@ __all__ = ["go_duration", "rate_limit_trailers"]
 
 
 def rate_limit_trailers(limits: ClientLimits, granted: Granted) -> tuple[tuple[str, str], ...]:
-    trailers: list[tuple[str, str]] = []
-    for kind, size, remaining, reset in (
-        ("requests", limits.requests_per_minute, granted.remaining_requests, granted.reset_requests_s),
-        ("tokens", limits.tokens_per_minute, granted.remaining_tokens, granted.reset_tokens_s),
-    ):
-        if size is None or remaining is None or reset is None:
-            continue
-        trailers += (
-            (f"x-ratelimit-limit-{kind}", str(size)),
-            (f"x-ratelimit-remaining-{kind}", str(remaining)),
-            (f"x-ratelimit-reset-{kind}", go_duration(reset)),
+    requests: tuple[tuple[str, str], ...] = ()
+    tokens: tuple[tuple[str, str], ...] = ()
+    if limits.requests_per_minute is not None and granted.reset_requests_s is not None:
+        requests = (
+            ("x-ratelimit-limit-requests", str(limits.requests_per_minute)),
+            ("x-ratelimit-remaining-requests", str(granted.remaining_requests)),
+            ("x-ratelimit-reset-requests", go_duration(granted.reset_requests_s)),
         )
-    return tuple(trailers)
+    if limits.tokens_per_minute is not None and granted.reset_tokens_s is not None:
+        tokens = (
+            ("x-ratelimit-limit-tokens", str(limits.tokens_per_minute)),
+            ("x-ratelimit-remaining-tokens", str(granted.remaining_tokens)),
+            ("x-ratelimit-reset-tokens", go_duration(granted.reset_tokens_s)),
+        )
+    return requests + tokens
 
 
 def go_duration(seconds: float) -> str:

@@ -43,8 +43,8 @@ _MINUTE = 60.0
 _EPSILON = 1e-3
 
 
-@dataclass(frozen=True, slots=True)
-class Ask:
+@dataclass(slots=True)
+class Ask:  # not frozen, nor Granted and Refused: made once per call, and a frozen init costs more
     """One call's claim: a request, `tokens` (estimated), a concurrency slot, room in the budgets."""
 
     client: str
@@ -52,7 +52,7 @@ class Ask:
     tokens: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Granted:
     """Admitted: what is left after this call, and the seconds until each bucket is full again (None where
     the client has no such limit)."""
@@ -63,7 +63,7 @@ class Granted:
     reset_tokens_s: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Refused:
     """Not admitted: `limit` is the config name of the limit in the way, `value` its configured value."""
 
@@ -91,10 +91,12 @@ class _Bucket:
         self.at = now
 
     def refill(self, size: float, now: float) -> float:
+        level = self.level
         if now > self.at:
-            self.level = min(size, self.level + (now - self.at) * size / _MINUTE)
+            level += (now - self.at) * size / _MINUTE
+        self.level = level = level if level < size else size  # also a new (infinite) bucket's first size
         self.at = now
-        return self.level
+        return level
 
 
 class _Period:
@@ -117,18 +119,12 @@ class _ClientState:
     __slots__ = ("day", "in_flight", "month", "requests", "tokens")
 
     def __init__(self, now: float) -> None:
-        self.requests: _Bucket | None = None
-        self.tokens: _Bucket | None = None
+        # Full buckets from the start; a limit the client does not have leaves its bucket unused.
+        self.requests = _Bucket(math.inf, now)
+        self.tokens = _Bucket(math.inf, now)
         self.in_flight = 0
         self.day = _Period(monthly=False)
         self.month = _Period(monthly=True)
-
-    def bucket_of(self, kind: str, size: float, now: float) -> _Bucket:
-        bucket: _Bucket | None = getattr(self, kind)
-        if bucket is None:
-            bucket = _Bucket(size, now)
-            setattr(self, kind, bucket)
-        return bucket
 
 
 class MemoryQuotaStore:
@@ -143,51 +139,40 @@ class MemoryQuotaStore:
         return self.admit_now(ask)
 
     def admit_now(self, ask: Ask) -> Granted | Refused:
-        """`admit` without the coroutine: the in-memory store never waits."""
+        """`admit` without the coroutine: the in-memory store never waits. Straight-line code: it runs
+        once per call of every limited client (bench/limiter.py measures it)."""
         now = self._clock()
         state = self._clients.get(ask.client)
         if state is None:
             state = self._clients[ask.client] = _ClientState(now)
         limits = ask.limits
-        refused = self._refusal(state, limits, ask.tokens, now)
-        if refused is not None:
-            return refused
-        if limits.concurrent_streams is not None:
-            state.in_flight += 1
-        granted_requests = granted_tokens = None
-        if limits.requests_per_minute is not None:
-            bucket = state.bucket_of("requests", limits.requests_per_minute, now)
-            bucket.level -= 1
-            granted_requests = bucket
-        if limits.tokens_per_minute is not None:
-            bucket = state.bucket_of("tokens", limits.tokens_per_minute, now)
-            bucket.level -= ask.tokens
-            granted_tokens = bucket
-        return Granted(
-            *_left(granted_requests, limits.requests_per_minute), *_left(granted_tokens, limits.tokens_per_minute)
-        )
-
-    def _refusal(self, state: _ClientState, limits: ClientLimits, tokens: int, now: float) -> Refused | None:
-        for period, budget, limit in (
-            (state.day, limits.budget_usd_per_day, "budget_usd_per_day"),
-            (state.month, limits.budget_usd_per_month, "budget_usd_per_month"),
-        ):
-            if budget is not None and period.current(now).spent >= budget:
-                return Refused(limit, budget, period.ends - now)
+        # Check everything first ...
+        day, month = limits.budget_usd_per_day, limits.budget_usd_per_month
+        if day is not None and state.day.current(now).spent >= day:
+            return Refused("budget_usd_per_day", day, state.day.ends - now)
+        if month is not None and state.month.current(now).spent >= month:
+            return Refused("budget_usd_per_month", month, state.month.ends - now)
         concurrent = limits.concurrent_streams
         if concurrent is not None and state.in_flight >= concurrent:
             return Refused("concurrent_streams", concurrent, CONCURRENCY_RETRY_AFTER_S)
-        for kind, size, need in (
-            ("requests", limits.requests_per_minute, 1),
-            ("tokens", limits.tokens_per_minute, tokens),
-        ):
-            if size is None:
-                continue
-            level = state.bucket_of(kind, size, now).refill(size, now)
-            wanted = min(need, size)  # a claim above the limit waits for a full bucket, then goes into debt
-            if level < wanted - _EPSILON:
-                return Refused(f"{kind}_per_minute", size, (wanted - level) * _MINUTE / size)
-        return None
+        rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
+        if rpm is not None and (level := state.requests.refill(rpm, now)) < 1 - _EPSILON:
+            return Refused("requests_per_minute", rpm, (1 - level) * _MINUTE / rpm)
+        if tpm is not None:
+            wanted = ask.tokens if ask.tokens < tpm else tpm  # a bigger claim waits for a full bucket
+            if (level := state.tokens.refill(tpm, now)) < wanted - _EPSILON:
+                return Refused("tokens_per_minute", tpm, (wanted - level) * _MINUTE / tpm)
+        # ... then take everything.
+        if concurrent is not None:
+            state.in_flight += 1
+        remaining_requests = reset_requests = remaining_tokens = reset_tokens = None
+        if rpm is not None:
+            state.requests.level -= 1
+            remaining_requests, reset_requests = _left(state.requests.level, rpm)
+        if tpm is not None:
+            state.tokens.level -= ask.tokens
+            remaining_tokens, reset_tokens = _left(state.tokens.level, tpm)
+        return Granted(remaining_requests, reset_requests, remaining_tokens, reset_tokens)
 
     def settle(self, ask: Ask, *, tokens_used: int, cost_usd: float) -> None:
         state = self._clients.get(ask.client)
@@ -196,8 +181,10 @@ class MemoryQuotaStore:
         limits = ask.limits
         if limits.concurrent_streams is not None and state.in_flight > 0:
             state.in_flight -= 1
-        if state.tokens is not None and tokens_used != ask.tokens and limits.tokens_per_minute is not None:
-            state.tokens.level = min(limits.tokens_per_minute, state.tokens.level - (tokens_used - ask.tokens))
+        tpm = limits.tokens_per_minute
+        if tpm is not None and tokens_used != ask.tokens:
+            level = state.tokens.level - (tokens_used - ask.tokens)
+            state.tokens.level = level if level < tpm else tpm
         if cost_usd:
             now = self._clock()
             state.day.current(now).spent += cost_usd
@@ -212,11 +199,9 @@ class MemoryQuotaStore:
         return state.day.current(now).spent, state.month.current(now).spent
 
 
-def _left(bucket: _Bucket | None, size: int | None) -> tuple[int | None, float | None]:
-    """What is left in `bucket` after a claim, and the seconds until it is full again."""
-    if bucket is None or size is None:
-        return None, None
-    return max(math.floor(bucket.level), 0), (size - bucket.level) * _MINUTE / size
+def _left(level: float, size: int) -> tuple[int, float]:
+    """What is left at `level` after a claim, and the seconds until the bucket is full again."""
+    return (int(level) if level > 0 else 0), (size - level) * _MINUTE / size
 
 
 def _period_end(now: float, *, monthly: bool) -> float:

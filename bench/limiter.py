@@ -42,7 +42,7 @@ EVERY_LIMIT = ClientLimits(
 def policy_for(limits: ClientLimits) -> ClientPolicy:
     catalog = Catalog([MODEL, ModelConfig("other", provider="openai")], ["openai"])
     client = ClientConfig("team", models=("gpt-4.1", "openai/*"), limits=limits)
-    config = GatewayConfig(models=catalog.models(), clients=(client,), client_defaults=ClientDefaults(models=()))
+    config = GatewayConfig(models=tuple(catalog.models()), clients=(client,), client_defaults=ClientDefaults(models=()))
     return ClientPolicy.from_config(config, catalog)
 
 

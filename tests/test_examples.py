@@ -204,3 +204,13 @@ def test_the_teams_example_gives_two_teams_different_models_and_limits(checkout:
     assert search.limits != support.limits
     assert support.limits.budget_usd_per_month is None, "left to client_defaults"
     assert config.client_defaults.limits.budget_usd_per_month == 200
+
+
+def test_the_readme_shows_the_teams_example_as_it_is() -> None:
+    """README's "Clients, limits and budgets" excerpt is examples/teams.yaml's clients, written shorter."""
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    blocks = [yaml.safe_load(block) for block in readme.split("```yaml\n")[1:] for block in [block.split("```")[0]]]
+    [excerpt] = [block for block in blocks if isinstance(block, dict) and "clients" in block]
+    example = yaml.safe_load((EXAMPLES / "teams.yaml").read_text())
+    assert excerpt["clients"] == example["clients"]
+    assert excerpt["client_defaults"] == example["client_defaults"]

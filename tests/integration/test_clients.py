@@ -437,3 +437,26 @@ async def test_an_interactive_turn_over_a_limit_gets_the_refusal_and_the_session
     assert turn_error.error.status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
     assert "requests per minute" in turn_error.error.status.message
     assert outcome.code == grpc.StatusCode.OK
+
+
+async def test_an_invalid_end_user_id_refuses_streams_and_sessions_too(
+    gateways: list[Gateway], stub: pb_grpc.AIServiceAsyncStub, fake_openai: FakeOpenAIUpstream, clock: Clock
+) -> None:
+    # Without metrics: their interceptor's counting wrapper of a session's request stream, never read by a
+    # session refused at once, is left to the garbage collector (a warning, and so an error, here).
+    config = replace(two_clients(fake_openai.base_url, ClientLimits()), metrics=MetricsConfig())
+    await start(gateways, config, clock)
+    bad = (*auth(ALPHA), ("x-end-user-id", "x" * 129))
+
+    streamed = await collect_stream(stub, request("gpt-test"), metadata=bad)
+    session = stub.InteractiveStream(metadata=bad, timeout=10)
+    with pytest.raises(grpc.aio.AioRpcError) as interactive:
+        await session.read()
+    assert await session.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    for error in (streamed.error, interactive.value):
+        assert error is not None
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error_info(error).reason == "INVALID_REQUEST"
+    assert streamed.chunks == []
+    assert fake_openai.requests == []

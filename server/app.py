@@ -137,7 +137,8 @@ async def start_gateway(
         interceptors.append(BearerAuthInterceptor(credentials_of(config), tracing=tracing))
     server = grpc.aio.server(interceptors=interceptors, options=server_options(config))
     clients = ClientPolicy.from_config(config, router.catalog, quota_store)
-    seam = Seam(router, (clients, *policies), tracing=tracing, observers=[metrics] if metrics else [])
+    observers = [metrics] if metrics else []
+    seam = Seam(router, (clients, *policies), tracing=tracing, observers=observers, model_filters=[clients])
     service = AIService(seam, max_request_bytes=config.max_request_bytes, interactive=config.interactive)
     ai_service_pb2_grpc.add_AIServiceServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()

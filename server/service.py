@@ -190,8 +190,10 @@ class AIService(pb_grpc.AIServiceServicer):
             self.sessions.discard(session)
 
     async def ListModels(self, request: pb.ListModelsRequest, context: ServicerContext) -> pb.ListModelsResponse:
+        """The catalog, as far as the calling client may use it (its `models`, server/policy/allowed.py)."""
         catalog = self._seam.catalog
-        return pb.ListModelsResponse(models=[model_info(m, catalog.aliases_of(m.name)) for m in catalog.models()])
+        models = self._seam.models_for(CURRENT_CLIENT.get())
+        return pb.ListModelsResponse(models=[model_info(m, catalog.aliases_of(m.name)) for m in models])
 
     def _prepare(
         self, request: pb.GenerateRequest | pb.StreamGenerateRequest, context: ServicerContext, call: CallContext

@@ -4,6 +4,7 @@
             takes a request, the call's estimated tokens and a concurrency slot, with room in the budgets
             (else RESOURCE_EXHAUSTED QUOTA_EXCEEDED or BUDGET_EXCEEDED, QuotaFailure and RetryInfo); the
             call's trailers get what is left (policy/headers.py)
+    shows   ListModels lists a client only the models it may call
     settle  the tokens are corrected by the usage reported, the cost is charged to the budgets, the slot
             is given back
 
@@ -94,6 +95,10 @@ class ClientPolicy:
             raise _refusal(name, ask, outcome)
         self._tickets[id(call)] = _Ticket(ask, model, prompt)
         call.trailers = rate_limit_trailers(limits, outcome)
+
+    def shows(self, client: str | None, model: ModelConfig) -> bool:
+        """Whether ListModels shows `client` the model: only the models it may call."""
+        return self._rules.get(client or ANONYMOUS, self._default).models.allows(model)
 
     def settle(self, call: CallContext) -> None:
         ticket = self._tickets.pop(id(call), None)

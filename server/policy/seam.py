@@ -36,7 +36,7 @@ from server.routing.catalog import Catalog, ModelConfig
 from server.routing.dispatch import Router
 from server.types import ChatRequest, Completion, StreamEvent
 
-__all__ = ["CallContext", "Policy", "RecordObserver", "Seam"]
+__all__ = ["CallContext", "ModelFilter", "Policy", "RecordObserver", "Seam"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,13 @@ class Policy(Protocol):
 
     def settle(self, call: CallContext) -> None:
         """The call has ended: its record holds the outcome, the usage and the cost."""
+
+
+class ModelFilter(Protocol):
+    """A policy that also decides which catalog models a client is shown (ListModels)."""
+
+    def shows(self, client: str | None, model: ModelConfig) -> bool:
+        """Whether `client` may see (and so call) `model`."""
 
 
 class RecordObserver(Protocol):
@@ -82,12 +89,18 @@ class Seam:
         *,
         tracing: Tracing | None = None,
         observers: Sequence[RecordObserver] = (),
+        model_filters: Sequence[ModelFilter] = (),
     ) -> None:
         self.router = router
         self.catalog: Catalog = router.catalog
         self._policies = tuple(policies)
         self.tracing = tracing or Tracing()
         self._observers = tuple(observers)
+        self._model_filters = tuple(model_filters)
+
+    def models_for(self, client: str | None) -> list[ModelConfig]:
+        """The catalog's models that `client` is shown (ListModels): those every model filter shows it."""
+        return [m for m in self.catalog.models() if all(f.shows(client, m) for f in self._model_filters)]
 
     def begin(
         self,

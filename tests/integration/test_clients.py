@@ -170,6 +170,18 @@ async def test_a_client_calls_its_own_models_and_is_refused_the_others_by_name_o
     assert [r.model for r in fake_openai.requests] == ["gpt-test"]
 
 
+async def test_list_models_shows_a_client_only_the_models_it_may_call(
+    gateways: list[Gateway], stub: pb_grpc.AIServiceAsyncStub, fake_openai: FakeOpenAIUpstream, clock: Clock
+) -> None:
+    await start(gateways, two_clients(fake_openai.base_url, ClientLimits()), clock)
+
+    alpha = await stub.ListModels(pb.ListModelsRequest(), metadata=auth(ALPHA), timeout=10)
+    beta = await stub.ListModels(pb.ListModelsRequest(), metadata=auth(BETA), timeout=10)
+
+    assert [m.name for m in alpha.models] == sorted(["gpt-test", ENDLESS])
+    assert [m.name for m in beta.models] == ["demo"]
+
+
 # --- rates ------------------------------------------------------------------------------------------------
 
 

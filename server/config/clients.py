@@ -28,7 +28,7 @@ from server.config.readers import as_list, mapping, number, unknown_keys
 from server.config.schema import ClientConfig, ClientDefaults, ClientLimits
 from server.errors import register_secret
 
-__all__ = ["CLIENT_NAME", "parse_client_defaults", "parse_clients", "token_digest"]
+__all__ = ["CLIENT_NAME", "env_digest", "hex_digest", "parse_client_defaults", "parse_clients", "token_digest"]
 
 # Client names become log fields and metric label values: a short, plain word.
 CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -89,15 +89,24 @@ def _token(raw: Any, where: str, env: Mapping[str, str], problems: list[str]) ->
         problems.append(f"{where}: give exactly one of sha256 (hex digest of the token) or env")
         return None
     if "sha256" in entry:
-        try:
-            digest = bytes.fromhex(str(entry["sha256"]))
-        except ValueError:
-            digest = b""
-        if len(digest) != 32:
-            problems.append(f"{where}.sha256: expected 64 hex characters (sha256 of the token)")
-            return None
-        return digest
-    variable = str(entry["env"])
+        return hex_digest(str(entry["sha256"]), where, problems)
+    return env_digest(str(entry["env"]), env, where, problems)
+
+
+def hex_digest(text: str, where: str, problems: list[str]) -> bytes | None:
+    """The sha256 digest written as 64 hex characters in `text` (a `sha256:` entry)."""
+    try:
+        digest = bytes.fromhex(text)
+    except ValueError:
+        digest = b""
+    if len(digest) != 32:
+        problems.append(f"{where}.sha256: expected 64 hex characters (sha256 of the token)")
+        return None
+    return digest
+
+
+def env_digest(variable: str, env: Mapping[str, str], where: str, problems: list[str]) -> bytes | None:
+    """The sha256 digest of the token in `variable` (an `env:` entry); the token is registered as a secret."""
     token = env.get(variable, "")
     if not token:
         problems.append(f"{where}.env: environment variable {variable} is not set or empty")

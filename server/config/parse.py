@@ -7,13 +7,12 @@ together; `unparsed` collects the names of entries that were rejected, so that t
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from server.config.clients import parse_client_defaults, parse_clients
+from server.config.clients import env_digest, hex_digest, parse_client_defaults, parse_clients
 from server.config.models import parse_model
 from server.config.readers import as_list, mapping, number, numbers, unknown_keys
 from server.config.schema import (
@@ -184,32 +183,12 @@ def _parse_token(raw: Any, i: int, env: Mapping[str, str], problems: list[str]) 
         problems.append(f"{where}: give exactly one of sha256 (hex digest of the token) or env")
         return None
     if "sha256" in entry:
-        digest = _token_digest(str(entry["sha256"]), where, problems)
+        digest = hex_digest(str(entry["sha256"]), where, problems)
     else:
-        digest = _env_digest(str(entry["env"]), env, where, problems)
+        digest = env_digest(str(entry["env"]), env, where, problems)
     if digest is None:
         return None
     return ClientToken(name=str(entry.get("name") or f"client-{i}"), sha256=digest)
-
-
-def _token_digest(text: str, where: str, problems: list[str]) -> bytes | None:
-    try:
-        digest = bytes.fromhex(text)
-    except ValueError:
-        digest = b""
-    if len(digest) != 32:
-        problems.append(f"{where}.sha256: expected 64 hex characters (sha256 of the token)")
-        return None
-    return digest
-
-
-def _env_digest(variable: str, env: Mapping[str, str], where: str, problems: list[str]) -> bytes | None:
-    token = env.get(variable, "")
-    if not token:
-        problems.append(f"{where}.env: environment variable {variable} is not set or empty")
-        return None
-    register_secret(token)
-    return hashlib.sha256(token.encode()).digest()
 
 
 def _parse_providers(

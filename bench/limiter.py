@@ -1,4 +1,4 @@
-"""python -m bench.limiter [--calls N] [--rounds R]: what the per-client policy adds to each call, in one process.
+"""python -m bench.limiter [--calls N] [--rounds R] [--redis]: what the per-client policy adds to each call.
 
 Times `ClientPolicy.admit` + `settle` (server/policy/clients.py) with the in-memory store, for a client with
 every limit set (requests and tokens per minute, concurrent streams, a day and a month budget, a model
@@ -9,12 +9,17 @@ record and the servicer cost the same with or without the policy. The goal (issu
 Each round runs N calls back to back on one event loop and is timed in CPU time of this process (so time
 spent waiting for a busy machine's CPU is left out); the line shows the median round and the best, per
 call. A micro-benchmark, not a test: on a busy machine the figures are still high (cold caches), never low.
+
+With --redis it also starts a redis-server on a free loopback port and times, on the wall clock, the same
+client's admit (one round trip running the admission script) and settle (written by the store's own task),
+as p50 and p99 of single calls one after another: the goal there is at most 1 ms at the median.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -22,7 +27,9 @@ from collections.abc import Awaitable, Callable
 from server.config import ClientConfig, ClientDefaults, ClientLimits, GatewayConfig
 from server.observe.record import CallRecord
 from server.policy.clients import ClientPolicy
+from server.policy.redis_store import RedisQuotaStore
 from server.policy.seam import CallContext
+from server.policy.store import QuotaStore
 from server.routing.catalog import Catalog, ModelConfig, Price
 from server.types import ChatMessage, ChatRequest, Role, SamplingParams, Usage
 
@@ -39,11 +46,11 @@ EVERY_LIMIT = ClientLimits(
 )
 
 
-def policy_for(limits: ClientLimits) -> ClientPolicy:
+def policy_for(limits: ClientLimits, store: QuotaStore | None = None) -> ClientPolicy:
     catalog = Catalog([MODEL, ModelConfig("other", provider="openai")], ["openai"])
     client = ClientConfig("team", models=("gpt-4.1", "openai/*"), limits=limits)
     config = GatewayConfig(models=tuple(catalog.models()), clients=(client,), client_defaults=ClientDefaults(models=()))
-    return ClientPolicy.from_config(config, catalog)
+    return ClientPolicy.from_config(config, catalog, store)
 
 
 def a_call() -> tuple[CallContext, ChatRequest]:
@@ -86,10 +93,50 @@ async def measure(calls: int, rounds: int) -> dict[str, list[float]]:
     return results
 
 
+async def measure_redis(calls: int) -> list[float]:
+    """Wall-clock milliseconds of each admit + settle through RedisQuotaStore on a loopback redis-server."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = await asyncio.create_subprocess_exec(
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        assert server.stdout is not None
+        while b"Ready to accept connections" not in await server.stdout.readline():
+            pass
+        store = RedisQuotaStore(f"redis://127.0.0.1:{port}/0", timeout_s=1.0, when_unavailable="closed")
+        policy = policy_for(EVERY_LIMIT, store)
+        call, request = a_call()
+        times = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            await policy.admit(call, MODEL, request)
+            policy.settle(call)
+            await store.drain()
+            times.append((time.perf_counter() - start) * 1000)
+        await store.aclose()
+        return times
+    finally:
+        server.kill()
+        await server.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.limiter", description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=100_000, help="calls per round (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=7, help="rounds (default: %(default)s)")
+    parser.add_argument("--redis", action="store_true", help="also time the Redis store on a loopback redis-server")
     args = parser.parse_args(argv)
     results = asyncio.run(measure(args.calls, args.rounds))
     baseline = statistics.median(results["empty loop"])
@@ -98,6 +145,13 @@ def main(argv: list[str] | None = None) -> int:
         median = statistics.median(rounds)
         added = "" if name == "empty loop" else f"   added {median - baseline:6.2f} µs"
         print(f"  {name:<12} {median:6.2f} µs  ({min(rounds):.2f}){added}")
+    if args.redis:
+        times = sorted(asyncio.run(measure_redis(min(args.calls, 5_000))))
+        p50, p99 = times[len(times) // 2], times[int(len(times) * 0.99)]
+        print(
+            f"  redis store  p50 {p50:.3f} ms  p99 {p99:.3f} ms"
+            f"  (admit + settle, {len(times):,} calls on loopback; goal p50 <= 1 ms)"
+        )
     return 0
 
 

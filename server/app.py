@@ -12,6 +12,7 @@ import logging
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -20,11 +21,12 @@ from grpc_reflection.v1alpha import reflection
 from generated import ai_service_pb2, ai_service_pb2_grpc
 from server import defaults
 from server.auth import BearerAuthInterceptor, credentials_of
-from server.config import GatewayConfig, KeepaliveConfig, TLSConfig, parse_listen
+from server.config import GatewayConfig, KeepaliveConfig, LimitsConfig, TLSConfig, parse_listen
 from server.observe.exporter import MetricsServer, start_metrics_server
-from server.observe.metrics import GatewayMetrics, LabelBounds
+from server.observe.metrics import CountsCollector, GatewayMetrics, LabelBounds
 from server.observe.trace import Tracing, tracing_from_env
 from server.policy.clients import ClientPolicy
+from server.policy.redis_store import RedisQuotaStore
 from server.policy.seam import Policy, Seam
 from server.policy.store import QuotaStore
 from server.routing.dispatch import Router
@@ -67,6 +69,8 @@ class Gateway:
                 await self.service.end_in_flight_calls()
         await stopping
         await self.router.aclose()
+        if self.clients is not None:
+            await self.clients.store.aclose()  # the settlements still queued for a shared store go out
         if self.metrics_server is not None:
             await self.metrics_server.close()
         await asyncio.to_thread(self.tracing.shutdown)  # the spans still buffered go out
@@ -136,7 +140,17 @@ async def start_gateway(
     if config.authenticates:  # after the metrics: a call refused for its token is counted too
         interceptors.append(BearerAuthInterceptor(credentials_of(config), tracing=tracing))
     server = grpc.aio.server(interceptors=interceptors, options=server_options(config))
-    clients = ClientPolicy.from_config(config, router.catalog, quota_store)
+    store = quota_store or quota_store_for(config.limits)
+    if metrics is not None and isinstance(store, RedisQuotaStore):
+        metrics.registry.register(
+            CountsCollector(
+                "gateway_limits_store_unavailable",
+                "Calls decided without the shared limits store, which did not answer: served (fail-open) or refused.",
+                "outcome",
+                store.unavailable_counts,
+            )
+        )
+    clients = ClientPolicy.from_config(config, router.catalog, store)
     observers = [metrics] if metrics else []
     seam = Seam(router, (clients, *policies), tracing=tracing, observers=observers, model_filters=[clients])
     service = AIService(seam, max_request_bytes=config.max_request_bytes, interactive=config.interactive)
@@ -169,6 +183,14 @@ async def start_gateway(
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return Gateway(server, port, health_servicer, service, router, tracing, metrics, metrics_server, clients)
+
+
+def quota_store_for(limits: LimitsConfig) -> QuotaStore | None:
+    """The shared store `limits.backend` names; None for this process's memory (the clients' default)."""
+    if limits.backend == "memory":
+        return None
+    unavailable: Literal["open", "closed"] = "open" if limits.backend_unavailable == "open" else "closed"
+    return RedisQuotaStore(limits.backend, timeout_s=limits.backend_timeout_s, when_unavailable=unavailable)
 
 
 def gateway_metrics(config: GatewayConfig, router: Router) -> GatewayMetrics:

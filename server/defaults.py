@@ -133,6 +133,8 @@ MAX_RESUMES = 1
 # the RetryInfo delay of a call refused for being over a limit.
 MAX_CONCURRENT_UPSTREAM = 1024
 OVERLOAD_RETRY_AFTER_S = 1.0
+# The longest a call waits on the shared limits store (Redis) before limits.backend_unavailable decides.
+LIMITS_BACKEND_TIMEOUT_S = 0.25
 
 # HTTP/2 keepalive of the gRPC server: ping idle connections every KEEPALIVE_TIME_S, drop them when a ping
 # is not answered within KEEPALIVE_TIMEOUT_S; accept client pings this often, with or without calls.

@@ -57,6 +57,7 @@ __all__ = [
     "GatewayOverloaded",
     "InternalError",
     "InvalidRequest",
+    "LimitsUnavailable",
     "ModelNotAllowed",
     "ModelNotFound",
     "ProtocolViolation",
@@ -216,6 +217,17 @@ class BudgetExceeded(QuotaExceeded):
     """A client's spending budget for the day or the month is used up; RetryInfo runs to the period's reset."""
 
     reason = "BUDGET_EXCEEDED"
+
+
+class LimitsUnavailable(GatewayError):
+    """The shared limits store (Redis) did not answer in time and the config says to refuse what cannot be
+    counted (`limits.backend_unavailable: closed`); metadata `backend` is its host:port, never its URL."""
+
+    code = code_pb2.UNAVAILABLE
+    reason = "LIMITS_UNAVAILABLE"
+
+    def __init__(self, message: str, *, backend: str) -> None:
+        super().__init__(message, metadata={"backend": backend})
 
 
 class ShuttingDown(GatewayError):

@@ -10,6 +10,7 @@ import ipaddress
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from server.config.schema import ConfigError, GatewayConfig
 from server.observe.logs import LOG_FORMATS
@@ -51,6 +52,7 @@ def checked(config: GatewayConfig, *, unparsed: frozenset[str] = frozenset()) ->
         *_model_count_problems(config, unparsed),
         *_resilience_problems(config),
         *_client_problems(config),
+        *_limits_backend_problems(config),
     ]
     if problems:
         raise ConfigError("\n".join(problems))
@@ -127,6 +129,16 @@ def _pem_file_problem(path: Path, pattern: re.Pattern[bytes], what: str, example
 def _log_level_problems(config: GatewayConfig) -> Iterator[str]:
     if config.log_level not in _LOG_LEVELS:
         yield f"log_level: expected DEBUG, INFO, WARNING or ERROR, got {config.log_level!r}"
+
+
+def _limits_backend_problems(config: GatewayConfig) -> Iterator[str]:
+    limits = config.limits
+    if limits.backend != "memory" and urlsplit(limits.backend).scheme not in ("redis", "rediss", "unix"):
+        yield "limits.backend: expected memory or a redis://, rediss:// or unix:// URL"  # the URL may hold a password
+    if limits.backend_unavailable not in ("open", "closed"):
+        yield f"limits.backend_unavailable: expected open or closed, got {limits.backend_unavailable[:40]!r}"
+    if limits.backend_timeout_s <= 0:
+        yield "limits.backend_timeout_s: must be more than 0"
 
 
 def _log_format_problems(config: GatewayConfig) -> Iterator[str]:

@@ -7,10 +7,12 @@ together; `unparsed` collects the names of entries that were rejected, so that t
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from server.config.clients import env_digest, hex_digest, parse_client_defaults, parse_clients
 from server.config.models import parse_model
@@ -109,6 +111,8 @@ def _parse_sections(top: dict[str, Any], config: GatewayConfig, problems: list[s
     for key in _SECTIONS:
         if top.get(key) is not None:
             config = replace(config, **{key: _parse_section(top[key], key, getattr(config, key), problems)})
+    with contextlib.suppress(ValueError):  # a malformed URL is the checks' problem
+        register_secret(urlsplit(config.limits.backend).password)  # redis://:PASSWORD@host
     return config
 
 
@@ -122,6 +126,11 @@ def _parse_section(raw: Any, key: str, template: _Section, problems: list[str]) 
         if isinstance(current, bool):
             if not isinstance(value, bool):
                 problems.append(f"{key}.{name}: expected true or false, got {value!r}")
+                continue
+            values[name] = value
+        elif isinstance(current, str):
+            if not isinstance(value, str):
+                problems.append(f"{key}.{name}: expected a string, got {value!r}")
                 continue
             values[name] = value
         elif value is None and current is None:

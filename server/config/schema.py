@@ -159,6 +159,11 @@ class LimitsConfig:
 
     max_concurrent_upstream: int = defaults.MAX_CONCURRENT_UPSTREAM
     retry_after_s: float = defaults.OVERLOAD_RETRY_AFTER_S
+    # Where clients' counters and budgets live: "memory" (this process), or a redis:// (rediss://, unix://)
+    # URL shared by every instance; what to do when it does not answer within backend_timeout_s.
+    backend: str = "memory"
+    backend_unavailable: str = "closed"
+    backend_timeout_s: float = defaults.LIMITS_BACKEND_TIMEOUT_S
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,11 +24,11 @@ typed and no secret becomes a label.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from server.observe.grpc_metrics import GrpcServerMetrics
@@ -38,7 +38,7 @@ from server.routing.catalog import Catalog, ModelConfig
 from server.routing.plan import Resilience
 from server.types import Served
 
-__all__ = ["GatewayMetrics", "LabelBounds"]
+__all__ = ["CountsCollector", "GatewayMetrics", "LabelBounds"]
 
 OPERATION = "chat"  # gen_ai.operation.name of every call the gateway serves
 UNKNOWN = "unknown"
@@ -308,6 +308,19 @@ def _histogram(
     registry: CollectorRegistry, name: str, documentation: str, labels: Sequence[str], buckets: Sequence[float]
 ) -> _Children:
     return _Children(Histogram(name, documentation, labels, unit="seconds", buckets=buckets, registry=registry))
+
+
+class CountsCollector(Collector):
+    """Counts kept as plain numbers by their owner (the shared limits store), exported when scraped."""
+
+    def __init__(self, name: str, documentation: str, label: str, read: Callable[[], Mapping[str, float]]) -> None:
+        self._name, self._documentation, self._label, self._read = name, documentation, label, read
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=[self._label])
+        for value, count in self._read().items():
+            family.add_metric([value], count)
+        yield family
 
 
 class _ResilienceCollector(Collector):

@@ -33,7 +33,7 @@ from typing import Protocol
 
 from server.config import ClientLimits
 
-__all__ = ["CONCURRENCY_RETRY_AFTER_S", "Ask", "Granted", "MemoryQuotaStore", "QuotaStore", "Refused"]
+__all__ = ["CONCURRENCY_RETRY_AFTER_S", "Ask", "Granted", "MemoryQuotaStore", "QuotaStore", "Refused", "period_end"]
 
 # A concurrency slot frees when some call ends, which no one can foresee: a client is told to try again
 # after this long.
@@ -80,6 +80,9 @@ class QuotaStore(Protocol):
         """The call admitted for `ask` has ended: it used `tokens_used` tokens and cost `cost_usd`. Give its
         concurrency slot back. Must not block (a networked store queues this)."""
 
+    async def aclose(self) -> None:
+        """Write what is queued, and let go of connections."""
+
 
 class _Bucket:
     """A token bucket that fills at `size` per minute up to `size`; it may go below zero (a debt)."""
@@ -111,7 +114,7 @@ class _Period:
 
     def current(self, now: float) -> _Period:
         if now >= self.ends:
-            self.spent, self.ends = 0.0, _period_end(now, monthly=self.monthly)
+            self.spent, self.ends = 0.0, period_end(now, monthly=self.monthly)
         return self
 
 
@@ -190,6 +193,9 @@ class MemoryQuotaStore:
             state.day.current(now).spent += cost_usd
             state.month.current(now).spent += cost_usd
 
+    async def aclose(self) -> None:
+        """Nothing to close: the counters are this process's memory."""
+
     def spent(self, client: str) -> tuple[float, float]:
         """USD `client` spent in this UTC day and month (for metrics and tests)."""
         state = self._clients.get(client)
@@ -204,7 +210,7 @@ def _left(level: float, size: int) -> tuple[int, float]:
     return (int(level) if level > 0 else 0), (size - level) * _MINUTE / size
 
 
-def _period_end(now: float, *, monthly: bool) -> float:
+def period_end(now: float, *, monthly: bool) -> float:
     """The end of the UTC day (or month) that `now` falls in, in seconds since the epoch."""
     today = datetime.datetime.fromtimestamp(now, datetime.UTC).date()
     if monthly:

@@ -30,13 +30,14 @@ from client.types import (
     GenerateResult,
     MessageLike,
     ModelInfo,
+    RateLimits,
     Sampling,
     SamplingOptions,
     SessionMode,
     StreamEnd,
     StreamEvent,
 )
-from client.wire import build_request, generate_result, model_info, session_start
+from client.wire import build_request, end_user_metadata, generate_result, model_info, session_start
 from generated import ai_service_pb2 as pb
 from generated import ai_service_pb2_grpc as pb_grpc
 
@@ -99,10 +100,13 @@ class AsyncAIClient:
         system: str | None = None,
         sampling: SamplingOptions | None = None,
         timeout: float | None = None,  # noqa: ASYNC109  (the call's gRPC deadline, sent to the server)
+        end_user: str | None = None,
         **keywords: Unpack[Sampling],
     ) -> GenerateResult:
         """The whole reply to `prompt` (the last user turn after `system` and `messages`). `sampling` and
-        the keywords temperature, max_tokens, top_p and stop (which override its fields) shape the reply."""
+        the keywords temperature, max_tokens, top_p and stop (which override its fields) shape the reply.
+        `end_user` names who the call is for (`x-end-user-id`: an opaque id, forwarded upstream).
+        `result.rate_limits` has what is left of the caller's limits."""
         request = build_request(
             pb.GenerateRequest, model=model, prompt=prompt, messages=messages, system=system,
             sampling=SamplingOptions.of(sampling, keywords),
@@ -110,14 +114,15 @@ class AsyncAIClient:
         retrier = Retrier(self._settings.retry, self._settings.deadline(timeout))
         while True:  # the channel retries UNAVAILABLE; this loop, RESOURCE_EXHAUSTED with RetryInfo
             try:
-                response = await self._stub.Generate(request, timeout=retrier.remaining())
+                call = self._stub.Generate(request, timeout=retrier.remaining(), metadata=end_user_metadata(end_user))
+                response = await call
             except grpc.aio.AioRpcError as exc:
                 error = self._settings.error(exc)
                 if (delay := retrier.delay(error, unavailable=False)) is None:
                     raise error from exc
                 await asyncio.sleep(delay)
             else:
-                return generate_result(response)
+                return generate_result(response, tuple(await call.trailing_metadata() or ()))
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:  # noqa: ASYNC109
         """The gateway's grpc.health.v1 status for `service` ("" for the whole server): "SERVING", or
@@ -155,16 +160,18 @@ class AsyncAIClient:
         system: str | None = None,
         sampling: SamplingOptions | None = None,
         timeout: float | None = None,
+        end_user: str | None = None,
         **keywords: Unpack[Sampling],
     ) -> AsyncStream:
         """Stream the reply: TextDelta events, then one StreamEnd. Use `async with` to cancel on early exit.
-        The options are generate's."""
+        The options are generate's; `rate_limits` is set once the stream has ended."""
         request = build_request(
             pb.StreamGenerateRequest, model=model, prompt=prompt, messages=messages, system=system,
             sampling=SamplingOptions.of(sampling, keywords),
         )  # fmt: skip
         state = StreamState(Retrier(self._settings.retry, self._settings.deadline(timeout)), self._settings.error)
-        return AsyncStream(lambda left: self._stub.StreamGenerate(request, timeout=left), state)
+        metadata = end_user_metadata(end_user)
+        return AsyncStream(lambda left: self._stub.StreamGenerate(request, timeout=left, metadata=metadata), state)
 
     def interactive(
         self,
@@ -207,6 +214,11 @@ class AsyncStream(AsyncIterator[StreamEvent]):
     def result(self) -> StreamEnd | None:
         return self._state.result
 
+    @property
+    def rate_limits(self) -> RateLimits | None:
+        """What is left of the caller's limits (the call's x-ratelimit-* trailers), once the stream ended."""
+        return self._state.rate_limits
+
     async def __aenter__(self) -> Self:
         return self
 
@@ -236,7 +248,7 @@ class AsyncStream(AsyncIterator[StreamEvent]):
                 self._call = self._start(self._state.remaining())
                 continue
             if not isinstance(chunk, pb.StreamChunk):  # grpc.aio.EOF: the call ended with OK
-                self._state.end()
+                self._state.end(tuple(await self._call.trailing_metadata() or ()))
                 break
             try:
                 return self._state.chunk(chunk)

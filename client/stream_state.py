@@ -4,7 +4,7 @@ A pure state machine: the streams do the I/O (read the next chunk, sleep, start 
 it what each outcome means.
 
     read gave a chunk   ->  chunk(c): the event to yield (and from now on, a failure is never retried)
-    read hit the end    ->  end(): the StreamEnd (StreamProtocolError if the final chunk never came)
+    read hit the end    ->  end(trailers): the StreamEnd (StreamProtocolError if the final chunk never came)
     read failed         ->  failed(exc): a delay (sleep it, then start the call again with `remaining()`
                             seconds), or the GatewayError to raise
 
@@ -20,8 +20,8 @@ import grpc
 
 from client.errors import GatewayError
 from client.retry import Retrier
-from client.types import StreamEnd, StreamEvent
-from client.wire import StreamAssembler
+from client.types import RateLimits, StreamEnd, StreamEvent
+from client.wire import Metadata, StreamAssembler, rate_limits
 from generated import ai_service_pb2 as pb
 
 __all__ = ["StreamState"]
@@ -35,6 +35,7 @@ class StreamState:
         self._assembler = StreamAssembler()
         self.closed = False
         self.result: StreamEnd | None = None
+        self.rate_limits: RateLimits | None = None
 
     def remaining(self) -> float:
         """Seconds left until the call's deadline: the timeout of the next start."""
@@ -50,10 +51,12 @@ class StreamState:
             self.closed = True
             raise
 
-    def end(self) -> StreamEnd:
-        """The call ended with OK: its StreamEnd, or StreamProtocolError if it never sent its final chunk."""
+    def end(self, trailers: Metadata = ()) -> StreamEnd:
+        """The call ended with OK (and these trailers): its StreamEnd, or StreamProtocolError if it never
+        sent its final chunk."""
         self.closed = True
         self._retryable = False
+        self.rate_limits = rate_limits(trailers)
         self.result = self._assembler.finish()
         return self.result
 

@@ -31,13 +31,14 @@ from client.types import (
     GenerateResult,
     MessageLike,
     ModelInfo,
+    RateLimits,
     Sampling,
     SamplingOptions,
     SessionMode,
     StreamEnd,
     StreamEvent,
 )
-from client.wire import build_request, generate_result, model_info
+from client.wire import build_request, end_user_metadata, generate_result, model_info
 from generated import ai_service_pb2 as pb
 from generated import ai_service_pb2_grpc as pb_grpc
 
@@ -102,10 +103,13 @@ class AIClient:
         system: str | None = None,
         sampling: SamplingOptions | None = None,
         timeout: float | None = None,
+        end_user: str | None = None,
         **keywords: Unpack[Sampling],
     ) -> GenerateResult:
         """The whole reply to `prompt` (the last user turn after `system` and `messages`). `sampling` and
-        the keywords temperature, max_tokens, top_p and stop (which override its fields) shape the reply."""
+        the keywords temperature, max_tokens, top_p and stop (which override its fields) shape the reply.
+        `end_user` names who the call is for (`x-end-user-id`: an opaque id, forwarded upstream).
+        `result.rate_limits` has what is left of the caller's limits."""
         request = build_request(
             pb.GenerateRequest, model=model, prompt=prompt, messages=messages, system=system,
             sampling=SamplingOptions.of(sampling, keywords),
@@ -113,14 +117,16 @@ class AIClient:
         retrier = Retrier(self._settings.retry, self._settings.deadline(timeout))
         while True:  # the channel retries UNAVAILABLE; this loop, RESOURCE_EXHAUSTED with RetryInfo
             try:
-                response = self._stub.Generate(request, timeout=retrier.remaining())
+                response, call = self._stub.Generate.with_call(
+                    request, timeout=retrier.remaining(), metadata=end_user_metadata(end_user)
+                )
             except grpc.RpcError as exc:
                 error = self._settings.error(exc)
                 if (delay := retrier.delay(error, unavailable=False)) is None:
                     raise error from exc
                 time.sleep(delay)
             else:
-                return generate_result(response)
+                return generate_result(response, call.trailing_metadata())
 
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The gateway's grpc.health.v1 status for `service` ("" for the whole server): "SERVING", or
@@ -158,16 +164,18 @@ class AIClient:
         system: str | None = None,
         sampling: SamplingOptions | None = None,
         timeout: float | None = None,
+        end_user: str | None = None,
         **keywords: Unpack[Sampling],
     ) -> Stream:
         """Stream the reply: TextDelta events, then one StreamEnd. Use `with` to cancel on early exit. The
-        options are generate's."""
+        options are generate's; `rate_limits` is set once the stream has ended."""
         request = build_request(
             pb.StreamGenerateRequest, model=model, prompt=prompt, messages=messages, system=system,
             sampling=SamplingOptions.of(sampling, keywords),
         )  # fmt: skip
         state = StreamState(Retrier(self._settings.retry, self._settings.deadline(timeout)), self._settings.error)
-        return Stream(lambda left: self._stub.StreamGenerate(request, timeout=left), state)
+        metadata = end_user_metadata(end_user)
+        return Stream(lambda left: self._stub.StreamGenerate(request, timeout=left, metadata=metadata), state)
 
     def interactive(
         self,
@@ -207,6 +215,11 @@ class Stream(Iterator[StreamEvent]):
     def result(self) -> StreamEnd | None:
         return self._state.result
 
+    @property
+    def rate_limits(self) -> RateLimits | None:
+        """What is left of the caller's limits (the call's x-ratelimit-* trailers), once the stream ended."""
+        return self._state.rate_limits
+
     def __enter__(self) -> Self:
         return self
 
@@ -229,7 +242,7 @@ class Stream(Iterator[StreamEvent]):
             try:
                 chunk = next(self._call)
             except StopIteration:
-                self._state.end()
+                self._state.end(self._call.trailing_metadata())
                 break
             except grpc.RpcError as exc:
                 step = self._state.failed(exc)

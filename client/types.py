@@ -29,6 +29,7 @@ __all__ = [
     "MessageLike",
     "ModelDeployment",
     "ModelInfo",
+    "RateLimits",
     "Sampling",
     "SamplingOptions",
     "SessionMode",
@@ -177,6 +178,22 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimits:
+    """What is left of the caller's limits after a call, from the gateway's `x-ratelimit-*` trailers (as
+    OpenAI names them); None where the gateway sent none (the client has no such limit, or no limits).
+
+    `remaining_*` is what is left after this call; `reset_*_s` the seconds until that limit is full again.
+    """
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests_s: float | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class GenerateResult:
     """A complete reply from `generate`."""
 
@@ -187,6 +204,8 @@ class GenerateResult:
     usage: Usage
     # The tools the model called (finish_reason TOOL_CALLS): run them, answer with Message.tool_result.
     tool_calls: tuple[ToolCall, ...] = ()
+    # The caller's limits after this call (None when the gateway sent no rate-limit trailers).
+    rate_limits: RateLimits | None = None
 
 
 @dataclass(frozen=True, slots=True)

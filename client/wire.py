@@ -8,8 +8,9 @@ and `turn_result` are the InteractiveStream messages.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
-from typing import TypeVar
+from typing import TypeAlias, TypeVar
 
 from client.errors import StreamProtocolError
 from client.types import (
@@ -19,6 +20,7 @@ from client.types import (
     MessageLike,
     ModelDeployment,
     ModelInfo,
+    RateLimits,
     SamplingOptions,
     SessionMode,
     StreamEnd,
@@ -37,8 +39,10 @@ __all__ = [
     "StreamAssembler",
     "build_request",
     "cancel_request",
+    "end_user_metadata",
     "generate_result",
     "model_info",
+    "rate_limits",
     "session_mode",
     "session_start",
     "tool_call_delta",
@@ -47,6 +51,8 @@ __all__ = [
     "turn_result",
 ]
 
+# A call's trailing metadata as grpc hands it over (None when there is none).
+Metadata: TypeAlias = "Sequence[tuple[str, str | bytes]] | None"
 RequestT = TypeVar("RequestT", pb.GenerateRequest, pb.StreamGenerateRequest)
 _PREFIX = "FINISH_REASON_"
 
@@ -189,7 +195,7 @@ def _message_pb(message: MessageLike) -> pb.Message:
     return pb.Message(role=role, content=content)
 
 
-def generate_result(response: pb.GenerateResponse) -> GenerateResult:
+def generate_result(response: pb.GenerateResponse, trailers: Metadata = ()) -> GenerateResult:
     return GenerateResult(
         text=response.content,
         model=response.model,
@@ -197,6 +203,7 @@ def generate_result(response: pb.GenerateResponse) -> GenerateResult:
         finish_reason=_finish_reason(response.finish_reason),
         usage=_usage(response.usage),
         tool_calls=tool_calls(response.tool_calls),
+        rate_limits=rate_limits(trailers),
     )
 
 
@@ -206,6 +213,44 @@ def tool_calls(calls: Iterable[pb.ToolCall]) -> tuple[ToolCall, ...]:
 
 def tool_call_delta(piece: pb.ToolCallDelta) -> ToolCallDelta:
     return ToolCallDelta(piece.index, piece.id, piece.name, piece.arguments)
+
+
+_GO_DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+(?:\.\d+)?)s)?|(\d+)ms")
+
+
+def end_user_metadata(end_user: str | None) -> tuple[tuple[str, str], ...]:
+    """The call metadata that names the end user a call is for (`x-end-user-id`), or none."""
+    return (("x-end-user-id", end_user),) if end_user else ()
+
+
+def rate_limits(trailers: Metadata) -> RateLimits | None:
+    """The `x-ratelimit-*` trailers of a call, or None when it had none. A value that does not parse is
+    left out (None), never an error: the reply itself is fine."""
+    values = {key: value for key, value in trailers or () if key.startswith("x-ratelimit-") and isinstance(value, str)}
+    if not values:
+        return None
+    return RateLimits(
+        limit_requests=_int(values.get("x-ratelimit-limit-requests")),
+        remaining_requests=_int(values.get("x-ratelimit-remaining-requests")),
+        reset_requests_s=_duration(values.get("x-ratelimit-reset-requests")),
+        limit_tokens=_int(values.get("x-ratelimit-limit-tokens")),
+        remaining_tokens=_int(values.get("x-ratelimit-remaining-tokens")),
+        reset_tokens_s=_duration(values.get("x-ratelimit-reset-tokens")),
+    )
+
+
+def _int(text: str | None) -> int | None:
+    return int(text) if text is not None and text.isdigit() else None
+
+
+def _duration(text: str | None) -> float | None:
+    """A Go duration as OpenAI writes it (`1s`, `6m0s`, `17ms`, `1h2m3.5s`) in seconds."""
+    if not text or not (match := _GO_DURATION.fullmatch(text)):
+        return None
+    hours, minutes, seconds, millis = match.groups()
+    if millis is not None:
+        return int(millis) / 1000
+    return int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(seconds or 0)
 
 
 def model_info(model: pb.ModelInfo) -> ModelInfo:

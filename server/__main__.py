@@ -1,4 +1,5 @@
 """python -m server [--config FILE] [--listen HOST:PORT] | --version
+python -m server hash-token < token-file      # the `clients[].tokens` entry of the token on stdin
 
 With --config, SIGHUP or a change of FILE reloads it (server/app.py: Gateway.reload).
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from server.app import WatchedFile, serve
 from server.config import ConfigError, load_config
+from server.config.clients import token_digest
 from server.observe.logs import configure_logging
 from server.observe.trace import tracing_from_env
 
@@ -26,6 +28,9 @@ _PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["hash-token"]:
+        return hash_token(argv[1:])
     parser = argparse.ArgumentParser(
         prog=program_name(sys.argv[0]),
         description="The gRPC AI gateway. With no --config it serves the offline demo model on "
@@ -52,6 +57,22 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def hash_token(argv: list[str]) -> int:
+    """Read a token on stdin (its first line, surrounding whitespace dropped, as the gateway reads a
+    bearer token) and print the config entry that accepts it: only its sha256 leaves."""
+    parser = argparse.ArgumentParser(
+        prog=f"{program_name(sys.argv[0])} hash-token",
+        description="Read a client token on stdin; print the `clients[].tokens` entry to paste into the config.",
+    )
+    parser.parse_args(argv)
+    token = sys.stdin.readline().strip()
+    if not token:
+        print('hash-token: no token on stdin (e.g. `printf %s "$TOKEN" | ... hash-token`)', file=sys.stderr)
+        return 2
+    print(f"- sha256: {token_digest(token)}")
     return 0
 
 

@@ -15,6 +15,7 @@ import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -22,14 +23,17 @@ from grpc_reflection.v1alpha import reflection
 
 from generated import ai_service_pb2, ai_service_pb2_grpc
 from server import defaults
-from server.auth import BearerAuthInterceptor
-from server.config import ConfigError, GatewayConfig, KeepaliveConfig, TLSConfig, parse_listen
+from server.auth import BearerAuthInterceptor, credentials_of
+from server.config import ConfigError, GatewayConfig, KeepaliveConfig, LimitsConfig, TLSConfig, parse_listen
 from server.decoding import add_service
 from server.observe.exporter import MetricsServer, start_metrics_server
-from server.observe.metrics import GatewayMetrics, LabelBounds
+from server.observe.metrics import CountsCollector, GatewayMetrics, LabelBounds
 from server.observe.trace import Tracing, tracing_from_env
+from server.policy.clients import ClientPolicy
 from server.policy.fair_queue import FairQueue
+from server.policy.redis_store import RedisQuotaStore
 from server.policy.seam import Policy, Seam
+from server.policy.store import QuotaStore
 from server.routing.dispatch import Router
 from server.service import AIService
 
@@ -60,6 +64,7 @@ class Gateway:
     auth: BearerAuthInterceptor | None = None
     metrics: GatewayMetrics | None = None
     metrics_server: MetricsServer | None = None
+    clients: ClientPolicy | None = None  # allowed models, limits and budgets per client
 
     @property
     def router(self) -> Router:
@@ -78,23 +83,31 @@ class Gateway:
         for name in _RESTART_ONLY:
             if getattr(config, name) != getattr(self.config, name):
                 log.warning("config reload: %s changed; it takes effect at the next restart", name)
-        if (config.auth is None) != (self.config.auth is None):
-            log.warning(
-                "config reload: auth was turned %s; it takes effect at the next restart", "on" if config.auth else "off"
-            )
+        backend = ("backend", "backend_unavailable", "backend_timeout_s")
+        if any(getattr(config.limits, f) != getattr(self.config.limits, f) for f in backend):
+            log.warning("config reload: limits.backend changed; it takes effect at the next restart")
+        if config.authenticates != self.config.authenticates:
+            turned = "on" if config.authenticates else "off"
+            log.warning("config reload: auth was turned %s; it takes effect at the next restart", turned)
         router = Router.from_config(config)
         if self.metrics is not None:
             self.metrics.watch(router.resilience, label_bounds(config, router))
-        if self.auth is not None and config.auth is not None:
-            self.auth.tokens = config.auth.tokens
+        if self.auth is not None and config.authenticates:
+            self.auth.update(credentials_of(config))
         if self.queue is not None:
             limits = config.limits
             self.queue.resize(limits.max_concurrent_upstream, limits.queue_wait_s, limits.retry_after_s)
+        if self.clients is not None:  # new rules and limits; the counters (the store) carry on
+            clients = ClientPolicy.from_config(config, router.catalog, self.clients.store)
+            self.seam.replace_policy(self.clients, clients)
+            self.clients = clients
         self.seam.swap(router)
         kept = {name: getattr(self.config, name) for name in _RESTART_ONLY}
-        self.config = replace(config, auth=config.auth if self.auth is not None else None, **kept)
-        tokens = len(self.config.auth.tokens) if self.config.auth else 0
-        log.info("config reloaded: %d client token(s); models: %s", tokens, ", ".join(router.catalog.model_names))
+        kept["limits"] = replace(config.limits, **{f: getattr(self.config.limits, f) for f in backend})
+        if self.auth is None:  # auth stays off until a restart: the clients' rules are kept out too
+            kept |= {"auth": None, "clients": ()}
+        self.config = replace(config, **kept)
+        log.info("config reloaded: %s; models: %s", _auth_summary(self.config), ", ".join(router.catalog.model_names))
 
     async def stop(self, grace_s: float | None) -> None:
         """Drain: report NOT_SERVING, refuse new calls, let in-flight calls run up to `grace_s`, close.
@@ -112,6 +125,8 @@ class Gateway:
                 await self.service.end_in_flight_calls()
         await stopping
         await self.seam.aclose()
+        if self.clients is not None:
+            await self.clients.store.aclose()  # the settlements still queued for a shared store go out
         if self.metrics_server is not None:
             await self.metrics_server.close()
         await asyncio.to_thread(self.tracing.shutdown)  # the spans still buffered go out
@@ -163,26 +178,51 @@ def _ms(seconds: float) -> int:
 
 
 def _server_credentials(tls: TLSConfig) -> grpc.ServerCredentials:
-    return grpc.ssl_server_credentials([(tls.key_file.read_bytes(), tls.cert_file.read_bytes())])
+    """The server's certificate; with `client_ca_file`, every client must present one that CA signed."""
+    pair = [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())]
+    if tls.client_ca_file is None:
+        return grpc.ssl_server_credentials(pair)
+    return grpc.ssl_server_credentials(
+        pair, root_certificates=tls.client_ca_file.read_bytes(), require_client_auth=True
+    )
 
 
 async def start_gateway(
-    config: GatewayConfig, *, policies: Sequence[Policy] = (), tracing: Tracing | None = None
+    config: GatewayConfig,
+    *,
+    policies: Sequence[Policy] = (),
+    tracing: Tracing | None = None,
+    quota_store: QuotaStore | None = None,
 ) -> Gateway:
-    """Bind and start a gateway for `config`; `policies` plug into the policy seam (server/policy/seam.py).
-    `tracing` defaults to what the OTEL_* variables ask for (server/observe/trace.py): off unless set."""
+    """Bind and start a gateway for `config`; `policies` plug into the policy seam (server/policy/seam.py)
+    after the clients' own (allowed models, limits, budgets: server/policy/clients.py), whose counters
+    live in `quota_store` (default: this process's memory). `tracing` defaults to what the OTEL_*
+    variables ask for (server/observe/trace.py): off unless set."""
     tracing = tracing or tracing_from_env()
     router = Router.from_config(config)
     metrics = gateway_metrics(config, router) if config.metrics.listen is not None else None
     interceptors: list[grpc.aio.ServerInterceptor] = [metrics.grpc] if metrics else []
-    auth = BearerAuthInterceptor(config.auth.tokens, tracing=tracing) if config.auth else None
+    auth = BearerAuthInterceptor(credentials_of(config), tracing=tracing) if config.authenticates else None
     if auth is not None:  # after the metrics: a call refused for its token is counted too
         interceptors.append(auth)
     server = grpc.aio.server(interceptors=interceptors, options=server_options(config))
+    store = quota_store or quota_store_for(config.limits)
+    if metrics is not None and isinstance(store, RedisQuotaStore):
+        metrics.registry.register(
+            CountsCollector(
+                "gateway_limits_store_unavailable",
+                "Calls decided without the shared limits store, which did not answer: served (fail-open) or refused.",
+                "outcome",
+                store.unavailable_counts,
+            )
+        )
+    clients = ClientPolicy.from_config(config, router.catalog, store)
     limits = config.limits
     queue = FairQueue(limits.max_concurrent_upstream, limits.queue_wait_s, retry_after_s=limits.retry_after_s)
-    # The queue first: a call waits for its slot before any other policy counts it.
-    seam = Seam(router, (queue, *policies), tracing=tracing, observers=[metrics] if metrics else [])
+    # The client's own rules first (a model it may not call, a limit it is over: refused at once), then the
+    # wait for a slot.
+    observers = [metrics] if metrics else []
+    seam = Seam(router, (clients, queue, *policies), tracing=tracing, observers=observers, model_filters=[clients])
     service = AIService(seam, max_request_bytes=config.max_request_bytes, interactive=config.interactive)
     add_service(ai_service_pb2_grpc.add_AIServiceServicer_to_server, service, server, REQUEST_TYPES)
     health_servicer = health.aio.HealthServicer()
@@ -212,7 +252,17 @@ async def start_gateway(
             raise OSError(f"cannot listen on {config.metrics.listen} (metrics.listen): {_why(exc)}") from exc
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Gateway(server, port, health_servicer, service, seam, tracing, config, queue, auth, metrics, metrics_server)
+    return Gateway(
+        server, port, health_servicer, service, seam, tracing, config, queue, auth, metrics, metrics_server, clients
+    )
+
+
+def quota_store_for(limits: LimitsConfig) -> QuotaStore | None:
+    """The shared store `limits.backend` names; None for this process's memory (the clients' default)."""
+    if limits.backend == "memory":
+        return None
+    unavailable: Literal["open", "closed"] = "open" if limits.backend_unavailable == "open" else "closed"
+    return RedisQuotaStore(limits.backend, timeout_s=limits.backend_timeout_s, when_unavailable=unavailable)
 
 
 def gateway_metrics(config: GatewayConfig, router: Router) -> GatewayMetrics:
@@ -225,7 +275,19 @@ def gateway_metrics(config: GatewayConfig, router: Router) -> GatewayMetrics:
 def label_bounds(config: GatewayConfig, router: Router) -> LabelBounds:
     """The metric label values a gateway of `config` may use: its catalog's, clients' and providers' names."""
     clients = [token.name for token in config.auth.tokens] if config.auth else []
+    clients += [client.name for client in config.clients]
     return LabelBounds(router.catalog, clients, [p.name for p in config.providers])
+
+
+def _auth_summary(config: GatewayConfig) -> str:
+    """ "3 clients, mTLS", "1 client token(s)" or "no auth", for the start-up line."""
+    if not config.authenticates:
+        return "no auth"
+    if not config.clients and config.auth is not None:
+        return f"{len(config.auth.tokens)} client token(s)"
+    names = {c.name for c in config.clients} | ({t.name for t in config.auth.tokens} if config.auth else set())
+    mtls = ", mTLS" if config.tls is not None and config.tls.client_ca_file is not None else ""
+    return f"{len(names)} client(s){mtls}"
 
 
 def _why(exc: BaseException) -> str:
@@ -260,7 +322,7 @@ async def serve(
         loop.add_signal_handler(signal.SIGHUP, reload_asked.set)
     gateway = await start_gateway(config, tracing=tracing)
     scheme = "tls" if config.tls else "plaintext"
-    auth = f"{len(config.auth.tokens)} client token(s)" if config.auth else "no auth"
+    auth = _auth_summary(config)
     if gateway.metrics_server is not None and config.metrics.listen is not None:
         # Before the "listening on" line, with the bound port too: whoever reads that line finds this one.
         log.info("metrics on http://%s/metrics", bound_address(config.metrics.listen, gateway.metrics_server.port))

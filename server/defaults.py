@@ -164,6 +164,8 @@ CONFIG_POLL_S = 1.0
 # longer than the cap whatever it gives.
 KEY_REST_S = 5.0
 KEY_REST_MAX_S = 300.0
+# The longest a call waits on the shared limits store (Redis) before limits.backend_unavailable decides.
+LIMITS_BACKEND_TIMEOUT_S = 0.25
 
 # HTTP/2 keepalive of the gRPC server: ping idle connections every KEEPALIVE_TIME_S, drop them when a ping
 # is not answered within KEEPALIVE_TIMEOUT_S; accept client pings this often, with or without calls.

@@ -8,6 +8,10 @@
     ├── ProtocolViolation           INVALID_ARGUMENT (reason PROTOCOL_VIOLATION): a session broke its rules
     ├── CapabilityUnsupported       FAILED_PRECONDITION (CAPABILITY_UNSUPPORTED): the model cannot do what is asked
     ├── Unauthenticated             UNAUTHENTICATED
+    ├── ModelNotAllowed             PERMISSION_DENIED (reason MODEL_NOT_ALLOWED): not one of the client's models
+    ├── QuotaExceeded               RESOURCE_EXHAUSTED + QuotaFailure + RetryInfo: over a client's rate or
+    │   │                           concurrency limit (reason QUOTA_EXCEEDED)
+    │   └── BudgetExceeded          reason BUDGET_EXCEEDED: the client's day or month budget is spent
     ├── ShuttingDown                UNAVAILABLE (reason SHUTTING_DOWN)
     ├── GatewayOverloaded           RESOURCE_EXHAUSTED + RetryInfo: over a concurrency limit (GATEWAY_OVERLOADED)
     ├── CircuitOpen                 UNAVAILABLE (reason CIRCUIT_OPEN): every deployment's breaker is open
@@ -56,6 +60,7 @@ from server.defaults import ERROR_DOMAIN
 
 __all__ = [
     "CLIENT_RETRY_KEY",
+    "BudgetExceeded",
     "CapabilityUnsupported",
     "CircuitOpen",
     "FieldViolation",
@@ -63,9 +68,12 @@ __all__ = [
     "GatewayOverloaded",
     "InternalError",
     "InvalidRequest",
+    "LimitsUnavailable",
     "MalformedRequest",
+    "ModelNotAllowed",
     "ModelNotFound",
     "ProtocolViolation",
+    "QuotaExceeded",
     "ShuttingDown",
     "Unauthenticated",
     "UnknownRequestId",
@@ -241,6 +249,52 @@ class CapabilityUnsupported(GatewayError):
 class Unauthenticated(GatewayError):
     code = code_pb2.UNAUTHENTICATED
     reason = "UNAUTHENTICATED"
+
+
+class ModelNotAllowed(GatewayError):
+    """The client may not call this model. The metadata names the model asked for, never the models the
+    client (or any other) may call."""
+
+    code = code_pb2.PERMISSION_DENIED
+    reason = "MODEL_NOT_ALLOWED"
+
+    def __init__(self, client: str, model: str) -> None:
+        super().__init__(f"client {client!r} may not call model {model!r}", metadata={"model": model})
+
+
+class QuotaExceeded(GatewayError):
+    """A client is over one of its limits: `limit` names it (requests_per_minute, tokens_per_minute,
+    concurrent_streams), `subject` whom it limits ("client:<name>"). The status carries a QuotaFailure
+    with both, and a RetryInfo of when the limit has room again."""
+
+    code = code_pb2.RESOURCE_EXHAUSTED
+    reason = "QUOTA_EXCEEDED"
+
+    def __init__(
+        self, message: str, *, limit: str, subject: str, quota_value: int | float, retry_after_s: float
+    ) -> None:
+        super().__init__(message, metadata={"limit": limit, "subject": subject, "quota_value": f"{quota_value:g}"})
+        self.limit = limit
+        self.subject = subject
+        self.quota_value = quota_value
+        self.retry_after_s = retry_after_s
+
+
+class BudgetExceeded(QuotaExceeded):
+    """A client's spending budget for the day or the month is used up; RetryInfo runs to the period's reset."""
+
+    reason = "BUDGET_EXCEEDED"
+
+
+class LimitsUnavailable(GatewayError):
+    """The shared limits store (Redis) did not answer in time and the config says to refuse what cannot be
+    counted (`limits.backend_unavailable: closed`); metadata `backend` is its host:port, never its URL."""
+
+    code = code_pb2.UNAVAILABLE
+    reason = "LIMITS_UNAVAILABLE"
+
+    def __init__(self, message: str, *, backend: str) -> None:
+        super().__init__(message, metadata={"backend": backend})
 
 
 class ShuttingDown(GatewayError):
@@ -422,6 +476,16 @@ def _status(
             ]
         )
         status.details.append(_pack(bad_request))
+    if isinstance(error, QuotaExceeded):
+        violation = error_details_pb2.QuotaFailure.Violation(
+            subject=error.subject,
+            description=scrub(error.message),
+            quota_metric=f"{ERROR_DOMAIN}/{error.limit}",
+            quota_id=error.limit,
+            quota_dimensions={"client": error.subject.removeprefix("client:")},
+            quota_value=int(error.quota_value),
+        )
+        status.details.append(_pack(error_details_pb2.QuotaFailure(violations=[violation])))
     if error.retry_after_s is not None:
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(round(error.retry_after_s * 1000))

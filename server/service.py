@@ -33,6 +33,7 @@ from server.errors import GatewayError, InternalError, ShuttingDown, abort
 from server.interactive.session import SESSION_ID_HEADER, InteractiveSession
 from server.observe.request_id import CURRENT_REQUEST_ID, REQUEST_ID_HEADER, request_id_from
 from server.policy.fair_queue import PRIORITY_HEADER, priority_class
+from server.policy.identity import end_user_from
 from server.policy.seam import CallContext, Seam
 from server.routing.catalog import ModelConfig
 from server.types import ChatRequest, Finish, TextDelta, ToolCallDelta
@@ -107,15 +108,29 @@ class AIService(pb_grpc.AIServiceServicer):
         request_id = request_id_from(metadata)
         logged_as = CURRENT_REQUEST_ID.set(request_id)
         priority = priority_class(next((v for k, v in metadata if k == PRIORITY_HEADER), None))
+        try:
+            end_user, bad_end_user = end_user_from(metadata), None
+        except GatewayError as error:
+            end_user, bad_end_user = "", error
         call = self._seam.begin(
-            method, CURRENT_CLIENT.get(), model, request_id=request_id, parent=metadata, priority=priority
+            method,
+            CURRENT_CLIENT.get(),
+            model,
+            request_id=request_id,
+            parent=metadata,
+            priority=priority,
+            end_user=end_user,
         )
         trailers = ((REQUEST_ID_HEADER, request_id),)
         try:
             context.set_trailing_metadata(trailers)
             if streaming:
                 await context.send_initial_metadata((*trailers, *headers))
+            if bad_end_user is not None:
+                raise bad_end_user
             yield call
+            if call.trailers:  # what the policies add: the rate-limit trailers of an admitted call
+                context.set_trailing_metadata((*trailers, *call.trailers))
         except GatewayError as error:
             await self._fail(context, call, error, trailers, streaming)
         except asyncio.CancelledError:
@@ -142,7 +157,7 @@ class AIService(pb_grpc.AIServiceServicer):
         self._seam.end(call, error)  # before the status leaves: whoever reads the log after it finds the line
         if not streaming:
             await context.send_initial_metadata(trailers)  # a failed unary call names its id in its headers too
-        await abort(context, error, trailers)
+        await abort(context, error, (*trailers, *call.trailers))
 
     async def Generate(self, request: pb.GenerateRequest | Malformed, context: ServicerContext) -> pb.GenerateResponse:
         async with self._call(context, "Generate", _model_of(request), streaming=False) as call:
@@ -199,10 +214,12 @@ class AIService(pb_grpc.AIServiceServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest | Malformed, context: ServicerContext
     ) -> pb.ListModelsResponse:
+        """The catalog, as far as the calling client may use it (its `models`, server/policy/allowed.py)."""
         if isinstance(request, Malformed):
             await abort(context, malformed_request(request))
         catalog = self._seam.catalog
-        return pb.ListModelsResponse(models=[model_info(m, catalog.aliases_of(m.name)) for m in catalog.models()])
+        models = self._seam.models_for(CURRENT_CLIENT.get())
+        return pb.ListModelsResponse(models=[model_info(m, catalog.aliases_of(m.name)) for m in models])
 
     def _prepare(
         self,

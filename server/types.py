@@ -137,6 +137,8 @@ class ChatRequest:
     when the client set none.
     `headers` go on the upstream HTTP request as they are: the call's `x-request-id`, and per attempt the
     trace context (`traceparent`). Never a secret: the provider adds its own key.
+    `user` names who is calling, for upstreams that take it (OpenAI `user`, Anthropic `metadata.user_id`):
+    the client's configured name, then `:` and the caller's `x-end-user-id` when it sent one; "" for none.
     """
 
     model: str
@@ -145,6 +147,7 @@ class ChatRequest:
     timeout_s: float | None = None
     max_output_tokens: int = 4096
     headers: tuple[tuple[str, str], ...] = ()
+    user: str = ""  # the caller (client and end user) for upstreams that take one
     # Capabilities the request needs beyond what its params show (images, cache breakpoints, reasoning).
     needs: frozenset[str] = frozenset()
 

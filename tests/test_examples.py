@@ -22,6 +22,8 @@ from grpc_health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 from client.defaults import TOKEN_ENV
 from server.config import (
+    ClientConfig,
+    ClientLimits,
     GatewayConfig,
     InteractiveConfig,
     KeepaliveConfig,
@@ -51,6 +53,12 @@ EXAMPLE_ENV: dict[str, dict[str, str]] = {
         "INTERNAL_SIGNING_SECRET": "signing-secret-0123456789",
     },
     "secure.yaml": {"GATEWAY_TOKEN": "dev-token-0123456789"},
+    "teams.yaml": {
+        "OPENAI_API_KEY": "sk-example-0123456789",
+        "ANTHROPIC_API_KEY": "sk-ant-example-0123456789",
+        "SEARCH_TEAM_TOKEN": "search-token-0123456789",
+        "SUPPORT_TEAM_TOKEN": "support-token-0123456789",
+    },
 }
 
 
@@ -123,8 +131,9 @@ def test_the_full_example_takes_make_certs_output(checkout: Checkout) -> None:
 
 
 def test_the_examples_read_the_token_from_the_variable_the_client_reads() -> None:
-    """The server's token variable and the client's are one name (issue 8, item 7)."""
-    for name in example_names():
+    """The server's token variable and the client's are one name (issue 8, item 7). teams.yaml has a token
+    per team instead (its header passes one to the client as GATEWAY_TOKEN)."""
+    for name in [name for name in example_names() if name != "teams.yaml"]:
         raw = yaml.safe_load((EXAMPLES / name).read_text())
         variables = [token["env"] for token in raw.get("auth", {}).get("tokens", []) if "env" in token]
         assert variables == [TOKEN_ENV], name
@@ -168,6 +177,12 @@ def test_the_full_example_names_every_option() -> None:
     assert _keys([m["price"] for m in models if "price" in m]) == {
         f.removesuffix("_per_million") for f in _fields(Price)
     }
+    # certificates need tls.client_ca_file, and a gateway with it refuses the start test's plain health check.
+    assert _keys(raw["clients"]) | {"certificates"} == _fields(ClientConfig)
+    assert "# certificates:" in (EXAMPLES / "gateway.yaml").read_text()
+    assert set(raw["client_defaults"]) == {"models", "limits"}
+    for limits in (*(c["limits"] for c in raw["clients"]), raw["client_defaults"]["limits"]):
+        assert set(limits) == _fields(ClientLimits)
     fallback_classes = _keys([m["fallbacks"] for m in models if isinstance(m.get("fallbacks"), dict)])
     assert fallback_classes == {"default", "rate_limited", "unavailable"}
     assert any(isinstance(m.get("fallbacks"), list) for m in models), "the plain-list form of fallbacks"
@@ -183,3 +198,24 @@ def test_the_full_example_names_every_option() -> None:
     }
     for key, cls in sections.items():
         assert set(raw[key]) == _fields(cls), key
+
+
+def test_the_teams_example_gives_two_teams_different_models_and_limits(checkout: Checkout) -> None:
+    config = checkout.load("teams.yaml")
+    search, support = config.clients
+    assert (search.name, support.name) == ("search", "support")
+    assert len(search.tokens) == 2, "the search team is mid-rotation: two tokens"
+    assert search.models != support.models
+    assert search.limits != support.limits
+    assert support.limits.budget_usd_per_month is None, "left to client_defaults"
+    assert config.client_defaults.limits.budget_usd_per_month == 200
+
+
+def test_the_readme_shows_the_teams_example_as_it_is() -> None:
+    """README's "Clients, limits and budgets" excerpt is examples/teams.yaml's clients, written shorter."""
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    blocks = [yaml.safe_load(block) for block in readme.split("```yaml\n")[1:] for block in [block.split("```")[0]]]
+    [excerpt] = [block for block in blocks if isinstance(block, dict) and "clients" in block]
+    example = yaml.safe_load((EXAMPLES / "teams.yaml").read_text())
+    assert excerpt["clients"] == example["clients"]
+    assert excerpt["client_defaults"] == example["client_defaults"]

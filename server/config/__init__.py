@@ -6,6 +6,7 @@
     load.py            the YAML file, environment overrides, the embedded default
     parse.py           the YAML document read into the config types, section by section
     models.py          one catalog model entry (deployments, prices, fallbacks)
+    clients.py         the `clients` entries (credentials, allowed models, limits) and `client_defaults`
     checks.py          the cross-field checks (names, references, listen without auth, resilience settings)
     readers.py         small readers that collect problems instead of raising on the first
     litellm_import.py  `python -m server.config.litellm_import`: a LiteLLM proxy config to ours
@@ -18,6 +19,9 @@ from server.config.schema import (
     TRANSPORTS,
     ApiKey,
     AuthConfig,
+    ClientConfig,
+    ClientDefaults,
+    ClientLimits,
     ClientToken,
     ConfigError,
     GatewayConfig,
@@ -37,6 +41,9 @@ __all__ = [
     "TRANSPORTS",
     "ApiKey",
     "AuthConfig",
+    "ClientConfig",
+    "ClientDefaults",
+    "ClientLimits",
     "ClientToken",
     "ConfigError",
     "Deployment",

@@ -10,6 +10,7 @@ import ipaddress
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from server.config.schema import ConfigError, GatewayConfig
 from server.observe.logs import LOG_FORMATS
@@ -50,6 +51,8 @@ def checked(config: GatewayConfig, *, unparsed: frozenset[str] = frozenset()) ->
         *_fallback_problems(config),
         *_model_count_problems(config, unparsed),
         *_resilience_problems(config),
+        *_client_problems(config),
+        *_limits_backend_problems(config),
     ]
     if problems:
         raise ConfigError("\n".join(problems))
@@ -79,10 +82,10 @@ def _listen_problems(config: GatewayConfig) -> Iterator[str]:
     except ConfigError as exc:
         yield str(exc)
         return
-    if config.auth is None and not is_loopback_host(host):
+    if not config.authenticates and not is_loopback_host(host):
         yield (
             f"listen: refusing to serve without auth on non-loopback address {host}; configure "
-            "auth.tokens, or listen on 127.0.0.1"
+            "clients (or auth.tokens), or listen on 127.0.0.1"
         )
 
 
@@ -99,8 +102,11 @@ def _tls_file_problems(config: GatewayConfig) -> Iterator[str]:
     file is a config problem naming it, not a failure to listen."""
     if config.tls is None:
         return
-    for key, path in (("cert_file", config.tls.cert_file), ("key_file", config.tls.key_file)):
-        pattern, what, example = _PEM_BLOCKS[key]
+    files = [("cert_file", config.tls.cert_file), ("key_file", config.tls.key_file)]
+    if config.tls.client_ca_file is not None:
+        files.append(("client_ca_file", config.tls.client_ca_file))
+    for key, path in files:
+        pattern, what, example = _PEM_BLOCKS["cert_file" if key == "client_ca_file" else key]
         problem = _pem_file_problem(path, pattern, what, example)
         if problem:
             yield f"tls.{key}: {path}: {problem}"
@@ -123,6 +129,16 @@ def _pem_file_problem(path: Path, pattern: re.Pattern[bytes], what: str, example
 def _log_level_problems(config: GatewayConfig) -> Iterator[str]:
     if config.log_level not in _LOG_LEVELS:
         yield f"log_level: expected DEBUG, INFO, WARNING or ERROR, got {config.log_level!r}"
+
+
+def _limits_backend_problems(config: GatewayConfig) -> Iterator[str]:
+    limits = config.limits
+    if limits.backend != "memory" and urlsplit(limits.backend).scheme not in ("redis", "rediss", "unix"):
+        yield "limits.backend: expected memory or a redis://, rediss:// or unix:// URL"  # the URL may hold a password
+    if limits.backend_unavailable not in ("open", "closed"):
+        yield f"limits.backend_unavailable: expected open or closed, got {limits.backend_unavailable[:40]!r}"
+    if limits.backend_timeout_s <= 0:
+        yield "limits.backend_timeout_s: must be more than 0"
 
 
 def _log_format_problems(config: GatewayConfig) -> Iterator[str]:
@@ -203,3 +219,34 @@ def _resilience_problems(config: GatewayConfig) -> list[str]:
         (keepalive.time_s > 0 and keepalive.timeout_s > 0, "keepalive: time_s and timeout_s must be above 0"),
     ]
     return [problem for ok, problem in checks if not ok]
+
+
+def _client_problems(config: GatewayConfig) -> Iterator[str]:
+    """Client names, tokens and certificate names each name one client; certificates need a client CA;
+    every `models` entry names a model, an alias, a configured provider's `provider/*`, or `*`."""
+    token_names = {token.name for token in config.auth.tokens} if config.auth else set()
+    yield from _duplicate_names("clients", [c.name for c in config.clients])
+    for name in sorted(token_names & {c.name for c in config.clients}):
+        yield f"clients: name {name!r} is also an auth.tokens name: give its tokens in its clients entry"
+    owners: dict[bytes | str, str] = {}
+    if config.auth:
+        owners.update((token.sha256, token.name) for token in config.auth.tokens)
+    for client in config.clients:
+        credentials: list[bytes | str] = [*client.tokens, *client.certificates]
+        for credential in credentials:
+            owner = owners.setdefault(credential, client.name)
+            if owner != client.name:
+                what = "a certificate name" if isinstance(credential, str) else "a token"
+                yield f"clients: {what} of {client.name!r} is also one of {owner!r}: a credential names one client"
+        if client.certificates and (config.tls is None or config.tls.client_ca_file is None):
+            yield f"clients: {client.name!r} has certificates, which need tls.client_ca_file (mTLS)"
+    names = _catalog_names(config)
+    providers = {p.name for p in config.providers}
+    lists = [("client_defaults.models", config.client_defaults.models)]
+    lists += [(f"clients: {c.name!r} models", c.models) for c in config.clients if c.models is not None]
+    for where, models in lists:
+        for entry in models:
+            if entry.endswith("/*") and entry[:-2] not in providers:
+                yield f"{where}: {entry!r} names no configured provider"
+            elif entry != "*" and not entry.endswith("/*") and not _names_a_model(entry, names):
+                yield f"{where}: {entry!r} is not a model"

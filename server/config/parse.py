@@ -7,12 +7,14 @@ together; `unparsed` collects the names of entries that were rejected, so that t
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
+from server.config.clients import env_digest, hex_digest, parse_client_defaults, parse_clients
 from server.config.models import parse_model
 from server.config.readers import as_list, mapping, number, numbers, range_of, unknown_keys
 from server.config.schema import (
@@ -47,6 +49,7 @@ _TOP_LEVEL_KEYS = frozenset(
     {
         *("listen", "tls", "auth", "providers", "models", "aliases"),
         *("grace_period_s", "max_request_bytes", "log_level", "log", "interactive", "metrics"),
+        *("clients", "client_defaults"),
         *_SECTIONS,
     }
 )
@@ -71,6 +74,10 @@ def parse(raw: Any, base_dir: Path, env: Mapping[str, str], problems: list[str],
         config = replace(config, tls=_parse_tls(top["tls"], base_dir, problems))
     if top.get("auth") is not None:
         config = replace(config, auth=_parse_auth(top["auth"], env, problems))
+    if top.get("clients") is not None:
+        config = replace(config, clients=parse_clients(top["clients"], env, problems))
+    if top.get("client_defaults") is not None:
+        config = replace(config, client_defaults=parse_client_defaults(top["client_defaults"], problems))
     config = replace(
         config,
         providers=_parse_providers(top.get("providers", []), env, problems, unparsed, base_dir),
@@ -109,6 +116,8 @@ def _parse_sections(top: dict[str, Any], config: GatewayConfig, problems: list[s
     for key in _SECTIONS:
         if top.get(key) is not None:
             config = replace(config, **{key: _parse_section(top[key], key, getattr(config, key), problems)})
+    with contextlib.suppress(ValueError):  # a malformed URL is the checks' problem
+        register_secret(urlsplit(config.limits.backend).password)  # redis://:PASSWORD@host
     return config
 
 
@@ -122,6 +131,11 @@ def _parse_section(raw: Any, key: str, template: _Section, problems: list[str]) 
         if isinstance(current, bool):
             if not isinstance(value, bool):
                 problems.append(f"{key}.{name}: expected true or false, got {value!r}")
+                continue
+            values[name] = value
+        elif isinstance(current, str):
+            if not isinstance(value, str):
+                problems.append(f"{key}.{name}: expected a string, got {value!r}")
                 continue
             values[name] = value
         elif value is None and current is None:
@@ -151,17 +165,18 @@ def _parse_metrics(raw: Any, problems: list[str]) -> MetricsConfig:
 
 def _parse_tls(raw: Any, base_dir: Path, problems: list[str]) -> TLSConfig | None:
     tls = mapping(raw, "tls", problems)
-    unknown_keys(tls, {"cert_file", "key_file"}, "tls.", problems)
+    unknown_keys(tls, {"cert_file", "key_file", "client_ca_file"}, "tls.", problems)
     paths = {}
-    for key in ("cert_file", "key_file"):
+    for key in ("cert_file", "key_file", "client_ca_file"):
         if not tls.get(key):
-            problems.append(f"tls.{key}: required")
+            if key != "client_ca_file":
+                problems.append(f"tls.{key}: required")
             continue
         path = Path(str(tls[key]))
         paths[key] = path if path.is_absolute() else base_dir / path
-    if len(paths) < 2:
+    if "cert_file" not in paths or "key_file" not in paths:
         return None
-    return TLSConfig(cert_file=paths["cert_file"], key_file=paths["key_file"])
+    return TLSConfig(paths["cert_file"], paths["key_file"], client_ca_file=paths.get("client_ca_file"))
 
 
 def _parse_auth(raw: Any, env: Mapping[str, str], problems: list[str]) -> AuthConfig:
@@ -185,32 +200,12 @@ def _parse_token(raw: Any, i: int, env: Mapping[str, str], problems: list[str]) 
         problems.append(f"{where}: give exactly one of sha256 (hex digest of the token) or env")
         return None
     if "sha256" in entry:
-        digest = _token_digest(str(entry["sha256"]), where, problems)
+        digest = hex_digest(str(entry["sha256"]), where, problems)
     else:
-        digest = _env_digest(str(entry["env"]), env, where, problems)
+        digest = env_digest(str(entry["env"]), env, where, problems)
     if digest is None:
         return None
     return ClientToken(name=str(entry.get("name") or f"client-{i}"), sha256=digest)
-
-
-def _token_digest(text: str, where: str, problems: list[str]) -> bytes | None:
-    try:
-        digest = bytes.fromhex(text)
-    except ValueError:
-        digest = b""
-    if len(digest) != 32:
-        problems.append(f"{where}.sha256: expected 64 hex characters (sha256 of the token)")
-        return None
-    return digest
-
-
-def _env_digest(variable: str, env: Mapping[str, str], where: str, problems: list[str]) -> bytes | None:
-    token = env.get(variable, "")
-    if not token:
-        problems.append(f"{where}.env: environment variable {variable} is not set or empty")
-        return None
-    register_secret(token)
-    return hashlib.sha256(token.encode()).digest()
 
 
 def _parse_providers(

@@ -6,7 +6,7 @@ the environment and the embedded default, and `checks.py` holds the rules that s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, TypeGuard, get_args
 
@@ -21,6 +21,9 @@ __all__ = [
     "TRANSPORTS",
     "ApiKey",
     "AuthConfig",
+    "ClientConfig",
+    "ClientDefaults",
+    "ClientLimits",
     "ClientToken",
     "ConfigError",
     "GatewayConfig",
@@ -60,6 +63,9 @@ class ConfigError(ValueError):
 class TLSConfig:
     cert_file: Path
     key_file: Path
+    # mTLS: when set, every connection must present a client certificate this CA signed (README: Clients,
+    # limits and budgets); a certificate's subject CN or SAN can then name a client (`clients[].certificates`).
+    client_ca_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +87,47 @@ class ApiKey:
 
     env: str
     value: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLimits:
+    """A client's limits (config `clients[].limits`, `client_defaults.limits`); None is "no limit"."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    concurrent_streams: int | None = None
+    budget_usd_per_day: float | None = None
+    budget_usd_per_month: float | None = None
+
+    def over(self, defaults: ClientLimits) -> ClientLimits:
+        """These limits, each one left unset taken from `defaults`."""
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        return replace(defaults, **{name: value for name, value in values.items() if value is not None})
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """A named client (config `clients[]`): its credentials, the models it may call and its limits.
+
+    `tokens` are sha256 digests (several at once: a rotation's overlap); `certificates` are names a
+    verified mTLS client certificate may carry (its subject CN, or a DNS, URI or e-mail SAN). `models`
+    None means `client_defaults.models`; each limit left unset is `client_defaults.limits`'.
+    """
+
+    name: str
+    tokens: tuple[bytes, ...] = field(default=(), repr=False)
+    certificates: tuple[str, ...] = ()
+    models: tuple[str, ...] | None = None
+    limits: ClientLimits = ClientLimits()
+
+
+@dataclass(frozen=True, slots=True)
+class ClientDefaults:
+    """What a client gets for what it leaves out (config `client_defaults`): every model and no limits,
+    unless set here. Clients of `auth.tokens` get exactly this."""
+
+    models: tuple[str, ...] = ("*",)
+    limits: ClientLimits = ClientLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +176,11 @@ class LimitsConfig:
     retry_after_s: float = defaults.OVERLOAD_RETRY_AFTER_S
     queue_wait_s: float = defaults.QUEUE_WAIT_S
     max_pending_calls: int = defaults.MAX_PENDING_CALLS
+    # Where clients' counters and budgets live: "memory" (this process), or a redis:// (rediss://, unix://)
+    # URL shared by every instance; what to do when it does not answer within backend_timeout_s.
+    backend: str = "memory"
+    backend_unavailable: str = "closed"
+    backend_timeout_s: float = defaults.LIMITS_BACKEND_TIMEOUT_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,3 +220,10 @@ class GatewayConfig:
     limits: LimitsConfig = LimitsConfig()
     keepalive: KeepaliveConfig = KeepaliveConfig()
     metrics: MetricsConfig = MetricsConfig()
+    clients: tuple[ClientConfig, ...] = ()
+    client_defaults: ClientDefaults = ClientDefaults()
+
+    @property
+    def authenticates(self) -> bool:
+        """Whether every AIService call must prove a client: `auth.tokens` or `clients` are configured."""
+        return self.auth is not None or bool(self.clients)

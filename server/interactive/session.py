@@ -192,6 +192,7 @@ class InteractiveSession:
             turn_request_id=request_id,
             parent=self.trace,
             priority=self.record.priority,
+            end_user=self.record.end_user,
         )
         try:
             if self._draining:

@@ -24,11 +24,11 @@ typed and no secret becomes a label.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from server.observe.grpc_metrics import GrpcServerMetrics
@@ -38,7 +38,7 @@ from server.routing.catalog import Catalog, ModelConfig
 from server.routing.plan import Resilience
 from server.types import Served
 
-__all__ = ["GatewayMetrics", "LabelBounds"]
+__all__ = ["CountsCollector", "GatewayMetrics", "LabelBounds"]
 
 OPERATION = "chat"  # gen_ai.operation.name of every call the gateway serves
 UNKNOWN = "unknown"
@@ -62,6 +62,17 @@ QUEUE_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0,
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 
 _REASON = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+# The client limits a call can be refused by (server/policy/store.py), and "models" (MODEL_NOT_ALLOWED).
+_LIMITS = frozenset(
+    {
+        "requests_per_minute",
+        "tokens_per_minute",
+        "concurrent_streams",
+        "budget_usd_per_day",
+        "budget_usd_per_month",
+        "models",
+    }
+)
 
 
 class LabelBounds:
@@ -101,6 +112,10 @@ class LabelBounds:
         if name is None:
             return ANONYMOUS
         return name if name in self._clients else UNKNOWN
+
+    @staticmethod
+    def limit(limit: str) -> str:
+        return limit if limit in _LIMITS else "other"
 
     @staticmethod
     def reason(reason: str) -> str:
@@ -213,6 +228,13 @@ class GatewayMetrics:
             "Fallbacks taken: the first attempt on a fallback model, after a failure of error_class.",
             ("from_model", "to_model", "error_class"),
         )
+        self.quota_rejections = _counter(
+            registry,
+            "gateway_quota_rejections",
+            "Calls refused by a client's limits, by client and limit (requests_per_minute, tokens_per_minute, "
+            "concurrent_streams, budget_usd_per_day, budget_usd_per_month, models).",
+            ("client", "limit"),
+        )
         for method in ("Generate", "StreamGenerate", TURN):
             self.in_flight(method)  # present at 0 before the first call
 
@@ -243,6 +265,8 @@ class GatewayMetrics:
         requested = bounds.model(record.model)
         reason = bounds.reason(record.reason)
         self.calls(record.method, client, requested, record.code, reason).inc()
+        if record.quota_limit:
+            self.quota_rejections(client, bounds.limit(record.quota_limit)).inc()
         if record.method == SESSION:
             self.sessions.dec()
             return
@@ -306,6 +330,19 @@ def _histogram(
     registry: CollectorRegistry, name: str, documentation: str, labels: Sequence[str], buckets: Sequence[float]
 ) -> _Children:
     return _Children(Histogram(name, documentation, labels, unit="seconds", buckets=buckets, registry=registry))
+
+
+class CountsCollector(Collector):
+    """Counts kept as plain numbers by their owner (the shared limits store), exported when scraped."""
+
+    def __init__(self, name: str, documentation: str, label: str, read: Callable[[], Mapping[str, float]]) -> None:
+        self._name, self._documentation, self._label, self._read = name, documentation, label, read
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=[self._label])
+        for value, count in self._read().items():
+            family.add_metric([value], count)
+        yield family
 
 
 class _ResilienceCollector(Collector):

@@ -72,6 +72,8 @@ class CallRecord:
     session: str = ""  # InteractiveStream: the session id (the gateway's own)
     turn_request_id: str = ""  # InteractiveStream turn: the client's request_id of the turn
     request_id: str = ""  # the call's x-request-id (a turn: its session's)
+    end_user: str = ""  # the caller's x-end-user-id, checked (server/policy/identity.py)
+    quota_limit: str = ""  # the client limit that refused the call (requests_per_minute, …, models)
     upstream_request_id: str = ""  # the upstream's own id of its answer, bounded (observe/request_id.py)
     served: Served | None = None
     usage: Usage | None = None
@@ -103,15 +105,16 @@ class CallRecord:
         usage = self.usage
         duration_ms = duration_s * 1000
         access_log.info(
-            "%s client=%s%s model=%s served=%s code=%s%s duration_ms=%.1f ttft_ms=%s deltas=%d tokens=%s cost_usd=%s"
-            " request_id=%s upstream_request_id=%s%s%s",
+            "%s client=%s%s%s model=%s served=%s code=%s%s duration_ms=%.1f ttft_ms=%s deltas=%d tokens=%s"
+            " cost_usd=%s request_id=%s upstream_request_id=%s%s%s",
             self.method,
             self.client or "-",
+            f" end_user={log_value(self.end_user)}" if self.end_user else "",
             self._session_fields(),
             log_value(self.model),
             f"{served.provider}:{log_value(served.deployment)}" if served else "-",
             self.code,
-            f" reason={self.reason}" if self.reason else "",
+            self._reason_fields(),
             duration_ms,
             f"{self.first_token_s * 1000:.1f}" if self.first_token_s is not None else "-",
             self.deltas,
@@ -130,6 +133,7 @@ class CallRecord:
         values: dict[str, AccessValue] = {
             "method": self.method,
             "client": self.client,
+            "end_user": _bounded(self.end_user),
             "request_id": self.request_id or None,
             "session": self.session or None,
             "turn_request_id": _bounded(self.turn_request_id),
@@ -139,6 +143,7 @@ class CallRecord:
             "deployment": _bounded(served.deployment) if served else None,
             "code": self.code,
             "reason": self.reason or None,
+            "quota_limit": self.quota_limit or None,
             "finish_reason": self.finish_reason or None,
             "duration_ms": round(duration_ms, 1),
             "priority": self.priority,
@@ -153,6 +158,10 @@ class CallRecord:
             "turns": self.turns,
         }
         return {key: value for key, value in values.items() if value is not None}
+
+    def _reason_fields(self) -> str:
+        reason = f" reason={self.reason}" if self.reason else ""
+        return f"{reason} limit={self.quota_limit}" if self.quota_limit else reason
 
     def _session_fields(self) -> str:
         if not self.session:

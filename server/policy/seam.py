@@ -16,6 +16,10 @@ A call keeps the router it began with (`CallContext.router`): a config reload (`
 the new catalog and providers while the calls and streams already running finish on the old ones, whose
 connections are closed once the last of those calls has ended.
 
+A policy may add trailing metadata to the call (`CallContext.trailers`, the rate-limit trailers of
+policy/clients.py); the servicer sends them with the call's status. The seam also tells the upstream who
+is calling (`ChatRequest.user`, see policy/identity.py).
+
 The seam adds nothing per token: `stream` admits the call, then hands back the router's own event stream.
 `end` runs before the status is sent (see service.py), so the access log, metrics and traces written from
 the record are complete when the client learns the outcome.
@@ -26,17 +30,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from server.errors import GatewayError, code_name
+from server.errors import GatewayError, ModelNotAllowed, QuotaExceeded, code_name
 from server.observe.record import CallRecord
 from server.observe.trace import CallTrace, Metadata, Tracing
+from server.policy.identity import upstream_user
 from server.routing.catalog import Catalog, ModelConfig
 from server.routing.dispatch import Router
 from server.types import ChatRequest, Completion, StreamEvent
 
-__all__ = ["CallContext", "Policy", "RecordObserver", "Seam"]
+__all__ = ["CallContext", "ModelFilter", "Policy", "RecordObserver", "Seam"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,17 @@ class Policy(Protocol):
 
     def settle(self, call: CallContext) -> None:
         """The call has ended: its record holds the outcome, the usage and the cost."""
+
+
+class ModelFilter(Protocol):
+    """A policy that also decides which catalog models a client is shown (ListModels)."""
+
+    def shows(self, client: str | None, model: ModelConfig) -> bool:
+        """Whether `client` may see (and so call) `model`."""
+
+
+class ModelFilteringPolicy(Policy, ModelFilter, Protocol):
+    """A policy that is also a model filter (the clients' rules)."""
 
 
 class RecordObserver(Protocol):
@@ -67,6 +83,8 @@ class CallContext:
     trace: CallTrace = field(default_factory=CallTrace)
     admitted: list[Policy] = field(default_factory=list)
     ended: bool = False
+    # Trailing metadata policies add (the rate-limit trailers), sent with the call's status.
+    trailers: tuple[tuple[str, str], ...] = ()
 
     @property
     def client(self) -> str | None:
@@ -82,6 +100,7 @@ class Seam:
         *,
         tracing: Tracing | None = None,
         observers: Sequence[RecordObserver] = (),
+        model_filters: Sequence[ModelFilter] = (),
     ) -> None:
         self.router = router
         self.catalog: Catalog = router.catalog
@@ -90,6 +109,7 @@ class Seam:
         self._observers = tuple(observers)
         self._calls_on: dict[Router, int] = {}  # routers with calls running: the current one, and retired ones
         self._closing: set[asyncio.Task[None]] = set()
+        self._model_filters = tuple(model_filters)
 
     def swap(self, router: Router) -> None:
         """Send new calls to `router`; the one it replaces is closed once its last running call has ended."""
@@ -108,6 +128,16 @@ class Seam:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
+    def replace_policy(self, old: ModelFilteringPolicy, new: ModelFilteringPolicy) -> None:
+        """Let `new` admit (and filter models for) the calls that start from now on instead of `old` (a
+        config reload); calls that `old` admitted still settle with it."""
+        self._policies = tuple(new if p is old else p for p in self._policies)
+        self._model_filters = tuple(new if f is old else f for f in self._model_filters)
+
+    def models_for(self, client: str | None) -> list[ModelConfig]:
+        """The catalog's models that `client` is shown (ListModels): those every model filter shows it."""
+        return [m for m in self.catalog.models() if all(f.shows(client, m) for f in self._model_filters)]
+
     def begin(
         self,
         method: str,
@@ -119,10 +149,11 @@ class Seam:
         turn_request_id: str = "",
         parent: Metadata | CallTrace = (),
         priority: str = "interactive",
+        end_user: str = "",
     ) -> CallContext:
         """A new call with its x-request-id, or an InteractiveStream turn (`session` and `turn_request_id`
         name it in the record; `request_id` is then its session's). `parent` is the caller's metadata
-        (its traceparent), or for a turn its session's trace."""
+        (its traceparent), or for a turn its session's trace; `end_user` its checked x-end-user-id."""
         record = CallRecord(
             method,
             client,
@@ -131,6 +162,7 @@ class Seam:
             turn_request_id=turn_request_id,
             request_id=request_id,
             priority=priority,
+            end_user=end_user,
         )
         router = self.router
         self._calls_on[router] = self._calls_on.get(router, 0) + 1
@@ -140,7 +172,7 @@ class Seam:
         return call
 
     async def complete(self, call: CallContext, model: ModelConfig, request: ChatRequest) -> Completion:
-        await self._admit(call, model, request)
+        request = await self._admit(call, model, request)
         completion = await call.router.complete(model, request, call.trace)
         call.record.answered(completion)
         return completion
@@ -150,7 +182,7 @@ class Seam:
     ) -> AsyncGenerator[StreamEvent, None]:
         """Admit the call, then the router's event stream itself (close it with aclosing). The caller
         fills the record from the events it forwards: the seam adds no step per token."""
-        await self._admit(call, model, request)
+        request = await self._admit(call, model, request)
         return call.router.stream(model, request, call.trace)
 
     def end(self, call: CallContext, error: GatewayError | None = None, *, code: str | None = None) -> None:
@@ -167,6 +199,10 @@ class Seam:
         record = call.record
         if error is not None:
             record.code, record.reason = code_name(error), error.reason
+            if isinstance(error, QuotaExceeded):
+                record.quota_limit = error.limit
+            elif isinstance(error, ModelNotAllowed):
+                record.quota_limit = "models"
             if record.request_id:
                 error.metadata["session_request_id" if record.session else "request_id"] = record.request_id
             record.upstream_request_id = error.metadata.get("upstream_request_id", record.upstream_request_id)
@@ -196,7 +232,10 @@ class Seam:
         if router is not self.router:  # retired by a reload, and its last call has ended
             self._close(router)
 
-    async def _admit(self, call: CallContext, model: ModelConfig, request: ChatRequest) -> None:
+    async def _admit(self, call: CallContext, model: ModelConfig, request: ChatRequest) -> ChatRequest:
+        """Every policy admits the call (or one refuses it); then the request names its caller upstream."""
         for policy in self._policies:
             await policy.admit(call, model, request)
             call.admitted.append(policy)
+        user = upstream_user(call.record.client, call.record.end_user)
+        return replace(request, user=user) if user else request

@@ -9,7 +9,8 @@ Request mapping:
   list of text blocks, one per original message; a single message keeps a plain string `content`;
 - `max_tokens` is always sent (Anthropic requires it): the client's, else the model's output limit;
 - `temperature`, `top_p` and `stop` (as `stop_sequences`) are sent only when set. Message `name`s have
-  no place in the Messages API and are dropped. Values Anthropic refuses (a temperature above 1, say)
+  no place in the Messages API and are dropped. The caller's identity (`ChatRequest.user`) goes in
+  `metadata.user_id`. Values Anthropic refuses (a temperature above 1, say)
   are left for it to refuse: the client then sees INVALID_ARGUMENT from the upstream.
 
 Tools: `tools` as `{name, description, input_schema}`; tool choice auto -> `{"type":"auto"}`, none ->
@@ -232,6 +233,8 @@ def request_body(request: ChatRequest) -> dict[str, Any]:
         body["stop_sequences"] = list(params.stop)
     if params.tools or params.wants_json:
         _tool_options(body, params)
+    if request.user:
+        body["metadata"] = {"user_id": request.user}  # who is calling (server/policy/identity.py)
     return body
 
 

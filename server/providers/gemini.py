@@ -7,7 +7,8 @@ logs, proxies and exception text.
 Request mapping: user messages are `contents` of role `user`, assistant messages of role `model`, each
 `parts: [{"text": …}]`; consecutive messages of one role become one content with a part each; system
 messages are lifted into `systemInstruction`, a part each; `generationConfig` holds only what the client
-set (`temperature`, `topP`, `maxOutputTokens`, `stopSequences`). Message `name`s are dropped.
+set (`temperature`, `topP`, `maxOutputTokens`, `stopSequences`). Message `name`s are dropped, and so is
+the caller's identity (`ChatRequest.user`): the API has no field for it.
 
 Tools: `tools: [{"functionDeclarations": [{name, description, parameters}]}]`, the choice in
 `toolConfig.functionCallingConfig` (`mode` AUTO, NONE, or ANY; a named tool is ANY with

@@ -15,6 +15,8 @@ used (some compatible servers number every parallel call 0) starts a call of its
 
 Structured output: `response_format` `{"type":"json_object"}` or `{"type":"json_schema","json_schema":
 {name, schema, strict, description}}`; the reply's text is the JSON.
+
+The caller's identity (`ChatRequest.user`: client and end user) is sent as `user`.
 """
 
 from __future__ import annotations
@@ -157,6 +159,8 @@ def _body(request: ChatRequest) -> dict[str, Any]:
         body["max_tokens"] = params.max_tokens
     if params.stop:
         body["stop"] = list(params.stop)
+    if request.user:
+        body["user"] = request.user  # who is calling (server/policy/identity.py)
     return body
 
 

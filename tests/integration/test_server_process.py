@@ -127,7 +127,7 @@ async def test_listening_beyond_loopback_without_auth_exits_2_and_says_why(host:
     assert gateway.stderr.splitlines() == [
         "gateway: invalid configuration:",
         f"listen: refusing to serve without auth on non-loopback address {host.strip('[]')}; configure "
-        "auth.tokens, or listen on 127.0.0.1",
+        "clients (or auth.tokens), or listen on 127.0.0.1",
     ]
 
 
@@ -147,8 +147,9 @@ async def test_an_invalid_config_file_exits_2_listing_every_problem(tmp_path: Pa
     assert await gateway.wait_exit() == 2
     assert gateway.stderr.splitlines() == [
         "gateway: invalid configuration:",
-        "colour: unknown key (known: aliases, auth, circuit_breaker, grace_period_s, interactive, keepalive, limits, "
-        "listen, log, log_level, max_request_bytes, metrics, models, providers, retry, tls)",
+        "colour: unknown key (known: aliases, auth, circuit_breaker, client_defaults, clients, grace_period_s, "
+        "interactive, keepalive, limits, listen, log, log_level, max_request_bytes, metrics, models, providers, "
+        "retry, tls)",
         "providers[1].kind: expected one of openai, anthropic, gemini, demo, got 'telepathy'",
         "providers[2].base_url: required, an http:// or https:// URL",
         "providers[2].api_key_env: environment variable NO_SUCH is not set or empty",

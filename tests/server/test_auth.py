@@ -10,7 +10,7 @@ import pytest
 
 from generated import ai_service_pb2 as pb
 from generated import ai_service_pb2_grpc as pb_grpc
-from server.auth import CURRENT_CLIENT, BearerAuthInterceptor, authenticate
+from server.auth import CURRENT_CLIENT, BearerAuthInterceptor, authenticate, certificate_client
 from server.config import ClientToken
 
 TOKENS = [
@@ -66,3 +66,29 @@ async def test_the_handler_sees_the_authenticated_client() -> None:
             ]
     finally:
         await server.stop(0)
+
+
+CERTIFICATES = {"search.internal": "search", "spiffe://corp/search": "search", "billing.internal": "billing"}
+
+
+@pytest.mark.parametrize(
+    ("auth_context", "client"),
+    [
+        ({"x509_common_name": [b"search.internal"]}, "search"),
+        (
+            {"x509_common_name": [b"x"], "x509_subject_alternative_name": [b"a.example", b"spiffe://corp/search"]},
+            "search",
+        ),
+        (
+            {"x509_common_name": [b"search.internal"], "x509_subject_alternative_name": [b"spiffe://corp/search"]},
+            "search",
+        ),
+        ({"x509_common_name": [b"search.internal"], "x509_subject_alternative_name": [b"billing.internal"]}, None),
+        ({"x509_common_name": [b"stranger.internal"]}, None),
+        ({"transport_security_type": [b"insecure"]}, None),
+        ({}, None),
+    ],
+    ids=["cn", "san", "cn and san of one client", "two clients: ambiguous", "unknown", "no certificate", "empty"],
+)
+def test_certificate_client(auth_context: dict[str, list[bytes]], client: str | None) -> None:
+    assert certificate_client(auth_context, CERTIFICATES) == client

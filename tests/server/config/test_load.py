@@ -219,8 +219,9 @@ def test_every_problem_of_a_file_is_listed_at_once(tmp_path: Path) -> None:
         load_config(write(tmp_path, text), env={"DEV_TOKEN": DEV_TOKEN})
 
     assert problems(error) == [
-        "colour: unknown key (known: aliases, auth, circuit_breaker, grace_period_s, interactive, keepalive, limits, "
-        "listen, log, log_level, max_request_bytes, metrics, models, providers, retry, tls)",
+        "colour: unknown key (known: aliases, auth, circuit_breaker, client_defaults, clients, grace_period_s, "
+        "interactive, keepalive, limits, listen, log, log_level, max_request_bytes, metrics, models, providers, "
+        "retry, tls)",
         "auth.tokens[0].sha256: expected 64 hex characters (sha256 of the token)",
         "auth.tokens[1].sha256: expected 64 hex characters (sha256 of the token)",
         "auth.tokens[2].env: environment variable NO_SUCH_VARIABLE is not set or empty",
@@ -273,8 +274,9 @@ def test_field_and_cross_reference_problems_are_listed_together(tmp_path: Path) 
         load_config(write(tmp_path, text), env={})
 
     assert problems(error) == [
-        "colour: unknown key (known: aliases, auth, circuit_breaker, grace_period_s, interactive, keepalive, limits, "
-        "listen, log, log_level, max_request_bytes, metrics, models, providers, retry, tls)",
+        "colour: unknown key (known: aliases, auth, circuit_breaker, client_defaults, clients, grace_period_s, "
+        "interactive, keepalive, limits, listen, log, log_level, max_request_bytes, metrics, models, providers, "
+        "retry, tls)",
         "models: model 'x' names provider 'nowhere', which is not configured",
     ]
 
@@ -527,8 +529,8 @@ def test_no_auth_is_refused_on_any_other_address(listen: str) -> None:
         default_config(env={}, listen=listen)
 
     assert problems(error) == [
-        f"listen: refusing to serve without auth on non-loopback address {host}; configure auth.tokens, "
-        "or listen on 127.0.0.1"
+        f"listen: refusing to serve without auth on non-loopback address {host}; configure clients "
+        "(or auth.tokens), or listen on 127.0.0.1"
     ]
 
 
@@ -693,8 +695,9 @@ def test_a_tls_file_that_cannot_serve_is_a_problem_naming_it(
 
     # Reported with the file's other problems, and never with the content of the file.
     assert problems(error) == [
-        "colour: unknown key (known: aliases, auth, circuit_breaker, grace_period_s, interactive, keepalive, limits, "
-        "listen, log, log_level, max_request_bytes, metrics, models, providers, retry, tls)",
+        "colour: unknown key (known: aliases, auth, circuit_breaker, client_defaults, clients, grace_period_s, "
+        "interactive, keepalive, limits, listen, log, log_level, max_request_bytes, metrics, models, providers, "
+        "retry, tls)",
         *(line.format(certs=tmp_path / "certs") for line in expected),
     ]
     assert CI_TOKEN not in str(error.value)

@@ -11,6 +11,7 @@ import pytest
 from server import defaults
 from server.config import ConfigError, GatewayConfig, KeepaliveConfig, LimitsConfig, load_config
 from server.convert import model_info
+from server.errors import scrub
 from server.resilience.breaker import BreakerPolicy
 from server.resilience.retry import RetryPolicy
 from server.routing.plan import Resilience, StreamTimeouts
@@ -151,4 +152,35 @@ def test_every_resilience_problem_is_listed_at_once(tmp_path: Path) -> None:
         "retry.backoff_cap_s: must be at least backoff_base_s",
         "circuit_breaker.failure_ratio: must be above 0 and at most 1",
         "limits.max_concurrent_upstream: must be at least 1",
+    ]
+
+
+DEMO_MODELS = "providers: [{name: demo, kind: demo}]\nmodels: [{name: demo, provider: demo}]\n"
+
+
+def test_the_limits_backend_is_memory_or_a_redis_url_and_its_password_is_a_secret(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        "limits: {backend: 'redis://:s3cret-pass@10.0.0.7:6379/2', backend_unavailable: open}\n" + DEMO_MODELS
+    )
+    limits = load_config(path, env={}).limits
+    assert (limits.backend, limits.backend_unavailable, limits.backend_timeout_s) == (
+        "redis://:s3cret-pass@10.0.0.7:6379/2",
+        "open",
+        0.25,
+    )
+    assert scrub("redis://:s3cret-pass@10.0.0.7") == "redis://:[REDACTED]@10.0.0.7"
+
+
+def test_every_problem_of_the_limits_backend_is_listed(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        "limits: {backend: 'http://:pw@x', backend_unavailable: maybe, backend_timeout_s: 0}\n" + DEMO_MODELS
+    )
+    with pytest.raises(ConfigError) as error:
+        load_config(path, env={})
+    assert str(error.value).splitlines() == [
+        "limits.backend: expected memory or a redis://, rediss:// or unix:// URL",
+        "limits.backend_unavailable: expected open or closed, got 'maybe'",
+        "limits.backend_timeout_s: must be more than 0",
     ]

@@ -186,3 +186,34 @@ async def test_a_rotated_key_file_is_used_after_a_sighup(tmp_path: Path) -> None
     assert [r.headers["authorization"] for r in upstream.requests] == [f"Bearer {old_key}", f"Bearer {new_key}"]
     assert old_key not in gateway.stderr
     assert new_key not in gateway.stderr
+
+
+def clients_config(models: str) -> str:
+    return (
+        "listen: 127.0.0.1:0\n"
+        "providers: [{name: demo, kind: demo}]\n"
+        "models: [{name: a, provider: demo}, {name: b, provider: demo}]\n"
+        "clients:\n"
+        "  - name: team\n"
+        f"    tokens: [{{sha256: {hashlib.sha256(NEW_TOKEN.encode()).hexdigest()}}}]\n"
+        f"    models: {models}\n"
+    )
+
+
+async def test_a_clients_models_change_on_reload(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(clients_config("[a]"))
+    async with run_gateway("--config", str(path)) as gateway:
+        address = await gateway.wait_ready()
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = pb_grpc.AIServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Generate(unary_request("b"), metadata=bearer(NEW_TOKEN), timeout=30)
+            write_atomically(path, clients_config("[a, b]"))
+            gateway.send_signal(signal.SIGHUP)
+            await gateway.wait_for_line("config reloaded")
+            allowed = await stub.Generate(unary_request("b"), metadata=bearer(NEW_TOKEN), timeout=30)
+
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error_info(refused.value).reason == "MODEL_NOT_ALLOWED"
+    assert allowed.content

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from generated import ai_service_pb2, ai_service_pb2_grpc
@@ -22,7 +22,9 @@ from server import defaults
 from server.auth import BearerAuthInterceptor
 from server.config import GatewayConfig, KeepaliveConfig, TLSConfig, parse_listen
 from server.observe.exporter import MetricsServer, start_metrics_server
+from server.observe.health import SERVING, HealthService
 from server.observe.metrics import GatewayMetrics, LabelBounds
+from server.observe.model_health import ModelHealth
 from server.observe.trace import Tracing, tracing_from_env
 from server.policy.seam import Policy, Seam
 from server.routing.dispatch import Router
@@ -41,12 +43,13 @@ class Gateway:
 
     server: grpc.aio.Server
     port: int
-    health: health.aio.HealthServicer
+    health: HealthService
     service: AIService
     router: Router
     tracing: Tracing
     metrics: GatewayMetrics | None = None
     metrics_server: MetricsServer | None = None
+    model_health: ModelHealth | None = None
 
     async def stop(self, grace_s: float | None) -> None:
         """Drain: report NOT_SERVING, refuse new calls, let in-flight calls run up to `grace_s`, close.
@@ -55,7 +58,9 @@ class Gateway:
         `SHUTTING_DOWN` (and `deltas_sent`), so even they get an honest status with details.
         """
         self.service.draining = True
-        await self.health.enter_graceful_shutdown()
+        self.health.enter_graceful_shutdown()
+        if self.model_health is not None:
+            self.model_health.close()
         await self.service.announce_shutdown(grace_s)  # InteractiveStream sessions get a go_away
         stopping = asyncio.create_task(self.server.stop(grace_s))
         if grace_s:
@@ -124,8 +129,13 @@ async def start_gateway(
     seam = Seam(router, policies, tracing=tracing, observers=[metrics] if metrics else [])
     service = AIService(seam, max_request_bytes=config.max_request_bytes, interactive=config.interactive)
     ai_service_pb2_grpc.add_AIServiceServicer_to_server(service, server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthService()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    # Every status is set before the port opens: a probe never sees a model as unknown.
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, SERVING)
+    model_health = ModelHealth(router.catalog, health_servicer)
+    model_health.start(router.resilience)
     # Reflection describes the published contract, so it needs no token: grpcurl without one then reports
     # the call's own UNAUTHENTICATED instead of failing to look the method up.
     reflection.enable_server_reflection(
@@ -149,9 +159,7 @@ async def start_gateway(
             await server.stop(None)
             await router.aclose()
             raise OSError(f"cannot listen on {config.metrics.listen} (metrics.listen): {_why(exc)}") from exc
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Gateway(server, port, health_servicer, service, router, tracing, metrics, metrics_server)
+    return Gateway(server, port, health_servicer, service, router, tracing, metrics, metrics_server, model_health)
 
 
 def gateway_metrics(config: GatewayConfig, router: Router) -> GatewayMetrics:

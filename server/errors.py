@@ -6,6 +6,7 @@
     │   └── UnknownRequestId        InteractiveStream: a `cancel` names no live turn (reason UNKNOWN_REQUEST_ID)
     ├── ProtocolViolation           INVALID_ARGUMENT (reason PROTOCOL_VIOLATION): a session broke its rules
     ├── Unauthenticated             UNAUTHENTICATED
+    ├── ServiceNotFound             NOT_FOUND (reason SERVICE_NOT_FOUND): health: no such service name
     ├── ShuttingDown                UNAVAILABLE (reason SHUTTING_DOWN)
     ├── GatewayOverloaded           RESOURCE_EXHAUSTED + RetryInfo: over a concurrency limit (GATEWAY_OVERLOADED)
     ├── CircuitOpen                 UNAVAILABLE (reason CIRCUIT_OPEN): every deployment's breaker is open
@@ -54,6 +55,7 @@ __all__ = [
     "InvalidRequest",
     "ModelNotFound",
     "ProtocolViolation",
+    "ServiceNotFound",
     "ShuttingDown",
     "Unauthenticated",
     "UnknownRequestId",
@@ -174,6 +176,13 @@ class ProtocolViolation(GatewayError):
 class Unauthenticated(GatewayError):
     code = code_pb2.UNAUTHENTICATED
     reason = "UNAUTHENTICATED"
+
+
+class ServiceNotFound(GatewayError):
+    """A health check names a service the gateway does not report on (the health protocol's NOT_FOUND)."""
+
+    code = code_pb2.NOT_FOUND
+    reason = "SERVICE_NOT_FOUND"
 
 
 class ShuttingDown(GatewayError):

@@ -22,7 +22,7 @@ from server.config import InteractiveConfig
 from server.convert import final_chunk, generate_response, model_info, params_from_pb, unchecked_messages
 from server.errors import GatewayError, InternalError, ShuttingDown, abort
 from server.interactive.session import SESSION_ID_HEADER, InteractiveSession
-from server.observe.request_id import CURRENT_REQUEST_ID, REQUEST_ID_HEADER, request_id_from
+from server.observe.request_id import CURRENT_REQUEST_ID, REQUEST_ID_HEADER, bound_request_id, request_id_from
 from server.policy.seam import CallContext, Seam
 from server.routing.catalog import ModelConfig
 from server.types import ChatRequest, Finish, TextDelta
@@ -179,6 +179,11 @@ class AIService(pb_grpc.AIServiceServicer):
             self.sessions.discard(session)
 
     async def ListModels(self, request: pb.ListModelsRequest, context: ServicerContext) -> pb.ListModelsResponse:
+        with bound_request_id(context.invocation_metadata()) as request_id:
+            context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+            return self._list_models()
+
+    def _list_models(self) -> pb.ListModelsResponse:
         catalog = self._seam.catalog
         return pb.ListModelsResponse(models=[model_info(m, catalog.aliases_of(m.name)) for m in catalog.models()])
 

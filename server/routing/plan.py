@@ -87,6 +87,7 @@ class Resilience:
         self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
         self._budgets: dict[str, RetryBudget] = {}
         self.observer: PlanObserver = NO_OBSERVER  # the metrics, when on (server/observe/metrics.py)
+        self._breaker_watchers: list[Callable[[CircuitBreaker], None]] = []
 
     @classmethod
     def from_config(cls, config: GatewayConfig) -> Resilience:
@@ -109,9 +110,17 @@ class Resilience:
         key = (deployment.provider, deployment.upstream_model)
         breaker = self._breakers.get(key)
         if breaker is None:
-            breaker = CircuitBreaker(f"{key[0]}/{key[1]}", self.breaker_policy, self.clock)
+            breaker = CircuitBreaker(f"{key[0]}/{key[1]}", self.breaker_policy, self.clock, self._breaker_changed)
             self._breakers[key] = breaker
         return breaker
+
+    def watch_breakers(self, watcher: Callable[[CircuitBreaker], None]) -> None:
+        """Call `watcher` with a breaker each time its state changes (the per-model health listens)."""
+        self._breaker_watchers.append(watcher)
+
+    def _breaker_changed(self, breaker: CircuitBreaker) -> None:
+        for watcher in self._breaker_watchers:
+            watcher(breaker)
 
     def breakers(self) -> list[CircuitBreaker]:
         """Every breaker made so far (one per deployment that was called), for the metrics."""

@@ -25,6 +25,7 @@ from server.observe.exporter import MetricsServer, start_metrics_server
 from server.observe.health import SERVING, HealthService
 from server.observe.metrics import GatewayMetrics, LabelBounds
 from server.observe.model_health import ModelHealth
+from server.observe.shadow_metrics import ShadowMetrics
 from server.observe.trace import Tracing, tracing_from_env
 from server.policy.seam import Policy, Seam
 from server.routing.dispatch import Router
@@ -163,11 +164,13 @@ async def start_gateway(
 
 
 def gateway_metrics(config: GatewayConfig, router: Router) -> GatewayMetrics:
-    """The metrics of a gateway of `config`, watching `router`'s breakers, retry budgets and call plans."""
+    """The metrics of a gateway of `config`, watching `router`'s breakers, retry budgets, call plans and
+    shadow calls."""
     clients = [token.name for token in config.auth.tokens] if config.auth else []
     bounds = LabelBounds(router.catalog, clients, [p.name for p in config.providers])
     metrics = GatewayMetrics(bounds)
     metrics.watch(router.resilience)
+    router.shadows.observer = ShadowMetrics(metrics.registry)
     return metrics
 
 

@@ -34,7 +34,7 @@ from server.config import (
 )
 from server.resilience.breaker import BreakerPolicy
 from server.resilience.retry import RetryPolicy
-from server.routing.catalog import Deployment, ModelConfig, Price
+from server.routing.catalog import Deployment, ModelConfig, Price, Shadow
 from tests.process import SAFETY_TIMEOUT_S, health_check, run_gateway
 from tools.devcerts import CertFiles, make_certs
 
@@ -163,6 +163,7 @@ def test_the_full_example_names_every_option() -> None:
     assert _keys([m["price"] for m in models if "price" in m]) == {
         f.removesuffix("_per_million") for f in _fields(Price)
     }
+    assert _keys([m["shadow"] for m in models if "shadow" in m]) == _fields(Shadow)
     fallback_classes = _keys([m["fallbacks"] for m in models if isinstance(m.get("fallbacks"), dict)])
     assert fallback_classes == {"default", "rate_limited", "unavailable"}
     assert any(isinstance(m.get("fallbacks"), list) for m in models), "the plain-list form of fallbacks"

@@ -70,6 +70,7 @@ class GatewayProcess:
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
         self._lines: list[str] = []
+        self._new_line = asyncio.Event()
         self._listening: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._reader = asyncio.create_task(self._read_stderr())
 
@@ -94,6 +95,7 @@ class GatewayProcess:
             while line := await self.process.stderr.readline():
                 text = line.decode(errors="replace")
                 self._lines.append(text)
+                self._new_line.set()
                 if not self._listening.done() and (found := _LISTENING.search(text)):
                     self._listening.set_result(found["address"])
         finally:
@@ -118,6 +120,24 @@ class GatewayProcess:
             code = await self.wait_exit()
             raise AssertionError(f"gateway exited with {code} before listening:\n{self.stderr}")
         return address
+
+    async def wait_for_lines(self, pattern: str, count: int = 1, timeout: float = SAFETY_TIMEOUT_S) -> list[str]:
+        """The first `count` stderr lines that match the regular expression `pattern`, once the child has
+        written that many (for what it does after the client has its answer)."""
+        compiled = re.compile(pattern)
+
+        async def matching() -> list[str]:
+            while True:
+                found = [line for line in self._lines if compiled.search(line)]
+                if len(found) >= count:
+                    return found[:count]
+                self._new_line.clear()
+                await self._new_line.wait()
+
+        try:
+            return await asyncio.wait_for(matching(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"no {count} lines matching {pattern!r} after {timeout} s:\n{self.stderr}") from None
 
     def send_signal(self, sig: signal.Signals) -> None:
         self.process.send_signal(sig)

@@ -170,7 +170,7 @@ def gateway_metrics(config: GatewayConfig, router: Router) -> GatewayMetrics:
     bounds = LabelBounds(router.catalog, clients, [p.name for p in config.providers])
     metrics = GatewayMetrics(bounds)
     metrics.watch(router.resilience)
-    router.shadows.observer = ShadowMetrics(metrics.registry)
+    ShadowMetrics(metrics.registry).watch(router.shadows)
     return metrics
 
 

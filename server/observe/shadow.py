@@ -140,6 +140,16 @@ class Shadows:
     def __bool__(self) -> bool:
         return bool(self._models)
 
+    def targets(self) -> list[tuple[str, str]]:
+        """Every (shadowed model, target deployment label) pair a shadow call can have."""
+        pairs = []
+        for name, shadowed in self._models.items():
+            if shadowed.target is not None:
+                pairs.append((name, shadowed.target[1].label))
+            elif shadowed.target_model is not None:
+                pairs += [(name, d.label) for d in shadowed.target_model.all_deployments if d.weight > 0]
+        return pairs
+
     def start(self, model: ModelConfig, request: ChatRequest, *, streaming: bool) -> ShadowCall | None:
         """A shadow of this call, started, or None (no shadow for the model, not sampled, or dropped)."""
         shadowed = self._models.get(model.name)

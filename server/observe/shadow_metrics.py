@@ -18,7 +18,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from server.observe.metrics import DURATION_BUCKETS, TTFT_BUCKETS, LabelBounds
-from server.observe.shadow import ShadowResult
+from server.observe.shadow import ShadowResult, Shadows
 
 __all__ = ["DIFFERENCE_BUCKETS", "ShadowMetrics"]
 
@@ -77,6 +77,12 @@ class ShadowMetrics:
             buckets=DIFFERENCE_BUCKETS,
             registry=registry,
         )
+
+    def watch(self, shadows: Shadows) -> None:
+        """Observe `shadows`; their drop counters are there at 0 before the first drop (rates work)."""
+        shadows.observer = self
+        for model, target in shadows.targets():
+            self.dropped.labels(model, target)
 
     def shadow_dropped(self, model: str, target: str) -> None:
         self.dropped.labels(model, target).inc()

@@ -15,7 +15,7 @@ from server.observe.shadow import ShadowResult, text_difference
 from server.routing.catalog import Shadow
 from tests.conftest import UPSTREAM_KEY, GatewayFactory, openai_config
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
-from tests.rpc import collect_stream, request, stub_for
+from tests.rpc import collect_stream, request, stub_for, unary_request
 
 
 def write(tmp_path: Path, models: str) -> Path:
@@ -186,3 +186,34 @@ async def test_a_failing_observer_changes_nothing_for_the_caller(
     assert outcome.error is None
     assert "".join(outcome.deltas) == "hello brave world"
     assert "shadow observer failed" in caplog.text
+
+
+async def test_a_generate_call_is_shadowed_with_a_whole_reply_and_compared(
+    make_gateway: GatewayFactory, fake_openai: FakeOpenAIUpstream, side: FakeOpenAIUpstream
+) -> None:
+    base = openai_config(fake_openai.base_url)
+    sides = ProviderConfig(name="side", kind="openai", base_url=side.base_url, api_key=UPSTREAM_KEY)
+    shadowed = ModelConfig(
+        name="whole",
+        provider="fake-openai",
+        upstream_model="gpt-test",
+        shadow=Shadow(deployment="side/tokens-2", percent=100),
+    )
+    gateway = await make_gateway(
+        openai_config(fake_openai.base_url, providers=(*base.providers, sides), models=(*base.models, shadowed))
+    )
+    recorder = Recorder(expected=1)
+    gateway.router.shadows.observer = recorder
+    async with stub_for(gateway) as stub:
+        reply = await stub.Generate(unary_request("whole", "t0 t9"), metadata=(("x-request-id", "whole-1"),))
+    await asyncio.wait_for(recorder.done.wait(), 30)
+
+    assert reply.content == "t0 t9"
+    [result] = recorder.results
+    assert (result.outcome, result.streaming, result.ttft_s) == ("ok", False, None)
+    assert result.usage is not None
+    assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (2, 2)
+    assert result.difference == pytest.approx(0.5)  # "t0 t9" against "t0 t1": one word of two in common
+    [upstream] = side.requests
+    assert not upstream.body.get("stream")
+    assert upstream.headers["x-request-id"] == "whole-1.shadow"

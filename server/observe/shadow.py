@@ -16,18 +16,24 @@ callers' own calls are routed. Its concurrency is bounded per model (`shadow.max
 finds every slot taken is not shadowed, and is counted as dropped. It is bounded in time by the caller's
 deadline (or the default request timeout) and cancelled when the gateway shuts down.
 
-How far the texts differ: 1 - difflib.SequenceMatcher(None, a, b, autojunk=False).ratio() over the first
-SHADOW_MAX_COMPARED_WORDS whitespace-separated words of each answer: 0 when they are the same words, 1 when
-they share none. Measured only when both answered.
+How far the texts differ: 1 - the Dice coefficient of their "shingles", the multisets of the words and of
+the pairs of adjacent words among the first SHADOW_MAX_COMPARED_WORDS whitespace-separated words of each:
+
+    difference = 1 - 2 * |A ∩ B| / (|A| + |B|)        0: the same words in the same order; 1: nothing shared
+
+Words measure what was said, the pairs some of its order. It costs linear time (two Counters), so it runs
+on the event loop; difflib's ratio, tried first, is quadratic at worst and took 3-4 times as long at 256
+words and 4-8 times at 1,000 (measured side by side on a loaded machine). Measured only when both answered.
 """
 
 from __future__ import annotations
 
 import asyncio
-import difflib
+import itertools
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass, replace
@@ -84,11 +90,20 @@ NO_SHADOW_OBSERVER: ShadowObserver = _NoObserver()
 
 
 def text_difference(primary: str, shadow: str, max_words: int = defaults.SHADOW_MAX_COMPARED_WORDS) -> float:
-    """1 - difflib's ratio over the first `max_words` words of each text: 0.0 the same, 1.0 nothing shared."""
-    a, b = primary.split()[:max_words], shadow.split()[:max_words]
-    if not a and not b:
+    """1 - the Dice coefficient of the texts' word and word-pair multisets (first `max_words` words of each):
+    0.0 the same, 1.0 nothing shared."""
+    a, b = _shingles(primary, max_words), _shingles(shadow, max_words)
+    total = a.total() + b.total()
+    if not total:
         return 0.0
-    return 1.0 - difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+    return 1.0 - 2 * (a & b).total() / total
+
+
+def _shingles(text: str, max_words: int) -> Counter[str]:
+    words = text.split(maxsplit=max_words)[:max_words]
+    shingles = Counter(words)
+    shingles.update(f"{first} {second}" for first, second in itertools.pairwise(words))
+    return shingles
 
 
 @dataclass(slots=True)

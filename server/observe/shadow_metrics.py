@@ -72,7 +72,7 @@ class ShadowMetrics:
         )
         self.difference = Histogram(
             "gateway_shadow_text_difference",
-            "How far a shadow's answer differs from the caller's: 1 - difflib ratio over their first words.",
+            "How far a shadow's answer differs from the caller's: 1 - Dice coefficient of their words and word pairs.",
             _LABELS,
             buckets=DIFFERENCE_BUCKETS,
             registry=registry,

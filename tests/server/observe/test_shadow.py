@@ -91,13 +91,14 @@ def test_a_deployment_name_of_any_model_is_a_target(tmp_path: Path) -> None:
     [
         ("hello brave world", "hello brave world", 0.0),
         ("hello brave world", "hello  brave\nworld", 0.0),  # words, not whitespace
-        ("a b c d", "a b x d", 0.25),  # 3 of 4 words in common: ratio 2*3/8
+        ("a b c d", "a b x d", 3 / 7),  # 3 of 4 words and 1 of 3 pairs in common: 1 - 2*4/14
         ("a b", "c d", 1.0),
         ("", "", 0.0),
         ("", "something", 1.0),
+        ("one two three", "three two one", 0.4),  # the same words in another order: 1 - 2*3/10, the pairs differ
     ],
 )
-def test_the_text_difference_is_one_minus_difflibs_ratio_over_words(
+def test_the_text_difference_is_one_minus_the_dice_coefficient_of_words_and_word_pairs(
     primary: str, shadow: str, difference: float
 ) -> None:
     assert text_difference(primary, shadow) == pytest.approx(difference)
@@ -213,7 +214,7 @@ async def test_a_generate_call_is_shadowed_with_a_whole_reply_and_compared(
     assert (result.outcome, result.streaming, result.ttft_s) == ("ok", False, None)
     assert result.usage is not None
     assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (2, 2)
-    assert result.difference == pytest.approx(0.5)  # "t0 t9" against "t0 t1": one word of two in common
+    assert result.difference == pytest.approx(2 / 3)  # "t0 t9" against "t0 t1": 1 of 3 shingles each in common
     [upstream] = side.requests
     assert not upstream.body.get("stream")
     assert upstream.headers["x-request-id"] == "whole-1.shadow"

@@ -120,7 +120,10 @@ class Resilience:
 
     def _breaker_changed(self, breaker: CircuitBreaker) -> None:
         for watcher in self._breaker_watchers:
-            watcher(breaker)
+            try:
+                watcher(breaker)
+            except Exception as exc:  # it runs inside a call's attempt: a watcher's bug must not fail the call
+                log.exception("breaker watcher %r failed on %s", watcher, breaker.name, exc_info=exc)
 
     def breakers(self) -> list[CircuitBreaker]:
         """Every breaker made so far (one per deployment that was called), for the metrics."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
 from server.observe.health import NOT_SERVING, SERVING, HealthService
 from server.observe.model_health import ModelHealth, model_service
 from server.resilience.breaker import Admission, BreakerPolicy, CircuitBreaker
@@ -168,3 +170,15 @@ def test_shutdown_makes_everything_not_serving_for_good() -> None:
     assert world.health.status("") == NOT_SERVING
     assert world.status("lonely") == NOT_SERVING
     assert world.status("backup") == NOT_SERVING
+
+
+def test_a_failing_breaker_watcher_does_not_reach_the_call(caplog: pytest.LogCaptureFixture) -> None:
+    world = World()
+
+    def broken(breaker: CircuitBreaker) -> None:
+        raise RuntimeError("watcher bug")
+
+    world.resilience.watch_breakers(broken)
+    world.fail("p", "a")  # the breaker opens: both watchers hear it, the broken one is logged
+    assert world.status("lonely") == NOT_SERVING
+    assert "breaker watcher" in caplog.text

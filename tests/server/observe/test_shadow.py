@@ -8,6 +8,7 @@ import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from server.config import ConfigError, ModelConfig, ProviderConfig, load_config
@@ -15,6 +16,7 @@ from server.observe.shadow import ShadowResult, text_difference
 from server.routing.catalog import Shadow
 from tests.conftest import UPSTREAM_KEY, GatewayFactory, openai_config
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
+from tests.interactive import Bidi
 from tests.rpc import collect_stream, request, stub_for, unary_request
 
 
@@ -218,3 +220,33 @@ async def test_a_generate_call_is_shadowed_with_a_whole_reply_and_compared(
     [upstream] = side.requests
     assert not upstream.body.get("stream")
     assert upstream.headers["x-request-id"] == "whole-1.shadow"
+
+
+async def test_an_interactive_turn_is_shadowed_like_a_stream(
+    make_gateway: GatewayFactory, fake_openai: FakeOpenAIUpstream, side: FakeOpenAIUpstream
+) -> None:
+    base = openai_config(fake_openai.base_url)
+    sides = ProviderConfig(name="side", kind="openai", base_url=side.base_url, api_key=UPSTREAM_KEY)
+    shadowed = ModelConfig(
+        name="chatty",
+        provider="fake-openai",
+        upstream_model="gpt-test",
+        shadow=Shadow(deployment="side/gpt-test", percent=100),
+    )
+    gateway = await make_gateway(
+        openai_config(fake_openai.base_url, providers=(*base.providers, sides), models=(*base.models, shadowed))
+    )
+    recorder = Recorder(expected=2)
+    gateway.router.shadows.observer = recorder
+    async with stub_for(gateway) as stub:
+        bidi = Bidi(stub)
+        await bidi.start("chatty")
+        await bidi.turn("1", "first words")
+        await bidi.until_end_of("1")
+        await bidi.turn("2", "second words")
+        await bidi.until_end_of("2")
+        assert (await bidi.finish()).code is grpc.StatusCode.OK
+    await asyncio.wait_for(recorder.done.wait(), 30)
+
+    assert [(r.outcome, r.streaming, r.difference) for r in recorder.results] == [("ok", True, 0.0)] * 2
+    assert [r.body["messages"][-1]["content"] for r in side.requests] == ["first words", "second words"]

@@ -23,7 +23,9 @@ SERVING = HealthCheckResponse.SERVING
 NOT_SERVING = HealthCheckResponse.NOT_SERVING
 
 
-def write_config(tmp_path: Path, fake: FakeOpenAIUpstream, *, upstream_model: str, cooldown_s: float) -> Path:
+def write_config(
+    tmp_path: Path, fake: FakeOpenAIUpstream, *, upstream_model: str, cooldown_s: float, first_token_s: float = 120
+) -> Path:
     config = tmp_path / "gateway.yaml"
     config.write_text(
         "listen: 127.0.0.1:0\n"
@@ -31,7 +33,7 @@ def write_config(tmp_path: Path, fake: FakeOpenAIUpstream, *, upstream_model: st
         f"circuit_breaker: {{consecutive_failures: 1, cooldown_s: {cooldown_s}}}\n"
         "providers:\n"
         f"  - {{name: fake, kind: openai, base_url: '{fake.base_url}', api_key_env: FAKE_KEY,"
-        " first_token_timeout_s: 0.3}\n"
+        f" first_token_timeout_s: {first_token_s}}}\n"
         "  - {name: demo, kind: demo}\n"
         "models:\n"
         f"  - {{name: lonely, provider: fake, upstream_model: {upstream_model}, aliases: [solo]}}\n"
@@ -84,7 +86,9 @@ async def test_a_model_whose_every_circuit_is_open_is_not_serving_and_one_with_a
 async def test_after_the_cooldown_the_model_serves_again_a_failed_probe_closes_it_and_a_good_one_keeps_it(
     tmp_path: Path, fake: FakeOpenAIUpstream
 ) -> None:
-    config = write_config(tmp_path, fake, upstream_model="gpt-test", cooldown_s=0.5)
+    # A held reply fails at the first-token timeout; it is long enough for a loaded machine to answer the
+    # released one in time, and the cooldown short: the test waits on Watch events either way.
+    config = write_config(tmp_path, fake, upstream_model="gpt-test", cooldown_s=0.5, first_token_s=3)
     async with run_gateway("--config", str(config), env={"FAKE_KEY": UPSTREAM_KEY}) as gateway:
         address = await gateway.wait_ready()
         async with grpc.aio.insecure_channel(address) as channel:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from generated import ai_service_pb2, ai_service_pb2_grpc
@@ -27,7 +27,10 @@ from server.auth import BearerAuthInterceptor, credentials_of
 from server.config import ConfigError, GatewayConfig, KeepaliveConfig, LimitsConfig, TLSConfig, parse_listen
 from server.decoding import add_service
 from server.observe.exporter import MetricsServer, start_metrics_server
+from server.observe.health import SERVING, HealthService
 from server.observe.metrics import CountsCollector, GatewayMetrics, LabelBounds
+from server.observe.model_health import ModelHealth
+from server.observe.shadow_metrics import ShadowMetrics
 from server.observe.trace import Tracing, tracing_from_env
 from server.policy.clients import ClientPolicy
 from server.policy.fair_queue import FairQueue
@@ -55,7 +58,7 @@ class Gateway:
 
     server: grpc.aio.Server
     port: int
-    health: health.aio.HealthServicer
+    health: HealthService
     service: AIService
     seam: Seam
     tracing: Tracing
@@ -65,6 +68,8 @@ class Gateway:
     metrics: GatewayMetrics | None = None
     metrics_server: MetricsServer | None = None
     clients: ClientPolicy | None = None  # allowed models, limits and budgets per client
+    model_health: ModelHealth | None = None
+    shadow_metrics: ShadowMetrics | None = None
 
     @property
     def router(self) -> Router:
@@ -92,6 +97,15 @@ class Gateway:
         router = Router.from_config(config)
         if self.metrics is not None:
             self.metrics.watch(router.resilience, label_bounds(config, router))
+        if self.shadow_metrics is not None:
+            self.shadow_metrics.watch(router.shadows)
+        if self.model_health is not None:  # the new catalog's models, following the new breakers
+            self.model_health.close()
+            before = set(self.model_health.services)
+            self.model_health = ModelHealth(router.catalog, self.health)
+            self.model_health.start(router.resilience)
+            for gone in before - set(self.model_health.services):
+                self.health.remove(gone)
         if self.auth is not None and config.authenticates:
             self.auth.update(credentials_of(config))
         if self.queue is not None:
@@ -116,7 +130,9 @@ class Gateway:
         `SHUTTING_DOWN` (and `deltas_sent`), so even they get an honest status with details.
         """
         self.service.draining = True
-        await self.health.enter_graceful_shutdown()
+        self.health.enter_graceful_shutdown()
+        if self.model_health is not None:
+            self.model_health.close()
         await self.service.announce_shutdown(grace_s)  # InteractiveStream sessions get a go_away
         stopping = asyncio.create_task(self.server.stop(grace_s))
         if grace_s:
@@ -201,6 +217,9 @@ async def start_gateway(
     tracing = tracing or tracing_from_env()
     router = Router.from_config(config)
     metrics = gateway_metrics(config, router) if config.metrics.listen is not None else None
+    shadow_metrics = ShadowMetrics(metrics.registry) if metrics is not None else None
+    if shadow_metrics is not None:
+        shadow_metrics.watch(router.shadows)
     interceptors: list[grpc.aio.ServerInterceptor] = [metrics.grpc] if metrics else []
     auth = BearerAuthInterceptor(credentials_of(config), tracing=tracing) if config.authenticates else None
     if auth is not None:  # after the metrics: a call refused for its token is counted too
@@ -225,8 +244,13 @@ async def start_gateway(
     seam = Seam(router, (clients, queue, *policies), tracing=tracing, observers=observers, model_filters=[clients])
     service = AIService(seam, max_request_bytes=config.max_request_bytes, interactive=config.interactive)
     add_service(ai_service_pb2_grpc.add_AIServiceServicer_to_server, service, server, REQUEST_TYPES)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthService()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    # Every status is set before the port opens: a probe never sees a model as unknown.
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, SERVING)
+    model_health = ModelHealth(router.catalog, health_servicer)
+    model_health.start(router.resilience)
     # Reflection describes the published contract, so it needs no token: grpcurl without one then reports
     # the call's own UNAUTHENTICATED instead of failing to look the method up.
     reflection.enable_server_reflection(
@@ -250,10 +274,21 @@ async def start_gateway(
             await server.stop(None)
             await router.aclose()
             raise OSError(f"cannot listen on {config.metrics.listen} (metrics.listen): {_why(exc)}") from exc
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return Gateway(
-        server, port, health_servicer, service, seam, tracing, config, queue, auth, metrics, metrics_server, clients
+        server,
+        port,
+        health_servicer,
+        service,
+        seam,
+        tracing,
+        config,
+        queue=queue,
+        auth=auth,
+        metrics=metrics,
+        metrics_server=metrics_server,
+        clients=clients,
+        model_health=model_health,
+        shadow_metrics=shadow_metrics,
     )
 
 

@@ -51,6 +51,8 @@ __all__ = [
     "RETRY_BUDGET_RESERVE",
     "RETRY_MAX_ATTEMPTS",
     "RETRY_MIN_REMAINING_S",
+    "SHADOW_MAX_COMPARED_WORDS",
+    "SHADOW_MAX_CONCURRENT",
     "SHUTDOWN_ABORT_LEAD_S",
     "STREAM_IDLE_TIMEOUT_S",
     "TRACE_FLUSH_TIMEOUT_S",
@@ -172,3 +174,9 @@ LIMITS_BACKEND_TIMEOUT_S = 0.25
 KEEPALIVE_TIME_S = 30.0
 KEEPALIVE_TIMEOUT_S = 10.0
 KEEPALIVE_MIN_CLIENT_PING_INTERVAL_S = 5.0
+
+# Shadow traffic (a model's `shadow:`): shadow calls of one model in flight at once (more are dropped and
+# counted), and how many words of each answer the text difference compares (linear in it: about 1 ms at
+# this size on a loaded 2-core machine, on the event loop, once per shadow call).
+SHADOW_MAX_CONCURRENT = 8
+SHADOW_MAX_COMPARED_WORDS = 256

@@ -12,6 +12,7 @@
     ├── QuotaExceeded               RESOURCE_EXHAUSTED + QuotaFailure + RetryInfo: over a client's rate or
     │   │                           concurrency limit (reason QUOTA_EXCEEDED)
     │   └── BudgetExceeded          reason BUDGET_EXCEEDED: the client's day or month budget is spent
+    ├── ServiceNotFound             NOT_FOUND (reason SERVICE_NOT_FOUND): health: no such service name
     ├── ShuttingDown                UNAVAILABLE (reason SHUTTING_DOWN)
     ├── GatewayOverloaded           RESOURCE_EXHAUSTED + RetryInfo: over a concurrency limit (GATEWAY_OVERLOADED)
     ├── CircuitOpen                 UNAVAILABLE (reason CIRCUIT_OPEN): every deployment's breaker is open
@@ -74,6 +75,7 @@ __all__ = [
     "ModelNotFound",
     "ProtocolViolation",
     "QuotaExceeded",
+    "ServiceNotFound",
     "ShuttingDown",
     "Unauthenticated",
     "UnknownRequestId",
@@ -295,6 +297,13 @@ class LimitsUnavailable(GatewayError):
 
     def __init__(self, message: str, *, backend: str) -> None:
         super().__init__(message, metadata={"backend": backend})
+
+
+class ServiceNotFound(GatewayError):
+    """A health check names a service the gateway does not report on (the health protocol's NOT_FOUND)."""
+
+    code = code_pb2.NOT_FOUND
+    reason = "SERVICE_NOT_FOUND"
 
 
 class ShuttingDown(GatewayError):

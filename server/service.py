@@ -31,7 +31,7 @@ from server.convert import (
 from server.decoding import Malformed, malformed_request
 from server.errors import GatewayError, InternalError, ShuttingDown, abort
 from server.interactive.session import SESSION_ID_HEADER, InteractiveSession
-from server.observe.request_id import CURRENT_REQUEST_ID, REQUEST_ID_HEADER, request_id_from
+from server.observe.request_id import CURRENT_REQUEST_ID, REQUEST_ID_HEADER, bound_request_id, request_id_from
 from server.policy.fair_queue import PRIORITY_HEADER, priority_class
 from server.policy.identity import end_user_from
 from server.policy.seam import CallContext, Seam
@@ -215,8 +215,14 @@ class AIService(pb_grpc.AIServiceServicer):
         self, request: pb.ListModelsRequest | Malformed, context: ServicerContext
     ) -> pb.ListModelsResponse:
         """The catalog, as far as the calling client may use it (its `models`, server/policy/allowed.py)."""
-        if isinstance(request, Malformed):
-            await abort(context, malformed_request(request))
+        with bound_request_id(context.invocation_metadata()) as request_id:
+            trailers = ((REQUEST_ID_HEADER, request_id),)
+            context.set_trailing_metadata(trailers)
+            if isinstance(request, Malformed):
+                await abort(context, malformed_request(request), trailers)
+            return self._list_models()
+
+    def _list_models(self) -> pb.ListModelsResponse:
         catalog = self._seam.catalog
         models = self._seam.models_for(CURRENT_CLIENT.get())
         return pb.ListModelsResponse(models=[model_info(m, catalog.aliases_of(m.name)) for m in models])

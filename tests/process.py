@@ -131,18 +131,27 @@ class GatewayProcess:
 
     async def wait_for_line(self, text: str, count: int = 1, timeout: float = SAFETY_TIMEOUT_S) -> None:
         """Wait until `count` lines of stderr contain `text`; fails the test if the child exits first."""
+        await self.wait_for_lines(re.escape(text), count, timeout)
 
-        async def seen() -> None:
-            while sum(text in line for line in self._lines) < count:
+    async def wait_for_lines(self, pattern: str, count: int = 1, timeout: float = SAFETY_TIMEOUT_S) -> list[str]:
+        """The first `count` stderr lines that match the regular expression `pattern`, once the child has
+        written that many (for what it does after the client has its answer); fails if it exits first."""
+        compiled = re.compile(pattern)
+
+        async def matching() -> list[str]:
+            while True:
+                found = [line for line in self._lines if compiled.search(line)]
+                if len(found) >= count:
+                    return found[:count]
                 if self._reader.done():
-                    raise AssertionError(f"gateway exited before saying {text!r}:\n{self.stderr}")
+                    raise AssertionError(f"gateway exited before writing a line matching {pattern!r}:\n{self.stderr}")
                 self._new_line.clear()
                 await self._new_line.wait()
 
         try:
-            await asyncio.wait_for(seen(), timeout)
+            return await asyncio.wait_for(matching(), timeout)
         except TimeoutError:
-            raise AssertionError(f"gateway did not say {text!r} after {timeout} s:\n{self.stderr}") from None
+            raise AssertionError(f"no {count} lines matching {pattern!r} after {timeout} s:\n{self.stderr}") from None
 
     def send_signal(self, sig: signal.Signals) -> None:
         self.process.send_signal(sig)

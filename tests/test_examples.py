@@ -36,7 +36,7 @@ from server.config import (
 )
 from server.resilience.breaker import BreakerPolicy
 from server.resilience.retry import RetryPolicy
-from server.routing.catalog import Deployment, ModelConfig, Price
+from server.routing.catalog import Deployment, ModelConfig, Price, Shadow
 from tests.process import SAFETY_TIMEOUT_S, health_check, run_gateway
 from tools.devcerts import CertFiles, make_certs
 
@@ -183,6 +183,7 @@ def test_the_full_example_names_every_option() -> None:
     assert set(raw["client_defaults"]) == {"models", "limits"}
     for limits in (*(c["limits"] for c in raw["clients"]), raw["client_defaults"]["limits"]):
         assert set(limits) == _fields(ClientLimits)
+    assert _keys([m["shadow"] for m in models if "shadow" in m]) == _fields(Shadow)
     fallback_classes = _keys([m["fallbacks"] for m in models if isinstance(m.get("fallbacks"), dict)])
     assert fallback_classes == {"default", "rate_limited", "unavailable"}
     assert any(isinstance(m.get("fallbacks"), list) for m in models), "the plain-list form of fallbacks"

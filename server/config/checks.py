@@ -49,6 +49,7 @@ def checked(config: GatewayConfig, *, unparsed: frozenset[str] = frozenset()) ->
         *_deployment_problems(config, unparsed),
         *_alias_problems(config),
         *_fallback_problems(config),
+        *_shadow_problems(config),
         *_model_count_problems(config, unparsed),
         *_resilience_problems(config),
         *_client_problems(config),
@@ -185,6 +186,26 @@ def _fallback_problems(config: GatewayConfig) -> Iterator[str]:
         for fallback in model.all_fallbacks:
             if fallback == model.name or not _names_a_model(fallback, names):
                 yield f"models: fallback {fallback!r} of model {model.name!r} is not another model"
+
+
+def _shadow_problems(config: GatewayConfig) -> Iterator[str]:
+    """A shadow's target is another model, or a deployment: a deployment's name or "provider/upstream_model"
+    of a configured provider."""
+    names = _catalog_names(config)
+    labels = {d.label for m in config.models for d in m.all_deployments}
+    providers = {p.name for p in config.providers}
+    for model in config.models:
+        shadow = model.shadow
+        if shadow is None:
+            continue
+        if shadow.model and (shadow.model == model.name or not _names_a_model(shadow.model, names)):
+            yield f"models: shadow model {shadow.model!r} of model {model.name!r} is not another model"
+        target = shadow.deployment
+        if target and target not in labels and target.partition("/")[0] not in providers:
+            yield (
+                f"models: shadow deployment {target!r} of model {model.name!r} is neither a deployment's name "
+                "nor provider/upstream_model of a configured provider"
+            )
 
 
 def _catalog_names(config: GatewayConfig) -> set[str]:

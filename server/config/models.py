@@ -8,13 +8,13 @@ from typing import Any
 from server import defaults
 from server.config.readers import MAX_WHOLE, as_list, mapping, number, unknown_keys
 from server.resilience.retry import FailureClass
-from server.routing.catalog import CAPABILITIES, Deployment, ModelConfig, Price
+from server.routing.catalog import CAPABILITIES, Deployment, ModelConfig, Price, Shadow
 
 __all__ = ["parse_model"]
 
 _MODEL_KEYS = {
     *("name", "provider", "upstream_model", "max_tokens", "aliases", "deployments", "price", "fallbacks", "resume"),
-    "capabilities",
+    *("capabilities", "shadow"),
 }
 _FALLBACK_CLASSES = ("default", *(c.value for c in FailureClass if c is not FailureClass.FATAL))
 _RESUME_MODES = ("none", "continue")
@@ -41,6 +41,8 @@ def parse_model(raw: Any, where: str, problems: list[str]) -> ModelConfig | None
     if entry.get("capabilities") is not None:
         capabilities = parse_capabilities(entry["capabilities"], f"{where}.capabilities", problems)
         model = replace(model, capabilities=capabilities)
+    if entry.get("shadow") is not None:
+        model = replace(model, shadow=_parse_shadow(entry["shadow"], f"{where}.shadow", problems))
     return model
 
 
@@ -132,3 +134,26 @@ def _parse_price(raw: Any, where: str, problems: list[str]) -> Price | None:
     if numbers[0] is None or numbers[1] is None:
         return None
     return Price(numbers[0], numbers[1])
+
+
+def _parse_shadow(raw: Any, where: str, problems: list[str]) -> Shadow | None:
+    """`{model: NAME | deployment: NAME, percent: P, max_concurrent: N}`: exactly one target, 0 <= P <= 100."""
+    entry = mapping(raw, where, problems)
+    unknown_keys(entry, {"model", "deployment", "percent", "max_concurrent"}, f"{where}.", problems)
+    model, deployment = str(entry.get("model") or ""), str(entry.get("deployment") or "")
+    if bool(model) == bool(deployment):
+        problems.append(f"{where}: give either model or deployment (the shadow's target), not both")
+        return None
+    if "percent" not in entry:
+        problems.append(f"{where}.percent: required (the share of calls shadowed, 0 to 100)")
+        return None
+    percent = number(entry["percent"], f"{where}.percent", problems, minimum=0)
+    if percent is not None and percent > 100:
+        problems.append(f"{where}.percent: must be at most 100")
+        return None
+    cap = number(
+        entry.get("max_concurrent", defaults.SHADOW_MAX_CONCURRENT), f"{where}.max_concurrent", problems, minimum=1
+    )
+    if percent is None or cap is None:
+        return None
+    return Shadow(model=model, deployment=deployment, percent=percent, max_concurrent=int(cap))

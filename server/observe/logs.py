@@ -106,7 +106,8 @@ class JsonFormatter(logging.Formatter):
             entry["request_id"] = request_id
         access = getattr(record, "access", None)
         if isinstance(access, dict):
-            entry["message"] = f"{access.get('method', '')} {access.get('code', '')}"
+            outcome = access.get("code", access.get("outcome", ""))  # a call's code; a shadow's outcome
+            entry["message"] = f"{access.get('method', '')} {outcome}"
             entry.update(access)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

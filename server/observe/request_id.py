@@ -17,7 +17,8 @@ upstream chose: `upstream_request_id` bounds it before it is logged or sent to a
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 
 from server.observe.record import log_value
@@ -26,6 +27,7 @@ __all__ = [
     "CURRENT_REQUEST_ID",
     "MAX_REQUEST_ID_CHARS",
     "REQUEST_ID_HEADER",
+    "bound_request_id",
     "new_request_id",
     "request_id_from",
     "upstream_request_id",
@@ -54,6 +56,18 @@ def request_id_from(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
         if key == REQUEST_ID_HEADER:
             return value if isinstance(value, str) and valid_request_id(value) else new_request_id()
     return new_request_id()
+
+
+@contextmanager
+def bound_request_id(metadata: Iterable[tuple[str, str | bytes]] | None) -> Iterator[str]:
+    """The call's request id (`request_id_from(metadata)`), in CURRENT_REQUEST_ID while the block runs: for
+    the RPCs that do not pass the policy seam (ListModels, health checks)."""
+    request_id = request_id_from(metadata)
+    token = CURRENT_REQUEST_ID.set(request_id)
+    try:
+        yield request_id
+    finally:
+        CURRENT_REQUEST_ID.reset(token)
 
 
 def upstream_request_id(value: str | None) -> str:

@@ -14,6 +14,9 @@ The breaker counts client calls, not upstream attempts: a call that retried the 
 times reports one failure (server/routing/plan.py sees to it), so opening takes N failing calls, and the
 calls before the one that opened it each report the upstream's real error. A failure may come with a note
 (the error's message and metadata), kept as `last_failure` for the calls the open breaker turns away.
+
+`on_change` hears every change of state, as it happens (the per-model health, server/observe/model_health.py,
+listens): nothing polls a breaker.
 """
 
 from __future__ import annotations
@@ -60,9 +63,16 @@ class BreakerPolicy:
 
 
 class CircuitBreaker:
-    def __init__(self, name: str, policy: BreakerPolicy, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        name: str,
+        policy: BreakerPolicy,
+        clock: Callable[[], float],
+        on_change: Callable[[CircuitBreaker], None] | None = None,
+    ) -> None:
         self.name = name
         self._logged_as = log_value(name)  # a pass-through name is the client's choice
+        self._on_change = on_change
         self._policy = policy
         self._clock = clock
         self._state = BreakerState.CLOSED
@@ -87,6 +97,7 @@ class CircuitBreaker:
                 return Admission.DENIED
             self._state = BreakerState.HALF_OPEN
             log.info("circuit of %s half-open: letting a probe through", self._logged_as)
+            self._changed()
         elif self._probe_started is not None and now < self._probe_started + self._policy.cooldown_s:
             return Admission.DENIED  # a probe is in flight
         self._probe_started = now
@@ -152,12 +163,18 @@ class CircuitBreaker:
             last,
             self._policy.cooldown_s,
         )
+        self._changed()
 
     def _close(self) -> None:
         self._state = BreakerState.CLOSED
         self._consecutive = 0
         self._buckets.clear()
         log.info("circuit of %s closed: its probe succeeded", self._logged_as)
+        self._changed()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self)
 
     def _bucket(self) -> list[float]:
         """The current bucket of the window; buckets older than the window are dropped."""

@@ -25,6 +25,7 @@ __all__ = [
     "ModelConfig",
     "Price",
     "ProviderPreset",
+    "Shadow",
     "builtin_price",
     "cost_of",
 ]
@@ -68,6 +69,18 @@ class Deployment:
 
 
 @dataclass(frozen=True, slots=True)
+class Shadow:
+    """Shadow traffic of a model: `percent` of its calls go also, in the background, to a catalog `model` or
+    to a `deployment` (a deployment's name, or "provider/upstream_model"); at most `max_concurrent` at once.
+    The shadow's answer is only measured (server/observe/shadow.py), never sent to the caller."""
+
+    model: str = ""
+    deployment: str = ""
+    percent: float = 0.0
+    max_concurrent: int = defaults.SHADOW_MAX_CONCURRENT
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     """A catalog model. `provider` and `upstream_model` are the shorthand for a single deployment."""
 
@@ -107,6 +120,9 @@ class ModelConfig:
         for d in self.all_deployments:
             caps |= self.capabilities if d.capabilities is None else d.capabilities
         return frozenset(caps)
+
+    # Shadow traffic (off: None): a share of the calls also goes to a second target, whose answer is discarded.
+    shadow: Shadow | None = None
 
     @property
     def all_deployments(self) -> tuple[Deployment, ...]:

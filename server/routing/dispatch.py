@@ -13,6 +13,10 @@ Every stream ends with exactly one Finish or one raised error.
 
 A call that needs a capability (tools, a JSON format) that no deployment of its model has fails with
 CapabilityUnsupported before any upstream call; the plan skips deployments and fallbacks that lack it.
+
+A model with `shadow:` has a share of its calls also sent to a second target in the background
+(server/observe/shadow.py); the call only tells its shadow its own text when it ends, so a shadowed stream
+keeps its deltas' text (as a resumable one does) and an unshadowed one pays nothing for the feature.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import replace
 from server import defaults
 from server.config import GatewayConfig
 from server.errors import CapabilityUnsupported, GatewayError, UpstreamBadResponse, UpstreamError, UpstreamUnavailable
+from server.observe.shadow import ShadowCall, Shadows
 from server.observe.trace import AttemptTrace, CallTrace
 from server.providers import Provider, build_provider
 from server.resilience.idle import IdleWatch
@@ -51,6 +56,7 @@ class Router:
         resilience: Resilience | None = None,
         rng: Callable[[], float] = random.random,
         kinds: Mapping[str, str] | None = None,
+        shadows: Shadows | None = None,
     ) -> None:
         self.catalog = catalog
         self._providers = dict(providers)
@@ -58,6 +64,7 @@ class Router:
         self.resilience.pin(d for model in catalog.models() for d in model.all_deployments)
         self._rng = rng
         self._kinds = dict(kinds or {})  # provider name -> kind (openai, anthropic, …), for traces
+        self.shadows = shadows or Shadows(catalog, self._providers)
 
     @classmethod
     def from_config(cls, config: GatewayConfig) -> Router:
@@ -94,11 +101,18 @@ class Router:
         kind = self._kinds.get(attempt.served.provider, "")
         return trace.attempt(attempt.served, attempt.deployment.upstream_model, kind, attempt.number)
 
+    def _shadow(self, model: ModelConfig, request: ChatRequest, *, streaming: bool) -> ShadowCall | None:
+        return self.shadows.start(model, request, streaming=streaming) if self.shadows else None
+
     async def _stream(
         self, model: ModelConfig, request: ChatRequest, trace: CallTrace
     ) -> AsyncGenerator[StreamEvent, None]:
+        shadow = self._shadow(model, request, streaming=True)
+        resumable = model.resume == "continue"
+        # The text so far: a resumed stream continues from it, a shadow is compared with it.
+        parts: list[str] | None = [] if resumable or shadow is not None else None
+        answered: list[str] | None = None  # the whole text, once the Finish is on its way
         plan = self.plan(model, request)
-        parts: list[str] | None = [] if model.resume == "continue" else None
         streamed = resumes = 0  # deltas sent over every attempt; resumes so far
         carried_cost: float | None = 0.0  # of the completion tokens of attempts cut mid-way
         current = request
@@ -118,6 +132,7 @@ class Router:
                         attempt.succeeded()
                         if isinstance(first, Finish):
                             traced.answered(first)
+                            answered = parts
                             yield _finished(first, attempt, streamed, resumes, carried_cost)
                             return
                         # From here on the client sees every event: forward and count, nothing more per token.
@@ -143,6 +158,7 @@ class Router:
                                 else:
                                     watch.stop()
                                     traced.answered(event)
+                                    answered = parts
                                     yield _finished(event, attempt, streamed, resumes, carried_cost)
                                     return
                             failure = UpstreamBadResponse(
@@ -161,7 +177,7 @@ class Router:
                         streamed += watch.count
                         traced.failed(failure)
                         plan.failed(attempt, failure, mid_stream=True)
-                        if parts is None or resumes >= defaults.MAX_RESUMES:
+                        if parts is None or not resumable or resumes >= defaults.MAX_RESUMES:
                             raise failure
                         resumes += 1
                         cut_cost = cost_of(attempt.model, attempt.deployment, _tokens(watch.count))
@@ -171,9 +187,24 @@ class Router:
             if streamed:
                 error.metadata["partial_completion_tokens"] = str(streamed)
             raise
+        finally:
+            if shadow is not None:
+                shadow.primary_ended(None if answered is None else "".join(answered))
 
     async def complete(self, model: ModelConfig, request: ChatRequest, trace: CallTrace = _UNTRACED) -> Completion:
         """The whole reply to `request` from `model`, its deployments or its fallbacks."""
+        shadow = self._shadow(model, request, streaming=False)
+        if shadow is None:
+            return await self._complete(model, request, trace)
+        text = None
+        try:
+            completion = await self._complete(model, request, trace)
+            text = completion.text
+            return completion
+        finally:
+            shadow.primary_ended(text)
+
+    async def _complete(self, model: ModelConfig, request: ChatRequest, trace: CallTrace) -> Completion:
         plan = self.plan(model, request)
         while True:
             attempt = await plan.next_attempt()
@@ -192,6 +223,7 @@ class Router:
             return replace(completion, served=attempt.served, cost_usd=cost)
 
     async def aclose(self) -> None:
+        await self.shadows.aclose()  # before the providers close under them
         await asyncio.gather(*(provider.aclose() for provider in self._providers.values()))
 
 

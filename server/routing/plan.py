@@ -101,6 +101,7 @@ class Resilience:
         self._max_passthrough = max_passthrough_breakers
         self._budgets: dict[str, RetryBudget] = {}
         self.observer: PlanObserver = NO_OBSERVER  # the metrics, when on (server/observe/metrics.py)
+        self._breaker_watchers: list[Callable[[CircuitBreaker], None]] = []
 
     @classmethod
     def from_config(cls, config: GatewayConfig) -> Resilience:
@@ -141,7 +142,18 @@ class Resilience:
         return breaker
 
     def _new_breaker(self, key: tuple[str, str]) -> CircuitBreaker:
-        return CircuitBreaker(f"{key[0]}/{key[1]}", self.breaker_policy, self.clock)
+        return CircuitBreaker(f"{key[0]}/{key[1]}", self.breaker_policy, self.clock, self._breaker_changed)
+
+    def watch_breakers(self, watcher: Callable[[CircuitBreaker], None]) -> None:
+        """Call `watcher` with a breaker each time its state changes (the per-model health listens)."""
+        self._breaker_watchers.append(watcher)
+
+    def _breaker_changed(self, breaker: CircuitBreaker) -> None:
+        for watcher in self._breaker_watchers:
+            try:
+                watcher(breaker)
+            except Exception as exc:  # it runs inside a call's attempt: a watcher's bug must not fail the call
+                log.exception("breaker watcher %r failed on %s", watcher, breaker.name, exc_info=exc)
 
     def breakers(self) -> list[CircuitBreaker]:
         """Every breaker kept now (one per deployment that was called), for the metrics."""

@@ -91,7 +91,7 @@ async def test_health_reports_serving_then_not_serving_while_the_gateway_drains(
         with pytest.raises(GatewayError) as caught:
             await client.health("no.such.Service")
         assert caught.value.code == grpc.StatusCode.NOT_FOUND
-        await demo_gateway.health.enter_graceful_shutdown()
+        demo_gateway.health.enter_graceful_shutdown()
         assert await client.health() == "NOT_SERVING"
     with AIClient(target=target, plaintext=True) as sync_client:  # blocking: off the gateway's event loop
         assert await asyncio.to_thread(sync_client.health) == "NOT_SERVING"
@@ -103,7 +103,7 @@ async def test_the_health_command_exits_0_only_when_serving(
     argv = ["health", "--target", f"127.0.0.1:{demo_gateway.port}", "--plaintext"]
     assert await asyncio.to_thread(main, argv) == 0
     assert capsys.readouterr().out == "SERVING\n"
-    await demo_gateway.health.enter_graceful_shutdown()
+    demo_gateway.health.enter_graceful_shutdown()
     assert await asyncio.to_thread(main, argv) == 1
     assert capsys.readouterr().out == "NOT_SERVING\n"
 

@@ -16,11 +16,11 @@ import grpc
 from server.app import Gateway
 from server.config import GatewayConfig, MetricsConfig, ModelConfig, Price, ProviderConfig
 from server.resilience.retry import RetryPolicy
-from server.routing.catalog import Deployment
+from server.routing.catalog import Deployment, Shadow
 from tests.conftest import UPSTREAM_KEY, GatewayFactory
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
 from tests.interactive import Bidi
-from tests.metrics import Scrape
+from tests.metrics import wait_for_scrape
 from tests.rpc import collect_stream, request, stub_for, unary_request
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "gateway.json"
@@ -75,7 +75,7 @@ def test_metric_names_are_read_from_promql() -> None:
 
 def run_config(base_url: str) -> GatewayConfig:
     """`standby` retries on its weight-0 deployment; `flaky` falls back to `echo`; `down` fails; `echo` has
-    a price (no cost is counted without one)."""
+    a price (no cost is counted without one); `mirrored` has every call shadowed by `echo`."""
     provider = ProviderConfig(
         name="fake", kind="openai", base_url=base_url, api_key_env="FAKE_KEY", api_key=UPSTREAM_KEY
     )
@@ -86,6 +86,9 @@ def run_config(base_url: str) -> GatewayConfig:
         ModelConfig(
             name="standby",
             deployments=(Deployment("fake", "fault-503", weight=1), Deployment("fake", "gpt-test", weight=0)),
+        ),
+        ModelConfig(
+            name="mirrored", provider="fake", upstream_model="gpt-test", shadow=Shadow(model="echo", percent=100)
         ),
     )
     return GatewayConfig(
@@ -101,7 +104,7 @@ def run_config(base_url: str) -> GatewayConfig:
 async def run_every_kind_of_call(gateway: Gateway) -> None:
     async with stub_for(gateway) as stub:
         await stub.Generate(unary_request("echo"), timeout=10)
-        for model in ("echo", "standby", "flaky"):
+        for model in ("echo", "standby", "flaky", "mirrored"):
             assert (await collect_stream(stub, request(model))).error is None
         failed = await collect_stream(stub, request("down"))
         assert failed.error is not None
@@ -119,10 +122,12 @@ async def test_every_metric_the_dashboard_queries_is_exported_after_a_run(
     dashboard = json.loads(DASHBOARD.read_text())
     gateway = await make_gateway(run_config(fake_openai.base_url))
     await run_every_kind_of_call(gateway)
-    scrape = await Scrape.of(gateway)
+    scrape = await wait_for_scrape(gateway, "gateway_shadow_calls_total")  # a shadow ends after its call
 
     used = {name for expr in queries(dashboard) for name in metric_names(expr)}
     assert len(used) >= 15
     assert used - scrape.names == set()
+    shadow_panels = {name for name in used if name.startswith("gateway_shadow_")}
+    assert len(shadow_panels) >= 7, shadow_panels  # calls, dropped, TTFT, duration, difference, cost, tokens
     assert scrape.value("gateway_upstream_retries_total", deployment="fake/gpt-test") == 1
     assert scrape.value("gateway_fallbacks_total", from_model="flaky", to_model="echo") == 1

@@ -237,7 +237,7 @@ def test_every_problem_of_a_file_is_listed_at_once(tmp_path: Path) -> None:
         "models[0].name: required",
         "models[1].provider: required",
         "models[2].alias: unknown key (known: aliases, capabilities, deployments, fallbacks, max_tokens, name, price, "
-        "provider, resume, upstream_model)",
+        "provider, resume, shadow, upstream_model)",
         "models[2].max_tokens: must be at least 1",
         "grace_period_s: must be at least 0",
         "max_request_bytes: expected a number, got 'lots'",

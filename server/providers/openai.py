@@ -13,7 +13,7 @@ from typing import Any
 
 from server.config import ProviderConfig
 from server.errors import UpstreamError
-from server.providers.http import EventDecoder, HTTPProvider, loads_object
+from server.providers.http import EventDecoder, HTTPProvider, checked_usage, loads_object, token_count
 from server.providers.transport import Transport
 from server.providers.upstream_errors import error_for_error_type, safe_identifier
 from server.sse import ServerSentEvent
@@ -55,7 +55,7 @@ class OpenAIProvider(HTTPProvider):
         choice = payload["choices"][0]
         text = choice["message"].get("content") or ""
         reason = _FINISH_REASONS.get(choice.get("finish_reason") or "", FinishReason.UNSPECIFIED)
-        usage = _usage(payload["usage"]) if payload.get("usage") else None
+        usage = _usage(payload["usage"], self.name) if payload.get("usage") else None
         return Completion(text, reason, usage)
 
 
@@ -79,7 +79,7 @@ class _OpenAIEvents(EventDecoder):
             if choice.get("finish_reason"):
                 self.reason = _FINISH_REASONS.get(choice["finish_reason"], FinishReason.UNSPECIFIED)
         if chunk.get("usage"):
-            self.usage = _usage(chunk["usage"])
+            self.usage = _usage(chunk["usage"], self.provider)
         return text
 
 
@@ -110,7 +110,8 @@ def _in_band_error(provider: str, error: object) -> UpstreamError:
     return error_for_error_type(provider, error_type)
 
 
-def _usage(raw: Any) -> Usage:
-    prompt = int(raw.get("prompt_tokens") or 0)
-    completion = int(raw.get("completion_tokens") or 0)
-    return Usage(prompt, completion, int(raw.get("total_tokens") or prompt + completion))
+def _usage(raw: Any, provider: str) -> Usage:
+    prompt = token_count(raw.get("prompt_tokens"), "prompt_tokens", provider)
+    completion = token_count(raw.get("completion_tokens"), "completion_tokens", provider)
+    total = token_count(raw.get("total_tokens"), "total_tokens", provider) or prompt + completion
+    return checked_usage(prompt, completion, total, provider)

@@ -70,6 +70,7 @@ class GatewayProcess:
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
         self._lines: list[str] = []
+        self._new_line = asyncio.Condition()
         self._listening: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._reader = asyncio.create_task(self._read_stderr())
 
@@ -94,6 +95,8 @@ class GatewayProcess:
             while line := await self.process.stderr.readline():
                 text = line.decode(errors="replace")
                 self._lines.append(text)
+                async with self._new_line:
+                    self._new_line.notify_all()
                 if not self._listening.done() and (found := _LISTENING.search(text)):
                     self._listening.set_result(found["address"])
         finally:
@@ -118,6 +121,22 @@ class GatewayProcess:
             code = await self.wait_exit()
             raise AssertionError(f"gateway exited with {code} before listening:\n{self.stderr}")
         return address
+
+    async def wait_for_line(self, pattern: str, timeout: float = SAFETY_TIMEOUT_S) -> str:
+        """The first stderr line that `pattern` (a regular expression) matches, once the child writes it."""
+        found = re.compile(pattern)
+
+        def match() -> str | None:
+            return next((line for line in self._lines if found.search(line)), None)
+
+        async with self._new_line:
+            try:
+                await asyncio.wait_for(self._new_line.wait_for(match), timeout)
+            except TimeoutError:
+                raise AssertionError(f"no line matching {pattern!r} after {timeout} s:\n{self.stderr}") from None
+        line = match()
+        assert line is not None
+        return line
 
     def send_signal(self, sig: signal.Signals) -> None:
         self.process.send_signal(sig)

@@ -140,6 +140,8 @@ class HTTPProvider(Provider):
                         continue  # read on to the end of the body, so the connection goes back to the pool
                     try:
                         text = events.feed(event)
+                        if text and type(text) is not str:  # a number or a list where the text belongs
+                            raise TypeError(type(text).__name__)
                     except _SHAPE_ERRORS as exc:
                         raise unexpected_shape(self.name) from exc
                     if text:
@@ -200,6 +202,8 @@ class HTTPProvider(Provider):
             await response.aclose()
         try:
             completion = parse(payload)
+            if type(completion.text) is not str:
+                raise TypeError(type(completion.text).__name__)
         except UpstreamError as error:
             _with_upstream_id(error, upstream_id)
             raise

@@ -157,7 +157,7 @@ def _hi(kind: str) -> bytes:
 
 
 def _stream(kind: str, scenario: str) -> bytes:
-    """"hi", then the end of the reply, whose output token count is the scenario's (a deep event instead)."""
+    """ "hi", then the end of the reply, whose output token count is the scenario's (a deep event instead)."""
     if scenario == "deep-event":
         return _hi(kind) + b"data: " + DEEPER_JSON + b"\n\n"
     count = _count(scenario)

@@ -783,3 +783,44 @@ async def test_after_a_burst_at_most_max_idle_connections_stay_open(transport_na
             assert closed == burst - idle
         finally:
             await transport.aclose()
+
+
+async def test_aiohttp_stops_reading_an_unread_answer_at_its_read_buffer() -> None:
+    # A client that stops reading leaves its stream's answer unread: aiohttp pauses the socket once it holds
+    # twice `read_buffer_bytes`, so a stream holds about that (plus one socket read), not the whole answer.
+    read_buffer = 16 * 1024
+    body = b"x" * (16 * 1024 * 1024)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            head = (await reader.readuntil(b"\r\n\r\n")).lower()
+            await reader.readexactly(int(head.split(b"content-length:")[1].split(b"\r\n")[0]))
+            writer.write(b"HTTP/1.1 200 OK\r\n" + f"content-length: {len(body)}\r\n\r\n".encode())
+            writer.write(body)
+            await writer.drain()
+
+    async with serving(answer) as server:
+        base_url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+        transport = AiohttpTransport("p", base_url, {}, max_connections=4, read_buffer_bytes=read_buffer)
+        try:
+            response = await transport.post("/chat/completions", b"{}", TIMEOUTS)
+            try:
+                # White-box: aiohttp's protocol and stream reader say whether it paused and what it holds.
+                protocol = response._response.connection.protocol  # type: ignore[attr-defined]
+                if not protocol._reading_paused:
+                    paused = asyncio.Event()
+                    pause = protocol.pause_reading
+
+                    def pause_and_tell() -> None:
+                        pause()
+                        paused.set()
+
+                    protocol.pause_reading = pause_and_tell
+                    await asyncio.wait_for(paused.wait(), 30.0)
+                held = response._content._size  # type: ignore[attr-defined]
+                assert 2 * read_buffer < held <= 2 * read_buffer + 256 * 1024  # + one socket read at most
+                assert len(await response.read()) == len(body)  # and it reads on when asked
+            finally:
+                await response.aclose()
+        finally:
+            await transport.aclose()

@@ -39,6 +39,9 @@ SAFETY_TIMEOUT_S = 60.0
 # server/app.py's start-up line at INFO: "listening on HOST:PORT (plaintext, no auth); models: ...".
 # \b: a text line has a space before it, a JSON line (log.format: json) a quote.
 _LISTENING = re.compile(r"\blistening on (?P<address>\S+:(?P<port>\d+)) ")
+# A child that logs in a loop must fail its test, not fill the test process's memory: past this much stderr
+# the rest is read and dropped.
+STDERR_KEPT_BYTES = 16 * 2**20
 
 
 def health_check(
@@ -70,7 +73,8 @@ class GatewayProcess:
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
         self._lines: list[str] = []
-        self._new_line = asyncio.Condition()
+        self._kept_bytes = 0
+        self._new_line = asyncio.Event()
         self._listening: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._reader = asyncio.create_task(self._read_stderr())
 
@@ -94,14 +98,17 @@ class GatewayProcess:
         try:
             while line := await self.process.stderr.readline():
                 text = line.decode(errors="replace")
-                self._lines.append(text)
-                async with self._new_line:
-                    self._new_line.notify_all()
+                if self._kept_bytes >= STDERR_KEPT_BYTES:
+                    continue
+                self._kept_bytes += len(line)
+                self._lines.append(text if self._kept_bytes < STDERR_KEPT_BYTES else "[the rest of stderr dropped]\n")
                 if not self._listening.done() and (found := _LISTENING.search(text)):
                     self._listening.set_result(found["address"])
+                self._new_line.set()
         finally:
             if not self._listening.done():
                 self._listening.set_result(None)  # stderr closed: the child is gone without listening
+            self._new_line.set()  # wakes a wait_for_line, which then sees the reader is done
 
     @property
     def stderr(self) -> str:
@@ -122,21 +129,20 @@ class GatewayProcess:
             raise AssertionError(f"gateway exited with {code} before listening:\n{self.stderr}")
         return address
 
-    async def wait_for_line(self, pattern: str, timeout: float = SAFETY_TIMEOUT_S) -> str:
-        """The first stderr line that `pattern` (a regular expression) matches, once the child writes it."""
-        found = re.compile(pattern)
+    async def wait_for_line(self, text: str, count: int = 1, timeout: float = SAFETY_TIMEOUT_S) -> None:
+        """Wait until `count` lines of stderr contain `text`; fails the test if the child exits first."""
 
-        def match() -> str | None:
-            return next((line for line in self._lines if found.search(line)), None)
+        async def seen() -> None:
+            while sum(text in line for line in self._lines) < count:
+                if self._reader.done():
+                    raise AssertionError(f"gateway exited before saying {text!r}:\n{self.stderr}")
+                self._new_line.clear()
+                await self._new_line.wait()
 
-        async with self._new_line:
-            try:
-                await asyncio.wait_for(self._new_line.wait_for(match), timeout)
-            except TimeoutError:
-                raise AssertionError(f"no line matching {pattern!r} after {timeout} s:\n{self.stderr}") from None
-        line = match()
-        assert line is not None
-        return line
+        try:
+            await asyncio.wait_for(seen(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"gateway did not say {text!r} after {timeout} s:\n{self.stderr}") from None
 
     def send_signal(self, sig: signal.Signals) -> None:
         self.process.send_signal(sig)

@@ -97,7 +97,10 @@ async def call(gateway: Gateway, model: str, *, stream: bool) -> Seen:
     assert error is not None, f"{model} succeeded"
     info = error_info(error)
     retry = detail(rich_status(error), error_details_pb2.RetryInfo)
-    logged = await gateway.process.wait_for_line(rf"server\.access: .*request_id={re.escape(request_id)}\b")
+    # " request_id=": the access line's field (other lines end with "[request_id=…]"); no id here is the
+    # start of another.
+    await gateway.process.wait_for_line(f" request_id={request_id}")
+    [logged] = [line for line in gateway.process.stderr.splitlines() if f" request_id={request_id}" in line]
     delay = retry.retry_delay.ToMilliseconds() / 1000 if retry is not None else None
     return Seen(deltas, error.code(), info.reason, dict(info.metadata), delay, logged)
 

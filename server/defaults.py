@@ -27,11 +27,13 @@ __all__ = [
     "KEEPALIVE_TIMEOUT_S",
     "KEEPALIVE_TIME_S",
     "MAX_CONCURRENT_UPSTREAM",
+    "MAX_ERROR_BODY_BYTES",
     "MAX_MESSAGE_OVERHEAD_BYTES",
     "MAX_MODEL_NAME_CHARS",
     "MAX_PASSTHROUGH_BREAKERS",
     "MAX_PENDING_CALLS",
     "MAX_REQUEST_CONTENT_BYTES",
+    "MAX_RESPONSE_BYTES",
     "MAX_RESUMES",
     "MAX_SCHEMA_BYTES",
     "MAX_SCHEMA_DEPTH",
@@ -41,10 +43,12 @@ __all__ = [
     "MAX_TOOL_CALLS_PER_MESSAGE",
     "OVERLOAD_RETRY_AFTER_S",
     "POOL_MAX_CONNECTIONS",
+    "POOL_MAX_IDLE_CONNECTIONS",
     "POOL_TIMEOUT_S",
     "READ_TIMEOUT_S",
     "REQUEST_TIMEOUT_S",
     "RETRY_AFTER_CAP_S",
+    "RETRY_AFTER_MAX_S",
     "RETRY_BACKOFF_BASE_S",
     "RETRY_BACKOFF_CAP_S",
     "RETRY_BUDGET_RATIO",
@@ -56,6 +60,7 @@ __all__ = [
     "SHUTDOWN_ABORT_LEAD_S",
     "STREAM_IDLE_TIMEOUT_S",
     "TRACE_FLUSH_TIMEOUT_S",
+    "UPSTREAM_READ_BUFFER_BYTES",
 ]
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -93,6 +98,16 @@ DEADLINE_MARGIN_MAX_S = 1.0
 # phase's timeout. (It does not end a stream that is still delivering tokens.)
 REQUEST_TIMEOUT_S = 600.0
 POOL_MAX_CONNECTIONS = 512
+# Idle keep-alive connections kept per provider (at most max_connections): after a burst the rest are closed.
+POOL_MAX_IDLE_CONNECTIONS = 128
+# The most of a whole (Generate) answer's body read from an upstream: far above any real completion (32,000
+# tokens of JSON are well under 1 MiB), and what a hostile upstream can make one call hold.
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+# Error bodies are read only to learn the error type: this much of one, as it came on the wire.
+MAX_ERROR_BODY_BYTES = 64 * 1024
+# What the transport buffers of an upstream's answer before it stops reading the socket (per connection):
+# with a client that stops reading, a stream holds about this much twice over, plus the kernel's buffers.
+UPSTREAM_READ_BUFFER_BYTES = 64 * 1024
 
 # Graceful shutdown: how long in-flight calls may run after SIGTERM/SIGINT.
 GRACE_PERIOD_S = 10.0
@@ -124,6 +139,8 @@ RETRY_BACKOFF_BASE_S = 0.25
 RETRY_BACKOFF_CAP_S = 4.0
 # A Retry-After up to this long is waited for; a longer one takes the deployment out of the call.
 RETRY_AFTER_CAP_S = 10.0
+# An upstream's Retry-After (or retry-after-ms) is clamped to a day; one that is not a finite number is ignored.
+RETRY_AFTER_MAX_S = 86_400.0
 # Retry budget per provider: retries may add this share to its first attempts, plus a reserve for quiet times.
 RETRY_BUDGET_RATIO = 0.2
 RETRY_BUDGET_RESERVE = 10.0

@@ -163,7 +163,10 @@ class AIService(pb_grpc.AIServiceServicer):
         async with self._call(context, "Generate", _model_of(request), streaming=False) as call:
             model, chat = self._prepare(request, context, call)
             completion = await self._seam.complete(call, model, chat)
-        return generate_response(completion)
+            # Built inside the call: a completion that cannot become a response is this call's failure,
+            # logged as what the client gets, not OK.
+            response = generate_response(completion)
+        return response
 
     # The generated stub types streaming handlers as iterators only; grpc.aio also accepts a coroutine that
     # writes with context.write, which we use: a client's cancellation then arrives inside this frame, so

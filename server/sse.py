@@ -17,6 +17,10 @@ Implements the WHATWG HTML "event stream interpretation" algorithm
   decoded correctly;
 * at end of stream an unterminated event (or partial line) is discarded.
 
+Limits: a line longer than ``max_line_bytes`` without a line break raises :class:`SSELineTooLong`, and an
+event whose ``data`` lines add up to more than ``max_event_bytes`` (counted in characters, checked once a
+read) raises :class:`SSEEventTooLarge`: an event of many short lines is bounded as well as one long line.
+
 Protocol-level sentinels such as OpenAI's ``data: [DONE]`` are not special here: they are data.
 
 Performance: for the common read (whole events, ending on a line break) :meth:`SSEDecoder.feed`
@@ -30,15 +34,43 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["MAX_LINE_BYTES", "SSEDecoder", "SSELineTooLong", "ServerSentEvent"]
+__all__ = [
+    "MAX_EVENT_BYTES",
+    "MAX_LINE_BYTES",
+    "SSEDecoder",
+    "SSEEventTooLarge",
+    "SSELineTooLong",
+    "SSETooLarge",
+    "ServerSentEvent",
+]
 
 # The longest line the decoder buffers: far above any real event, low enough that an upstream that never
 # sends a line break cannot make the gateway's memory grow without bound.
 MAX_LINE_BYTES = 4 * 1024 * 1024
+# The most data one event may carry, over all its lines (a real event is a few hundred bytes).
+MAX_EVENT_BYTES = 4 * 1024 * 1024
 
 
-class SSELineTooLong(ValueError):
+class SSETooLarge(ValueError):
+    """The stream sent more than one of the decoder's limits allows; `limit` is that limit in bytes."""
+
+    what = "stream"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"an event-stream {self.what} is longer than {limit} bytes")
+        self.limit = limit
+
+
+class SSELineTooLong(SSETooLarge):
     """The stream sent a line longer than the decoder's limit without a line break."""
+
+    what = "line"
+
+
+class SSEEventTooLarge(SSETooLarge):
+    """The stream sent an event whose data lines together are longer than the decoder's limit."""
+
+    what = "event"
 
 
 _BOM = b"\xef\xbb\xbf"
@@ -73,16 +105,20 @@ class SSEDecoder:
         "_bom_head",
         "_data",
         "_event",
+        "_event_bytes",
         "_event_retry",
         "_in_event",
         "_last_id",
+        "_max_event_bytes",
         "_max_line_bytes",
         "_skip_lf",
         "_tail",
     )
 
-    def __init__(self, *, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+    def __init__(self, *, max_line_bytes: int = MAX_LINE_BYTES, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self._max_line_bytes = max_line_bytes
+        self._max_event_bytes = max_event_bytes
+        self._event_bytes = 0  # characters in the data lines of the event being built
         self._tail = bytearray()  # bytes of an incomplete line (never contains CR or LF)
         self._skip_lf = False  # previous read ended with CR: drop one LF at the start of the next
         self._at_start = True  # still deciding whether the stream starts with a BOM
@@ -109,7 +145,7 @@ class SSEDecoder:
             tail += chunk
             if 10 not in chunk and 13 not in chunk:
                 if len(tail) > self._max_line_bytes:
-                    raise SSELineTooLong(f"an event-stream line is longer than {self._max_line_bytes} bytes")
+                    raise SSELineTooLong(self._max_line_bytes)
                 return []  # still inside the same line: amortised O(1) append
             buf = tail
             self._tail = bytearray()
@@ -133,7 +169,7 @@ class SSEDecoder:
             end = buf.rfind(b"\n")
             if end < 0:
                 if len(buf) > self._max_line_bytes:
-                    raise SSELineTooLong(f"an event-stream line is longer than {self._max_line_bytes} bytes")
+                    raise SSELineTooLong(self._max_line_bytes)
                 if buf:
                     self._tail = bytearray(buf)
                 return []
@@ -151,11 +187,15 @@ class SSEDecoder:
         last_id = self._last_id
         event_retry = self._event_retry
         in_event = self._in_event
+        size = self._event_bytes
         for line in lines:
             if not line:  # blank line: dispatch
                 if data:
+                    if size > self._max_event_bytes:
+                        raise SSEEventTooLarge(self._max_event_bytes)
                     events.append(ServerSentEvent("\n".join(data), event or "message", last_id, event_retry))
                     data = []
+                    size = 0
                     event = ""
                     event_retry = None
                     in_event = False
@@ -166,6 +206,7 @@ class SSEDecoder:
                 continue
             if line[:6] == "data: ":  # fast path for the overwhelmingly common line
                 data.append(line[6:])
+                size += len(line)
                 in_event = True
                 continue
             colon = line.find(":")
@@ -182,6 +223,7 @@ class SSEDecoder:
                     value = value[1:]
             if name == "data":
                 data.append(value)
+                size += len(line)
             elif name == "event":
                 event = value
             elif name == "id":
@@ -190,6 +232,10 @@ class SSEDecoder:
             elif name == "retry" and value.isascii() and value.isdigit():
                 event_retry = int(value)
             # any other field is ignored
+        # An event still being built is checked once a read: one read adds at most its own size to it.
+        if size > self._max_event_bytes:
+            raise SSEEventTooLarge(self._max_event_bytes)
+        self._event_bytes = size
         self._data = data
         self._event = event
         self._last_id = last_id

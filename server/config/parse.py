@@ -56,6 +56,7 @@ _TOP_LEVEL_KEYS = frozenset(
 _PROVIDER_NUMBERS = (
     *("connect_timeout_s", "read_timeout_s", "max_connections"),
     *("max_concurrent_streams", "first_token_timeout_s", "stream_idle_timeout_s"),
+    *("max_response_bytes", "read_buffer_bytes"),
 )
 _PROVIDER_KEYS = {
     *("name", "kind", "base_url", "api_key_env", "api_key_file", "signing_secret_env", "transport"),

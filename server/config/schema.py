@@ -153,6 +153,10 @@ class ProviderConfig:
     stream_idle_timeout_s: float = defaults.STREAM_IDLE_TIMEOUT_S
     # The HTTP client that carries the calls: aiohttp (faster) or httpx.
     transport: TransportName = "aiohttp"
+    # The most of a whole (Generate) answer read; a longer one is UPSTREAM_BAD_RESPONSE.
+    max_response_bytes: int = defaults.MAX_RESPONSE_BYTES
+    # aiohttp only: what a connection buffers of an answer not yet read (about twice this, then it waits).
+    read_buffer_bytes: int = defaults.UPSTREAM_READ_BUFFER_BYTES
 
 
 @dataclass(frozen=True, slots=True)

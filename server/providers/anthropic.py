@@ -51,7 +51,7 @@ from typing import Any
 
 from server.config import ProviderConfig
 from server.errors import UpstreamError
-from server.providers.http import EventDecoder, HTTPProvider, loads_object
+from server.providers.http import EventDecoder, HTTPProvider, checked_usage, loads_object, token_count
 from server.providers.transport import Transport
 from server.providers.upstream_errors import error_for_error_type, safe_identifier
 from server.sse import ServerSentEvent
@@ -131,7 +131,9 @@ class AnthropicProvider(HTTPProvider):
         if reason is FinishReason.TOOL_CALLS and answered and not calls:
             reason = FinishReason.STOP  # the forced output tool: the reply is whole
         raw = payload.get("usage")
-        return Completion("".join(texts), reason, usage_from(raw, None) if raw else None, tool_calls=tuple(calls))
+        return Completion(
+            "".join(texts), reason, usage_from(raw, None, self.name) if raw else None, tool_calls=tuple(calls)
+        )
 
 
 class _AnthropicEvents(EventDecoder):
@@ -181,13 +183,13 @@ class _AnthropicEvents(EventDecoder):
             usage = (chunk.get("message") or {}).get("usage")
             if usage:
                 self._input = usage
-                self.usage = usage_from(usage, None)
+                self.usage = usage_from(usage, None, self.provider)
         elif kind == "message_delta":
             stop_reason = (chunk.get("delta") or {}).get("stop_reason")
             if stop_reason:
                 self.reason = _STOP_REASONS.get(stop_reason, FinishReason.UNSPECIFIED)
             if chunk.get("usage"):
-                self.usage = usage_from(self._input, chunk["usage"])
+                self.usage = usage_from(self._input, chunk["usage"], self.provider)
         elif kind == "message_stop":
             self.ended = True
         elif kind == "error":
@@ -292,12 +294,12 @@ def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def usage_from(start: Any, delta: Any) -> Usage:
+def usage_from(start: Any, delta: Any, provider: str) -> Usage:
     """Usage from message_start's `usage` and message_delta's (cumulative) `usage`; a later field wins."""
     fields = {**(start or {}), **(delta or {})}
-    prompt = sum(int(fields.get(name) or 0) for name in _INPUT_FIELDS)
-    completion = int(fields.get("output_tokens") or 0)
-    return Usage(prompt, completion, prompt + completion)
+    prompt = sum(token_count(fields.get(name), name, provider) for name in _INPUT_FIELDS)
+    completion = token_count(fields.get("output_tokens"), "output_tokens", provider)
+    return checked_usage(prompt, completion, prompt + completion, provider)
 
 
 def _in_band_error(provider: str, error: object) -> UpstreamError:

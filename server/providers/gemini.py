@@ -60,7 +60,7 @@ from urllib.parse import quote
 from server.config import ProviderConfig
 from server.errors import UpstreamError
 from server.observe.request_id import upstream_request_id
-from server.providers.http import ErrorHint, EventDecoder, HTTPProvider, loads_object
+from server.providers.http import ErrorHint, EventDecoder, HTTPProvider, checked_usage, loads_object, token_count
 from server.providers.transport import Transport
 from server.providers.upstream_errors import error_for_error_type, safe_identifier
 from server.sse import ServerSentEvent
@@ -152,7 +152,7 @@ class _GeminiEvents(EventDecoder):
         self._calls = 0
 
     def finish(self) -> Finish:
-        self.usage = usage_from(self._usage_metadata) if self._usage_metadata else None
+        self.usage = usage_from(self._usage_metadata, self.provider) if self._usage_metadata else None
         if self._calls and self.reason is FinishReason.STOP:
             self.reason = FinishReason.TOOL_CALLS
         finish = super().finish()
@@ -295,10 +295,13 @@ def gemini_schema(schema: Any) -> Any:
     return out
 
 
-def usage_from(raw: Any) -> Usage:
-    prompt = int(raw.get("promptTokenCount") or 0) + int(raw.get("toolUsePromptTokenCount") or 0)
-    completion = int(raw.get("candidatesTokenCount") or 0) + int(raw.get("thoughtsTokenCount") or 0)
-    return Usage(prompt, completion, prompt + completion)
+def usage_from(raw: Any, provider: str) -> Usage:
+    def count(name: str) -> int:
+        return token_count(raw.get(name), name, provider)
+
+    prompt = count("promptTokenCount") + count("toolUsePromptTokenCount")
+    completion = count("candidatesTokenCount") + count("thoughtsTokenCount")
+    return checked_usage(prompt, completion, prompt + completion, provider)
 
 
 def _model_path(model: str) -> str:

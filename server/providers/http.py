@@ -8,6 +8,20 @@ connection goes back to the pool, and closes the response in `finally`.
 
 The transport (transport.py) raises its failures as UpstreamErrors already; how an upstream's answers
 become the gateway's errors is in upstream_errors.py.
+
+What a hostile upstream can send is bounded here, each breach an UpstreamBadResponse (UNAVAILABLE,
+UPSTREAM_BAD_RESPONSE) whose metadata names the bound (`limit` and `limit_bytes`, or the field):
+
+    breach                                              metadata
+    a 200 answer with a Content-Encoding (not asked)    limit: content_encoding, content_encoding, accepted_encoding
+    a whole answer over `max_response_bytes`            limit: max_response_bytes, limit_bytes
+    an event-stream line over 4 MiB                     limit: max_sse_line_bytes, limit_bytes
+    an event's data lines over 4 MiB together           limit: max_sse_event_bytes, limit_bytes
+    JSON nested deeper than Python's parser can follow  limit: json_depth
+    a token count not an integer in [0, 2^31 - 1]      limit: token_count, field
+
+An error answer (not 2xx) keeps its status's meaning whatever its body: only its first 64 KiB, as they came
+on the wire, are read for an error type, and not at all when compressed or nested too deep.
 """
 
 from __future__ import annotations
@@ -15,7 +29,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import replace
-from typing import Any, assert_never
+from typing import Any, Final, assert_never
 
 from server import defaults
 from server.config import ApiKey, ProviderConfig
@@ -33,24 +47,27 @@ from server.providers.keys import KeyPool
 from server.providers.signing import RequestSigner
 from server.providers.transport import AiohttpTransport, Timeouts, Transport, UpstreamResponse
 from server.providers.upstream_errors import error_for_status, safe_identifier
-from server.sse import ServerSentEvent, SSEDecoder, SSELineTooLong
+from server.sse import ServerSentEvent, SSEDecoder, SSEEventTooLarge, SSETooLarge
 from server.types import ChatRequest, Completion, Finish, FinishReason, StreamEvent, TextDelta, ToolCallDelta, Usage
 
 __all__ = [
     "ErrorHint",
     "EventDecoder",
     "HTTPProvider",
+    "checked_usage",
     "loads_object",
     "make_transport",
     "request_timeouts",
     "stream_interrupted",
+    "token_count",
     "unexpected_shape",
 ]
 
 # The answers that may be about the key rather than the request: Google answers a bad key with 400.
 _KEY_STATUSES = frozenset((400, 401, 403, 429))
-# Error bodies are read only to learn the error type; anything longer is not an error body we know.
-_MAX_ERROR_BODY_BYTES = 64 * 1024
+# The largest token count the contract carries (its usage fields are int32).
+MAX_TOKEN_COUNT: Final = 2**31 - 1
+_IDENTITY = ("", "identity")
 # (error type or code, retry delay in seconds) that an upstream's error object may safely tell.
 ErrorHint = tuple[str | None, float | None]
 # What reading JSON of an unexpected shape raises (a list where an object was expected, int("many"), …).
@@ -136,6 +153,7 @@ class HTTPProvider(Provider):
         try:
             if response.status != 200:
                 raise await self._error_from_response(response)
+            self._check_encoding(response)
             decoder = SSEDecoder()
             # The per-token path: the transport's bytes straight into the SSE decoder.
             async for chunk in response:
@@ -144,6 +162,8 @@ class HTTPProvider(Provider):
                         continue  # read on to the end of the body, so the connection goes back to the pool
                     try:
                         text = events.feed(event)
+                        if text and type(text) is not str:  # a number or a list where the text belongs
+                            raise TypeError(type(text).__name__)
                     except _SHAPE_ERRORS as exc:
                         raise unexpected_shape(self.name) from exc
                     if text:
@@ -168,9 +188,12 @@ class HTTPProvider(Provider):
             if not ended:
                 _with_upstream_id(error, upstream_id)
                 raise
-        except SSELineTooLong as exc:
+        except SSETooLarge as exc:
+            what = "event" if isinstance(exc, SSEEventTooLarge) else "line"
             too_long = UpstreamBadResponse(
-                f"upstream {self.name} sent an event line too long to read", provider=self.name
+                f"upstream {self.name} sent an event-stream {what} longer than {exc.limit} bytes",
+                provider=self.name,
+                metadata={"limit": f"max_sse_{what}_bytes", "limit_bytes": str(exc.limit)},
             )
             raise _with_upstream_id(too_long, upstream_id) from exc
         finally:
@@ -196,7 +219,8 @@ class HTTPProvider(Provider):
         try:
             if response.status != 200:
                 raise await self._error_from_response(response)
-            payload = loads_object((await response.read()).decode("utf-8", "replace"), self.name)
+            self._check_encoding(response)
+            payload = loads_object((await self._read_body(response)).decode("utf-8", "replace"), self.name)
         except UpstreamError as error:
             _with_upstream_id(error, upstream_id)
             raise
@@ -204,12 +228,39 @@ class HTTPProvider(Provider):
             await response.aclose()
         try:
             completion = parse(payload)
+            if type(completion.text) is not str:
+                raise TypeError(type(completion.text).__name__)
         except UpstreamError as error:
             _with_upstream_id(error, upstream_id)
             raise
         except _SHAPE_ERRORS as exc:
             raise _with_upstream_id(unexpected_shape(self.name), upstream_id) from exc
         return replace(completion, upstream_request_id=upstream_id) if upstream_id else completion
+
+    async def _read_body(self, response: UpstreamResponse) -> bytes:
+        limit = self._config.max_response_bytes
+        body = await response.read(limit)
+        if len(body) > limit:
+            raise UpstreamBadResponse(
+                f"upstream {self.name} sent an answer longer than {limit} bytes",
+                provider=self.name,
+                metadata={"limit": "max_response_bytes", "limit_bytes": str(limit)},
+            )
+        return body
+
+    def _check_encoding(self, response: UpstreamResponse) -> None:
+        """Refuse a compressed answer: the gateway asked for `identity` and never inflates a body."""
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        if encoding not in _IDENTITY:
+            raise UpstreamBadResponse(
+                f"upstream {self.name} sent a compressed answer the gateway did not ask for",
+                provider=self.name,
+                metadata={
+                    "limit": "content_encoding",
+                    "content_encoding": safe_identifier(encoding) or "other",
+                    "accepted_encoding": "identity",
+                },
+            )
 
     async def _post(self, path: str, body: dict[str, Any], request: ChatRequest) -> UpstreamResponse:
         content = json.dumps(body, separators=(",", ":")).encode()
@@ -247,15 +298,16 @@ class HTTPProvider(Provider):
 
     async def _error_from_response(self, response: UpstreamResponse) -> UpstreamError:
         hint: ErrorHint = (None, None)
-        try:
-            payload = json.loads(await response.read(_MAX_ERROR_BODY_BYTES))
-            if isinstance(payload, list) and payload:  # Google's JSON-array streams wrap the error
-                payload = payload[0]
-            error = payload.get("error")
-            if isinstance(error, dict):
-                hint = self._error_hint(error)
-        except (ValueError, AttributeError, UpstreamError):
-            pass  # the status code alone decides; the body is only a hint
+        if response.headers.get("content-encoding", "").strip().lower() in _IDENTITY:
+            try:
+                payload = json.loads(await response.read(defaults.MAX_ERROR_BODY_BYTES))
+                if isinstance(payload, list) and payload:  # Google's JSON-array streams wrap the error
+                    payload = payload[0]
+                error = payload.get("error")
+                if isinstance(error, dict):
+                    hint = self._error_hint(error)
+            except (ValueError, AttributeError, RecursionError, UpstreamError):
+                pass  # the status code alone decides; the body is only a hint
         return error_for_status(self.name, response.status, response.headers, *hint)
 
 
@@ -271,9 +323,38 @@ def loads_object(data: str, provider: str) -> dict[str, Any]:
         value = json.loads(data)
     except ValueError as exc:
         raise UpstreamBadResponse(f"upstream {provider} sent malformed JSON", provider=provider) from exc
+    except RecursionError as exc:  # json's C parser stops at the interpreter's recursion limit, cleanly
+        raise UpstreamBadResponse(
+            f"upstream {provider} sent JSON nested too deep to read",
+            provider=provider,
+            metadata={"limit": "json_depth"},
+        ) from exc
     if not isinstance(value, dict):
         raise UpstreamBadResponse(f"upstream {provider} sent a JSON {type(value).__name__}", provider=provider)
     return value
+
+
+def token_count(value: object, field: str, provider: str) -> int:
+    """`value` as a token count: an integer (an integral JSON number, 12.0 too) in [0, 2^31 - 1], absent
+    (None) as 0; anything else, a huge, negative, non-finite or non-numeric count, is UpstreamBadResponse."""
+    if value is None:
+        return 0
+    if type(value) is int and 0 <= value <= MAX_TOKEN_COUNT:
+        return value
+    if type(value) is float and value.is_integer() and 0 <= value <= MAX_TOKEN_COUNT:
+        return int(value)
+    raise UpstreamBadResponse(
+        f"upstream {provider} reported a token count that is not an integer from 0 to {MAX_TOKEN_COUNT}",
+        provider=provider,
+        metadata={"limit": "token_count", "field": field, "limit_max": str(MAX_TOKEN_COUNT)},
+    )
+
+
+def checked_usage(prompt: int, completion: int, total: int, provider: str) -> Usage:
+    """Usage of counts already checked by `token_count`, whose sums must fit the contract too."""
+    for field, value in (("prompt_tokens", prompt), ("completion_tokens", completion), ("total_tokens", total)):
+        token_count(value, field, provider)
+    return Usage(prompt, completion, total)
 
 
 def unexpected_shape(provider: str) -> UpstreamBadResponse:
@@ -293,7 +374,13 @@ def make_transport(config: ProviderConfig, headers: Mapping[str, str]) -> Transp
     asked: see transport.py for why)."""
     match config.transport:
         case "aiohttp":
-            return AiohttpTransport(config.name, config.base_url, headers, max_connections=config.max_connections)
+            return AiohttpTransport(
+                config.name,
+                config.base_url,
+                headers,
+                max_connections=config.max_connections,
+                read_buffer_bytes=config.read_buffer_bytes,
+            )
         case "httpx":
             return HttpxTransport(config.name, config.base_url, headers, max_connections=config.max_connections)
         case _:

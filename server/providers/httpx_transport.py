@@ -22,7 +22,9 @@ httpx's failures become exactly the errors AiohttpTransport raises (transport_er
 
 As with aiohttp, a failure while the body is read chunk by chunk is UPSTREAM_STREAM_INTERRUPTED. The
 whole-call limit, which httpx does not have, is an asyncio deadline around the request and each read.
-HTTP/1.1 only: HTTP/2 would need the `h2` package, and streams of events gain nothing from it.
+HTTP/1.1 only: HTTP/2 would need the `h2` package, and streams of events gain nothing from it. httpcore
+reads a socket 64 KiB at a time and buffers no more than one read of an answer nobody reads, so it has no
+read buffer to configure (aiohttp's `read_buffer_bytes`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from typing import NoReturn
 import anyio
 import httpx
 
+from server import defaults
 from server.errors import UpstreamError
 from server.providers.transport import Timeouts, Transport, UpstreamResponse, address_of
 from server.providers.transport_errors import (
@@ -71,16 +74,18 @@ class HttpxTransport(Transport):
         headers: Mapping[str, str],
         *,
         max_connections: int,
+        max_idle_connections: int = defaults.POOL_MAX_IDLE_CONNECTIONS,
         keepalive_expiry_s: float = 30.0,
     ) -> None:
         self._provider = provider
         self._base_url = base_url.rstrip("/")
         self._address = address_of(base_url)
-        # Uncompressed answers, as AiohttpTransport asks for: event streams are read as they come.
-        self._headers = {"accept-encoding": "identity", **headers}
+        # Uncompressed answers, as AiohttpTransport asks for; the body is read raw (aiter_raw), never
+        # decompressed, whatever the upstream sends.
+        self._headers = {**headers, "accept-encoding": "identity"}
         self._limits = httpx.Limits(
             max_connections=max_connections,
-            max_keepalive_connections=max_connections,
+            max_keepalive_connections=min(max_idle_connections, max_connections),
             keepalive_expiry=keepalive_expiry_s,
         )
         self._client: httpx.AsyncClient | None = None

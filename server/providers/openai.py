@@ -26,7 +26,7 @@ from typing import Any
 
 from server.config import ProviderConfig
 from server.errors import UpstreamError
-from server.providers.http import EventDecoder, HTTPProvider, loads_object
+from server.providers.http import EventDecoder, HTTPProvider, checked_usage, loads_object, token_count
 from server.providers.transport import Transport
 from server.providers.upstream_errors import error_for_error_type, safe_identifier
 from server.sse import ServerSentEvent
@@ -84,7 +84,7 @@ class OpenAIProvider(HTTPProvider):
         message = choice["message"]
         text = message.get("content") or ""
         reason = _FINISH_REASONS.get(choice.get("finish_reason") or "", FinishReason.UNSPECIFIED)
-        usage = _usage(payload["usage"]) if payload.get("usage") else None
+        usage = _usage(payload["usage"], self.name) if payload.get("usage") else None
         calls = tuple(
             ToolCall(str(c["id"]), str(c["function"]["name"]), str(c["function"].get("arguments") or ""))
             for c in message.get("tool_calls") or ()
@@ -134,7 +134,7 @@ class _OpenAIEvents(EventDecoder):
             if choice.get("finish_reason"):
                 self.reason = _FINISH_REASONS.get(choice["finish_reason"], FinishReason.UNSPECIFIED)
         if chunk.get("usage"):
-            self.usage = _usage(chunk["usage"])
+            self.usage = _usage(chunk["usage"], self.provider)
         return text
 
 
@@ -214,7 +214,8 @@ def _in_band_error(provider: str, error: object) -> UpstreamError:
     return error_for_error_type(provider, error_type)
 
 
-def _usage(raw: Any) -> Usage:
-    prompt = int(raw.get("prompt_tokens") or 0)
-    completion = int(raw.get("completion_tokens") or 0)
-    return Usage(prompt, completion, int(raw.get("total_tokens") or prompt + completion))
+def _usage(raw: Any, provider: str) -> Usage:
+    prompt = token_count(raw.get("prompt_tokens"), "prompt_tokens", provider)
+    completion = token_count(raw.get("completion_tokens"), "completion_tokens", provider)
+    total = token_count(raw.get("total_tokens"), "total_tokens", provider) or prompt + completion
+    return checked_usage(prompt, completion, total, provider)

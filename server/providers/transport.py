@@ -24,6 +24,12 @@ not. aiohttp carries the bytes by default: its connection pool and C HTTP parser
 cost about 15 µs per SSE event against about 73 µs through httpx's own h11 transport. httpx_transport.py
 is the same interface over httpx (provider key `transport: httpx`), raising the same errors; the error
 builders both share are in transport_errors.py, and `make bench` measures both.
+
+Both transports ask for uncompressed answers (`accept-encoding: identity`) and hand over the body's bytes as
+they came, never decompressed: a compressed body is the caller's to refuse (http.py does), so that a small
+gzip bomb cannot become a large body. Both keep at most `max_idle_connections` idle connections (the rest
+are closed as they come back), and buffer at most about twice `read_buffer_bytes` of an answer that is not
+being read before they stop reading its socket.
 """
 
 from __future__ import annotations
@@ -37,7 +43,10 @@ from typing import NoReturn
 from urllib.parse import urlsplit
 
 import aiohttp
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.client_reqrep import ConnectionKey
 
+from server import defaults
 from server.errors import UpstreamError
 from server.providers.transport_errors import (
     broken_connection_error,
@@ -139,31 +148,38 @@ class AiohttpTransport(Transport):
         headers: Mapping[str, str],
         *,
         max_connections: int,
+        max_idle_connections: int = defaults.POOL_MAX_IDLE_CONNECTIONS,
         keepalive_expiry_s: float = 30.0,
+        read_buffer_bytes: int = defaults.UPSTREAM_READ_BUFFER_BYTES,
     ) -> None:
         self._provider = provider
         self._base_url = base_url.rstrip("/")
         self._address = address_of(base_url)
         # Responses are asked for uncompressed: event streams are read as they come, and compressing
-        # them would only add latency.
-        self._headers = {"accept-encoding": "identity", **headers}
+        # them would only add latency (and a compressed body would need a bound on what it inflates to).
+        self._headers = {**headers, "accept-encoding": "identity"}
         self._max_connections = max_connections
+        self._max_idle_connections = min(max_idle_connections, max_connections)
         self._keepalive_expiry_s = keepalive_expiry_s
+        self._read_buffer_bytes = read_buffer_bytes
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
+        connector = _IdleCappedConnector(
+            max_idle=self._max_idle_connections,
             limit=self._max_connections,
             keepalive_timeout=self._keepalive_expiry_s,
             ssl=ssl.create_default_context(),
         )
         # No cookies (upstream APIs set none we want); no proxies from the environment, which must not
-        # see the upstream key.
+        # see the upstream key. No decompression: see the module's docstring.
         return aiohttp.ClientSession(
             connector=connector,
             headers=self._headers,
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
+            auto_decompress=False,
+            read_bufsize=self._read_buffer_bytes,
         )
 
     async def post(
@@ -191,6 +207,22 @@ class AiohttpTransport(Transport):
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+class _IdleCappedConnector(aiohttp.TCPConnector):
+    """aiohttp's connector, keeping at most `max_idle` idle connections (httpx's max_keepalive_connections,
+    which aiohttp lacks): a connection given back beyond that closes the longest idle one."""
+
+    def __init__(self, *, max_idle: int, **options: object) -> None:
+        super().__init__(**options)  # type: ignore[arg-type]
+        self._max_idle = max_idle
+
+    def _release(self, key: ConnectionKey, protocol: ResponseHandler, *, should_close: bool = False) -> None:
+        super()._release(key, protocol, should_close=should_close)
+        idle = self._conns.get(key)
+        while idle is not None and len(idle) > self._max_idle:
+            oldest, _ = idle.popleft()
+            oldest.close()
 
 
 class _AiohttpResponse(UpstreamResponse):

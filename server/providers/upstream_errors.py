@@ -8,10 +8,12 @@ error type or code that looks like an identifier, are kept.
 from __future__ import annotations
 
 import email.utils
+import math
 import re
 import time
 from collections.abc import Mapping
 
+from server.defaults import RETRY_AFTER_MAX_S
 from server.errors import (
     UpstreamAuthFailed,
     UpstreamBadResponse,
@@ -23,6 +25,7 @@ from server.errors import (
 )
 
 __all__ = [
+    "bounded_delay",
     "error_for_error_type",
     "error_for_status",
     "parse_retry_after",
@@ -58,27 +61,37 @@ def safe_identifier(value: object) -> str | None:
     return value if isinstance(value, str) and _IDENTIFIER.fullmatch(value) else None
 
 
+def bounded_delay(seconds: float | None) -> float | None:
+    """An upstream's retry delay clamped to [0, RETRY_AFTER_MAX_S]; None when it is not a finite number
+    (`inf`, `nan`), which is ignored as if the upstream had said nothing."""
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX_S)
+
+
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from `retry-after-ms`, or `Retry-After` as seconds or an HTTP date.
+    """Seconds to wait from `retry-after-ms`, or `Retry-After` as seconds or an HTTP date, clamped to
+    [0, RETRY_AFTER_MAX_S]; a value that is not a finite number is ignored.
 
     `headers` are looked up by lower-case name (the transport's are case-insensitive)."""
     if (millis := headers.get("retry-after-ms")) is not None:
         try:
-            return max(float(millis) / 1000, 0.0)
+            if (delay := bounded_delay(float(millis) / 1000)) is not None:
+                return delay
         except ValueError:
             pass
     value = headers.get("retry-after")
     if value is None:
         return None
     try:
-        return max(float(value), 0.0)
+        return bounded_delay(float(value))
     except ValueError:
         pass
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    return max(when.timestamp() - time.time(), 0.0)
+    return bounded_delay(when.timestamp() - time.time())
 
 
 def error_for_status(
@@ -108,7 +121,7 @@ def error_for_status(
             f"upstream {provider} is rate limiting requests (HTTP 429)",
             provider=provider,
             http_status=status,
-            retry_after_s=retry_after_s if from_header is None else from_header,
+            retry_after_s=bounded_delay(retry_after_s) if from_header is None else from_header,
             metadata=meta,
         )
     if status in (400, 413, 422):
@@ -154,5 +167,5 @@ def error_for_error_type(provider: str, error_type: str | None, retry_after_s: f
         else:
             kind = UpstreamUnavailable
     if kind is UpstreamRateLimited:
-        return UpstreamRateLimited(what, provider=provider, retry_after_s=retry_after_s, metadata=meta)
+        return UpstreamRateLimited(what, provider=provider, retry_after_s=bounded_delay(retry_after_s), metadata=meta)
     return kind(what, provider=provider, metadata=meta)

@@ -782,6 +782,10 @@ class FakeHTTPServer:
         """Wait until ``count`` connections were accepted in all."""
         await self._wait_until(lambda: self._accepted >= count, timeout)
 
+    async def wait_for_open_connections_at_most(self, count: int, timeout: float = WAIT_TIMEOUT_S) -> None:
+        """Wait until no more than ``count`` connections are open."""
+        await self._wait_until(lambda: self._open <= count, timeout)
+
     async def wait_for_requests(self, count: int = 1, timeout: float = WAIT_TIMEOUT_S) -> RecordedRequest:
         """Wait until ``count`` requests were recorded; return the ``count``-th one."""
         await self._wait_until(lambda: len(self.requests) >= count, timeout)

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 import pytest
 
-from server.sse import ServerSentEvent, SSEDecoder, SSELineTooLong
+from server.sse import ServerSentEvent, SSEDecoder, SSEEventTooLarge, SSELineTooLong
 
 E = ServerSentEvent
 
@@ -291,3 +291,28 @@ def test_lines_up_to_the_limit_are_fine() -> None:
     decoder = SSEDecoder(max_line_bytes=1024)
     assert decoder.feed(b"data: " + b"x" * 1000) == []
     assert decoder.feed(b"\n\n") == [ServerSentEvent(data="x" * 1000)]
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        [b"data: " + b"x" * 500 + b"\n"] * 3,  # many short lines, one per read, never a blank line
+        [b"data: " + b"x" * 600 + b"\ndata: " + b"y" * 600 + b"\n\n"],  # a whole event in one read
+        [b"data:" + b"x" * 700 + b"\n", b"data:" + b"y" * 700 + b"\n"],  # the slow path (no space)
+    ],
+)
+def test_an_event_larger_than_the_limit_is_an_error_however_its_lines_come(pieces: list[bytes]) -> None:
+    decoder = SSEDecoder(max_line_bytes=1024, max_event_bytes=1024)
+    for piece in pieces[:-1]:
+        assert decoder.feed(piece) == []
+    with pytest.raises(SSEEventTooLarge) as raised:
+        decoder.feed(pieces[-1])
+    assert raised.value.limit == 1024
+
+
+def test_events_up_to_the_limit_are_fine_and_the_count_starts_again_with_each_event() -> None:
+    decoder = SSEDecoder(max_line_bytes=1024, max_event_bytes=1024)
+    line = b"data: " + b"x" * 400 + b"\n"
+    for _ in range(3):
+        assert decoder.feed(line) == []
+        assert decoder.feed(line + b"\n") == [ServerSentEvent(data="x" * 400 + "\n" + "x" * 400)]

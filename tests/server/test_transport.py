@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gzip
 import itertools
 import logging
 import socket
@@ -704,3 +705,122 @@ async def test_cookies_an_upstream_sets_are_never_sent_back(transport_name: str)
         await hung_up.wait()
     assert len(heads) == 2
     assert not any(b"\r\ncookie:" in head for head in heads)
+
+
+async def test_a_compressed_body_is_handed_over_as_it_came_never_inflated(transport_name: str) -> None:
+    # The gateway asks for identity; a gzip body (here a small bomb) reaches the caller still compressed, so
+    # that it is refused (providers/http.py) at its size on the wire, through either transport.
+    bomb = gzip.compress(b"\0" * 4_000_000)
+    heads: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).lower()
+        heads.append(head)
+        await reader.readexactly(int(head.split(b"content-length:")[1].split(b"\r\n")[0]))
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\n"
+            + f"content-length: {len(bomb)}\r\n\r\n".encode()
+            + bomb
+        )
+        await writer.drain()
+
+    async with serving(answer) as server:
+        base_url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+        transport = TRANSPORTS[transport_name]("p", base_url, {"accept-encoding": "gzip"}, max_connections=4)
+        try:
+            response = await transport.post("/chat/completions", b"{}", TIMEOUTS)
+            try:
+                assert (response.status, response.headers["content-encoding"]) == (200, "gzip")
+                assert await response.read() == bomb
+            finally:
+                await response.aclose()
+        finally:
+            await transport.aclose()
+    [head] = heads
+    assert b"\r\naccept-encoding: identity\r\n" in head  # a provider's header cannot ask for compression
+
+
+async def test_after_a_burst_at_most_max_idle_connections_stay_open(transport_name: str) -> None:
+    burst, idle = 6, 2
+    arrived: list[asyncio.StreamWriter] = []
+    all_arrived = asyncio.Event()
+    closed = 0
+    some_closed = asyncio.Event()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal closed
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            head = (await reader.readuntil(b"\r\n\r\n")).lower()
+            await reader.readexactly(int(head.split(b"content-length:")[1].split(b"\r\n")[0]))
+            arrived.append(writer)
+            if len(arrived) == burst:
+                all_arrived.set()
+            await all_arrived.wait()  # every call holds its own connection: a burst of `burst` connections
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+            await reader.read()  # kept alive until the client closes it
+        closed += 1
+        if closed == burst - idle:
+            some_closed.set()
+
+    async with serving(answer) as server:
+        base_url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+        transport = TRANSPORTS[transport_name](
+            "p", base_url, {}, max_connections=burst, max_idle_connections=idle, keepalive_expiry_s=600.0
+        )
+
+        async def call() -> bytes:
+            response = await transport.post("/chat/completions", b"{}", TIMEOUTS)
+            try:
+                return await response.read()
+            finally:
+                await response.aclose()
+
+        try:
+            assert await asyncio.gather(*(call() for _ in range(burst))) == [b"ok"] * burst
+            # The connections beyond the idle cap are closed as they come back, not when they expire.
+            await asyncio.wait_for(some_closed.wait(), 30.0)
+            assert closed == burst - idle
+        finally:
+            await transport.aclose()
+
+
+async def test_aiohttp_stops_reading_an_unread_answer_at_its_read_buffer() -> None:
+    # A client that stops reading leaves its stream's answer unread: aiohttp pauses the socket once it holds
+    # twice `read_buffer_bytes`, so a stream holds about that (plus one socket read), not the whole answer.
+    read_buffer = 16 * 1024
+    body = b"x" * (16 * 1024 * 1024)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            head = (await reader.readuntil(b"\r\n\r\n")).lower()
+            await reader.readexactly(int(head.split(b"content-length:")[1].split(b"\r\n")[0]))
+            writer.write(b"HTTP/1.1 200 OK\r\n" + f"content-length: {len(body)}\r\n\r\n".encode())
+            writer.write(body)
+            await writer.drain()
+
+    async with serving(answer) as server:
+        base_url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+        transport = AiohttpTransport("p", base_url, {}, max_connections=4, read_buffer_bytes=read_buffer)
+        try:
+            response = await transport.post("/chat/completions", b"{}", TIMEOUTS)
+            try:
+                # White-box: aiohttp's protocol and stream reader say whether it paused and what it holds.
+                protocol = response._response.connection.protocol  # type: ignore[attr-defined]
+                if not protocol._reading_paused:
+                    paused = asyncio.Event()
+                    pause = protocol.pause_reading
+
+                    def pause_and_tell() -> None:
+                        pause()
+                        paused.set()
+
+                    protocol.pause_reading = pause_and_tell
+                    await asyncio.wait_for(paused.wait(), 30.0)
+                held = response._content._size  # type: ignore[attr-defined]
+                assert 2 * read_buffer < held <= 2 * read_buffer + 256 * 1024  # + one socket read at most
+                assert len(await response.read()) == len(body)  # and it reads on when asked
+            finally:
+                await response.aclose()
+        finally:
+            await transport.aclose()

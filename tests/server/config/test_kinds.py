@@ -76,7 +76,7 @@ def test_an_unknown_transport_is_refused_with_the_entrys_other_problems(tmp_path
 
     assert str(error.value).splitlines() == [
         "providers[0].transprot: unknown key (known: api_key_env, api_key_file, base_url, connect_timeout_s, "
-        "first_token_timeout_s, kind, max_concurrent_streams, max_connections, name, read_timeout_s, "
-        "signing_secret_env, stream_idle_timeout_s, transport)",
+        "first_token_timeout_s, kind, max_concurrent_streams, max_connections, max_response_bytes, name, "
+        "read_buffer_bytes, read_timeout_s, signing_secret_env, stream_idle_timeout_s, transport)",
         f"providers[0].transport: expected one of {', '.join(TRANSPORTS)}, got 'curl'",
     ]

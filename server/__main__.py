@@ -1,4 +1,4 @@
-"""python -m server [--config FILE] [--listen HOST:PORT] | --version
+"""python -m server [--config FILE] [--listen HOST:PORT] [--workers N|auto] | --version
 
 Installed, the same command is the console script `holysheep-gateway`; the usage line names whichever
 the user typed.
@@ -17,6 +17,7 @@ from server.app import serve
 from server.config import ConfigError, load_config
 from server.observe.logs import configure_logging
 from server.observe.trace import tracing_from_env
+from server.workers import supervise
 
 DISTRIBUTION = "holysheep-gateway"
 _PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
@@ -30,15 +31,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--config", type=Path, help="YAML config file (default: the embedded default)")
     parser.add_argument("--listen", help="HOST:PORT to listen on (overrides config and GATEWAY_LISTEN)")
+    parser.add_argument(
+        "--workers",
+        metavar="N|auto",
+        help="worker processes sharing the port, supervised by this one; auto: one per core "
+        "(overrides config and GATEWAY_WORKERS; default 1: a single process)",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.config, listen=args.listen)
+        config = load_config(args.config, listen=args.listen, workers=args.workers)
         tracing = tracing_from_env()
     except (ConfigError, ValueError) as exc:
         print(f"gateway: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level, "json" if config.log_format == "json" else "text")
+    if config.workers > 1:
+        tracing.shutdown()  # each worker sets up its own
+        return supervise(config)
     try:
         asyncio.run(serve(config, tracing))
     except OSError as exc:

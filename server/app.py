@@ -2,7 +2,8 @@
 Prometheus `/metrics` listener when `metrics.listen` is configured.
 
 `start_gateway(config)` binds and starts a server and returns a `Gateway` with its bound port (tests
-listen on 127.0.0.1:0). `serve(config)` adds signal handling and graceful shutdown on top.
+listen on 127.0.0.1:0). `serve(config)` adds signal handling and graceful shutdown on top. With
+`workers:` above 1 each worker process (server/workers.py) runs `serve` as well, on a shared port.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -28,7 +30,7 @@ from server.policy.seam import Policy, Seam
 from server.routing.dispatch import Router
 from server.service import AIService
 
-__all__ = ["Gateway", "bound_address", "serve", "start_gateway"]
+__all__ = ["Gateway", "WorkerLink", "announce", "bound_address", "serve", "start_gateway"]
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +71,14 @@ class Gateway:
         await asyncio.to_thread(self.tracing.shutdown)  # the spans still buffered go out
 
 
-def server_options(config: GatewayConfig) -> list[tuple[str, int]]:
+def server_options(config: GatewayConfig, *, reuseport: bool = False) -> list[tuple[str, int]]:
     return [
         # Room for message overhead beyond the content cap, so an oversized request gets our own
         # INVALID_ARGUMENT with the field that is too big, not gRPC's bare RESOURCE_EXHAUSTED.
         ("grpc.max_receive_message_length", config.max_request_bytes + defaults.MAX_MESSAGE_OVERHEAD_BYTES),
         # One process per port unless asked otherwise: a second `make run` must fail, not share the port.
-        ("grpc.so_reuseport", 0),
+        # Workers share theirs; their supervisor checked first that no one else listens there.
+        ("grpc.so_reuseport", int(reuseport)),
         *keepalive_options(config.keepalive),
     ]
 
@@ -110,17 +113,21 @@ def _server_credentials(tls: TLSConfig) -> grpc.ServerCredentials:
 
 
 async def start_gateway(
-    config: GatewayConfig, *, policies: Sequence[Policy] = (), tracing: Tracing | None = None
+    config: GatewayConfig, *, policies: Sequence[Policy] = (), tracing: Tracing | None = None, worker: bool = False
 ) -> Gateway:
     """Bind and start a gateway for `config`; `policies` plug into the policy seam (server/policy/seam.py).
-    `tracing` defaults to what the OTEL_* variables ask for (server/observe/trace.py): off unless set."""
+    `tracing` defaults to what the OTEL_* variables ask for (server/observe/trace.py): off unless set.
+
+    A `worker` (one of several processes, server/workers.py) binds with SO_REUSEPORT and writes its
+    metrics to prometheus-client's multiprocess files, which its supervisor serves on `/metrics`.
+    """
     tracing = tracing or tracing_from_env()
     router = Router.from_config(config)
-    metrics = gateway_metrics(config, router) if config.metrics.listen is not None else None
+    metrics = gateway_metrics(config, router, shared=worker) if config.metrics.listen is not None else None
     interceptors: list[grpc.aio.ServerInterceptor] = [metrics.grpc] if metrics else []
     if config.auth:  # after the metrics: a call refused for its token is counted too
         interceptors.append(BearerAuthInterceptor(config.auth.tokens, tracing=tracing))
-    server = grpc.aio.server(interceptors=interceptors, options=server_options(config))
+    server = grpc.aio.server(interceptors=interceptors, options=server_options(config, reuseport=worker))
     seam = Seam(router, policies, tracing=tracing, observers=[metrics] if metrics else [])
     service = AIService(seam, max_request_bytes=config.max_request_bytes, interactive=config.interactive)
     ai_service_pb2_grpc.add_AIServiceServicer_to_server(service, server)
@@ -142,7 +149,7 @@ async def start_gateway(
         await router.aclose()
         raise OSError(f"cannot listen on {config.listen}: {_why(exc)}") from exc
     metrics_server = None
-    if metrics is not None and config.metrics.listen is not None:
+    if metrics is not None and config.metrics.listen is not None and not worker:
         try:
             metrics_server = start_metrics_server(*parse_listen(config.metrics.listen), metrics.registry)
         except OSError as exc:
@@ -154,11 +161,12 @@ async def start_gateway(
     return Gateway(server, port, health_servicer, service, router, tracing, metrics, metrics_server)
 
 
-def gateway_metrics(config: GatewayConfig, router: Router) -> GatewayMetrics:
-    """The metrics of a gateway of `config`, watching `router`'s breakers, retry budgets and call plans."""
+def gateway_metrics(config: GatewayConfig, router: Router, *, shared: bool = False) -> GatewayMetrics:
+    """The metrics of a gateway of `config`, watching `router`'s breakers, retry budgets and call plans;
+    `shared` when a worker writes them for its supervisor to serve."""
     clients = [token.name for token in config.auth.tokens] if config.auth else []
     bounds = LabelBounds(router.catalog, clients, [p.name for p in config.providers])
-    metrics = GatewayMetrics(bounds)
+    metrics = GatewayMetrics(bounds, shared=shared)
     metrics.watch(router.resilience)
     return metrics
 
@@ -173,28 +181,48 @@ def bound_address(listen: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-async def serve(config: GatewayConfig, tracing: Tracing | None = None) -> None:
+class WorkerLink(Protocol):
+    """A worker's line to its supervisor (server/workers.py)."""
+
+    def started(self, gateway: Gateway, stop: Callable[[], None]) -> None:
+        """`gateway` serves: tell the supervisor, and call `stop` (start the drain) if the supervisor dies."""
+
+
+async def serve(config: GatewayConfig, tracing: Tracing | None = None, *, worker: WorkerLink | None = None) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully within the configured grace period."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # before the port opens: no window where a signal kills us
         loop.add_signal_handler(sig, stop.set)
-    gateway = await start_gateway(config, tracing=tracing)
-    scheme = "tls" if config.tls else "plaintext"
-    auth = f"{len(config.auth.tokens)} client token(s)" if config.auth else "no auth"
-    if gateway.metrics_server is not None and config.metrics.listen is not None:
-        # Before the "listening on" line, with the bound port too: whoever reads that line finds this one.
-        log.info("metrics on http://%s/metrics", bound_address(config.metrics.listen, gateway.metrics_server.port))
-    # The bound address, not the configured one: with port 0 this line is how a supervisor (or a test)
-    # learns the port the kernel chose. Keep its start stable: `listening on HOST:PORT `.
-    log.info(
-        "listening on %s (%s, %s); models: %s",
-        bound_address(config.listen, gateway.port),
-        scheme,
-        auth,
-        ", ".join(gateway.router.catalog.model_names),
-    )
+    gateway = await start_gateway(config, tracing=tracing, worker=worker is not None)
+    if worker is None:
+        metrics_port = gateway.metrics_server.port if gateway.metrics_server is not None else None
+        announce(config, gateway.port, gateway.router.catalog.model_names, metrics_port=metrics_port)
+    else:
+        worker.started(gateway, stop.set)
     await stop.wait()
     log.info("shutting down: in-flight calls have %.1f s to finish", config.grace_period_s)
     await gateway.stop(config.grace_period_s)
     log.info("stopped")
+
+
+def announce(
+    config: GatewayConfig, port: int, models: Sequence[str], *, metrics_port: int | None = None, workers: int = 1
+) -> None:
+    """Log where the gateway listens: the one line a supervisor (or a test) waits for, once per gateway."""
+    scheme = "tls" if config.tls else "plaintext"
+    auth = f"{len(config.auth.tokens)} client token(s)" if config.auth else "no auth"
+    processes = f", {workers} workers" if workers > 1 else ""
+    if metrics_port is not None and config.metrics.listen is not None:
+        # Before the "listening on" line, with the bound port too: whoever reads that line finds this one.
+        log.info("metrics on http://%s/metrics", bound_address(config.metrics.listen, metrics_port))
+    # The bound address, not the configured one: with port 0 this line is how a supervisor (or a test)
+    # learns the port the kernel chose. Keep its start stable: `listening on HOST:PORT `.
+    log.info(
+        "listening on %s (%s, %s%s); models: %s",
+        bound_address(config.listen, port),
+        scheme,
+        auth,
+        processes,
+        ", ".join(models),
+    )

@@ -151,3 +151,5 @@ class GatewayConfig:
     limits: LimitsConfig = LimitsConfig()
     keepalive: KeepaliveConfig = KeepaliveConfig()
     metrics: MetricsConfig = MetricsConfig()
+    # Worker processes sharing `listen` (server/workers.py); 1 is one process with no supervisor.
+    workers: int = 1

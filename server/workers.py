@@ -1,0 +1,484 @@
+"""Several worker processes on one port (`--workers N`, `workers:`), and the supervisor that keeps them.
+
+    python -m server --workers 4          # or `workers: auto` in the config: one per core
+
+The process started is the supervisor. It loads and checks the config (a bad one exits 2 before any
+worker starts), makes sure no one else listens on the port, and starts the workers: each one a whole
+gateway (`server.app.serve`) bound with SO_REUSEPORT, so that the kernel spreads new connections over
+them. With port 0 the first worker picks the port and the others join it. Once every worker is ready the
+supervisor logs the one `listening on HOST:PORT` line. It replaces a worker that dies, saying so with its
+pid and exit code or signal; on SIGTERM or SIGINT it sends SIGTERM to every worker, for one graceful
+drain, and waits for them. Its exit status: 0 after a clean drain; 1 when a worker failed to start, kept
+dying (see `RestartPolicy`), did not drain cleanly or had to be killed, or the port was taken.
+
+Workers are started with multiprocessing's `spawn`, not `fork`: a fresh interpreter each (gRPC's core
+does not survive a fork once its threads run), handed the config the supervisor checked, pickled, so that
+a worker started an hour later serves the same config as the first whatever the file says by then. A
+worker whose supervisor dies (even by SIGKILL) notices it and drains on its own.
+
+Metrics (when `metrics.listen` is set): the supervisor owns a temporary directory for prometheus-client's
+multiprocess mode, serves `/metrics` from it and forgets a dead worker's live gauges; what each metric
+means across workers is in server/observe/metrics.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Literal
+
+from prometheus_client.multiprocess import mark_process_dead
+
+from server import defaults
+from server.app import Gateway, announce, bound_address, serve
+from server.config import GatewayConfig, parse_listen
+from server.errors import register_secret, registered_secrets
+from server.observe.exporter import MetricsServer, start_shared_metrics_server
+from server.observe.logs import configure_logging
+from server.observe.trace import tracing_from_env
+
+__all__ = ["MULTIPROC_DIR_ENV", "RestartPolicy", "Supervisor", "check_port_free", "describe_exit", "supervise"]
+
+log = logging.getLogger(__name__)
+
+# Where prometheus-client's multiprocess mode keeps each process's values; read when it is imported, so
+# the supervisor sets it before it starts a worker.
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def supervise(config: GatewayConfig) -> int:
+    """Run `config.workers` workers until SIGTERM or SIGINT; the process's exit status."""
+    return asyncio.run(Supervisor(config).run())
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """When a dead worker is replaced, and when the supervisor gives up.
+
+    A worker that dies before it is ready, or within `stable_s` of being ready, died quickly, and its
+    slot's deaths in a row go on counting; one that served longer starts the count again at 1. After
+    death n the replacement waits 0 s (n = 1), then `base_s`, 2 x `base_s` ... up to `cap_s`; after
+    `max_quick_restarts` + 1 deaths in a row the supervisor gives up and stops the gateway, so that a
+    worker that cannot start does not spin forever and whatever runs the gateway sees it fail.
+    """
+
+    stable_s: float = defaults.WORKER_STABLE_S
+    base_s: float = defaults.WORKER_RESTART_BACKOFF_BASE_S
+    cap_s: float = defaults.WORKER_RESTART_BACKOFF_CAP_S
+    max_quick_restarts: int = defaults.WORKER_MAX_QUICK_RESTARTS
+
+    def deaths(self, before: int, ready_for_s: float | None) -> int:
+        """A slot's deaths in a row, now that its worker died after being ready `ready_for_s` (None: never)."""
+        quick = ready_for_s is None or ready_for_s < self.stable_s
+        return before + 1 if quick else 1
+
+    def delay_s(self, deaths: int) -> float | None:
+        """How long to wait before replacing a worker after `deaths` in a row; None: give up."""
+        if deaths > self.max_quick_restarts:
+            return None
+        if deaths <= 1:
+            return 0.0
+        return float(min(self.cap_s, self.base_s * 2 ** (deaths - 2)))
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """`exited with code 1`, `was killed by SIGKILL`, as a log line says it."""
+    if exitcode is None:
+        return "is still running"
+    if exitcode < 0:
+        try:
+            return f"was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"was killed by signal {-exitcode}"
+    return f"exited with code {exitcode}"
+
+
+def check_port_free(listen: str) -> None:
+    """Raise OSError when something already listens on `listen` (skipped for port 0).
+
+    Workers bind with SO_REUSEPORT, which would let them join another gateway's workers on the same port
+    without a word; a plain bind (SO_REUSEADDR, as gRPC's own, so that connections of a previous run in
+    TIME_WAIT do not count) fails while anyone listens there.
+    """
+    host, port = parse_listen(listen)
+    if port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in addresses:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+    except OSError as exc:
+        raise OSError(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
+
+
+# --- the worker side ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """What a worker is handed (pickled): its number, the checked config with the port to share, and
+    the secrets to scrub from its errors and logs."""
+
+    index: int
+    config: GatewayConfig
+    secrets: tuple[str, ...] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """A worker's message once it serves."""
+
+    pid: int
+    port: int
+    models: tuple[str, ...]
+
+
+def run_worker(spec: WorkerSpec, ready: Connection) -> None:
+    """A worker process's main: the gateway's `serve`, reporting to the supervisor through `ready`."""
+    for secret in spec.secrets:
+        register_secret(secret)
+    config = spec.config
+    configure_logging(config.log_level, "json" if config.log_format == "json" else "text")
+    try:
+        asyncio.run(serve(config, tracing_from_env(), worker=_SupervisorLink(spec.index, ready)))
+    except (OSError, ValueError) as exc:
+        print(f"gateway: worker {spec.index} (pid {os.getpid()}): {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:  # SIGINT from a terminal before serve() took it over: nothing was served yet
+        return
+
+
+class _SupervisorLink:
+    def __init__(self, index: int, ready: Connection) -> None:
+        self._index = index
+        self._ready = ready
+
+    def started(self, gateway: Gateway, stop: Callable[[], None]) -> None:
+        self._ready.send(Ready(os.getpid(), gateway.port, tuple(gateway.router.catalog.model_names)))
+        self._ready.close()
+        supervisor = multiprocessing.parent_process()
+        if supervisor is None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def gone() -> None:
+            loop.remove_reader(supervisor.sentinel)
+            log.warning("worker %d (pid %d): the supervisor is gone; draining", self._index, os.getpid())
+            stop()
+
+        # The supervisor's end of a pipe closes when it exits, however it exits.
+        loop.add_reader(supervisor.sentinel, gone)
+
+
+# --- the supervisor -----------------------------------------------------------------------------------
+
+
+@dataclass(eq=False, slots=True)
+class _Slot:
+    """One of the N places a worker fills; a dead worker's replacement takes its slot (and number)."""
+
+    index: int
+    process: BaseProcess | None = None
+    ready_at: float | None = None
+    deaths: int = 0
+    timer: asyncio.TimerHandle | None = None  # the replacement's start, or the start-up timeout
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.exitcode is None
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    """Something about `process`, the worker of `slot`: it is ready, it exited, or (`restart`) its
+    replacement is due."""
+
+    kind: Literal["ready", "exited", "restart"]
+    slot: _Slot
+    process: BaseProcess
+    ready: Ready | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Signal:
+    signal: signal.Signals
+
+
+class Supervisor:
+    """Starts, watches, replaces and drains the workers of one gateway (see the module's docstring).
+
+    `policy` decides restarts; `clock` (monotonic seconds) is only read, so tests may pass their own.
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        policy: RestartPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self._policy = policy or RestartPolicy()
+        self._clock = clock
+        self._context = multiprocessing.get_context("spawn")
+        self._slots = [_Slot(index) for index in range(1, config.workers + 1)]
+        self._listen = config.listen
+        self._events: asyncio.Queue[_Event | _Signal] = asyncio.Queue()
+        self._metrics_dir: Path | None = None
+        self._failed = False
+
+    async def run(self) -> int:
+        """Supervise until a signal (or giving up) and the drain after it; the exit status."""
+        loop = asyncio.get_running_loop()
+        for sig in _STOP_SIGNALS:
+            loop.add_signal_handler(sig, self._events.put_nowait, _Signal(sig))
+        metrics_server = None
+        try:
+            check_port_free(self.config.listen)
+            metrics_server = self._start_metrics()
+            if await self._start_all(metrics_server):
+                await self._keep_running()
+            return await self._drain()
+        except OSError as exc:
+            print(f"gateway: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            for sig in _STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+            if metrics_server is not None:
+                await metrics_server.close()
+            if self._metrics_dir is not None:
+                shutil.rmtree(self._metrics_dir, ignore_errors=True)
+
+    # --- phases ---------------------------------------------------------------------------------------
+
+    async def _start_all(self, metrics_server: MetricsServer | None) -> bool:
+        """Start every worker and wait until all are ready: True; False when a signal came first, or a
+        worker died before it was ready (the start-up failed)."""
+        port_chosen = parse_listen(self._listen)[1] != 0
+        for slot in self._slots if port_chosen else self._slots[:1]:
+            self._start(slot)
+        models: tuple[str, ...] = ()
+        while not all(slot.ready_at is not None for slot in self._slots):
+            event = await self._events.get()
+            if isinstance(event, _Signal):
+                log.info("%s during start-up: stopping the workers", event.signal.name)
+                return False
+            if not self._current(event):
+                continue
+            if event.kind == "exited":
+                self._forget(event.process)
+                log.error(
+                    "worker %d (pid %s) %s before it was ready: the gateway cannot start",
+                    event.slot.index,
+                    event.process.pid,
+                    describe_exit(event.process.exitcode),
+                )
+                self._failed = True
+                return False
+            if event.kind == "ready" and event.ready is not None:
+                self._ready(event.slot, event.ready)
+                models = event.ready.models
+                if not port_chosen:  # the first worker picked the port: the others join it
+                    port_chosen = True
+                    self._listen = bound_address(self._listen, event.ready.port)
+                    for slot in self._slots[1:]:
+                        self._start(slot)
+        metrics_port = metrics_server.port if metrics_server is not None else None
+        port = parse_listen(self._listen)[1]
+        config = replace(self.config, listen=self._listen)
+        announce(config, port, models, metrics_port=metrics_port, workers=len(self._slots))
+        return True
+
+    async def _keep_running(self) -> None:
+        """Replace workers that die, until a signal, or until a worker keeps dying (then give up)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            event = await self._events.get()
+            if isinstance(event, _Signal):
+                log.info("%s: stopping %d workers", event.signal.name, len(self._slots))
+                return
+            slot = event.slot
+            if not self._current(event):
+                continue
+            if event.kind == "restart":
+                slot.timer = None
+                self._start(slot)
+            elif event.kind == "ready" and event.ready is not None:
+                self._ready(slot, event.ready)
+            elif event.kind == "exited":
+                delay = self._died(slot, event.process)
+                if delay is None:
+                    self._failed = True
+                    return
+                restart = _Event("restart", slot, event.process)
+                slot.timer = loop.call_later(delay, self._events.put_nowait, restart)
+
+    async def _drain(self) -> int:
+        """SIGTERM to every worker, then wait for them (at most the grace period and a margin, then
+        SIGKILL); the exit status."""
+        for slot in self._slots:
+            slot.cancel_timer()
+            if slot.alive and slot.process is not None and slot.process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.process.pid, signal.SIGTERM)
+        limit = self.config.grace_period_s + defaults.WORKER_EXIT_MARGIN_S
+        try:
+            async with asyncio.timeout(limit):
+                await self._wait_for_exits()
+        except TimeoutError:
+            for slot in self._slots:
+                if slot.alive and slot.process is not None and slot.process.pid is not None:
+                    log.error(
+                        "worker %d (pid %d) still runs %.1f s after SIGTERM: killing it",
+                        slot.index,
+                        slot.process.pid,
+                        limit,
+                    )
+                    self._failed = True
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(slot.process.pid, signal.SIGKILL)
+            await self._wait_for_exits()
+        if self._failed:
+            log.error("stopped, with errors")
+            return 1
+        log.info("stopped: every worker drained")
+        return 0
+
+    async def _wait_for_exits(self) -> None:
+        while any(slot.alive for slot in self._slots):
+            event = await self._events.get()
+            if isinstance(event, _Event) and event.kind == "exited" and self._current(event):
+                self._drained(event.slot, event.process)
+
+    # --- one worker -----------------------------------------------------------------------------------
+
+    def _start(self, slot: _Slot) -> None:
+        loop = asyncio.get_running_loop()
+        receive, send = self._context.Pipe(duplex=False)
+        spec = WorkerSpec(slot.index, replace(self.config, listen=self._listen), registered_secrets())
+        process = self._context.Process(
+            target=run_worker, args=(spec, send), name=f"gateway-worker-{slot.index}", daemon=True
+        )
+        process.start()
+        send.close()  # the worker holds the other end: when it exits, `receive` ends
+        slot.process, slot.ready_at = process, None
+        loop.add_reader(process.sentinel, self._on_exit, slot, process)
+        loop.add_reader(receive.fileno(), self._on_message, slot, process, receive)
+        slot.timer = loop.call_later(defaults.WORKER_START_TIMEOUT_S, self._start_timed_out, slot, process)
+        log.info("started worker %d (pid %s)", slot.index, process.pid)
+
+    def _on_exit(self, slot: _Slot, process: BaseProcess) -> None:
+        asyncio.get_running_loop().remove_reader(process.sentinel)
+        process.join()  # reaps it: its sentinel says it has exited
+        self._events.put_nowait(_Event("exited", slot, process))
+
+    def _on_message(self, slot: _Slot, process: BaseProcess, receive: Connection) -> None:
+        asyncio.get_running_loop().remove_reader(receive.fileno())
+        try:
+            message = receive.recv()
+        except (EOFError, OSError):  # it died before it was ready: its exit says the rest
+            message = None
+        receive.close()
+        if isinstance(message, Ready):
+            self._events.put_nowait(_Event("ready", slot, process, ready=message))
+
+    def _start_timed_out(self, slot: _Slot, process: BaseProcess) -> None:
+        slot.timer = None
+        if process.exitcode is None and process.pid is not None:
+            log.error(
+                "worker %d (pid %d) not ready %.0f s after it started: killing it",
+                slot.index,
+                process.pid,
+                defaults.WORKER_START_TIMEOUT_S,
+            )
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGKILL)
+
+    def _ready(self, slot: _Slot, ready: Ready) -> None:
+        slot.cancel_timer()
+        slot.ready_at = self._clock()
+        log.info("worker %d (pid %d) ready", slot.index, ready.pid)
+
+    def _died(self, slot: _Slot, process: BaseProcess) -> float | None:
+        """A worker died while it should be serving: log it, and the delay before its replacement
+        starts (None: give up)."""
+        self._forget(process)
+        slot.cancel_timer()
+        ready_for = None if slot.ready_at is None else self._clock() - slot.ready_at
+        slot.deaths = self._policy.deaths(slot.deaths, ready_for)
+        delay = self._policy.delay_s(slot.deaths)
+        what = f"worker {slot.index} (pid {process.pid}) {describe_exit(process.exitcode)}"
+        if delay is None:
+            log.error(
+                "%s, its %d%s death in a row within %.0f s of starting: giving up, stopping the gateway",
+                what,
+                slot.deaths,
+                _ordinal(slot.deaths),
+                self._policy.stable_s,
+            )
+        elif delay == 0:
+            log.warning("%s: starting a new one", what)
+        else:
+            log.warning("%s (%d deaths in a row): starting a new one in %.1f s", what, slot.deaths, delay)
+        return delay
+
+    def _drained(self, slot: _Slot, process: BaseProcess) -> None:
+        """A worker exited during the drain: an honest status counts it."""
+        self._forget(process)
+        code = process.exitcode
+        # A worker still starting when SIGTERM came ends by it: it had served nothing.
+        told = slot.ready_at is None and code in (-signal.SIGTERM, -signal.SIGINT)
+        if code == 0 or told:
+            log.info("worker %d (pid %s) stopped", slot.index, process.pid)
+            return
+        log.error("worker %d (pid %s) %s while draining", slot.index, process.pid, describe_exit(code))
+        self._failed = True
+
+    def _forget(self, process: BaseProcess) -> None:
+        """A dead worker's live gauges leave the sum; its counters stay, so that no counter goes back."""
+        if self._metrics_dir is not None and process.pid is not None:
+            mark_process_dead(process.pid, str(self._metrics_dir))  # type: ignore[no-untyped-call]
+
+    @staticmethod
+    def _current(event: _Event) -> bool:
+        """Whether `event` is about its slot's current worker (not one it replaced since)."""
+        return event.process is event.slot.process
+
+    def _start_metrics(self) -> MetricsServer | None:
+        listen = self.config.metrics.listen
+        if listen is None:
+            os.environ.pop(MULTIPROC_DIR_ENV, None)  # workers write no metrics files anywhere
+            return None
+        self._metrics_dir = Path(tempfile.mkdtemp(prefix="gateway-metrics-"))
+        os.environ[MULTIPROC_DIR_ENV] = str(self._metrics_dir)  # the workers inherit it
+        try:
+            return start_shared_metrics_server(*parse_listen(listen), self._metrics_dir)
+        except OSError as exc:
+            raise OSError(f"cannot listen on {listen} (metrics.listen): {exc.strerror or exc}") from exc
+
+
+def _ordinal(n: int) -> str:
+    return "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")

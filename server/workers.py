@@ -256,14 +256,19 @@ class Supervisor:
             loop.add_signal_handler(sig, self._events.put_nowait, _Signal(sig))
         metrics_server = None
         try:
-            check_port_free(self.config.listen)
-            metrics_server = self._start_metrics()
-            if await self._start_all(metrics_server):
-                await self._keep_running()
+            try:
+                check_port_free(self.config.listen)
+                metrics_server = self._start_metrics()
+            except OSError as exc:
+                print(f"gateway: {exc}", file=sys.stderr)
+                return 1
+            try:
+                if await self._start_all(metrics_server):
+                    await self._keep_running()
+            except Exception:  # the supervisor's own failure (it could not start a process): drain, exit 1
+                log.exception("the supervisor failed: stopping the workers")
+                self._failed = True
             return await self._drain()
-        except OSError as exc:
-            print(f"gateway: {exc}", file=sys.stderr)
-            return 1
         finally:
             for sig in _STOP_SIGNALS:
                 loop.remove_signal_handler(sig)

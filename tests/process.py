@@ -125,18 +125,18 @@ class GatewayProcess:
         return address
 
     async def wait_for_line(
-        self, pattern: str | re.Pattern[str], *, after: int = 0, timeout: float = SAFETY_TIMEOUT_S
+        self, pattern: str | re.Pattern[str], *, after: int = 0, count: int = 1, timeout: float = SAFETY_TIMEOUT_S
     ) -> re.Match[str]:
-        """The first match of `pattern` in a stderr line, from line number `after` on, once the child writes
+        """The `count`-th stderr line matching `pattern`, from line number `after` on, once the child writes
         it; fails when the child's stderr closes first."""
         regex = re.compile(pattern)
 
         async def found() -> re.Match[str]:
-            seen = after
+            seen, matches = after, []
             while True:
-                for line in self._lines[seen:]:
-                    if match := regex.search(line):
-                        return match
+                matches += [m for line in self._lines[seen:] if (m := regex.search(line))]
+                if len(matches) >= count:
+                    return matches[count - 1]
                 seen = len(self._lines)
                 if self._reader.done():
                     raise AssertionError(f"gateway stderr ended without {regex.pattern!r}:\n{self.stderr}")

@@ -367,7 +367,7 @@ class _ResilienceGauges:
         self._bounds = bounds
         self._states = Gauge(*_BREAKER_STATE, _BREAKER_LABELS, registry=registry, multiprocess_mode="livesum")
         self._budgets = Gauge(*_RETRY_BUDGET, _BUDGET_LABELS, registry=registry, multiprocess_mode="livemin")
-        self._written: dict[tuple[str, ...], float] = {}
+        self._written: dict[tuple[Gauge, tuple[str, ...]], float] = {}
 
     def sync(self) -> None:
         for breaker in self._resilience.breakers():
@@ -378,9 +378,8 @@ class _ResilienceGauges:
             self._write(self._budgets, (self._bounds.provider(provider),), budget.balance)
 
     def _write(self, gauge: Gauge, labels: tuple[str, ...], value: float) -> None:
-        key = (gauge._name, *labels)
-        if self._written.get(key) != value:
-            self._written[key] = value
+        if self._written.get((gauge, labels)) != value:
+            self._written[gauge, labels] = value
             gauge.labels(*labels).set(value)
 
 

@@ -19,6 +19,7 @@ import pytest
 
 from generated import ai_service_pb2 as pb
 from generated import ai_service_pb2_grpc as pb_grpc
+from server.workers import RestartPolicy
 from tests.certs import make_certs
 from tests.conftest import UPSTREAM_KEY
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
@@ -81,6 +82,20 @@ async def upstream() -> AsyncIterator[FakeOpenAIUpstream]:
 async def open_channels(address: str, count: int) -> list[grpc.aio.Channel]:
     # A subchannel pool per channel: otherwise channels to the same address share one TCP connection.
     return [grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(count)]
+
+
+async def held_streams(
+    channels: list[grpc.aio.Channel], upstream: FakeOpenAIUpstream
+) -> list[grpc.aio.UnaryStreamCall[pb.StreamGenerateRequest, pb.StreamChunk]]:
+    """A stream of `echo` on each channel, each waiting at the upstream before its first token until
+    `upstream.release()`."""
+    upstream.hold()
+    calls = [
+        pb_grpc.AIServiceStub(channel).StreamGenerate(request("echo", PROMPT), timeout=SAFETY_TIMEOUT_S)
+        for channel in channels
+    ]
+    await upstream.wait_for_requests(len(channels))
+    return calls
 
 
 async def close_all(channels: list[grpc.aio.Channel]) -> None:
@@ -185,14 +200,9 @@ async def test_a_worker_killed_under_load_fails_only_its_own_calls_and_is_replac
     async with run_gateway("--config", str(fake_config(tmp_path, upstream)), "--workers", "2", env=env) as gateway:
         address = await gateway.wait_ready()
         port, pids = port_of(address), worker_pids(gateway)
-        upstream.hold()  # every stream waits at the upstream, before its first token, until released
         channels = await open_channels(address, CHANNELS)
         try:
-            calls = [
-                pb_grpc.AIServiceStub(channel).StreamGenerate(request("echo", PROMPT), timeout=SAFETY_TIMEOUT_S)
-                for channel in channels
-            ]
-            await upstream.wait_for_requests(CHANNELS)
+            calls = await held_streams(channels, upstream)
             held = sockets_of(port, pids.values())
             on_killed, on_survivor = held[pids[1]].established, held[pids[2]].established
             assert (on_killed + on_survivor, min(on_killed, on_survivor) >= 1) == (CHANNELS, True), held
@@ -254,7 +264,8 @@ async def test_a_worker_that_keeps_dying_makes_the_supervisor_give_up_and_exit_1
         pids = worker_pids(gateway)
         certs.server_key.unlink()  # a new worker cannot start any more
         os.kill(pids[1], signal.SIGKILL)
-        code = await gateway.wait_exit()
+        # Six worker starts in a row, each of which may take long on a busy machine.
+        code = await gateway.wait_exit(timeout=(RestartPolicy().max_quick_restarts + 2) * SAFETY_TIMEOUT_S)
 
     assert code == 1
     stderr = gateway.stderr
@@ -288,14 +299,9 @@ async def test_sigterm_drains_every_worker_once_and_the_supervisor_exits_0(
     async with run_gateway("--config", str(config), "--workers", "2", env=env) as gateway:
         address = await gateway.wait_ready()
         pids = worker_pids(gateway)
-        upstream.hold()
         channels = await open_channels(address, CHANNELS)
         try:
-            calls = [
-                pb_grpc.AIServiceStub(channel).StreamGenerate(request("echo", PROMPT), timeout=SAFETY_TIMEOUT_S)
-                for channel in channels
-            ]
-            await upstream.wait_for_requests(CHANNELS)
+            calls = await held_streams(channels, upstream)
             mark = gateway.line_count
             gateway.send_signal(signal.SIGTERM)
             # Both workers are draining before the upstream answers.

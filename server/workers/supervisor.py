@@ -1,25 +1,5 @@
-"""Several worker processes on one port (`--workers N`, `workers:`), and the supervisor that keeps them.
-
-    python -m server --workers 4          # or `workers: auto` in the config: one per core
-
-The process started is the supervisor. It loads and checks the config (a bad one exits 2 before any
-worker starts), makes sure no one else listens on the port, and starts the workers: each one a whole
-gateway (`server.app.serve`) bound with SO_REUSEPORT, so that the kernel spreads new connections over
-them. With port 0 the first worker picks the port and the others join it. Once every worker is ready the
-supervisor logs the one `listening on HOST:PORT` line. It replaces a worker that dies, saying so with its
-pid and exit code or signal; on SIGTERM or SIGINT it sends SIGTERM to every worker, for one graceful
-drain, and waits for them. Its exit status: 0 after a clean drain; 1 when a worker failed to start, kept
-dying (see `RestartPolicy`), did not drain cleanly or had to be killed, or the port was taken.
-
-Workers are started with multiprocessing's `spawn`, not `fork`: a fresh interpreter each (gRPC's core
-does not survive a fork once its threads run), handed the config the supervisor checked, pickled, so that
-a worker started an hour later serves the same config as the first whatever the file says by then. A
-worker whose supervisor dies (even by SIGKILL) notices it and drains on its own.
-
-Metrics (when `metrics.listen` is set): the supervisor owns a temporary directory for prometheus-client's
-multiprocess mode, serves `/metrics` from it and forgets a dead worker's live gauges; what each metric
-means across workers is in server/observe/metrics.py.
-"""
+"""The supervisor: starts the workers, replaces those that die, drains them all on SIGTERM or SIGINT, and
+serves their metrics (see the package's docstring)."""
 
 from __future__ import annotations
 
@@ -35,7 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -44,16 +24,16 @@ from typing import Literal
 from prometheus_client.multiprocess import mark_process_dead
 
 from server import defaults
-from server.app import Gateway, announce, bound_address, serve
+from server.app import announce, bound_address
 from server.config import GatewayConfig, parse_listen
-from server.errors import register_secret, registered_secrets
+from server.errors import registered_secrets
 from server.observe.exporter import MetricsServer, start_shared_metrics_server
-from server.observe.logs import configure_logging
-from server.observe.trace import tracing_from_env
+from server.workers.restarts import RestartPolicy, describe_exit
+from server.workers.worker import Ready, WorkerSpec, run_worker
 
-__all__ = ["MULTIPROC_DIR_ENV", "RestartPolicy", "Supervisor", "check_port_free", "describe_exit", "supervise"]
+__all__ = ["MULTIPROC_DIR_ENV", "Supervisor", "check_port_free", "supervise"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("server.workers")
 
 # Where prometheus-client's multiprocess mode keeps each process's values; read when it is imported, so
 # the supervisor sets it before it starts a worker.
@@ -64,48 +44,6 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 def supervise(config: GatewayConfig) -> int:
     """Run `config.workers` workers until SIGTERM or SIGINT; the process's exit status."""
     return asyncio.run(Supervisor(config).run())
-
-
-@dataclass(frozen=True, slots=True)
-class RestartPolicy:
-    """When a dead worker is replaced, and when the supervisor gives up.
-
-    A worker that dies before it is ready, or within `stable_s` of being ready, died quickly, and its
-    slot's deaths in a row go on counting; one that served longer starts the count again at 1. After
-    death n the replacement waits 0 s (n = 1), then `base_s`, 2 x `base_s` ... up to `cap_s`; after
-    `max_quick_restarts` + 1 deaths in a row the supervisor gives up and stops the gateway, so that a
-    worker that cannot start does not spin forever and whatever runs the gateway sees it fail.
-    """
-
-    stable_s: float = defaults.WORKER_STABLE_S
-    base_s: float = defaults.WORKER_RESTART_BACKOFF_BASE_S
-    cap_s: float = defaults.WORKER_RESTART_BACKOFF_CAP_S
-    max_quick_restarts: int = defaults.WORKER_MAX_QUICK_RESTARTS
-
-    def deaths(self, before: int, ready_for_s: float | None) -> int:
-        """A slot's deaths in a row, now that its worker died after being ready `ready_for_s` (None: never)."""
-        quick = ready_for_s is None or ready_for_s < self.stable_s
-        return before + 1 if quick else 1
-
-    def delay_s(self, deaths: int) -> float | None:
-        """How long to wait before replacing a worker after `deaths` in a row; None: give up."""
-        if deaths > self.max_quick_restarts:
-            return None
-        if deaths <= 1:
-            return 0.0
-        return float(min(self.cap_s, self.base_s * 2 ** (deaths - 2)))
-
-
-def describe_exit(exitcode: int | None) -> str:
-    """`exited with code 1`, `was killed by SIGKILL`, as a log line says it."""
-    if exitcode is None:
-        return "is still running"
-    if exitcode < 0:
-        try:
-            return f"was killed by {signal.Signals(-exitcode).name}"
-        except ValueError:
-            return f"was killed by signal {-exitcode}"
-    return f"exited with code {exitcode}"
 
 
 def check_port_free(listen: str) -> None:
@@ -126,68 +64,6 @@ def check_port_free(listen: str) -> None:
                 probe.bind(address)
     except OSError as exc:
         raise OSError(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
-
-
-# --- the worker side ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerSpec:
-    """What a worker is handed (pickled): its number, the checked config with the port to share, and
-    the secrets to scrub from its errors and logs."""
-
-    index: int
-    config: GatewayConfig
-    secrets: tuple[str, ...] = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class Ready:
-    """A worker's message once it serves."""
-
-    pid: int
-    port: int
-    models: tuple[str, ...]
-
-
-def run_worker(spec: WorkerSpec, ready: Connection) -> None:
-    """A worker process's main: the gateway's `serve`, reporting to the supervisor through `ready`."""
-    for secret in spec.secrets:
-        register_secret(secret)
-    config = spec.config
-    configure_logging(config.log_level, "json" if config.log_format == "json" else "text")
-    try:
-        asyncio.run(serve(config, tracing_from_env(), worker=_SupervisorLink(spec.index, ready)))
-    except (OSError, ValueError) as exc:
-        print(f"gateway: worker {spec.index} (pid {os.getpid()}): {exc}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:  # SIGINT from a terminal before serve() took it over: nothing was served yet
-        return
-
-
-class _SupervisorLink:
-    def __init__(self, index: int, ready: Connection) -> None:
-        self._index = index
-        self._ready = ready
-
-    def started(self, gateway: Gateway, stop: Callable[[], None]) -> None:
-        self._ready.send(Ready(os.getpid(), gateway.port, tuple(gateway.router.catalog.model_names)))
-        self._ready.close()
-        supervisor = multiprocessing.parent_process()
-        if supervisor is None:
-            return
-        loop = asyncio.get_running_loop()
-
-        def gone() -> None:
-            loop.remove_reader(supervisor.sentinel)
-            log.warning("worker %d (pid %d): the supervisor is gone; draining", self._index, os.getpid())
-            stop()
-
-        # The supervisor's end of a pipe closes when it exits, however it exits.
-        loop.add_reader(supervisor.sentinel, gone)
-
-
-# --- the supervisor -----------------------------------------------------------------------------------
 
 
 @dataclass(eq=False, slots=True)

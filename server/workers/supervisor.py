@@ -72,13 +72,11 @@ class _Slot:
 
     index: int
     process: BaseProcess | None = None
+    # Until its exit has been handled: not `process.exitcode`, which reaps it before its event is seen.
+    running: bool = False
     ready_at: float | None = None
     deaths: int = 0
     timer: asyncio.TimerHandle | None = None  # the replacement's start, or the start-up timeout
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.exitcode is None
 
     def cancel_timer(self) -> None:
         if self.timer is not None:
@@ -103,7 +101,7 @@ class _Signal:
 
 
 class Supervisor:
-    """Starts, watches, replaces and drains the workers of one gateway (see the module's docstring).
+    """Starts, watches, replaces and drains the workers of one gateway (see the package's docstring).
 
     `policy` decides restarts; `clock` (monotonic seconds) is only read, so tests may pass their own.
     """
@@ -170,7 +168,7 @@ class Supervisor:
             if not self._current(event):
                 continue
             if event.kind == "exited":
-                self._forget(event.process)
+                self._gone(event.slot, event.process)
                 log.error(
                     "worker %d (pid %s) %s before it was ready: the gateway cannot start",
                     event.slot.index,
@@ -222,7 +220,7 @@ class Supervisor:
         SIGKILL); the exit status."""
         for slot in self._slots:
             slot.cancel_timer()
-            if slot.alive and slot.process is not None and slot.process.pid is not None:
+            if slot.running and slot.process is not None and slot.process.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(slot.process.pid, signal.SIGTERM)
         limit = self.config.grace_period_s + defaults.WORKER_EXIT_MARGIN_S
@@ -231,7 +229,7 @@ class Supervisor:
                 await self._wait_for_exits()
         except TimeoutError:
             for slot in self._slots:
-                if slot.alive and slot.process is not None and slot.process.pid is not None:
+                if slot.running and slot.process is not None and slot.process.pid is not None:
                     log.error(
                         "worker %d (pid %d) still runs %.1f s after SIGTERM: killing it",
                         slot.index,
@@ -249,7 +247,7 @@ class Supervisor:
         return 0
 
     async def _wait_for_exits(self) -> None:
-        while any(slot.alive for slot in self._slots):
+        while any(slot.running for slot in self._slots):
             event = await self._events.get()
             if isinstance(event, _Event) and event.kind == "exited" and self._current(event):
                 self._drained(event.slot, event.process)
@@ -265,7 +263,7 @@ class Supervisor:
         )
         process.start()
         send.close()  # the worker holds the other end: when it exits, `receive` ends
-        slot.process, slot.ready_at = process, None
+        slot.process, slot.running, slot.ready_at = process, True, None
         loop.add_reader(process.sentinel, self._on_exit, slot, process)
         loop.add_reader(receive.fileno(), self._on_message, slot, process, receive)
         slot.timer = loop.call_later(defaults.WORKER_START_TIMEOUT_S, self._start_timed_out, slot, process)
@@ -306,7 +304,7 @@ class Supervisor:
     def _died(self, slot: _Slot, process: BaseProcess) -> float | None:
         """A worker died while it should be serving: log it, and the delay before its replacement
         starts (None: give up)."""
-        self._forget(process)
+        self._gone(slot, process)
         slot.cancel_timer()
         ready_for = None if slot.ready_at is None else self._clock() - slot.ready_at
         slot.deaths = self._policy.deaths(slot.deaths, ready_for)
@@ -328,7 +326,7 @@ class Supervisor:
 
     def _drained(self, slot: _Slot, process: BaseProcess) -> None:
         """A worker exited during the drain: an honest status counts it."""
-        self._forget(process)
+        self._gone(slot, process)
         code = process.exitcode
         # A worker still starting when SIGTERM came ends by it: it had served nothing.
         told = slot.ready_at is None and code in (-signal.SIGTERM, -signal.SIGINT)
@@ -338,8 +336,10 @@ class Supervisor:
         log.error("worker %d (pid %s) %s while draining", slot.index, process.pid, describe_exit(code))
         self._failed = True
 
-    def _forget(self, process: BaseProcess) -> None:
-        """A dead worker's live gauges leave the sum; its counters stay, so that no counter goes back."""
+    def _gone(self, slot: _Slot, process: BaseProcess) -> None:
+        """`slot`'s worker has exited: its live gauges leave the sum; its counters stay, so that no counter
+        goes back."""
+        slot.running = False
         if self._metrics_dir is not None and process.pid is not None:
             mark_process_dead(process.pid, str(self._metrics_dir))  # type: ignore[no-untyped-call]
 

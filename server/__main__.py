@@ -1,4 +1,4 @@
-"""python -m server [--config FILE] [--listen HOST:PORT] | --version
+"""python -m server [--config FILE] [--listen HOST:PORT] [--workers N|auto] | --version
 python -m server hash-token < token-file      # the `clients[].tokens` entry of the token on stdin
 
 With --config, SIGHUP or a change of FILE reloads it (server/app.py: Gateway.reload).
@@ -22,6 +22,7 @@ from server.config import ConfigError, load_config
 from server.config.clients import token_digest
 from server.observe.logs import configure_logging
 from server.observe.trace import tracing_from_env
+from server.workers import supervise
 
 DISTRIBUTION = "holysheep-gateway"
 _PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
@@ -38,22 +39,29 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--config", type=Path, help="YAML config file (default: the embedded default)")
     parser.add_argument("--listen", help="HOST:PORT to listen on (overrides config and GATEWAY_LISTEN)")
+    parser.add_argument(
+        "--workers",
+        metavar="N|auto",
+        help="worker processes sharing the port, supervised by this one; auto: one per core "
+        "(overrides config and GATEWAY_WORKERS; default 1: a single process)",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     args = parser.parse_args(argv)
     watched = WatchedFile.now(args.config) if args.config is not None else None  # as it is before it is read
     try:
-        config = load_config(args.config, listen=args.listen)
+        config = load_config(args.config, listen=args.listen, workers=args.workers)
         tracing = tracing_from_env()
     except (ConfigError, ValueError) as exc:
         print(f"gateway: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level, "json" if config.log_format == "json" else "text")
+    # With a file: SIGHUP, or a change of the file, reloads it.
+    reload = functools.partial(load_config, args.config, listen=args.listen) if args.config is not None else None
+    if config.workers > 1:
+        tracing.shutdown()  # each worker sets up its own
+        return supervise(config, reload=reload, watch=watched)
     try:
-        if watched is None:
-            asyncio.run(serve(config, tracing))
-        else:  # SIGHUP, or a change of the file, reloads it
-            reload = functools.partial(load_config, args.config, listen=args.listen)
-            asyncio.run(serve(config, tracing, reload=reload, watch=watched))
+        asyncio.run(serve(config, tracing, reload=reload, watch=watched))
     except OSError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1

@@ -3,7 +3,8 @@ Prometheus `/metrics` listener when `metrics.listen` is configured.
 
 `start_gateway(config)` binds and starts a server and returns a `Gateway` with its bound port (tests
 listen on 127.0.0.1:0). `serve(config)` adds signal handling and graceful shutdown on top, and with a
-`reload` function, a config reload on SIGHUP and whenever the config file changes.
+`reload` function, a config reload on SIGHUP and whenever the config file changes. With `workers:` above 1
+each worker process (server/workers/) runs `serve` as well, on a shared port.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -40,7 +41,7 @@ from server.policy.store import QuotaStore
 from server.routing.dispatch import Router
 from server.service import AIService
 
-__all__ = ["Gateway", "WatchedFile", "bound_address", "serve", "start_gateway"]
+__all__ = ["Gateway", "WatchedFile", "WorkerLink", "announce", "bound_address", "serve", "start_gateway"]
 
 log = logging.getLogger(__name__)
 
@@ -149,16 +150,20 @@ class Gateway:
 
 
 # Config fields bound when the process starts: a reload keeps their running values.
-_RESTART_ONLY = ("listen", "tls", "keepalive", "metrics", "max_request_bytes", "log_level", "log_format", "interactive")
+_RESTART_ONLY = (
+    *("listen", "tls", "keepalive", "metrics", "max_request_bytes", "log_level", "log_format", "interactive"),
+    "workers",
+)
 
 
-def server_options(config: GatewayConfig) -> list[tuple[str, int]]:
+def server_options(config: GatewayConfig, *, reuseport: bool = False) -> list[tuple[str, int]]:
     return [
         # Room for message overhead beyond the content cap, so an oversized request gets our own
         # INVALID_ARGUMENT with the field that is too big, not gRPC's bare RESOURCE_EXHAUSTED.
         ("grpc.max_receive_message_length", config.max_request_bytes + defaults.MAX_MESSAGE_OVERHEAD_BYTES),
         # One process per port unless asked otherwise: a second `make run` must fail, not share the port.
-        ("grpc.so_reuseport", 0),
+        # Workers share theirs; their supervisor checked first that no one else listens there.
+        ("grpc.so_reuseport", int(reuseport)),
         # Calls that arrive faster than the event loop takes them wait in gRPC's queue. Past its default
         # (randomly from 1,000, every one from 3,000) gRPC cancels them with a bare CANCELLED before the
         # gateway sees them; with this bound the gateway answers each, over its limits GATEWAY_OVERLOADED.
@@ -209,14 +214,19 @@ async def start_gateway(
     policies: Sequence[Policy] = (),
     tracing: Tracing | None = None,
     quota_store: QuotaStore | None = None,
+    worker: bool = False,
 ) -> Gateway:
     """Bind and start a gateway for `config`; `policies` plug into the policy seam (server/policy/seam.py)
     after the clients' own (allowed models, limits, budgets: server/policy/clients.py), whose counters
     live in `quota_store` (default: this process's memory). `tracing` defaults to what the OTEL_*
-    variables ask for (server/observe/trace.py): off unless set."""
+    variables ask for (server/observe/trace.py): off unless set.
+
+    A `worker` (one of several processes, server/workers/) binds with SO_REUSEPORT and writes its
+    metrics to prometheus-client's multiprocess files, which its supervisor serves on `/metrics`.
+    """
     tracing = tracing or tracing_from_env()
     router = Router.from_config(config)
-    metrics = gateway_metrics(config, router) if config.metrics.listen is not None else None
+    metrics = gateway_metrics(config, router, shared=worker) if config.metrics.listen is not None else None
     shadow_metrics = ShadowMetrics(metrics.registry) if metrics is not None else None
     if shadow_metrics is not None:
         shadow_metrics.watch(router.shadows)
@@ -224,7 +234,7 @@ async def start_gateway(
     auth = BearerAuthInterceptor(credentials_of(config), tracing=tracing) if config.authenticates else None
     if auth is not None:  # after the metrics: a call refused for its token is counted too
         interceptors.append(auth)
-    server = grpc.aio.server(interceptors=interceptors, options=server_options(config))
+    server = grpc.aio.server(interceptors=interceptors, options=server_options(config, reuseport=worker))
     store = quota_store or quota_store_for(config.limits)
     if metrics is not None and isinstance(store, RedisQuotaStore):
         metrics.registry.register(
@@ -267,7 +277,7 @@ async def start_gateway(
         await router.aclose()
         raise OSError(f"cannot listen on {config.listen}: {_why(exc)}") from exc
     metrics_server = None
-    if metrics is not None and config.metrics.listen is not None:
+    if metrics is not None and config.metrics.listen is not None and not worker:
         try:
             metrics_server = start_metrics_server(*parse_listen(config.metrics.listen), metrics.registry)
         except OSError as exc:
@@ -300,9 +310,10 @@ def quota_store_for(limits: LimitsConfig) -> QuotaStore | None:
     return RedisQuotaStore(limits.backend, timeout_s=limits.backend_timeout_s, when_unavailable=unavailable)
 
 
-def gateway_metrics(config: GatewayConfig, router: Router) -> GatewayMetrics:
-    """The metrics of a gateway of `config`, watching `router`'s breakers, retry budgets and call plans."""
-    metrics = GatewayMetrics(label_bounds(config, router))
+def gateway_metrics(config: GatewayConfig, router: Router, *, shared: bool = False) -> GatewayMetrics:
+    """The metrics of a gateway of `config`, watching `router`'s breakers, retry budgets and call plans;
+    `shared` when a worker writes them for its supervisor to serve."""
+    metrics = GatewayMetrics(label_bounds(config, router), shared=shared)
     metrics.watch(router.resilience)
     return metrics
 
@@ -335,12 +346,20 @@ def bound_address(listen: str, port: int) -> str:
     return f"{host}:{port}"
 
 
+class WorkerLink(Protocol):
+    """A worker's line to its supervisor (server/workers/)."""
+
+    def started(self, gateway: Gateway, stop: Callable[[], None]) -> None:
+        """`gateway` serves: tell the supervisor, and call `stop` (start the drain) if the supervisor dies."""
+
+
 async def serve(
     config: GatewayConfig,
     tracing: Tracing | None = None,
     *,
     reload: Callable[[], GatewayConfig] | None = None,
     watch: WatchedFile | None = None,
+    worker: WorkerLink | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully within the configured grace period.
 
@@ -355,21 +374,12 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     if reload is not None:
         loop.add_signal_handler(signal.SIGHUP, reload_asked.set)
-    gateway = await start_gateway(config, tracing=tracing)
-    scheme = "tls" if config.tls else "plaintext"
-    auth = _auth_summary(config)
-    if gateway.metrics_server is not None and config.metrics.listen is not None:
-        # Before the "listening on" line, with the bound port too: whoever reads that line finds this one.
-        log.info("metrics on http://%s/metrics", bound_address(config.metrics.listen, gateway.metrics_server.port))
-    # The bound address, not the configured one: with port 0 this line is how a supervisor (or a test)
-    # learns the port the kernel chose. Keep its start stable: `listening on HOST:PORT `.
-    log.info(
-        "listening on %s (%s, %s); models: %s",
-        bound_address(config.listen, gateway.port),
-        scheme,
-        auth,
-        ", ".join(gateway.router.catalog.model_names),
-    )
+    gateway = await start_gateway(config, tracing=tracing, worker=worker is not None)
+    if worker is None:
+        metrics_port = gateway.metrics_server.port if gateway.metrics_server is not None else None
+        announce(config, gateway.port, gateway.router.catalog.model_names, metrics_port=metrics_port)
+    else:
+        worker.started(gateway, stop.set)
     background: list[asyncio.Task[None]] = []
     if reload is not None:
         background.append(asyncio.create_task(_reload_when_asked(gateway, reload, reload_asked)))
@@ -427,3 +437,25 @@ def _identity(path: Path) -> tuple[int, int, int, int] | None:
     except OSError:
         return None
     return (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns)
+
+
+def announce(
+    config: GatewayConfig, port: int, models: Sequence[str], *, metrics_port: int | None = None, workers: int = 1
+) -> None:
+    """Log where the gateway listens: the one line a supervisor (or a test) waits for, once per gateway."""
+    scheme = "tls" if config.tls else "plaintext"
+    auth = _auth_summary(config)
+    processes = f", {workers} workers" if workers > 1 else ""
+    if metrics_port is not None and config.metrics.listen is not None:
+        # Before the "listening on" line, with the bound port too: whoever reads that line finds this one.
+        log.info("metrics on http://%s/metrics", bound_address(config.metrics.listen, metrics_port))
+    # The bound address, not the configured one: with port 0 this line is how a supervisor (or a test)
+    # learns the port the kernel chose. Keep its start stable: `listening on HOST:PORT `.
+    log.info(
+        "listening on %s (%s, %s%s); models: %s",
+        bound_address(config.listen, port),
+        scheme,
+        auth,
+        processes,
+        ", ".join(models),
+    )

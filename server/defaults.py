@@ -41,6 +41,7 @@ __all__ = [
     "MAX_TOKENS_LIMIT",
     "MAX_TOOLS",
     "MAX_TOOL_CALLS_PER_MESSAGE",
+    "MAX_WORKERS",
     "OVERLOAD_RETRY_AFTER_S",
     "POOL_MAX_CONNECTIONS",
     "POOL_MAX_IDLE_CONNECTIONS",
@@ -61,6 +62,12 @@ __all__ = [
     "STREAM_IDLE_TIMEOUT_S",
     "TRACE_FLUSH_TIMEOUT_S",
     "UPSTREAM_READ_BUFFER_BYTES",
+    "WORKER_EXIT_MARGIN_S",
+    "WORKER_MAX_QUICK_RESTARTS",
+    "WORKER_RESTART_BACKOFF_BASE_S",
+    "WORKER_RESTART_BACKOFF_CAP_S",
+    "WORKER_STABLE_S",
+    "WORKER_START_TIMEOUT_S",
 ]
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -197,3 +204,17 @@ KEEPALIVE_MIN_CLIENT_PING_INTERVAL_S = 5.0
 # this size on a loaded 2-core machine, on the event loop, once per shadow call).
 SHADOW_MAX_CONCURRENT = 8
 SHADOW_MAX_COMPARED_WORDS = 256
+# Worker processes (`workers:`, server/workers.py). More than this is a typo, not a plan.
+MAX_WORKERS = 256
+# A worker that dies within WORKER_STABLE_S of being ready (or before it is ready) died quickly; its
+# replacement waits 0 s after the first quick death, then BASE, 2 x BASE ... up to CAP; after
+# WORKER_MAX_QUICK_RESTARTS quick deaths in a row the supervisor gives up and stops the gateway.
+WORKER_STABLE_S = 30.0
+WORKER_RESTART_BACKOFF_BASE_S = 0.1
+WORKER_RESTART_BACKOFF_CAP_S = 5.0
+WORKER_MAX_QUICK_RESTARTS = 5
+# A worker not ready this long after it was started is killed (and counts as a quick death).
+WORKER_START_TIMEOUT_S = 60.0
+# On SIGTERM, workers get the grace period plus this (their spans flush, their sockets close) before
+# the supervisor kills them.
+WORKER_EXIT_MARGIN_S = 10.0

@@ -92,6 +92,7 @@ __all__ = [
     "code_number",
     "echo",
     "register_secret",
+    "registered_secrets",
     "scrub",
     "to_rpc_status",
     "unknown_model_description",
@@ -420,6 +421,11 @@ def register_secret(value: str | None) -> None:
     """Remember a secret so that `scrub` removes it. Very short values are ignored (too many false hits)."""
     if value and len(value) >= 8:
         _secrets.add(value)
+
+
+def registered_secrets() -> tuple[str, ...]:
+    """Every secret registered so far: a worker process registers them again (server/workers.py)."""
+    return tuple(_secrets)
 
 
 def scrub(text: str) -> str:

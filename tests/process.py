@@ -7,10 +7,11 @@ exit codes, messages on stderr, signals and graceful shutdown.
         assert await gateway.wait_exit() == 0
 
 The child binds port 0 and says which port it got in its start-up log line; a port picked by the test and
-handed over could be taken by another process in between. The child runs with the test's interpreter from the
-repository root, and with an environment stripped of the variables the gateway reads (GATEWAY_*, OPENAI_*,
-OTEL_*), so only what a test passes in `env` reaches it. Its stderr is read continuously, so a chatty child can
-never block on a full pipe.
+handed over could be taken by another process in between. The child leads a process group of its own, and
+`kill` kills the whole group: worker processes the child started die with it, even when a test fails.
+The child runs with the test's interpreter from the repository root, and with an environment stripped of the
+variables the gateway reads (GATEWAY_*, OPENAI_*, OTEL_*, PROMETHEUS_MULTIPROC_DIR), so only what a test
+passes in `env` reaches it. Its stderr is read continuously, so a chatty child can never block on a full pipe.
 
 Every timeout here only keeps a broken child from hanging the suite: each wait ends on an event (a line, an
 exit), never on the clock.
@@ -30,7 +31,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
-__all__ = ["SAFETY_TIMEOUT_S", "GatewayProcess", "health_check", "health_watch", "run_gateway"]
+__all__ = ["SAFETY_TIMEOUT_S", "GatewayProcess", "health_check", "health_watch", "run_gateway", "wait_for_exit_of"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,7 +64,7 @@ def health_watch(
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "OPENAI_", "OTEL_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "OPENAI_", "OTEL_", "PROMETHEUS_"))}
     return {**env, **(extra or {})}
 
 
@@ -90,6 +91,7 @@ class GatewayProcess:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # a process group of its own, which `kill` kills whole
         )
         return cls(process)
 
@@ -129,9 +131,34 @@ class GatewayProcess:
             raise AssertionError(f"gateway exited with {code} before listening:\n{self.stderr}")
         return address
 
-    async def wait_for_line(self, text: str, count: int = 1, timeout: float = SAFETY_TIMEOUT_S) -> None:
-        """Wait until `count` lines of stderr contain `text`; fails the test if the child exits first."""
-        await self.wait_for_lines(re.escape(text), count, timeout)
+    async def wait_for_line(
+        self, pattern: str | re.Pattern[str], *, after: int = 0, count: int = 1, timeout: float = SAFETY_TIMEOUT_S
+    ) -> re.Match[str]:
+        """The `count`-th stderr line matching `pattern`, from line number `after` on, once the child writes
+        it; fails when the child's stderr closes first."""
+        regex = re.compile(pattern)
+
+        async def found() -> re.Match[str]:
+            seen, matches = after, []
+            while True:
+                matches += [m for line in self._lines[seen:] if (m := regex.search(line))]
+                if len(matches) >= count:
+                    return matches[count - 1]
+                seen = len(self._lines)
+                if self._reader.done():
+                    raise AssertionError(f"gateway stderr ended without {regex.pattern!r}:\n{self.stderr}")
+                self._new_line.clear()
+                await self._new_line.wait()
+
+        try:
+            return await asyncio.wait_for(found(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"no {regex.pattern!r} on stderr after {timeout} s:\n{self.stderr}") from None
+
+    @property
+    def line_count(self) -> int:
+        """Lines read from stderr so far: `wait_for_line(after=...)` then looks only at later ones."""
+        return len(self._lines)
 
     async def wait_for_lines(self, pattern: str, count: int = 1, timeout: float = SAFETY_TIMEOUT_S) -> list[str]:
         """The first `count` stderr lines that match the regular expression `pattern`, once the child has
@@ -167,9 +194,10 @@ class GatewayProcess:
         return code
 
     async def kill(self) -> None:
-        if self.process.returncode is None:
-            self.process.kill()
-            await self.process.wait()
+        """SIGKILL to the child's whole process group (its workers too), then reap it."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        await self.process.wait()
         with contextlib.suppress(Exception):
             await self._reader
 
@@ -182,3 +210,21 @@ async def run_gateway(*args: str, env: Mapping[str, str] | None = None) -> Async
         yield gateway
     finally:
         await gateway.kill()
+
+
+async def wait_for_exit_of(pid: int, timeout: float = SAFETY_TIMEOUT_S) -> None:
+    """Wait until process `pid` (not necessarily our child: a gateway's worker) has exited."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    exited = asyncio.Event()
+    loop.add_reader(fd, exited.set)
+    try:
+        await asyncio.wait_for(exited.wait(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"process {pid} still running after {timeout} s") from None
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)

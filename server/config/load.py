@@ -8,6 +8,7 @@ Precedence, highest first: command-line flags, environment variables, the YAML f
     GATEWAY_LOG_LEVEL           DEBUG, INFO, WARNING, ERROR
     GATEWAY_LOG_FORMAT          text or json (one JSON object per line)
     GATEWAY_METRICS_LISTEN      host:port of the Prometheus /metrics listener (turns it on)
+    GATEWAY_WORKERS             worker processes sharing the port: a number, or auto (one per core)
 
 Secrets enter here and nowhere else: upstream keys are read from the variables that `api_key_env`
 names, client tokens are kept only as sha256 digests, and every secret is registered with
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from server.config.checks import checked
 from server.config.parse import parse
-from server.config.readers import number, range_of, read_yaml
+from server.config.readers import number, range_of, read_yaml, worker_count
 from server.config.schema import ConfigError, GatewayConfig, MetricsConfig, ProviderConfig
 from server.errors import register_secret
 from server.routing.catalog import PROVIDER_PRESETS, ModelConfig
@@ -35,7 +36,9 @@ __all__ = ["default_config", "load_config"]
 _ENV_NUMBERS = {"GATEWAY_GRACE_PERIOD_S": ("grace_period_s", 0), "GATEWAY_MAX_REQUEST_BYTES": ("max_request_bytes", 1)}
 
 
-def default_config(env: Mapping[str, str] | None = None, *, listen: str | None = None) -> GatewayConfig:
+def default_config(
+    env: Mapping[str, str] | None = None, *, listen: str | None = None, workers: str | None = None
+) -> GatewayConfig:
     """The embedded default: the offline demo model on 127.0.0.1:50051, plaintext, no auth.
 
     Each provider preset (openai, anthropic, gemini, deepseek, holysheep) whose key variable is set is
@@ -60,26 +63,41 @@ def default_config(env: Mapping[str, str] | None = None, *, listen: str | None =
         )
     models = (ModelConfig(name="demo", provider="demo", upstream_model="demo"),)
     config = _apply_env(GatewayConfig(providers=tuple(providers), models=models), env)
-    return checked(replace(config, listen=listen) if listen else config)
+    return checked(_apply_flags(config, listen, workers))
 
 
-def load_config(path: Path | None, env: Mapping[str, str] | None = None, *, listen: str | None = None) -> GatewayConfig:
+def load_config(
+    path: Path | None, env: Mapping[str, str] | None = None, *, listen: str | None = None, workers: str | None = None
+) -> GatewayConfig:
     """Load the YAML file at `path` (or the embedded default when None), then apply the environment and
-    the `listen` flag, which wins over both."""
+    the `listen` and `workers` flags, which win over both."""
     env = os.environ if env is None else env
     if path is None:
-        return default_config(env, listen=listen)
+        return default_config(env, listen=listen, workers=workers)
     raw = read_yaml(path)
     problems: list[str] = []
     unparsed: set[str] = set()
     config = parse(raw if raw is not None else {}, path.parent, env, problems, unparsed)
     try:
         config = _apply_env(config, env)
-        config = checked(replace(config, listen=listen) if listen else config, unparsed=frozenset(unparsed))
+        config = checked(_apply_flags(config, listen, workers), unparsed=frozenset(unparsed))
     except ConfigError as exc:
         problems.append(str(exc))
     if problems:
         raise ConfigError("\n".join(problems))
+    return config
+
+
+def _apply_flags(config: GatewayConfig, listen: str | None, workers: str | None) -> GatewayConfig:
+    """The command line's `--listen` and `--workers` over everything else."""
+    if listen:
+        config = replace(config, listen=listen)
+    if workers is not None:
+        problems: list[str] = []
+        count = worker_count(workers, "--workers", problems)
+        if count is None:
+            raise ConfigError("\n".join(problems))
+        config = replace(config, workers=count)
     return config
 
 
@@ -93,6 +111,8 @@ def _apply_env(config: GatewayConfig, env: Mapping[str, str]) -> GatewayConfig:
         config = replace(config, log_format=env["GATEWAY_LOG_FORMAT"].lower())
     if env.get("GATEWAY_METRICS_LISTEN"):
         config = replace(config, metrics=MetricsConfig(listen=env["GATEWAY_METRICS_LISTEN"]))
+    if env.get("GATEWAY_WORKERS") and (workers := worker_count(env["GATEWAY_WORKERS"], "GATEWAY_WORKERS", problems)):
+        config = replace(config, workers=workers)
     for var, (key, minimum) in _ENV_NUMBERS.items():
         if not env.get(var):
             continue

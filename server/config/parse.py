@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from server.config.clients import env_digest, hex_digest, parse_client_defaults, parse_clients
 from server.config.models import parse_model
-from server.config.readers import as_list, mapping, number, numbers, range_of, unknown_keys
+from server.config.readers import as_list, mapping, number, numbers, range_of, unknown_keys, worker_count
 from server.config.schema import (
     OFFLINE_KINDS,
     PROVIDER_KINDS,
@@ -48,7 +48,7 @@ _Section = TypeVar("_Section", RetryPolicy, BreakerPolicy, LimitsConfig, Keepali
 _TOP_LEVEL_KEYS = frozenset(
     {
         *("listen", "tls", "auth", "providers", "models", "aliases"),
-        *("grace_period_s", "max_request_bytes", "log_level", "log", "interactive", "metrics"),
+        *("grace_period_s", "max_request_bytes", "log_level", "log", "interactive", "metrics", "workers"),
         *("clients", "client_defaults"),
         *_SECTIONS,
     }
@@ -93,6 +93,8 @@ def parse(raw: Any, base_dir: Path, env: Mapping[str, str], problems: list[str],
         config = replace(config, log_level=str(top["log_level"]).upper())
     if top.get("log") is not None:
         config = _parse_log(top["log"], config, "log_level" in top, problems)
+    if "workers" in top and (workers := worker_count(top["workers"], "workers", problems)) is not None:
+        config = replace(config, workers=workers)
     return _parse_sections(top, config, problems)
 
 

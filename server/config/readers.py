@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,14 @@ __all__ = [
     "MAX_SECONDS",
     "MAX_WHOLE",
     "as_list",
+    "available_cores",
     "mapping",
     "number",
     "numbers",
     "range_of",
     "read_yaml",
     "unknown_keys",
+    "worker_count",
 ]
 
 # The real range of the config's numbers. gRPC carries its limits and durations as 32-bit integers
@@ -134,3 +137,22 @@ def numbers(
         if value is not None:
             values[key] = type(current)(value)
     return values
+
+
+def worker_count(raw: Any, where: str, problems: list[str]) -> int | None:
+    """`workers`: a whole number from 1 to MAX_WORKERS, or `auto` (the cores this process may run on)."""
+    if isinstance(raw, str) and raw.strip().lower() == "auto":
+        return available_cores()
+    text = str(raw).strip() if isinstance(raw, int | str) and not isinstance(raw, bool) else ""
+    if not text.isdigit() or not 1 <= int(text) <= defaults.MAX_WORKERS:
+        problems.append(f"{where}: expected a whole number from 1 to {defaults.MAX_WORKERS}, or auto; got {raw!r}")
+        return None
+    return int(text)
+
+
+def available_cores() -> int:
+    """The CPUs this process may run on (its affinity mask, which a container's cpuset narrows)."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

@@ -224,6 +224,8 @@ class GatewayConfig:
     limits: LimitsConfig = LimitsConfig()
     keepalive: KeepaliveConfig = KeepaliveConfig()
     metrics: MetricsConfig = MetricsConfig()
+    # Worker processes sharing `listen` (server/workers.py); 1 is one process with no supervisor.
+    workers: int = 1
     clients: tuple[ClientConfig, ...] = ()
     client_defaults: ClientDefaults = ClientDefaults()
 

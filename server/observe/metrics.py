@@ -15,6 +15,12 @@ each labelled with gen_ai_operation_name ("chat"), gen_ai_request_model, gen_ai_
 gen_ai_provider_name and deployment. The gateway's own, all prefixed `gateway_`, are listed in README
 ("Metrics").
 
+With several worker processes (server/workers.py) each worker writes its metrics to prometheus-client's
+multiprocess files and the supervisor serves their sum: counters and histograms add up (a dead
+worker's counts stay, so counters never go back), the in-flight and session gauges are the sum over
+live workers, and the breaker and retry-budget gauges, which a supervisor cannot read out of a worker
+at scrape time, are written by each worker when a call ends (`shared=True`).
+
 Label values are bounded: models, providers and deployments are the catalog's (a name the catalog does
 not know is `unknown`; a "provider/anything" pass-through is `provider/*`), clients are the configured
 names (`anonymous` without auth), reasons are the error tree's UPPER_SNAKE names. Nothing a client
@@ -33,7 +39,7 @@ from prometheus_client.registry import Collector
 
 from server.observe.grpc_metrics import GrpcServerMetrics
 from server.observe.record import CallRecord
-from server.resilience.breaker import BreakerState
+from server.resilience.breaker import BreakerState, CircuitBreaker
 from server.routing.catalog import Catalog, ModelConfig
 from server.routing.plan import Resilience
 from server.types import Served
@@ -135,12 +141,15 @@ class GatewayMetrics:
 
     It is the policy seam's record observer (`begun`, `ended`) and the call plan's observer
     (`attempt_ended`, `retried`, `fell_back`); `watch(resilience)` adds the breakers and retry budgets.
+    `shared`: a worker's, written to the multiprocess files its supervisor serves.
     """
 
-    def __init__(self, bounds: LabelBounds, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, bounds: LabelBounds, registry: CollectorRegistry | None = None, *, shared: bool = False) -> None:
         self.registry = registry = registry or CollectorRegistry()
         self.bounds = bounds
         self._watched: _ResilienceCollector | None = None
+        self.shared = shared
+        self._resilience_gauges: _ResilienceGauges | None = None
         self.grpc = GrpcServerMetrics(registry)
         self.token_usage = _Children(
             Histogram(
@@ -196,6 +205,7 @@ class GatewayMetrics:
                 "Calls and InteractiveStream turns running.",
                 ("grpc_method",),
                 registry=registry,
+                multiprocess_mode="livesum",  # with workers: the sum over the live ones
             )
         )
         self.queue_wait = _Children(
@@ -208,7 +218,12 @@ class GatewayMetrics:
                 registry=registry,
             )
         )
-        self.sessions = Gauge("gateway_interactive_sessions", "InteractiveStream sessions open.", registry=registry)
+        self.sessions = Gauge(
+            "gateway_interactive_sessions",
+            "InteractiveStream sessions open.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         self.turns = _counter(
             registry, "gateway_interactive_turns", "InteractiveStream turns ended, by gRPC code.", ("code",)
         )
@@ -245,9 +260,15 @@ class GatewayMetrics:
         (the label values of calls that began before the reload are then mapped by the new ones)."""
         if bounds is not None:
             self.bounds = bounds
+        resilience.observer = self
+        if self.shared:
+            if self._resilience_gauges is None:
+                self._resilience_gauges = _ResilienceGauges(resilience, self.bounds, self.registry)
+            else:
+                self._resilience_gauges.follow(resilience, self.bounds)
+            return
         if self._watched is not None:
             self.registry.unregister(self._watched)
-        resilience.observer = self
         self._watched = _ResilienceCollector(resilience, self.bounds)
         self.registry.register(self._watched)
 
@@ -291,6 +312,8 @@ class GatewayMetrics:
                 self.tpot(*labels).observe((record.duration_s - record.first_token_s) / after_first)
         if record.cost_usd is not None:
             self.cost(client, *labels).inc(record.cost_usd)
+        if self._resilience_gauges is not None:
+            self._resilience_gauges.sync()
 
     # --- the call plan's observer ---------------------------------------------------------------------
 
@@ -345,6 +368,19 @@ class CountsCollector(Collector):
         yield family
 
 
+_BREAKER_STATE = (
+    "gateway_circuit_breaker_state",
+    "1 for the state each upstream deployment's circuit breaker is in (closed, half_open, open); with "
+    "workers, how many are in it.",
+)
+_BREAKER_LABELS = ("gen_ai_provider_name", "deployment", "state")
+_RETRY_BUDGET = (
+    "gateway_retry_budget_balance",
+    "Retries each provider's retry budget holds now; with workers, the lowest of any worker.",
+)
+_BUDGET_LABELS = ("gen_ai_provider_name",)
+
+
 class _ResilienceCollector(Collector):
     """Breaker states and retry-budget balances, read at scrape time: nothing to keep up to date per call.
 
@@ -365,9 +401,8 @@ class _ResilienceCollector(Collector):
         for breaker in self._resilience.breakers():
             if not self._bounds.is_upstream(breaker.name):
                 continue
-            provider = breaker.name.partition("/")[0]
             for state in BreakerState:
-                states.add_metric([provider, breaker.name, state.value], 1.0 if breaker.state is state else 0.0)
+                states.add_metric(_breaker_labels(breaker, state), 1.0 if breaker.state is state else 0.0)
         for provider, budget in self._resilience.budgets():
             budgets.add_metric([self._bounds.provider(provider)], budget.balance)
         yield states
@@ -375,14 +410,44 @@ class _ResilienceCollector(Collector):
 
     @staticmethod
     def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
-        states = GaugeMetricFamily(
-            "gateway_circuit_breaker_state",
-            "1 for the state each upstream deployment's circuit breaker is in (closed, half_open, open).",
-            labels=("gen_ai_provider_name", "deployment", "state"),
-        )
-        budgets = GaugeMetricFamily(
-            "gateway_retry_budget_balance",
-            "Retries each provider's retry budget holds now.",
-            labels=("gen_ai_provider_name",),
-        )
+        states = GaugeMetricFamily(*_BREAKER_STATE, labels=_BREAKER_LABELS)
+        budgets = GaugeMetricFamily(*_RETRY_BUDGET, labels=_BUDGET_LABELS)
         return states, budgets
+
+
+class _ResilienceGauges:
+    """Breaker states and retry-budget balances as a worker's gauges, written when a call ends (the
+    only time they change: a breaker moves, and a budget earns or spends, within calls), and only the
+    values that changed since.
+
+    Across workers a breaker's `state` sample is the number of live workers whose breaker is in that
+    state (each worker has its own breakers), and a budget is the lowest balance of any live worker.
+    """
+
+    def __init__(self, resilience: Resilience, bounds: LabelBounds, registry: CollectorRegistry) -> None:
+        self._resilience = resilience
+        self._bounds = bounds
+        self._states = Gauge(*_BREAKER_STATE, _BREAKER_LABELS, registry=registry, multiprocess_mode="livesum")
+        self._budgets = Gauge(*_RETRY_BUDGET, _BUDGET_LABELS, registry=registry, multiprocess_mode="livemin")
+        self._written: dict[tuple[Gauge, tuple[str, ...]], float] = {}
+
+    def follow(self, resilience: Resilience, bounds: LabelBounds) -> None:
+        """A reloaded config's breakers and budgets, into the same gauges."""
+        self._resilience, self._bounds = resilience, bounds
+
+    def sync(self) -> None:
+        for breaker in self._resilience.breakers():
+            if self._bounds.is_upstream(breaker.name):
+                for state in BreakerState:
+                    self._write(self._states, _breaker_labels(breaker, state), float(breaker.state is state))
+        for provider, budget in self._resilience.budgets():
+            self._write(self._budgets, (self._bounds.provider(provider),), budget.balance)
+
+    def _write(self, gauge: Gauge, labels: tuple[str, ...], value: float) -> None:
+        if self._written.get((gauge, labels)) != value:
+            self._written[gauge, labels] = value
+            gauge.labels(*labels).set(value)
+
+
+def _breaker_labels(breaker: CircuitBreaker, state: BreakerState) -> tuple[str, str, str]:
+    return breaker.name.partition("/")[0], breaker.name, state.value

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -83,13 +84,13 @@ async def test_a_token_rotation_by_sighup_keeps_a_running_stream_and_refuses_the
                 # The overlap: old and new tokens both work.
                 write_atomically(path, config_text(upstream, [OLD_TOKEN, NEW_TOKEN]))
                 gateway.send_signal(signal.SIGHUP)
-                await gateway.wait_for_line("config reloaded: 2 client token(s)")
+                await gateway.wait_for_line(re.escape("config reloaded: 2 client token(s)"))
                 during = [await refused_code(stub, OLD_TOKEN), await refused_code(stub, NEW_TOKEN)]
 
                 # The rotation ends: only the new token works; the stream begun with the old one runs on.
                 write_atomically(path, config_text(upstream, [NEW_TOKEN]))
                 gateway.send_signal(signal.SIGHUP)
-                await gateway.wait_for_line("config reloaded: 1 client token(s)")
+                await gateway.wait_for_line(re.escape("config reloaded: 1 client token(s)"))
                 upstream.release()
                 chunks = [chunk async for chunk in running]
                 after = [await refused_code(stub, OLD_TOKEN), await refused_code(stub, NEW_TOKEN)]
@@ -111,7 +112,7 @@ async def test_a_weight_change_in_the_file_takes_effect_for_the_next_call(tmp_pa
                 stub = pb_grpc.AIServiceStub(channel)
                 # The seeds' emergency rollback: everything to the other deployment, by editing the file alone.
                 write_atomically(path, config_text(upstream, [NEW_TOKEN], weights=(0, 100)))
-                await gateway.wait_for_line("config reloaded")
+                await gateway.wait_for_line(re.escape("config reloaded"))
                 served = [
                     (await stub.Generate(unary_request("m"), metadata=bearer(NEW_TOKEN), timeout=30)).deployment
                     for _ in range(10)
@@ -135,7 +136,7 @@ async def test_a_config_with_problems_is_refused_whole_and_the_running_one_kept(
                 broken = config_text(upstream, [NEW_TOKEN]).replace("kind: openai", "kind: telepathy")
                 write_atomically(path, broken + "colour: blue\n")
                 gateway.send_signal(signal.SIGHUP)
-                await gateway.wait_for_line("config reload refused")
+                await gateway.wait_for_line(re.escape("config reload refused"))
                 old = await refused_code(stub, OLD_TOKEN)
                 new = await refused_code(stub, NEW_TOKEN)
                 with pytest.raises(grpc.aio.AioRpcError) as unauthenticated:
@@ -156,7 +157,7 @@ async def test_what_is_bound_at_start_is_kept_and_said_to_need_a_restart(tmp_pat
             address = await gateway.wait_ready()
             write_atomically(path, config_text(upstream, [OLD_TOKEN]).replace("127.0.0.1:0", "127.0.0.1:1"))
             gateway.send_signal(signal.SIGHUP)
-            await gateway.wait_for_line("config reloaded")
+            await gateway.wait_for_line(re.escape("config reloaded"))
             async with grpc.aio.insecure_channel(address) as channel:
                 reply = await pb_grpc.AIServiceStub(channel).Generate(
                     unary_request("m"), metadata=bearer(OLD_TOKEN), timeout=30
@@ -180,7 +181,7 @@ async def test_a_rotated_key_file_is_used_after_a_sighup(tmp_path: Path) -> None
                 await stub.Generate(unary_request("m"), metadata=bearer(NEW_TOKEN), timeout=30)
                 write_atomically(key_file, new_key + "\n")  # as a mounted Kubernetes Secret is updated
                 gateway.send_signal(signal.SIGHUP)
-                await gateway.wait_for_line("config reloaded")
+                await gateway.wait_for_line(re.escape("config reloaded"))
                 await stub.Generate(unary_request("m"), metadata=bearer(NEW_TOKEN), timeout=30)
 
     assert [r.headers["authorization"] for r in upstream.requests] == [f"Bearer {old_key}", f"Bearer {new_key}"]
@@ -211,7 +212,7 @@ async def test_a_clients_models_change_on_reload(tmp_path: Path) -> None:
                 await stub.Generate(unary_request("b"), metadata=bearer(NEW_TOKEN), timeout=30)
             write_atomically(path, clients_config("[a, b]"))
             gateway.send_signal(signal.SIGHUP)
-            await gateway.wait_for_line("config reloaded")
+            await gateway.wait_for_line(re.escape("config reloaded"))
             allowed = await stub.Generate(unary_request("b"), metadata=bearer(NEW_TOKEN), timeout=30)
 
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -149,7 +149,7 @@ async def test_an_invalid_config_file_exits_2_listing_every_problem(tmp_path: Pa
         "gateway: invalid configuration:",
         "colour: unknown key (known: aliases, auth, circuit_breaker, client_defaults, clients, grace_period_s, "
         "interactive, keepalive, limits, listen, log, log_level, max_request_bytes, metrics, models, providers, "
-        "retry, tls)",
+        "retry, tls, workers)",
         "providers[1].kind: expected one of openai, anthropic, gemini, demo, got 'telepathy'",
         "providers[2].base_url: required, an http:// or https:// URL",
         "providers[2].api_key_env: environment variable NO_SUCH is not set or empty",

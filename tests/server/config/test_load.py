@@ -221,7 +221,7 @@ def test_every_problem_of_a_file_is_listed_at_once(tmp_path: Path) -> None:
     assert problems(error) == [
         "colour: unknown key (known: aliases, auth, circuit_breaker, client_defaults, clients, grace_period_s, "
         "interactive, keepalive, limits, listen, log, log_level, max_request_bytes, metrics, models, providers, "
-        "retry, tls)",
+        "retry, tls, workers)",
         "auth.tokens[0].sha256: expected 64 hex characters (sha256 of the token)",
         "auth.tokens[1].sha256: expected 64 hex characters (sha256 of the token)",
         "auth.tokens[2].env: environment variable NO_SUCH_VARIABLE is not set or empty",
@@ -276,7 +276,7 @@ def test_field_and_cross_reference_problems_are_listed_together(tmp_path: Path) 
     assert problems(error) == [
         "colour: unknown key (known: aliases, auth, circuit_breaker, client_defaults, clients, grace_period_s, "
         "interactive, keepalive, limits, listen, log, log_level, max_request_bytes, metrics, models, providers, "
-        "retry, tls)",
+        "retry, tls, workers)",
         "models: model 'x' names provider 'nowhere', which is not configured",
     ]
 
@@ -697,7 +697,7 @@ def test_a_tls_file_that_cannot_serve_is_a_problem_naming_it(
     assert problems(error) == [
         "colour: unknown key (known: aliases, auth, circuit_breaker, client_defaults, clients, grace_period_s, "
         "interactive, keepalive, limits, listen, log, log_level, max_request_bytes, metrics, models, providers, "
-        "retry, tls)",
+        "retry, tls, workers)",
         *(line.format(certs=tmp_path / "certs") for line in expected),
     ]
     assert CI_TOKEN not in str(error.value)

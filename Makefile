@@ -14,7 +14,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 CONTRACT_BASELINE ?= $(firstword $(wildcard ../shared/contract) tests/contract)
 PYTEST_ARGS ?=
 
-.PHONY: install install-runtime run test lint typecheck contract proto proto-check pytest bench certs clean
+.PHONY: install install-runtime run test lint typecheck contract proto proto-check pytest bench bench-peers certs clean
 
 # The development tools (pytest, ruff, mypy, buf, grpcurl, ...) on top of the gateway.
 install: $(DEV_STAMP)
@@ -63,11 +63,29 @@ proto-check: install
 pytest: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: install
+# The bench's own extras (uvloop for the loop lever, py-spy for the profile, matplotlib for the chart), then the
+# side-by-side run. LiteLLM joins it when `make bench-peers` has installed it (bench/.venv-litellm).
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): pyproject.toml | $(DEV_STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+bench: install $(BENCH_STAMP)
 	$(BIN)/python -m bench $(ARGS)
 
+# The LiteLLM proxy, the peer `make bench` compares with, in a virtual environment of its own (its
+# dependencies must not meet the gateway's). Current versions need LITELLM_MASTER_KEY; the bench sets one.
+PEERS_VENV := bench/.venv-litellm
+LITELLM_SPEC ?= litellm[proxy]
+bench-peers: $(PEERS_VENV)/.installed
+$(PEERS_VENV)/.installed:
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install --quiet '$(LITELLM_SPEC)'
+	touch $@
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(PEERS_VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
 # Development TLS material for the README's TLS examples: dev/tls/{ca.crt,server.crt,server.key}.
 certs: install

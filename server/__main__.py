@@ -1,4 +1,4 @@
-"""python -m server [--config FILE] [--listen HOST:PORT] | --version
+"""python -m server [--config FILE] [--listen HOST:PORT] [--loop auto|uvloop|asyncio] | --version
 
 Installed, the same command is the console script `holysheep-gateway`; the usage line names whichever
 the user typed.
@@ -7,7 +7,7 @@ the user typed.
 from __future__ import annotations
 
 import argparse
-import asyncio
+import logging
 import sys
 import tomllib
 from importlib import metadata
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from server.app import serve
 from server.config import ConfigError, load_config
+from server.eventloop import LOOPS, LoopUnavailable, loop_runner
 from server.observe.logs import configure_logging
 from server.observe.trace import tracing_from_env
 
@@ -30,8 +31,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--config", type=Path, help="YAML config file (default: the embedded default)")
     parser.add_argument("--listen", help="HOST:PORT to listen on (overrides config and GATEWAY_LISTEN)")
+    parser.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default="auto",
+        help="the event loop: uvloop when installed (auto, the default), or asyncio's own",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     args = parser.parse_args(argv)
+    try:
+        loop, run = loop_runner(args.loop)
+    except LoopUnavailable as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
     try:
         config = load_config(args.config, listen=args.listen)
         tracing = tracing_from_env()
@@ -39,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gateway: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level, "json" if config.log_format == "json" else "text")
+    logging.getLogger("server").info("event loop: %s", loop)
     try:
-        asyncio.run(serve(config, tracing))
+        run(serve(config, tracing))
     except OSError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1

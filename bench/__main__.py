@@ -32,7 +32,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 from bench import chart, readme
 from bench.procs import BenchError
 from bench.report import RESULTS_DIR, document, render, write_json
-from bench.results import QUICK, BenchResult, Settings
+from bench.results import QUICK, BenchResult, Settings, result_from_json
 from bench.scenarios import run_bench
 
 __all__ = ["main", "save"]
@@ -71,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
         "(default: yes, but not with --quick)",
     )
     parser.add_argument("--no-litellm", dest="litellm", action="store_false", help="leave LiteLLM out")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        metavar="FILE",
+        help="run nothing: the tables (and, with --save, the saved files) from a saved run's raw numbers",
+    )
     parser.add_argument(
         "--hold-streams",
         type=lambda text: tuple(int(n) for n in text.split(",")),
@@ -156,7 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     stopped_by: list[signal.Signals] = []
     try:
-        result = asyncio.run(_run(settings, stopped_by))
+        if args.from_json:
+            result = result_from_json(json.loads(args.from_json.read_text()))
+        else:
+            result = asyncio.run(_run(settings, stopped_by))
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1

@@ -12,6 +12,7 @@ import platform
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "GATEWAYS",
@@ -29,6 +30,7 @@ __all__ = [
     "TtftResult",
     "WireResult",
     "percentile",
+    "result_from_json",
 ]
 
 # The gateway's goals: at most 2 ms of added time to first token at p50, and at least 10,000 tokens/s
@@ -189,6 +191,10 @@ class ThroughputResult:
         return max(0.0, self.cpu_percent.get("machine", math.nan) - ours)
 
     @property
+    def proxy_cpu_percent(self) -> float:
+        return self.cpu_percent.get("proxy", math.nan)
+
+    @property
     def proxy_us_per_token(self) -> float:
         """The proxy's CPU time per token, in µs: its cost, whatever share of the machine it got."""
         cpu = self.cpu_percent.get("proxy", math.nan)
@@ -255,8 +261,10 @@ class BenchResult:
     finished: str = ""  # when the run ended, UTC
 
     def median(self, target: str, metric: str) -> float:
-        """The median over rounds of a ThroughputResult property, e.g. median("gateway", "tokens_per_s")."""
+        """The median over rounds of a ThroughputResult property, e.g. median("gateway", "tokens_per_s"); a
+        round that measured nothing (NaN: no token in its window) does not count."""
         values = [float(getattr(r, metric)) for r in self.throughput.get(target, [])]
+        values = [v for v in values if not math.isnan(v)]
         return statistics.median(values) if values else math.nan
 
     def median_round(self, target: str) -> ThroughputResult | None:
@@ -280,8 +288,7 @@ class BenchResult:
         for target in self.throughput:
             if target == "direct":
                 continue
-            cpu = [r.cpu_percent.get("proxy", math.nan) for r in self.throughput[target]]
-            proxies[f"{target}_cpu_percent"] = statistics.median(cpu) if cpu else math.nan
+            proxies[f"{target}_cpu_percent"] = self.median(target, "proxy_cpu_percent")
             proxies[f"{target}_us_per_token"] = self.median(target, "proxy_us_per_token")
         loaded = {
             f"{stat}_{q}_ms_c{concurrency}_{target}": getattr(result, stat)(q)
@@ -312,3 +319,39 @@ class BenchResult:
         noise = [r.other_cpu_percent for rounds in self.throughput.values() for r in rounds]
         other = {"other_cpu_percent": statistics.fmean(noise) if noise else math.nan}
         return {**ttft, **throughput, **proxies, **loaded, **held, **wire, **paced, **other}
+
+
+def _floats(raw: dict[str, Any], *names: str) -> dict[str, Any]:
+    """`raw` with None (NaN, as JSON saved it) back to NaN in the float fields `names`."""
+    return {k: (math.nan if v is None and k in names else v) for k, v in raw.items()}
+
+
+def result_from_json(doc: dict[str, Any]) -> BenchResult:
+    """The BenchResult a saved run (`report.document`) was made from: its raw numbers, for a new summary."""
+    settings = Settings(**{**doc["settings"], "hold_streams": tuple(doc["settings"]["hold_streams"])})
+
+    def ttft(raw: dict[str, Any]) -> TtftResult:
+        return TtftResult(**raw)
+
+    def rounds(raw: dict[str, Any]) -> ThroughputResult:
+        loads = [LoadResult(**_floats(load, "elapsed_s", "cpu_percent")) for load in raw["loads"]]
+        cpu = {k: math.nan if v is None else v for k, v in raw["cpu_percent"].items()}
+        return ThroughputResult(raw["target"], loads, cpu)
+
+    return BenchResult(
+        settings=settings,
+        machine=Machine(**doc["machine"]),
+        command=doc["command"],
+        pinning=doc["pinning"],
+        ttft={k: ttft(v) for k, v in doc["ttft"].items()},
+        throughput={k: [rounds(r) for r in v] for k, v in doc["throughput"].items()},
+        gateway_peak_rss_bytes=doc["gateway_peak_rss_bytes"],
+        throughput_high={k: rounds(v) for k, v in doc["throughput_high"].items()},
+        hold={k: [HoldResult(**h) for h in v] for k, v in doc["hold"].items()},
+        wire={k: WireResult(**w) for k, w in doc["wire"].items()},
+        paced={k: ttft(v) for k, v in doc["paced"].items()},
+        absent=doc["absent"],
+        workers=doc["workers"],
+        profile_top=doc["profile_top"],
+        finished=doc["finished"],
+    )

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from pathlib import Path
@@ -11,19 +12,28 @@ import pytest
 
 import bench.__main__ as bench_main
 from bench import readme, report
-from bench.results import QUICK, BenchResult, LoadResult, Machine, Settings, ThroughputResult, TtftResult
+from bench.results import (
+    QUICK,
+    BenchResult,
+    LoadResult,
+    Machine,
+    Settings,
+    ThroughputResult,
+    TtftResult,
+    result_from_json,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+LOAD = LoadResult(concurrency=32, elapsed_s=2.0, tokens=20_000, streams=300, errors=0, cpu_percent=50.0, stream_ms=[])
 
 
 def canned_result(settings: Settings, command: str | None = None) -> BenchResult:
     result = BenchResult(settings=settings, machine=Machine.this(), command=command or "python -m bench")
     result.ttft = {target: TtftResult(target, [1.0, 2.0]) for target in ("direct", "gateway", "floor")}
-    load = LoadResult(
-        concurrency=32, elapsed_s=2.0, tokens=20_000, streams=300, errors=0, cpu_percent=50.0, stream_ms=[]
-    )
     result.throughput = {
-        target: [ThroughputResult(target, [load], {"upstream": 50.0, "proxy": 90.0, "machine": 190.0})]
+        target: [ThroughputResult(target, [LOAD], {"upstream": 50.0, "proxy": 90.0, "machine": 190.0})]
         for target in ("direct", "gateway", "floor")
     }
     result.profile_top = ["10 samples at 200 Hz"]
@@ -80,3 +90,28 @@ def test_git_keeps_the_saved_run_and_ignores_every_other_file_in_the_results_fol
     assert not any(ignored(path) for path in kept)
     assert ignored(report.default_json_path())
     assert ignored(report.RESULTS_DIR / "scratch.txt")
+
+
+def test_a_saved_run_reads_back_into_the_same_result() -> None:
+    result = canned_result(QUICK)
+    result.throughput["litellm"] = [
+        ThroughputResult("litellm", [dataclasses.replace(LOAD, tokens=0)], {"proxy": 90.0}),  # nothing in its window
+        ThroughputResult("litellm", [LOAD], {"proxy": 90.0}),
+    ]
+    saved = json.loads(json.dumps(report.document(result)))
+
+    again = result_from_json(saved)
+
+    assert report.document(again) == saved
+    # A round without a token in its window does not count: the median is the other round's.
+    assert saved["summary"]["litellm_us_per_token"] == pytest.approx(90 / 100 / 10_000 * 1e6)
+
+
+def test_from_json_renders_a_saved_run_without_running_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    saved = tmp_path / "run.json"
+    saved.write_text(json.dumps(report.document(canned_result(QUICK))))
+
+    assert bench_main.main(["--from-json", str(saved), "--no-save"]) == 0
+    assert "gateway, 1 worker" in capsys.readouterr().out

@@ -32,7 +32,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 from bench import chart, readme
 from bench.procs import BenchError
 from bench.report import RESULTS_DIR, document, render, write_json
-from bench.results import QUICK, BenchResult, Settings, result_from_json
+from bench.results import QUICK, SCENARIOS, BenchResult, Settings, result_from_json
 from bench.scenarios import run_bench
 
 __all__ = ["main", "save"]
@@ -72,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-litellm", dest="litellm", action="store_false", help="leave LiteLLM out")
     parser.add_argument(
+        "--only",
+        type=lambda text: tuple(text.split(",")),
+        metavar="KIND,KIND",
+        help=f"run only these steps, of: {', '.join(SCENARIOS)} (saves nothing unless --save)",
+    )
+    parser.add_argument(
         "--from-json",
         type=Path,
         metavar="FILE",
@@ -104,6 +110,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
     overrides["litellm"] = args.litellm
     if args.hold_streams:
         overrides["hold_streams"] = args.hold_streams
+    if args.only:
+        if unknown := set(args.only) - set(SCENARIOS):
+            raise ValueError(f"--only: unknown {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
+        overrides["only"] = args.only
     settings = dataclasses.replace(base, **overrides)
     positive = [
         settings.ttft_requests,
@@ -177,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         write_json(result, args.json)
         print(f"raw numbers: {args.json}")
-    if args.save if args.save is not None else not args.quick:
+    if args.save if args.save is not None else not (args.quick or args.only):
         for line in save(result):
             print(line)
     return 0

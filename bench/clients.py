@@ -25,11 +25,13 @@ from generated import ai_service_pb2 as pb
 from generated import ai_service_pb2_grpc as pb_grpc
 from server.sse import SSEDecoder
 
-__all__ = ["TRANSPORT_ERRORS", "GatewayClient", "SseClient", "StreamClient", "StreamFailed", "Tally"]
+__all__ = ["HOLD_TIMEOUT_S", "TRANSPORT_ERRORS", "GatewayClient", "SseClient", "StreamClient", "StreamFailed", "Tally"]
 
 PROMPT = "bench"
-# A stream that stalls this long has failed: the fake upstream answers without delay.
+# A stream that stalls this long has failed: the fake upstream answers without delay (the held streams of
+# `python -m bench.load hold` wait longer: HOLD_TIMEOUT_S).
 STREAM_TIMEOUT_S = 30.0
+HOLD_TIMEOUT_S = 900.0
 
 
 class StreamFailed(Exception):
@@ -60,7 +62,17 @@ class StreamClient(Protocol):
 
 
 class SseClient:
-    def __init__(self, base_url: str, model: str, *, connections: int, prompt: str = PROMPT, api_key: str = "") -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        connections: int,
+        prompt: str = PROMPT,
+        api_key: str = "",
+        timeout_s: float = STREAM_TIMEOUT_S,
+    ) -> None:
+        self._timeout_s = timeout_s
         self._url = base_url.rstrip("/") + "/chat/completions"
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
@@ -78,7 +90,7 @@ class SseClient:
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=self._connections)
-        timeout = aiohttp.ClientTimeout(total=None, sock_read=STREAM_TIMEOUT_S)
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=self._timeout_s)
         return aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False)
 
     async def wait_ready(self) -> None:
@@ -117,7 +129,16 @@ class SseClient:
 
 
 class GatewayClient:
-    def __init__(self, address: str, model: str, *, prompt: str = PROMPT, unary: bool = False) -> None:
+    def __init__(
+        self,
+        address: str,
+        model: str,
+        *,
+        prompt: str = PROMPT,
+        unary: bool = False,
+        timeout_s: float = STREAM_TIMEOUT_S,
+    ) -> None:
+        self._timeout_s = timeout_s
         self._channel = grpc.aio.insecure_channel(address)
         stub = pb_grpc.AIServiceStub(self._channel)
         self._call = stub.StreamGenerate
@@ -135,7 +156,7 @@ class GatewayClient:
         start = time.perf_counter()
         first = 0.0
         tokens = 0
-        call = self._call(self._request, timeout=STREAM_TIMEOUT_S)
+        call = self._call(self._request, timeout=self._timeout_s)
         # read() rather than `async for`: one await per message, without an async generator around it.
         while True:
             chunk = await call.read()
@@ -156,7 +177,7 @@ class GatewayClient:
     async def _generate(self, tally: Tally) -> tuple[float, int]:
         assert self._unary is not None
         start = time.perf_counter()
-        reply = await self._unary(self._unary_request, timeout=STREAM_TIMEOUT_S)
+        reply = await self._unary(self._unary_request, timeout=self._timeout_s)
         if not reply.content:
             raise StreamFailed("Generate answered with no content")
         tally.tokens += 1

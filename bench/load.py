@@ -26,7 +26,17 @@ import sys
 import time
 from dataclasses import asdict
 
-from bench.clients import PROMPT, TRANSPORT_ERRORS, GatewayClient, SseClient, StreamClient, StreamFailed, Tally
+from bench.clients import (
+    HOLD_TIMEOUT_S,
+    PROMPT,
+    STREAM_TIMEOUT_S,
+    TRANSPORT_ERRORS,
+    GatewayClient,
+    SseClient,
+    StreamClient,
+    StreamFailed,
+    Tally,
+)
 from bench.results import LoadResult, TtftResult, percentile
 
 __all__ = ["main"]
@@ -36,9 +46,17 @@ ERROR_PAUSE_S = 0.01
 
 
 def _client(args: argparse.Namespace, connections: int) -> StreamClient:
+    timeout_s = HOLD_TIMEOUT_S if args.scenario == "hold" else STREAM_TIMEOUT_S
     if args.protocol == "sse":
-        return SseClient(args.address, args.model, connections=connections, prompt=args.prompt, api_key=args.api_key)
-    return GatewayClient(args.address, args.model, prompt=args.prompt, unary=args.unary)
+        return SseClient(
+            args.address,
+            args.model,
+            connections=connections,
+            prompt=args.prompt,
+            api_key=args.api_key,
+            timeout_s=timeout_s,
+        )
+    return GatewayClient(args.address, args.model, prompt=args.prompt, unary=args.unary, timeout_s=timeout_s)
 
 
 async def run_ttft(client: StreamClient, target: str, *, requests: int, warmup: int) -> TtftResult:

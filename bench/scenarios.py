@@ -112,6 +112,7 @@ def to_stderr(line: str) -> None:
 
 @dataclass(frozen=True, slots=True)
 class _Step:
+    kind: str  # one of SCENARIOS
     what: str
     run: Callable[[], Awaitable[str]]  # returns the headline figure
 
@@ -157,7 +158,7 @@ def _steps(stack: Stack, settings: Settings, result: BenchResult, workdir: Path)
             ttft = result.ttft[peer.name] = await _ttft(stack, peer, settings, model=peer.model(_TTFT_TOKENS))
             return f"TTFT p50 {ttft.p50_ms:.2f} ms"
 
-        return _Step(f"time to first token, {peer.name}: {calls} sequential calls", run)
+        return _Step("ttft", f"time to first token, {peer.name}: {calls} sequential calls", run)
 
     def throughput_step(peer: Peer, n: int) -> _Step:
         async def run() -> str:
@@ -167,7 +168,7 @@ def _steps(stack: Stack, settings: Settings, result: BenchResult, workdir: Path)
             return f"{done.tokens_per_s:,.0f} tokens/s, {done.proxy_us_per_token:.0f} µs CPU/token{failed}"
 
         window = f"{settings.warmup_s:g} s warm-up + {settings.duration_s:g} s at c={settings.concurrency}"
-        return _Step(f"throughput round {n}/{settings.rounds}, {peer.name}: {window}", run)
+        return _Step("throughput", f"throughput round {n}/{settings.rounds}, {peer.name}: {window}", run)
 
     def high_step(peer: Peer) -> _Step:
         async def run() -> str:
@@ -176,14 +177,14 @@ def _steps(stack: Stack, settings: Settings, result: BenchResult, workdir: Path)
             return f"TTFT p50 {done.ttft_ms(50):.1f} ms, p99 {done.ttft_ms(99):.1f} ms{failed}"
 
         c = settings.concurrency_high
-        return _Step(f"latency at c={c}, {peer.name}: {_WAVES * c} streams, {c} at a time", run)
+        return _Step("high", f"latency at c={c}, {peer.name}: {_WAVES * c} streams, {c} at a time", run)
 
     def wire_step(peer: Peer) -> _Step:
         async def run() -> str:
             wire = result.wire[peer.name] = await _wire(stack, peer, settings)
             return f"{wire.bytes_per_token:.1f} bytes/token, {wire.connections} connection(s)"
 
-        return _Step(f"bytes on the wire, {peer.name}: {settings.wire_streams} streams through a relay", run)
+        return _Step("wire", f"bytes on the wire, {peer.name}: {settings.wire_streams} streams through a relay", run)
 
     def paced_step(kind: str) -> _Step:
         async def run() -> str:
@@ -201,14 +202,16 @@ def _steps(stack: Stack, settings: Settings, result: BenchResult, workdir: Path)
 
         method = "Generate" if kind == "unary" else "StreamGenerate"
         reply = f"{settings.paced_tokens} tokens {settings.paced_ms} ms apart"
-        return _Step(f"{method}, gateway: {settings.paced_requests} calls for a reply of {reply}", run)
+        return _Step("paced", f"{method}, gateway: {settings.paced_requests} calls for a reply of {reply}", run)
 
     def profile_step() -> _Step:
         async def run() -> str:
             result.profile_top = await _profile(stack, peers["gateway"], settings, workdir)
             return result.profile_top[0]
 
-        return _Step(f"py-spy on the gateway under c={settings.concurrency} load: {settings.profile_s:g} s", run)
+        return _Step(
+            "profile", f"py-spy on the gateway under c={settings.concurrency} load: {settings.profile_s:g} s", run
+        )
 
     def hold_step(peer: Peer, streams: int) -> _Step:
         async def run() -> str:
@@ -216,7 +219,7 @@ def _steps(stack: Stack, settings: Settings, result: BenchResult, workdir: Path)
             result.hold.setdefault(peer.name, []).append(held)
             return f"{held.opened:,} open, RSS {held.rss_bytes / 2**20:.0f} MiB"
 
-        return _Step(f"{streams:,} concurrent streams, {peer.name}: RSS", run)
+        return _Step("hold", f"{streams:,} concurrent streams, {peer.name}: RSS", run)
 
     steps += [ttft_step(peers[t]) for t in TTFT_TARGETS if t in peers]
     for n in range(1, settings.rounds + 1):
@@ -230,7 +233,7 @@ def _steps(stack: Stack, settings: Settings, result: BenchResult, workdir: Path)
     if settings.profile_s > 0:
         steps.append(profile_step())
     steps += [hold_step(peers[t], n) for n in settings.hold_streams for t in HOLD_TARGETS if t in peers]
-    return steps
+    return [step for step in steps if not settings.only or step.kind in settings.only]
 
 
 def _first_error(result: ThroughputResult) -> str:

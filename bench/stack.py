@@ -44,7 +44,8 @@ _TTFT_TOKENS = 1  # the shortest stream: TTFT then measures the path, not the st
 # The hold scenario: an echo of two words whose second comes after 10 minutes, so every stream has
 # delivered its first token through the proxy and then stays open.
 HOLD_PROMPT = "hold on"
-_HOLD_MODEL = "slow-tokens-600000"
+_HOLD_S = 600.0
+_HOLD_MODEL = f"slow-tokens-{round(_HOLD_S * 1000)}"
 # Room for the hold scenario's streams in the gateway's upstream pool and in its overload limit.
 _MAX_STREAMS = 12_000
 
@@ -237,12 +238,16 @@ def gateway_config(upstream_url: str, settings: Settings) -> dict[str, Any]:
     """The gateway's config: tokens-N through aiohttp and httpx, a paced model and one that holds."""
     providers = {"bench": "upstream", "bench-httpx": "upstream-httpx"}
     pool = {"max_connections": _MAX_STREAMS}
+    # The held streams wait 10 minutes for their second token: their own provider entry lets them (the
+    # default idle timer would end them, and its breaker then refuse the rest).
+    patient = {"read_timeout_s": _HOLD_S, "stream_idle_timeout_s": _HOLD_S}
     return {
         "grace_period_s": _GATEWAY_GRACE_S,
         "limits": {"max_concurrent_upstream": _MAX_STREAMS},
         "providers": [
             {"name": "upstream", "kind": "openai", "base_url": upstream_url, **pool},  # aiohttp, the default
             {"name": "upstream-httpx", "kind": "openai", "base_url": upstream_url, "transport": "httpx", **pool},
+            {"name": "upstream-hold", "kind": "openai", "base_url": upstream_url, **pool, **patient},
         ],
         "models": [
             *(
@@ -250,7 +255,7 @@ def gateway_config(upstream_url: str, settings: Settings) -> dict[str, Any]:
                 for prefix, provider in providers.items()
                 for n in sorted({_TTFT_TOKENS, settings.tokens})
             ),
-            {"name": "bench-hold", "provider": "upstream", "upstream_model": _HOLD_MODEL},
+            {"name": "bench-hold", "provider": "upstream-hold", "upstream_model": _HOLD_MODEL},
             {"name": "bench-paced", "provider": "upstream", "upstream_model": f"slow-tokens-{settings.paced_ms}"},
         ],
     }

@@ -15,7 +15,7 @@ from generated import ai_service_pb2_grpc as pb_grpc
 
 
 @pytest.fixture
-async def floor() -> AsyncIterator[pb_grpc.AIServiceStub]:
+async def floor() -> AsyncIterator[pb_grpc.AIServiceAsyncStub]:
     server, port = build_server("127.0.0.1", 0)
     await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -23,7 +23,7 @@ async def floor() -> AsyncIterator[pb_grpc.AIServiceStub]:
     await server.stop(None)
 
 
-async def test_a_stream_of_tokens_n_is_n_deltas_then_the_final_chunk(floor: pb_grpc.AIServiceStub) -> None:
+async def test_a_stream_of_tokens_n_is_n_deltas_then_the_final_chunk(floor: pb_grpc.AIServiceAsyncStub) -> None:
     chunks = [chunk async for chunk in floor.StreamGenerate(pb.StreamGenerateRequest(model="tokens-3"))]
 
     assert [chunk.delta for chunk in chunks] == ["t0", " t1", " t2", ""]
@@ -32,14 +32,14 @@ async def test_a_stream_of_tokens_n_is_n_deltas_then_the_final_chunk(floor: pb_g
     assert chunks[-1].finish_reason == pb.FINISH_REASON_STOP
 
 
-async def test_generate_answers_the_same_reply_at_once(floor: pb_grpc.AIServiceStub) -> None:
+async def test_generate_answers_the_same_reply_at_once(floor: pb_grpc.AIServiceAsyncStub) -> None:
     reply = await floor.Generate(pb.GenerateRequest(model="tokens-3"))
 
     assert reply.content == "t0 t1 t2"
     assert reply.usage.completion_tokens == 3
 
 
-async def test_hold_sends_one_delta_and_keeps_the_stream_open_until_cancelled(floor: pb_grpc.AIServiceStub) -> None:
+async def test_hold_sends_one_delta_then_waits_until_cancelled(floor: pb_grpc.AIServiceAsyncStub) -> None:
     call = floor.StreamGenerate(pb.StreamGenerateRequest(model="hold"))
     first = await call.read()
     assert isinstance(first, pb.StreamChunk)
@@ -54,7 +54,7 @@ async def test_hold_sends_one_delta_and_keeps_the_stream_open_until_cancelled(fl
 
 
 @pytest.mark.parametrize("model", ["gpt-4o", "tokens-0", "tokens-x"])
-async def test_a_model_the_floor_does_not_serve_is_not_found(floor: pb_grpc.AIServiceStub, model: str) -> None:
+async def test_a_model_the_floor_does_not_serve_is_not_found(floor: pb_grpc.AIServiceAsyncStub, model: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         async for _ in floor.StreamGenerate(pb.StreamGenerateRequest(model=model)):
             pass

@@ -10,7 +10,6 @@ import pytest
 import uvloop
 
 from server import __main__ as entry
-from server import eventloop
 from server.eventloop import LoopUnavailable, loop_runner
 
 
@@ -23,7 +22,7 @@ def no_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
             raise ImportError("No module named 'uvloop'")
         return real(name, package)
 
-    monkeypatch.setattr(eventloop.importlib, "import_module", without_uvloop)
+    monkeypatch.setattr(importlib, "import_module", without_uvloop)
 
 
 def test_auto_is_uvloop_when_it_is_installed() -> None:

@@ -63,7 +63,7 @@ proto-check: install
 pytest: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The bench's own extras (uvloop for the loop lever, py-spy for the profile, matplotlib for the chart), then the
+# The bench's own extras (py-spy for the profile, matplotlib for the chart), then the
 # side-by-side run. LiteLLM joins it when `make bench-peers` has installed it (bench/.venv-litellm).
 BENCH_STAMP := $(VENV)/.installed-bench
 $(BENCH_STAMP): pyproject.toml | $(DEV_STAMP)

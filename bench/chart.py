@@ -43,7 +43,14 @@ def draw(doc: Mapping[str, Any], path: Path) -> str:
         if log:
             axis.set_xscale("log")
         for i, (_, v) in enumerate(shown):
-            axis.annotate(f"{v:,.3g}", (v, i), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+            axis.annotate(
+                f"{v:,.0f}" if v >= 100 else f"{v:.3g}",
+                (v, i),
+                xytext=(3, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=8,
+            )
     figure.suptitle(f"make bench, {doc.get('finished', '')}: {doc['settings']['tokens']}-token streams", fontsize=11)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

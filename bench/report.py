@@ -115,7 +115,8 @@ def tables(summary: Summary, meta: Mapping[str, Any]) -> list[Table]:
                     _get(summary, f"ttft_ms_50_ms_c{high}_{side}"),
                     _get(summary, f"ttft_ms_99_ms_c{high}_{side}"),
                     ".0f",
-                ),
+                )
+                + _failed(_get(summary, f"errors_c{high}_{side}"), 2 * high),
                 _fmt(_get(summary, f"tokens_per_s_{side}"), ",.0f"),
                 "—" if side == "direct" else _fmt(_get(summary, f"{side}_us_per_token"), ",.0f"),
                 "—" if side == "direct" else rss,
@@ -138,6 +139,13 @@ def tables(summary: Summary, meta: Mapping[str, Any]) -> list[Table]:
         rows,
     )
     return [peers, _variants(summary), _paced(summary, settings), _sse_vs_grpc(summary, c)]
+
+
+def _failed(errors: float, streams: int) -> str:
+    """A note on the streams that failed (the client's 30 s deadline, on a slow proxy), if any did."""
+    if math.isnan(errors) or not errors:
+        return ""
+    return f" ({errors:,.0f} of {streams:,} failed)"
 
 
 def _variants(summary: Summary) -> Table:

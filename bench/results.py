@@ -293,6 +293,9 @@ class BenchResult:
             for stat in ("ttft_ms", "stream_ms")
             for q in (50, 99)
         }
+        failed = {
+            f"errors_c{self.settings.concurrency_high}_{t}": float(r.errors) for t, r in self.throughput_high.items()
+        }
         held = {
             f"rss_mib_{h.streams}_{target}": h.rss_bytes / 2**20 if h.opened == h.streams else math.nan
             for target, levels in self.hold.items()
@@ -310,7 +313,7 @@ class BenchResult:
         }
         noise = [r.other_cpu_percent for rounds in self.throughput.values() for r in rounds]
         other = {"other_cpu_percent": statistics.fmean(noise) if noise else math.nan}
-        return {**ttft, **throughput, **proxies, **loaded, **held, **wire, **paced, **other}
+        return {**ttft, **throughput, **proxies, **loaded, **failed, **held, **wire, **paced, **other}
 
 
 def _floats(raw: dict[str, Any], *names: str) -> dict[str, Any]:

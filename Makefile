@@ -19,7 +19,7 @@ SYSTEM_PACKAGES ?= nginx libnginx-mod-stream redis-server
 APT_GET ?= apt-get
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install install-runtime system-deps run test lint typecheck contract proto proto-check pytest bench certs clean
+.PHONY: install install-runtime system-deps run test lint typecheck contract proto proto-check pytest bench bench-peers certs clean
 
 # The development tools (pytest, ruff, mypy, buf, grpcurl, ...) on top of the gateway.
 install: $(DEV_STAMP)
@@ -79,12 +79,30 @@ proto-check: install
 pytest: install system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: install
+# The bench's own extras (py-spy for the profile, matplotlib for the chart), then the
+# side-by-side run. LiteLLM joins it when `make bench-peers` has installed it (bench/.venv-litellm).
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): pyproject.toml | $(DEV_STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+bench: install $(BENCH_STAMP)
 	$(BIN)/python -m bench $(ARGS)
-	$(BIN)/python -m bench.fairness
+	$(BIN)/python -m bench.fairness $(FAIRNESS_ARGS)
+
+# The LiteLLM proxy, the peer `make bench` compares with, in a virtual environment of its own (its
+# dependencies must not meet the gateway's). Current versions need LITELLM_MASTER_KEY; the bench sets one.
+PEERS_VENV := bench/.venv-litellm
+LITELLM_SPEC ?= litellm[proxy]
+bench-peers: $(PEERS_VENV)/.installed
+$(PEERS_VENV)/.installed:
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install --quiet '$(LITELLM_SPEC)'
+	touch $@
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(PEERS_VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
 # Development TLS material for the README's TLS examples: dev/tls/{ca.crt,server.crt,server.key}.
 certs: install

@@ -1,20 +1,18 @@
-"""The gateway benchmark: `make bench` (= `python -m bench`) measures what the gateway adds to a direct call.
+"""The gateway benchmark: `make bench` (= `python -m bench`) puts the gateway beside its peers in one run.
 
-It starts SEPARATE processes, so that no measurement shares an interpreter with what it measures:
+Every side is a separate process (or process group) on one fake OpenAI upstream, and so is every load
+generator, so that no measurement shares an interpreter with what it measures:
 
-    tests.fakes.openai_upstream   the fake OpenAI upstream (`tokens-N` streams N tokens, no delay)
-    server                        ONE gateway process, its config pointing at the upstream
+    tests.fakes.openai_upstream   the fake upstream (`tokens-N` streams N tokens without delay)
+    bench.floor                   the floor: a bare grpc.aio server with pre-serialized chunks, no upstream
+    server                        the gateway: 1 worker, N workers, metrics on, tracing on, asyncio's loop
+    litellm (bench/.venv-litellm) the LiteLLM proxy, when `make bench-peers` installed it
     bench.load                    load generators, each printing its result as one JSON line
 
-and runs two scenarios, each DIRECT (httpx + SSE against the upstream) and THROUGH the gateway (grpc.aio):
-
-    1. time to first token at concurrency 1, sequential requests: p50, p99 and the gateway's added latency;
-    2. throughput at concurrency 32 (split over several load processes) with 64-token streams for a fixed
-       time: tokens/s, streams/s, and the gateway's CPU and peak RSS.
-
-Modules: `results` (settings, result types, targets), `procs` (child processes and /proc readings), `clients`
-(the two ways to stream a reply), `load` (the load-generator CLI), `scenarios` (running them), `report` (the
-table).
+Modules: `results` (settings, result types, the summary), `stack` (starting the sides), `scenarios` (the
+steps), `load` and `clients` (the load processes), `procs` (children and /proc), `relay` (bytes on the
+socket), `otlp_sink`, `profile` (py-spy), `litellm_peer`, `report` (tables, targets, JSON), `readme` (the
+README's tables from the saved JSON), `chart` (the PNG).
 """
 
 __all__: list[str] = []

@@ -22,7 +22,16 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["BenchError", "Child", "Children", "cpu_seconds", "machine_cpu_seconds", "peak_rss_bytes"]
+__all__ = [
+    "BenchError",
+    "Child",
+    "Children",
+    "cpu_seconds",
+    "group_cpu_seconds",
+    "group_rss_bytes",
+    "machine_cpu_seconds",
+    "peak_rss_bytes",
+]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STOP_TIMEOUT_S = 5.0
@@ -153,19 +162,20 @@ class Children:
         stdin: bool = False,
         stdout: bool = True,
         cpus: frozenset[int] | None = None,
+        env: dict[str, str] | None = None,
+        program: str | None = None,
     ) -> Child:
-        """Start `python -m module *args` from the repository root, with this interpreter, on `cpus` if given."""
+        """Start `python -m module *args` from the repository root, with this interpreter, on `cpus` if given;
+        or, with `program`, `program *args` (`module` is then ignored). `env` adds to the environment."""
         stderr_path = self._workdir / f"{name}.{len(self._children)}.stderr"
-        # The gateway reads GATEWAY_* and OPENAI_*: only the config the bench writes may steer it.
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "OPENAI_"))}
+        # The gateway reads GATEWAY_*, OPENAI_* and OTEL_*: only the config the bench writes may steer it.
+        environ = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "OPENAI_", "OTEL_"))}
+        argv = [program, *args] if program else [sys.executable, "-m", module, *args]
         with stderr_path.open("wb") as stderr:
             process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                module,
-                *args,
+                *argv,
                 cwd=REPO_ROOT,
-                env=env,
+                env=environ | (env or {}),
                 stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE if stdout else asyncio.subprocess.DEVNULL,
                 stderr=stderr,
@@ -233,3 +243,40 @@ def peak_rss_bytes(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024  # reported in kB
     return 0
+
+
+def _group_members(pgid: int) -> list[int]:
+    """The live processes of process group `pgid` (a child of the bench leads its own: start_new_session)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU time of every live process in group `pgid` (a proxy with workers: all of them)."""
+    members = _group_members(pgid)
+    if not members:
+        return float("nan")
+    return sum(v for v in map(cpu_seconds, members) if v == v)  # a process gone meanwhile reads NaN
+
+
+def group_rss_bytes(pgid: int) -> int:
+    """The resident set size now (VmRSS) of every live process in group `pgid`, added up."""
+    total = 0
+    for pid in _group_members(pgid):
+        try:
+            status = _proc_fields(pid, "status")
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+    return total

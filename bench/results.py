@@ -12,49 +12,56 @@ import platform
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "GATEWAYS",
     "QUICK",
+    "SCENARIOS",
     "TARGETS",
-    "TARGET_ADDED_TTFT_P50_MS",
-    "TARGET_GATEWAY_TOKENS_PER_S",
-    "TARGET_METRICS_OVERHEAD_PERCENT",
     "BenchResult",
+    "HoldResult",
     "LoadResult",
     "Machine",
     "Settings",
     "ThroughputResult",
     "TtftResult",
+    "WireResult",
     "percentile",
+    "result_from_json",
 ]
 
-# The gateway's goals: at most 2 ms of added time to first token at p50, and at least 10,000 tokens/s
-# through one gateway process.
-TARGET_ADDED_TTFT_P50_MS = 2.0
-TARGET_GATEWAY_TOKENS_PER_S = 10_000.0
-# Metrics must not cost the per-token path: tokens/s and CPU per token with metrics on stay this close to off.
-TARGET_METRICS_OVERHEAD_PERCENT = 5.0
-
-# What the load goes to: the upstream itself, the gateway, the same gateway process through its httpx
-# transport, and the same gateway config with metrics on (a second gateway process, scraped once a second
-# as a busy Prometheus would). GATEWAYS are the gateway processes, whose CPU each side of theirs measures.
-GATEWAYS = ("gateway", "gateway_metrics")
-TARGETS = ("direct", "gateway", "gateway-httpx", "gateway_metrics")
+# The sides (bench/stack.py): the upstream itself (direct), the floor (a bare grpc.aio server), the gateway
+# with 1 worker, its variants in the same rounds (metrics on, tracing on, the plain asyncio loop, the httpx
+# transport), the gateway with N workers, and the LiteLLM proxy. All but direct are proxy process groups.
+# The kinds of step a run takes, in order (bench/scenarios.py); `--only` picks some.
+SCENARIOS = ("ttft", "throughput", "high", "wire", "paced", "profile", "hold")
+GATEWAYS = ("gateway", "gateway_metrics", "gateway_tracing", "gateway_asyncio", "gateway-httpx", "gateway_workers")
+TARGETS = ("direct", "floor", *GATEWAYS, "litellm")
 
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    """One bench run. The defaults make `make bench` take about 140 s."""
+    """One bench run. The defaults make `make bench` take 10-25 minutes on the 2-core machine, by its load."""
 
-    ttft_requests: int = 300  # measured sequential requests per side
-    ttft_warmup: int = 30  # requests before those, not measured
-    duration_s: float = 8.0  # throughput measurement window per side and round
-    warmup_s: float = 2.0  # load before the window, not measured
+    ttft_requests: int = 200  # measured sequential requests per side
+    ttft_warmup: int = 20  # requests before those, not measured
+    duration_s: float = 5.0  # throughput measurement window per side and round
+    warmup_s: float = 1.5  # load before the window, not measured
     concurrency: int = 32  # concurrent streams per side, summed over the load processes
+    concurrency_high: int = 256  # the second latency level: one round per proxy
     processes: int = 2  # load-generator processes per side (a client costs CPU too)
     tokens: int = 64  # tokens per stream in the throughput scenario
-    rounds: int = 3  # throughput rounds (direct, gateway, direct, …); the table shows medians
+    rounds: int = 2  # throughput rounds (direct, gateway, direct, …); the table shows medians
+    hold_streams: tuple[int, ...] = (1000, 5000)  # concurrent open streams whose RSS is read
+    wire_streams: int = 100  # streams counted on the wire, at `concurrency`
+    paced_requests: int = 20  # Generate vs StreamGenerate: sequential calls each
+    paced_tokens: int = 32  # ... of a reply of this many tokens
+    paced_ms: int = 5  # ... that the upstream sends this many ms apart
+    profile_s: float = 5.0  # py-spy on the gateway under load (0: no profile)
+    workers: int = 0  # the N of "N workers" (0: the number of CPUs)
+    litellm: bool = True  # include LiteLLM when `make bench-peers` installed it
+    only: tuple[str, ...] = ()  # run only these kinds of step (SCENARIOS); () = all
     # Give the gateway a CPU of its own (with 2+ CPUs): it is one Python thread, and on a small machine the
     # load processes would otherwise take turns with it on its core, so it would measure the scheduler.
     pin: bool = True
@@ -69,7 +76,19 @@ class Settings:
 
 
 # `--quick`: a smoke check of the whole pipeline in about 10 s; its numbers are indicative only.
-QUICK = Settings(ttft_requests=50, ttft_warmup=10, duration_s=2.0, warmup_s=0.5, rounds=1)
+QUICK = Settings(
+    ttft_requests=30,
+    ttft_warmup=5,
+    duration_s=1.0,
+    warmup_s=0.3,
+    concurrency_high=64,
+    rounds=1,
+    hold_streams=(100,),
+    wire_streams=10,
+    paced_requests=3,
+    paced_tokens=4,
+    profile_s=1.0,
+)
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
@@ -102,10 +121,11 @@ class Machine:
 class TtftResult:
     """Sequential requests at concurrency 1: milliseconds from sending a request to its first content delta."""
 
-    target: str  # "direct" or "gateway"
+    target: str
     samples_ms: list[float]
     errors: int = 0
     first_error: str = ""
+    total_ms: list[float] = field(default_factory=list)  # to the end of each measured stream
 
     @property
     def p50_ms(self) -> float:
@@ -128,6 +148,7 @@ class LoadResult:
     cpu_percent: float  # the load process's own CPU time over the window
     stream_ms: list[float]  # duration of every stream that finished inside the window
     first_error: str = ""
+    ttft_ms: list[float] = field(default_factory=list)  # time to first token of each of those streams
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +157,7 @@ class ThroughputResult:
 
     target: str
     loads: list[LoadResult]
-    # "upstream", "gateway" (when the load went through it) and "machine" (all CPUs, everything running).
+    # "upstream", "proxy" (the process group the load went through, if any) and "machine" (all CPUs).
     cpu_percent: dict[str, float]
 
     @property
@@ -162,13 +183,55 @@ class ThroughputResult:
         return max(0.0, self.cpu_percent.get("machine", math.nan) - ours)
 
     @property
-    def gateway_us_per_token(self) -> float:
-        """The gateway's CPU time per token, in µs: its cost, whatever share of the machine it got."""
-        cpu = self.cpu_percent.get("gateway", math.nan)
+    def proxy_cpu_percent(self) -> float:
+        return self.cpu_percent.get("proxy", math.nan)
+
+    @property
+    def proxy_us_per_token(self) -> float:
+        """The proxy's CPU time per token, in µs: its cost, whatever share of the machine it got."""
+        cpu = self.cpu_percent.get("proxy", math.nan)
         return cpu / 100 / self.tokens_per_s * 1e6 if self.tokens_per_s else math.nan
 
     def stream_ms(self, q: float) -> float:
         return percentile([ms for load in self.loads for ms in load.stream_ms], q)
+
+    def ttft_ms(self, q: float) -> float:
+        return percentile([ms for load in self.loads for ms in load.ttft_ms], q)
+
+
+@dataclass(frozen=True, slots=True)
+class HoldResult:
+    """Concurrent open streams through one proxy: how many opened, how fast, and the proxy's RSS then."""
+
+    target: str
+    streams: int
+    opened: int
+    open_s: float
+    rss_bytes: int  # the proxy's process group, all streams open
+    idle_rss_bytes: int  # the same before the first was opened
+    first_error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WireResult:
+    """A fixed number of streams through a counting TCP relay: the bytes both ways and the connections."""
+
+    target: str
+    protocol: str  # "sse" or "grpc"
+    streams: int
+    tokens: int
+    bytes_up: int  # client to server
+    bytes_down: int
+    connections: int
+    errors: int = 0
+
+    @property
+    def bytes_per_token(self) -> float:
+        return (self.bytes_up + self.bytes_down) / self.tokens if self.tokens else math.nan
+
+    @property
+    def streams_per_connection(self) -> float:
+        return self.streams / self.connections if self.connections else math.nan
 
 
 @dataclass(slots=True)
@@ -180,10 +243,20 @@ class BenchResult:
     ttft: dict[str, TtftResult] = field(default_factory=dict)
     throughput: dict[str, list[ThroughputResult]] = field(default_factory=dict)  # one per round
     gateway_peak_rss_bytes: int = 0
+    throughput_high: dict[str, ThroughputResult] = field(default_factory=dict)  # at concurrency_high
+    hold: dict[str, list[HoldResult]] = field(default_factory=dict)  # one per hold_streams level
+    wire: dict[str, WireResult] = field(default_factory=dict)
+    paced: dict[str, TtftResult] = field(default_factory=dict)  # "stream" and "unary" through the gateway
+    absent: dict[str, str] = field(default_factory=dict)  # a side not measured, and why
+    workers: int = 0  # the N of the gateway_workers side
+    profile_top: list[str] = field(default_factory=list)  # py-spy's top frames of the gateway under load
+    finished: str = ""  # when the run ended, UTC
 
     def median(self, target: str, metric: str) -> float:
-        """The median over rounds of a ThroughputResult property, e.g. median("gateway", "tokens_per_s")."""
+        """The median over rounds of a ThroughputResult property, e.g. median("gateway", "tokens_per_s"); a
+        round that measured nothing (NaN: no token in its window) does not count."""
         values = [float(getattr(r, metric)) for r in self.throughput.get(target, [])]
+        values = [v for v in values if not math.isnan(v)]
         return statistics.median(values) if values else math.nan
 
     def median_round(self, target: str) -> ThroughputResult | None:
@@ -203,15 +276,78 @@ class BenchResult:
             for target in self.throughput
             for metric in ("tokens_per_s", "streams_per_s")
         }
-        gateways: dict[str, float] = {}
-        for target in GATEWAYS:
-            cpu = [r.cpu_percent.get("gateway", math.nan) for r in self.throughput.get(target, [])]
-            gateways[f"{target}_cpu_percent"] = statistics.median(cpu) if cpu else math.nan
-            gateways[f"{target}_us_per_token"] = self.median(target, "gateway_us_per_token")
-        return {
-            **ttft,
-            **throughput,
-            **gateways,
-            "gateway_httpx_us_per_token": self.median("gateway-httpx", "gateway_us_per_token"),
-            "gateway_peak_rss_mib": self.gateway_peak_rss_bytes / 2**20,
+        proxies: dict[str, float] = {}
+        for target in self.throughput:
+            if target == "direct":
+                continue
+            proxies[f"{target}_cpu_percent"] = self.median(target, "proxy_cpu_percent")
+            proxies[f"{target}_us_per_token"] = self.median(target, "proxy_us_per_token")
+        loaded = {
+            f"{stat}_{q}_ms_c{concurrency}_{target}": getattr(result, stat)(q)
+            for concurrency, results in (
+                (self.settings.concurrency, {t: self.median_round(t) for t in self.throughput}),
+                (self.settings.concurrency_high, self.throughput_high),
+            )
+            for target, result in results.items()
+            if result is not None
+            for stat in ("ttft_ms", "stream_ms")
+            for q in (50, 99)
         }
+        failed = {
+            f"errors_c{self.settings.concurrency_high}_{t}": float(r.errors) for t, r in self.throughput_high.items()
+        }
+        held = {
+            f"rss_mib_{h.streams}_{target}": h.rss_bytes / 2**20 if h.opened == h.streams else math.nan
+            for target, levels in self.hold.items()
+            for h in levels
+        }
+        wire = {
+            f"{name}_{target}": float(getattr(w, name))
+            for target, w in self.wire.items()
+            for name in ("bytes_per_token", "streams_per_connection")
+        }
+        paced = {
+            f"paced_{stat}_p50_ms_{kind}": percentile(getattr(result, stat), 50)
+            for kind, result in self.paced.items()
+            for stat in ("samples_ms", "total_ms")
+        }
+        noise = [r.other_cpu_percent for rounds in self.throughput.values() for r in rounds]
+        other = {"other_cpu_percent": statistics.fmean(noise) if noise else math.nan}
+        return {**ttft, **throughput, **proxies, **loaded, **failed, **held, **wire, **paced, **other}
+
+
+def _floats(raw: dict[str, Any], *names: str) -> dict[str, Any]:
+    """`raw` with None (NaN, as JSON saved it) back to NaN in the float fields `names`."""
+    return {k: (math.nan if v is None and k in names else v) for k, v in raw.items()}
+
+
+def result_from_json(doc: dict[str, Any]) -> BenchResult:
+    """The BenchResult a saved run (`report.document`) was made from: its raw numbers, for a new summary."""
+    raw = doc["settings"]
+    settings = Settings(**{**raw, "hold_streams": tuple(raw["hold_streams"]), "only": tuple(raw.get("only", ()))})
+
+    def ttft(raw: dict[str, Any]) -> TtftResult:
+        return TtftResult(**raw)
+
+    def rounds(raw: dict[str, Any]) -> ThroughputResult:
+        loads = [LoadResult(**_floats(load, "elapsed_s", "cpu_percent")) for load in raw["loads"]]
+        cpu = {k: math.nan if v is None else v for k, v in raw["cpu_percent"].items()}
+        return ThroughputResult(raw["target"], loads, cpu)
+
+    return BenchResult(
+        settings=settings,
+        machine=Machine(**doc["machine"]),
+        command=doc["command"],
+        pinning=doc["pinning"],
+        ttft={k: ttft(v) for k, v in doc["ttft"].items()},
+        throughput={k: [rounds(r) for r in v] for k, v in doc["throughput"].items()},
+        gateway_peak_rss_bytes=doc["gateway_peak_rss_bytes"],
+        throughput_high={k: rounds(v) for k, v in doc["throughput_high"].items()},
+        hold={k: [HoldResult(**h) for h in v] for k, v in doc["hold"].items()},
+        wire={k: WireResult(**w) for k, w in doc["wire"].items()},
+        paced={k: ttft(v) for k, v in doc["paced"].items()},
+        absent=doc["absent"],
+        workers=doc["workers"],
+        profile_top=doc["profile_top"],
+        finished=doc["finished"],
+    )

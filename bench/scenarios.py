@@ -1,191 +1,120 @@
-"""Running a bench: start the upstream and the gateway, drive the load processes, collect their results.
+"""Running a bench: every side on the same fake upstream, one scenario after another, each a progress line.
 
-    async with Stack.start(workdir, settings) as stack:     # upstream + gateway, both ready
-        ttft = await stack.ttft("gateway", settings)
-        rounds = await stack.throughput("direct", settings)
+    result = await run_bench(settings)
 
-`run_bench(settings)` does all of it in a temporary folder and returns a `BenchResult`. Every child is
-stopped on the way out, whatever happened.
+The scenarios, in this order (each side is a Peer of bench/stack.py; a side that cannot run here, such as
+LiteLLM before `make bench-peers`, is left out and named in `result.absent`):
+
+    1. time to first token at c=1, sequential calls, every side;
+    2. throughput at c=`concurrency` for a fixed window, `rounds` rounds: tokens/s, each proxy's CPU time
+       per token (its process group, read from /proc), and TTFT / stream time p50 and p99 under that load;
+    3. the same once at c=`concurrency_high`;
+    4. bytes on the wire per token and streams per connection: a fixed number of streams through a
+       counting TCP relay (SSE and gRPC);
+    5. Generate against StreamGenerate for the same paced reply (the upstream sends a token every
+       `paced_ms`): time to first token and to the whole reply;
+    6. py-spy on the gateway under the c=`concurrency` load: its top frames;
+    7. RSS of each proxy with `hold_streams` streams open at once (last: it leaves the proxies bigger).
+
+Every child is stopped on the way out, whatever happened.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import datetime
 import json
-import os
-import re
 import shlex
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import grpc
-import httpx
-import yaml
-from grpc_health.v1 import health_pb2
+import aiohttp
 
-from bench.procs import Child, Children, cpu_seconds, machine_cpu_seconds, peak_rss_bytes
-from bench.results import BenchResult, LoadResult, Machine, Settings, ThroughputResult, TtftResult
+from bench.procs import Child, cpu_seconds, group_cpu_seconds, group_rss_bytes, machine_cpu_seconds, peak_rss_bytes
+from bench.profile import ProfileUnavailable, record
+from bench.relay import CountingRelay
+from bench.results import (
+    TARGETS,
+    BenchResult,
+    HoldResult,
+    LoadResult,
+    Machine,
+    Settings,
+    ThroughputResult,
+    TtftResult,
+    WireResult,
+)
+from bench.stack import HOLD_PROMPT, Peer, Stack
 
-__all__ = ["THROUGHPUT_TARGETS", "TTFT_TARGETS", "Progress", "Stack", "run_bench", "to_stderr"]
+__all__ = [
+    "HIGH_TARGETS",
+    "HOLD_TARGETS",
+    "THROUGHPUT_TARGETS",
+    "TTFT_TARGETS",
+    "WIRE_TARGETS",
+    "Progress",
+    "run_bench",
+    "to_stderr",
+]
 
-# A cold interpreter imports grpc, protobuf and httpx in well under a second; this leaves room for a slow box.
-READY_TIMEOUT_S = 20.0
-_POLL_INTERVAL_S = 0.05
-# The gateway's grace period on SIGTERM: the bench stops it only when no call is left.
-_GATEWAY_GRACE_S = 1.0
+_TTFT_TOKENS = 1
 # How often the gateway with metrics on is scraped during a throughput window (Prometheus's default is 15 s).
 _SCRAPE_INTERVAL_S = 1.0
-_TTFT_MODEL_TOKENS = 1  # the shortest stream: TTFT then measures the path, not the stream's length
-# The throughput sides, each round in this order: the upstream itself, the gateway calling it through
-# aiohttp (its default transport), a second gateway process of the same config with metrics on (right
-# after it: off and on back to back), and the first gateway process through httpx (a second provider entry).
-THROUGHPUT_TARGETS = ("direct", "gateway", "gateway_metrics", "gateway-httpx")
-# Time to first token: the upstream, the gateway, and the gateway with metrics on.
-TTFT_TARGETS = ("direct", "gateway", "gateway_metrics")
-_MODEL_PREFIX = {"gateway": "bench", "gateway-httpx": "bench-httpx", "gateway_metrics": "bench"}
+# After a window, streams still running get this long to end.
+_DRAIN_S = 5.0
+# The c=concurrency_high latency: this many streams per concurrent slot, so the first wave starts together
+# and the next ones start as streams end. A fixed count, not a window: a proxy that takes 20 s to answer
+# 256 streams gets all its TTFTs counted, not only those that fell inside a window.
+_WAVES = 2
 
-
-@dataclass(frozen=True, slots=True)
-class CpuPlan:
-    """Which CPUs each child may use; None everywhere when not pinning (or on one CPU)."""
-
-    gateway: frozenset[int] | None = None  # the gateway alone
-    others: frozenset[int] | None = None  # the upstream, and the load that goes through the gateway
-    # The direct side's load may use every CPU: the gateway is idle meanwhile.
-
-    @classmethod
-    def make(cls, pin: bool) -> CpuPlan:
-        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-        if not pin or len(cpus) < 2:
-            return cls()
-        return cls(gateway=frozenset(cpus[:1]), others=frozenset(cpus[1:]))
-
-    def load_cpus(self, target: str) -> frozenset[int] | None:
-        return None if target == "direct" else self.others
-
-    def describe(self) -> str:
-        if self.gateway is None or self.others is None:
-            return "none (every process may use every CPU)"
-        return (
-            f"gateway on CPU {_cpu_list(self.gateway)}; upstream and gateway-side load on CPU "
-            f"{_cpu_list(self.others)}; direct-side load on any CPU"
-        )
-
-
-def _cpu_list(cpus: frozenset[int]) -> str:
-    return ",".join(str(cpu) for cpu in sorted(cpus))
-
-
-@dataclass(slots=True)
-class Stack:
-    """The running fake upstream and gateway."""
-
-    children: Children
-    upstream: Child
-    upstream_url: str  # http://127.0.0.1:PORT/v1
-    gateway: Child
-    gateway_address: str  # 127.0.0.1:PORT
-    cpus: CpuPlan
-    # The same gateway with metrics on, and its /metrics URL (None in the control run: metrics off there too).
-    gateway_metrics: Child
-    gateway_metrics_address: str
-    metrics_url: str | None
-
-    @classmethod
-    @contextlib.asynccontextmanager
-    async def start(cls, workdir: Path, settings: Settings) -> AsyncIterator[Stack]:
-        cpus = CpuPlan.make(settings.pin)
-        async with Children(workdir) as children:
-            upstream = await children.start("upstream", "tests.fakes.openai_upstream", "--port", "0", cpus=cpus.others)
-            word, _, port = (await upstream.read_line(READY_TIMEOUT_S)).partition(" ")
-            if word != "PORT" or not port.isdigit():
-                raise upstream.failure(f"expected 'PORT <n>' on stdout, got {word} {port}")
-            upstream_url = f"http://127.0.0.1:{port}/v1"
-            gateway, gateway_address, _ = await _start_gateway(
-                children, workdir, "gateway", upstream_url, settings, cpus
-            )
-            metrics, metrics_address, metrics_url = await _start_gateway(
-                children, workdir, "gateway_metrics", upstream_url, settings, cpus, metrics=not settings.metrics_control
-            )
-            yield cls(
-                children, upstream, upstream_url, gateway, gateway_address, cpus, metrics, metrics_address, metrics_url
-            )
-
-    def _endpoint(self, target: str, tokens: int) -> tuple[str, str]:
-        """The address and model name a load process uses for `target` and streams of `tokens` tokens."""
-        if target == "direct":
-            return self.upstream_url, f"tokens-{tokens}"
-        address = self.gateway_metrics_address if target == "gateway_metrics" else self.gateway_address
-        return address, f"{_MODEL_PREFIX[target]}-{tokens}"
-
-    def _gateway_pid(self, target: str) -> dict[str, int]:
-        """The gateway process `target` loads (none for direct), under the one key "gateway"."""
-        if target == "direct":
-            return {}
-        return {"gateway": (self.gateway_metrics if target == "gateway_metrics" else self.gateway).pid}
-
-    async def ttft(self, target: str, settings: Settings) -> TtftResult:
-        address, model = self._endpoint(target, _TTFT_MODEL_TOKENS)
-        args = ["--requests", str(settings.ttft_requests), "--warmup", str(settings.ttft_warmup)]
-        args += ["--target", target, "--address", address, "--model", model]
-        child = await self.children.start(
-            f"load-ttft-{target}", "bench.load", "ttft", *args, cpus=self.cpus.load_cpus(target)
-        )
-        raw = await _result(child, READY_TIMEOUT_S + 60 + (settings.ttft_requests + settings.ttft_warmup) * 0.1)
-        await self.children.stop(child)
-        result = TtftResult(**_known(TtftResult, raw))
-        if not result.samples_ms:
-            raise child.failure(f"no request succeeded; first error: {result.first_error}")
-        return result
-
-    async def throughput(self, target: str, settings: Settings) -> ThroughputResult:
-        """One round: `settings.processes` load processes against `target`, measuring the same window."""
-        address, model = self._endpoint(target, settings.tokens)
-        base = ["throughput", "--target", target, "--address", address, "--model", model, "--sync"]
-        options = ["--duration", str(settings.duration_s), "--warmup", str(settings.warmup_s)]
-        options += ["--expect", str(settings.tokens)]
-        loads = [
-            await self.children.start(
-                f"load-{target}-{i}",
-                "bench.load",
-                *base,
-                *options,
-                "--concurrency",
-                str(n),
-                stdin=True,
-                cpus=self.cpus.load_cpus(target),
-            )
-            for i, n in enumerate(settings.per_process_concurrency())
-        ]
-        for load in loads:
-            if (line := await load.read_line(READY_TIMEOUT_S)) != "READY":
-                raise load.failure(f"expected READY, got {line!r}")
-        window_start = time.time() + settings.warmup_s
-        for load in loads:
-            load.write_line(f"GO {window_start!r}")
-        servers = {"upstream": self.upstream.pid} | self._gateway_pid(target)
-        scraped = self.metrics_url if target == "gateway_metrics" else None
-        scraping = _scraping(scraped) if scraped else contextlib.nullcontext()
-        async with scraping:
-            cpu = await _cpu_percent_over(servers, window_start, settings.duration_s)
-        raws = [await _result(load, settings.duration_s + 30) for load in loads]
-        for load in loads:
-            await self.children.stop(load)
-        return ThroughputResult(target, [LoadResult(**_known(LoadResult, raw)) for raw in raws], cpu)
-
+TTFT_TARGETS = (
+    "direct",
+    "floor",
+    "gateway",
+    "gateway_workers",
+    "gateway_metrics",
+    "gateway_tracing",
+    "gateway_asyncio",
+    "litellm",
+)
+# Each round in this order; the gateway's variants run in reverse every other round (whichever runs later
+# does worse on a busy machine, and that must not pass for the cost of metrics, tracing or a lever).
+THROUGHPUT_TARGETS = (
+    "direct",
+    "floor",
+    "litellm",
+    "gateway",
+    "gateway_metrics",
+    "gateway_tracing",
+    "gateway_asyncio",
+    "gateway-httpx",
+    "gateway_workers",
+)
+HIGH_TARGETS = ("direct", "floor", "gateway", "gateway_workers", "litellm")
+WIRE_TARGETS = ("direct", "floor", "gateway", "litellm")
+HOLD_TARGETS = ("floor", "gateway", "litellm")
+_FIXED_ORDER = 3  # direct, floor, litellm stay first in every round
 
 Progress = Callable[[str], None]
 
 
 def to_stderr(line: str) -> None:
-    """The default progress: one line per step on stderr, so that stdout holds only the table."""
+    """The default progress: one line per step on stderr, so that stdout holds only the tables."""
     print(f"bench: {line}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    kind: str  # one of SCENARIOS
+    what: str
+    run: Callable[[], Awaitable[str]]  # returns the headline figure
 
 
 async def run_bench(settings: Settings, command: str | None = None, progress: Progress = to_stderr) -> BenchResult:
@@ -195,69 +124,307 @@ async def run_bench(settings: Settings, command: str | None = None, progress: Pr
         machine=Machine.this(),
         command=command or shlex.join([sys.executable, "-m", "bench", *sys.argv[1:]]),
     )
-    steps = len(TTFT_TARGETS) + len(THROUGHPUT_TARGETS) * settings.rounds
-    step = 0
-
-    def begin(what: str) -> float:
-        nonlocal step
-        step += 1
-        progress(f"[{step}/{steps}] {what} ...")
-        return time.monotonic()
-
-    def end(began: float, figure: str) -> None:
-        progress(f"[{step}/{steps}] {figure} ({time.monotonic() - began:.1f} s)")
-
+    sides = set(TARGETS)
+    if not settings.litellm:
+        sides.discard("litellm")
+        result.absent["litellm"] = "left out (--no-litellm)"
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        progress("starting the fake upstream and the gateway ...")
-        async with Stack.start(Path(tmp), settings) as stack:
+        progress("starting the fake upstream, the floor, the gateways and the peers ...")
+        async with Stack.start(Path(tmp), settings, sides) as stack:
             result.pinning = stack.cpus.describe()
-            for target in TTFT_TARGETS:
-                calls = settings.ttft_warmup + settings.ttft_requests
-                began = begin(f"time to first token, {target}: {calls} sequential calls")
-                ttft = result.ttft[target] = await stack.ttft(target, settings)
-                end(began, f"TTFT p50 {ttft.p50_ms:.2f} ms")
-            window = f"{settings.warmup_s:g} s warm-up + {settings.duration_s:g} s at c={settings.concurrency}"
-            for n in range(1, settings.rounds + 1):
-                # The gateway sides run in reverse order every other round: whichever runs later does worse
-                # on a busy machine, and that must not pass for the cost of metrics (or of httpx).
-                order = THROUGHPUT_TARGETS if n % 2 else (*THROUGHPUT_TARGETS[:1], *reversed(THROUGHPUT_TARGETS[1:]))
-                for target in order:
-                    began = begin(f"throughput round {n}/{settings.rounds}, {target}: {window}")
-                    throughput = await stack.throughput(target, settings)
-                    result.throughput.setdefault(target, []).append(throughput)
-                    end(began, f"{throughput.tokens_per_s:,.0f} tokens/s")
-            result.gateway_peak_rss_bytes = peak_rss_bytes(stack.gateway.pid)
+            result.absent.update(stack.absent)
+            result.workers = stack.workers
+            for name, why in stack.absent.items():
+                progress(f"{name}: {why}")
+            steps = _steps(stack, settings, result, Path(tmp))
+            for n, step in enumerate(steps, 1):
+                progress(f"[{n}/{len(steps)}] {step.what} ...")
+                began = time.monotonic()
+                figure = await step.run()
+                progress(f"[{n}/{len(steps)}] {figure} ({time.monotonic() - began:.1f} s)")
+            if gateway := stack.peers["gateway"].leader:
+                result.gateway_peak_rss_bytes = peak_rss_bytes(gateway.pid)
+    result.finished = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return result
 
 
-async def _start_gateway(
-    children: Children,
-    workdir: Path,
-    name: str,
-    upstream_url: str,
+def _steps(stack: Stack, settings: Settings, result: BenchResult, workdir: Path) -> list[_Step]:
+    peers = stack.peers
+    steps: list[_Step] = []
+    calls = settings.ttft_warmup + settings.ttft_requests
+
+    def ttft_step(peer: Peer) -> _Step:
+        async def run() -> str:
+            ttft = result.ttft[peer.name] = await _ttft(stack, peer, settings, model=peer.model(_TTFT_TOKENS))
+            return f"TTFT p50 {ttft.p50_ms:.2f} ms"
+
+        return _Step("ttft", f"time to first token, {peer.name}: {calls} sequential calls", run)
+
+    def throughput_step(peer: Peer, n: int) -> _Step:
+        async def run() -> str:
+            done = await _throughput(stack, peer, settings, settings.concurrency, _DRAIN_S)
+            result.throughput.setdefault(peer.name, []).append(done)
+            failed = f", {done.errors} FAILED: {_first_error(done)}" if done.errors else ""
+            return f"{done.tokens_per_s:,.0f} tokens/s, {done.proxy_us_per_token:.0f} µs CPU/token{failed}"
+
+        window = f"{settings.warmup_s:g} s warm-up + {settings.duration_s:g} s at c={settings.concurrency}"
+        return _Step("throughput", f"throughput round {n}/{settings.rounds}, {peer.name}: {window}", run)
+
+    def high_step(peer: Peer) -> _Step:
+        async def run() -> str:
+            done = result.throughput_high[peer.name] = await _waves(stack, peer, settings)
+            failed = f", {done.errors} FAILED: {_first_error(done)}" if done.errors else ""
+            return f"TTFT p50 {done.ttft_ms(50):.1f} ms, p99 {done.ttft_ms(99):.1f} ms{failed}"
+
+        c = settings.concurrency_high
+        return _Step("high", f"latency at c={c}, {peer.name}: {_WAVES * c} streams, {c} at a time", run)
+
+    def wire_step(peer: Peer) -> _Step:
+        async def run() -> str:
+            wire = result.wire[peer.name] = await _wire(stack, peer, settings)
+            return f"{wire.bytes_per_token:.1f} bytes/token, {wire.connections} connection(s)"
+
+        return _Step("wire", f"bytes on the wire, {peer.name}: {settings.wire_streams} streams through a relay", run)
+
+    def paced_step(kind: str) -> _Step:
+        async def run() -> str:
+            paced = result.paced[kind] = await _ttft(
+                stack,
+                peers["gateway"],
+                settings,
+                model="bench-paced",
+                prompt=" ".join(["w"] * settings.paced_tokens),
+                unary=kind == "unary",
+                requests=settings.paced_requests,
+                warmup=1,
+            )
+            return f"first token {paced.p50_ms:.1f} ms, whole reply {_median(paced.total_ms):.1f} ms"
+
+        method = "Generate" if kind == "unary" else "StreamGenerate"
+        reply = f"{settings.paced_tokens} tokens {settings.paced_ms} ms apart"
+        return _Step("paced", f"{method}, gateway: {settings.paced_requests} calls for a reply of {reply}", run)
+
+    def profile_step() -> _Step:
+        async def run() -> str:
+            result.profile_top = await _profile(stack, peers["gateway"], settings, workdir)
+            return result.profile_top[0]
+
+        return _Step(
+            "profile", f"py-spy on the gateway under c={settings.concurrency} load: {settings.profile_s:g} s", run
+        )
+
+    def hold_step(peer: Peer, streams: int) -> _Step:
+        async def run() -> str:
+            held = await _hold(stack, peer, settings, streams)
+            result.hold.setdefault(peer.name, []).append(held)
+            return f"{held.opened:,} open, RSS {held.rss_bytes / 2**20:.0f} MiB"
+
+        return _Step("hold", f"{streams:,} concurrent streams, {peer.name}: RSS", run)
+
+    steps += [ttft_step(peers[t]) for t in TTFT_TARGETS if t in peers]
+    for n in range(1, settings.rounds + 1):
+        order = list(THROUGHPUT_TARGETS)
+        if not n % 2:
+            order = order[:_FIXED_ORDER] + order[_FIXED_ORDER:][::-1]
+        steps += [throughput_step(peers[t], n) for t in order if t in peers]
+    steps += [high_step(peers[t]) for t in HIGH_TARGETS if t in peers]
+    steps += [wire_step(peers[t]) for t in WIRE_TARGETS if t in peers]
+    steps += [paced_step("stream"), paced_step("unary")]
+    if settings.profile_s > 0:
+        steps.append(profile_step())
+    steps += [hold_step(peers[t], n) for n in settings.hold_streams for t in HOLD_TARGETS if t in peers]
+    return [step for step in steps if not settings.only or step.kind in settings.only]
+
+
+def _first_error(result: ThroughputResult) -> str:
+    return next((load.first_error for load in result.loads if load.first_error), "")[:200]
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else float("nan")
+
+
+def _load_args(peer: Peer, model: str, address: str | None = None) -> list[str]:
+    args = ["--protocol", peer.protocol, "--target", peer.name, "--address", address or peer.address]
+    args += ["--model", model]
+    return args + (["--api-key", peer.api_key] if peer.api_key else [])
+
+
+async def _ttft(
+    stack: Stack,
+    peer: Peer,
     settings: Settings,
-    cpus: CpuPlan,
     *,
-    metrics: bool = False,
-) -> tuple[Child, str, str | None]:
-    """A gateway process in front of the upstream, SERVING: it, its address and, with `metrics`, its
-    /metrics URL. Both listeners bind port 0; the gateway says which ports it got."""
-    config = workdir / f"{name}.yaml"
-    raw = _gateway_config(upstream_url, settings)
-    if metrics:
-        raw["metrics"] = {"listen": "127.0.0.1:0"}
-    config.write_text(yaml.safe_dump(raw, sort_keys=False))
-    args = ("--config", str(config), "--listen", "127.0.0.1:0")
-    gateway = await children.start(name, "server", *args, stdout=False, cpus=cpus.gateway)
-    address = await _wait_listening(gateway)
-    await _wait_serving(gateway, address)
-    metrics_url = None
-    if metrics:  # its line comes before the "listening on" one
-        found = _METRICS_ON.search(gateway.stderr_path.read_text(errors="replace"))
-        if found is None:
-            raise gateway.failure("did not say where /metrics is")
-        metrics_url = found[1]
-    return gateway, address, metrics_url
+    model: str,
+    prompt: str = "",
+    unary: bool = False,
+    requests: int | None = None,
+    warmup: int | None = None,
+) -> TtftResult:
+    requests = settings.ttft_requests if requests is None else requests
+    warmup = settings.ttft_warmup if warmup is None else warmup
+    args = ["ttft", "--requests", str(requests), "--warmup", str(warmup), *_load_args(peer, model)]
+    args += (["--prompt", prompt] if prompt else []) + (["--unary"] if unary else [])
+    child = await stack.children.start(f"load-ttft-{peer.name}", "bench.load", *args, cpus=stack.load_cpus(peer.name))
+    raw = await _result(child, 120 + (requests + warmup) * 2.0)
+    await stack.children.stop(child)
+    result = TtftResult(**_known(TtftResult, raw))
+    if not result.samples_ms:
+        raise child.failure(f"no request succeeded; first error: {result.first_error}")
+    return result
+
+
+def _split(concurrency: int, processes: int) -> list[int]:
+    base, extra = divmod(concurrency, processes)
+    return [base + (1 if i < extra else 0) for i in range(processes) if base or i < extra]
+
+
+async def _throughput(
+    stack: Stack, peer: Peer, settings: Settings, concurrency: int, drain_s: float, during: _During | None = None
+) -> ThroughputResult:
+    """One round: `settings.processes` load processes against `peer`, measuring the same window."""
+    base = ["throughput", *_load_args(peer, peer.model(settings.tokens)), "--sync"]
+    options = ["--duration", str(settings.duration_s), "--warmup", str(settings.warmup_s), "--drain", str(drain_s)]
+    options += ["--expect", str(settings.tokens)]
+    loads = [
+        await stack.children.start(
+            f"load-{peer.name}-{i}",
+            "bench.load",
+            *base,
+            *options,
+            "--concurrency",
+            str(n),
+            stdin=True,
+            cpus=stack.load_cpus(peer.name),
+        )
+        for i, n in enumerate(_split(concurrency, settings.processes))
+    ]
+    for load in loads:
+        if (line := await load.read_line(60)) != "READY":
+            raise load.failure(f"expected READY, got {line!r}")
+    window_start = time.time() + settings.warmup_s
+    for load in loads:
+        load.write_line(f"GO {window_start!r}")
+    readers: dict[str, Callable[[], float]] = {"upstream": lambda: cpu_seconds(stack.upstream.pid)}
+    if peer.leader is not None:
+        pgid = peer.leader.pid
+        readers["proxy"] = lambda: group_cpu_seconds(pgid)
+    scraping = _scraping(stack.metrics_url) if peer.name == "gateway_metrics" and stack.metrics_url else None
+    async with scraping or contextlib.nullcontext(), during or contextlib.nullcontext():
+        cpu = await _cpu_percent_over(readers, window_start, settings.duration_s)
+    raws = [await _result(load, settings.duration_s + drain_s + 60) for load in loads]
+    for load in loads:
+        await stack.children.stop(load)
+    return ThroughputResult(peer.name, [LoadResult(**_known(LoadResult, raw)) for raw in raws], cpu)
+
+
+async def _waves(stack: Stack, peer: Peer, settings: Settings) -> ThroughputResult:
+    """`_WAVES` x concurrency_high streams, concurrency_high at a time, over `settings.processes` processes."""
+    base = ["fixed", *_load_args(peer, peer.model(settings.tokens)), "--sync"]
+    loads = [
+        await stack.children.start(
+            f"load-high-{peer.name}-{i}",
+            "bench.load",
+            *base,
+            *("--concurrency", str(n), "--streams", str(_WAVES * n)),
+            stdin=True,
+            cpus=stack.load_cpus(peer.name),
+        )
+        for i, n in enumerate(_split(settings.concurrency_high, settings.processes))
+    ]
+    for load in loads:
+        if (line := await load.read_line(60)) != "READY":
+            raise load.failure(f"expected READY, got {line!r}")
+    readers: dict[str, Callable[[], float]] = {"upstream": lambda: cpu_seconds(stack.upstream.pid)}
+    if peer.leader is not None:
+        pgid = peer.leader.pid
+        readers["proxy"] = lambda: group_cpu_seconds(pgid)
+    before = {name: read() for name, read in readers.items()}
+    began = time.monotonic()
+    for load in loads:
+        load.write_line(f"GO {time.time()!r}")
+    raws = [await _result(load, 600) for load in loads]
+    elapsed = time.monotonic() - began
+    cpu = {name: 100 * (read() - before[name]) / elapsed for name, read in readers.items()}
+    for load in loads:
+        await stack.children.stop(load)
+    return ThroughputResult(peer.name, [LoadResult(**_known(LoadResult, raw)) for raw in raws], cpu)
+
+
+class _During:
+    """Something that runs alongside a throughput window (the profiler), started when the window opens."""
+
+    def __init__(self, run: Callable[[], Coroutine[Any, Any, list[str]]]) -> None:
+        self._run = run
+        self._task: asyncio.Task[list[str]] | None = None
+        self.lines: list[str] = []
+
+    async def __aenter__(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self.lines = await self._task
+
+
+async def _profile(stack: Stack, peer: Peer, settings: Settings, workdir: Path) -> list[str]:
+    assert peer.leader is not None
+    pid = peer.leader.pid
+
+    async def sample() -> list[str]:
+        await asyncio.sleep(settings.warmup_s)
+        try:
+            return await record(pid, min(settings.profile_s, settings.duration_s), workdir / "py-spy.txt")
+        except ProfileUnavailable as exc:
+            return [f"no profile: {exc}"]
+
+    during = _During(sample)
+    longer = dataclasses.replace(settings, duration_s=max(settings.duration_s, settings.profile_s + 1))
+    await _throughput(stack, peer, longer, settings.concurrency, _DRAIN_S, during)
+    return during.lines
+
+
+async def _wire(stack: Stack, peer: Peer, settings: Settings) -> WireResult:
+    async with CountingRelay(*peer.host_port) as relay:
+        address = relay.address if peer.protocol == "grpc" else f"http://{relay.address}/v1"
+        args = ["fixed", *_load_args(peer, peer.model(settings.tokens), address)]
+        args += ["--streams", str(settings.wire_streams), "--concurrency", str(settings.concurrency)]
+        child = await stack.children.start(f"load-wire-{peer.name}", "bench.load", *args)
+        raw = await _result(child, 120 + settings.wire_streams)
+        await stack.children.stop(child)
+    if raw["errors"] or not raw["tokens"]:
+        raise child.failure(f"streams failed on the wire: {raw['first_error']}")
+    # wait_ready's stream went over the relay too: counted in streams and tokens alike.
+    return WireResult(
+        peer.name,
+        peer.protocol,
+        streams=int(raw["streams"]) + 1,
+        tokens=int(raw["tokens"]) + settings.tokens,
+        bytes_up=relay.bytes_up,
+        bytes_down=relay.bytes_down,
+        connections=relay.connections,
+    )
+
+
+async def _hold(stack: Stack, peer: Peer, settings: Settings, streams: int) -> HoldResult:
+    assert peer.leader is not None
+    pgid = peer.leader.pid
+    idle = group_rss_bytes(pgid)
+    timeout = 60.0 + streams * 0.02
+    args = ["hold", *_load_args(peer, peer.hold_model), "--prompt", HOLD_PROMPT]
+    args += ["--streams", str(streams), "--open-timeout", str(timeout)]
+    child = await stack.children.start(
+        f"load-hold-{peer.name}", "bench.load", *args, stdin=True, cpus=stack.load_cpus(peer.name)
+    )
+    word, opened, seconds = (await child.read_line(timeout + 60)).split(" ")
+    if word != "OPEN":
+        raise child.failure(f"expected 'OPEN <n> <s>', got {word!r}")
+    rss = group_rss_bytes(pgid)
+    child.write_line("STOP")
+    raw = await _result(child, 120)
+    await stack.children.stop(child)
+    return HoldResult(peer.name, streams, int(opened), float(seconds), rss, idle, str(raw.get("first_error", "")))
 
 
 @contextlib.asynccontextmanager
@@ -266,9 +433,11 @@ async def _scraping(url: str) -> AsyncIterator[None]:
     fails the bench (the metrics listener must keep answering under load)."""
 
     async def scrape() -> None:
-        async with httpx.AsyncClient() as client:
+        async with aiohttp.ClientSession() as session:
             while True:
-                (await client.get(url, timeout=10.0)).raise_for_status()
+                async with session.get(url, timeout=aiohttp.ClientTimeout(total=10)) as reply:
+                    reply.raise_for_status()
+                    await reply.read()
                 await asyncio.sleep(_SCRAPE_INTERVAL_S)
 
     task = asyncio.create_task(scrape())
@@ -282,80 +451,25 @@ async def _scraping(url: str) -> AsyncIterator[None]:
             await task
 
 
-def _gateway_config(upstream_url: str, settings: Settings) -> dict[str, Any]:
-    providers = {"bench": "upstream", "bench-httpx": "upstream-httpx"}
-    return {
-        "grace_period_s": _GATEWAY_GRACE_S,
-        "providers": [
-            {"name": "upstream", "kind": "openai", "base_url": upstream_url},  # transport: aiohttp, the default
-            {"name": "upstream-httpx", "kind": "openai", "base_url": upstream_url, "transport": "httpx"},
-        ],
-        "models": [
-            {"name": f"{prefix}-{n}", "provider": provider, "upstream_model": f"tokens-{n}"}
-            for prefix, provider in providers.items()
-            for n in sorted({_TTFT_MODEL_TOKENS, settings.tokens})
-        ],
-    }
-
-
-# server/app.py's start-up line: "listening on HOST:PORT (...)", with the port the kernel chose for port 0.
-_LISTENING = re.compile(r" listening on (\S+:\d+) ")
-# And before it, with metrics on: "metrics on http://HOST:PORT/metrics".
-_METRICS_ON = re.compile(r" metrics on (http://\S+:\d+/metrics)")
-
-
-async def _wait_listening(gateway: Child) -> str:
-    """The address the gateway says it bound (it listens on port 0: a port picked here could be taken first)."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while gateway.process.returncode is None and time.monotonic() < deadline:
-        if found := _LISTENING.search(gateway.stderr_path.read_text(errors="replace")):
-            return found[1]
-        await asyncio.sleep(_POLL_INTERVAL_S)
-    if gateway.process.returncode is None:
-        raise gateway.failure(f"did not say where it listens within {READY_TIMEOUT_S:.0f} s")
-    raise gateway.failure("exited before it listened")
-
-
-async def _wait_serving(gateway: Child, address: str) -> None:
-    """Poll the gateway's health service until it answers SERVING; BenchError if it exits or takes too long."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    request = health_pb2.HealthCheckRequest(service="")
-    async with grpc.aio.insecure_channel(address) as channel:
-        # By method path: types-grpcio-health-checking's HealthStub declares no methods.
-        check = channel.unary_unary(
-            "/grpc.health.v1.Health/Check",
-            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-            response_deserializer=health_pb2.HealthCheckResponse.FromString,
-        )
-        while gateway.process.returncode is None and time.monotonic() < deadline:
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                if (await check(request, timeout=1.0)).status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            await asyncio.sleep(_POLL_INTERVAL_S)
-    if gateway.process.returncode is None:
-        raise gateway.failure(f"not SERVING on {address} within {READY_TIMEOUT_S:.0f} s")
-    await gateway.process.wait()
-    raise gateway.failure(f"exited before it was SERVING on {address}")
-
-
-async def _cpu_percent_over(pids: dict[str, int], start: float, duration_s: float) -> dict[str, float]:
-    """CPU% (100 = one core) of each process, and of the whole "machine", over [start, start + duration_s].
-
-    `start` is a time.time().
-    """
+async def _cpu_percent_over(
+    readers: dict[str, Callable[[], float]], start: float, duration_s: float
+) -> dict[str, float]:
+    """CPU% (100 = one core) of each reader's processes, and of the whole "machine", over the window
+    [start, start + duration_s]; `start` is a time.time()."""
+    readers = readers | {"machine": machine_cpu_seconds}
     await asyncio.sleep(max(0.0, start - time.time()))
-    before = {name: cpu_seconds(pid) for name, pid in pids.items()} | {"machine": machine_cpu_seconds()}
+    before = {name: read() for name, read in readers.items()}
     began = time.monotonic()
     await asyncio.sleep(duration_s)
     elapsed = time.monotonic() - began
-    after = {name: cpu_seconds(pid) for name, pid in pids.items()} | {"machine": machine_cpu_seconds()}
+    after = {name: read() for name, read in readers.items()}
     return {name: 100 * (after[name] - before[name]) / elapsed for name in before}
 
 
 async def _result(child: Child, timeout: float) -> dict[str, Any]:
     """The JSON line a load process prints last, once it has exited with 0."""
     line = await child.read_line(timeout)
-    if await child.wait(timeout=10) != 0:
+    if await child.wait(timeout=30) != 0:
         raise child.failure("failed")
     try:
         raw = json.loads(line)

@@ -1,4 +1,5 @@
-"""python -m server [--config FILE] [--listen HOST:PORT] [--workers N|auto] | --version
+"""python -m server [--config FILE] [--listen HOST:PORT] [--workers N|auto] [--loop auto|uvloop|asyncio]
+python -m server --version
 python -m server hash-token < token-file      # the `clients[].tokens` entry of the token on stdin
 
 With --config, SIGHUP or a change of FILE reloads it (server/app.py: Gateway.reload).
@@ -10,8 +11,8 @@ the user typed.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import functools
+import logging
 import sys
 import tomllib
 from importlib import metadata
@@ -20,6 +21,7 @@ from pathlib import Path
 from server.app import WatchedFile, serve
 from server.config import ConfigError, load_config
 from server.config.clients import token_digest
+from server.eventloop import LOOPS, LoopUnavailable, loop_runner
 from server.observe.logs import configure_logging
 from server.observe.trace import tracing_from_env
 from server.workers import supervise
@@ -45,9 +47,20 @@ def main(argv: list[str] | None = None) -> int:
         help="worker processes sharing the port, supervised by this one; auto: one per core "
         "(overrides config and GATEWAY_WORKERS; default 1: a single process)",
     )
+    parser.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default="auto",
+        help="the event loop: uvloop when installed (auto, the default), or asyncio's own",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     args = parser.parse_args(argv)
     watched = WatchedFile.now(args.config) if args.config is not None else None  # as it is before it is read
+    try:
+        loop, run = loop_runner(args.loop)
+    except LoopUnavailable as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
     try:
         config = load_config(args.config, listen=args.listen, workers=args.workers)
         tracing = tracing_from_env()
@@ -60,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     if config.workers > 1:
         tracing.shutdown()  # each worker sets up its own
         return supervise(config, reload=reload, watch=watched)
+    logging.getLogger("server").info("event loop: %s", loop)
     try:
-        asyncio.run(serve(config, tracing, reload=reload, watch=watched))
+        run(serve(config, tracing, reload=reload, watch=watched))
     except OSError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1

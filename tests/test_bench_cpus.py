@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.results import TARGETS
-from bench.scenarios import CpuPlan
+from bench.stack import CpuPlan
 
 
 @pytest.mark.parametrize("target", [target for target in TARGETS if target != "direct"])

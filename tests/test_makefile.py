@@ -32,12 +32,12 @@ class Make:
         self.python.write_text(FAKE_PYTHON.format(log=shlex.quote(str(self.log))))
         self.python.chmod(0o755)
 
-    def __call__(self, target: str) -> list[str]:
+    def __call__(self, target: str, *variables: str) -> list[str]:
         """Run `make target`; the python commands it ran, one per line."""
         before = len(self.log.read_text().splitlines())
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS"))}
         subprocess.run(
-            ["make", "--no-print-directory", target, f"VENV={self.venv}", f"PYTHON={self.python}"],
+            ["make", "--no-print-directory", target, f"VENV={self.venv}", f"PYTHON={self.python}", *variables],
             cwd=REPO_ROOT,
             env=env,
             check=True,
@@ -128,3 +128,18 @@ def test_make_test_and_pytest_install_the_system_packages_first() -> None:
     rules = {line.split(":")[0]: line.split(":", 1)[1].split() for line in makefile.splitlines() if ": " in line}
     assert "system-deps" in rules["test"]
     assert "system-deps" in rules["pytest"]
+
+
+def test_make_bench_peers_installs_litellm_into_a_venv_of_its_own_once(make: Make, tmp_path: Path) -> None:
+    peers = tmp_path / "peers"
+    commands = make("bench-peers", f"PEERS_VENV={peers}")
+    assert commands[0] == f"-m venv {peers}"
+    assert pip_installs(commands) == ["--quiet --upgrade pip", "--quiet litellm[proxy]"]
+    assert not make.venv.exists()  # the gateway's own venv is not touched
+    assert make("bench-peers", f"PEERS_VENV={peers}") == []
+
+
+def test_make_bench_installs_the_bench_extra_before_it_runs(make: Make) -> None:
+    commands = make("bench", "ARGS=--quick")
+    assert pip_installs(commands)[-1] == "--quiet -e .[dev,bench]"
+    assert commands[-2:] == ["-m bench --quick", "-m bench.fairness"]

@@ -1,9 +1,9 @@
-"""`bench --json`: the raw numbers land in bench/results/ (ignored by git) or in the file the user names,
-never untracked in the repository root."""
+"""Where a bench run's numbers land: `--json FILE` anywhere; a full run saves bench/results/latest.json
+(with its chart, the gateway's profile and the README's tables); `--quick` saves nothing unless asked."""
 
 from __future__ import annotations
 
-import datetime
+import dataclasses
 import json
 import subprocess
 from pathlib import Path
@@ -11,22 +11,32 @@ from pathlib import Path
 import pytest
 
 import bench.__main__ as bench_main
-from bench import report
-from bench.results import QUICK, BenchResult, LoadResult, Machine, Settings, ThroughputResult, TtftResult
+from bench import readme, report
+from bench.results import (
+    QUICK,
+    BenchResult,
+    LoadResult,
+    Machine,
+    Settings,
+    ThroughputResult,
+    TtftResult,
+    result_from_json,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
+LOAD = LoadResult(concurrency=32, elapsed_s=2.0, tokens=20_000, streams=300, errors=0, cpu_percent=50.0, stream_ms=[])
+
+
 def canned_result(settings: Settings, command: str | None = None) -> BenchResult:
     result = BenchResult(settings=settings, machine=Machine.this(), command=command or "python -m bench")
-    result.ttft = {target: TtftResult(target, [1.0, 2.0]) for target in ("direct", "gateway")}
-    load = LoadResult(
-        concurrency=32, elapsed_s=2.0, tokens=20_000, streams=300, errors=0, cpu_percent=50.0, stream_ms=[]
-    )
+    result.ttft = {target: TtftResult(target, [1.0, 2.0]) for target in ("direct", "gateway", "floor")}
     result.throughput = {
-        target: [ThroughputResult(target, [load], {"upstream": 50.0, "gateway": 90.0, "machine": 190.0})]
-        for target in ("direct", "gateway")
+        target: [ThroughputResult(target, [LOAD], {"upstream": 50.0, "proxy": 90.0, "machine": 190.0})]
+        for target in ("direct", "gateway", "floor")
     }
+    result.profile_top = ["10 samples at 200 Hz"]
     return result
 
 
@@ -38,32 +48,70 @@ def no_bench(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
         return canned_result(settings)
 
     monkeypatch.setattr(bench_main, "run_bench", run_bench)
-    monkeypatch.setattr(report, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(bench_main, "RESULTS_DIR", tmp_path / "results")
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")
     return tmp_path / "results"
 
 
-def test_json_without_a_file_writes_into_the_results_folder_not_the_current_one(no_bench: Path) -> None:
-    assert bench_main.main(["--quick", "--json"]) == 0
-    [written] = no_bench.iterdir()
-    assert written.name.startswith("bench-")
-    assert written.suffix == ".json"
-    assert json.loads(written.read_text())["settings"]["rounds"] == QUICK.rounds
-    assert list(Path.cwd().iterdir()) == []
-
-
 def test_json_with_a_file_writes_there_making_its_folder(no_bench: Path, tmp_path: Path) -> None:
     target = tmp_path / "mine" / "run.json"
     assert bench_main.main(["--quick", "--json", str(target)]) == 0
-    assert json.loads(target.read_text())["summary"]["ttft_p50_ms_gateway"] == 1.5
+    document = json.loads(target.read_text())
+    assert document["summary"]["ttft_p50_ms_gateway"] == 1.5
+    assert document["settings"]["rounds"] == QUICK.rounds
+    assert not no_bench.exists()
+    assert list(Path.cwd().iterdir()) == []
+
+
+def test_a_quick_run_saves_nothing_unless_asked(no_bench: Path) -> None:
+    assert bench_main.main(["--quick"]) == 0
     assert not no_bench.exists()
 
 
-def test_the_default_file_is_named_for_its_time_in_the_folder_git_ignores() -> None:
-    path = report.default_json_path(datetime.datetime(2026, 12, 1, 14, 5, 9, tzinfo=datetime.UTC))
-    assert path == REPO_ROOT / "bench" / "results" / "bench-20261201-140509.json"
-    ignored = subprocess.run(
-        ["git", "check-ignore", "--no-index", "-q", str(path.relative_to(REPO_ROOT))], cwd=REPO_ROOT, check=False
-    )
-    assert ignored.returncode == 0, "bench/results/ must be in .gitignore"
+def test_a_saved_run_is_its_json_its_chart_and_the_gateways_profile(tmp_path: Path) -> None:
+    readme_before = readme.README.read_text()
+    lines = bench_main.save(canned_result(QUICK), tmp_path)
+
+    saved = json.loads((tmp_path / "latest.json").read_text())
+    assert saved["summary"]["gateway_us_per_token"] == pytest.approx(90 / 100 / 10_000 * 1e6)
+    assert (tmp_path / "latest.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert (tmp_path / "profile-gateway.txt").read_text().splitlines()[1] == "10 samples at 200 Hz"
+    assert lines[0] == f"saved: {tmp_path / 'latest.json'}"
+    assert readme.README.read_text() == readme_before  # only a save into bench/results/ updates the README
+
+
+def test_git_keeps_the_saved_run_and_ignores_every_other_file_in_the_results_folder() -> None:
+    def ignored(path: Path) -> bool:
+        relative = str(path.relative_to(REPO_ROOT))
+        return subprocess.run(["git", "check-ignore", "--no-index", "-q", relative], cwd=REPO_ROOT).returncode == 0
+
+    kept = [report.RESULTS_DIR / name for name in ("latest.json", "latest.png", "profile-gateway.txt")]
+    assert not any(ignored(path) for path in kept)
+    assert ignored(report.default_json_path())
+    assert ignored(report.RESULTS_DIR / "scratch.txt")
+
+
+def test_a_saved_run_reads_back_into_the_same_result() -> None:
+    result = canned_result(QUICK)
+    result.throughput["litellm"] = [
+        ThroughputResult("litellm", [dataclasses.replace(LOAD, tokens=0)], {"proxy": 90.0}),  # nothing in its window
+        ThroughputResult("litellm", [LOAD], {"proxy": 90.0}),
+    ]
+    saved = json.loads(json.dumps(report.document(result)))
+
+    again = result_from_json(saved)
+
+    assert report.document(again) == saved
+    # A round without a token in its window does not count: the median is the other round's.
+    assert saved["summary"]["litellm_us_per_token"] == pytest.approx(90 / 100 / 10_000 * 1e6)
+
+
+def test_from_json_renders_a_saved_run_without_running_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    saved = tmp_path / "run.json"
+    saved.write_text(json.dumps(report.document(canned_result(QUICK))))
+
+    assert bench_main.main(["--from-json", str(saved), "--no-save"]) == 0
+    assert "gateway, 1 worker" in capsys.readouterr().out

@@ -64,7 +64,7 @@ async def collect_stream(
     stub: pb_grpc.AIServiceAsyncStub,
     req: pb.StreamGenerateRequest,
     *,
-    timeout: float = 10.0,
+    timeout: float = 30.0,  # only against a hang: a loaded machine answers in well under it
     metadata: tuple[tuple[str, str], ...] | None = None,
 ) -> StreamOutcome:
     outcome = StreamOutcome()

@@ -283,7 +283,7 @@ async def test_list_models_returns_the_catalog_as_client_types(demo_target: str)
 
     def blocking() -> list[ModelInfo]:
         with AIClient(target=demo_target, plaintext=True) as client:
-            return client.list_models(timeout=5)
+            return client.list_models(timeout=30)
 
     assert await asyncio.to_thread(blocking) == [DEMO_MODEL]
 

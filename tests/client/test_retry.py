@@ -246,10 +246,10 @@ async def test_the_channel_alone_honours_the_gateways_pushback(serve: Serve) -> 
     async with grpc.aio.insecure_channel(target, options=options) as channel:
         stub = pb_grpc.AIServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await stub.Generate(pb.GenerateRequest(model="m"), timeout=5)
+            await stub.Generate(pb.GenerateRequest(model="m"), timeout=30)
         assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
         assert len(servicer.times) == 1
-        assert await stub.Generate(pb.GenerateRequest(model="m"), timeout=5)  # SHUTTING_DOWN twice: retried
+        assert await stub.Generate(pb.GenerateRequest(model="m"), timeout=30)  # SHUTTING_DOWN twice: retried
     assert len(servicer.times) == 4
 
 

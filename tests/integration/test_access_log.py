@@ -46,7 +46,7 @@ async def test_a_failed_call_logs_its_code_and_reason_and_no_secret(
     caplog.set_level(logging.INFO, logger="server.access")
     async with stub_for(gateway) as stub:
         with pytest.raises(grpc.aio.AioRpcError):
-            await stub.Generate(unary_request("fault-401"), metadata=GOOD, timeout=5)
+            await stub.Generate(unary_request("fault-401"), metadata=GOOD, timeout=30)
         outcome = await collect_stream(stub, request("fault-reset-mid"), metadata=GOOD)
     assert outcome.error is not None
     unary, streamed = access_lines(caplog)
@@ -89,7 +89,7 @@ async def test_a_call_without_a_valid_token_is_logged_with_no_client(
     caplog.set_level(logging.INFO, logger="server.access")
     async with stub_for(gateway) as stub:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await stub.Generate(unary_request("gpt-test"), metadata=(("authorization", "Bearer wrong"),), timeout=5)
+            await stub.Generate(unary_request("gpt-test"), metadata=(("authorization", "Bearer wrong"),), timeout=30)
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     [line] = access_lines(caplog)
     assert line.startswith("Generate client=- model=- served=- code=UNAUTHENTICATED reason=UNAUTHENTICATED ")
@@ -103,7 +103,7 @@ async def test_a_client_chosen_model_name_cannot_forge_or_split_a_log_line(
     forged = "x code=OK\nStreamGenerate client=admin " + "y" * 500
     async with stub_for(gateway) as stub:
         with pytest.raises(grpc.aio.AioRpcError):
-            await stub.Generate(unary_request(forged), metadata=GOOD, timeout=5)
+            await stub.Generate(unary_request(forged), metadata=GOOD, timeout=30)
     [line] = access_lines(caplog)
     assert "\n" not in line
     assert " model=x\\x20code=OK\\x0aStreamGenerate\\x20client=admin\\x20yyy" in line

@@ -56,7 +56,7 @@ async def test_every_rpc_rejects_a_call_without_a_valid_token(
     stub = pb_grpc.AIServiceStub(channel)
 
     with pytest.raises(grpc.aio.AioRpcError) as unary:
-        await stub.Generate(unary_request("gpt-test"), metadata=metadata, timeout=5)
+        await stub.Generate(unary_request("gpt-test"), metadata=metadata, timeout=30)
     assert_unauthenticated(unary.value)
 
     outcome = await collect_stream(stub, request("gpt-test"), metadata=metadata)
@@ -66,7 +66,7 @@ async def test_every_rpc_rejects_a_call_without_a_valid_token(
 
     # No write before the read: a write racing the server's early rejection can turn the status into
     # INTERNAL on the client side (grpc/grpc#36066); the rejection needs no message anyway.
-    bidi = stub.InteractiveStream(metadata=metadata, timeout=5)
+    bidi = stub.InteractiveStream(metadata=metadata, timeout=30)
     with pytest.raises(grpc.aio.AioRpcError) as interactive:
         await bidi.read()
     assert_unauthenticated(interactive.value)
@@ -78,13 +78,13 @@ async def test_every_rpc_rejects_a_call_without_a_valid_token(
 
 async def test_a_valid_token_reaches_every_rpc(channel: grpc.aio.Channel) -> None:
     stub = pb_grpc.AIServiceStub(channel)
-    response = await stub.Generate(unary_request("gpt-test"), metadata=GOOD, timeout=5)
+    response = await stub.Generate(unary_request("gpt-test"), metadata=GOOD, timeout=30)
     assert response.content == "hello brave world"
     outcome = await collect_stream(stub, request("gpt-test"), metadata=GOOD)
     assert outcome.error is None
     assert len(outcome.finals) == 1
 
-    bidi = stub.InteractiveStream(metadata=GOOD, timeout=5)
+    bidi = stub.InteractiveStream(metadata=GOOD, timeout=30)
     await bidi.write(pb.InteractiveRequest(start=pb.SessionStart(model="gpt-test")))
     await bidi.write(pb.InteractiveRequest(message=pb.TurnRequest(request_id="1", content="hello")))
     await bidi.done_writing()
@@ -96,14 +96,14 @@ async def test_a_valid_token_reaches_every_rpc(channel: grpc.aio.Channel) -> Non
 async def test_the_bearer_scheme_is_case_insensitive(channel: grpc.aio.Channel) -> None:
     stub = pb_grpc.AIServiceStub(channel)
     metadata = (("authorization", f"bearer {CLIENT_TOKEN}"),)
-    assert (await stub.Generate(unary_request("gpt-test"), metadata=metadata, timeout=5)).content
+    assert (await stub.Generate(unary_request("gpt-test"), metadata=metadata, timeout=30)).content
 
 
 async def test_health_checks_need_no_token(channel: grpc.aio.Channel) -> None:
     for service in ("", "holysheepai.AIService"):
-        reply = await health_check(channel)(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        reply = await health_check(channel)(health_pb2.HealthCheckRequest(service=service), timeout=30)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
-    watch = health_watch(channel)(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    watch = health_watch(channel)(health_pb2.HealthCheckRequest(service=""), timeout=30)
     first = await watch.read()
     assert isinstance(first, health_pb2.HealthCheckResponse)
     assert first.status == health_pb2.HealthCheckResponse.SERVING
@@ -120,7 +120,7 @@ async def test_reflection_needs_no_token(channel: grpc.aio.Channel) -> None:
         reflection_pb2.ServerReflectionRequest.SerializeToString,
         reflection_pb2.ServerReflectionResponse.FromString,
     )
-    call = reflect(timeout=5)
+    call = reflect(timeout=30)
     await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
     reply = await call.read()
     assert isinstance(reply, reflection_pb2.ServerReflectionResponse)

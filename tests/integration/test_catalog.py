@@ -40,7 +40,7 @@ async def test_an_alias_a_tier_and_provider_slash_model_reach_the_same_upstream(
             # 3 prompt tokens at $8/M and 3 completion tokens at $32/M.
             assert final.usage.HasField("cost_usd")
             assert final.usage.cost_usd == pytest.approx((3 * 8 + 3 * 32) / 1_000_000)
-        passthrough = await stub.Generate(unary_request("fake-openai/gpt-test", "x y"), timeout=5)
+        passthrough = await stub.Generate(unary_request("fake-openai/gpt-test", "x y"), timeout=30)
     assert passthrough.model == "fake-openai/gpt-test"
     assert not passthrough.usage.HasField("cost_usd")  # no price known for "gpt-test"
     assert [r.body["model"] for r in fake_openai.requests] == ["gpt-test"] * 4
@@ -100,7 +100,7 @@ async def test_list_models_shows_aliases_prices_deployments_and_fallbacks(make_g
     )
     gateway = await make_gateway(config)
     async with stub_for(gateway) as stub:
-        reply = await stub.ListModels(pb.ListModelsRequest(), timeout=5)
+        reply = await stub.ListModels(pb.ListModelsRequest(), timeout=30)
     by_name = {m.name: m for m in reply.models}
     assert list(by_name) == ["gpt", "small"]
     gpt = by_name["gpt"]

@@ -152,7 +152,7 @@ async def test_a_stream_is_the_deltas_then_one_final_chunk_with_usage_and_cost(
 
 async def test_generate_answers_whole_with_the_same_usage_and_cost(gateway: Gateway, upstream: Upstream) -> None:
     async with stub_for(gateway) as stub:
-        response = await stub.Generate(unary_request("echo", "hello brave world"), timeout=5)
+        response = await stub.Generate(unary_request("echo", "hello brave world"), timeout=30)
 
     assert response.content == "hello brave world"
     assert response.finish_reason == pb.FINISH_REASON_STOP
@@ -173,7 +173,7 @@ async def test_system_prompts_count_as_prompt_tokens(gateway: Gateway, upstream:
 async def test_max_tokens_ends_the_reply_with_length(gateway: Gateway, upstream: Upstream) -> None:
     async with stub_for(gateway) as stub:
         outcome = await collect_stream(stub, request("echo", "one two three", max_tokens=2))
-        response = await stub.Generate(unary_request("echo", "one two three", max_tokens=2), timeout=5)
+        response = await stub.Generate(unary_request("echo", "one two three", max_tokens=2), timeout=30)
 
     assert outcome.deltas == ["one", " two"]
     assert outcome.finals[0].finish_reason == pb.FINISH_REASON_LENGTH
@@ -185,7 +185,7 @@ async def test_max_tokens_ends_the_reply_with_length(gateway: Gateway, upstream:
 async def test_missing_usage_is_unreported_and_costs_nothing_invented(gateway: Gateway) -> None:
     async with stub_for(gateway) as stub:
         outcome = await collect_stream(stub, request("no-usage"))
-        response = await stub.Generate(unary_request("no-usage"), timeout=5)
+        response = await stub.Generate(unary_request("no-usage"), timeout=30)
 
     assert outcome.deltas == ["hello", " brave", " world"]
     for usage in (outcome.finals[0].usage, response.usage):
@@ -210,7 +210,7 @@ async def test_connections_to_the_upstream_are_reused(gateway: Gateway, upstream
     async with stub_for(gateway) as stub:
         for _ in range(3):
             assert (await collect_stream(stub, request("echo"))).error is None
-            await stub.Generate(unary_request("echo"), timeout=5)
+            await stub.Generate(unary_request("echo"), timeout=30)
     assert upstream.fake.connections_accepted == 1
 
 
@@ -218,7 +218,7 @@ async def test_connections_to_the_upstream_are_reused(gateway: Gateway, upstream
 async def test_a_refusal_ends_with_content_filter_and_no_text(gateway: Gateway, upstream: Upstream) -> None:
     async with stub_for(gateway) as stub:
         outcome = await collect_stream(stub, request("refusal"))
-        response = await stub.Generate(unary_request("refusal"), timeout=5)
+        response = await stub.Generate(unary_request("refusal"), timeout=30)
 
     assert outcome.deltas == []
     assert outcome.finals[0].finish_reason == pb.FINISH_REASON_CONTENT_FILTER

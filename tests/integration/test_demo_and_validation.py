@@ -24,8 +24,8 @@ async def test_demo_streams_the_last_user_message_word_by_word(demo_gateway: Gat
 
 async def test_demo_honours_max_tokens_and_stop(demo_gateway: Gateway) -> None:
     async with stub_for(demo_gateway) as stub:
-        truncated = await stub.Generate(unary_request("demo", "one two three four", max_tokens=2), timeout=5)
-        stopped = await stub.Generate(unary_request("demo", "one two STOP three", stop=["STOP"]), timeout=5)
+        truncated = await stub.Generate(unary_request("demo", "one two three four", max_tokens=2), timeout=30)
+        stopped = await stub.Generate(unary_request("demo", "one two STOP three", stop=["STOP"]), timeout=30)
     assert (truncated.content, truncated.finish_reason) == ("one two", pb.FINISH_REASON_LENGTH)
     assert (stopped.content, stopped.finish_reason) == ("one two", pb.FINISH_REASON_STOP)
 
@@ -38,7 +38,7 @@ async def test_invalid_requests_list_every_violation_in_bad_request(demo_gateway
     )
     async with stub_for(demo_gateway) as stub:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await stub.Generate(bad, timeout=5)
+            await stub.Generate(bad, timeout=30)
         outcome = await collect_stream(
             stub, pb.StreamGenerateRequest(model="", messages=bad.messages, config=bad.config)
         )
@@ -73,7 +73,7 @@ async def test_an_unknown_model_names_the_known_ones(demo_gateway: Gateway) -> N
 async def test_no_messages_is_invalid(demo_gateway: Gateway) -> None:
     async with stub_for(demo_gateway) as stub:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await stub.Generate(pb.GenerateRequest(model="demo"), timeout=5)
+            await stub.Generate(pb.GenerateRequest(model="demo"), timeout=30)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "messages: at least one message is required" in (raised.value.details() or "")
 
@@ -81,7 +81,7 @@ async def test_no_messages_is_invalid(demo_gateway: Gateway) -> None:
 async def test_content_over_the_cap_is_invalid_argument_naming_the_size(demo_gateway: Gateway) -> None:
     async with stub_for(demo_gateway) as stub:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await stub.Generate(unary_request("demo", "x" * (MAX_REQUEST_CONTENT_BYTES + 1)), timeout=5)
+            await stub.Generate(unary_request("demo", "x" * (MAX_REQUEST_CONTENT_BYTES + 1)), timeout=30)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     bad_request = detail(rich_status(raised.value), error_details_pb2.BadRequest)
     assert bad_request is not None
@@ -95,13 +95,13 @@ async def test_a_message_beyond_the_grpc_receive_limit_is_refused_by_grpc(demo_g
     huge = "x" * (MAX_REQUEST_CONTENT_BYTES + MAX_MESSAGE_OVERHEAD_BYTES + 1)
     async with stub_for(demo_gateway) as stub:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await stub.Generate(unary_request("demo", huge), timeout=5)
+            await stub.Generate(unary_request("demo", huge), timeout=30)
     assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 async def test_list_models_describes_the_catalog(openai_gateway: Gateway) -> None:
     async with stub_for(openai_gateway) as stub:
-        reply = await stub.ListModels(pb.ListModelsRequest(), timeout=5)
+        reply = await stub.ListModels(pb.ListModelsRequest(), timeout=30)
     names = [m.name for m in reply.models]
     assert names == sorted(names)
     assert "demo" in names

@@ -26,10 +26,10 @@ async def test_a_gateway_process_counts_its_calls_on_its_metrics_listener() -> N
         assert found is not None, gateway.stderr
         async with grpc.aio.insecure_channel(address) as channel:
             stub = pb_grpc.AIServiceStub(channel)
-            await stub.Generate(unary_request("demo"), timeout=5)
-            chunks = [chunk async for chunk in stub.StreamGenerate(request("demo"), timeout=5)]
+            await stub.Generate(unary_request("demo"), timeout=30)
+            chunks = [chunk async for chunk in stub.StreamGenerate(request("demo"), timeout=30)]
             with pytest.raises(grpc.aio.AioRpcError) as unknown:
-                await stub.Generate(unary_request("no-such-model"), timeout=5)
+                await stub.Generate(unary_request("no-such-model"), timeout=30)
         scrape = await scrape_port(int(found["port"]))
 
     assert unknown.value.code() is grpc.StatusCode.INVALID_ARGUMENT

@@ -83,14 +83,14 @@ async def test_stream_sends_the_openai_streaming_request(
 
 async def test_unset_options_are_not_sent(openai_gateway: Gateway, fake_openai: FakeOpenAIUpstream) -> None:
     async with stub_for(openai_gateway) as stub:
-        await stub.Generate(unary_request("gpt-test"), timeout=5)
+        await stub.Generate(unary_request("gpt-test"), timeout=30)
     [sent] = fake_openai.requests
     assert set(sent.body) == {"model", "messages"}
 
 
 async def test_generate_makes_one_non_streaming_call(openai_gateway: Gateway, fake_openai: FakeOpenAIUpstream) -> None:
     async with stub_for(openai_gateway) as stub:
-        response = await stub.Generate(unary_request("gpt-test", "one two three", max_tokens=2), timeout=5)
+        response = await stub.Generate(unary_request("gpt-test", "one two three", max_tokens=2), timeout=30)
 
     assert response.content == "one two"
     assert response.finish_reason == pb.FINISH_REASON_LENGTH
@@ -111,7 +111,7 @@ async def test_a_stream_split_into_single_bytes_arrives_whole(openai_gateway: Ga
 async def test_missing_usage_is_reported_as_unreported_not_as_zeros(openai_gateway: Gateway) -> None:
     async with stub_for(openai_gateway) as stub:
         outcome = await collect_stream(stub, request("no-usage"))
-        response = await stub.Generate(unary_request("no-usage"), timeout=5)
+        response = await stub.Generate(unary_request("no-usage"), timeout=30)
     assert outcome.finals[0].usage.unreported
     assert outcome.finals[0].finish_reason == pb.FINISH_REASON_STOP
     assert response.usage.unreported
@@ -236,7 +236,7 @@ async def test_refused_connection_is_unavailable(make_gateway: GatewayFactory) -
     async with stub_for(gateway) as stub:
         outcome = await collect_stream(stub, request("gpt-test"))
         with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await stub.Generate(unary_request("gpt-test"), timeout=5)
+            await stub.Generate(unary_request("gpt-test"), timeout=30)
     for error in (outcome.error, raised.value):
         assert error is not None
         assert error.code() == Code.UNAVAILABLE

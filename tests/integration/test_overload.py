@@ -38,7 +38,7 @@ async def test_with_no_queue_wait_over_the_process_limit_calls_fail_fast_with_re
 
         refused = await collect_stream(stub, request("gpt-test"))
         with pytest.raises(grpc.aio.AioRpcError) as unary:
-            await stub.Generate(unary_request("gpt-test"), timeout=5)
+            await stub.Generate(unary_request("gpt-test"), timeout=30)
 
         for error in (refused.error, unary.value):
             assert error is not None

@@ -58,7 +58,7 @@ async def test_the_handler_sees_the_authenticated_client() -> None:
 
             async def who(token: str) -> str:
                 metadata = (("authorization", f"Bearer {token}"),)
-                return (await stub.Generate(pb.GenerateRequest(), metadata=metadata, timeout=5)).content
+                return (await stub.Generate(pb.GenerateRequest(), metadata=metadata, timeout=30)).content
 
             assert list(await asyncio.gather(who("billing-token-123"), who("search-token-456"))) == [
                 "billing",

@@ -76,6 +76,8 @@ class Message:
 
         history.append(Message.calling(result.tool_calls))         # the assistant's calls, sent back
         history.append(Message.tool_result(call, "sunny"))         # one answer per call
+
+    `cache=True` marks a prompt-cache breakpoint (README: Prompt caching).
     """
 
     role: str
@@ -83,6 +85,8 @@ class Message:
     name: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str = ""
+    # A prompt-cache breakpoint: the provider may cache the conversation up to and including this message.
+    cache: bool = False
 
     @classmethod
     def calling(cls, tool_calls: Sequence[ToolCall], text: str = "") -> Message:
@@ -174,6 +178,9 @@ class Usage:
     unreported: bool = False
     # True when the gateway counted some tokens itself (a cancelled turn, a resumed stream): a lower bound.
     estimated: bool = False
+    # Of prompt_tokens, those read from / written to the provider's prompt cache (priced apart).
+    cached_prompt_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)

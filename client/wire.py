@@ -184,6 +184,7 @@ def _message_pb(message: MessageLike) -> pb.Message:
             name=message.name,
             tool_calls=[pb.ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in message.tool_calls],
             tool_call_id=message.tool_call_id,
+            cache_control=pb.CacheControl() if message.cache else None,
         )
     role, content = message
     return pb.Message(role=role, content=content)
@@ -228,7 +229,15 @@ def model_info(model: pb.ModelInfo) -> ModelInfo:
 
 
 def _usage(usage: pb.Usage) -> Usage:
-    return Usage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, usage.unreported, usage.estimated)
+    return Usage(
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        usage.total_tokens,
+        usage.unreported,
+        usage.estimated,
+        usage.cached_prompt_tokens,
+        usage.cache_write_tokens,
+    )
 
 
 def _finish_reason(value: pb.FinishReason.ValueType) -> FinishReason:

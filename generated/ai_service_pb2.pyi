@@ -267,8 +267,9 @@ class Message(_message.Message):
     @_builtins.property
     def cache_control(self) -> Global___CacheControl:
         """Marks the end of a cacheable prompt prefix (Anthropic's cache breakpoints): the provider may cache
-        everything up to and including this message. Needs the "prompt_caching" capability; this version
-        serves none yet, so it is refused with FAILED_PRECONDITION.
+        everything up to and including this message. Needs the "prompt_caching" capability. Providers that
+        cache by themselves (OpenAI, Gemini, DeepSeek) are not sent it; Usage reports what was read from and
+        written to the cache either way. At most 4 per request.
         """
 
     def __init__(
@@ -361,7 +362,9 @@ class CacheControl(_message.Message):
     TTL_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
-        """How long the cached prefix should live; unset means the provider's default (Anthropic: 5 minutes)."""
+        """How long the cached prefix should live; unset means the provider's default (Anthropic: 5 minutes).
+        This version takes only unset or 5 minutes (INVALID_ARGUMENT otherwise).
+        """
 
     def __init__(
         self,
@@ -1372,8 +1375,8 @@ class ModelInfo(_message.Message):
 
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """What the model can do, sorted: "tools", "json_object", "json_schema" (and, in later versions,
-        "vision", "reasoning", "prompt_caching", "embeddings"). A call that needs a capability its model lacks
+        """What the model can do, sorted: "tools", "json_object", "json_schema", "prompt_caching" (and, in later
+        versions, "vision", "reasoning", "embeddings"). A call that needs a capability its model lacks
         fails with FAILED_PRECONDITION, reason CAPABILITY_UNSUPPORTED, the capability in ErrorInfo.metadata;
         deployments and fallbacks that lack it are skipped.
         """

@@ -83,13 +83,15 @@ def _response_format(fmt: pb.ResponseFormat) -> ResponseFormat:
 def unchecked_messages(messages: Iterable[pb.Message]) -> list[UncheckedMessage]:
     return [
         UncheckedMessage(m.role, m.content, m.name)
-        if not (m.tool_calls or m.tool_call_id or m.parts)
+        if not (m.tool_calls or m.tool_call_id or m.parts or m.HasField("cache_control"))
         else UncheckedMessage(
             m.role,
             _with_text_parts(m),
             m.name,
             tuple(ToolCall(c.id, c.name, c.arguments) for c in m.tool_calls),
             m.tool_call_id,
+            cache=m.HasField("cache_control"),
+            cache_ttl_s=m.cache_control.ttl.ToTimedelta().total_seconds() if m.cache_control.HasField("ttl") else None,
         )
         for m in messages
     ]
@@ -102,9 +104,10 @@ def _with_text_parts(message: pb.Message) -> str:
 
 
 def unserved_needs(messages: Iterable[pb.Message], config: pb.GenerationConfig) -> frozenset[str]:
-    """Capabilities a request asks for that this version of the gateway serves on no model yet: images
-    ("vision"), cache breakpoints ("prompt_caching"), reasoning options ("reasoning"). Such a call is
-    refused with FAILED_PRECONDITION rather than sent without them."""
+    """Capabilities a request's messages and config ask for beyond what its params show: cache breakpoints
+    ("prompt_caching"), and what this version serves on no model yet: images ("vision"), reasoning options
+    ("reasoning"). A call whose model lacks one is refused with FAILED_PRECONDITION rather than sent
+    without it."""
     needs: set[str] = set()
     if config.HasField("reasoning"):
         needs.add("reasoning")
@@ -137,6 +140,9 @@ def usage_pb(usage: Usage | None, cost_usd: float | None = None) -> pb.Usage:
         total_tokens=usage.total_tokens,
         cost_usd=cost_usd,
         estimated=usage.estimated,
+        reasoning_tokens=usage.reasoning_tokens,
+        cached_prompt_tokens=usage.cached_prompt_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
     )
 
 

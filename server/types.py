@@ -68,6 +68,8 @@ class ChatMessage:
     name: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str = ""
+    # A cache breakpoint: the provider may cache the prompt up to and including this message.
+    cache: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,12 +165,17 @@ class ChatRequest:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token counts. `estimated` marks counts the gateway made itself (one per delta relayed)."""
+    """Token counts. `estimated` marks counts the gateway made itself (one per delta relayed).
+    `cached_prompt_tokens` (read from the provider's prompt cache) and `cache_write_tokens` (written to it)
+    are part of `prompt_tokens`; `reasoning_tokens` are part of `completion_tokens`."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
     estimated: bool = False
+    reasoning_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 class TextDelta:

@@ -11,9 +11,13 @@ from server.errors import FieldViolation, InvalidRequest, ModelNotFound, unknown
 from server.tool_checks import check_message_tools, check_tool_options
 from server.types import ChatMessage, Role, SamplingParams, ToolCall
 
-__all__ = ["UncheckedMessage", "check_request"]
+__all__ = ["CACHE_TTL_S", "MAX_CACHE_BREAKPOINTS", "UncheckedMessage", "check_request"]
 
 _ROLES = {role.value: role for role in Role}
+# Anthropic's limits: at most 4 cache breakpoints a request; its 5-minute TTL is the one priced here (a 1-hour
+# write costs 2x input, which the price table does not know yet).
+MAX_CACHE_BREAKPOINTS = 4
+CACHE_TTL_S = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +29,8 @@ class UncheckedMessage:
     name: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str = ""
+    cache: bool = False  # a cache breakpoint (cache_control)
+    cache_ttl_s: float | None = None  # its ttl; None: the provider's default
 
 
 def check_request(
@@ -52,6 +58,7 @@ def check_request(
         violations.append(FieldViolation("messages", "at least one message is required"))
     checked: list[ChatMessage] = []
     content_bytes = 0
+    breakpoints = 0
     for i, message in enumerate(messages):
         role = _ROLES.get(message.role)
         if role is None:
@@ -61,13 +68,29 @@ def check_request(
                 )
             )
         else:
-            checked.append(ChatMessage(role, message.content, message.name, message.tool_calls, message.tool_call_id))
+            checked.append(
+                ChatMessage(
+                    role, message.content, message.name, message.tool_calls, message.tool_call_id, message.cache
+                )
+            )
         content_bytes += _utf8_len(message.content) + _utf8_len(message.name)
         if message.tool_calls or message.tool_call_id:
             violations += check_message_tools(i, message.role, message.tool_calls, message.tool_call_id)
             content_bytes += sum(len(c.arguments) + len(c.name) + len(c.id) for c in message.tool_calls)
         elif role is Role.TOOL:
             violations += check_message_tools(i, message.role, (), "")
+        if message.cache:
+            breakpoints += 1
+            if message.cache_ttl_s not in (None, CACHE_TTL_S):
+                violations.append(
+                    FieldViolation(
+                        f"messages[{i}].cache_control.ttl", "must be 5m (300s) or unset (the provider's default)"
+                    )
+                )
+    if breakpoints > MAX_CACHE_BREAKPOINTS:
+        violations.append(
+            FieldViolation("messages", f"{breakpoints} cache breakpoints; the limit is {MAX_CACHE_BREAKPOINTS}")
+        )
     if content_bytes > max_content_bytes:
         violations.append(
             FieldViolation("messages", f"total content is {content_bytes} bytes; the limit is {max_content_bytes}")

@@ -26,7 +26,7 @@ from server.config.parse import parse
 from server.config.readers import number, read_yaml
 from server.config.schema import ConfigError, GatewayConfig, MetricsConfig, ProviderConfig
 from server.errors import register_secret
-from server.routing.catalog import PROVIDER_PRESETS, ModelConfig
+from server.routing.catalog import DEFAULT_CAPABILITIES, PROVIDER_PRESETS, ModelConfig
 
 __all__ = ["default_config", "load_config"]
 
@@ -57,7 +57,8 @@ def default_config(env: Mapping[str, str] | None = None, *, listen: str | None =
                 api_key=env[key_env],
             )
         )
-    models = (ModelConfig(name="demo", provider="demo", upstream_model="demo"),)
+    demo_capabilities = DEFAULT_CAPABILITIES | {"prompt_caching"}  # as a configured demo model (CACHING_KINDS)
+    models = (ModelConfig(name="demo", provider="demo", upstream_model="demo", capabilities=demo_capabilities),)
     config = _apply_env(GatewayConfig(providers=tuple(providers), models=models), env)
     return checked(replace(config, listen=listen) if listen else config)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -10,7 +11,7 @@ from server.config.readers import as_list, mapping, number, unknown_keys
 from server.resilience.retry import FailureClass
 from server.routing.catalog import CAPABILITIES, Deployment, ModelConfig, Price
 
-__all__ = ["parse_model"]
+__all__ = ["CACHING_KINDS", "parse_model"]
 
 _MODEL_KEYS = {
     *("name", "provider", "upstream_model", "max_tokens", "aliases", "deployments", "price", "fallbacks", "resume"),
@@ -20,7 +21,14 @@ _FALLBACK_CLASSES = ("default", *(c.value for c in FailureClass if c is not Fail
 _RESUME_MODES = ("none", "continue")
 
 
-def parse_model(raw: Any, where: str, problems: list[str]) -> ModelConfig | None:
+# Provider kinds whose every model caches the prompt at the client's breakpoints: their models have
+# "prompt_caching" unless their `capabilities` say otherwise. (An OpenAI-compatible server may cache nothing.)
+CACHING_KINDS = frozenset({"anthropic", "demo"})
+
+
+def parse_model(
+    raw: Any, where: str, problems: list[str], kinds: Mapping[str, str] | None = None
+) -> ModelConfig | None:
     entry = mapping(raw, where, problems)
     unknown_keys(entry, _MODEL_KEYS, f"{where}.", problems)
     model = _model_with_deployments(entry, where, problems)
@@ -41,6 +49,8 @@ def parse_model(raw: Any, where: str, problems: list[str]) -> ModelConfig | None
     if entry.get("capabilities") is not None:
         capabilities = parse_capabilities(entry["capabilities"], f"{where}.capabilities", problems)
         model = replace(model, capabilities=capabilities)
+    elif kinds and all(kinds.get(d.provider) in CACHING_KINDS for d in model.all_deployments):
+        model = replace(model, capabilities=model.capabilities | {"prompt_caching"})
     return model
 
 
@@ -127,8 +137,13 @@ def _parse_deployment(raw: Any, where: str, model: str, problems: list[str]) -> 
 
 def _parse_price(raw: Any, where: str, problems: list[str]) -> Price | None:
     entry = mapping(raw, where, problems)
-    unknown_keys(entry, {"input", "output"}, f"{where}.", problems)
+    unknown_keys(entry, {"input", "output", "cache_read", "cache_write"}, f"{where}.", problems)
     numbers = [number(entry.get(k), f"{where}.{k}", problems, minimum=0) for k in ("input", "output")]
+    # Optional: USD per million prompt tokens read from / written to the provider's cache (default: input).
+    cache = [
+        number(entry[k], f"{where}.{k}", problems, minimum=0) if entry.get(k) is not None else None
+        for k in ("cache_read", "cache_write")
+    ]
     if numbers[0] is None or numbers[1] is None:
         return None
-    return Price(numbers[0], numbers[1])
+    return Price(numbers[0], numbers[1], cache[0], cache[1])

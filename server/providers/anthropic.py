@@ -3,7 +3,8 @@
 Request mapping:
 - the key goes in `x-api-key`, with `anthropic-version: 2023-06-01`;
 - system messages are lifted into the top-level `system`, joined with a blank line when there are
-  several (wherever they stood in the conversation);
+  several (wherever they stood in the conversation), or one text block each when one of them is a cache
+  breakpoint;
 - the Messages API wants user and assistant turns to alternate, so consecutive messages of one role
   (also those that a lifted system message separated) are merged into one message whose content is a
   list of text blocks, one per original message; a single message keeps a plain string `content`;
@@ -17,6 +18,10 @@ Tools: `tools` as `{name, description, input_schema}`; tool choice auto -> `{"ty
 message's tool calls become `tool_use` blocks (`input` is the parsed arguments) after its text; a tool
 message becomes a user message with one `tool_result` block (`tool_use_id`, the result text), merged with
 the user turns around it like any user message.
+
+Prompt caching: a message with `cache` (the client's `cache_control`) puts `cache_control: {"type":
+"ephemeral"}` on its last content block (a plain-string message becomes one text block for it), so
+Anthropic caches the prompt up to there.
 
 Structured output: the Messages API has no JSON mode, so the gateway asks for it with a forced tool, as
 Anthropic documents: one more tool named after the schema (`json_output` for a JSON object) whose
@@ -34,7 +39,8 @@ only if a stop reason arrived.
 
 Usage: prompt tokens are `input_tokens` plus `cache_creation_input_tokens` and `cache_read_input_tokens`
 (Anthropic counts cached prompt tokens apart; OpenAI's `prompt_tokens` include them, so this keeps one
-meaning, and makes the cost an upper bound when the cache was read). Completion tokens are the last
+meaning); of them, `cache_read_input_tokens` are `cached_prompt_tokens` and `cache_creation_input_tokens`
+`cache_write_tokens`, each priced at the catalog's cache prices. Completion tokens are the last
 `output_tokens`. A stream that reports neither is `Usage.unreported`.
 
 Stop reasons: `end_turn`, `stop_sequence` -> STOP; `max_tokens`, `model_context_window_exceeded` ->
@@ -201,14 +207,14 @@ class _AnthropicEvents(EventDecoder):
 
 def request_body(request: ChatRequest) -> dict[str, Any]:
     """The Messages API body for `request` (without `stream`)."""
-    system: list[str] = []
+    system: list[ChatMessage] = []
     messages: list[dict[str, Any]] = []
     for message in request.messages:
         if message.role is Role.SYSTEM:
-            system.append(message.content)
+            system.append(message)
             continue
         role = "user" if message.role is Role.TOOL else message.role.value
-        plain = not (message.tool_calls or message.role is Role.TOOL)
+        plain = not (message.tool_calls or message.role is Role.TOOL or message.cache)
         if messages and messages[-1]["role"] == role:
             last = messages[-1]
             if isinstance(last["content"], str):
@@ -223,7 +229,7 @@ def request_body(request: ChatRequest) -> dict[str, Any]:
         "messages": messages,
     }
     if system:
-        body["system"] = "\n\n".join(system)
+        body["system"] = _system(system)
     if params.temperature is not None:
         body["temperature"] = params.temperature
     if params.top_p is not None:
@@ -235,6 +241,13 @@ def request_body(request: ChatRequest) -> dict[str, Any]:
     return body
 
 
+def _system(messages: list[ChatMessage]) -> str | list[dict[str, Any]]:
+    """The system prompt: one string, or text blocks when one of its messages is a cache breakpoint."""
+    if not any(m.cache for m in messages):
+        return "\n\n".join(m.content for m in messages)
+    return [{"type": "text", "text": m.content, **(_CACHE if m.cache else {})} for m in messages]
+
+
 def output_tool(params: SamplingParams) -> str | None:
     """The name of the forced tool whose input is a JSON reply, or None for a text reply."""
     fmt = params.response_format
@@ -243,13 +256,22 @@ def output_tool(params: SamplingParams) -> str | None:
     return fmt.name if fmt.kind is OutputFormat.JSON_SCHEMA else "json_output"
 
 
+# A cache breakpoint, on the last content block of the message that asks for one (the 5-minute default TTL).
+_CACHE = {"cache_control": {"type": "ephemeral"}}
+
+
 def _blocks(message: ChatMessage) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]]
     if message.role is Role.TOOL:
-        return [{"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.content}]
-    blocks: list[dict[str, Any]] = [{"type": "text", "text": message.content}] if message.content else []
-    blocks += [
-        {"type": "tool_use", "id": c.id, "name": c.name, "input": object_of(c.arguments)} for c in message.tool_calls
-    ]
+        blocks = [{"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.content}]
+    else:
+        blocks = [{"type": "text", "text": message.content}] if message.content or not message.tool_calls else []
+        blocks += [
+            {"type": "tool_use", "id": c.id, "name": c.name, "input": object_of(c.arguments)}
+            for c in message.tool_calls
+        ]
+    if message.cache:
+        blocks[-1] = {**blocks[-1], **_CACHE}
     return blocks
 
 
@@ -294,7 +316,13 @@ def usage_from(start: Any, delta: Any) -> Usage:
     fields = {**(start or {}), **(delta or {})}
     prompt = sum(int(fields.get(name) or 0) for name in _INPUT_FIELDS)
     completion = int(fields.get("output_tokens") or 0)
-    return Usage(prompt, completion, prompt + completion)
+    return Usage(
+        prompt,
+        completion,
+        prompt + completion,
+        cached_prompt_tokens=int(fields.get("cache_read_input_tokens") or 0),
+        cache_write_tokens=int(fields.get("cache_creation_input_tokens") or 0),
+    )
 
 
 def _in_band_error(provider: str, error: object) -> UpstreamError:

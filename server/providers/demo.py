@@ -13,6 +13,9 @@ Tools and structured output, as deterministic:
 - a last message that is a tool result is echoed, like a user message;
 - a JSON Schema response format is answered with `demo_instance` of the schema, a JSON object format
   with `{"text": <the message>}`.
+
+Prompt caching, as deterministic: the words up to and including the last message with a cache breakpoint
+are reported as `cached_prompt_tokens`, as if an earlier call had written that prefix to the cache.
 """
 
 from __future__ import annotations
@@ -148,8 +151,13 @@ def _reply(request: ChatRequest) -> tuple[list[str], FinishReason, Usage]:
 
 
 def _usage(request: ChatRequest, completion_tokens: int) -> Usage:
-    prompt_tokens = sum(len(m.content.split()) for m in request.messages)
-    return Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)
+    prompt_tokens = 0
+    cached = 0
+    for message in request.messages:
+        prompt_tokens += len(message.content.split())
+        if message.cache:
+            cached = prompt_tokens  # as if an earlier call had cached the prompt up to this breakpoint
+    return Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens, cached_prompt_tokens=cached)
 
 
 def _compact(value: Any) -> str:

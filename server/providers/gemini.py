@@ -34,7 +34,9 @@ canonical `status` (RESOURCE_EXHAUSTED, UNAVAILABLE, …).
 
 Usage: prompt tokens are `promptTokenCount` (which includes cached content) plus
 `toolUsePromptTokenCount`; completion tokens are `candidatesTokenCount` plus `thoughtsTokenCount` (the
-model's thinking is generated and billed as output). No usageMetadata at all is `Usage.unreported`.
+model's thinking is generated and billed as output). `cachedContentTokenCount` (part of the prompt count:
+Gemini 2.5 caches repeated prefixes by itself) is `cached_prompt_tokens`. Gemini has no cache breakpoints,
+so a message's `cache` is not sent. No usageMetadata at all is `Usage.unreported`.
 
 Finish reasons: STOP -> STOP; MAX_TOKENS -> LENGTH; SAFETY, RECITATION, BLOCKLIST, PROHIBITED_CONTENT,
 SPII, IMAGE_SAFETY -> CONTENT_FILTER; anything else (LANGUAGE, OTHER, MALFORMED_FUNCTION_CALL, …) ->
@@ -297,7 +299,9 @@ def gemini_schema(schema: Any) -> Any:
 def usage_from(raw: Any) -> Usage:
     prompt = int(raw.get("promptTokenCount") or 0) + int(raw.get("toolUsePromptTokenCount") or 0)
     completion = int(raw.get("candidatesTokenCount") or 0) + int(raw.get("thoughtsTokenCount") or 0)
-    return Usage(prompt, completion, prompt + completion)
+    # promptTokenCount includes the cached content's tokens (implicit or explicit caching).
+    cached = min(int(raw.get("cachedContentTokenCount") or 0), prompt)
+    return Usage(prompt, completion, prompt + completion, cached_prompt_tokens=cached)
 
 
 def _model_path(model: str) -> str:

@@ -15,11 +15,16 @@ used (some compatible servers number every parallel call 0) starts a call of its
 
 Structured output: `response_format` `{"type":"json_object"}` or `{"type":"json_schema","json_schema":
 {name, schema, strict, description}}`; the reply's text is the JSON.
+
+Prompt caching: OpenAI caches repeated prompt prefixes by itself, so a message's `cache` breakpoint is not
+sent; `usage.prompt_tokens_details.cached_tokens` (DeepSeek: `prompt_cache_hit_tokens`), part of
+`prompt_tokens`, is `cached_prompt_tokens`.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from dataclasses import replace
 from typing import Any
 
 from server.config import ProviderConfig
@@ -213,4 +218,11 @@ def _in_band_error(provider: str, error: object) -> UpstreamError:
 def _usage(raw: Any) -> Usage:
     prompt = int(raw.get("prompt_tokens") or 0)
     completion = int(raw.get("completion_tokens") or 0)
-    return Usage(prompt, completion, int(raw.get("total_tokens") or prompt + completion))
+    usage = Usage(prompt, completion, int(raw.get("total_tokens") or prompt + completion))
+    details = raw.get("prompt_tokens_details")
+    # OpenAI's cached share of prompt_tokens; DeepSeek reports its cache hits at the top level instead.
+    cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+    cached = cached or int(raw.get("prompt_cache_hit_tokens") or 0)
+    if cached:
+        usage = replace(usage, cached_prompt_tokens=min(cached, prompt))
+    return usage

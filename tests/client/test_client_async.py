@@ -49,6 +49,13 @@ async def test_generate_demo(demo_target: str) -> None:
     assert result.usage == Usage(prompt_tokens=3, completion_tokens=3, total_tokens=6)
 
 
+async def test_a_cache_breakpoint_and_the_cached_tokens_round_trip(demo_target: str) -> None:
+    history = [Message("system", "the long handbook", cache=True), Message("user", "hello brave world")]
+    async with AsyncAIClient(target=demo_target, plaintext=True) as client:
+        result = await client.generate(messages=history, model="demo")
+    assert result.usage == Usage(6, 3, 9, cached_prompt_tokens=3)
+
+
 async def test_stream_demo_yields_exact_deltas_then_end(demo_target: str) -> None:
     async with AsyncAIClient(target=demo_target, plaintext=True) as client:
         stream = client.stream_generate("hello brave world", model="demo")
@@ -271,9 +278,11 @@ DEMO_MODEL = ModelInfo(
     input_price_per_million=None,
     output_price_per_million=None,
     max_output_tokens=32000,
-    deployments=(ModelDeployment("demo/demo", "demo", "demo", 1.0, ("json_object", "json_schema", "tools")),),
+    deployments=(
+        ModelDeployment("demo/demo", "demo", "demo", 1.0, ("json_object", "json_schema", "prompt_caching", "tools")),
+    ),
     fallbacks=(),
-    capabilities=("json_object", "json_schema", "tools"),
+    capabilities=("json_object", "json_schema", "prompt_caching", "tools"),
 )
 
 

@@ -36,6 +36,11 @@ behaviour grammar shared by every fake). It speaks the wire format of Anthropic'
   stop reason is ``tool_use``. A whole answer holds ``tool_use`` blocks with the parsed ``input``. A
   last user message made of ``tool_result`` blocks is answered with their text; ``tool_result`` contents
   count as prompt words.
+* Prompt caching: a content block (of ``system`` or a message) may carry ``cache_control``
+  ``{"type":"ephemeral"}`` (``ttl`` ``"5m"`` or ``"1h"``), at most 4 in a request ("A maximum of 4 blocks
+  with cache_control may be provided. Found 5."); ``cached-N`` reports ``cache_read_input_tokens`` N and
+  ``cache_creation_input_tokens`` the rest of the prompt up to the last breakpoint; ``input_tokens`` is the
+  prompt after both (the three add up to the prompt's words).
 * ``no-usage`` leaves ``usage`` out of ``message_start`` and ``message_delta`` (the real API always sends
   it; the gateway must still say "unreported" rather than invent zeros).
 
@@ -69,6 +74,7 @@ from tests.fakes.http_server import (
 __all__ = ["API_VERSION", "MESSAGES_PATH", "FakeAnthropicUpstream"]
 
 MESSAGES_PATH = "/v1/messages"
+MAX_CACHE_BREAKPOINTS = 4
 API_VERSION = "2023-06-01"
 API_KEY_ENV = "FAKE_ANTHROPIC_REQUIRED_API_KEY"
 
@@ -221,13 +227,14 @@ class FakeAnthropicUpstream(FakeHTTPServer):
             conn.rst()
             raise Aborted
 
-        prompts = [text_of(body.get("system"))]
+        prompts = [_text(body.get("system"))]
         last_user = ""
         for message in body["messages"]:
             text = _text(message.get("content"))
             prompts.append(text)
             if message.get("role") == "user":
                 last_user = text
+        prefix = _cached_prefix(body)
         calls = plan_tool_calls(_tool_names(body), _tool_choice(body), last_user) if beh.kind == "echo" else ()
         reply = plan_reply(beh, prompts, last_user, body["max_tokens"])
         if calls:
@@ -235,8 +242,8 @@ class FakeAnthropicUpstream(FakeHTTPServer):
         if beh.split:
             out = Out(conn, True)
         if body.get("stream") is True:
-            return await self.stream_reply(out, _AnthropicWire(beh, reply, model), keep)
-        return await self.complete_reply(out, _AnthropicWire(beh, reply, model), keep)
+            return await self.stream_reply(out, _AnthropicWire(beh, reply, model, prefix), keep)
+        return await self.complete_reply(out, _AnthropicWire(beh, reply, model, prefix), keep)
 
 
 def _text(content: Any) -> str:
@@ -250,6 +257,45 @@ def _text(content: Any) -> str:
         elif isinstance(block, dict) and isinstance(block.get("text"), str):
             texts.append(block["text"])
     return "\n".join(texts)
+
+
+def _blocks_of(body: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(its text, the block) of every content block in prompt order: system, then each message's."""
+    out: list[tuple[str, Any]] = []
+    for content in [body.get("system"), *(m.get("content") for m in body["messages"])]:
+        if isinstance(content, list):
+            out += [(_text([block]), block) for block in content]
+        elif content is not None:
+            out.append((text_of(content), None))
+    return out
+
+
+def _cached_prefix(body: dict[str, Any]) -> int:
+    """Prompt words up to and including the last block with cache_control (0 without one)."""
+    words = 0
+    prefix = 0
+    for text, block in _blocks_of(body):
+        words += len(text.split())
+        if isinstance(block, dict) and "cache_control" in block:
+            prefix = words
+    return prefix
+
+
+def _cache_problem(body: dict[str, Any]) -> str:
+    """The API's complaint about the request's cache_control markers, or ""."""
+    found = 0
+    for _, block in _blocks_of(body):
+        if not isinstance(block, dict) or "cache_control" not in block:
+            continue
+        found += 1
+        control = block["cache_control"]
+        if not isinstance(control, dict) or control.get("type") != "ephemeral":
+            return "cache_control.type: Input should be 'ephemeral'"
+        if set(control) - {"type", "ttl"} or control.get("ttl", "5m") not in ("5m", "1h"):
+            return "cache_control.ttl: Input should be '5m' or '1h'"
+    if found > MAX_CACHE_BREAKPOINTS:
+        return f"A maximum of {MAX_CACHE_BREAKPOINTS} blocks with cache_control may be provided. Found {found}."
+    return ""
 
 
 def _tool_names(body: dict[str, Any]) -> list[str]:
@@ -294,6 +340,8 @@ def _check_body(raw: bytes) -> tuple[str, Any]:
         for name in ("name", "input_schema"):
             if not isinstance(tool, dict) or name not in tool:
                 return f"tools.{i}.{name}: Field required", None
+    if problem := _cache_problem(body):
+        return problem, None
     return "", body
 
 
@@ -302,8 +350,12 @@ class _AnthropicWire(Wire):
 
     sse_type = "text/event-stream; charset=utf-8"
 
-    def __init__(self, beh: Behaviour, reply: Reply, model: str) -> None:
+    def __init__(self, beh: Behaviour, reply: Reply, model: str, cached_prefix: int = 0) -> None:
         super().__init__(beh, reply, model)
+        # cached-N: N prompt tokens read from the cache; the rest of the prefix up to the last breakpoint
+        # written to it; input_tokens are what remains (the three add up to the prompt).
+        self.cache_read = reply.cached_tokens(beh)
+        self.cache_write = max(min(cached_prefix, reply.prompt_tokens) - self.cache_read, 0) if beh.cached else 0
         if beh.kind == "refusal":
             self.stop_reason = "refusal"
         elif reply.calls:
@@ -403,9 +455,9 @@ class _AnthropicWire(Wire):
 
     def _usage(self, output_tokens: int) -> dict[str, Any]:
         return {
-            "input_tokens": self.reply.prompt_tokens,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
+            "input_tokens": self.reply.prompt_tokens - self.cache_read - self.cache_write,
+            "cache_creation_input_tokens": self.cache_write,
+            "cache_read_input_tokens": self.cache_read,
             "output_tokens": output_tokens,
             "service_tier": "standard",
         }

@@ -32,6 +32,8 @@ therefore None here, and tests read ``path``. It speaks the wire format of Googl
   any ``finishReason``.
 * ``refusal``: the prompt is blocked: one event with ``promptFeedback.blockReason`` and no candidates.
 * ``no-usage`` leaves ``usageMetadata`` out of every event.
+* ``cached-N`` adds ``cachedContentTokenCount`` N (part of ``promptTokenCount``) and ``cacheTokensDetails``
+  to ``usageMetadata``, as implicit caching reports a prefix read from the cache.
 * Tools (``http_server.py`` says which the echo calls): ``tools[].functionDeclarations[]`` with a
   ``name``; the choice from ``toolConfig.functionCallingConfig`` (``AUTO``, ``NONE``, ``ANY``, and ANY with
   one ``allowedFunctionNames`` entry is that tool). Gemini sends function calls whole: one event whose
@@ -428,7 +430,12 @@ class _GeminiWire(Wire):
         if candidates:
             usage["candidatesTokenCount"] = candidates
         usage["totalTokenCount"] = prompt + (candidates or 0)
+        cached = self.reply.cached_tokens(self.beh)
+        if cached:  # part of promptTokenCount
+            usage["cachedContentTokenCount"] = cached
         usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": prompt}]
+        if cached:
+            usage["cacheTokensDetails"] = [{"modality": "TEXT", "tokenCount": cached}]
         return usage
 
 

@@ -54,6 +54,10 @@ Behaviour is selected by the request's ``model`` so the server is stateless:
 ``split-bytes``
     Echo, but every byte of the response (status line, headers and body) is
     written with its own ``write()`` + ``drain()`` + loop yield.
+``cached-N``
+    Echo whose ``usage`` adds ``prompt_tokens_details`` (``cached_tokens`` N, part of ``prompt_tokens``,
+    and ``audio_tokens``) and ``completion_tokens_details``, as OpenAI reports a prompt prefix read from
+    its cache.
 ``no-usage``
     Echo stream that never sends a usage chunk (and no ``"usage":null``) even
     with ``include_usage``; non-stream responses omit ``"usage"``.
@@ -552,12 +556,8 @@ class _OpenAIWire(Wire):
             + self.tail
         ]
         if self.usage_on:
-            prompt, n = self.reply.prompt_tokens, self.reply.completion_tokens
-            events.append(
-                self.prefix
-                + b'[],"usage":{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d}}\n\n'
-                % (prompt, n, prompt + n)
-            )
+            usage = json.dumps(_usage(self.beh, self.reply), separators=(",", ":")).encode()
+            events.append(self.prefix + b'[],"usage":%b}\n\n' % usage)
         events.append(b"data: [DONE]\n\n")
         return events
 
@@ -569,7 +569,6 @@ class _OpenAIWire(Wire):
 
     def whole(self) -> bytes:
         texts = self.reply.texts
-        n = self.reply.completion_tokens
         message: dict[str, Any] = {"role": "assistant", "content": "".join(texts), "refusal": None}
         if self.reply.calls:
             message["content"] = None
@@ -591,8 +590,7 @@ class _OpenAIWire(Wire):
             ],
         }
         if self.beh.usage:
-            prompt = self.reply.prompt_tokens
-            obj["usage"] = {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
+            obj["usage"] = _usage(self.beh, self.reply)
         obj["system_fingerprint"] = SYSTEM_FINGERPRINT
         return json.dumps(obj, indent=2, ensure_ascii=False).encode("utf-8", "surrogatepass")
 
@@ -607,6 +605,22 @@ def _whole_call(call: Call, call_id: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- CLI
+
+
+def _usage(beh: Behaviour, reply: Reply) -> dict[str, Any]:
+    """The usage object; with ``cached-N`` also OpenAI's token details (cached_tokens is part of
+    prompt_tokens), as the API reference shows them."""
+    prompt, n = reply.prompt_tokens, reply.completion_tokens
+    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
+    if beh.cached:
+        usage["prompt_tokens_details"] = {"cached_tokens": reply.cached_tokens(beh), "audio_tokens": 0}
+        usage["completion_tokens_details"] = {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        }
+    return usage
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -136,6 +136,9 @@ class Sampling(TypedDict, total=False):
     tool_choice: str | None
     json_schema: Mapping[str, Any] | None
     json_object: bool
+    reasoning_effort: str | None
+    reasoning_budget: int | None
+    include_reasoning: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +152,9 @@ class SamplingOptions:
 
     Beyond sampling: `tools` (Tool, or dicts as Tool.from_dict takes them), `tool_choice` ("auto",
     "none", "required", or a tool's name), and the reply's shape: `json_schema` (a JSON Schema dict; its
-    "title" names it, else "output") or `json_object=True`.
+    "title" names it, else "output") or `json_object=True`. Reasoning models: `reasoning_effort` ("low",
+    "medium", "high"), `reasoning_budget` (thinking tokens) and `include_reasoning=True` to receive the
+    model's reasoning text (ReasoningDelta events; GenerateResult.reasoning).
     """
 
     temperature: float | None = None
@@ -160,6 +165,9 @@ class SamplingOptions:
     tool_choice: str | None = None
     json_schema: Mapping[str, Any] | None = None
     json_object: bool = False
+    reasoning_effort: str | None = None
+    reasoning_budget: int | None = None
+    include_reasoning: bool = False
 
     @classmethod
     def of(cls, sampling: SamplingOptions | None, keywords: Sampling) -> SamplingOptions:
@@ -181,6 +189,8 @@ class Usage:
     # Of prompt_tokens, those read from / written to the provider's prompt cache (priced apart).
     cached_prompt_tokens: int = 0
     cache_write_tokens: int = 0
+    # Of completion_tokens, those the model spent reasoning (0 when none or not reported).
+    reasoning_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,11 +204,20 @@ class GenerateResult:
     usage: Usage
     # The tools the model called (finish_reason TOOL_CALLS): run them, answer with Message.tool_result.
     tool_calls: tuple[ToolCall, ...] = ()
+    # The model's reasoning text, when asked for with include_reasoning and the provider shares it.
+    reasoning: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class TextDelta:
     """The next piece of a streamed reply."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    """The next piece of the model's reasoning text (asked for with include_reasoning), apart from the reply."""
 
     text: str
 
@@ -226,7 +245,7 @@ class StreamEnd:
     tool_calls: tuple[ToolCall, ...] = ()
 
 
-StreamEvent: TypeAlias = TextDelta | ToolCallDelta | StreamEnd
+StreamEvent: TypeAlias = TextDelta | ToolCallDelta | ReasoningDelta | StreamEnd
 
 # How an InteractiveStream session treats its turns: a conversation keeps the dialogue on the server and
 # answers one turn at a time; a pipeline answers independent requests concurrently.
@@ -253,7 +272,7 @@ class TurnResult:
     tool_calls: tuple[ToolCall, ...] = ()
 
 
-TurnEvent: TypeAlias = TextDelta | ToolCallDelta | TurnResult
+TurnEvent: TypeAlias = TextDelta | ToolCallDelta | ReasoningDelta | TurnResult
 
 
 @dataclass(frozen=True, slots=True)

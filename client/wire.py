@@ -19,6 +19,7 @@ from client.types import (
     MessageLike,
     ModelDeployment,
     ModelInfo,
+    ReasoningDelta,
     SamplingOptions,
     SessionMode,
     StreamEnd,
@@ -81,7 +82,21 @@ def _config(sampling: SamplingOptions) -> pb.GenerationConfig:
     )
     if sampling.tools or sampling.tool_choice or sampling.json_schema is not None or sampling.json_object:
         _tool_config(config, sampling)
+    if sampling.reasoning_effort or sampling.reasoning_budget is not None or sampling.include_reasoning:
+        effort = _EFFORTS.get(sampling.reasoning_effort or "")
+        if sampling.reasoning_effort and effort is None:
+            raise ValueError(f"reasoning_effort must be low, medium or high, got {sampling.reasoning_effort!r}")
+        config.reasoning.CopyFrom(
+            pb.ReasoningOptions(
+                effort=effort or pb.REASONING_EFFORT_UNSPECIFIED,
+                budget_tokens=sampling.reasoning_budget,
+                include_reasoning=sampling.include_reasoning,
+            )
+        )
     return config
+
+
+_EFFORTS = {"low": pb.REASONING_EFFORT_LOW, "medium": pb.REASONING_EFFORT_MEDIUM, "high": pb.REASONING_EFFORT_HIGH}
 
 
 _CHOICES = {
@@ -198,6 +213,7 @@ def generate_result(response: pb.GenerateResponse) -> GenerateResult:
         finish_reason=_finish_reason(response.finish_reason),
         usage=_usage(response.usage),
         tool_calls=tool_calls(response.tool_calls),
+        reasoning=response.reasoning,
     )
 
 
@@ -237,6 +253,7 @@ def _usage(usage: pb.Usage) -> Usage:
         usage.estimated,
         usage.cached_prompt_tokens,
         usage.cache_write_tokens,
+        usage.reasoning_tokens,
     )
 
 
@@ -259,8 +276,12 @@ class StreamAssembler:
         if self.end is not None:
             raise StreamProtocolError("the server sent data after the final chunk", reason="DATA_AFTER_END")
         if not chunk.is_complete:
+            if chunk.delta:
+                return TextDelta(chunk.delta)
             if chunk.HasField("tool_call"):
                 return self.calls.add(tool_call_delta(chunk.tool_call))
+            if chunk.reasoning:
+                return ReasoningDelta(chunk.reasoning)
             return TextDelta(chunk.delta)
         self.end = StreamEnd(
             model=chunk.model,

@@ -623,7 +623,7 @@ Global___JsonSchemaFormat: _TypeAlias = JsonSchemaFormat  # noqa: Y015
 class ReasoningOptions(_message.Message):
     """ReasoningOptions set a reasoning model's thinking, mapped to each provider's setting (OpenAI's
     reasoning_effort, Anthropic's thinking budget, Gemini's thinkingConfig). Needs the "reasoning"
-    capability; this version serves none yet, so they are refused with FAILED_PRECONDITION.
+    capability.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1375,8 +1375,8 @@ class ModelInfo(_message.Message):
 
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """What the model can do, sorted: "tools", "json_object", "json_schema", "prompt_caching" (and, in later
-        versions, "vision", "reasoning", "embeddings"). A call that needs a capability its model lacks
+        """What the model can do, sorted: "tools", "json_object", "json_schema", "prompt_caching", "reasoning"
+        (and, in later versions, "vision", "embeddings"). A call that needs a capability its model lacks
         fails with FAILED_PRECONDITION, reason CAPABILITY_UNSUPPORTED, the capability in ErrorInfo.metadata;
         deployments and fallbacks that lack it are skipped.
         """

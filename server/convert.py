@@ -14,6 +14,9 @@ from server.types import (
     Finish,
     FinishReason,
     OutputFormat,
+    Reasoning,
+    ReasoningDelta,
+    ReasoningEffort,
     ResponseFormat,
     SamplingParams,
     Tool,
@@ -31,6 +34,7 @@ __all__ = [
     "generate_response",
     "model_info",
     "params_from_pb",
+    "reasoning_chunk",
     "tool_call_chunk",
     "tool_call_delta_pb",
     "tool_calls_pb",
@@ -61,7 +65,21 @@ def params_from_pb(config: pb.GenerationConfig) -> SamplingParams:
         tools=tuple(Tool(t.name, t.description, t.parameters) for t in config.tools),
         tool_choice=_tool_choice(config.tool_choice) if config.HasField("tool_choice") else None,
         response_format=_response_format(config.response_format) if config.HasField("response_format") else None,
+        reasoning=_reasoning(config.reasoning) if config.HasField("reasoning") else None,
     )
+
+
+_EFFORTS = {
+    pb.REASONING_EFFORT_LOW: ReasoningEffort.LOW,
+    pb.REASONING_EFFORT_MEDIUM: ReasoningEffort.MEDIUM,
+    pb.REASONING_EFFORT_HIGH: ReasoningEffort.HIGH,
+}
+
+
+def _reasoning(options: pb.ReasoningOptions) -> Reasoning:
+    # An unknown effort number (a newer client) is the model's default, as UNSPECIFIED.
+    budget = options.budget_tokens if options.HasField("budget_tokens") else None
+    return Reasoning(_EFFORTS.get(options.effort), budget, options.include_reasoning)
 
 
 def _tool_choice(choice: pb.ToolChoice) -> ToolChoice:
@@ -105,8 +123,8 @@ def _with_text_parts(message: pb.Message) -> str:
 
 def unserved_needs(messages: Iterable[pb.Message], config: pb.GenerationConfig) -> frozenset[str]:
     """Capabilities a request's messages and config ask for beyond what its params show: cache breakpoints
-    ("prompt_caching"), and what this version serves on no model yet: images ("vision"), reasoning options
-    ("reasoning"). A call whose model lacks one is refused with FAILED_PRECONDITION rather than sent
+    ("prompt_caching"), reasoning options ("reasoning"), and what this version serves on no model yet:
+    images ("vision"). A call whose model lacks one is refused with FAILED_PRECONDITION rather than sent
     without it."""
     needs: set[str] = set()
     if config.HasField("reasoning"):
@@ -125,6 +143,10 @@ def tool_call_delta_pb(delta: ToolCallDelta) -> pb.ToolCallDelta:
 
 def tool_call_chunk(delta: ToolCallDelta) -> pb.StreamChunk:
     return pb.StreamChunk(tool_call=tool_call_delta_pb(delta))
+
+
+def reasoning_chunk(delta: ReasoningDelta) -> pb.StreamChunk:
+    return pb.StreamChunk(reasoning=delta.text)
 
 
 def tool_calls_pb(calls: Iterable[ToolCall]) -> list[pb.ToolCall]:
@@ -169,6 +191,7 @@ def generate_response(completion: Completion) -> pb.GenerateResponse:
         provider=served.provider if served else "",
         deployment=served.deployment if served else "",
         tool_calls=tool_calls_pb(completion.tool_calls),
+        reasoning=completion.reasoning,
     )
 
 

@@ -123,6 +123,11 @@ def _check_params(params: SamplingParams, max_tokens_cap: int) -> list[FieldViol
     for i, sequence in enumerate(params.stop):
         if not sequence:
             violations.append(FieldViolation(f"config.stop[{i}]", "must not be empty"))
+    budget = params.reasoning.budget_tokens if params.reasoning is not None else None
+    if budget is not None and not 1 <= budget <= max_tokens_cap:
+        violations.append(
+            FieldViolation("config.reasoning.budget_tokens", f"must be in [1, {max_tokens_cap}], got {budget}")
+        )
     if params.tools or params.tool_choice or params.response_format:
         violations += check_tool_options(params)
     return violations

@@ -22,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from server.config.checks import checked
+from server.config.models import KIND_CAPABILITIES
 from server.config.parse import parse
 from server.config.readers import number, read_yaml
 from server.config.schema import ConfigError, GatewayConfig, MetricsConfig, ProviderConfig
@@ -57,7 +58,7 @@ def default_config(env: Mapping[str, str] | None = None, *, listen: str | None =
                 api_key=env[key_env],
             )
         )
-    demo_capabilities = DEFAULT_CAPABILITIES | {"prompt_caching"}  # as a configured demo model (CACHING_KINDS)
+    demo_capabilities = DEFAULT_CAPABILITIES | KIND_CAPABILITIES["demo"]  # as a configured demo model
     models = (ModelConfig(name="demo", provider="demo", upstream_model="demo", capabilities=demo_capabilities),)
     config = _apply_env(GatewayConfig(providers=tuple(providers), models=models), env)
     return checked(replace(config, listen=listen) if listen else config)

@@ -11,7 +11,7 @@ from server.config.readers import as_list, mapping, number, unknown_keys
 from server.resilience.retry import FailureClass
 from server.routing.catalog import CAPABILITIES, Deployment, ModelConfig, Price
 
-__all__ = ["CACHING_KINDS", "parse_model"]
+__all__ = ["KIND_CAPABILITIES", "parse_model"]
 
 _MODEL_KEYS = {
     *("name", "provider", "upstream_model", "max_tokens", "aliases", "deployments", "price", "fallbacks", "resume"),
@@ -21,9 +21,13 @@ _FALLBACK_CLASSES = ("default", *(c.value for c in FailureClass if c is not Fail
 _RESUME_MODES = ("none", "continue")
 
 
-# Provider kinds whose every model caches the prompt at the client's breakpoints: their models have
-# "prompt_caching" unless their `capabilities` say otherwise. (An OpenAI-compatible server may cache nothing.)
-CACHING_KINDS = frozenset({"anthropic", "demo"})
+# What every model of a provider kind can do beyond DEFAULT_CAPABILITIES, unless its `capabilities` say
+# otherwise: Anthropic caches at the client's breakpoints (an OpenAI-compatible server may cache nothing);
+# the demo also reasons.
+KIND_CAPABILITIES: dict[str, frozenset[str]] = {
+    "anthropic": frozenset({"prompt_caching"}),
+    "demo": frozenset({"prompt_caching", "reasoning"}),
+}
 
 
 def parse_model(
@@ -49,8 +53,9 @@ def parse_model(
     if entry.get("capabilities") is not None:
         capabilities = parse_capabilities(entry["capabilities"], f"{where}.capabilities", problems)
         model = replace(model, capabilities=capabilities)
-    elif kinds and all(kinds.get(d.provider) in CACHING_KINDS for d in model.all_deployments):
-        model = replace(model, capabilities=model.capabilities | {"prompt_caching"})
+    elif kinds:
+        extra = [KIND_CAPABILITIES.get(kinds.get(d.provider) or "", frozenset()) for d in model.all_deployments]
+        model = replace(model, capabilities=model.capabilities | frozenset.intersection(*extra))
     return model
 
 

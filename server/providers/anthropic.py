@@ -23,6 +23,15 @@ Prompt caching: a message with `cache` (the client's `cache_control`) puts `cach
 "ephemeral"}` on its last content block (a plain-string message becomes one text block for it), so
 Anthropic caches the prompt up to there.
 
+Reasoning: `thinking: {"type": "enabled", "budget_tokens": …}` (the client's budget, else its effort's:
+low 1024, medium 8192, high 24576; at least Anthropic's minimum of 1024). Anthropic's `max_tokens` counts
+the thinking as well, so a client's max_tokens is sent plus the budget. Streamed `thinking_delta`s become
+ReasoningDeltas when the client asked for the reasoning text, and are dropped otherwise; `signature_delta`s
+(the thinking block's signature) and `redacted_thinking` blocks are dropped. A whole answer's `thinking`
+blocks are its `reasoning`. Anthropic reports no separate count of thinking tokens: they are in
+`output_tokens`, and `reasoning_tokens` stays 0. (Anthropic refuses `temperature` and forced tool
+choices, so JSON output, with thinking: such a call is INVALID_ARGUMENT from the upstream.)
+
 Structured output: the Messages API has no JSON mode, so the gateway asks for it with a forced tool, as
 Anthropic documents: one more tool named after the schema (`json_output` for a JSON object) whose
 `input_schema` is the schema, and `tool_choice` `{"type":"tool"}` naming it (`{"type":"any"}` when the
@@ -31,8 +40,8 @@ text: streamed from its `input_json_delta`s, whole as compact JSON, and its `too
 
 Streaming (`event:` + `data:` lines): `message_start` carries the input usage, `content_block_delta`
 events with a `text_delta` carry the text, `content_block_start` of a `tool_use` block opens a tool call
-(its id and name) and its `input_json_delta`s carry the arguments' fragments (`thinking_delta`/
-`signature_delta` of extended thinking are skipped), `message_delta` the stop reason and the cumulative
+(its id and name) and its `input_json_delta`s carry the arguments' fragments (`thinking_delta`s: see
+Reasoning), `message_delta` the stop reason and the cumulative
 output usage, `message_stop` ends the stream; `ping` and block stops carry nothing we need. An `error`
 event is an in-band error, mapped by its `error.type`. A body that ends without `message_stop` is whole
 only if a stop reason arrived.
@@ -68,6 +77,7 @@ from server.types import (
     Finish,
     FinishReason,
     OutputFormat,
+    ReasoningDelta,
     Role,
     SamplingParams,
     StreamEvent,
@@ -77,10 +87,11 @@ from server.types import (
     Usage,
 )
 
-__all__ = ["ANTHROPIC_VERSION", "AnthropicProvider"]
+__all__ = ["ANTHROPIC_VERSION", "MIN_THINKING_BUDGET", "AnthropicProvider"]
 
 ANTHROPIC_VERSION = "2023-06-01"
 _PATH = "/v1/messages"
+MIN_THINKING_BUDGET = 1024  # Anthropic's smallest budget_tokens
 _STOP_REASONS = {
     "end_turn": FinishReason.STOP,
     "stop_sequence": FinishReason.STOP,
@@ -109,24 +120,29 @@ class AnthropicProvider(HTTPProvider):
     def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         body = request_body(request)
         body["stream"] = True
-        return self._stream_sse(_PATH, body, request, _AnthropicEvents(self.name, output_tool(request.params)))
+        events = _AnthropicEvents(self.name, output_tool(request.params), _includes(request))
+        return self._stream_sse(_PATH, body, request, events)
 
     async def complete(self, request: ChatRequest) -> Completion:
         output = output_tool(request.params)
+        include = _includes(request)
         return await self._post_json(
-            _PATH, request_body(request), request, lambda payload: self._completion(payload, output)
+            _PATH, request_body(request), request, lambda payload: self._completion(payload, output, include)
         )
 
-    def _completion(self, payload: dict[str, Any], output: str | None) -> Completion:
+    def _completion(self, payload: dict[str, Any], output: str | None, include_thinking: bool) -> Completion:
         if payload.get("type") == "error":
             raise _in_band_error(self.name, payload.get("error"))
         texts: list[str] = []
+        thoughts: list[str] = []
         calls: list[ToolCall] = []
         answered = False  # by the output tool
         for block in payload["content"]:
             kind = block.get("type")
             if kind == "text":
                 texts.append(block["text"])
+            elif kind == "thinking" and include_thinking:
+                thoughts.append(str(block.get("thinking") or ""))
             elif kind == "tool_use" and block["name"] == output:
                 answered = True
                 texts.append(_compact(block["input"]))
@@ -136,14 +152,16 @@ class AnthropicProvider(HTTPProvider):
         if reason is FinishReason.TOOL_CALLS and answered and not calls:
             reason = FinishReason.STOP  # the forced output tool: the reply is whole
         raw = payload.get("usage")
-        return Completion("".join(texts), reason, usage_from(raw, None) if raw else None, tool_calls=tuple(calls))
+        usage = usage_from(raw, None) if raw else None
+        return Completion("".join(texts), reason, usage, tool_calls=tuple(calls), reasoning="".join(thoughts))
 
 
 class _AnthropicEvents(EventDecoder):
-    __slots__ = ("_blocks", "_calls", "_input", "_output")
+    __slots__ = ("_blocks", "_calls", "_include_thinking", "_input", "_output")
 
-    def __init__(self, provider: str, output: str | None = None) -> None:
+    def __init__(self, provider: str, output: str | None = None, include_thinking: bool = False) -> None:
         super().__init__(provider)
+        self._include_thinking = include_thinking
         self._input: dict[str, Any] | None = None  # message_start's usage
         self._output = output  # the forced output tool's name, when the reply is JSON
         self._blocks: dict[int, int] = {}  # a tool_use block's index -> its call's index (-1: the output tool)
@@ -159,7 +177,7 @@ class _AnthropicEvents(EventDecoder):
             self._blocks[int(chunk["index"])] = -1
             return
         self._blocks[int(chunk["index"])] = self._calls
-        self.tool_calls.append(ToolCallDelta(self._calls, str(block["id"]), str(block["name"])))
+        self.pieces.append(ToolCallDelta(self._calls, str(block["id"]), str(block["name"])))
         self._calls += 1
 
     def _input_json(self, chunk: dict[str, Any], fragment: str) -> str | None:
@@ -168,7 +186,7 @@ class _AnthropicEvents(EventDecoder):
             return None
         if call < 0:
             return fragment  # the output tool's input is the reply's text
-        self.tool_calls.append(ToolCallDelta(call, arguments=fragment))
+        self.pieces.append(ToolCallDelta(call, arguments=fragment))
         return None
 
     def feed(self, event: ServerSentEvent) -> str | None:
@@ -181,7 +199,11 @@ class _AnthropicEvents(EventDecoder):
             kind = delta.get("type")
             if kind == "text_delta":
                 return delta.get("text")
-            return self._input_json(chunk, delta.get("partial_json") or "") if kind == "input_json_delta" else None
+            if kind == "input_json_delta":
+                return self._input_json(chunk, delta.get("partial_json") or "")
+            if kind == "thinking_delta" and self._include_thinking and delta.get("thinking"):
+                self.pieces.append(ReasoningDelta(str(delta["thinking"])))
+            return None  # a signature_delta (the thinking block's signature), or thinking not asked for
         if kind == "message_start":
             usage = (chunk.get("message") or {}).get("usage")
             if usage:
@@ -238,7 +260,18 @@ def request_body(request: ChatRequest) -> dict[str, Any]:
         body["stop_sequences"] = list(params.stop)
     if params.tools or params.wants_json:
         _tool_options(body, params)
+    budget = params.reasoning.budget() if params.reasoning is not None else None
+    if budget is not None:
+        budget = max(budget, MIN_THINKING_BUDGET)
+        body["thinking"] = {"type": "enabled", "budget_tokens": budget}
+        if params.max_tokens is not None:
+            body["max_tokens"] = params.max_tokens + budget  # max_tokens counts the thinking too
     return body
+
+
+def _includes(request: ChatRequest) -> bool:
+    """Whether the request asked for the model's thinking text."""
+    return request.params.reasoning is not None and request.params.reasoning.include
 
 
 def _system(messages: list[ChatMessage]) -> str | list[dict[str, Any]]:

@@ -14,6 +14,10 @@ Tools and structured output, as deterministic:
 - a JSON Schema response format is answered with `demo_instance` of the schema, a JSON object format
   with `{"text": <the message>}`.
 
+Reasoning, as deterministic: with reasoning options the model first thinks "The user wrote: <the
+message>" (word by word, as ReasoningDeltas when the client asked to see it; the unary reply's `reasoning`);
+those words count as completion tokens and as `reasoning_tokens` either way.
+
 Prompt caching, as deterministic: the words up to and including the last message with a cache breakpoint
 are reported as `cached_prompt_tokens`, as if an earlier call had written that prefix to the cache.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncGenerator
+from dataclasses import replace
 from typing import Any
 
 from server.providers.base import Provider
@@ -33,6 +38,7 @@ from server.types import (
     Finish,
     FinishReason,
     OutputFormat,
+    ReasoningDelta,
     Role,
     StreamEvent,
     TextDelta,
@@ -61,18 +67,45 @@ class DemoProvider(Provider):
                     yield ToolCallDelta(index, arguments=piece)
             yield Finish(FinishReason.TOOL_CALLS, _usage(request, sum(len(_WORDS.findall(c.arguments)) for c in calls)))
             return
+        thoughts, shown = _thoughts(request)
+        if shown:
+            for thought in thoughts:
+                yield ReasoningDelta(thought)
         words, reason, usage = _reply(request)
         for word in words:
             yield TextDelta(word)
-        yield Finish(reason, usage)
+        yield Finish(reason, _with_thoughts(usage, thoughts))
 
     async def complete(self, request: ChatRequest) -> Completion:
         calls = _tool_calls(request)
         if calls:
             usage = _usage(request, sum(len(_WORDS.findall(c.arguments)) for c in calls))
             return Completion("", FinishReason.TOOL_CALLS, usage, tool_calls=calls)
+        thoughts, shown = _thoughts(request)
         words, reason, usage = _reply(request)
-        return Completion("".join(words), reason, usage)
+        reasoning = "".join(thoughts) if shown else ""
+        return Completion("".join(words), reason, _with_thoughts(usage, thoughts), reasoning=reasoning)
+
+
+def _thoughts(request: ChatRequest) -> tuple[list[str], bool]:
+    """The demo's reasoning, word by word, when the request sets reasoning options, and whether the client
+    asked to see it."""
+    reasoning = request.params.reasoning
+    if reasoning is None:
+        return [], False
+    return _WORDS.findall(f"The user wrote: {_last_text(request) or '(nothing)'}"), reasoning.include
+
+
+def _with_thoughts(usage: Usage, thoughts: list[str]) -> Usage:
+    if not thoughts:
+        return usage
+    completion = usage.completion_tokens + len(thoughts)
+    return replace(
+        usage,
+        completion_tokens=completion,
+        total_tokens=usage.prompt_tokens + completion,
+        reasoning_tokens=len(thoughts),
+    )
 
 
 def _last_text(request: ChatRequest) -> str:

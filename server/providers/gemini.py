@@ -36,7 +36,14 @@ Usage: prompt tokens are `promptTokenCount` (which includes cached content) plus
 `toolUsePromptTokenCount`; completion tokens are `candidatesTokenCount` plus `thoughtsTokenCount` (the
 model's thinking is generated and billed as output). `cachedContentTokenCount` (part of the prompt count:
 Gemini 2.5 caches repeated prefixes by itself) is `cached_prompt_tokens`. Gemini has no cache breakpoints,
-so a message's `cache` is not sent. No usageMetadata at all is `Usage.unreported`.
+so a message's `cache` is not sent. `thoughtsTokenCount` is also `reasoning_tokens`. No usageMetadata at
+all is `Usage.unreported`.
+
+Reasoning: `generationConfig.thinkingConfig` takes `thinkingBudget` (the client's budget, else its
+effort's: low 1024, medium 8192, high 24576) and `includeThoughts` when the client asked for the reasoning
+text; the thought summaries then arrive as parts with `"thought": true` and become ReasoningDeltas (the
+reply's `reasoning` when unary). Without `includeThoughts` Gemini sends none (any that came would be
+dropped).
 
 Finish reasons: STOP -> STOP; MAX_TOKENS -> LENGTH; SAFETY, RECITATION, BLOCKLIST, PROHIBITED_CONTENT,
 SPII, IMAGE_SAFETY -> CONTENT_FILTER; anything else (LANGUAGE, OTHER, MALFORMED_FUNCTION_CALL, …) ->
@@ -73,6 +80,8 @@ from server.types import (
     Finish,
     FinishReason,
     OutputFormat,
+    Reasoning,
+    ReasoningDelta,
     Role,
     SamplingParams,
     StreamEvent,
@@ -120,19 +129,26 @@ class GeminiProvider(HTTPProvider):
 
     def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         path = f"{_model_path(request.model)}:streamGenerateContent?alt=sse"
-        return self._stream_sse(path, request_body(request), request, _GeminiEvents(self.name))
+        return self._stream_sse(path, request_body(request), request, _GeminiEvents(self.name, _includes(request)))
 
     async def complete(self, request: ChatRequest) -> Completion:
         path = f"{_model_path(request.model)}:generateContent"
-        return await self._post_json(path, request_body(request), request, self._completion)
+        include = _includes(request)
+        return await self._post_json(path, request_body(request), request, lambda p: self._completion(p, include))
 
-    def _completion(self, payload: dict[str, Any]) -> Completion:
-        events = _GeminiEvents(self.name)  # a whole answer has the shape of one stream event
+    def _completion(self, payload: dict[str, Any], include_thoughts: bool) -> Completion:
+        events = _GeminiEvents(self.name, include_thoughts)  # a whole answer has the shape of one stream event
         text = events.read(payload) or ""
         finish = events.finish()
-        calls = tuple(ToolCall(d.id, d.name, d.arguments) for d in events.tool_calls)
+        calls = tuple(ToolCall(d.id, d.name, d.arguments) for d in events.pieces if isinstance(d, ToolCallDelta))
+        thoughts = "".join(d.text for d in events.pieces if isinstance(d, ReasoningDelta))
         return Completion(
-            text, finish.reason, finish.usage, upstream_request_id=finish.upstream_request_id, tool_calls=calls
+            text,
+            finish.reason,
+            finish.usage,
+            upstream_request_id=finish.upstream_request_id,
+            tool_calls=calls,
+            reasoning=thoughts,
         )
 
     def _error_hint(self, error: Mapping[str, Any]) -> ErrorHint:
@@ -142,10 +158,11 @@ class GeminiProvider(HTTPProvider):
 
 
 class _GeminiEvents(EventDecoder):
-    __slots__ = ("_calls", "_response_id", "_usage_metadata")
+    __slots__ = ("_calls", "_include_thoughts", "_response_id", "_usage_metadata")
 
-    def __init__(self, provider: str) -> None:
+    def __init__(self, provider: str, include_thoughts: bool = False) -> None:
         super().__init__(provider)
+        self._include_thoughts = include_thoughts
         self._usage_metadata: Any = None  # the latest usageMetadata; Gemini repeats it on every event
         # Gemini sends no request id header; its answer's `responseId` (read with the finish reason) is
         # the id to quote to Google.
@@ -186,12 +203,14 @@ class _GeminiEvents(EventDecoder):
                 text = piece if text is None else text + piece
             elif "functionCall" in part:
                 self._function_call(part["functionCall"])
+            elif piece and self._include_thoughts:
+                self.pieces.append(ReasoningDelta(piece))
         return text
 
     def _function_call(self, call: dict[str, Any]) -> None:
         call_id = str(call.get("id") or "") or "call_" + secrets.token_hex(12)
         arguments = json.dumps(call.get("args") or {}, separators=(",", ":"), ensure_ascii=False)
-        self.tool_calls.append(ToolCallDelta(self._calls, call_id, str(call["name"]), arguments))
+        self.pieces.append(ToolCallDelta(self._calls, call_id, str(call["name"]), arguments))
         self._calls += 1
 
 
@@ -230,11 +249,30 @@ def request_body(request: ChatRequest) -> dict[str, Any]:
         config["responseMimeType"] = "application/json"
         if fmt.kind is OutputFormat.JSON_SCHEMA:
             config["responseSchema"] = gemini_schema(schema_of(fmt.schema))
+    if params.reasoning is not None:
+        thinking = _thinking_config(params.reasoning)
+        if thinking:
+            config["thinkingConfig"] = thinking
     if config:
         body["generationConfig"] = config
     if params.tools:
         _tool_options(body, params)
     return body
+
+
+def _thinking_config(reasoning: Reasoning) -> dict[str, Any]:
+    thinking: dict[str, Any] = {}
+    budget = reasoning.budget()
+    if budget is not None:
+        thinking["thinkingBudget"] = budget
+    if reasoning.include:
+        thinking["includeThoughts"] = True
+    return thinking
+
+
+def _includes(request: ChatRequest) -> bool:
+    """Whether the request asked for the model's thought summaries."""
+    return request.params.reasoning is not None and request.params.reasoning.include
 
 
 def _parts(message: ChatMessage, names: dict[str, str]) -> list[dict[str, Any]]:
@@ -301,7 +339,8 @@ def usage_from(raw: Any) -> Usage:
     completion = int(raw.get("candidatesTokenCount") or 0) + int(raw.get("thoughtsTokenCount") or 0)
     # promptTokenCount includes the cached content's tokens (implicit or explicit caching).
     cached = min(int(raw.get("cachedContentTokenCount") or 0), prompt)
-    return Usage(prompt, completion, prompt + completion, cached_prompt_tokens=cached)
+    reasoning = int(raw.get("thoughtsTokenCount") or 0)
+    return Usage(prompt, completion, prompt + completion, reasoning_tokens=reasoning, cached_prompt_tokens=cached)
 
 
 def _model_path(model: str) -> str:

@@ -19,6 +19,12 @@ Structured output: `response_format` `{"type":"json_object"}` or `{"type":"json_
 Prompt caching: OpenAI caches repeated prompt prefixes by itself, so a message's `cache` breakpoint is not
 sent; `usage.prompt_tokens_details.cached_tokens` (DeepSeek: `prompt_cache_hit_tokens`), part of
 `prompt_tokens`, is `cached_prompt_tokens`.
+
+Reasoning: `reasoning_effort` "low", "medium" or "high" (the client's effort, else the one nearest its
+budget: up to 1024 low, up to 8192 medium; OpenAI takes no budget). OpenAI shares no reasoning text;
+compatible servers that do (DeepSeek's reasoner) send `delta.reasoning_content` (`message.reasoning_content`
+when unary), relayed as ReasoningDeltas when the client asked for it. `completion_tokens_details.
+reasoning_tokens`, part of `completion_tokens`, is `reasoning_tokens`.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from server.types import (
     Completion,
     FinishReason,
     OutputFormat,
+    ReasoningDelta,
     Role,
     SamplingParams,
     StreamEvent,
@@ -75,12 +82,13 @@ class OpenAIProvider(HTTPProvider):
         body = _body(request)
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
-        return self._stream_sse(_PATH, body, request, _OpenAIEvents(self.name))
+        return self._stream_sse(_PATH, body, request, _OpenAIEvents(self.name, _includes(request)))
 
     async def complete(self, request: ChatRequest) -> Completion:
-        return await self._post_json(_PATH, _body(request), request, self._completion)
+        include = _includes(request)
+        return await self._post_json(_PATH, _body(request), request, lambda p: self._completion(p, include))
 
-    def _completion(self, payload: dict[str, Any]) -> Completion:
+    def _completion(self, payload: dict[str, Any], include_reasoning: bool) -> Completion:
         if "error" in payload:
             raise _in_band_error(self.name, payload["error"])
         choice = payload["choices"][0]
@@ -92,14 +100,16 @@ class OpenAIProvider(HTTPProvider):
             ToolCall(str(c["id"]), str(c["function"]["name"]), str(c["function"].get("arguments") or ""))
             for c in message.get("tool_calls") or ()
         )
-        return Completion(text, reason, usage, tool_calls=calls)
+        reasoning = str(message.get("reasoning_content") or "") if include_reasoning else ""
+        return Completion(text, reason, usage, tool_calls=calls, reasoning=reasoning)
 
 
 class _OpenAIEvents(EventDecoder):
-    __slots__ = ("_calls", "_count")
+    __slots__ = ("_calls", "_count", "_include_reasoning")
 
-    def __init__(self, provider: str) -> None:
+    def __init__(self, provider: str, include_reasoning: bool = False) -> None:
         super().__init__(provider)
+        self._include_reasoning = include_reasoning
         self._calls: dict[int, tuple[int, str]] = {}  # the upstream's index -> (our index, the call's id)
         self._count = 0  # calls so far
 
@@ -113,9 +123,9 @@ class _OpenAIEvents(EventDecoder):
                 known = self._calls[raw] = (self._count, call_id)
                 self._count += 1
                 name = str(function.get("name") or "")
-                self.tool_calls.append(ToolCallDelta(known[0], call_id, name, str(function.get("arguments") or "")))
+                self.pieces.append(ToolCallDelta(known[0], call_id, name, str(function.get("arguments") or "")))
             elif function.get("arguments"):
-                self.tool_calls.append(ToolCallDelta(known[0], arguments=str(function["arguments"])))
+                self.pieces.append(ToolCallDelta(known[0], arguments=str(function["arguments"])))
 
     def feed(self, event: ServerSentEvent) -> str | None:
         data = event.data
@@ -134,6 +144,8 @@ class _OpenAIEvents(EventDecoder):
                 text = content if text is None else text + content
             elif delta.get("tool_calls"):  # never looked at while text flows
                 self._tool_pieces(delta["tool_calls"])
+            elif self._include_reasoning and delta.get("reasoning_content"):
+                self.pieces.append(ReasoningDelta(str(delta["reasoning_content"])))
             if choice.get("finish_reason"):
                 self.reason = _FINISH_REASONS.get(choice["finish_reason"], FinishReason.UNSPECIFIED)
         if chunk.get("usage"):
@@ -162,7 +174,15 @@ def _body(request: ChatRequest) -> dict[str, Any]:
         body["max_tokens"] = params.max_tokens
     if params.stop:
         body["stop"] = list(params.stop)
+    level = params.reasoning.level() if params.reasoning is not None else None
+    if level is not None:
+        body["reasoning_effort"] = level.name.lower()
     return body
+
+
+def _includes(request: ChatRequest) -> bool:
+    """Whether the request asked for the model's reasoning text."""
+    return request.params.reasoning is not None and request.params.reasoning.include
 
 
 def _tool_fields(entry: dict[str, Any], message: ChatMessage) -> None:
@@ -225,4 +245,8 @@ def _usage(raw: Any) -> Usage:
     cached = cached or int(raw.get("prompt_cache_hit_tokens") or 0)
     if cached:
         usage = replace(usage, cached_prompt_tokens=min(cached, prompt))
+    completion_details = raw.get("completion_tokens_details")
+    reasoning = int(completion_details.get("reasoning_tokens") or 0) if isinstance(completion_details, dict) else 0
+    if reasoning:
+        usage = replace(usage, reasoning_tokens=min(reasoning, completion))
     return usage

@@ -58,8 +58,8 @@ class Price:
 
 
 # What a model can do, as ListModels and CAPABILITY_UNSUPPORTED name it. Only these are served today;
-# "vision", "reasoning" and "embeddings" join when the gateway maps them.
-CAPABILITIES = ("json_object", "json_schema", "prompt_caching", "tools")
+# "vision" and "embeddings" join when the gateway maps them.
+CAPABILITIES = ("json_object", "json_schema", "prompt_caching", "reasoning", "tools")
 # Every provider kind maps tools and both JSON formats (Anthropic through a forced tool), so a model has
 # them unless its config or the built-in table says otherwise. Prompt caching depends on the upstream
 # (a compatible server may cache nothing), so a configured model has it only when its config says so;
@@ -189,6 +189,9 @@ _BUILTIN_CAPABILITIES: dict[str, frozenset[str]] = {
     "deepseek-reasoner": frozenset({"json_object", "prompt_caching"}),
 }
 _TABLE_CAPABILITIES = DEFAULT_CAPABILITIES | {"prompt_caching"}
+# The reasoning models of the table (extended thinking, thinkingConfig); OpenAI's GPT-4.1 and GPT-4o take no
+# reasoning_effort, and DeepSeek's reasoner always reasons and takes no setting.
+_REASONING_MODELS = frozenset({"claude-sonnet-4-5", "claude-haiku-4-5", "gemini-2.5-flash", "gemini-2.5-pro"})
 
 # Cache prices as multiples of the input price (read, write), from each provider's pricing page: Anthropic
 # reads at 0.1x and writes (5-minute TTL) at 1.25x; OpenAI's cached input is 0.25x for the GPT-4.1 family
@@ -222,7 +225,8 @@ BUILTIN_MODELS: dict[str, ModelConfig] = {
         price=_table_price(upstream, price) if price else None,
         # holysheep relays every model over the OpenAI wire, which has no cache breakpoints.
         capabilities=_BUILTIN_CAPABILITIES.get(upstream, _TABLE_CAPABILITIES)
-        - ({"prompt_caching"} if provider == "holysheep" else set()),
+        - ({"prompt_caching"} if provider == "holysheep" else set())
+        | ({"reasoning"} if upstream in _REASONING_MODELS and provider != "holysheep" else set()),
     )
     for provider, upstream, _aliases, price, max_out in _MODEL_TABLE
 }

@@ -41,6 +41,12 @@ behaviour grammar shared by every fake). It speaks the wire format of Anthropic'
   with cache_control may be provided. Found 5."); ``cached-N`` reports ``cache_read_input_tokens`` N and
   ``cache_creation_input_tokens`` the rest of the prompt up to the last breakpoint; ``input_tokens`` is the
   prompt after both (the three add up to the prompt's words).
+* Extended thinking: ``thinking`` ``{"type":"enabled","budget_tokens":N}`` (N >= 1024 and below
+  ``max_tokens``, else 400) makes the echo think first (``http_server.py``): a stream opens with a
+  ``thinking`` block at index 0 (``content_block_start`` with empty ``thinking`` and ``signature``, the
+  ``ping``, a ``thinking_delta`` per piece, one ``signature_delta``, ``content_block_stop``), the text or
+  tool-use blocks follow from index 1; a whole answer starts with ``{"type":"thinking","thinking":…,
+  "signature":…}``. ``output_tokens`` count the thinking too.
 * ``no-usage`` leaves ``usage`` out of ``message_start`` and ``message_delta`` (the real API always sends
   it; the gateway must still say "unreported" rather than invent zeros).
 
@@ -69,12 +75,16 @@ from tests.fakes.http_server import (
     plan_tool_calls,
     run_cli,
     text_of,
+    thought_pieces,
 )
 
 __all__ = ["API_VERSION", "MESSAGES_PATH", "FakeAnthropicUpstream"]
 
 MESSAGES_PATH = "/v1/messages"
 MAX_CACHE_BREAKPOINTS = 4
+MIN_THINKING_BUDGET = 1024
+# The signature of a thinking block (opaque to clients; Anthropic checks it when the block is sent back).
+THINKING_SIGNATURE = "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds"
 API_VERSION = "2023-06-01"
 API_KEY_ENV = "FAKE_ANTHROPIC_REQUIRED_API_KEY"
 
@@ -235,6 +245,7 @@ class FakeAnthropicUpstream(FakeHTTPServer):
             if message.get("role") == "user":
                 last_user = text
         prefix = _cached_prefix(body)
+        thoughts = thought_pieces(last_user) if body.get("thinking") and beh.kind == "echo" else []
         calls = plan_tool_calls(_tool_names(body), _tool_choice(body), last_user) if beh.kind == "echo" else ()
         reply = plan_reply(beh, prompts, last_user, body["max_tokens"])
         if calls:
@@ -242,8 +253,8 @@ class FakeAnthropicUpstream(FakeHTTPServer):
         if beh.split:
             out = Out(conn, True)
         if body.get("stream") is True:
-            return await self.stream_reply(out, _AnthropicWire(beh, reply, model, prefix), keep)
-        return await self.complete_reply(out, _AnthropicWire(beh, reply, model, prefix), keep)
+            return await self.stream_reply(out, _AnthropicWire(beh, reply, model, prefix, thoughts), keep)
+        return await self.complete_reply(out, _AnthropicWire(beh, reply, model, prefix, thoughts), keep)
 
 
 def _text(content: Any) -> str:
@@ -342,7 +353,26 @@ def _check_body(raw: bytes) -> tuple[str, Any]:
                 return f"tools.{i}.{name}: Field required", None
     if problem := _cache_problem(body):
         return problem, None
+    if problem := _thinking_problem(body):
+        return problem, None
     return "", body
+
+
+def _thinking_problem(body: dict[str, Any]) -> str:
+    """The API's complaint about `thinking`, or ""."""
+    thinking = body.get("thinking")
+    if thinking is None:
+        return ""
+    if not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "disabled"):
+        return "thinking: Input tag does not match any of the expected tags: 'enabled', 'disabled'"
+    if thinking["type"] == "disabled":
+        return ""
+    budget = thinking.get("budget_tokens")
+    if not isinstance(budget, int) or budget < MIN_THINKING_BUDGET:
+        return f"thinking.enabled.budget_tokens: Input should be greater than or equal to {MIN_THINKING_BUDGET}"
+    if body["max_tokens"] <= budget:
+        return "`max_tokens` must be greater than `thinking.budget_tokens`."
+    return ""
 
 
 class _AnthropicWire(Wire):
@@ -350,8 +380,13 @@ class _AnthropicWire(Wire):
 
     sse_type = "text/event-stream; charset=utf-8"
 
-    def __init__(self, beh: Behaviour, reply: Reply, model: str, cached_prefix: int = 0) -> None:
+    def __init__(
+        self, beh: Behaviour, reply: Reply, model: str, cached_prefix: int = 0, thoughts: list[str] | None = None
+    ) -> None:
         super().__init__(beh, reply, model)
+        self.thoughts = thoughts or []
+        self.first = 1 if self.thoughts else 0  # the index of the block after the thinking block
+        self.output_tokens = reply.completion_tokens + len(self.thoughts)
         # cached-N: N prompt tokens read from the cache; the rest of the prefix up to the last breakpoint
         # written to it; input_tokens are what remains (the three add up to the prompt).
         self.cache_read = reply.cached_tokens(beh)
@@ -378,24 +413,42 @@ class _AnthropicWire(Wire):
             message["usage"] = self._usage(1)
         start = {"type": "message_start", "message": message}
         events = [_event(b"message_start", json.dumps(start, separators=(",", ":")).encode())]
+        if self.thoughts:
+            events += self._thinking_events()
         if self.beh.kind != "refusal" and not self.reply.calls:
-            block = b'{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}'
-            events += [_event(b"content_block_start", block), _PING]
+            block = b'{"type":"content_block_start","index":%d,"content_block":{"type":"text","text":""}}' % self.first
+            events.append(_event(b"content_block_start", block))
+            if not self.thoughts:
+                events.append(_PING)
+        return events
+
+    def _thinking_events(self) -> list[bytes]:
+        """A thinking block: its start, the ping, a thinking_delta per piece, the signature, its stop."""
+        start = (
+            b'{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"","signature":""}}'
+        )
+        events = [_event(b"content_block_start", start), _PING]
+        for piece in self.thoughts:
+            delta = b'{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":%b}}'
+            events.append(_event(b"content_block_delta", delta % jstr(piece)))
+        signature = b'{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":%b}}'
+        events.append(_event(b"content_block_delta", signature % jstr(THINKING_SIGNATURE)))
+        events.append(_event(b"content_block_stop", b'{"type":"content_block_stop","index":0}'))
         return events
 
     def piece(self, piece_json: bytes) -> bytes:
         return (
-            b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
-            b'"delta":{"type":"text_delta","text":%b}}\n\n' % piece_json
+            b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
+            b'"delta":{"type":"text_delta","text":%b}}\n\n' % (self.first, piece_json)
         )
 
     def tool_events(self) -> list[bytes]:
         events = []
-        for i, (call, call_id) in enumerate(zip(self.reply.calls, self.call_ids, strict=True)):
+        for i, (call, call_id) in enumerate(zip(self.reply.calls, self.call_ids, strict=True), self.first):
             block = {"type": "tool_use", "id": call_id, "name": call.name, "input": {}}
             start = {"type": "content_block_start", "index": i, "content_block": block}
             events.append(_event(b"content_block_start", json.dumps(start, separators=(",", ":")).encode()))
-            if i == 0:
+            if i == 0:  # after a thinking block, the ping came with it
                 events.append(_PING)
             for piece in ["", *call.pieces]:
                 events.append(
@@ -411,10 +464,10 @@ class _AnthropicWire(Wire):
     def closing(self) -> list[bytes]:
         events = []
         if self.beh.kind != "refusal" and not self.reply.calls:
-            events.append(_event(b"content_block_stop", b'{"type":"content_block_stop","index":0}'))
+            events.append(_event(b"content_block_stop", b'{"type":"content_block_stop","index":%d}' % self.first))
         delta = b'{"type":"message_delta","delta":{"stop_reason":"%b","stop_sequence":null}' % self.stop_reason.encode()
         if self.beh.usage:
-            delta += b',"usage":{"output_tokens":%d}' % self.reply.completion_tokens
+            delta += b',"usage":{"output_tokens":%d}' % self.output_tokens
         events.append(_event(b"message_delta", delta + b"}"))
         events.append(_event(b"message_stop", b'{"type":"message_stop"}'))
         return events
@@ -435,17 +488,23 @@ class _AnthropicWire(Wire):
             "type": "message",
             "role": "assistant",
             "model": self.model,
-            "content": [{"type": "text", "text": "".join(texts)}] if texts else self._tool_uses(),
+            "content": self._thinking_block()
+            + ([{"type": "text", "text": "".join(texts)}] if texts else self._tool_uses()),
             "stop_reason": self.stop_reason,
             "stop_sequence": None,
         }
         if self.beh.usage:
-            message["usage"] = self._usage(self.reply.completion_tokens)
+            message["usage"] = self._usage(self.output_tokens)
         return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
 
     def whole_in_band_error(self) -> tuple[int, bytes, tuple[tuple[str, str], ...]]:
         status, type_, message = _INBAND_ERRORS[self.beh.inband]
         return status, _error_body(type_, message), ()
+
+    def _thinking_block(self) -> list[dict[str, Any]]:
+        if not self.thoughts:
+            return []
+        return [{"type": "thinking", "thinking": "".join(self.thoughts), "signature": THINKING_SIGNATURE}]
 
     def _tool_uses(self) -> list[dict[str, Any]]:
         return [

@@ -50,6 +50,12 @@ every call. When the last message is a tool result, the echo answers with the re
 request asks for JSON output (OpenAI ``response_format``, Gemini ``responseMimeType: application/json``),
 the echo answers with that same JSON text instead of the plain message.
 
+Reasoning, the same in every fake (each in its own wire format): when the request turns thinking on (OpenAI
+``reasoning_effort``, Anthropic ``thinking``, Gemini ``thinkingConfig`` with a budget other than 0), the echo
+model first thinks "Thinking about: <last user message>" (:func:`thought_pieces`); those pieces count as
+completion tokens. Anthropic streams them as a ``thinking`` block, Gemini as ``"thought": true`` parts when
+``includeThoughts`` is set, and OpenAI only counts them (``completion_tokens_details.reasoning_tokens``).
+
 The mid-stream faults use the first two echo pieces, padded with ``"t0"``/``" t1"`` when the last user
 message has fewer than two words. Names with the prefixes ``fault-``, ``tokens-``, ``slow-first-token-``,
 ``slow-tokens-`` or ``cached-`` that do not parse are unknown models (catches typos).
@@ -100,6 +106,7 @@ __all__ = [
     "plan_tool_calls",
     "run_cli",
     "text_of",
+    "thought_pieces",
 ]
 
 log = logging.getLogger(__name__)
@@ -334,6 +341,12 @@ def text_of(content: Any) -> str:
 
 
 _PIECE_RE = re.compile(r"\s*\S+")
+
+
+def thought_pieces(last_user: str) -> list[str]:
+    """The reasoning every fake's echo model does when a request turns thinking on: "Thinking about:
+    <the last user message>", in the echo's pieces."""
+    return split_pieces(f"Thinking about: {last_user}")
 
 
 def split_pieces(text: str) -> list[str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from server.config import ConfigError, load_config
+from server.config.models import KIND_CAPABILITIES
 from server.routing.catalog import DEFAULT_CAPABILITIES, Deployment, ModelConfig, Price
 
 
@@ -53,7 +54,7 @@ def test_deployments_aliases_prices_and_fallbacks(tmp_path: Path) -> None:
         ),
         price=Price(8.0, 32.0),
         fallbacks=("small",),
-        capabilities=DEFAULT_CAPABILITIES | {"prompt_caching"},  # a demo provider's model caches at breakpoints
+        capabilities=DEFAULT_CAPABILITIES | KIND_CAPABILITIES["demo"],  # a demo provider's model caches, reasons
     )
     assert gpt.all_deployments[1].label == "canary-eu"
     assert small.all_deployments == (Deployment("main", "small"),)

@@ -37,8 +37,8 @@ OPENAI_KEY = "sk-test-openai-key-0123456789abcdef"
 SECRETS = {"DEV_TOKEN": DEV_TOKEN, "OPENAI_API_KEY": OPENAI_KEY}
 
 
-# A demo model caches the prompt at the client's breakpoints (server/config/models.py CACHING_KINDS).
-CACHING = DEFAULT_CAPABILITIES | {"prompt_caching"}
+# A demo model caches the prompt and reasons (server/config/models.py KIND_CAPABILITIES).
+CACHING = DEFAULT_CAPABILITIES | {"prompt_caching", "reasoning"}
 
 
 def sha256_hex(token: str) -> str:

@@ -255,7 +255,7 @@ class Message(_message.Message):
     @_builtins.property
     def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContentPart]:
         """The turn's content as parts (text, images), after `content`. Images need a model with the "vision"
-        capability; this version of the gateway serves none yet, so they are refused with FAILED_PRECONDITION.
+        capability, go in "user" messages only (at most 20 in a request), and follow the message's text.
         """
 
     @_builtins.property
@@ -333,7 +333,7 @@ class Image(_message.Message):
     url: _builtins.str
     """An https URL (or a data: URL) the provider fetches."""
     data: _builtins.bytes
-    """The image itself, with `mime_type` (in JSON: base64)."""
+    """The image itself, with `mime_type` (in JSON: base64); at most 5 MiB."""
     mime_type: _builtins.str
     """The MIME type of `data` ("image/png", "image/jpeg", "image/gif" or "image/webp"); optional for a URL."""
     def __init__(
@@ -1375,8 +1375,8 @@ class ModelInfo(_message.Message):
 
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """What the model can do, sorted: "tools", "json_object", "json_schema", "prompt_caching", "reasoning"
-        (and, in later versions, "vision", "embeddings"). A call that needs a capability its model lacks
+        """What the model can do, sorted: "json_object", "json_schema", "prompt_caching", "reasoning", "tools",
+        "vision" (and, in later versions, "embeddings"). A call that needs a capability its model lacks
         fails with FAILED_PRECONDITION, reason CAPABILITY_UNSUPPORTED, the capability in ErrorInfo.metadata;
         deployments and fallbacks that lack it are skipped.
         """

@@ -13,6 +13,7 @@ from server.types import (
     Completion,
     Finish,
     FinishReason,
+    Image,
     OutputFormat,
     Reasoning,
     ReasoningDelta,
@@ -110,22 +111,26 @@ def unchecked_messages(messages: Iterable[pb.Message]) -> list[UncheckedMessage]
             m.tool_call_id,
             cache=m.HasField("cache_control"),
             cache_ttl_s=m.cache_control.ttl.ToTimedelta().total_seconds() if m.cache_control.HasField("ttl") else None,
+            images=tuple(
+                (i, Image(p.image.url, p.image.data, p.image.mime_type))
+                for i, p in enumerate(m.parts)
+                if p.WhichOneof("kind") == "image"
+            ),
         )
         for m in messages
     ]
 
 
 def _with_text_parts(message: pb.Message) -> str:
-    """`content`, then each text part on a line of its own (image parts are refused before the call)."""
+    """`content`, then each text part on a line of its own (a message's images follow its text)."""
     texts = [part.text for part in message.parts if part.WhichOneof("kind") == "text"]
     return "\n".join([message.content, *texts]) if message.content else "\n".join(texts)
 
 
 def unserved_needs(messages: Iterable[pb.Message], config: pb.GenerationConfig) -> frozenset[str]:
     """Capabilities a request's messages and config ask for beyond what its params show: cache breakpoints
-    ("prompt_caching"), reasoning options ("reasoning"), and what this version serves on no model yet:
-    images ("vision"). A call whose model lacks one is refused with FAILED_PRECONDITION rather than sent
-    without it."""
+    ("prompt_caching"), reasoning options ("reasoning"), images ("vision"). A call whose model lacks one
+    is refused with FAILED_PRECONDITION rather than sent without it."""
     needs: set[str] = set()
     if config.HasField("reasoning"):
         needs.add("reasoning")

@@ -16,6 +16,7 @@ __all__ = [
     "Completion",
     "Finish",
     "FinishReason",
+    "Image",
     "OutputFormat",
     "Reasoning",
     "ReasoningDelta",
@@ -63,6 +64,15 @@ class ToolCall:
 
 
 @dataclass(frozen=True, slots=True)
+class Image:
+    """An image of a user message: by `url` (https, or a data: URL), or inline `data` with its `mime_type`."""
+
+    url: str = ""
+    data: bytes = b""
+    mime_type: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ChatMessage:
     """One message. An assistant message may carry `tool_calls`; a TOOL message answers `tool_call_id`."""
 
@@ -73,6 +83,8 @@ class ChatMessage:
     tool_call_id: str = ""
     # A cache breakpoint: the provider may cache the prompt up to and including this message.
     cache: bool = False
+    # Images, after the message's text (user messages only).
+    images: tuple[Image, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,11 +22,12 @@ _RESUME_MODES = ("none", "continue")
 
 
 # What every model of a provider kind can do beyond DEFAULT_CAPABILITIES, unless its `capabilities` say
-# otherwise: Anthropic caches at the client's breakpoints (an OpenAI-compatible server may cache nothing);
-# the demo also reasons.
+# otherwise: every Claude and Gemini model takes images, Anthropic caches at the client's breakpoints (an
+# OpenAI-compatible server may do neither); the demo does all of it, and reasons.
 KIND_CAPABILITIES: dict[str, frozenset[str]] = {
-    "anthropic": frozenset({"prompt_caching"}),
-    "demo": frozenset({"prompt_caching", "reasoning"}),
+    "anthropic": frozenset({"prompt_caching", "vision"}),
+    "gemini": frozenset({"vision"}),
+    "demo": frozenset({"prompt_caching", "reasoning", "vision"}),
 }
 
 

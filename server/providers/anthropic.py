@@ -19,6 +19,9 @@ message's tool calls become `tool_use` blocks (`input` is the parsed arguments) 
 message becomes a user message with one `tool_result` block (`tool_use_id`, the result text), merged with
 the user turns around it like any user message.
 
+Images: a user message's images follow its text as `image` blocks, `{"type":"base64","media_type":…,
+"data":…}` sources for inline bytes (and base64 data: URLs), `{"type":"url","url":…}` for the rest.
+
 Prompt caching: a message with `cache` (the client's `cache_control`) puts `cache_control: {"type":
 "ephemeral"}` on its last content block (a plain-string message becomes one text block for it), so
 Anthropic caches the prompt up to there.
@@ -66,6 +69,7 @@ from typing import Any
 from server.config import ProviderConfig
 from server.errors import UpstreamError
 from server.providers.http import EventDecoder, HTTPProvider, loads_object
+from server.providers.images import inline
 from server.providers.transport import Transport
 from server.providers.upstream_errors import error_for_error_type, safe_identifier
 from server.sse import ServerSentEvent
@@ -76,6 +80,7 @@ from server.types import (
     Completion,
     Finish,
     FinishReason,
+    Image,
     OutputFormat,
     ReasoningDelta,
     Role,
@@ -236,7 +241,7 @@ def request_body(request: ChatRequest) -> dict[str, Any]:
             system.append(message)
             continue
         role = "user" if message.role is Role.TOOL else message.role.value
-        plain = not (message.tool_calls or message.role is Role.TOOL or message.cache)
+        plain = not (message.tool_calls or message.role is Role.TOOL or message.cache or message.images)
         if messages and messages[-1]["role"] == role:
             last = messages[-1]
             if isinstance(last["content"], str):
@@ -298,7 +303,12 @@ def _blocks(message: ChatMessage) -> list[dict[str, Any]]:
     if message.role is Role.TOOL:
         blocks = [{"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.content}]
     else:
-        blocks = [{"type": "text", "text": message.content}] if message.content or not message.tool_calls else []
+        blocks = (
+            [{"type": "text", "text": message.content}]
+            if message.content or not (message.tool_calls or message.images)
+            else []
+        )
+        blocks += [_image_block(image) for image in message.images]
         blocks += [
             {"type": "tool_use", "id": c.id, "name": c.name, "input": object_of(c.arguments)}
             for c in message.tool_calls
@@ -306,6 +316,13 @@ def _blocks(message: ChatMessage) -> list[dict[str, Any]]:
     if message.cache:
         blocks[-1] = {**blocks[-1], **_CACHE}
     return blocks
+
+
+def _image_block(image: Image) -> dict[str, Any]:
+    data = inline(image)
+    if data is None:
+        return {"type": "image", "source": {"type": "url", "url": image.url}}
+    return {"type": "image", "source": {"type": "base64", "media_type": data[0], "data": data[1]}}
 
 
 _CHOICES = {ToolMode.AUTO: {"type": "auto"}, ToolMode.NONE: {"type": "none"}, ToolMode.REQUIRED: {"type": "any"}}

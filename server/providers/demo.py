@@ -18,6 +18,9 @@ Reasoning, as deterministic: with reasoning options the model first thinks "The 
 message>" (word by word, as ReasoningDeltas when the client asked to see it; the unary reply's `reasoning`);
 those words count as completion tokens and as `reasoning_tokens` either way.
 
+Images, as deterministic: the reply to a message with images is its text followed by what the demo "sees"
+in each, `[image/png image, 68 bytes]` (or `[image at <url>]`).
+
 Prompt caching, as deterministic: the words up to and including the last message with a cache breakpoint
 are reported as `cached_prompt_tokens`, as if an earlier call had written that prefix to the cache.
 """
@@ -171,6 +174,9 @@ def _reply(request: ChatRequest) -> tuple[list[str], FinishReason, Usage]:
         last_user = _compact(demo_instance(schema_of(fmt.schema), last_user))
     elif fmt is not None and fmt.kind is OutputFormat.JSON_OBJECT:
         last_user = _compact({"text": last_user})
+    seen = _images_seen(request)
+    if seen:
+        last_user = f"{last_user} {seen}" if last_user else seen
     words = _WORDS.findall(last_user) or [EMPTY_REPLY]
     reason = FinishReason.STOP
     limit = request.params.max_tokens
@@ -181,6 +187,17 @@ def _reply(request: ChatRequest) -> tuple[list[str], FinishReason, Usage]:
         if stop in text:
             words, reason = _WORDS.findall(text[: text.index(stop)]), FinishReason.STOP
     return words, reason, _usage(request, len(words))
+
+
+def _images_seen(request: ChatRequest) -> str:
+    """What the demo "sees" in the last user message's images: each one's type and size, or its URL."""
+    last = next((m for m in reversed(request.messages) if m.role is Role.USER), None)
+    if last is None or not last.images:
+        return ""
+    return " ".join(
+        f"[{image.mime_type} image, {len(image.data)} bytes]" if image.data else f"[image at {image.url[:100]}]"
+        for image in last.images
+    )
 
 
 def _usage(request: ChatRequest, completion_tokens: int) -> Usage:

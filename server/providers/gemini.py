@@ -39,6 +39,10 @@ Gemini 2.5 caches repeated prefixes by itself) is `cached_prompt_tokens`. Gemini
 so a message's `cache` is not sent. `thoughtsTokenCount` is also `reasoning_tokens`. No usageMetadata at
 all is `Usage.unreported`.
 
+Images: a user message's images follow its text as parts: `inlineData` `{mimeType, data}` for inline bytes
+(and base64 data: URLs), `fileData` `{mimeType, fileUri}` for URLs (the MIME type the client gave, else
+guessed from the URL).
+
 Reasoning: `generationConfig.thinkingConfig` takes `thinkingBudget` (the client's budget, else its
 effort's: low 1024, medium 8192, high 24576) and `includeThoughts` when the client asked for the reasoning
 text; the thought summaries then arrive as parts with `"thought": true` and become ReasoningDeltas (the
@@ -69,6 +73,7 @@ from server.config import ProviderConfig
 from server.errors import UpstreamError
 from server.observe.request_id import upstream_request_id
 from server.providers.http import ErrorHint, EventDecoder, HTTPProvider, loads_object
+from server.providers.images import inline, url_mime_type
 from server.providers.transport import Transport
 from server.providers.upstream_errors import error_for_error_type, safe_identifier
 from server.sse import ServerSentEvent
@@ -79,6 +84,7 @@ from server.types import (
     Completion,
     Finish,
     FinishReason,
+    Image,
     OutputFormat,
     Reasoning,
     ReasoningDelta,
@@ -226,6 +232,8 @@ def request_body(request: ChatRequest) -> dict[str, Any]:
         parts = (
             _parts(message, names) if message.tool_calls or message.role is Role.TOOL else [{"text": message.content}]
         )
+        if message.images:
+            parts = [part for part in parts if part.get("text") != ""] + [_image_part(i) for i in message.images]
         role = _ROLES[message.role]
         if contents and contents[-1]["role"] == role:
             contents[-1]["parts"].extend(parts)
@@ -258,6 +266,13 @@ def request_body(request: ChatRequest) -> dict[str, Any]:
     if params.tools:
         _tool_options(body, params)
     return body
+
+
+def _image_part(image: Image) -> dict[str, Any]:
+    data = inline(image)
+    if data is None:
+        return {"fileData": {"mimeType": url_mime_type(image), "fileUri": image.url}}
+    return {"inlineData": {"mimeType": data[0], "data": data[1]}}
 
 
 def _thinking_config(reasoning: Reasoning) -> dict[str, Any]:

@@ -16,6 +16,9 @@ used (some compatible servers number every parallel call 0) starts a call of its
 Structured output: `response_format` `{"type":"json_object"}` or `{"type":"json_schema","json_schema":
 {name, schema, strict, description}}`; the reply's text is the JSON.
 
+Images: a message with images has `content` as parts: its text, then one `{"type":"image_url","image_url":
+{"url":…}}` per image (inline bytes as a base64 data: URL).
+
 Prompt caching: OpenAI caches repeated prompt prefixes by itself, so a message's `cache` breakpoint is not
 sent; `usage.prompt_tokens_details.cached_tokens` (DeepSeek: `prompt_cache_hit_tokens`), part of
 `prompt_tokens`, is `cached_prompt_tokens`.
@@ -36,6 +39,7 @@ from typing import Any
 from server.config import ProviderConfig
 from server.errors import UpstreamError
 from server.providers.http import EventDecoder, HTTPProvider, loads_object
+from server.providers.images import as_data_url
 from server.providers.transport import Transport
 from server.providers.upstream_errors import error_for_error_type, safe_identifier
 from server.sse import ServerSentEvent
@@ -161,6 +165,11 @@ def _body(request: ChatRequest) -> dict[str, Any]:
             entry["name"] = message.name
         if message.tool_calls or message.role is Role.TOOL:
             _tool_fields(entry, message)
+        if message.images:
+            text = [{"type": "text", "text": message.content}] if message.content else []
+            entry["content"] = text + [
+                {"type": "image_url", "image_url": {"url": as_data_url(image)}} for image in message.images
+            ]
         messages.append(entry)
     body: dict[str, Any] = {"model": request.model, "messages": messages}
     params = request.params

@@ -58,8 +58,8 @@ class Price:
 
 
 # What a model can do, as ListModels and CAPABILITY_UNSUPPORTED name it. Only these are served today;
-# "vision" and "embeddings" join when the gateway maps them.
-CAPABILITIES = ("json_object", "json_schema", "prompt_caching", "reasoning", "tools")
+# "embeddings" joins when the gateway maps it.
+CAPABILITIES = ("json_object", "json_schema", "prompt_caching", "reasoning", "tools", "vision")
 # Every provider kind maps tools and both JSON formats (Anthropic through a forced tool), so a model has
 # them unless its config or the built-in table says otherwise. Prompt caching depends on the upstream
 # (a compatible server may cache nothing), so a configured model has it only when its config says so;
@@ -181,14 +181,15 @@ _MODEL_TABLE: tuple[tuple[str, str, tuple[str, ...], tuple[float, float] | None,
     ("holysheep", "deepseek-v3.2", (), (0.42, 1.90), 8_192),
 )
 
-# DeepSeek's chat models take tools and JSON mode but no JSON Schema; its reasoner no tools. Every model
-# of the table caches prompts: Anthropic at the breakpoints the client marks, the others by themselves.
+# DeepSeek's chat models take tools and JSON mode but no JSON Schema (nor images); its reasoner no tools.
+# Every model of the table caches prompts: Anthropic at the breakpoints the client marks, the others by
+# themselves; every other model of the table takes images.
 _BUILTIN_CAPABILITIES: dict[str, frozenset[str]] = {
     "deepseek-chat": frozenset({"tools", "json_object", "prompt_caching"}),
     "deepseek-v3.2": frozenset({"tools", "json_object", "prompt_caching"}),
     "deepseek-reasoner": frozenset({"json_object", "prompt_caching"}),
 }
-_TABLE_CAPABILITIES = DEFAULT_CAPABILITIES | {"prompt_caching"}
+_TABLE_CAPABILITIES = DEFAULT_CAPABILITIES | {"prompt_caching", "vision"}
 # The reasoning models of the table (extended thinking, thinkingConfig); OpenAI's GPT-4.1 and GPT-4o take no
 # reasoning_effort, and DeepSeek's reasoner always reasons and takes no setting.
 _REASONING_MODELS = frozenset({"claude-sonnet-4-5", "claude-haiku-4-5", "gemini-2.5-flash", "gemini-2.5-pro"})

@@ -302,11 +302,15 @@ DEMO_MODEL = ModelInfo(
     max_output_tokens=32000,
     deployments=(
         ModelDeployment(
-            "demo/demo", "demo", "demo", 1.0, ("json_object", "json_schema", "prompt_caching", "reasoning", "tools")
+            "demo/demo",
+            "demo",
+            "demo",
+            1.0,
+            ("json_object", "json_schema", "prompt_caching", "reasoning", "tools", "vision"),
         ),
     ),
     fallbacks=(),
-    capabilities=("json_object", "json_schema", "prompt_caching", "reasoning", "tools"),
+    capabilities=("json_object", "json_schema", "prompt_caching", "reasoning", "tools", "vision"),
 )
 
 

@@ -41,6 +41,8 @@ behaviour grammar shared by every fake). It speaks the wire format of Anthropic'
   with cache_control may be provided. Found 5."); ``cached-N`` reports ``cache_read_input_tokens`` N and
   ``cache_creation_input_tokens`` the rest of the prompt up to the last breakpoint; ``input_tokens`` is the
   prompt after both (the three add up to the prompt's words).
+* Images: ``image`` blocks with a ``base64`` source (``media_type`` image/jpeg, png, gif or webp and valid
+  base64 ``data``, else 400) or a ``url`` source; they add nothing to the prompt's words.
 * Extended thinking: ``thinking`` ``{"type":"enabled","budget_tokens":N}`` (N >= 1024 and below
   ``max_tokens``, else 400) makes the echo think first (``http_server.py``): a stream opens with a
   ``thinking`` block at index 0 (``content_block_start`` with empty ``thinking`` and ``signature``, the
@@ -55,6 +57,7 @@ CLI: ``python -m tests.fakes.anthropic_upstream --port 0 [--api-key KEY]`` print
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import secrets
@@ -351,11 +354,38 @@ def _check_body(raw: bytes) -> tuple[str, Any]:
         for name in ("name", "input_schema"):
             if not isinstance(tool, dict) or name not in tool:
                 return f"tools.{i}.{name}: Field required", None
+    if problem := _image_problem(body):
+        return problem, None
     if problem := _cache_problem(body):
         return problem, None
     if problem := _thinking_problem(body):
         return problem, None
     return "", body
+
+
+IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+
+
+def _image_problem(body: dict[str, Any]) -> str:
+    """The API's complaint about an image block, or ""."""
+    for i, message in enumerate(body["messages"]):
+        content = message.get("content")
+        for j, block in enumerate(content if isinstance(content, list) else ()):
+            if not isinstance(block, dict) or block.get("type") != "image":
+                continue
+            source = block.get("source") or {}
+            where = f"messages.{i}.content.{j}.image.source"
+            if source.get("type") == "base64":
+                if source.get("media_type") not in IMAGE_MEDIA_TYPES:
+                    allowed = "'image/jpeg', 'image/png', 'image/gif' or 'image/webp'"
+                    return f"{where}.base64.media_type: Input should be {allowed}"
+                try:
+                    base64.b64decode(str(source.get("data")), validate=True)
+                except ValueError:
+                    return f"{where}.base64.data: The image data is not valid base64."
+            elif source.get("type") != "url" or not isinstance(source.get("url"), str):
+                return f"{where}: Input tag does not match any of the expected tags: 'base64', 'url', 'file'"
+    return ""
 
 
 def _thinking_problem(body: dict[str, Any]) -> str:

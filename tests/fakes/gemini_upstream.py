@@ -32,6 +32,8 @@ therefore None here, and tests read ``path``. It speaks the wire format of Googl
   any ``finishReason``.
 * ``refusal``: the prompt is blocked: one event with ``promptFeedback.blockReason`` and no candidates.
 * ``no-usage`` leaves ``usageMetadata`` out of every event.
+* Image parts: ``inlineData`` ``{mimeType, data}`` or ``fileData`` ``{mimeType, fileUri}`` (both fields
+  required, else 400); they add nothing to the prompt's words.
 * ``generationConfig.thinkingConfig`` (``thinkingBudget`` -1 to 24576, else 400) with a budget other than 0
   makes the echo think first (``http_server.py``): ``usageMetadata.thoughtsTokenCount`` counts the
   thoughts (apart from ``candidatesTokenCount``, within ``totalTokenCount``), and with ``includeThoughts``
@@ -389,6 +391,10 @@ def _check_body(raw: bytes) -> tuple[str, Any]:
         if not isinstance(content, dict) or content.get("role", "user") not in ("user", "model"):
             return "Please use a valid role: user, model.", None
         for part in content.get("parts") or ():
+            for key, field in (("inlineData", "data"), ("fileData", "fileUri")):
+                blob = part.get(key) if isinstance(part, dict) else None
+                if blob is not None and not (isinstance(blob, dict) and blob.get("mimeType") and blob.get(field)):
+                    return f"* GenerateContentRequest.contents.parts.{key}: mimeType and {field} are required.\n", None
             response = part.get("functionResponse") if isinstance(part, dict) else None
             if isinstance(response, dict) and not response.get("name"):
                 return "* GenerateContentRequest.contents.parts.function_response.name: Name cannot be empty.\n", None

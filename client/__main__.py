@@ -74,6 +74,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     group.add_argument(
         "--json-schema", metavar="FILE", help="a JSON Schema file: the answer is JSON matching it ('title' names it)"
     )
+    group.add_argument(
+        "--image", metavar="FILE", action="append", default=[], help="an image sent with the prompt (repeatable)"
+    )
     group.add_argument("--timeout", type=float, default=defaults.DEFAULT_TIMEOUT_S, help=_TIMEOUT_HELP)
     parser = argparse.ArgumentParser(
         prog=prog, description="Call the AI gateway. Connections use TLS unless --plaintext is given."

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import mimetypes
 import signal
 import sys
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from client.chat import Chat, LineReader
 from client.errors import ConfigurationError, GatewayError
 from client.sync_client import AIClient
 from client.types import ModelInfo, SamplingOptions, TextDelta
+from generated import ai_service_pb2 as pb
 
 __all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "models_table", "run"]
 
@@ -34,6 +36,11 @@ def run(args: argparse.Namespace) -> int:
         args.schema = _schema(getattr(args, "json_schema", None))
     except (OSError, ValueError) as exc:
         print(f"error: --json-schema: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        args.images = [_image(path) for path in getattr(args, "image", None) or ()]
+    except (OSError, ValueError) as exc:
+        print(f"error: --image: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
         client = AIClient(
@@ -63,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _generate(client: AIClient, args: argparse.Namespace) -> None:
-    result = client.generate(args.prompt, model=args.model, system=args.system, sampling=_sampling(args))
+    prompt, messages = _turn(args)
+    result = client.generate(prompt, model=args.model, messages=messages, system=args.system, sampling=_sampling(args))
     print(result.text)
     console.print_summary(result)
 
@@ -71,7 +79,10 @@ def _generate(client: AIClient, args: argparse.Namespace) -> None:
 def _stream(client: AIClient, args: argparse.Namespace) -> None:
     out = sys.stdout
     printed = False
-    stream = client.stream_generate(args.prompt, model=args.model, system=args.system, sampling=_sampling(args))
+    prompt, messages = _turn(args)
+    stream = client.stream_generate(
+        prompt, model=args.model, messages=messages, system=args.system, sampling=_sampling(args)
+    )
     try:
         with stream:
             for event in stream:
@@ -115,6 +126,22 @@ def _sampling(args: argparse.Namespace) -> SamplingOptions:
         stop=getattr(args, "stop", ()),
         json_schema=getattr(args, "schema", None),
     )
+
+
+def _image(path: str) -> pb.ContentPart:
+    """An image file as a message part; its type from its name's extension."""
+    mime_type = mimetypes.guess_type(path)[0] or ""
+    if not mime_type.startswith("image/"):
+        raise ValueError(f"{path}: not an image file name (.png, .jpg, .gif, .webp)")
+    with open(path, "rb") as file:
+        return pb.ContentPart(image=pb.Image(data=file.read(), mime_type=mime_type))
+
+
+def _turn(args: argparse.Namespace) -> tuple[str | None, list[pb.Message] | None]:
+    """The prompt, or with --image the user message that carries the prompt and the images."""
+    if not args.images:
+        return args.prompt, None
+    return None, [pb.Message(role="user", content=args.prompt, parts=args.images)]
 
 
 def _schema(path: str | None) -> dict[str, Any] | None:

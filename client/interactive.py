@@ -36,7 +36,16 @@ from client.errors import (
     error_from_rpc_error,
     error_from_rpc_status,
 )
-from client.types import MessageLike, Sampling, SamplingOptions, SessionMode, TextDelta, TurnEvent, TurnResult
+from client.types import (
+    MessageLike,
+    ReasoningDelta,
+    Sampling,
+    SamplingOptions,
+    SessionMode,
+    TextDelta,
+    TurnEvent,
+    TurnResult,
+)
 from client.wire import cancel_request, session_mode, tool_call_delta, turn_request, turn_result
 from generated import ai_service_pb2 as pb
 from generated import ai_service_pb2_grpc as pb_grpc
@@ -115,6 +124,10 @@ class AsyncTurn:
         self._text.append(text)
         if self._keep_events:
             self._events.put_nowait(TextDelta(text))
+
+    def _reasoning(self, text: str) -> None:
+        if self._keep_events:
+            self._events.put_nowait(ReasoningDelta(text))
 
     def _tool_call(self, piece: pb.ToolCallDelta) -> None:
         if self._keep_events:
@@ -385,6 +398,8 @@ class AsyncSession:
             if (turn := self._turns.get(response.delta.request_id)) is not None:
                 if response.delta.HasField("tool_call"):
                     turn._tool_call(response.delta.tool_call)
+                elif response.delta.reasoning:
+                    turn._reasoning(response.delta.reasoning)
                 else:
                     turn._delta(response.delta.text)
         elif kind == "done":

@@ -77,6 +77,8 @@ class Message:
 
         history.append(Message.calling(result.tool_calls))         # the assistant's calls, sent back
         history.append(Message.tool_result(call, "sunny"))         # one answer per call
+
+    `cache=True` marks a prompt-cache breakpoint (README: Prompt caching).
     """
 
     role: str
@@ -84,6 +86,8 @@ class Message:
     name: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str = ""
+    # A prompt-cache breakpoint: the provider may cache the conversation up to and including this message.
+    cache: bool = False
 
     @classmethod
     def calling(cls, tool_calls: Sequence[ToolCall], text: str = "") -> Message:
@@ -133,6 +137,9 @@ class Sampling(TypedDict, total=False):
     tool_choice: str | None
     json_schema: Mapping[str, Any] | None
     json_object: bool
+    reasoning_effort: str | None
+    reasoning_budget: int | None
+    include_reasoning: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +153,9 @@ class SamplingOptions:
 
     Beyond sampling: `tools` (Tool, or dicts as Tool.from_dict takes them), `tool_choice` ("auto",
     "none", "required", or a tool's name), and the reply's shape: `json_schema` (a JSON Schema dict; its
-    "title" names it, else "output") or `json_object=True`.
+    "title" names it, else "output") or `json_object=True`. Reasoning models: `reasoning_effort` ("low",
+    "medium", "high"), `reasoning_budget` (thinking tokens) and `include_reasoning=True` to receive the
+    model's reasoning text (ReasoningDelta events; GenerateResult.reasoning).
     """
 
     temperature: float | None = None
@@ -157,6 +166,9 @@ class SamplingOptions:
     tool_choice: str | None = None
     json_schema: Mapping[str, Any] | None = None
     json_object: bool = False
+    reasoning_effort: str | None = None
+    reasoning_budget: int | None = None
+    include_reasoning: bool = False
 
     @classmethod
     def of(cls, sampling: SamplingOptions | None, keywords: Sampling) -> SamplingOptions:
@@ -175,6 +187,11 @@ class Usage:
     unreported: bool = False
     # True when the gateway counted some tokens itself (a cancelled turn, a resumed stream): a lower bound.
     estimated: bool = False
+    # Of prompt_tokens, those read from / written to the provider's prompt cache (priced apart).
+    cached_prompt_tokens: int = 0
+    cache_write_tokens: int = 0
+    # Of completion_tokens, those the model spent reasoning (0 when none or not reported).
+    reasoning_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,11 +223,20 @@ class GenerateResult:
     tool_calls: tuple[ToolCall, ...] = ()
     # The caller's limits after this call (None when the gateway sent no rate-limit trailers).
     rate_limits: RateLimits | None = None
+    # The model's reasoning text, when asked for with include_reasoning and the provider shares it.
+    reasoning: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class TextDelta:
     """The next piece of a streamed reply."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    """The next piece of the model's reasoning text (asked for with include_reasoning), apart from the reply."""
 
     text: str
 
@@ -238,7 +264,7 @@ class StreamEnd:
     tool_calls: tuple[ToolCall, ...] = ()
 
 
-StreamEvent: TypeAlias = TextDelta | ToolCallDelta | StreamEnd
+StreamEvent: TypeAlias = TextDelta | ToolCallDelta | ReasoningDelta | StreamEnd
 
 # How an InteractiveStream session treats its turns: a conversation keeps the dialogue on the server and
 # answers one turn at a time; a pipeline answers independent requests concurrently.
@@ -265,7 +291,7 @@ class TurnResult:
     tool_calls: tuple[ToolCall, ...] = ()
 
 
-TurnEvent: TypeAlias = TextDelta | ToolCallDelta | TurnResult
+TurnEvent: TypeAlias = TextDelta | ToolCallDelta | ReasoningDelta | TurnResult
 
 
 @dataclass(frozen=True, slots=True)

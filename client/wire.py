@@ -21,6 +21,7 @@ from client.types import (
     ModelDeployment,
     ModelInfo,
     RateLimits,
+    ReasoningDelta,
     SamplingOptions,
     SessionMode,
     StreamEnd,
@@ -87,7 +88,21 @@ def _config(sampling: SamplingOptions) -> pb.GenerationConfig:
     )
     if sampling.tools or sampling.tool_choice or sampling.json_schema is not None or sampling.json_object:
         _tool_config(config, sampling)
+    if sampling.reasoning_effort or sampling.reasoning_budget is not None or sampling.include_reasoning:
+        effort = _EFFORTS.get(sampling.reasoning_effort or "")
+        if sampling.reasoning_effort and effort is None:
+            raise ValueError(f"reasoning_effort must be low, medium or high, got {sampling.reasoning_effort!r}")
+        config.reasoning.CopyFrom(
+            pb.ReasoningOptions(
+                effort=effort or pb.REASONING_EFFORT_UNSPECIFIED,
+                budget_tokens=sampling.reasoning_budget,
+                include_reasoning=sampling.include_reasoning,
+            )
+        )
     return config
+
+
+_EFFORTS = {"low": pb.REASONING_EFFORT_LOW, "medium": pb.REASONING_EFFORT_MEDIUM, "high": pb.REASONING_EFFORT_HIGH}
 
 
 _CHOICES = {
@@ -190,6 +205,7 @@ def _message_pb(message: MessageLike) -> pb.Message:
             name=message.name,
             tool_calls=[pb.ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in message.tool_calls],
             tool_call_id=message.tool_call_id,
+            cache_control=pb.CacheControl() if message.cache else None,
         )
     role, content = message
     return pb.Message(role=role, content=content)
@@ -204,6 +220,7 @@ def generate_result(response: pb.GenerateResponse, trailers: Metadata = ()) -> G
         usage=_usage(response.usage),
         tool_calls=tool_calls(response.tool_calls),
         rate_limits=rate_limits(trailers),
+        reasoning=response.reasoning,
     )
 
 
@@ -273,7 +290,16 @@ def model_info(model: pb.ModelInfo) -> ModelInfo:
 
 
 def _usage(usage: pb.Usage) -> Usage:
-    return Usage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, usage.unreported, usage.estimated)
+    return Usage(
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        usage.total_tokens,
+        usage.unreported,
+        usage.estimated,
+        usage.cached_prompt_tokens,
+        usage.cache_write_tokens,
+        usage.reasoning_tokens,
+    )
 
 
 def _finish_reason(value: pb.FinishReason.ValueType) -> FinishReason:
@@ -295,8 +321,12 @@ class StreamAssembler:
         if self.end is not None:
             raise StreamProtocolError("the server sent data after the final chunk", reason="DATA_AFTER_END")
         if not chunk.is_complete:
+            if chunk.delta:
+                return TextDelta(chunk.delta)
             if chunk.HasField("tool_call"):
                 return self.calls.add(tool_call_delta(chunk.tool_call))
+            if chunk.reasoning:
+                return ReasoningDelta(chunk.reasoning)
             return TextDelta(chunk.delta)
         self.end = StreamEnd(
             model=chunk.model,

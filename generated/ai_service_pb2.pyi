@@ -255,7 +255,7 @@ class Message(_message.Message):
     @_builtins.property
     def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContentPart]:
         """The turn's content as parts (text, images), after `content`. Images need a model with the "vision"
-        capability; this version of the gateway serves none yet, so they are refused with FAILED_PRECONDITION.
+        capability, go in "user" messages only (at most 20 in a request), and follow the message's text.
         """
 
     @_builtins.property
@@ -267,8 +267,9 @@ class Message(_message.Message):
     @_builtins.property
     def cache_control(self) -> Global___CacheControl:
         """Marks the end of a cacheable prompt prefix (Anthropic's cache breakpoints): the provider may cache
-        everything up to and including this message. Needs the "prompt_caching" capability; this version
-        serves none yet, so it is refused with FAILED_PRECONDITION.
+        everything up to and including this message. Needs the "prompt_caching" capability. Providers that
+        cache by themselves (OpenAI, Gemini, DeepSeek) are not sent it; Usage reports what was read from and
+        written to the cache either way. At most 4 per request.
         """
 
     def __init__(
@@ -332,7 +333,7 @@ class Image(_message.Message):
     url: _builtins.str
     """An https URL (or a data: URL) the provider fetches."""
     data: _builtins.bytes
-    """The image itself, with `mime_type` (in JSON: base64)."""
+    """The image itself, with `mime_type` (in JSON: base64); at most 5 MiB."""
     mime_type: _builtins.str
     """The MIME type of `data` ("image/png", "image/jpeg", "image/gif" or "image/webp"); optional for a URL."""
     def __init__(
@@ -361,7 +362,9 @@ class CacheControl(_message.Message):
     TTL_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
-        """How long the cached prefix should live; unset means the provider's default (Anthropic: 5 minutes)."""
+        """How long the cached prefix should live; unset means the provider's default (Anthropic: 5 minutes).
+        This version takes only unset or 5 minutes (INVALID_ARGUMENT otherwise).
+        """
 
     def __init__(
         self,
@@ -620,7 +623,7 @@ Global___JsonSchemaFormat: _TypeAlias = JsonSchemaFormat  # noqa: Y015
 class ReasoningOptions(_message.Message):
     """ReasoningOptions set a reasoning model's thinking, mapped to each provider's setting (OpenAI's
     reasoning_effort, Anthropic's thinking budget, Gemini's thinkingConfig). Needs the "reasoning"
-    capability; this version serves none yet, so they are refused with FAILED_PRECONDITION.
+    capability.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1372,8 +1375,8 @@ class ModelInfo(_message.Message):
 
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """What the model can do, sorted: "tools", "json_object", "json_schema" (and, in later versions,
-        "vision", "reasoning", "prompt_caching", "embeddings"). A call that needs a capability its model lacks
+        """What the model can do, sorted: "json_object", "json_schema", "prompt_caching", "reasoning", "tools",
+        "vision" (and, in later versions, "embeddings"). A call that needs a capability its model lacks
         fails with FAILED_PRECONDITION, reason CAPABILITY_UNSUPPORTED, the capability in ErrorInfo.metadata;
         deployments and fallbacks that lack it are skipped.
         """

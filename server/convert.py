@@ -13,7 +13,11 @@ from server.types import (
     Completion,
     Finish,
     FinishReason,
+    Image,
     OutputFormat,
+    Reasoning,
+    ReasoningDelta,
+    ReasoningEffort,
     ResponseFormat,
     SamplingParams,
     Tool,
@@ -31,6 +35,7 @@ __all__ = [
     "generate_response",
     "model_info",
     "params_from_pb",
+    "reasoning_chunk",
     "tool_call_chunk",
     "tool_call_delta_pb",
     "tool_calls_pb",
@@ -61,7 +66,21 @@ def params_from_pb(config: pb.GenerationConfig) -> SamplingParams:
         tools=tuple(Tool(t.name, t.description, t.parameters) for t in config.tools),
         tool_choice=_tool_choice(config.tool_choice) if config.HasField("tool_choice") else None,
         response_format=_response_format(config.response_format) if config.HasField("response_format") else None,
+        reasoning=_reasoning(config.reasoning) if config.HasField("reasoning") else None,
     )
+
+
+_EFFORTS = {
+    pb.REASONING_EFFORT_LOW: ReasoningEffort.LOW,
+    pb.REASONING_EFFORT_MEDIUM: ReasoningEffort.MEDIUM,
+    pb.REASONING_EFFORT_HIGH: ReasoningEffort.HIGH,
+}
+
+
+def _reasoning(options: pb.ReasoningOptions) -> Reasoning:
+    # An unknown effort number (a newer client) is the model's default, as UNSPECIFIED.
+    budget = options.budget_tokens if options.HasField("budget_tokens") else None
+    return Reasoning(_EFFORTS.get(options.effort), budget, options.include_reasoning)
 
 
 def _tool_choice(choice: pb.ToolChoice) -> ToolChoice:
@@ -83,28 +102,35 @@ def _response_format(fmt: pb.ResponseFormat) -> ResponseFormat:
 def unchecked_messages(messages: Iterable[pb.Message]) -> list[UncheckedMessage]:
     return [
         UncheckedMessage(m.role, m.content, m.name)
-        if not (m.tool_calls or m.tool_call_id or m.parts)
+        if not (m.tool_calls or m.tool_call_id or m.parts or m.HasField("cache_control"))
         else UncheckedMessage(
             m.role,
             _with_text_parts(m),
             m.name,
             tuple(ToolCall(c.id, c.name, c.arguments) for c in m.tool_calls),
             m.tool_call_id,
+            cache=m.HasField("cache_control"),
+            cache_ttl_s=m.cache_control.ttl.ToTimedelta().total_seconds() if m.cache_control.HasField("ttl") else None,
+            images=tuple(
+                (i, Image(p.image.url, p.image.data, p.image.mime_type))
+                for i, p in enumerate(m.parts)
+                if p.WhichOneof("kind") == "image"
+            ),
         )
         for m in messages
     ]
 
 
 def _with_text_parts(message: pb.Message) -> str:
-    """`content`, then each text part on a line of its own (image parts are refused before the call)."""
+    """`content`, then each text part on a line of its own (a message's images follow its text)."""
     texts = [part.text for part in message.parts if part.WhichOneof("kind") == "text"]
     return "\n".join([message.content, *texts]) if message.content else "\n".join(texts)
 
 
 def unserved_needs(messages: Iterable[pb.Message], config: pb.GenerationConfig) -> frozenset[str]:
-    """Capabilities a request asks for that this version of the gateway serves on no model yet: images
-    ("vision"), cache breakpoints ("prompt_caching"), reasoning options ("reasoning"). Such a call is
-    refused with FAILED_PRECONDITION rather than sent without them."""
+    """Capabilities a request's messages and config ask for beyond what its params show: cache breakpoints
+    ("prompt_caching"), reasoning options ("reasoning"), images ("vision"). A call whose model lacks one
+    is refused with FAILED_PRECONDITION rather than sent without it."""
     needs: set[str] = set()
     if config.HasField("reasoning"):
         needs.add("reasoning")
@@ -124,6 +150,10 @@ def tool_call_chunk(delta: ToolCallDelta) -> pb.StreamChunk:
     return pb.StreamChunk(tool_call=tool_call_delta_pb(delta))
 
 
+def reasoning_chunk(delta: ReasoningDelta) -> pb.StreamChunk:
+    return pb.StreamChunk(reasoning=delta.text)
+
+
 def tool_calls_pb(calls: Iterable[ToolCall]) -> list[pb.ToolCall]:
     return [pb.ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in calls]
 
@@ -137,6 +167,9 @@ def usage_pb(usage: Usage | None, cost_usd: float | None = None) -> pb.Usage:
         total_tokens=usage.total_tokens,
         cost_usd=cost_usd,
         estimated=usage.estimated,
+        reasoning_tokens=usage.reasoning_tokens,
+        cached_prompt_tokens=usage.cached_prompt_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
     )
 
 
@@ -163,6 +196,7 @@ def generate_response(completion: Completion) -> pb.GenerateResponse:
         provider=served.provider if served else "",
         deployment=served.deployment if served else "",
         tool_calls=tool_calls_pb(completion.tool_calls),
+        reasoning=completion.reasoning,
     )
 
 

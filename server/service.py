@@ -24,6 +24,7 @@ from server.convert import (
     generate_response,
     model_info,
     params_from_pb,
+    reasoning_chunk,
     tool_call_chunk,
     unchecked_messages,
     unserved_needs,
@@ -36,7 +37,7 @@ from server.policy.fair_queue import PRIORITY_HEADER, priority_class
 from server.policy.identity import end_user_from
 from server.policy.seam import CallContext, Seam
 from server.routing.catalog import ModelConfig
-from server.types import ChatRequest, Finish, TextDelta, ToolCallDelta
+from server.types import ChatRequest, Finish, ReasoningDelta, TextDelta, ToolCallDelta
 from server.validation import check_request
 
 __all__ = ["AIService"]
@@ -188,6 +189,11 @@ class AIService(pb_grpc.AIServiceServicer):
                         if not record.deltas:
                             record.first_token()
                         await context.write(tool_call_chunk(event))
+                        record.deltas += 1
+                    elif type(event) is ReasoningDelta:
+                        if not record.deltas:
+                            record.first_token()
+                        await context.write(reasoning_chunk(event))
                         record.deltas += 1
                     else:
                         assert isinstance(event, Finish)

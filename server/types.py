@@ -1,8 +1,8 @@
 """Provider-neutral request, stream events and results: the language every layer of the server speaks.
 
 A provider adapter turns a `ChatRequest` into its wire format and its answer into either a stream of
-events (`TextDelta`s and `ToolCallDelta`s, then exactly one `Finish`) or one `Completion`. Nothing here
-knows gRPC or HTTP.
+events (`TextDelta`s, `ToolCallDelta`s and `ReasoningDelta`s, then exactly one `Finish`) or one
+`Completion`. Nothing here knows gRPC or HTTP.
 """
 
 from __future__ import annotations
@@ -16,7 +16,11 @@ __all__ = [
     "Completion",
     "Finish",
     "FinishReason",
+    "Image",
     "OutputFormat",
+    "Reasoning",
+    "ReasoningDelta",
+    "ReasoningEffort",
     "ResponseFormat",
     "Role",
     "SamplingParams",
@@ -60,6 +64,15 @@ class ToolCall:
 
 
 @dataclass(frozen=True, slots=True)
+class Image:
+    """An image of a user message: by `url` (https, or a data: URL), or inline `data` with its `mime_type`."""
+
+    url: str = ""
+    data: bytes = b""
+    mime_type: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ChatMessage:
     """One message. An assistant message may carry `tool_calls`; a TOOL message answers `tool_call_id`."""
 
@@ -68,6 +81,10 @@ class ChatMessage:
     name: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str = ""
+    # A cache breakpoint: the provider may cache the prompt up to and including this message.
+    cache: bool = False
+    # Images, after the message's text (user messages only).
+    images: tuple[Image, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +127,43 @@ class ResponseFormat:
     description: str = ""
 
 
+class ReasoningEffort(enum.Enum):
+    LOW = 1
+    MEDIUM = 2
+    HIGH = 3
+
+
+# A thinking budget for each effort, for providers that take a budget (Anthropic's minimum is 1024;
+# Gemini 2.5 Flash takes up to 24576).
+_BUDGETS = {ReasoningEffort.LOW: 1024, ReasoningEffort.MEDIUM: 8192, ReasoningEffort.HIGH: 24576}
+
+
+@dataclass(frozen=True, slots=True)
+class Reasoning:
+    """A reasoning model's thinking: an `effort`, a `budget_tokens` (None: not set), and whether its
+    reasoning text is relayed (`include`)."""
+
+    effort: ReasoningEffort | None = None
+    budget_tokens: int | None = None
+    include: bool = False
+
+    def budget(self) -> int | None:
+        """The thinking budget: the client's, else the effort's; None when neither is set."""
+        if self.budget_tokens is not None:
+            return self.budget_tokens
+        return _BUDGETS[self.effort] if self.effort is not None else None
+
+    def level(self) -> ReasoningEffort | None:
+        """The effort: the client's, else the nearest to its budget; None when neither is set."""
+        if self.effort is not None or self.budget_tokens is None:
+            return self.effort
+        if self.budget_tokens <= _BUDGETS[ReasoningEffort.LOW]:
+            return ReasoningEffort.LOW
+        return (
+            ReasoningEffort.MEDIUM if self.budget_tokens <= _BUDGETS[ReasoningEffort.MEDIUM] else ReasoningEffort.HIGH
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
     """Sampling options; None means "not set by the client", so the provider's default applies."""
@@ -121,6 +175,7 @@ class SamplingParams:
     tools: tuple[Tool, ...] = ()
     tool_choice: ToolChoice | None = None  # None: not set (auto when there are tools)
     response_format: ResponseFormat | None = None  # None: not set (text)
+    reasoning: Reasoning | None = None  # None: not set (the model's default)
 
     @property
     def wants_json(self) -> bool:
@@ -166,12 +221,17 @@ class ChatRequest:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token counts. `estimated` marks counts the gateway made itself (one per delta relayed)."""
+    """Token counts. `estimated` marks counts the gateway made itself (one per delta relayed).
+    `cached_prompt_tokens` (read from the provider's prompt cache) and `cache_write_tokens` (written to it)
+    are part of `prompt_tokens`; `reasoning_tokens` are part of `completion_tokens`."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
     estimated: bool = False
+    reasoning_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 class TextDelta:
@@ -189,6 +249,24 @@ class TextDelta:
         return isinstance(other, TextDelta) and other.text == self.text
 
     __hash__ = None  # type: ignore[assignment]  # mutable value object, like a dataclass(eq=True)
+
+
+class ReasoningDelta:
+    """The next piece of the model's reasoning text, a channel apart from the reply's text. A plain
+    slotted class, like TextDelta."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"ReasoningDelta({self.text!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ReasoningDelta) and other.text == self.text
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 class ToolCallDelta:
@@ -244,7 +322,7 @@ class Finish:
     upstream_request_id: str = ""
 
 
-StreamEvent = TextDelta | ToolCallDelta | Finish
+StreamEvent = TextDelta | ToolCallDelta | ReasoningDelta | Finish
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +336,7 @@ class Completion:
     cost_usd: float | None = None
     upstream_request_id: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
+    reasoning: str = ""  # the model's reasoning text, when the request asked for it
 
 
 # The shape every provider's streaming method returns.

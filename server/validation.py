@@ -9,11 +9,28 @@ from dataclasses import dataclass
 from server import defaults
 from server.errors import FieldViolation, InvalidRequest, ModelNotFound, echo, unknown_model_description
 from server.tool_checks import check_message_tools, check_tool_options
-from server.types import ChatMessage, Role, SamplingParams, ToolCall
+from server.types import ChatMessage, Image, Role, SamplingParams, ToolCall
 
-__all__ = ["UncheckedMessage", "check_request"]
+__all__ = [
+    "CACHE_TTL_S",
+    "IMAGE_MIME_TYPES",
+    "MAX_CACHE_BREAKPOINTS",
+    "MAX_IMAGES",
+    "MAX_IMAGE_BYTES",
+    "UncheckedMessage",
+    "check_request",
+]
 
 _ROLES = {role.value: role for role in Role}
+# Anthropic's limits: at most 4 cache breakpoints a request; its 5-minute TTL is the one priced here (a 1-hour
+# write costs 2x input, which the price table does not know yet).
+MAX_CACHE_BREAKPOINTS = 4
+CACHE_TTL_S = 300.0
+# Images: the types every provider takes; Anthropic's per-image limit (the request's max_request_bytes
+# bounds them all together); at most this many in one request.
+IMAGE_MIME_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+MAX_IMAGE_BYTES = 5 * 1024 * 1024
+MAX_IMAGES = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +42,9 @@ class UncheckedMessage:
     name: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str = ""
+    cache: bool = False  # a cache breakpoint (cache_control)
+    cache_ttl_s: float | None = None  # its ttl; None: the provider's default
+    images: tuple[tuple[int, Image], ...] = ()  # (the index among the message's parts, the image)
 
 
 def check_request(
@@ -58,6 +78,8 @@ def check_request(
         violations.append(FieldViolation("messages", "at least one message is required"))
     checked: list[ChatMessage] = []
     content_bytes = 0
+    breakpoints = 0
+    image_count = 0
     for i, message in enumerate(messages):
         role = _ROLES.get(message.role)
         if role is None:
@@ -67,13 +89,36 @@ def check_request(
                 )
             )
         else:
-            checked.append(ChatMessage(role, message.content, message.name, message.tool_calls, message.tool_call_id))
+            images = tuple(image for _, image in message.images)
+            checked.append(
+                ChatMessage(
+                    role, message.content, message.name, message.tool_calls, message.tool_call_id, message.cache, images
+                )
+            )
         content_bytes += _utf8_len(message.content) + _utf8_len(message.name)
         if message.tool_calls or message.tool_call_id:
             violations += check_message_tools(i, message.role, message.tool_calls, message.tool_call_id)
             content_bytes += sum(len(c.arguments) + len(c.name) + len(c.id) for c in message.tool_calls)
         elif role is Role.TOOL:
             violations += check_message_tools(i, message.role, (), "")
+        if message.images:
+            image_count += len(message.images)
+            content_bytes += sum(len(image.data) + len(image.url) for _, image in message.images)
+            violations += _check_images(i, role, message.images)
+        if message.cache:
+            breakpoints += 1
+            if message.cache_ttl_s not in (None, CACHE_TTL_S):
+                violations.append(
+                    FieldViolation(
+                        f"messages[{i}].cache_control.ttl", "must be 5m (300s) or unset (the provider's default)"
+                    )
+                )
+    if image_count > MAX_IMAGES:
+        violations.append(FieldViolation("messages", f"{image_count} images; the limit is {MAX_IMAGES}"))
+    if breakpoints > MAX_CACHE_BREAKPOINTS:
+        violations.append(
+            FieldViolation("messages", f"{breakpoints} cache breakpoints; the limit is {MAX_CACHE_BREAKPOINTS}")
+        )
     if content_bytes > max_content_bytes:
         violations.append(
             FieldViolation("messages", f"total content is {content_bytes} bytes; the limit is {max_content_bytes}")
@@ -85,6 +130,45 @@ def check_request(
     if violations:
         raise InvalidRequest(violations)
     return tuple(checked)
+
+
+def _check_images(i: int, role: Role | None, images: Sequence[tuple[int, Image]]) -> list[FieldViolation]:
+    violations = []
+    for j, image in images:
+        where = f"messages[{i}].parts[{j}].image"
+        if role is not Role.USER:
+            violations.append(FieldViolation(where, "images go in user messages only"))
+        if image.data:
+            if image.mime_type not in IMAGE_MIME_TYPES:
+                allowed = ", ".join(IMAGE_MIME_TYPES)
+                violations.append(
+                    FieldViolation(f"{where}.mime_type", f"must be one of {allowed}, got {image.mime_type[:64]!r}")
+                )
+            if len(image.data) > MAX_IMAGE_BYTES:
+                violations.append(
+                    FieldViolation(f"{where}.data", f"{len(image.data)} bytes; the limit is {MAX_IMAGE_BYTES}")
+                )
+        elif image.url:
+            if not image.url.startswith(("https://", "http://", "data:image/")):
+                violations.append(FieldViolation(f"{where}.url", "must be an https URL or a data:image/ URL"))
+            elif image.url.startswith("data:") and _data_url_mime(image.url) not in IMAGE_MIME_TYPES:
+                violations.append(FieldViolation(f"{where}.url", "a data URL must be base64 of an allowed image type"))
+            if image.mime_type and image.mime_type not in IMAGE_MIME_TYPES:
+                allowed = ", ".join(IMAGE_MIME_TYPES)
+                violations.append(
+                    FieldViolation(f"{where}.mime_type", f"must be one of {allowed}, got {image.mime_type[:64]!r}")
+                )
+        else:
+            violations.append(FieldViolation(where, "needs a url or data"))
+    return violations
+
+
+def _data_url_mime(url: str) -> str:
+    """The MIME type of a base64 data: URL ("" when it is not one)."""
+    head, sep, _ = url.partition(",")
+    if not sep or not head.endswith(";base64"):
+        return ""
+    return head[len("data:") : -len(";base64")]
 
 
 def _check_params(params: SamplingParams, max_tokens_cap: int) -> list[FieldViolation]:
@@ -106,6 +190,11 @@ def _check_params(params: SamplingParams, max_tokens_cap: int) -> list[FieldViol
     for i, sequence in enumerate(params.stop):
         if not sequence:
             violations.append(FieldViolation(f"config.stop[{i}]", "must not be empty"))
+    budget = params.reasoning.budget_tokens if params.reasoning is not None else None
+    if budget is not None and not 1 <= budget <= max_tokens_cap:
+        violations.append(
+            FieldViolation("config.reasoning.budget_tokens", f"must be in [1, {max_tokens_cap}], got {budget}")
+        )
     if params.tools or params.tool_choice or params.response_format:
         violations += check_tool_options(params)
     return violations

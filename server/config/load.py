@@ -23,11 +23,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from server.config.checks import checked
+from server.config.models import KIND_CAPABILITIES
 from server.config.parse import parse
 from server.config.readers import number, range_of, read_yaml, worker_count
 from server.config.schema import ConfigError, GatewayConfig, MetricsConfig, ProviderConfig
 from server.errors import register_secret
-from server.routing.catalog import PROVIDER_PRESETS, ModelConfig
+from server.routing.catalog import DEFAULT_CAPABILITIES, PROVIDER_PRESETS, ModelConfig
 
 __all__ = ["default_config", "load_config"]
 
@@ -61,7 +62,8 @@ def default_config(
                 api_key=env[key_env],
             )
         )
-    models = (ModelConfig(name="demo", provider="demo", upstream_model="demo"),)
+    demo_capabilities = DEFAULT_CAPABILITIES | KIND_CAPABILITIES["demo"]  # as a configured demo model
+    models = (ModelConfig(name="demo", provider="demo", upstream_model="demo", capabilities=demo_capabilities),)
     config = _apply_env(GatewayConfig(providers=tuple(providers), models=models), env)
     return checked(_apply_flags(config, listen, workers))
 

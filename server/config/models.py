@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -10,7 +11,7 @@ from server.config.readers import MAX_WHOLE, as_list, mapping, number, unknown_k
 from server.resilience.retry import FailureClass
 from server.routing.catalog import CAPABILITIES, Deployment, ModelConfig, Price, Shadow
 
-__all__ = ["parse_model"]
+__all__ = ["KIND_CAPABILITIES", "parse_model"]
 
 _MODEL_KEYS = {
     *("name", "provider", "upstream_model", "max_tokens", "aliases", "deployments", "price", "fallbacks", "resume"),
@@ -20,7 +21,19 @@ _FALLBACK_CLASSES = ("default", *(c.value for c in FailureClass if c is not Fail
 _RESUME_MODES = ("none", "continue")
 
 
-def parse_model(raw: Any, where: str, problems: list[str]) -> ModelConfig | None:
+# What every model of a provider kind can do beyond DEFAULT_CAPABILITIES, unless its `capabilities` say
+# otherwise: every Claude and Gemini model takes images, Anthropic caches at the client's breakpoints (an
+# OpenAI-compatible server may do neither); the demo does all of it, and reasons.
+KIND_CAPABILITIES: dict[str, frozenset[str]] = {
+    "anthropic": frozenset({"prompt_caching", "vision"}),
+    "gemini": frozenset({"vision"}),
+    "demo": frozenset({"prompt_caching", "reasoning", "vision"}),
+}
+
+
+def parse_model(
+    raw: Any, where: str, problems: list[str], kinds: Mapping[str, str] | None = None
+) -> ModelConfig | None:
     entry = mapping(raw, where, problems)
     unknown_keys(entry, _MODEL_KEYS, f"{where}.", problems)
     model = _model_with_deployments(entry, where, problems)
@@ -41,6 +54,9 @@ def parse_model(raw: Any, where: str, problems: list[str]) -> ModelConfig | None
     if entry.get("capabilities") is not None:
         capabilities = parse_capabilities(entry["capabilities"], f"{where}.capabilities", problems)
         model = replace(model, capabilities=capabilities)
+    elif kinds:
+        extra = [KIND_CAPABILITIES.get(kinds.get(d.provider) or "", frozenset()) for d in model.all_deployments]
+        model = replace(model, capabilities=model.capabilities | frozenset.intersection(*extra))
     if entry.get("shadow") is not None:
         model = replace(model, shadow=_parse_shadow(entry["shadow"], f"{where}.shadow", problems))
     return model
@@ -129,11 +145,16 @@ def _parse_deployment(raw: Any, where: str, model: str, problems: list[str]) -> 
 
 def _parse_price(raw: Any, where: str, problems: list[str]) -> Price | None:
     entry = mapping(raw, where, problems)
-    unknown_keys(entry, {"input", "output"}, f"{where}.", problems)
+    unknown_keys(entry, {"input", "output", "cache_read", "cache_write"}, f"{where}.", problems)
     numbers = [number(entry.get(k), f"{where}.{k}", problems, minimum=0) for k in ("input", "output")]
+    # Optional: USD per million prompt tokens read from / written to the provider's cache (default: input).
+    cache = [
+        number(entry[k], f"{where}.{k}", problems, minimum=0) if entry.get(k) is not None else None
+        for k in ("cache_read", "cache_write")
+    ]
     if numbers[0] is None or numbers[1] is None:
         return None
-    return Price(numbers[0], numbers[1])
+    return Price(numbers[0], numbers[1], cache[0], cache[1])
 
 
 def _parse_shadow(raw: Any, where: str, problems: list[str]) -> Shadow | None:

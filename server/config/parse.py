@@ -79,10 +79,10 @@ def parse(raw: Any, base_dir: Path, env: Mapping[str, str], problems: list[str],
         config = replace(config, clients=parse_clients(top["clients"], env, problems))
     if top.get("client_defaults") is not None:
         config = replace(config, client_defaults=parse_client_defaults(top["client_defaults"], problems))
+    providers = _parse_providers(top.get("providers", []), env, problems, unparsed, base_dir)
+    kinds = {provider.name: provider.kind for provider in providers}
     config = replace(
-        config,
-        providers=_parse_providers(top.get("providers", []), env, problems, unparsed, base_dir),
-        models=_parse_models(top.get("models", []), problems, unparsed),
+        config, providers=providers, models=_parse_models(top.get("models", []), problems, unparsed, kinds)
     )
     if top.get("aliases") is not None:
         aliases = mapping(top["aliases"], "aliases", problems)
@@ -348,9 +348,11 @@ def _preset_key_env(preset: ProviderPreset | None, env: Mapping[str, str]) -> st
     return next((v for v in preset.key_envs if env.get(v)), preset.key_envs[0])
 
 
-def _parse_models(raw: Any, problems: list[str], unparsed: set[str]) -> tuple[ModelConfig, ...]:
+def _parse_models(
+    raw: Any, problems: list[str], unparsed: set[str], kinds: Mapping[str, str]
+) -> tuple[ModelConfig, ...]:
     raw_models = as_list(raw, "models", problems)
-    models = [parse_model(item, f"models[{i}]", problems) for i, item in enumerate(raw_models)]
+    models = [parse_model(item, f"models[{i}]", problems, kinds) for i, item in enumerate(raw_models)]
     parsed = tuple(model for model in models if model is not None)
     if raw_models and not parsed:
         unparsed.add("models")  # every entry is invalid, and each says why

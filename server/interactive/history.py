@@ -80,6 +80,8 @@ def message_bytes(message: ChatMessage) -> int:
     size = len(message.content.encode("utf-8", "surrogatepass")) + len(message.name.encode("utf-8", "surrogatepass"))
     for call in message.tool_calls:
         size += len(call.arguments.encode("utf-8", "surrogatepass")) + len(call.name) + len(call.id)
+    for image in message.images:  # a conversation's images count toward max_history_bytes too
+        size += len(image.data) + len(image.url)
     return size
 
 

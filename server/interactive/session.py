@@ -44,7 +44,7 @@ from server.observe.request_id import REQUEST_ID_HEADER
 from server.observe.trace import CallTrace
 from server.policy.seam import CallContext, Seam
 from server.tool_calls import ToolCallAssembler
-from server.types import ChatRequest, Finish, TextDelta, ToolCallDelta
+from server.types import ChatRequest, Finish, ReasoningDelta, TextDelta, ToolCallDelta
 
 __all__ = ["SESSION_ID_HEADER", "InteractiveSession"]
 
@@ -329,6 +329,11 @@ class InteractiveSession:
                     record.deltas += 1
                     turn.tool_calls.add(event)
                     await self._outbox.put(wire.tool_call_delta(spec.request_id, event))
+                elif isinstance(event, ReasoningDelta):  # relayed, not kept in the history
+                    if not record.deltas:
+                        record.first_token()
+                    record.deltas += 1
+                    await self._outbox.put(wire.reasoning_delta(spec.request_id, event.text))
                 else:
                     finish = event
                     turn.settled = True

@@ -132,6 +132,7 @@ def merged_params(session: SamplingParams, turn: pb.GenerationConfig) -> Samplin
         tools=own.tools or session.tools,
         tool_choice=session.tool_choice if own.tool_choice is None else own.tool_choice,
         response_format=session.response_format if own.response_format is None else own.response_format,
+        reasoning=session.reasoning if own.reasoning is None else own.reasoning,
     )
 
 
@@ -180,6 +181,10 @@ def started(session_id: str, options: SessionOptions) -> pb.InteractiveResponse:
 
 def delta(request_id: str, text: str) -> pb.InteractiveResponse:
     return pb.InteractiveResponse(delta=pb.TurnDelta(request_id=request_id, text=text))
+
+
+def reasoning_delta(request_id: str, text: str) -> pb.InteractiveResponse:
+    return pb.InteractiveResponse(delta=pb.TurnDelta(request_id=request_id, reasoning=text))
 
 
 def tool_call_delta(request_id: str, piece: ToolCallDelta) -> pb.InteractiveResponse:

@@ -3,7 +3,8 @@
 Request mapping:
 - the key goes in `x-api-key`, with `anthropic-version: 2023-06-01`;
 - system messages are lifted into the top-level `system`, joined with a blank line when there are
-  several (wherever they stood in the conversation);
+  several (wherever they stood in the conversation), or one text block each when one of them is a cache
+  breakpoint;
 - the Messages API wants user and assistant turns to alternate, so consecutive messages of one role
   (also those that a lifted system message separated) are merged into one message whose content is a
   list of text blocks, one per original message; a single message keeps a plain string `content`;
@@ -19,6 +20,22 @@ message's tool calls become `tool_use` blocks (`input` is the parsed arguments) 
 message becomes a user message with one `tool_result` block (`tool_use_id`, the result text), merged with
 the user turns around it like any user message.
 
+Images: a user message's images follow its text as `image` blocks, `{"type":"base64","media_type":…,
+"data":…}` sources for inline bytes (and base64 data: URLs), `{"type":"url","url":…}` for the rest.
+
+Prompt caching: a message with `cache` (the client's `cache_control`) puts `cache_control: {"type":
+"ephemeral"}` on its last content block (a plain-string message becomes one text block for it), so
+Anthropic caches the prompt up to there.
+
+Reasoning: `thinking: {"type": "enabled", "budget_tokens": …}` (the client's budget, else its effort's:
+low 1024, medium 8192, high 24576; at least Anthropic's minimum of 1024). Anthropic's `max_tokens` counts
+the thinking as well, so a client's max_tokens is sent plus the budget. Streamed `thinking_delta`s become
+ReasoningDeltas when the client asked for the reasoning text, and are dropped otherwise; `signature_delta`s
+(the thinking block's signature) and `redacted_thinking` blocks are dropped. A whole answer's `thinking`
+blocks are its `reasoning`. Anthropic reports no separate count of thinking tokens: they are in
+`output_tokens`, and `reasoning_tokens` stays 0. (Anthropic refuses `temperature` and forced tool
+choices, so JSON output, with thinking: such a call is INVALID_ARGUMENT from the upstream.)
+
 Structured output: the Messages API has no JSON mode, so the gateway asks for it with a forced tool, as
 Anthropic documents: one more tool named after the schema (`json_output` for a JSON object) whose
 `input_schema` is the schema, and `tool_choice` `{"type":"tool"}` naming it (`{"type":"any"}` when the
@@ -27,15 +44,16 @@ text: streamed from its `input_json_delta`s, whole as compact JSON, and its `too
 
 Streaming (`event:` + `data:` lines): `message_start` carries the input usage, `content_block_delta`
 events with a `text_delta` carry the text, `content_block_start` of a `tool_use` block opens a tool call
-(its id and name) and its `input_json_delta`s carry the arguments' fragments (`thinking_delta`/
-`signature_delta` of extended thinking are skipped), `message_delta` the stop reason and the cumulative
+(its id and name) and its `input_json_delta`s carry the arguments' fragments (`thinking_delta`s: see
+Reasoning), `message_delta` the stop reason and the cumulative
 output usage, `message_stop` ends the stream; `ping` and block stops carry nothing we need. An `error`
 event is an in-band error, mapped by its `error.type`. A body that ends without `message_stop` is whole
 only if a stop reason arrived.
 
 Usage: prompt tokens are `input_tokens` plus `cache_creation_input_tokens` and `cache_read_input_tokens`
 (Anthropic counts cached prompt tokens apart; OpenAI's `prompt_tokens` include them, so this keeps one
-meaning, and makes the cost an upper bound when the cache was read). Completion tokens are the last
+meaning); of them, `cache_read_input_tokens` are `cached_prompt_tokens` and `cache_creation_input_tokens`
+`cache_write_tokens`, each priced at the catalog's cache prices. Completion tokens are the last
 `output_tokens`. A stream that reports neither is `Usage.unreported`.
 
 Stop reasons: `end_turn`, `stop_sequence` -> STOP; `max_tokens`, `model_context_window_exceeded` ->
@@ -47,11 +65,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator
+from dataclasses import replace
 from typing import Any
 
 from server.config import ProviderConfig
 from server.errors import UpstreamError
 from server.providers.http import EventDecoder, HTTPProvider, checked_usage, loads_object, token_count
+from server.providers.images import inline
 from server.providers.transport import Transport
 from server.providers.upstream_errors import error_for_error_type, safe_identifier
 from server.sse import ServerSentEvent
@@ -62,7 +82,9 @@ from server.types import (
     Completion,
     Finish,
     FinishReason,
+    Image,
     OutputFormat,
+    ReasoningDelta,
     Role,
     SamplingParams,
     StreamEvent,
@@ -72,10 +94,11 @@ from server.types import (
     Usage,
 )
 
-__all__ = ["ANTHROPIC_VERSION", "AnthropicProvider"]
+__all__ = ["ANTHROPIC_VERSION", "MIN_THINKING_BUDGET", "AnthropicProvider"]
 
 ANTHROPIC_VERSION = "2023-06-01"
 _PATH = "/v1/messages"
+MIN_THINKING_BUDGET = 1024  # Anthropic's smallest budget_tokens
 _STOP_REASONS = {
     "end_turn": FinishReason.STOP,
     "stop_sequence": FinishReason.STOP,
@@ -104,24 +127,29 @@ class AnthropicProvider(HTTPProvider):
     def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         body = request_body(request)
         body["stream"] = True
-        return self._stream_sse(_PATH, body, request, _AnthropicEvents(self.name, output_tool(request.params)))
+        events = _AnthropicEvents(self.name, output_tool(request.params), _includes(request))
+        return self._stream_sse(_PATH, body, request, events)
 
     async def complete(self, request: ChatRequest) -> Completion:
         output = output_tool(request.params)
+        include = _includes(request)
         return await self._post_json(
-            _PATH, request_body(request), request, lambda payload: self._completion(payload, output)
+            _PATH, request_body(request), request, lambda payload: self._completion(payload, output, include)
         )
 
-    def _completion(self, payload: dict[str, Any], output: str | None) -> Completion:
+    def _completion(self, payload: dict[str, Any], output: str | None, include_thinking: bool) -> Completion:
         if payload.get("type") == "error":
             raise _in_band_error(self.name, payload.get("error"))
         texts: list[str] = []
+        thoughts: list[str] = []
         calls: list[ToolCall] = []
         answered = False  # by the output tool
         for block in payload["content"]:
             kind = block.get("type")
             if kind == "text":
                 texts.append(block["text"])
+            elif kind == "thinking" and include_thinking:
+                thoughts.append(str(block.get("thinking") or ""))
             elif kind == "tool_use" and block["name"] == output:
                 answered = True
                 texts.append(_compact(block["input"]))
@@ -131,16 +159,16 @@ class AnthropicProvider(HTTPProvider):
         if reason is FinishReason.TOOL_CALLS and answered and not calls:
             reason = FinishReason.STOP  # the forced output tool: the reply is whole
         raw = payload.get("usage")
-        return Completion(
-            "".join(texts), reason, usage_from(raw, None, self.name) if raw else None, tool_calls=tuple(calls)
-        )
+        usage = usage_from(raw, None, self.name) if raw else None
+        return Completion("".join(texts), reason, usage, tool_calls=tuple(calls), reasoning="".join(thoughts))
 
 
 class _AnthropicEvents(EventDecoder):
-    __slots__ = ("_blocks", "_calls", "_input", "_output")
+    __slots__ = ("_blocks", "_calls", "_include_thinking", "_input", "_output")
 
-    def __init__(self, provider: str, output: str | None = None) -> None:
+    def __init__(self, provider: str, output: str | None = None, include_thinking: bool = False) -> None:
         super().__init__(provider)
+        self._include_thinking = include_thinking
         self._input: dict[str, Any] | None = None  # message_start's usage
         self._output = output  # the forced output tool's name, when the reply is JSON
         self._blocks: dict[int, int] = {}  # a tool_use block's index -> its call's index (-1: the output tool)
@@ -156,7 +184,7 @@ class _AnthropicEvents(EventDecoder):
             self._blocks[int(chunk["index"])] = -1
             return
         self._blocks[int(chunk["index"])] = self._calls
-        self.tool_calls.append(ToolCallDelta(self._calls, str(block["id"]), str(block["name"])))
+        self.pieces.append(ToolCallDelta(self._calls, str(block["id"]), str(block["name"])))
         self._calls += 1
 
     def _input_json(self, chunk: dict[str, Any], fragment: str) -> str | None:
@@ -165,7 +193,7 @@ class _AnthropicEvents(EventDecoder):
             return None
         if call < 0:
             return fragment  # the output tool's input is the reply's text
-        self.tool_calls.append(ToolCallDelta(call, arguments=fragment))
+        self.pieces.append(ToolCallDelta(call, arguments=fragment))
         return None
 
     def feed(self, event: ServerSentEvent) -> str | None:
@@ -178,7 +206,11 @@ class _AnthropicEvents(EventDecoder):
             kind = delta.get("type")
             if kind == "text_delta":
                 return delta.get("text")
-            return self._input_json(chunk, delta.get("partial_json") or "") if kind == "input_json_delta" else None
+            if kind == "input_json_delta":
+                return self._input_json(chunk, delta.get("partial_json") or "")
+            if kind == "thinking_delta" and self._include_thinking and delta.get("thinking"):
+                self.pieces.append(ReasoningDelta(str(delta["thinking"])))
+            return None  # a signature_delta (the thinking block's signature), or thinking not asked for
         if kind == "message_start":
             usage = (chunk.get("message") or {}).get("usage")
             if usage:
@@ -204,14 +236,14 @@ class _AnthropicEvents(EventDecoder):
 
 def request_body(request: ChatRequest) -> dict[str, Any]:
     """The Messages API body for `request` (without `stream`)."""
-    system: list[str] = []
+    system: list[ChatMessage] = []
     messages: list[dict[str, Any]] = []
     for message in request.messages:
         if message.role is Role.SYSTEM:
-            system.append(message.content)
+            system.append(message)
             continue
         role = "user" if message.role is Role.TOOL else message.role.value
-        plain = not (message.tool_calls or message.role is Role.TOOL)
+        plain = not (message.tool_calls or message.role is Role.TOOL or message.cache or message.images)
         if messages and messages[-1]["role"] == role:
             last = messages[-1]
             if isinstance(last["content"], str):
@@ -226,7 +258,7 @@ def request_body(request: ChatRequest) -> dict[str, Any]:
         "messages": messages,
     }
     if system:
-        body["system"] = "\n\n".join(system)
+        body["system"] = _system(system)
     if params.temperature is not None:
         body["temperature"] = params.temperature
     if params.top_p is not None:
@@ -237,7 +269,25 @@ def request_body(request: ChatRequest) -> dict[str, Any]:
         _tool_options(body, params)
     if request.user:
         body["metadata"] = {"user_id": request.user}  # who is calling (server/policy/identity.py)
+    budget = params.reasoning.budget() if params.reasoning is not None else None
+    if budget is not None:
+        budget = max(budget, MIN_THINKING_BUDGET)
+        body["thinking"] = {"type": "enabled", "budget_tokens": budget}
+        if params.max_tokens is not None:
+            body["max_tokens"] = params.max_tokens + budget  # max_tokens counts the thinking too
     return body
+
+
+def _includes(request: ChatRequest) -> bool:
+    """Whether the request asked for the model's thinking text."""
+    return request.params.reasoning is not None and request.params.reasoning.include
+
+
+def _system(messages: list[ChatMessage]) -> str | list[dict[str, Any]]:
+    """The system prompt: one string, or text blocks when one of its messages is a cache breakpoint."""
+    if not any(m.cache for m in messages):
+        return "\n\n".join(m.content for m in messages)
+    return [{"type": "text", "text": m.content, **(_CACHE if m.cache else {})} for m in messages]
 
 
 def output_tool(params: SamplingParams) -> str | None:
@@ -248,14 +298,35 @@ def output_tool(params: SamplingParams) -> str | None:
     return fmt.name if fmt.kind is OutputFormat.JSON_SCHEMA else "json_output"
 
 
+# A cache breakpoint, on the last content block of the message that asks for one (the 5-minute default TTL).
+_CACHE = {"cache_control": {"type": "ephemeral"}}
+
+
 def _blocks(message: ChatMessage) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]]
     if message.role is Role.TOOL:
-        return [{"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.content}]
-    blocks: list[dict[str, Any]] = [{"type": "text", "text": message.content}] if message.content else []
-    blocks += [
-        {"type": "tool_use", "id": c.id, "name": c.name, "input": object_of(c.arguments)} for c in message.tool_calls
-    ]
+        blocks = [{"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.content}]
+    else:
+        blocks = (
+            [{"type": "text", "text": message.content}]
+            if message.content or not (message.tool_calls or message.images)
+            else []
+        )
+        blocks += [_image_block(image) for image in message.images]
+        blocks += [
+            {"type": "tool_use", "id": c.id, "name": c.name, "input": object_of(c.arguments)}
+            for c in message.tool_calls
+        ]
+    if message.cache:
+        blocks[-1] = {**blocks[-1], **_CACHE}
     return blocks
+
+
+def _image_block(image: Image) -> dict[str, Any]:
+    data = inline(image)
+    if data is None:
+        return {"type": "image", "source": {"type": "url", "url": image.url}}
+    return {"type": "image", "source": {"type": "base64", "media_type": data[0], "data": data[1]}}
 
 
 _CHOICES = {ToolMode.AUTO: {"type": "auto"}, ToolMode.NONE: {"type": "none"}, ToolMode.REQUIRED: {"type": "any"}}
@@ -299,7 +370,13 @@ def usage_from(start: Any, delta: Any, provider: str) -> Usage:
     fields = {**(start or {}), **(delta or {})}
     prompt = sum(token_count(fields.get(name), name, provider) for name in _INPUT_FIELDS)
     completion = token_count(fields.get("output_tokens"), "output_tokens", provider)
-    return checked_usage(prompt, completion, prompt + completion, provider)
+    return replace(
+        checked_usage(prompt, completion, prompt + completion, provider),
+        cached_prompt_tokens=token_count(fields.get("cache_read_input_tokens"), "cache_read_input_tokens", provider),
+        cache_write_tokens=token_count(
+            fields.get("cache_creation_input_tokens"), "cache_creation_input_tokens", provider
+        ),
+    )
 
 
 def _in_band_error(provider: str, error: object) -> UpstreamError:

@@ -13,6 +13,16 @@ Tools and structured output, as deterministic:
 - a last message that is a tool result is echoed, like a user message;
 - a JSON Schema response format is answered with `demo_instance` of the schema, a JSON object format
   with `{"text": <the message>}`.
+
+Reasoning, as deterministic: with reasoning options the model first thinks "The user wrote: <the
+message>" (word by word, as ReasoningDeltas when the client asked to see it; the unary reply's `reasoning`);
+those words count as completion tokens and as `reasoning_tokens` either way.
+
+Images, as deterministic: the reply to a message with images is its text followed by what the demo "sees"
+in each, `[image/png image, 68 bytes]` (or `[image at <url>]`).
+
+Prompt caching, as deterministic: the words up to and including the last message with a cache breakpoint
+are reported as `cached_prompt_tokens`, as if an earlier call had written that prefix to the cache.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncGenerator
+from dataclasses import replace
 from typing import Any
 
 from server.providers.base import Provider
@@ -30,6 +41,7 @@ from server.types import (
     Finish,
     FinishReason,
     OutputFormat,
+    ReasoningDelta,
     Role,
     StreamEvent,
     TextDelta,
@@ -58,18 +70,45 @@ class DemoProvider(Provider):
                     yield ToolCallDelta(index, arguments=piece)
             yield Finish(FinishReason.TOOL_CALLS, _usage(request, sum(len(_WORDS.findall(c.arguments)) for c in calls)))
             return
+        thoughts, shown = _thoughts(request)
+        if shown:
+            for thought in thoughts:
+                yield ReasoningDelta(thought)
         words, reason, usage = _reply(request)
         for word in words:
             yield TextDelta(word)
-        yield Finish(reason, usage)
+        yield Finish(reason, _with_thoughts(usage, thoughts))
 
     async def complete(self, request: ChatRequest) -> Completion:
         calls = _tool_calls(request)
         if calls:
             usage = _usage(request, sum(len(_WORDS.findall(c.arguments)) for c in calls))
             return Completion("", FinishReason.TOOL_CALLS, usage, tool_calls=calls)
+        thoughts, shown = _thoughts(request)
         words, reason, usage = _reply(request)
-        return Completion("".join(words), reason, usage)
+        reasoning = "".join(thoughts) if shown else ""
+        return Completion("".join(words), reason, _with_thoughts(usage, thoughts), reasoning=reasoning)
+
+
+def _thoughts(request: ChatRequest) -> tuple[list[str], bool]:
+    """The demo's reasoning, word by word, when the request sets reasoning options, and whether the client
+    asked to see it."""
+    reasoning = request.params.reasoning
+    if reasoning is None:
+        return [], False
+    return _WORDS.findall(f"The user wrote: {_last_text(request) or '(nothing)'}"), reasoning.include
+
+
+def _with_thoughts(usage: Usage, thoughts: list[str]) -> Usage:
+    if not thoughts:
+        return usage
+    completion = usage.completion_tokens + len(thoughts)
+    return replace(
+        usage,
+        completion_tokens=completion,
+        total_tokens=usage.prompt_tokens + completion,
+        reasoning_tokens=len(thoughts),
+    )
 
 
 def _last_text(request: ChatRequest) -> str:
@@ -135,6 +174,9 @@ def _reply(request: ChatRequest) -> tuple[list[str], FinishReason, Usage]:
         last_user = _compact(demo_instance(schema_of(fmt.schema), last_user))
     elif fmt is not None and fmt.kind is OutputFormat.JSON_OBJECT:
         last_user = _compact({"text": last_user})
+    seen = _images_seen(request)
+    if seen:
+        last_user = f"{last_user} {seen}" if last_user else seen
     words = _WORDS.findall(last_user) or [EMPTY_REPLY]
     reason = FinishReason.STOP
     limit = request.params.max_tokens
@@ -147,9 +189,25 @@ def _reply(request: ChatRequest) -> tuple[list[str], FinishReason, Usage]:
     return words, reason, _usage(request, len(words))
 
 
+def _images_seen(request: ChatRequest) -> str:
+    """What the demo "sees" in the last user message's images: each one's type and size, or its URL."""
+    last = next((m for m in reversed(request.messages) if m.role is Role.USER), None)
+    if last is None or not last.images:
+        return ""
+    return " ".join(
+        f"[{image.mime_type} image, {len(image.data)} bytes]" if image.data else f"[image at {image.url[:100]}]"
+        for image in last.images
+    )
+
+
 def _usage(request: ChatRequest, completion_tokens: int) -> Usage:
-    prompt_tokens = sum(len(m.content.split()) for m in request.messages)
-    return Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)
+    prompt_tokens = 0
+    cached = 0
+    for message in request.messages:
+        prompt_tokens += len(message.content.split())
+        if message.cache:
+            cached = prompt_tokens  # as if an earlier call had cached the prompt up to this breakpoint
+    return Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens, cached_prompt_tokens=cached)
 
 
 def _compact(value: Any) -> str:

@@ -35,7 +35,20 @@ canonical `status` (RESOURCE_EXHAUSTED, UNAVAILABLE, …).
 
 Usage: prompt tokens are `promptTokenCount` (which includes cached content) plus
 `toolUsePromptTokenCount`; completion tokens are `candidatesTokenCount` plus `thoughtsTokenCount` (the
-model's thinking is generated and billed as output). No usageMetadata at all is `Usage.unreported`.
+model's thinking is generated and billed as output). `cachedContentTokenCount` (part of the prompt count:
+Gemini 2.5 caches repeated prefixes by itself) is `cached_prompt_tokens`. Gemini has no cache breakpoints,
+so a message's `cache` is not sent. `thoughtsTokenCount` is also `reasoning_tokens`. No usageMetadata at
+all is `Usage.unreported`.
+
+Images: a user message's images follow its text as parts: `inlineData` `{mimeType, data}` for inline bytes
+(and base64 data: URLs), `fileData` `{mimeType, fileUri}` for URLs (the MIME type the client gave, else
+guessed from the URL).
+
+Reasoning: `generationConfig.thinkingConfig` takes `thinkingBudget` (the client's budget, else its
+effort's: low 1024, medium 8192, high 24576) and `includeThoughts` when the client asked for the reasoning
+text; the thought summaries then arrive as parts with `"thought": true` and become ReasoningDeltas (the
+reply's `reasoning` when unary). Without `includeThoughts` Gemini sends none (any that came would be
+dropped).
 
 Finish reasons: STOP -> STOP; MAX_TOKENS -> LENGTH; SAFETY, RECITATION, BLOCKLIST, PROHIBITED_CONTENT,
 SPII, IMAGE_SAFETY -> CONTENT_FILTER; anything else (LANGUAGE, OTHER, MALFORMED_FUNCTION_CALL, …) ->
@@ -61,6 +74,7 @@ from server.config import ProviderConfig
 from server.errors import UpstreamError
 from server.observe.request_id import upstream_request_id
 from server.providers.http import ErrorHint, EventDecoder, HTTPProvider, checked_usage, loads_object, token_count
+from server.providers.images import inline, url_mime_type
 from server.providers.transport import Transport
 from server.providers.upstream_errors import error_for_error_type, safe_identifier
 from server.sse import ServerSentEvent
@@ -71,7 +85,10 @@ from server.types import (
     Completion,
     Finish,
     FinishReason,
+    Image,
     OutputFormat,
+    Reasoning,
+    ReasoningDelta,
     Role,
     SamplingParams,
     StreamEvent,
@@ -119,19 +136,26 @@ class GeminiProvider(HTTPProvider):
 
     def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         path = f"{_model_path(request.model)}:streamGenerateContent?alt=sse"
-        return self._stream_sse(path, request_body(request), request, _GeminiEvents(self.name))
+        return self._stream_sse(path, request_body(request), request, _GeminiEvents(self.name, _includes(request)))
 
     async def complete(self, request: ChatRequest) -> Completion:
         path = f"{_model_path(request.model)}:generateContent"
-        return await self._post_json(path, request_body(request), request, self._completion)
+        include = _includes(request)
+        return await self._post_json(path, request_body(request), request, lambda p: self._completion(p, include))
 
-    def _completion(self, payload: dict[str, Any]) -> Completion:
-        events = _GeminiEvents(self.name)  # a whole answer has the shape of one stream event
+    def _completion(self, payload: dict[str, Any], include_thoughts: bool) -> Completion:
+        events = _GeminiEvents(self.name, include_thoughts)  # a whole answer has the shape of one stream event
         text = events.read(payload) or ""
         finish = events.finish()
-        calls = tuple(ToolCall(d.id, d.name, d.arguments) for d in events.tool_calls)
+        calls = tuple(ToolCall(d.id, d.name, d.arguments) for d in events.pieces if isinstance(d, ToolCallDelta))
+        thoughts = "".join(d.text for d in events.pieces if isinstance(d, ReasoningDelta))
         return Completion(
-            text, finish.reason, finish.usage, upstream_request_id=finish.upstream_request_id, tool_calls=calls
+            text,
+            finish.reason,
+            finish.usage,
+            upstream_request_id=finish.upstream_request_id,
+            tool_calls=calls,
+            reasoning=thoughts,
         )
 
     def _error_hint(self, error: Mapping[str, Any]) -> ErrorHint:
@@ -141,10 +165,11 @@ class GeminiProvider(HTTPProvider):
 
 
 class _GeminiEvents(EventDecoder):
-    __slots__ = ("_calls", "_response_id", "_usage_metadata")
+    __slots__ = ("_calls", "_include_thoughts", "_response_id", "_usage_metadata")
 
-    def __init__(self, provider: str) -> None:
+    def __init__(self, provider: str, include_thoughts: bool = False) -> None:
         super().__init__(provider)
+        self._include_thoughts = include_thoughts
         self._usage_metadata: Any = None  # the latest usageMetadata; Gemini repeats it on every event
         # Gemini sends no request id header; its answer's `responseId` (read with the finish reason) is
         # the id to quote to Google.
@@ -185,12 +210,14 @@ class _GeminiEvents(EventDecoder):
                 text = piece if text is None else text + piece
             elif "functionCall" in part:
                 self._function_call(part["functionCall"])
+            elif piece and self._include_thoughts:
+                self.pieces.append(ReasoningDelta(piece))
         return text
 
     def _function_call(self, call: dict[str, Any]) -> None:
         call_id = str(call.get("id") or "") or "call_" + secrets.token_hex(12)
         arguments = json.dumps(call.get("args") or {}, separators=(",", ":"), ensure_ascii=False)
-        self.tool_calls.append(ToolCallDelta(self._calls, call_id, str(call["name"]), arguments))
+        self.pieces.append(ToolCallDelta(self._calls, call_id, str(call["name"]), arguments))
         self._calls += 1
 
 
@@ -206,6 +233,8 @@ def request_body(request: ChatRequest) -> dict[str, Any]:
         parts = (
             _parts(message, names) if message.tool_calls or message.role is Role.TOOL else [{"text": message.content}]
         )
+        if message.images:
+            parts = [part for part in parts if part.get("text") != ""] + [_image_part(i) for i in message.images]
         role = _ROLES[message.role]
         if contents and contents[-1]["role"] == role:
             contents[-1]["parts"].extend(parts)
@@ -229,11 +258,37 @@ def request_body(request: ChatRequest) -> dict[str, Any]:
         config["responseMimeType"] = "application/json"
         if fmt.kind is OutputFormat.JSON_SCHEMA:
             config["responseSchema"] = gemini_schema(schema_of(fmt.schema))
+    if params.reasoning is not None:
+        thinking = _thinking_config(params.reasoning)
+        if thinking:
+            config["thinkingConfig"] = thinking
     if config:
         body["generationConfig"] = config
     if params.tools:
         _tool_options(body, params)
     return body
+
+
+def _image_part(image: Image) -> dict[str, Any]:
+    data = inline(image)
+    if data is None:
+        return {"fileData": {"mimeType": url_mime_type(image), "fileUri": image.url}}
+    return {"inlineData": {"mimeType": data[0], "data": data[1]}}
+
+
+def _thinking_config(reasoning: Reasoning) -> dict[str, Any]:
+    thinking: dict[str, Any] = {}
+    budget = reasoning.budget()
+    if budget is not None:
+        thinking["thinkingBudget"] = budget
+    if reasoning.include:
+        thinking["includeThoughts"] = True
+    return thinking
+
+
+def _includes(request: ChatRequest) -> bool:
+    """Whether the request asked for the model's thought summaries."""
+    return request.params.reasoning is not None and request.params.reasoning.include
 
 
 def _parts(message: ChatMessage, names: dict[str, str]) -> list[dict[str, Any]]:
@@ -301,7 +356,10 @@ def usage_from(raw: Any, provider: str) -> Usage:
 
     prompt = count("promptTokenCount") + count("toolUsePromptTokenCount")
     completion = count("candidatesTokenCount") + count("thoughtsTokenCount")
-    return checked_usage(prompt, completion, prompt + completion, provider)
+    # promptTokenCount includes the cached content's tokens (implicit or explicit caching).
+    cached = min(count("cachedContentTokenCount"), prompt)
+    usage = checked_usage(prompt, completion, prompt + completion, provider)
+    return replace(usage, reasoning_tokens=count("thoughtsTokenCount"), cached_prompt_tokens=cached)
 
 
 def _model_path(model: str) -> str:

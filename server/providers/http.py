@@ -48,7 +48,17 @@ from server.providers.signing import RequestSigner
 from server.providers.transport import AiohttpTransport, Timeouts, Transport, UpstreamResponse
 from server.providers.upstream_errors import error_for_status, safe_identifier
 from server.sse import ServerSentEvent, SSEDecoder, SSEEventTooLarge, SSETooLarge
-from server.types import ChatRequest, Completion, Finish, FinishReason, StreamEvent, TextDelta, ToolCallDelta, Usage
+from server.types import (
+    ChatRequest,
+    Completion,
+    Finish,
+    FinishReason,
+    ReasoningDelta,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
 
 __all__ = [
     "ErrorHint",
@@ -81,18 +91,18 @@ class EventDecoder:
     malformed event. It sets `ended` on the wire format's end event (OpenAI's [DONE], Anthropic's
     message_stop), after which the rest of the body is only drained; `reason` and `usage` as they arrive.
     A body that ends without `ended` is whole only when a finish reason was seen (Gemini has no end event).
-    Tool-call pieces an event holds go to `tool_calls`, which the relay empties after each event (after
-    the event's text): a text-only stream never touches the list.
+    Tool-call pieces and reasoning pieces an event holds go to `pieces`, which the relay empties after each
+    event (after the event's text): a text-only stream never touches the list.
     """
 
-    __slots__ = ("ended", "provider", "reason", "tool_calls", "usage")
+    __slots__ = ("ended", "pieces", "provider", "reason", "usage")
 
     def __init__(self, provider: str) -> None:
         self.provider = provider
         self.ended = False
         self.reason: FinishReason | None = None
         self.usage: Usage | None = None
-        self.tool_calls: list[ToolCallDelta] = []
+        self.pieces: list[ToolCallDelta | ReasoningDelta] = []
 
     def feed(self, event: ServerSentEvent) -> str | None:
         raise NotImplementedError
@@ -168,10 +178,10 @@ class HTTPProvider(Provider):
                         raise unexpected_shape(self.name) from exc
                     if text:
                         yield TextDelta(text)
-                    if events.tool_calls:
-                        for piece in events.tool_calls:
+                    if events.pieces:
+                        for piece in events.pieces:
                             yield piece
-                        events.tool_calls.clear()
+                        events.pieces.clear()
                     if events.ended:
                         finish = self._finish(events, upstream_id)
                         ended = True

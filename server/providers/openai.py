@@ -16,17 +16,32 @@ used (some compatible servers number every parallel call 0) starts a call of its
 Structured output: `response_format` `{"type":"json_object"}` or `{"type":"json_schema","json_schema":
 {name, schema, strict, description}}`; the reply's text is the JSON.
 
+Images: a message with images has `content` as parts: its text, then one `{"type":"image_url","image_url":
+{"url":…}}` per image (inline bytes as a base64 data: URL).
+
+Prompt caching: OpenAI caches repeated prompt prefixes by itself, so a message's `cache` breakpoint is not
+sent; `usage.prompt_tokens_details.cached_tokens` (DeepSeek: `prompt_cache_hit_tokens`), part of
+`prompt_tokens`, is `cached_prompt_tokens`.
+
+Reasoning: `reasoning_effort` "low", "medium" or "high" (the client's effort, else the one nearest its
+budget: up to 1024 low, up to 8192 medium; OpenAI takes no budget). OpenAI shares no reasoning text;
+compatible servers that do (DeepSeek's reasoner) send `delta.reasoning_content` (`message.reasoning_content`
+when unary), relayed as ReasoningDeltas when the client asked for it. `completion_tokens_details.
+reasoning_tokens`, part of `completion_tokens`, is `reasoning_tokens`.
+
 The caller's identity (`ChatRequest.user`: client and end user) is sent as `user`.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from dataclasses import replace
 from typing import Any
 
 from server.config import ProviderConfig
 from server.errors import UpstreamError
 from server.providers.http import EventDecoder, HTTPProvider, checked_usage, loads_object, token_count
+from server.providers.images import as_data_url
 from server.providers.transport import Transport
 from server.providers.upstream_errors import error_for_error_type, safe_identifier
 from server.sse import ServerSentEvent
@@ -37,6 +52,7 @@ from server.types import (
     Completion,
     FinishReason,
     OutputFormat,
+    ReasoningDelta,
     Role,
     SamplingParams,
     StreamEvent,
@@ -72,12 +88,13 @@ class OpenAIProvider(HTTPProvider):
         body = _body(request)
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
-        return self._stream_sse(_PATH, body, request, _OpenAIEvents(self.name))
+        return self._stream_sse(_PATH, body, request, _OpenAIEvents(self.name, _includes(request)))
 
     async def complete(self, request: ChatRequest) -> Completion:
-        return await self._post_json(_PATH, _body(request), request, self._completion)
+        include = _includes(request)
+        return await self._post_json(_PATH, _body(request), request, lambda p: self._completion(p, include))
 
-    def _completion(self, payload: dict[str, Any]) -> Completion:
+    def _completion(self, payload: dict[str, Any], include_reasoning: bool) -> Completion:
         if "error" in payload:
             raise _in_band_error(self.name, payload["error"])
         choice = payload["choices"][0]
@@ -89,14 +106,16 @@ class OpenAIProvider(HTTPProvider):
             ToolCall(str(c["id"]), str(c["function"]["name"]), str(c["function"].get("arguments") or ""))
             for c in message.get("tool_calls") or ()
         )
-        return Completion(text, reason, usage, tool_calls=calls)
+        reasoning = str(message.get("reasoning_content") or "") if include_reasoning else ""
+        return Completion(text, reason, usage, tool_calls=calls, reasoning=reasoning)
 
 
 class _OpenAIEvents(EventDecoder):
-    __slots__ = ("_calls", "_count")
+    __slots__ = ("_calls", "_count", "_include_reasoning")
 
-    def __init__(self, provider: str) -> None:
+    def __init__(self, provider: str, include_reasoning: bool = False) -> None:
         super().__init__(provider)
+        self._include_reasoning = include_reasoning
         self._calls: dict[int, tuple[int, str]] = {}  # the upstream's index -> (our index, the call's id)
         self._count = 0  # calls so far
 
@@ -110,9 +129,9 @@ class _OpenAIEvents(EventDecoder):
                 known = self._calls[raw] = (self._count, call_id)
                 self._count += 1
                 name = str(function.get("name") or "")
-                self.tool_calls.append(ToolCallDelta(known[0], call_id, name, str(function.get("arguments") or "")))
+                self.pieces.append(ToolCallDelta(known[0], call_id, name, str(function.get("arguments") or "")))
             elif function.get("arguments"):
-                self.tool_calls.append(ToolCallDelta(known[0], arguments=str(function["arguments"])))
+                self.pieces.append(ToolCallDelta(known[0], arguments=str(function["arguments"])))
 
     def feed(self, event: ServerSentEvent) -> str | None:
         data = event.data
@@ -131,6 +150,8 @@ class _OpenAIEvents(EventDecoder):
                 text = content if text is None else text + content
             elif delta.get("tool_calls"):  # never looked at while text flows
                 self._tool_pieces(delta["tool_calls"])
+            elif self._include_reasoning and delta.get("reasoning_content"):
+                self.pieces.append(ReasoningDelta(str(delta["reasoning_content"])))
             if choice.get("finish_reason"):
                 self.reason = _FINISH_REASONS.get(choice["finish_reason"], FinishReason.UNSPECIFIED)
         if chunk.get("usage"):
@@ -146,6 +167,11 @@ def _body(request: ChatRequest) -> dict[str, Any]:
             entry["name"] = message.name
         if message.tool_calls or message.role is Role.TOOL:
             _tool_fields(entry, message)
+        if message.images:
+            text = [{"type": "text", "text": message.content}] if message.content else []
+            entry["content"] = text + [
+                {"type": "image_url", "image_url": {"url": as_data_url(image)}} for image in message.images
+            ]
         messages.append(entry)
     body: dict[str, Any] = {"model": request.model, "messages": messages}
     params = request.params
@@ -161,7 +187,15 @@ def _body(request: ChatRequest) -> dict[str, Any]:
         body["stop"] = list(params.stop)
     if request.user:
         body["user"] = request.user  # who is calling (server/policy/identity.py)
+    level = params.reasoning.level() if params.reasoning is not None else None
+    if level is not None:
+        body["reasoning_effort"] = level.name.lower()
     return body
+
+
+def _includes(request: ChatRequest) -> bool:
+    """Whether the request asked for the model's reasoning text."""
+    return request.params.reasoning is not None and request.params.reasoning.include
 
 
 def _tool_fields(entry: dict[str, Any], message: ChatMessage) -> None:
@@ -218,4 +252,19 @@ def _usage(raw: Any, provider: str) -> Usage:
     prompt = token_count(raw.get("prompt_tokens"), "prompt_tokens", provider)
     completion = token_count(raw.get("completion_tokens"), "completion_tokens", provider)
     total = token_count(raw.get("total_tokens"), "total_tokens", provider) or prompt + completion
-    return checked_usage(prompt, completion, total, provider)
+    usage = checked_usage(prompt, completion, total, provider)
+    details = raw.get("prompt_tokens_details")
+    # OpenAI's cached share of prompt_tokens; DeepSeek reports its cache hits at the top level instead.
+    cached = token_count(details.get("cached_tokens"), "cached_tokens", provider) if isinstance(details, dict) else 0
+    cached = cached or token_count(raw.get("prompt_cache_hit_tokens"), "prompt_cache_hit_tokens", provider)
+    if cached:
+        usage = replace(usage, cached_prompt_tokens=min(cached, prompt))
+    completion_details = raw.get("completion_tokens_details")
+    reasoning = (
+        token_count(completion_details.get("reasoning_tokens"), "reasoning_tokens", provider)
+        if isinstance(completion_details, dict)
+        else 0
+    )
+    if reasoning:
+        usage = replace(usage, reasoning_tokens=min(reasoning, completion))
+    return usage

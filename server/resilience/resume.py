@@ -33,9 +33,9 @@ def add_streamed(usage: Usage | None, streamed_tokens: int) -> Usage | None:
     gateway, hence `estimated`; the cut attempt's prompt tokens are unknown and left out)."""
     if usage is None:
         return None
-    return Usage(
-        usage.prompt_tokens,
-        usage.completion_tokens + streamed_tokens,
-        usage.total_tokens + streamed_tokens,
+    return replace(
+        usage,
+        completion_tokens=usage.completion_tokens + streamed_tokens,
+        total_tokens=usage.total_tokens + streamed_tokens,
         estimated=True,
     )

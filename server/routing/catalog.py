@@ -33,23 +33,39 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    """USD per million tokens."""
+    """USD per million tokens. Prompt tokens read from the provider's cache cost `cache_read_per_million`,
+    those written to it `cache_write_per_million`; None means the input price (no discount known)."""
 
     input_per_million: float
     output_per_million: float
+    cache_read_per_million: float | None = None
+    cache_write_per_million: float | None = None
 
     def cost(self, usage: Usage) -> float:
+        cached, written = usage.cached_prompt_tokens, usage.cache_write_tokens
+        if not (cached or written):
+            return (
+                usage.prompt_tokens * self.input_per_million + usage.completion_tokens * self.output_per_million
+            ) / 1_000_000
+        read_price = self.input_per_million if self.cache_read_per_million is None else self.cache_read_per_million
+        write_price = self.input_per_million if self.cache_write_per_million is None else self.cache_write_per_million
+        uncached = max(usage.prompt_tokens - cached - written, 0)
         return (
-            usage.prompt_tokens * self.input_per_million + usage.completion_tokens * self.output_per_million
+            uncached * self.input_per_million
+            + cached * read_price
+            + written * write_price
+            + usage.completion_tokens * self.output_per_million
         ) / 1_000_000
 
 
 # What a model can do, as ListModels and CAPABILITY_UNSUPPORTED name it. Only these are served today;
-# "vision", "reasoning", "prompt_caching" and "embeddings" join when the gateway maps them.
-CAPABILITIES = ("json_object", "json_schema", "tools")
+# "embeddings" joins when the gateway maps it.
+CAPABILITIES = ("json_object", "json_schema", "prompt_caching", "reasoning", "tools", "vision")
 # Every provider kind maps tools and both JSON formats (Anthropic through a forced tool), so a model has
-# them unless its config or the built-in table says otherwise.
-DEFAULT_CAPABILITIES = frozenset(CAPABILITIES)
+# them unless its config or the built-in table says otherwise. Prompt caching depends on the upstream
+# (a compatible server may cache nothing), so a configured model has it only when its config says so;
+# the built-in models of the big providers have it.
+DEFAULT_CAPABILITIES = frozenset({"json_object", "json_schema", "tools"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +178,8 @@ PROVIDER_PRESETS: dict[str, ProviderPreset] = {
 }
 
 # Models of the presets: (provider, upstream model, catalog aliases, price or None, max output tokens).
-# Prices are USD per million tokens (input, output). Capabilities are DEFAULT_CAPABILITIES unless
-# _BUILTIN_CAPABILITIES says less.
+# Prices are USD per million tokens (input, output); cache prices follow from _CACHE_FACTORS. Capabilities
+# are DEFAULT_CAPABILITIES and prompt_caching unless _BUILTIN_CAPABILITIES says less.
 _MODEL_TABLE: tuple[tuple[str, str, tuple[str, ...], tuple[float, float] | None, int], ...] = (
     ("openai", "gpt-4.1", ("gpt-4.1",), (8.0, 32.0), 32_768),
     ("openai", "gpt-4.1-mini", ("gpt-4.1-mini",), (0.40, 1.60), 32_768),
@@ -181,12 +197,40 @@ _MODEL_TABLE: tuple[tuple[str, str, tuple[str, ...], tuple[float, float] | None,
     ("holysheep", "deepseek-v3.2", (), (0.42, 1.90), 8_192),
 )
 
-# DeepSeek's chat models take tools and JSON mode but no JSON Schema; its reasoner no tools.
+# DeepSeek's chat models take tools and JSON mode but no JSON Schema (nor images); its reasoner no tools.
+# Every model of the table caches prompts: Anthropic at the breakpoints the client marks, the others by
+# themselves; every other model of the table takes images.
 _BUILTIN_CAPABILITIES: dict[str, frozenset[str]] = {
-    "deepseek-chat": frozenset({"tools", "json_object"}),
-    "deepseek-v3.2": frozenset({"tools", "json_object"}),
-    "deepseek-reasoner": frozenset({"json_object"}),
+    "deepseek-chat": frozenset({"tools", "json_object", "prompt_caching"}),
+    "deepseek-v3.2": frozenset({"tools", "json_object", "prompt_caching"}),
+    "deepseek-reasoner": frozenset({"json_object", "prompt_caching"}),
 }
+_TABLE_CAPABILITIES = DEFAULT_CAPABILITIES | {"prompt_caching", "vision"}
+# The reasoning models of the table (extended thinking, thinkingConfig); OpenAI's GPT-4.1 and GPT-4o take no
+# reasoning_effort, and DeepSeek's reasoner always reasons and takes no setting.
+_REASONING_MODELS = frozenset({"claude-sonnet-4-5", "claude-haiku-4-5", "gemini-2.5-flash", "gemini-2.5-pro"})
+
+# Cache prices as multiples of the input price (read, write), from each provider's pricing page: Anthropic
+# reads at 0.1x and writes (5-minute TTL) at 1.25x; OpenAI's cached input is 0.25x for the GPT-4.1 family
+# and 0.5x for GPT-4o; Gemini 2.5's implicit cache reads at 0.25x (no write charge); DeepSeek's cache hits
+# at 0.1x. A provider that charges nothing extra to write bills written tokens at the input price.
+_CACHE_FACTORS: dict[str, tuple[float, float]] = {
+    "anthropic": (0.1, 1.25),
+    "gpt-4.1": (0.25, 1.0),
+    "gpt-4.1-mini": (0.25, 1.0),
+    "gpt-4o": (0.5, 1.0),
+    "gpt-4o-mini": (0.5, 1.0),
+    "gemini": (0.25, 1.0),
+    "deepseek": (0.1, 1.0),
+}
+
+
+def _table_price(upstream: str, price: tuple[float, float]) -> Price:
+    family = upstream if upstream in _CACHE_FACTORS else upstream.split("-")[0]
+    family = {"claude": "anthropic"}.get(family, family)
+    read, write = _CACHE_FACTORS.get(family, (1.0, 1.0))
+    return Price(price[0], price[1], round(price[0] * read, 6), round(price[0] * write, 6))
+
 
 # Catalog models of every preset, named "provider/upstream_model".
 BUILTIN_MODELS: dict[str, ModelConfig] = {
@@ -195,8 +239,11 @@ BUILTIN_MODELS: dict[str, ModelConfig] = {
         provider=provider,
         upstream_model=upstream,
         max_tokens=min(max_out, defaults.MAX_TOKENS_LIMIT),
-        price=Price(*price) if price else None,
-        capabilities=_BUILTIN_CAPABILITIES.get(upstream, DEFAULT_CAPABILITIES),
+        price=_table_price(upstream, price) if price else None,
+        # holysheep relays every model over the OpenAI wire, which has no cache breakpoints.
+        capabilities=_BUILTIN_CAPABILITIES.get(upstream, _TABLE_CAPABILITIES)
+        - ({"prompt_caching"} if provider == "holysheep" else set())
+        | ({"reasoning"} if upstream in _REASONING_MODELS and provider != "holysheep" else set()),
     )
     for provider, upstream, _aliases, price, max_out in _MODEL_TABLE
 }
@@ -207,7 +254,9 @@ for _provider, _upstream, _aliases, _price, _max in _MODEL_TABLE:
         BUILTIN_ALIASES.setdefault(_alias, f"{_provider}/{_upstream}")
 
 _PRICE_BY_UPSTREAM = {
-    upstream: Price(*price) for _provider, upstream, _aliases, price, _max in _MODEL_TABLE if price is not None
+    upstream: _table_price(upstream, price)
+    for _provider, upstream, _aliases, price, _max in _MODEL_TABLE
+    if price is not None
 }
 
 

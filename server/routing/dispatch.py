@@ -37,7 +37,16 @@ from server.resilience.idle import IdleWatch
 from server.resilience.resume import add_streamed, continuation
 from server.routing.catalog import Catalog, ModelConfig, cost_of
 from server.routing.plan import Attempt, CallPlan, Resilience
-from server.types import ChatRequest, Completion, Finish, StreamEvent, TextDelta, ToolCallDelta, Usage
+from server.types import (
+    ChatRequest,
+    Completion,
+    Finish,
+    ReasoningDelta,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
 
 __all__ = ["Router"]
 
@@ -142,7 +151,7 @@ class Router:
                             watch.count = 1
                             if isinstance(first, ToolCallDelta):
                                 parts = None  # a tool call has started: no exact continuation
-                            elif parts is not None:
+                            elif parts is not None and isinstance(first, TextDelta):
                                 parts.append(first.text)
                             yield first
                             async for event in events:
@@ -154,6 +163,9 @@ class Router:
                                 elif isinstance(event, ToolCallDelta):
                                     watch.count += 1
                                     parts = None
+                                    yield event
+                                elif isinstance(event, ReasoningDelta):
+                                    watch.count += 1  # reasoning is not part of the reply a resume continues
                                     yield event
                                 else:
                                     watch.stop()

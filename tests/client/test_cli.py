@@ -47,6 +47,29 @@ async def test_sampling_options(demo_target: str, capsys: pytest.CaptureFixture[
     assert err.startswith("[finish: stop;")
 
 
+@pytest.mark.parametrize("command", ["generate", "stream"])
+async def test_image_files_go_with_the_prompt(
+    demo_target: str, command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "dot.png").write_bytes(b"\x89PNG\r\n\x1a\n-not-really")
+    argv = ["--target", demo_target, "--plaintext", "--image", str(tmp_path / "dot.png")]
+    code = await run(command, "--model", "demo", "--prompt", "what is this", *argv)
+    out, _ = capsys.readouterr()
+    assert (code, out) == (0, "what is this [image/png image, 19 bytes]\n")
+
+
+@pytest.mark.parametrize(("name", "message"), [("notes.txt", "not an image file name"), ("gone.png", "No such file")])
+async def test_a_bad_image_file_is_a_usage_error(
+    tmp_path: Path, name: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notes.txt").write_text("hi")
+    argv = ["generate", "--model", "demo", "--prompt", "hi", "--plaintext", "--image", str(tmp_path / name)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --image: ")
+    assert message in err
+
+
 async def test_stream_subprocess_prints_tokens(demo_target: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     process = await asyncio.create_subprocess_exec(

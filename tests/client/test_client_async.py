@@ -20,6 +20,7 @@ from client import (
     ModelDeployment,
     ModelInfo,
     RateLimitError,
+    ReasoningDelta,
     SamplingOptions,
     StreamEnd,
     StreamEvent,
@@ -47,6 +48,34 @@ async def test_generate_demo(demo_target: str) -> None:
     assert (result.model, result.provider, result.finish_reason) == ("demo", "demo", FinishReason.STOP)
     assert result.finish_reason == "stop"
     assert result.usage == Usage(prompt_tokens=3, completion_tokens=3, total_tokens=6)
+
+
+async def test_a_cache_breakpoint_and_the_cached_tokens_round_trip(demo_target: str) -> None:
+    history = [Message("system", "the long handbook", cache=True), Message("user", "hello brave world")]
+    async with AsyncAIClient(target=demo_target, plaintext=True) as client:
+        result = await client.generate(messages=history, model="demo")
+    assert result.usage == Usage(6, 3, 9, cached_prompt_tokens=3)
+
+
+async def test_reasoning_arrives_as_its_own_events_and_on_the_result(demo_target: str) -> None:
+    async with AsyncAIClient(target=demo_target, plaintext=True) as client:
+        events = [
+            e
+            async for e in client.stream_generate(
+                "hi there", model="demo", reasoning_effort="low", include_reasoning=True
+            )
+        ]
+        result = await client.generate("hi there", model="demo", reasoning_budget=2000, include_reasoning=True)
+        with pytest.raises(ValueError, match="reasoning_effort must be low, medium or high"):
+            await client.generate("hi", model="demo", reasoning_effort="extreme")
+
+    thoughts = [e.text for e in events if isinstance(e, ReasoningDelta)]
+    assert thoughts == ["The", " user", " wrote:", " hi", " there"]
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["hi", " there"]
+    end = events[-1]
+    assert isinstance(end, StreamEnd)
+    assert end.usage == Usage(2, 7, 9, reasoning_tokens=5)
+    assert (result.text, result.reasoning, result.usage.reasoning_tokens) == ("hi there", "The user wrote: hi there", 5)
 
 
 async def test_stream_demo_yields_exact_deltas_then_end(demo_target: str) -> None:
@@ -271,9 +300,17 @@ DEMO_MODEL = ModelInfo(
     input_price_per_million=None,
     output_price_per_million=None,
     max_output_tokens=32000,
-    deployments=(ModelDeployment("demo/demo", "demo", "demo", 1.0, ("json_object", "json_schema", "tools")),),
+    deployments=(
+        ModelDeployment(
+            "demo/demo",
+            "demo",
+            "demo",
+            1.0,
+            ("json_object", "json_schema", "prompt_caching", "reasoning", "tools", "vision"),
+        ),
+    ),
     fallbacks=(),
-    capabilities=("json_object", "json_schema", "tools"),
+    capabilities=("json_object", "json_schema", "prompt_caching", "reasoning", "tools", "vision"),
 )
 
 

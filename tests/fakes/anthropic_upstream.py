@@ -36,6 +36,19 @@ behaviour grammar shared by every fake). It speaks the wire format of Anthropic'
   stop reason is ``tool_use``. A whole answer holds ``tool_use`` blocks with the parsed ``input``. A
   last user message made of ``tool_result`` blocks is answered with their text; ``tool_result`` contents
   count as prompt words.
+* Prompt caching: a content block (of ``system`` or a message) may carry ``cache_control``
+  ``{"type":"ephemeral"}`` (``ttl`` ``"5m"`` or ``"1h"``), at most 4 in a request ("A maximum of 4 blocks
+  with cache_control may be provided. Found 5."); ``cached-N`` reports ``cache_read_input_tokens`` N and
+  ``cache_creation_input_tokens`` the rest of the prompt up to the last breakpoint; ``input_tokens`` is the
+  prompt after both (the three add up to the prompt's words).
+* Images: ``image`` blocks with a ``base64`` source (``media_type`` image/jpeg, png, gif or webp and valid
+  base64 ``data``, else 400) or a ``url`` source; they add nothing to the prompt's words.
+* Extended thinking: ``thinking`` ``{"type":"enabled","budget_tokens":N}`` (N >= 1024 and below
+  ``max_tokens``, else 400) makes the echo think first (``http_server.py``): a stream opens with a
+  ``thinking`` block at index 0 (``content_block_start`` with empty ``thinking`` and ``signature``, the
+  ``ping``, a ``thinking_delta`` per piece, one ``signature_delta``, ``content_block_stop``), the text or
+  tool-use blocks follow from index 1; a whole answer starts with ``{"type":"thinking","thinking":…,
+  "signature":…}``. ``output_tokens`` count the thinking too.
 * ``no-usage`` leaves ``usage`` out of ``message_start`` and ``message_delta`` (the real API always sends
   it; the gateway must still say "unreported" rather than invent zeros).
 
@@ -44,6 +57,7 @@ CLI: ``python -m tests.fakes.anthropic_upstream --port 0 [--api-key KEY]`` print
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import secrets
@@ -64,11 +78,16 @@ from tests.fakes.http_server import (
     plan_tool_calls,
     run_cli,
     text_of,
+    thought_pieces,
 )
 
 __all__ = ["API_VERSION", "MESSAGES_PATH", "FakeAnthropicUpstream"]
 
 MESSAGES_PATH = "/v1/messages"
+MAX_CACHE_BREAKPOINTS = 4
+MIN_THINKING_BUDGET = 1024
+# The signature of a thinking block (opaque to clients; Anthropic checks it when the block is sent back).
+THINKING_SIGNATURE = "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds"
 API_VERSION = "2023-06-01"
 API_KEY_ENV = "FAKE_ANTHROPIC_REQUIRED_API_KEY"
 
@@ -221,13 +240,15 @@ class FakeAnthropicUpstream(FakeHTTPServer):
             conn.rst()
             raise Aborted
 
-        prompts = [text_of(body.get("system"))]
+        prompts = [_text(body.get("system"))]
         last_user = ""
         for message in body["messages"]:
             text = _text(message.get("content"))
             prompts.append(text)
             if message.get("role") == "user":
                 last_user = text
+        prefix = _cached_prefix(body)
+        thoughts = thought_pieces(last_user) if body.get("thinking") and beh.kind == "echo" else []
         calls = plan_tool_calls(_tool_names(body), _tool_choice(body), last_user) if beh.kind == "echo" else ()
         reply = plan_reply(beh, prompts, last_user, body["max_tokens"])
         if calls:
@@ -235,8 +256,8 @@ class FakeAnthropicUpstream(FakeHTTPServer):
         if beh.split:
             out = Out(conn, True)
         if body.get("stream") is True:
-            return await self.stream_reply(out, _AnthropicWire(beh, reply, model), keep)
-        return await self.complete_reply(out, _AnthropicWire(beh, reply, model), keep)
+            return await self.stream_reply(out, _AnthropicWire(beh, reply, model, prefix, thoughts), keep)
+        return await self.complete_reply(out, _AnthropicWire(beh, reply, model, prefix, thoughts), keep)
 
 
 def _text(content: Any) -> str:
@@ -250,6 +271,45 @@ def _text(content: Any) -> str:
         elif isinstance(block, dict) and isinstance(block.get("text"), str):
             texts.append(block["text"])
     return "\n".join(texts)
+
+
+def _blocks_of(body: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(its text, the block) of every content block in prompt order: system, then each message's."""
+    out: list[tuple[str, Any]] = []
+    for content in [body.get("system"), *(m.get("content") for m in body["messages"])]:
+        if isinstance(content, list):
+            out += [(_text([block]), block) for block in content]
+        elif content is not None:
+            out.append((text_of(content), None))
+    return out
+
+
+def _cached_prefix(body: dict[str, Any]) -> int:
+    """Prompt words up to and including the last block with cache_control (0 without one)."""
+    words = 0
+    prefix = 0
+    for text, block in _blocks_of(body):
+        words += len(text.split())
+        if isinstance(block, dict) and "cache_control" in block:
+            prefix = words
+    return prefix
+
+
+def _cache_problem(body: dict[str, Any]) -> str:
+    """The API's complaint about the request's cache_control markers, or ""."""
+    found = 0
+    for _, block in _blocks_of(body):
+        if not isinstance(block, dict) or "cache_control" not in block:
+            continue
+        found += 1
+        control = block["cache_control"]
+        if not isinstance(control, dict) or control.get("type") != "ephemeral":
+            return "cache_control.type: Input should be 'ephemeral'"
+        if set(control) - {"type", "ttl"} or control.get("ttl", "5m") not in ("5m", "1h"):
+            return "cache_control.ttl: Input should be '5m' or '1h'"
+    if found > MAX_CACHE_BREAKPOINTS:
+        return f"A maximum of {MAX_CACHE_BREAKPOINTS} blocks with cache_control may be provided. Found {found}."
+    return ""
 
 
 def _tool_names(body: dict[str, Any]) -> list[str]:
@@ -294,7 +354,55 @@ def _check_body(raw: bytes) -> tuple[str, Any]:
         for name in ("name", "input_schema"):
             if not isinstance(tool, dict) or name not in tool:
                 return f"tools.{i}.{name}: Field required", None
+    if problem := _image_problem(body):
+        return problem, None
+    if problem := _cache_problem(body):
+        return problem, None
+    if problem := _thinking_problem(body):
+        return problem, None
     return "", body
+
+
+IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+
+
+def _image_problem(body: dict[str, Any]) -> str:
+    """The API's complaint about an image block, or ""."""
+    for i, message in enumerate(body["messages"]):
+        content = message.get("content")
+        for j, block in enumerate(content if isinstance(content, list) else ()):
+            if not isinstance(block, dict) or block.get("type") != "image":
+                continue
+            source = block.get("source") or {}
+            where = f"messages.{i}.content.{j}.image.source"
+            if source.get("type") == "base64":
+                if source.get("media_type") not in IMAGE_MEDIA_TYPES:
+                    allowed = "'image/jpeg', 'image/png', 'image/gif' or 'image/webp'"
+                    return f"{where}.base64.media_type: Input should be {allowed}"
+                try:
+                    base64.b64decode(str(source.get("data")), validate=True)
+                except ValueError:
+                    return f"{where}.base64.data: The image data is not valid base64."
+            elif source.get("type") != "url" or not isinstance(source.get("url"), str):
+                return f"{where}: Input tag does not match any of the expected tags: 'base64', 'url', 'file'"
+    return ""
+
+
+def _thinking_problem(body: dict[str, Any]) -> str:
+    """The API's complaint about `thinking`, or ""."""
+    thinking = body.get("thinking")
+    if thinking is None:
+        return ""
+    if not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "disabled"):
+        return "thinking: Input tag does not match any of the expected tags: 'enabled', 'disabled'"
+    if thinking["type"] == "disabled":
+        return ""
+    budget = thinking.get("budget_tokens")
+    if not isinstance(budget, int) or budget < MIN_THINKING_BUDGET:
+        return f"thinking.enabled.budget_tokens: Input should be greater than or equal to {MIN_THINKING_BUDGET}"
+    if body["max_tokens"] <= budget:
+        return "`max_tokens` must be greater than `thinking.budget_tokens`."
+    return ""
 
 
 class _AnthropicWire(Wire):
@@ -302,8 +410,17 @@ class _AnthropicWire(Wire):
 
     sse_type = "text/event-stream; charset=utf-8"
 
-    def __init__(self, beh: Behaviour, reply: Reply, model: str) -> None:
+    def __init__(
+        self, beh: Behaviour, reply: Reply, model: str, cached_prefix: int = 0, thoughts: list[str] | None = None
+    ) -> None:
         super().__init__(beh, reply, model)
+        self.thoughts = thoughts or []
+        self.first = 1 if self.thoughts else 0  # the index of the block after the thinking block
+        self.output_tokens = reply.completion_tokens + len(self.thoughts)
+        # cached-N: N prompt tokens read from the cache; the rest of the prefix up to the last breakpoint
+        # written to it; input_tokens are what remains (the three add up to the prompt).
+        self.cache_read = reply.cached_tokens(beh)
+        self.cache_write = max(min(cached_prefix, reply.prompt_tokens) - self.cache_read, 0) if beh.cached else 0
         if beh.kind == "refusal":
             self.stop_reason = "refusal"
         elif reply.calls:
@@ -326,24 +443,42 @@ class _AnthropicWire(Wire):
             message["usage"] = self._usage(1)
         start = {"type": "message_start", "message": message}
         events = [_event(b"message_start", json.dumps(start, separators=(",", ":")).encode())]
+        if self.thoughts:
+            events += self._thinking_events()
         if self.beh.kind != "refusal" and not self.reply.calls:
-            block = b'{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}'
-            events += [_event(b"content_block_start", block), _PING]
+            block = b'{"type":"content_block_start","index":%d,"content_block":{"type":"text","text":""}}' % self.first
+            events.append(_event(b"content_block_start", block))
+            if not self.thoughts:
+                events.append(_PING)
+        return events
+
+    def _thinking_events(self) -> list[bytes]:
+        """A thinking block: its start, the ping, a thinking_delta per piece, the signature, its stop."""
+        start = (
+            b'{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"","signature":""}}'
+        )
+        events = [_event(b"content_block_start", start), _PING]
+        for piece in self.thoughts:
+            delta = b'{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":%b}}'
+            events.append(_event(b"content_block_delta", delta % jstr(piece)))
+        signature = b'{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":%b}}'
+        events.append(_event(b"content_block_delta", signature % jstr(THINKING_SIGNATURE)))
+        events.append(_event(b"content_block_stop", b'{"type":"content_block_stop","index":0}'))
         return events
 
     def piece(self, piece_json: bytes) -> bytes:
         return (
-            b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
-            b'"delta":{"type":"text_delta","text":%b}}\n\n' % piece_json
+            b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
+            b'"delta":{"type":"text_delta","text":%b}}\n\n' % (self.first, piece_json)
         )
 
     def tool_events(self) -> list[bytes]:
         events = []
-        for i, (call, call_id) in enumerate(zip(self.reply.calls, self.call_ids, strict=True)):
+        for i, (call, call_id) in enumerate(zip(self.reply.calls, self.call_ids, strict=True), self.first):
             block = {"type": "tool_use", "id": call_id, "name": call.name, "input": {}}
             start = {"type": "content_block_start", "index": i, "content_block": block}
             events.append(_event(b"content_block_start", json.dumps(start, separators=(",", ":")).encode()))
-            if i == 0:
+            if i == 0:  # after a thinking block, the ping came with it
                 events.append(_PING)
             for piece in ["", *call.pieces]:
                 events.append(
@@ -359,10 +494,10 @@ class _AnthropicWire(Wire):
     def closing(self) -> list[bytes]:
         events = []
         if self.beh.kind != "refusal" and not self.reply.calls:
-            events.append(_event(b"content_block_stop", b'{"type":"content_block_stop","index":0}'))
+            events.append(_event(b"content_block_stop", b'{"type":"content_block_stop","index":%d}' % self.first))
         delta = b'{"type":"message_delta","delta":{"stop_reason":"%b","stop_sequence":null}' % self.stop_reason.encode()
         if self.beh.usage:
-            delta += b',"usage":{"output_tokens":%d}' % self.reply.completion_tokens
+            delta += b',"usage":{"output_tokens":%d}' % self.output_tokens
         events.append(_event(b"message_delta", delta + b"}"))
         events.append(_event(b"message_stop", b'{"type":"message_stop"}'))
         return events
@@ -383,17 +518,23 @@ class _AnthropicWire(Wire):
             "type": "message",
             "role": "assistant",
             "model": self.model,
-            "content": [{"type": "text", "text": "".join(texts)}] if texts else self._tool_uses(),
+            "content": self._thinking_block()
+            + ([{"type": "text", "text": "".join(texts)}] if texts else self._tool_uses()),
             "stop_reason": self.stop_reason,
             "stop_sequence": None,
         }
         if self.beh.usage:
-            message["usage"] = self._usage(self.reply.completion_tokens)
+            message["usage"] = self._usage(self.output_tokens)
         return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
 
     def whole_in_band_error(self) -> tuple[int, bytes, tuple[tuple[str, str], ...]]:
         status, type_, message = _INBAND_ERRORS[self.beh.inband]
         return status, _error_body(type_, message), ()
+
+    def _thinking_block(self) -> list[dict[str, Any]]:
+        if not self.thoughts:
+            return []
+        return [{"type": "thinking", "thinking": "".join(self.thoughts), "signature": THINKING_SIGNATURE}]
 
     def _tool_uses(self) -> list[dict[str, Any]]:
         return [
@@ -403,9 +544,9 @@ class _AnthropicWire(Wire):
 
     def _usage(self, output_tokens: int) -> dict[str, Any]:
         return {
-            "input_tokens": self.reply.prompt_tokens,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
+            "input_tokens": self.reply.prompt_tokens - self.cache_read - self.cache_write,
+            "cache_creation_input_tokens": self.cache_write,
+            "cache_read_input_tokens": self.cache_read,
             "output_tokens": output_tokens,
             "service_tier": "standard",
         }

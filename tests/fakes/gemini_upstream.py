@@ -32,6 +32,15 @@ therefore None here, and tests read ``path``. It speaks the wire format of Googl
   any ``finishReason``.
 * ``refusal``: the prompt is blocked: one event with ``promptFeedback.blockReason`` and no candidates.
 * ``no-usage`` leaves ``usageMetadata`` out of every event.
+* Image parts: ``inlineData`` ``{mimeType, data}`` or ``fileData`` ``{mimeType, fileUri}`` (both fields
+  required, else 400); they add nothing to the prompt's words.
+* ``generationConfig.thinkingConfig`` (``thinkingBudget`` -1 to 24576, else 400) with a budget other than 0
+  makes the echo think first (``http_server.py``): ``usageMetadata.thoughtsTokenCount`` counts the
+  thoughts (apart from ``candidatesTokenCount``, within ``totalTokenCount``), and with ``includeThoughts``
+  a stream sends one event per thought piece, a part ``{"text": …, "thought": true}``, before the text; a
+  whole answer's first part is the whole thought summary.
+* ``cached-N`` adds ``cachedContentTokenCount`` N (part of ``promptTokenCount``) and ``cacheTokensDetails``
+  to ``usageMetadata``, as implicit caching reports a prefix read from the cache.
 * Tools (``http_server.py`` says which the echo calls): ``tools[].functionDeclarations[]`` with a
   ``name``; the choice from ``toolConfig.functionCallingConfig`` (``AUTO``, ``NONE``, ``ANY``, and ANY with
   one ``allowedFunctionNames`` entry is that tool). Gemini sends function calls whole: one event whose
@@ -69,6 +78,7 @@ from tests.fakes.http_server import (
     plan_tool_calls,
     run_cli,
     text_of,
+    thought_pieces,
 )
 
 __all__ = ["FakeGeminiUpstream"]
@@ -81,6 +91,7 @@ _PATH = re.compile(r"/v1beta/models/([^/:]+):(streamGenerateContent|generateCont
 _FIELDS = frozenset(
     {"contents", "systemInstruction", "generationConfig", "safetySettings", "tools", "toolConfig", "cachedContent"}
 )
+MAX_THINKING_BUDGET = 24576  # Gemini 2.5 Flash's
 _CONFIG_FIELDS = frozenset(
     {
         "temperature",
@@ -312,7 +323,11 @@ class FakeGeminiUpstream(FakeHTTPServer):
         if beh.split:
             out = Out(conn, True)
         # Gemini sends no request id header; each answer's body names it with `responseId`.
-        wire = _GeminiWire(beh, reply, model, self.answer_id(lambda: secrets.token_urlsafe(18)))
+        thinking = generation.get("thinkingConfig") or {}
+        thinks = beh.kind == "echo" and thinking.get("thinkingBudget", -1) != 0
+        thoughts = thought_pieces(last_user) if thinking and thinks else []
+        wire = _GeminiWire(beh, reply, model, self.answer_id(lambda: secrets.token_urlsafe(18)), thoughts)
+        wire.show_thoughts = thinking.get("includeThoughts") is True
         return await (self.stream_reply(out, wire, keep) if stream else self.complete_reply(out, wire, keep))
 
 
@@ -364,10 +379,22 @@ def _check_body(raw: bytes) -> tuple[str, Any]:
     contents = body.get("contents")
     if not isinstance(contents, list) or not contents:
         return "* GenerateContentRequest.contents: contents is not specified\n", None
+    thinking = (body.get("generationConfig") or {}).get("thinkingConfig")
+    if thinking is not None:
+        budget = thinking.get("thinkingBudget", -1) if isinstance(thinking, dict) else None
+        if not isinstance(budget, int) or not -1 <= budget <= MAX_THINKING_BUDGET:
+            return (
+                f"The thinking budget {budget} is invalid. Please choose a value between 0 and {MAX_THINKING_BUDGET}.",
+                None,
+            )
     for content in contents:
         if not isinstance(content, dict) or content.get("role", "user") not in ("user", "model"):
             return "Please use a valid role: user, model.", None
         for part in content.get("parts") or ():
+            for key, field in (("inlineData", "data"), ("fileData", "fileUri")):
+                blob = part.get(key) if isinstance(part, dict) else None
+                if blob is not None and not (isinstance(blob, dict) and blob.get("mimeType") and blob.get(field)):
+                    return f"* GenerateContentRequest.contents.parts.{key}: mimeType and {field} are required.\n", None
             response = part.get("functionResponse") if isinstance(part, dict) else None
             if isinstance(response, dict) and not response.get("name"):
                 return "* GenerateContentRequest.contents.parts.function_response.name: Name cannot be empty.\n", None
@@ -379,8 +406,12 @@ class _GeminiWire(Wire):
 
     json_type = _JSON
 
-    def __init__(self, beh: Behaviour, reply: Reply, model: str, response_id: str) -> None:
+    def __init__(
+        self, beh: Behaviour, reply: Reply, model: str, response_id: str, thoughts: list[str] | None = None
+    ) -> None:
         super().__init__(beh, reply, model)
+        self.thoughts = thoughts or []
+        self.show_thoughts = False  # includeThoughts: the thoughts' parts are sent, not only counted
         self.trailer = {"modelVersion": model, "responseId": response_id}
         self.finish = "MAX_TOKENS" if reply.truncated else "STOP"  # STOP after function calls too
         # Every piece's event: the text, the running usage (prompt only), the trailer.
@@ -388,6 +419,21 @@ class _GeminiWire(Wire):
         rest = json.dumps({**running, **self.trailer}, separators=(",", ": ")).encode()
         self.piece_pre = b'data: {"candidates": [{"content": {"parts": [{"text": '
         self.piece_post = b'}],"role": "model"},"index": 0}],' + rest[1:] + b"\r\n\r\n"
+
+    def opening(self) -> list[bytes]:
+        if not (self.thoughts and self.show_thoughts):
+            return []
+        running = {"usageMetadata": self._usage(None)} if self.beh.usage else {}
+        return [
+            _sse(
+                {
+                    "candidates": [{"content": {"parts": [{"text": t, "thought": True}], "role": "model"}, "index": 0}],
+                    **running,
+                    **self.trailer,
+                }
+            )
+            for t in self.thoughts
+        ]
 
     def piece(self, piece_json: bytes) -> bytes:
         return self.piece_pre + piece_json + self.piece_post
@@ -416,6 +462,8 @@ class _GeminiWire(Wire):
             parts: list[dict[str, Any]] = [
                 {"functionCall": {"name": call.name, "args": json.loads(call.arguments)}} for call in self.reply.calls
             ] or [{"text": text}]
+            if self.thoughts and self.show_thoughts and text:  # a whole answer: the thought summary first
+                parts.insert(0, {"text": "".join(self.thoughts), "thought": True})
             candidate = {"content": {"parts": parts, "role": "model"}, "finishReason": self.finish}
             obj = {"candidates": [{**candidate, "index": 0}]}
         if self.beh.usage:
@@ -427,8 +475,15 @@ class _GeminiWire(Wire):
         usage: dict[str, Any] = {"promptTokenCount": prompt}
         if candidates:
             usage["candidatesTokenCount"] = candidates
-        usage["totalTokenCount"] = prompt + (candidates or 0)
+        usage["totalTokenCount"] = prompt + (candidates or 0) + len(self.thoughts)
+        cached = self.reply.cached_tokens(self.beh)
+        if cached:  # part of promptTokenCount
+            usage["cachedContentTokenCount"] = cached
         usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": prompt}]
+        if cached:
+            usage["cacheTokensDetails"] = [{"modality": "TEXT", "tokenCount": cached}]
+        if self.thoughts:  # not part of candidatesTokenCount
+            usage["thoughtsTokenCount"] = len(self.thoughts)
         return usage
 
 

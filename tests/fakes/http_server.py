@@ -27,6 +27,11 @@ have in common:
     Echo, every byte of the response written on its own.
 ``no-usage``
     Echo without any usage report.
+``cached-N``
+    Echo, with N of the prompt tokens (at most all of them) reported as read from the provider's prompt
+    cache, in each provider's own field (OpenAI ``prompt_tokens_details.cached_tokens``, Anthropic
+    ``cache_read_input_tokens``, Gemini ``cachedContentTokenCount``); the Anthropic fake also reports the
+    rest of the prefix up to the request's last ``cache_control`` breakpoint as written to the cache.
 ``fault-<status>`` (each fake lists the statuses it knows), ``fault-429-no-retry-after``
     That HTTP status with the provider's error body.
 ``fault-reset-before`` / ``fault-reset-mid`` / ``fault-cut-mid``
@@ -45,9 +50,15 @@ every call. When the last message is a tool result, the echo answers with the re
 request asks for JSON output (OpenAI ``response_format``, Gemini ``responseMimeType: application/json``),
 the echo answers with that same JSON text instead of the plain message.
 
+Reasoning, the same in every fake (each in its own wire format): when the request turns thinking on (OpenAI
+``reasoning_effort``, Anthropic ``thinking``, Gemini ``thinkingConfig`` with a budget other than 0), the echo
+model first thinks "Thinking about: <last user message>" (:func:`thought_pieces`); those pieces count as
+completion tokens. Anthropic streams them as a ``thinking`` block, Gemini as ``"thought": true`` parts when
+``includeThoughts`` is set, and OpenAI only counts them (``completion_tokens_details.reasoning_tokens``).
+
 The mid-stream faults use the first two echo pieces, padded with ``"t0"``/``" t1"`` when the last user
-message has fewer than two words. Names with the prefixes ``fault-``, ``tokens-``, ``slow-first-token-``
-or ``slow-tokens-`` that do not parse are unknown models (catches typos).
+message has fewer than two words. Names with the prefixes ``fault-``, ``tokens-``, ``slow-first-token-``,
+``slow-tokens-`` or ``cached-`` that do not parse are unknown models (catches typos).
 """
 
 from __future__ import annotations
@@ -95,6 +106,7 @@ __all__ = [
     "plan_tool_calls",
     "run_cli",
     "text_of",
+    "thought_pieces",
 ]
 
 log = logging.getLogger(__name__)
@@ -139,10 +151,11 @@ class Behaviour:
     fault: str = ""
     inband: str = ""
     inband_after: bool = False
+    cached: int = 0  # prompt tokens reported as read from the prompt cache (cached-N)
 
 
 ECHO = Behaviour("echo")
-_RESERVED_PREFIXES = ("fault-", "tokens-", "slow-first-token-", "slow-tokens-")
+_RESERVED_PREFIXES = ("fault-", "tokens-", "slow-first-token-", "slow-tokens-", "cached-")
 _SIMPLE: dict[str, Behaviour] = {
     "fault-reset-before": Behaviour("reset-before"),
     "fault-reset-mid": Behaviour("reset-mid"),
@@ -176,6 +189,9 @@ def parse_behaviour(model: str, http_faults: Collection[str]) -> Behaviour | Non
     m = re.fullmatch(r"slow-tokens-([0-9]{1,7})", model)
     if m:
         return Behaviour("echo", gap=int(m.group(1)) / 1000.0)
+    m = re.fullmatch(r"cached-([0-9]{1,7})", model)
+    if m:
+        return Behaviour("echo", cached=int(m.group(1)))
     if model.startswith(_RESERVED_PREFIXES):
         return None
     return ECHO
@@ -198,6 +214,10 @@ class Reply:
     @property
     def completion_tokens(self) -> int:
         return len(self.pieces_json) + sum(len(call.pieces) for call in self.calls)
+
+    def cached_tokens(self, beh: Behaviour) -> int:
+        """The prompt tokens a ``cached-N`` behaviour reports as read from the cache."""
+        return min(beh.cached, self.prompt_tokens)
 
 
 @dataclass(frozen=True)
@@ -321,6 +341,12 @@ def text_of(content: Any) -> str:
 
 
 _PIECE_RE = re.compile(r"\s*\S+")
+
+
+def thought_pieces(last_user: str) -> list[str]:
+    """The reasoning every fake's echo model does when a request turns thinking on: "Thinking about:
+    <the last user message>", in the echo's pieces."""
+    return split_pieces(f"Thinking about: {last_user}")
 
 
 def split_pieces(text: str) -> list[str]:

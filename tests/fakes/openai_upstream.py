@@ -54,6 +54,14 @@ Behaviour is selected by the request's ``model`` so the server is stateless:
 ``split-bytes``
     Echo, but every byte of the response (status line, headers and body) is
     written with its own ``write()`` + ``drain()`` + loop yield.
+``cached-N``
+    Echo whose ``usage`` adds ``prompt_tokens_details`` (``cached_tokens`` N, part of ``prompt_tokens``,
+    and ``audio_tokens``) and ``completion_tokens_details``, as OpenAI reports a prompt prefix read from
+    its cache.
+``reasoning_effort``
+    ``low``, ``medium``, ``high`` (or ``minimal``; anything else is 400 ``invalid_value``): the echo thinks
+    first (``http_server.py``) without showing it: ``completion_tokens`` count the thought pieces too, and
+    ``completion_tokens_details.reasoning_tokens`` says how many.
 ``no-usage``
     Echo stream that never sends a usage chunk (and no ``"usage":null``) even
     with ``include_usage``; non-stream responses omit ``"usage"``.
@@ -153,6 +161,7 @@ from tests.fakes.http_server import (
     plan_tool_calls,
     run_cli,
     text_of,
+    thought_pieces,
 )
 
 __all__ = ["Disconnect", "FakeOpenAIUpstream", "RecordedRequest"]
@@ -428,6 +437,17 @@ class FakeOpenAIUpstream(FakeHTTPServer):
                 param="messages",
                 keep_alive=keep,
             )
+        effort = body.get("reasoning_effort")
+        if effort is not None and effort not in REASONING_EFFORTS:
+            return await self._send_error(
+                out,
+                400,
+                f"Invalid value: '{str(effort)[:32]}'. Supported values are: 'low', 'medium', and 'high'.",
+                "invalid_request_error",
+                "invalid_value",
+                param="reasoning_effort",
+                keep_alive=keep,
+            )
         stream = body.get("stream") is True
         stream_options = body.get("stream_options")
         if stream_options is not None and not stream:
@@ -486,16 +506,18 @@ class FakeOpenAIUpstream(FakeHTTPServer):
             reply = Reply([], reply.prompt_tokens, False, [], calls)
         if beh.split:
             out = Out(conn, True)
+        thoughts = len(thought_pieces(last_user)) if effort is not None and beh.kind == "echo" else 0
         if stream:
-            return await self.stream_reply(out, _OpenAIWire(beh, reply, model, include_usage), keep)
-        return await self.complete_reply(out, _OpenAIWire(beh, reply, model, False), keep)
+            return await self.stream_reply(out, _OpenAIWire(beh, reply, model, include_usage, thoughts), keep)
+        return await self.complete_reply(out, _OpenAIWire(beh, reply, model, False, thoughts), keep)
 
 
 class _OpenAIWire(Wire):
     """Chat Completions chunks: role, one per piece, finish, usage (when asked for), [DONE]."""
 
-    def __init__(self, beh: Behaviour, reply: Reply, model: str, include_usage: bool) -> None:
+    def __init__(self, beh: Behaviour, reply: Reply, model: str, include_usage: bool, thoughts: int = 0) -> None:
         super().__init__(beh, reply, model)
+        self.thoughts = thoughts  # reasoning tokens: counted, never shown
         self.finish = "tool_calls" if reply.calls else "length" if reply.truncated else "stop"
         self.call_ids = [_call_id() for _ in reply.calls]
         self.usage_on = include_usage and beh.usage
@@ -552,12 +574,8 @@ class _OpenAIWire(Wire):
             + self.tail
         ]
         if self.usage_on:
-            prompt, n = self.reply.prompt_tokens, self.reply.completion_tokens
-            events.append(
-                self.prefix
-                + b'[],"usage":{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d}}\n\n'
-                % (prompt, n, prompt + n)
-            )
+            usage = json.dumps(_usage(self.beh, self.reply, self.thoughts), separators=(",", ":")).encode()
+            events.append(self.prefix + b'[],"usage":%b}\n\n' % usage)
         events.append(b"data: [DONE]\n\n")
         return events
 
@@ -569,7 +587,6 @@ class _OpenAIWire(Wire):
 
     def whole(self) -> bytes:
         texts = self.reply.texts
-        n = self.reply.completion_tokens
         message: dict[str, Any] = {"role": "assistant", "content": "".join(texts), "refusal": None}
         if self.reply.calls:
             message["content"] = None
@@ -591,8 +608,7 @@ class _OpenAIWire(Wire):
             ],
         }
         if self.beh.usage:
-            prompt = self.reply.prompt_tokens
-            obj["usage"] = {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
+            obj["usage"] = _usage(self.beh, self.reply, self.thoughts)
         obj["system_fingerprint"] = SYSTEM_FINGERPRINT
         return json.dumps(obj, indent=2, ensure_ascii=False).encode("utf-8", "surrogatepass")
 
@@ -607,6 +623,25 @@ def _whole_call(call: Call, call_id: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- CLI
+
+
+REASONING_EFFORTS = ("minimal", "low", "medium", "high")
+
+
+def _usage(beh: Behaviour, reply: Reply, thoughts: int = 0) -> dict[str, Any]:
+    """The usage object; with ``cached-N`` or reasoning also OpenAI's token details (cached_tokens is part
+    of prompt_tokens, reasoning_tokens of completion_tokens), as the API reference shows them."""
+    prompt, n = reply.prompt_tokens, reply.completion_tokens + thoughts
+    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
+    if beh.cached or thoughts:
+        usage["prompt_tokens_details"] = {"cached_tokens": reply.cached_tokens(beh), "audio_tokens": 0}
+        usage["completion_tokens_details"] = {
+            "reasoning_tokens": thoughts,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        }
+    return usage
 
 
 def main(argv: list[str] | None = None) -> int:

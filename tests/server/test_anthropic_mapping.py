@@ -129,10 +129,12 @@ async def test_only_text_deltas_are_text() -> None:
     assert outcome.finish.usage == Usage(10, 2, 12)
 
 
-async def test_cached_prompt_tokens_count_as_prompt_tokens() -> None:
+async def test_cached_prompt_tokens_count_as_prompt_tokens_and_apart() -> None:
     usage = {"input_tokens": 5, "cache_creation_input_tokens": 100, "cache_read_input_tokens": 1000}
     body = sse([event("message_start", message={"usage": usage}), text("x"), delta("end_turn", 7), STOP])
-    assert (await collect(scripted(AnthropicProvider, body))).finish.usage == Usage(1105, 7, 1112)
+    assert (await collect(scripted(AnthropicProvider, body))).finish.usage == Usage(
+        1105, 7, 1112, cached_prompt_tokens=1000, cache_write_tokens=100
+    )
 
 
 @pytest.mark.parametrize(
@@ -232,7 +234,7 @@ async def test_complete_joins_the_text_blocks() -> None:
     assert (completion.text, completion.reason, completion.usage) == (
         "Hello there",
         FinishReason.LENGTH,
-        Usage(10, 2, 12),
+        Usage(10, 2, 12, cached_prompt_tokens=6),
     )
 
 

@@ -128,7 +128,7 @@ async def test_thoughts_are_not_text_but_count_as_completion_tokens() -> None:
     outcome = await collect(scripted(GeminiProvider, body))
     assert outcome.text == ["Hello", "!"]
     assert outcome.finish.reason is FinishReason.STOP
-    assert outcome.finish.usage == Usage(9, 32, 41)
+    assert outcome.finish.usage == Usage(9, 32, 41, reasoning_tokens=30)
 
 
 @pytest.mark.parametrize(

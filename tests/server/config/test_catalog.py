@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from server.config import ConfigError, load_config
-from server.routing.catalog import Deployment, ModelConfig, Price
+from server.config.models import KIND_CAPABILITIES
+from server.routing.catalog import DEFAULT_CAPABILITIES, Deployment, ModelConfig, Price
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -53,6 +54,7 @@ def test_deployments_aliases_prices_and_fallbacks(tmp_path: Path) -> None:
         ),
         price=Price(8.0, 32.0),
         fallbacks=("small",),
+        capabilities=DEFAULT_CAPABILITIES | KIND_CAPABILITIES["demo"],  # a demo provider's model caches, reasons
     )
     assert gpt.all_deployments[1].label == "canary-eu"
     assert small.all_deployments == (Deployment("main", "small"),)

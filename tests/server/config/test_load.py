@@ -28,12 +28,17 @@ from server.config import (
 )
 from server.config.checks import checked
 from server.errors import scrub
+from server.routing.catalog import DEFAULT_CAPABILITIES
 from tests.certs import make_certs
 
 CI_TOKEN = "ci-token-7f3a9c0e5b1d"
 DEV_TOKEN = "dev-token-2b8e4d6f0a1c"
 OPENAI_KEY = "sk-test-openai-key-0123456789abcdef"
 SECRETS = {"DEV_TOKEN": DEV_TOKEN, "OPENAI_API_KEY": OPENAI_KEY}
+
+
+# A demo model caches the prompt and reasons (server/config/models.py KIND_CAPABILITIES).
+CACHING = DEFAULT_CAPABILITIES | {"prompt_caching", "reasoning", "vision"}
 
 
 def sha256_hex(token: str) -> str:
@@ -119,7 +124,7 @@ def test_the_readme_example_loads_into_typed_config(tmp_path: Path) -> None:
         models=(
             ModelConfig(name="gpt-4o-mini", provider="openai", upstream_model="gpt-4o-mini"),
             ModelConfig(name="fast", provider="openai", upstream_model="gpt-4.1-mini", max_tokens=1024),
-            ModelConfig(name="demo", provider="demo", upstream_model="demo"),
+            ModelConfig(name="demo", provider="demo", upstream_model="demo", capabilities=CACHING),
         ),
         grace_period_s=5.0,
         max_request_bytes=65536,
@@ -152,7 +157,7 @@ def test_the_sections_left_out_take_their_defaults(tmp_path: Path) -> None:
 
     assert config == GatewayConfig(
         providers=(ProviderConfig(name="demo", kind="demo"),),
-        models=(ModelConfig(name="demo", provider="demo", upstream_model="demo"),),
+        models=(ModelConfig(name="demo", provider="demo", upstream_model="demo", capabilities=CACHING),),
     )
 
 
@@ -439,7 +444,7 @@ def test_the_embedded_default_is_the_offline_demo_on_loopback() -> None:
     assert default_config(env={}) == GatewayConfig(
         listen="127.0.0.1:50051",
         providers=(ProviderConfig(name="demo", kind="demo"),),
-        models=(ModelConfig(name="demo", provider="demo", upstream_model="demo"),),
+        models=(ModelConfig(name="demo", provider="demo", upstream_model="demo", capabilities=CACHING),),
     )
 
 
@@ -707,7 +712,7 @@ def test_tls_files_are_checked_whatever_the_source_of_the_config(tmp_path: Path)
     config = GatewayConfig(
         tls=TLSConfig(cert_file=tmp_path / "gone.crt", key_file=tmp_path / "gone.key"),
         providers=(ProviderConfig(name="demo", kind="demo"),),
-        models=(ModelConfig(name="demo", provider="demo", upstream_model="demo"),),
+        models=(ModelConfig(name="demo", provider="demo", upstream_model="demo", capabilities=CACHING),),
     )
 
     with pytest.raises(ConfigError) as error:

@@ -6,7 +6,7 @@ import pytest
 
 from server.errors import InvalidRequest
 from server.interactive.history import History, message_bytes
-from server.types import ChatMessage, Role
+from server.types import ChatMessage, Image, Role
 
 SYSTEM, USER, ASSISTANT = Role.SYSTEM, Role.USER, Role.ASSISTANT
 
@@ -85,3 +85,8 @@ def test_system_messages_that_fill_the_limits_make_the_turn_invalid() -> None:
 
 def test_sizes_are_utf8_bytes_of_content_and_name() -> None:
     assert message_bytes(ChatMessage(USER, "héllo", name="ann")) == 9
+
+
+def test_images_count_toward_the_history_bytes() -> None:
+    images = (Image(data=b"x" * 1000, mime_type="image/png"), Image(url="https://x.test/a.png"))
+    assert message_bytes(ChatMessage(USER, "look", images=images)) == 4 + 1000 + 20

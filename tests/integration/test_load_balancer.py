@@ -1,8 +1,10 @@
 """Two gateway processes behind a real load balancer (nginx, started by tests/nginx.py): what clients see when
-one instance is killed, drained or added.
+one instance is killed, drained or added, and how one client's limit holds across both when they share one
+Redis (tests/redis_server.py), before and after one of them is killed.
 
 Each instance has its own fake upstream, so which instance served a call is read from which upstream
-recorded its prompt (each call's prompt is unique): no gateway feature exists for the test's sake. The
+recorded its prompt (each call's prompt is unique), and which instance refused a call over a limit from its
+own metrics: no gateway feature exists for the test's sake. The
 instances run `python -m server` (tests/process.py), nginx speaks h2c to them with `grpc_pass`
 (or, for the connection-age test, plain TCP round robin per connection, as an L4 balancer does).
 """
@@ -11,13 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 
 from client import AsyncAIClient
 from client.errors import GatewayError
@@ -25,9 +29,11 @@ from generated import ai_service_pb2 as pb
 from generated import ai_service_pb2_grpc as pb_grpc
 from tests.conftest import ENDLESS, UPSTREAM_KEY
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
+from tests.metrics import scrape_port
 from tests.nginx import grpc_proxy, run_nginx, tcp_proxy
 from tests.process import SAFETY_TIMEOUT_S, GatewayProcess, run_gateway
-from tests.rpc import StreamOutcome, collect_stream, error_info, request
+from tests.redis_server import run_redis
+from tests.rpc import StreamOutcome, collect_stream, detail, error_info, request, rich_status
 
 pytestmark = pytest.mark.slow  # gateway processes and nginx
 
@@ -64,8 +70,10 @@ def gateway_config(path: Path, upstream: FakeOpenAIUpstream, upstream_model: str
 
 
 @contextlib.asynccontextmanager
-async def instances(tmp_path: Path, upstream_models: Iterable[str], extra: str = "") -> AsyncIterator[list[Instance]]:
-    """One ready gateway process per upstream model, each with its own fake upstream."""
+async def instances(
+    tmp_path: Path, upstream_models: Iterable[str], extra: str = "", env: Mapping[str, str] | None = None
+) -> AsyncIterator[list[Instance]]:
+    """One ready gateway process per upstream model, each with its own fake upstream; `env` for both."""
     async with contextlib.AsyncExitStack() as stack:
         started = []
         for n, model in enumerate(upstream_models):
@@ -73,7 +81,7 @@ async def instances(tmp_path: Path, upstream_models: Iterable[str], extra: str =
             upstream = await stack.enter_async_context(FakeOpenAIUpstream(api_key=UPSTREAM_KEY))
             config = gateway_config(tmp_path / f"{name}.yaml", upstream, model, extra)
             process = await stack.enter_async_context(
-                run_gateway("--config", str(config), env={"FAKE_KEY": UPSTREAM_KEY})
+                run_gateway("--config", str(config), env={"FAKE_KEY": UPSTREAM_KEY, **(env or {})})
             )
             started.append(Instance(name, upstream, process, await process.wait_ready()))
         yield started
@@ -302,3 +310,121 @@ async def test_max_connection_age_spreads_long_lived_channels_over_an_instance_a
     before_a = len(set(before) & set(a.prompts()))
     print(f"\nrebalance (8 channels, max_connection_age_s {age_s}): after B was added A {before_a} / B "
           f"{8 - before_a}; after one connection age A {after_a} / B {after_b}")  # fmt: skip
+
+
+# --- shared limits: both instances on one Redis ------------------------------------------------------------
+
+TEAM_TOKEN = "team-token-0123456789"
+TEAM = (("authorization", f"Bearer {TEAM_TOKEN}"),)
+_METRICS_ON = re.compile(r"metrics on http://127\.0\.0\.1:(?P<port>\d+)/metrics")
+
+
+@dataclass
+class Answer:
+    """One call through nginx: its stream, and its trailers when it ended OK."""
+
+    outcome: StreamOutcome
+    trailers: dict[str, str]
+
+
+async def team_call(stub: pb_grpc.AIServiceAsyncStub, prompt: str) -> Answer:
+    call = stub.StreamGenerate(request("chat", prompt), metadata=TEAM, timeout=SAFETY_TIMEOUT_S)
+    outcome = await read_all(call, StreamOutcome())
+    trailers = {} if outcome.error else {k: str(v) for k, v in (await call.trailing_metadata() or ())}
+    return Answer(outcome, trailers)
+
+
+async def quota_rejections(instance: Instance) -> float:
+    found = _METRICS_ON.search(instance.process.stderr)
+    assert found is not None, instance.process.stderr
+    scrape = await scrape_port(int(found["port"]))
+    return scrape.value("gateway_quota_rejections_total", client="team", limit="requests_per_minute")
+
+
+def assert_over_the_limit(answer: Answer, limit: int) -> None:
+    """Refused before any chunk, as the Redis-backed limit refuses: QUOTA_EXCEEDED, QuotaFailure, RetryInfo."""
+    assert answer.outcome.chunks == []
+    error = answer.outcome.error
+    assert error is not None
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error
+    info = error_info(error)
+    assert info.reason == "QUOTA_EXCEEDED"
+    assert {k: v for k, v in info.metadata.items() if k != "request_id"} == {
+        "limit": "requests_per_minute",
+        "subject": "client:team",
+        "quota_value": str(limit),
+    }
+    failure = detail(rich_status(error), error_details_pb2.QuotaFailure)
+    assert failure is not None
+    [violation] = failure.violations
+    assert (violation.subject, violation.quota_id, violation.quota_value) == (
+        "client:team",
+        "requests_per_minute",
+        limit,
+    )
+    retry = detail(rich_status(error), error_details_pb2.RetryInfo)
+    assert retry is not None
+    # The bucket gives one request back every 60 / limit seconds; the next one is at most that far away.
+    assert 0 < retry.retry_delay.ToMilliseconds() <= 60_000 // limit
+
+
+async def test_two_instances_behind_nginx_on_one_redis_enforce_one_limit_and_the_survivor_of_a_sigkill_keeps_it(
+    tmp_path: Path,
+) -> None:
+    # A client limited to 2 requests a minute calls through nginx, which alternates its calls over A and B.
+    # Each instance alone would let 2 through; on one Redis, 2 succeed in all. Once A is killed, B alone
+    # has admitted only 1 itself, yet refuses every further call: the count lives in Redis, not in A.
+    # (The bucket refills one request every 30 s: the whole sequence takes a few seconds, even loaded.)
+    limit = 2
+    async with run_redis(tmp_path) as redis:
+        extra = (
+            "metrics: {listen: '127.0.0.1:0'}\n"
+            f"limits: {{backend: '{redis.url}', backend_unavailable: closed}}\n"
+            "clients:\n"
+            "  - name: team\n"
+            "    tokens: [{env: TEAM_TOKEN}]\n"
+            "    models: [chat]\n"
+            f"    limits: {{requests_per_minute: {limit}}}\n"
+        )
+        env = {"TEAM_TOKEN": TEAM_TOKEN}
+        async with instances(tmp_path, ["gpt-test", "gpt-test"], extra, env) as (a, b):
+            workdir = tmp_path / "nginx"
+            async with (
+                run_nginx(workdir, grpc_proxy(workdir, [a.address, b.address])) as nginx,
+                grpc.aio.insecure_channel(nginx.address) as channel,
+            ):
+                stub = pb_grpc.AIServiceStub(channel)
+                prompts = [f"call{i} of the team" for i in range(2 * limit)]
+                answers = [await team_call(stub, p) for p in prompts]  # one after the other: A, B, A, B, ...
+                refused_by = {"a": await quota_rejections(a), "b": await quota_rejections(b)}
+
+                a.process.send_signal(signal.SIGKILL)
+                assert await a.process.wait_exit() == -signal.SIGKILL
+                later = [f"after{i} the kill" for i in range(limit)]
+                after = [await team_call(stub, p) for p in later]
+                refused_by_b_after = await quota_rejections(b)
+
+    served = [p for p, answer in zip(prompts, answers, strict=True) if answer.outcome.error is None]
+    assert served == prompts[:limit]  # exactly `limit` in all, the first ones
+    for p in served:
+        assert echoed(p, answers[prompts.index(p)].outcome)
+    # Remaining requests count down across both instances: one bucket, wherever the call landed.
+    remaining = [answers[i].trailers["x-ratelimit-remaining-requests"] for i in range(limit)]
+    assert remaining == [str(limit - 1 - i) for i in range(limit)]
+    for answer in answers[limit:]:
+        assert_over_the_limit(answer, limit)
+    # Spread over both instances: the served calls reached both upstreams, the refusals were counted on both.
+    assert sorted(a.prompts() + b.prompts()) == sorted(served)
+    assert a.prompts()
+    assert b.prompts()
+    assert refused_by["a"] >= 1
+    assert refused_by["b"] >= 1
+    assert refused_by["a"] + refused_by["b"] == limit
+
+    # After the SIGKILL: every call reached B (its counter grew by all of them), and B refused them all.
+    for answer in after:
+        assert_over_the_limit(answer, limit)
+    assert refused_by_b_after == refused_by["b"] + limit
+    assert sorted(a.prompts() + b.prompts()) == sorted(served)  # nothing more reached an upstream
+    print(f"\nshared limit behind nginx: served A {len(a.prompts())} / B {len(b.prompts())}, refused "
+          f"A {refused_by['a']:.0f} / B {refused_by['b']:.0f}; after A's SIGKILL B refused {limit}")  # fmt: skip

@@ -289,6 +289,8 @@ class TurnResult:
     history_trimmed: int = 0
     # The tools the model called; a conversation keeps them: answer with tool messages in the next turn.
     tool_calls: tuple[ToolCall, ...] = ()
+    # The caller's limits after this turn was admitted (None when the caller has no rate limits).
+    rate_limits: RateLimits | None = None
 
 
 TurnEvent: TypeAlias = TextDelta | ToolCallDelta | ReasoningDelta | TurnResult

@@ -12,6 +12,8 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import TypeAlias, TypeVar
 
+from google.protobuf import duration_pb2
+
 from client.errors import StreamProtocolError
 from client.types import (
     FinishReason,
@@ -48,6 +50,7 @@ __all__ = [
     "session_start",
     "tool_call_delta",
     "tool_calls",
+    "turn_rate_limits",
     "turn_request",
     "turn_result",
 ]
@@ -192,7 +195,24 @@ def turn_result(done: pb.TurnDone, text: str) -> TurnResult:
         finish_reason=_finish_reason(done.finish_reason),
         usage=_usage(done.usage),
         history_trimmed=done.history_trimmed,
+        rate_limits=turn_rate_limits(done.rate_limits) if done.HasField("rate_limits") else None,
     )
+
+
+def turn_rate_limits(limits: pb.RateLimits) -> RateLimits:
+    """The RateLimits message of a TurnDone (what the x-ratelimit-* trailers of a call carry)."""
+    return RateLimits(
+        limit_requests=limits.limit_requests if limits.HasField("limit_requests") else None,
+        remaining_requests=limits.remaining_requests if limits.HasField("remaining_requests") else None,
+        reset_requests_s=_seconds(limits.reset_requests) if limits.HasField("reset_requests") else None,
+        limit_tokens=limits.limit_tokens if limits.HasField("limit_tokens") else None,
+        remaining_tokens=limits.remaining_tokens if limits.HasField("remaining_tokens") else None,
+        reset_tokens_s=_seconds(limits.reset_tokens) if limits.HasField("reset_tokens") else None,
+    )
+
+
+def _seconds(duration: duration_pb2.Duration) -> float:
+    return duration.ToTimedelta().total_seconds()
 
 
 def _message_pb(message: MessageLike) -> pb.Message:

@@ -1198,6 +1198,7 @@ class TurnDone(_message.Message):
     HISTORY_TRIMMED_FIELD_NUMBER: _builtins.int
     DEPLOYMENT_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    RATE_LIMITS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The turn it ends."""
     finish_reason: Global___FinishReason.ValueType
@@ -1223,6 +1224,13 @@ class TurnDone(_message.Message):
         in the next turn.
         """
 
+    @_builtins.property
+    def rate_limits(self) -> Global___RateLimits:
+        """What is left of the client's rate limits after this turn was admitted: what the x-ratelimit-*
+        trailers of Generate and StreamGenerate carry (a turn has no trailers of its own). Unset when the
+        client has no rate limits, and on a turn cancelled before it was admitted.
+        """
+
     def __init__(
         self,
         *,
@@ -1234,14 +1242,78 @@ class TurnDone(_message.Message):
         history_trimmed: _builtins.int = ...,
         deployment: _builtins.str = ...,
         tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
+        rate_limits: Global___RateLimits | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rate_limits", b"rate_limits", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "finish_reason", b"finish_reason", "history_trimmed", b"history_trimmed", "model", b"model", "provider", b"provider", "request_id", b"request_id", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "finish_reason", b"finish_reason", "history_trimmed", b"history_trimmed", "model", b"model", "provider", b"provider", "rate_limits", b"rate_limits", "request_id", b"request_id", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TurnDone: _TypeAlias = TurnDone  # noqa: Y015
+
+@_typing.final
+class RateLimits(_message.Message):
+    """RateLimits is what is left of a client's rate limits after a call or turn was admitted, named after
+    OpenAI's x-ratelimit-* headers. A limit the client does not have stays unset (has_*() is false).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_REQUESTS_FIELD_NUMBER: _builtins.int
+    REMAINING_REQUESTS_FIELD_NUMBER: _builtins.int
+    RESET_REQUESTS_FIELD_NUMBER: _builtins.int
+    LIMIT_TOKENS_FIELD_NUMBER: _builtins.int
+    REMAINING_TOKENS_FIELD_NUMBER: _builtins.int
+    RESET_TOKENS_FIELD_NUMBER: _builtins.int
+    limit_requests: _builtins.int
+    """The client's requests per minute (x-ratelimit-limit-requests)."""
+    remaining_requests: _builtins.int
+    """The requests left in the window after this one (x-ratelimit-remaining-requests)."""
+    limit_tokens: _builtins.int
+    """The client's tokens per minute (x-ratelimit-limit-tokens)."""
+    remaining_tokens: _builtins.int
+    """The tokens left after this one's estimate (x-ratelimit-remaining-tokens)."""
+    @_builtins.property
+    def reset_requests(self) -> _duration_pb2.Duration:
+        """How long until the request limit is full again (x-ratelimit-reset-requests)."""
+
+    @_builtins.property
+    def reset_tokens(self) -> _duration_pb2.Duration:
+        """How long until the token limit is full again (x-ratelimit-reset-tokens)."""
+
+    def __init__(
+        self,
+        *,
+        limit_requests: _builtins.int | None = ...,
+        remaining_requests: _builtins.int | None = ...,
+        reset_requests: _duration_pb2.Duration | None = ...,
+        limit_tokens: _builtins.int | None = ...,
+        remaining_tokens: _builtins.int | None = ...,
+        reset_tokens: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_limit_requests", b"_limit_requests", "_limit_tokens", b"_limit_tokens", "_remaining_requests", b"_remaining_requests", "_remaining_tokens", b"_remaining_tokens", "limit_requests", b"limit_requests", "limit_tokens", b"limit_tokens", "remaining_requests", b"remaining_requests", "remaining_tokens", b"remaining_tokens", "reset_requests", b"reset_requests", "reset_tokens", b"reset_tokens"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_limit_requests", b"_limit_requests", "_limit_tokens", b"_limit_tokens", "_remaining_requests", b"_remaining_requests", "_remaining_tokens", b"_remaining_tokens", "limit_requests", b"limit_requests", "limit_tokens", b"limit_tokens", "remaining_requests", b"remaining_requests", "remaining_tokens", b"remaining_tokens", "reset_requests", b"reset_requests", "reset_tokens", b"reset_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__limit_requests: _TypeAlias = _typing.Literal["limit_requests"]  # noqa: Y015
+    _WhichOneofArgType__limit_requests: _TypeAlias = _typing.Literal["_limit_requests", b"_limit_requests"]  # noqa: Y015
+    _WhichOneofReturnType__limit_tokens: _TypeAlias = _typing.Literal["limit_tokens"]  # noqa: Y015
+    _WhichOneofArgType__limit_tokens: _TypeAlias = _typing.Literal["_limit_tokens", b"_limit_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__remaining_requests: _TypeAlias = _typing.Literal["remaining_requests"]  # noqa: Y015
+    _WhichOneofArgType__remaining_requests: _TypeAlias = _typing.Literal["_remaining_requests", b"_remaining_requests"]  # noqa: Y015
+    _WhichOneofReturnType__remaining_tokens: _TypeAlias = _typing.Literal["remaining_tokens"]  # noqa: Y015
+    _WhichOneofArgType__remaining_tokens: _TypeAlias = _typing.Literal["_remaining_tokens", b"_remaining_tokens"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__limit_requests) -> _WhichOneofReturnType__limit_requests | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__limit_tokens) -> _WhichOneofReturnType__limit_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__remaining_requests) -> _WhichOneofReturnType__remaining_requests | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__remaining_tokens) -> _WhichOneofReturnType__remaining_tokens | None: ...
+
+Global___RateLimits: _TypeAlias = RateLimits  # noqa: Y015
 
 @_typing.final
 class TurnError(_message.Message):
@@ -1251,21 +1323,30 @@ class TurnError(_message.Message):
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    RATE_LIMITS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The turn it ends (empty for an error about no turn, for example a `cancel` of an unknown id)."""
     @_builtins.property
     def status(self) -> _status_pb2.Status:
         """The failure, exactly as a unary call would have reported it (code, message, ErrorInfo and others)."""
 
+    @_builtins.property
+    def rate_limits(self) -> Global___RateLimits:
+        """What is left of the client's rate limits when the turn failed after it was admitted (an upstream
+        failure counts against the limits); unset when it was refused before (a limit, a model not allowed)
+        or the client has no rate limits.
+        """
+
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         status: _status_pb2.Status | None = ...,
+        rate_limits: Global___RateLimits | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rate_limits", b"rate_limits", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rate_limits", b"rate_limits", "request_id", b"request_id", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

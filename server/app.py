@@ -29,7 +29,7 @@ from server.config import ConfigError, GatewayConfig, KeepaliveConfig, LimitsCon
 from server.decoding import add_service
 from server.observe.exporter import MetricsServer, start_metrics_server
 from server.observe.health import SERVING, HealthService
-from server.observe.metrics import CountsCollector, GatewayMetrics, LabelBounds
+from server.observe.metrics import GatewayMetrics, LabelBounds, LimitsStoreMetrics
 from server.observe.model_health import ModelHealth
 from server.observe.shadow_metrics import ShadowMetrics
 from server.observe.trace import Tracing, tracing_from_env
@@ -237,14 +237,7 @@ async def start_gateway(
     server = grpc.aio.server(interceptors=interceptors, options=server_options(config, reuseport=worker))
     store = quota_store or quota_store_for(config.limits)
     if metrics is not None and isinstance(store, RedisQuotaStore):
-        metrics.registry.register(
-            CountsCollector(
-                "gateway_limits_store_unavailable",
-                "Calls decided without the shared limits store, which did not answer: served (fail-open) or refused.",
-                "outcome",
-                store.unavailable_counts,
-            )
-        )
+        store.observers.append(LimitsStoreMetrics(metrics.registry))
     clients = ClientPolicy.from_config(config, router.catalog, store)
     limits = config.limits
     queue = FairQueue(limits.max_concurrent_upstream, limits.queue_wait_s, retry_after_s=limits.retry_after_s)

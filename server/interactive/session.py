@@ -203,7 +203,7 @@ class InteractiveSession:
         except GatewayError as error:
             self._remember(request_id)
             self._seam.end(call, error)
-            await self._outbox.put(wire.turn_error(request_id, error))
+            await self._outbox.put(wire.turn_error(request_id, error, call.rate_limits))
             return
         turn = _Turn(spec, call, self.record.turns)
         self._live[request_id] = turn
@@ -278,17 +278,19 @@ class InteractiveSession:
             task.uncancel()  # the client's `cancel`, not the session's end: the turn ends with `done`
             if turn.plan is not None and turn.reply:
                 self._history.commit(turn.plan, "".join(turn.reply))
-            await self._outbox.put(wire.cancelled(request_id, turn.spec.model.name, turn.deltas, turn.trimmed))
+            await self._outbox.put(
+                wire.cancelled(request_id, turn.spec.model.name, turn.deltas, turn.trimmed, call.rate_limits)
+            )
         except GatewayError as error:
             if turn.deltas:
                 error.metadata["deltas_sent"] = str(turn.deltas)
             self._seam.end(call, error)
-            await self._outbox.put(wire.turn_error(request_id, error))
+            await self._outbox.put(wire.turn_error(request_id, error, call.rate_limits))
         except Exception as exc:  # a bug: this turn fails with INTERNAL, the session goes on
             log.exception("unexpected error in InteractiveStream session %s", self.id, exc_info=exc)
             internal = InternalError("internal gateway error; the gateway log has the details")
             self._seam.end(call, internal)
-            await self._outbox.put(wire.turn_error(request_id, internal))
+            await self._outbox.put(wire.turn_error(request_id, internal, call.rate_limits))
         finally:
             self._seam.end(call, code="CANCELLED")  # the session ended under it (no-op when it ended above)
             self._running -= 1
@@ -344,7 +346,7 @@ class InteractiveSession:
         if turn.plan is not None:
             self._history.commit(turn.plan, "".join(turn.reply), calls)
         self._seam.end(turn.call)  # before `done` leaves
-        await self._outbox.put(wire.done(spec.request_id, finish, turn.trimmed, calls))
+        await self._outbox.put(wire.done(spec.request_id, finish, turn.trimmed, calls, turn.call.rate_limits))
 
     def _finish(self, turn: _Turn) -> None:
         del self._live[turn.spec.request_id]

@@ -6,6 +6,7 @@ config would be, and every violation names a field of the SessionStart or TurnRe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -24,6 +25,7 @@ from server.convert import (
 )
 from server.errors import FieldViolation, GatewayError, InvalidRequest, ModelNotFound, echo, to_rpc_status
 from server.interactive.history import message_bytes
+from server.policy.headers import RateLimitsLeft
 from server.routing.catalog import ModelConfig
 from server.types import ChatMessage, Finish, FinishReason, SamplingParams, ToolCall, ToolCallDelta
 from server.validation import UncheckedMessage, check_request
@@ -37,6 +39,7 @@ __all__ = [
     "done",
     "go_away",
     "merged_params",
+    "rate_limits_pb",
     "session_options",
     "started",
     "tool_call_delta",
@@ -192,7 +195,11 @@ def tool_call_delta(request_id: str, piece: ToolCallDelta) -> pb.InteractiveResp
 
 
 def done(
-    request_id: str, finish: Finish, history_trimmed: int, tool_calls: tuple[ToolCall, ...] = ()
+    request_id: str,
+    finish: Finish,
+    history_trimmed: int,
+    tool_calls: tuple[ToolCall, ...] = (),
+    rate_limits: RateLimitsLeft | None = None,
 ) -> pb.InteractiveResponse:
     served = finish.served
     return pb.InteractiveResponse(
@@ -205,11 +212,14 @@ def done(
             history_trimmed=history_trimmed,
             deployment=served.deployment if served else "",
             tool_calls=tool_calls_pb(tool_calls),
+            rate_limits=rate_limits_pb(rate_limits),
         )
     )
 
 
-def cancelled(request_id: str, model: str, deltas: int, history_trimmed: int) -> pb.InteractiveResponse:
+def cancelled(
+    request_id: str, model: str, deltas: int, history_trimmed: int, rate_limits: RateLimitsLeft | None = None
+) -> pb.InteractiveResponse:
     """The end of a cancelled turn. The upstream never reported usage, so the completion tokens are the
     deltas received (one per token for the usual upstreams), the prompt tokens are unknown (0), and
     `estimated` says that these counts are the gateway's, not the upstream's."""
@@ -221,12 +231,33 @@ def cancelled(request_id: str, model: str, deltas: int, history_trimmed: int) ->
             usage=usage,
             model=model,
             history_trimmed=history_trimmed,
+            rate_limits=rate_limits_pb(rate_limits),
         )
     )
 
 
-def turn_error(request_id: str, error: GatewayError) -> pb.InteractiveResponse:
-    return pb.InteractiveResponse(error=pb.TurnError(request_id=request_id, status=to_rpc_status(error)))
+def turn_error(
+    request_id: str, error: GatewayError, rate_limits: RateLimitsLeft | None = None
+) -> pb.InteractiveResponse:
+    return pb.InteractiveResponse(
+        error=pb.TurnError(request_id=request_id, status=to_rpc_status(error), rate_limits=rate_limits_pb(rate_limits))
+    )
+
+
+def rate_limits_pb(left: RateLimitsLeft | None) -> pb.RateLimits | None:
+    """What is left of the client's limits as a turn carries it (None, the field unset, without limits)."""
+    if left is None:
+        return None
+    out = pb.RateLimits()
+    if left.requests is not None:
+        out.limit_requests = left.requests.limit
+        out.remaining_requests = left.requests.remaining
+        out.reset_requests.FromMilliseconds(math.ceil(left.requests.reset_s * 1000 - 1e-6))
+    if left.tokens is not None:
+        out.limit_tokens = left.tokens.limit
+        out.remaining_tokens = left.tokens.remaining
+        out.reset_tokens.FromMilliseconds(math.ceil(left.tokens.reset_s * 1000 - 1e-6))
+    return out
 
 
 def go_away(time_left_s: float) -> pb.InteractiveResponse:

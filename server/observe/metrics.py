@@ -30,11 +30,11 @@ typed and no secret becomes a label.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from server.observe.grpc_metrics import GrpcServerMetrics
@@ -44,7 +44,7 @@ from server.routing.catalog import Catalog, ModelConfig
 from server.routing.plan import Resilience
 from server.types import Served
 
-__all__ = ["CountsCollector", "GatewayMetrics", "LabelBounds"]
+__all__ = ["GatewayMetrics", "LabelBounds", "LimitsStoreMetrics"]
 
 OPERATION = "chat"  # gen_ai.operation.name of every call the gateway serves
 UNKNOWN = "unknown"
@@ -355,17 +355,23 @@ def _histogram(
     return _Children(Histogram(name, documentation, labels, unit="seconds", buckets=buckets, registry=registry))
 
 
-class CountsCollector(Collector):
-    """Counts kept as plain numbers by their owner (the shared limits store), exported when scraped."""
+class LimitsStoreMetrics:
+    """`gateway_limits_store_unavailable_total{outcome}`: the shared limits store's observer (an
+    UnavailableObserver of server/policy/redis_store.py). A plain counter, so that with workers each one
+    writes it to the multiprocess files and the supervisor serves the sum."""
 
-    def __init__(self, name: str, documentation: str, label: str, read: Callable[[], Mapping[str, float]]) -> None:
-        self._name, self._documentation, self._label, self._read = name, documentation, label, read
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._calls = _counter(
+            registry,
+            "gateway_limits_store_unavailable",
+            "Calls decided without the shared limits store, which did not answer: served (fail-open) or refused.",
+            ("outcome",),
+        )
+        for outcome in ("served", "refused"):
+            self._calls(outcome)  # present at 0 before the first outage
 
-    def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(self._name, self._documentation, labels=[self._label])
-        for value, count in self._read().items():
-            family.add_metric([value], count)
-        yield family
+    def limits_store_unavailable(self, outcome: Literal["served", "refused"]) -> None:
+        self._calls(outcome).inc()
 
 
 _BREAKER_STATE = (

@@ -27,7 +27,7 @@ from server.config import ClientLimits, GatewayConfig
 from server.errors import BudgetExceeded, ModelNotAllowed, QuotaExceeded
 from server.observe.record import MAX_LOGGED_CHARS
 from server.policy.allowed import AllowedModels
-from server.policy.headers import rate_limit_trailers
+from server.policy.headers import rate_limits_left
 from server.policy.seam import CallContext
 from server.policy.store import Ask, MemoryQuotaStore, QuotaStore, Refused
 from server.routing.catalog import Catalog, ModelConfig, cost_of
@@ -94,7 +94,9 @@ class ClientPolicy:
         if isinstance(outcome, Refused):
             raise _refusal(name, ask, outcome)
         self._tickets[id(call)] = _Ticket(ask, model, prompt)
-        call.trailers = rate_limit_trailers(limits, outcome)
+        call.rate_limits = rate_limits_left(limits, outcome)
+        if call.rate_limits is not None:
+            call.trailers = call.rate_limits.trailers()
 
     def shows(self, client: str | None, model: ModelConfig) -> bool:
         """Whether ListModels shows `client` the model: only the models it may call."""

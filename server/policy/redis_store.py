@@ -11,7 +11,9 @@ The seam settles calls synchronously and must never wait on the network, so sett
 written by a task of their own (bounded: past `_SETTLE_QUEUE` waiting writes, the oldest is dropped and
 counted). Every Redis call has a short timeout (`limits.backend_timeout_s`). When Redis cannot answer,
 `limits.backend_unavailable` decides: `closed` refuses the call with UNAVAILABLE `LIMITS_UNAVAILABLE`;
-`open` serves it unlimited, logs it (once per outage) and counts it.
+`open` serves it unlimited, logs it (once per outage) and counts it: each call decided without the store
+is told to the store's `observers` (the metrics, server/observe/metrics.py; the store knows nothing of
+Prometheus).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -31,7 +33,14 @@ from redis.exceptions import RedisError
 from server.errors import LimitsUnavailable
 from server.policy.store import CONCURRENCY_RETRY_AFTER_S, Ask, Granted, Refused, period_end
 
-__all__ = ["RedisQuotaStore", "redis_address"]
+__all__ = ["RedisQuotaStore", "UnavailableObserver", "redis_address"]
+
+
+class UnavailableObserver(Protocol):
+    def limits_store_unavailable(self, outcome: Literal["served", "refused"]) -> None:
+        """A call was decided without the store, which did not answer: `served` without limits (fail-open)
+        or `refused` (fail-closed)."""
+
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +180,7 @@ class RedisQuotaStore:
         self._down = False
         self.served_unlimited = 0  # calls let through while Redis was away (fail-open)
         self.refused_unavailable = 0  # calls refused while Redis was away (fail-closed)
+        self.observers: list[UnavailableObserver] = []
         self.settlements_dropped = 0
 
     async def admit(self, ask: Ask) -> Granted | Refused:
@@ -255,17 +265,17 @@ class RedisQuotaStore:
         self._went_down(exc)
         if self._when_unavailable == "closed":
             self.refused_unavailable += 1
+            for observer in self.observers:
+                observer.limits_store_unavailable("refused")
             raise LimitsUnavailable(
                 "the gateway cannot reach its limits store, and refuses calls it cannot count; retry shortly",
                 backend=self._address,
             )
         self.served_unlimited += 1
+        for observer in self.observers:
+            observer.limits_store_unavailable("served")
         self._uncounted.add(id(ask))
         return Granted()
-
-    def unavailable_counts(self) -> dict[str, float]:
-        """Calls decided without the store, by outcome (the metric gateway_limits_store_unavailable_total)."""
-        return {"served": self.served_unlimited, "refused": self.refused_unavailable}
 
     def _went_down(self, exc: BaseException) -> None:
         if not self._down:

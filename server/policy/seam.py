@@ -17,7 +17,9 @@ the new catalog and providers while the calls and streams already running finish
 connections are closed once the last of those calls has ended.
 
 A policy may add trailing metadata to the call (`CallContext.trailers`, the rate-limit trailers of
-policy/clients.py); the servicer sends them with the call's status. The seam also tells the upstream who
+policy/clients.py); the servicer sends them with the call's status. An InteractiveStream turn has no
+trailers: it sends what is left of the client's limits (`CallContext.rate_limits`) in its TurnDone or
+TurnError instead. The seam also tells the upstream who
 is calling (`ChatRequest.user`, see policy/identity.py).
 
 The seam adds nothing per token: `stream` admits the call, then hands back the router's own event stream.
@@ -36,6 +38,7 @@ from typing import Protocol
 from server.errors import GatewayError, ModelNotAllowed, QuotaExceeded, code_name
 from server.observe.record import CallRecord
 from server.observe.trace import CallTrace, Metadata, Tracing
+from server.policy.headers import RateLimitsLeft
 from server.policy.identity import upstream_user
 from server.routing.catalog import Catalog, ModelConfig
 from server.routing.dispatch import Router
@@ -85,6 +88,9 @@ class CallContext:
     ended: bool = False
     # Trailing metadata policies add (the rate-limit trailers), sent with the call's status.
     trailers: tuple[tuple[str, str], ...] = ()
+    # What is left of the client's rate limits once admitted (None without rate limits); `trailers` holds
+    # the same as x-ratelimit-* metadata, a turn's TurnDone / TurnError as a RateLimits message.
+    rate_limits: RateLimitsLeft | None = None
 
     @property
     def client(self) -> str | None:

@@ -1,4 +1,5 @@
-"""The clients expose the gateway's rate-limit trailers (`rate_limits`) and send the end user a call is for."""
+"""The clients expose the gateway's rate-limit trailers (`rate_limits`), and an InteractiveStream turn's
+RateLimits, and send the end user a call is for."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from dataclasses import replace
 import pytest
 
 from client import AIClient, AsyncAIClient, RateLimitError, RateLimits
-from client.wire import rate_limits
+from client.wire import rate_limits, turn_rate_limits
+from generated import ai_service_pb2 as pb
 from server.config import ClientConfig, ClientLimits
 from tests.conftest import GatewayFactory, openai_config
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
@@ -65,6 +67,41 @@ async def test_the_blocking_client_too_and_a_refusal_is_a_rate_limit_error(targe
     assert (refused.reason, refused.metadata["limit"]) == ("QUOTA_EXCEEDED", "requests_per_minute")
     assert refused.retry_after is not None
     assert 0 < refused.retry_after <= 15
+
+
+async def test_a_turn_result_carries_the_limits_left_as_a_call_result_does(target: str) -> None:
+    async with (
+        AsyncAIClient(target=target, plaintext=True, token=TOKEN, retry=None) as client,
+        client.interactive(model="gpt-test") as session,
+    ):
+        first = await session.send("hello brave world")
+        second = await session.send("again")
+    after_a_call = await _generate_limits(target)
+
+    assert first.rate_limits is not None
+    assert (first.rate_limits.limit_requests, first.rate_limits.remaining_requests) == (4, 3)
+    assert first.rate_limits.reset_requests_s == 15.0  # one request back every 15 s
+    assert first.rate_limits.limit_tokens == 10_000
+    assert first.rate_limits.remaining_tokens == 10_000 - 5  # "hello brave world": about 5 tokens
+    assert first.rate_limits.reset_tokens_s == 0.03
+    assert second.rate_limits is not None
+    assert second.rate_limits.remaining_requests == 2
+    # The same type, from the same numbers, as a Generate call's trailers give.
+    assert type(after_a_call) is RateLimits
+    assert after_a_call.remaining_requests == 1
+
+
+async def _generate_limits(target: str) -> RateLimits | None:
+    async with AsyncAIClient(target=target, plaintext=True, token=TOKEN, retry=None) as client:
+        return (await client.generate("hello", model="gpt-test")).rate_limits
+
+
+def test_turn_rate_limits_leaves_out_the_limits_not_sent() -> None:
+    limits = pb.RateLimits(remaining_tokens=0)
+    limits.reset_tokens.FromMilliseconds(17)
+
+    assert turn_rate_limits(limits) == RateLimits(remaining_tokens=0, reset_tokens_s=0.017)
+    assert turn_rate_limits(pb.RateLimits()) == RateLimits()
 
 
 @pytest.mark.parametrize(

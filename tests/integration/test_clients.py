@@ -472,3 +472,44 @@ async def test_an_invalid_end_user_id_refuses_streams_and_sessions_too(
         assert error_info(error).reason == "INVALID_REQUEST"
     assert streamed.chunks == []
     assert fake_openai.requests == []
+
+
+async def test_interactive_turns_carry_what_is_left_and_an_unlimited_clients_turns_carry_none(
+    gateways: list[Gateway], stub: pb_grpc.AIServiceAsyncStub, fake_openai: FakeOpenAIUpstream, clock: Clock
+) -> None:
+    config = two_clients(fake_openai.base_url, ClientLimits(requests_per_minute=3, tokens_per_minute=1000))
+    alpha, beta = config.clients
+    config = replace(config, clients=(replace(alpha, models=("gpt-test", "fault-500")), beta))
+    await start(gateways, config, clock)
+    limited = Bidi(stub, metadata=auth(ALPHA))
+    await limited.start("gpt-test")
+    unlimited = Bidi(stub, metadata=auth(BETA))
+    await unlimited.start("demo")
+
+    await limited.turn("t1", "hello brave world", config=pb.GenerationConfig(max_tokens=95))
+    [*_, first] = await limited.until_end_of("t1")
+    await limited.turn("t2", "hello brave world", model="fault-500")  # fails upstream, after admission
+    [failed] = await limited.until_end_of("t2")
+    await limited.turn("t3", "hello brave world")
+    [*_, third] = await limited.until_end_of("t3")
+    await limited.turn("t4", "hello brave world")  # refused: no fourth request this minute
+    [refusal] = await limited.until_end_of("t4")
+    await unlimited.turn("u1", "hello")
+    [*_, free] = await unlimited.until_end_of("u1")
+    assert (await limited.finish()).code == grpc.StatusCode.OK
+    assert (await unlimited.finish()).code == grpc.StatusCode.OK
+
+    limits = first.done.rate_limits
+    assert (limits.limit_requests, limits.remaining_requests) == (3, 2)
+    assert limits.reset_requests.ToMilliseconds() == 20_000  # 3 a minute: one back every 20 s
+    # "hello brave world" is about 5 tokens, plus max_tokens 95: 100 of the 1000 taken.
+    assert (limits.limit_tokens, limits.remaining_tokens) == (1000, 900)
+    assert limits.reset_tokens.ToMilliseconds() == 6_000
+    assert failed.error.status.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert failed.error.rate_limits.remaining_requests == 1  # the failed turn was admitted: it counts
+    assert third.done.rate_limits.remaining_requests == 0
+    assert third.done.rate_limits.reset_requests.ToMilliseconds() == 60_000
+    assert refusal.error.status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert not refusal.error.HasField("rate_limits")  # refused before admission: nothing was taken
+    assert free.WhichOneof("kind") == "done"
+    assert not free.done.HasField("rate_limits")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from server.config import ClientLimits
-from server.policy.headers import go_duration, rate_limit_trailers
+from server.interactive.wire import rate_limits_pb
+from server.policy.headers import RateLimitsLeft, RateLimitWindow, go_duration, rate_limit_trailers, rate_limits_left
 from server.policy.store import Granted
 
 
@@ -43,3 +44,24 @@ def test_both_limits() -> None:
     assert trailers["x-ratelimit-remaining-tokens"] == "149984"
     assert trailers["x-ratelimit-reset-tokens"] == "7ms"
     assert trailers["x-ratelimit-limit-tokens"] == "150000"
+
+
+def test_a_client_without_rate_limits_has_nothing_left_to_tell() -> None:
+    limits = ClientLimits(concurrent_streams=3)
+    assert rate_limits_left(limits, Granted()) is None
+    assert rate_limit_trailers(limits, Granted()) == ()
+
+
+def test_what_is_left_is_the_trailers_and_a_turns_rate_limits_alike() -> None:
+    left = rate_limits_left(ClientLimits(tokens_per_minute=150000), Granted(None, None, 149984, 0.0064))
+    assert left is not None
+    assert left == RateLimitsLeft(tokens=RateLimitWindow(150000, 149984, 0.0064))
+    assert left.trailers() == (
+        ("x-ratelimit-limit-tokens", "150000"),
+        ("x-ratelimit-remaining-tokens", "149984"),
+        ("x-ratelimit-reset-tokens", "7ms"),
+    )
+    turn = rate_limits_pb(left)
+    assert turn is not None
+    assert not turn.HasField("remaining_requests")
+    assert (turn.limit_tokens, turn.remaining_tokens, turn.reset_tokens.ToMilliseconds()) == (150000, 149984, 7)

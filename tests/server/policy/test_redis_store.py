@@ -9,6 +9,7 @@ import datetime
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -140,6 +141,16 @@ async def test_a_month_budget_mid_month_resets_on_the_first(redis: RedisServer) 
     assert refused == Refused("budget_usd_per_month", 0.0, 19 * 86400.0)
 
 
+class Outcomes:
+    """The store's observer, as the metrics are: what it was told, in order."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[str] = []
+
+    def limits_store_unavailable(self, outcome: Literal["served", "refused"]) -> None:
+        self.outcomes.append(outcome)
+
+
 async def unanswering_server() -> tuple[asyncio.Server, int]:
     """A TCP server that accepts and never answers: Redis hung, or a black-holed network."""
 
@@ -158,12 +169,15 @@ async def test_fail_closed_refuses_with_limits_unavailable_within_the_timeout(ki
         server.close()
         await server.wait_closed()
     store = RedisQuotaStore(f"redis://:hunter2@127.0.0.1:{port}/0", timeout_s=0.1, when_unavailable="closed")
+    observer = Outcomes()
+    store.observers.append(observer)
     try:
         with pytest.raises(LimitsUnavailable) as refused:
             await asyncio.wait_for(store.admit(Ask("a", RPM3, 0)), TIMEOUT_S)
     finally:
         await store.aclose()
         server.close()
+    assert observer.outcomes == ["refused"]
     assert refused.value.metadata == {"backend": f"127.0.0.1:{port}"}
     assert "hunter2" not in str(refused.value)
 
@@ -171,6 +185,8 @@ async def test_fail_closed_refuses_with_limits_unavailable_within_the_timeout(ki
 async def test_fail_open_serves_unlimited_and_counts_it() -> None:
     server, port = await unanswering_server()
     store = RedisQuotaStore(f"redis://127.0.0.1:{port}/0", timeout_s=0.1, when_unavailable="open")
+    observer = Outcomes()
+    store.observers.append(observer)
     try:
         ask = Ask("a", RPM3, 0)
         outcomes = [await asyncio.wait_for(store.admit(ask), TIMEOUT_S) for _ in range(5)]
@@ -180,3 +196,4 @@ async def test_fail_open_serves_unlimited_and_counts_it() -> None:
         server.close()
     assert outcomes == [Granted()] * 5
     assert store.served_unlimited == 5
+    assert observer.outcomes == ["served"] * 5

@@ -101,6 +101,8 @@ def number(
     if whole and not value.is_integer():
         problems.append(f"{where}: expected a whole number, got {raw!r}")
         return None
+    if whole:
+        minimum = math.ceil(minimum)  # a whole number above 0.001 is at least 1: say so
     if value < minimum:
         problems.append(f"{where}: must be at least {minimum:g}")
         return None

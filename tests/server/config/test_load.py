@@ -803,3 +803,19 @@ def test_every_problem_of_key_files_is_listed(tmp_path: Path) -> None:
         f"providers[2].api_key_file: {tmp_path / 'empty'} is empty",
         "models: at least one model is required",
     ]
+
+
+def test_a_whole_number_option_names_its_real_floor(tmp_path: Path) -> None:
+    text = """
+        providers:
+          - {name: o, kind: openai, base_url: "https://x.example/v1", max_response_bytes: 0, read_buffer_bytes: 0}
+        models:
+          - {name: m, provider: o}
+        """
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, text), env={})
+
+    assert problems(error) == [
+        "providers[0].max_response_bytes: must be at least 1",
+        "providers[0].read_buffer_bytes: must be at least 1",
+    ]

@@ -174,8 +174,7 @@ class HTTPProvider(Provider):
             async for chunk in response:
                 if ended:
                     continue  # read on to the end of the body, so the connection goes back to the pool
-                text: str | None = None  # the text of this read's events, not sent yet
-                pieces = 0
+                texts: list[str] = []  # the texts of this read's events, not sent yet
                 try:
                     for event in decoder.feed(chunk):
                         try:
@@ -185,15 +184,11 @@ class HTTPProvider(Provider):
                         except _SHAPE_ERRORS as exc:
                             raise unexpected_shape(self.name) from exc
                         if delta:
-                            if text is None:
-                                text, pieces = delta, 1
-                            else:
-                                text += delta
-                                pieces += 1
+                            texts.append(delta)
                         if events.pieces or events.ended:
-                            if text is not None:
-                                yield TextDelta(text, pieces)
-                                text = None
+                            if texts:
+                                yield TextDelta("".join(texts), len(texts))
+                                texts.clear()
                             for piece in events.pieces:
                                 yield piece
                             events.pieces.clear()
@@ -203,11 +198,11 @@ class HTTPProvider(Provider):
                                 yield finish
                                 break
                 except UpstreamError:
-                    if text is not None:  # what came before an in-band error reaches the client first
-                        yield TextDelta(text, pieces)
+                    if texts:  # what came before an in-band error reaches the client first
+                        yield TextDelta("".join(texts), len(texts))
                     raise
-                if text is not None:
-                    yield TextDelta(text, pieces)
+                if texts:
+                    yield TextDelta("".join(texts), len(texts))
             if not ended:
                 if not events.complete:
                     raise stream_interrupted(self.name)

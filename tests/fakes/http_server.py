@@ -569,7 +569,11 @@ class Out:
     async def until_step(self, steps: asyncio.Semaphore) -> None:
         """Flush, then take one step from ``steps`` - raising ClientGone as soon as the peer leaves."""
         await self.flush()
-        stepped = asyncio.ensure_future(steps.acquire())
+
+        async def step() -> None:
+            await steps.acquire()
+
+        stepped = asyncio.ensure_future(step())
         try:
             await asyncio.wait({stepped, self.conn.gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:

@@ -99,7 +99,7 @@ THROUGHPUT_TARGETS = (
     "gateway_baseline",
     "gateway_workers",
 )
-HIGH_TARGETS = ("direct", "floor", "gateway", "gateway_workers", "litellm")
+HIGH_TARGETS = ("direct", "floor", "gateway", "gateway_baseline", "gateway_workers", "litellm")
 WIRE_TARGETS = ("direct", "floor", "gateway", "gateway_baseline", "litellm")
 HOLD_TARGETS = ("floor", "gateway", "litellm")
 _FIXED_ORDER = 3  # direct, floor, litellm stay first in every round

@@ -3,7 +3,8 @@
 Through a real gateway in front of each provider's byte-exact fake: the echo's pieces written in one
 write reach the client as fewer chunks whose text is exactly the reply; pieces let go one at a time (the
 fake's `pace`/`step`, each step once the client has the chunk before it) reach it one chunk each. Usage,
-the final chunk and the gateway's own count of the deltas it relayed are the same either way.
+the final chunk and the gateway's own count of the deltas it relayed are the same either way. An
+InteractiveStream turn, which shares the path, does the same with its TurnDeltas.
 """
 
 from __future__ import annotations
@@ -12,13 +13,17 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 
 from generated import ai_service_pb2 as pb
+from generated import ai_service_pb2_grpc as pb_grpc
 from server.app import Gateway
 from server.types import Usage
-from tests.conftest import UPSTREAM_KEY, GatewayFactory
+from tests.conftest import UPSTREAM_KEY, GatewayFactory, openai_config
+from tests.fakes.openai_upstream import FakeOpenAIUpstream
 from tests.integration.test_conformance import FAKES, PROVIDERS, Upstream, assert_final, conformance_config
-from tests.rpc import collect_stream, error_info, request, stub_for
+from tests.interactive import Bidi
+from tests.rpc import collect_stream, detail, error_info, request, stub_for
 
 WORDS = ["one", " two", " three", " four", " five", " six", " seven", " eight"]
 TEXT = "".join(WORDS)
@@ -73,3 +78,45 @@ async def test_a_cut_stream_counts_every_piece_it_relayed_in_one_chunk(gateway: 
     info = error_info(outcome.error)
     assert info.reason == "UPSTREAM_STREAM_INTERRUPTED"
     assert (info.metadata["deltas_sent"], info.metadata["partial_completion_tokens"]) == ("2", "2")
+
+
+@pytest.fixture
+async def openai_stub(
+    make_gateway: GatewayFactory, fake_openai: FakeOpenAIUpstream
+) -> AsyncIterator[pb_grpc.AIServiceAsyncStub]:
+    async with stub_for(await make_gateway(openai_config(fake_openai.base_url))) as stub:
+        yield stub
+
+
+async def test_an_interactive_turn_joins_pieces_that_arrive_together(openai_stub: pb_grpc.AIServiceAsyncStub) -> None:
+    bidi = Bidi(openai_stub)
+    await bidi.start("gpt-test", mode=pb.SESSION_MODE_PIPELINE)
+    await bidi.turn("1", TEXT)
+    *deltas, done = await bidi.until_end_of("1")
+    await bidi.turn("2", "hello brave world", model="fault-reset-mid")
+    *cut, error = await bidi.until_end_of("2")
+    await bidi.finish()
+
+    assert [r.delta.text for r in deltas] == [TEXT]
+    assert (done.done.usage.completion_tokens, done.done.usage.estimated) == (8, False)
+    assert [r.delta.text for r in cut] == ["hello brave"]
+    info = detail(error.error.status, error_details_pb2.ErrorInfo)
+    assert info is not None
+    assert (info.reason, info.metadata["deltas_sent"]) == ("UPSTREAM_STREAM_INTERRUPTED", "2")
+
+
+async def test_an_interactive_turn_that_keeps_up_gets_a_delta_per_piece(
+    openai_stub: pb_grpc.AIServiceAsyncStub, fake_openai: FakeOpenAIUpstream
+) -> None:
+    fake_openai.pace()
+    bidi = Bidi(openai_stub)
+    await bidi.start("gpt-test", mode=pb.SESSION_MODE_PIPELINE)
+    await bidi.turn("1", TEXT)
+    for word in WORDS:
+        fake_openai.step()
+        response = await bidi.read()
+        assert (response.WhichOneof("kind"), response.delta.text) == ("delta", word)
+    [done] = await bidi.until_end_of("1")
+    await bidi.finish()
+
+    assert done.done.usage.completion_tokens == 8

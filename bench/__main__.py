@@ -90,6 +90,13 @@ def _parser() -> argparse.ArgumentParser:
         help=f"concurrent streams whose RSS is read (default {','.join(map(str, Settings().hold_streams))})",
     )
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also run the gateway of the checkout in DIR (e.g. `git worktree add /tmp/base main`) as a variant "
+        "in the same rounds, to measure a change against what it changes",
+    )
+    parser.add_argument(
         "--no-pin",
         dest="pin",
         action="store_false",
@@ -108,6 +115,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
     overrides = {name: getattr(args, name) for name, _, _ in _FLAGS.values() if getattr(args, name) is not None}
     overrides["pin"] = args.pin
     overrides["litellm"] = args.litellm
+    if args.baseline:
+        if not (args.baseline / "server" / "__main__.py").is_file():
+            raise ValueError(f"--baseline: {args.baseline} is not a checkout of the gateway (no server/__main__.py)")
+        overrides["baseline"] = str(args.baseline.resolve())
     if args.hold_streams:
         overrides["hold_streams"] = args.hold_streams
     if args.only:

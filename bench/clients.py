@@ -6,10 +6,12 @@
                     caps near 3,000 tokens/s here and would flatter everything measured against it.
     GatewayClient   AIService.StreamGenerate (or, `unary`, Generate) through the gateway or the floor, grpc.aio
 
-`stream(tally)` sends one request, counts every content delta into `tally.tokens` as it arrives (so a
-measurement window can cut a stream in the middle), reads the stream to its end and returns the seconds to
-the first delta and the number of deltas. A failed stream raises `StreamFailed` (or the transport's error).
-A unary Generate counts as one delta that arrives when the whole reply does.
+`stream(tally)` sends one request, counts every token into `tally.tokens` as it arrives (so a measurement
+window can cut a stream in the middle), reads the stream to its end and returns the seconds to the first
+delta and the number of tokens. An SSE event carries one token; a gateway chunk may carry several (it joins
+deltas that reach it together), so the gateway's are counted as the fake upstream's words. A failed stream
+raises `StreamFailed` (or the transport's error). A unary Generate counts as one delta that arrives when the
+whole reply does.
 """
 
 from __future__ import annotations
@@ -168,8 +170,11 @@ class GatewayClient:
             if chunk.delta:
                 if not tokens:
                     first = time.perf_counter() - start
-                tokens += 1
-                tally.tokens += 1
+                # The fake upstream's tokens are words ("t0", " t1", …), and one chunk may join several of
+                # them (the gateway coalesces deltas that reach it together).
+                n = len(chunk.delta.split())
+                tokens += n
+                tally.tokens += n
         if await call.read() is not grpc.aio.EOF:
             raise StreamFailed("the gateway sent a chunk after the final one")
         return first, tokens

@@ -164,9 +164,11 @@ class Children:
         cpus: frozenset[int] | None = None,
         env: dict[str, str] | None = None,
         program: str | None = None,
+        cwd: Path = REPO_ROOT,
     ) -> Child:
-        """Start `python -m module *args` from the repository root, with this interpreter, on `cpus` if given;
-        or, with `program`, `program *args` (`module` is then ignored). `env` adds to the environment."""
+        """Start `python -m module *args` from the repository root (or `cwd`: `-m` imports from there), with
+        this interpreter, on `cpus` if given; or, with `program`, `program *args` (`module` is then ignored).
+        `env` adds to the environment."""
         stderr_path = self._workdir / f"{name}.{len(self._children)}.stderr"
         # The gateway reads GATEWAY_*, OPENAI_* and OTEL_*: only the config the bench writes may steer it.
         environ = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "OPENAI_", "OTEL_"))}
@@ -174,7 +176,7 @@ class Children:
         with stderr_path.open("wb") as stderr:
             process = await asyncio.create_subprocess_exec(
                 *argv,
-                cwd=REPO_ROOT,
+                cwd=cwd,
                 env=environ | (env or {}),
                 stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE if stdout else asyncio.subprocess.DEVNULL,

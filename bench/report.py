@@ -59,6 +59,7 @@ VARIANTS = {
     "gateway_tracing": "tracing on (OTLP to a sink)",
     "gateway_asyncio": "plain asyncio loop (uvloop off)",
     "gateway-httpx": "upstream through httpx",
+    "gateway_baseline": "the gateway of the --baseline checkout",
 }
 # Targets (issue 13 and issue 10), each checked against the floor and LiteLLM of the same run.
 CPU_VS_FLOOR = 1.5

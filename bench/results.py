@@ -33,10 +33,19 @@ __all__ = [
 
 # The sides (bench/stack.py): the upstream itself (direct), the floor (a bare grpc.aio server), the gateway
 # with 1 worker, its variants in the same rounds (metrics on, tracing on, the plain asyncio loop, the httpx
-# transport), the gateway with N workers, and the LiteLLM proxy. All but direct are proxy process groups.
+# transport, with --baseline the gateway of another checkout), the gateway with N workers, and the LiteLLM
+# proxy. All but direct are proxy process groups.
 # The kinds of step a run takes, in order (bench/scenarios.py); `--only` picks some.
 SCENARIOS = ("ttft", "throughput", "high", "wire", "paced", "profile", "hold")
-GATEWAYS = ("gateway", "gateway_metrics", "gateway_tracing", "gateway_asyncio", "gateway-httpx", "gateway_workers")
+GATEWAYS = (
+    "gateway",
+    "gateway_metrics",
+    "gateway_tracing",
+    "gateway_asyncio",
+    "gateway-httpx",
+    "gateway_baseline",
+    "gateway_workers",
+)
 TARGETS = ("direct", "floor", *GATEWAYS, "litellm")
 
 
@@ -62,6 +71,9 @@ class Settings:
     workers: int = 0  # the N of "N workers" (0: the number of CPUs)
     litellm: bool = True  # include LiteLLM when `make bench-peers` installed it
     only: tuple[str, ...] = ()  # run only these kinds of step (SCENARIOS); () = all
+    # A checkout (e.g. of main) whose gateway runs as a variant in the same rounds: a change measured
+    # against what it changes on one noisy machine, not against a run of another hour. "" = none.
+    baseline: str = ""
     # Give the gateway a CPU of its own (with 2+ CPUs): it is one Python thread, and on a small machine the
     # load processes would otherwise take turns with it on its core, so it would measure the scheduler.
     pin: bool = True

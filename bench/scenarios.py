@@ -82,6 +82,7 @@ TTFT_TARGETS = (
     "gateway_metrics",
     "gateway_tracing",
     "gateway_asyncio",
+    "gateway_baseline",
     "litellm",
 )
 # Each round in this order; the gateway's variants run in reverse every other round (whichever runs later
@@ -95,10 +96,11 @@ THROUGHPUT_TARGETS = (
     "gateway_tracing",
     "gateway_asyncio",
     "gateway-httpx",
+    "gateway_baseline",
     "gateway_workers",
 )
-HIGH_TARGETS = ("direct", "floor", "gateway", "gateway_workers", "litellm")
-WIRE_TARGETS = ("direct", "floor", "gateway", "litellm")
+HIGH_TARGETS = ("direct", "floor", "gateway", "gateway_baseline", "gateway_workers", "litellm")
+WIRE_TARGETS = ("direct", "floor", "gateway", "gateway_baseline", "litellm")
 HOLD_TARGETS = ("floor", "gateway", "litellm")
 _FIXED_ORDER = 3  # direct, floor, litellm stay first in every round
 

@@ -155,6 +155,8 @@ class Stack:
                     peers["gateway_asyncio"] = await starting.start("gateway_asyncio", args=("--loop", "asyncio"))
                 else:
                     absent["gateway_asyncio"] = "n/a (no --loop)"
+            if "gateway_baseline" in sides and settings.baseline:
+                peers["gateway_baseline"] = await starting.start("gateway_baseline", cwd=Path(settings.baseline))
             workers = settings.workers or os.cpu_count() or 1
             if "gateway_workers" in sides:
                 if "--workers" in flags:
@@ -212,6 +214,7 @@ class _Gateways:
         env: dict[str, str] | None = None,
         args: tuple[str, ...] = (),
         own_port: bool = False,
+        cwd: Path = REPO_ROOT,
     ) -> Peer:
         config = self._workdir / f"{name}.yaml"
         raw = gateway_config(self._upstream_url, self._settings)
@@ -222,7 +225,13 @@ class _Gateways:
         listen = f"127.0.0.1:{_free_port() if own_port else 0}"
         cpus = None if own_port else self._cpus.gateway
         gateway = await self._children.start(
-            name, "server", "--config", str(config), "--listen", listen, *args, stdout=False, cpus=cpus, env=env
+            name,
+            "server",
+            *("--config", str(config), "--listen", listen, *args),
+            stdout=False,
+            cpus=cpus,
+            env=env,
+            cwd=cwd,
         )
         address = await _wait_listening(gateway)
         await _wait_serving(gateway, address)

@@ -178,13 +178,16 @@ class AIService(pb_grpc.AIServiceServicer):
         async with self._call(context, "StreamGenerate", _model_of(request), streaming=True) as call:
             model, chat = self._prepare(request, context, call)
             record = call.record
+            write, chunk = context.write, pb.StreamChunk  # the per-token path: no attribute lookups per token
             async with aclosing(await self._seam.stream(call, model, chat)) as events:
                 async for event in events:
                     if type(event) is TextDelta:
                         if not record.deltas:
                             record.first_token()
-                        await context.write(pb.StreamChunk(delta=event.text))
-                        record.deltas += 1
+                        # A delta may join several upstream deltas that arrived together (providers/http.py):
+                        # one message instead of several, and `deltas` still counts the upstream's.
+                        await write(chunk(delta=event.text))
+                        record.deltas += event.pieces
                     elif type(event) is ToolCallDelta:
                         if not record.deltas:
                             record.first_token()

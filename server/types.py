@@ -235,18 +235,24 @@ class Usage:
 
 
 class TextDelta:
-    """The next piece of generated text. A plain slotted class: it is created once per token."""
+    """The next piece of generated text. A plain slotted class: it is created once per token.
 
-    __slots__ = ("text",)
+    `pieces` is how many upstream deltas the text joins: 1, unless several arrived together and the
+    provider coalesced them (server/providers/http.py). Counts of tokens the gateway estimates itself
+    (a cut stream's partial usage, `deltas_sent`) add up `pieces`, so coalescing does not change them.
+    """
 
-    def __init__(self, text: str) -> None:
+    __slots__ = ("pieces", "text")
+
+    def __init__(self, text: str, pieces: int = 1) -> None:
         self.text = text
+        self.pieces = pieces
 
     def __repr__(self) -> str:
-        return f"TextDelta({self.text!r})"
+        return f"TextDelta({self.text!r})" if self.pieces == 1 else f"TextDelta({self.text!r}, {self.pieces})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, TextDelta) and other.text == self.text
+        return isinstance(other, TextDelta) and other.text == self.text and other.pieces == self.pieces
 
     __hash__ = None  # type: ignore[assignment]  # mutable value object, like a dataclass(eq=True)
 

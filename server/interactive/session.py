@@ -321,7 +321,7 @@ class InteractiveSession:
                 if isinstance(event, TextDelta):
                     if not record.deltas:
                         record.first_token()
-                    record.deltas += 1
+                    record.deltas += event.pieces  # a coalesced delta counts every upstream delta it joins
                     if turn.plan is not None:
                         turn.reply.append(event.text)
                     await self._outbox.put(wire.delta(spec.request_id, event.text))

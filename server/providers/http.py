@@ -165,27 +165,44 @@ class HTTPProvider(Provider):
                 raise await self._error_from_response(response)
             self._check_encoding(response)
             decoder = SSEDecoder()
-            # The per-token path: the transport's bytes straight into the SSE decoder.
+            # The per-token path: the transport's bytes straight into the SSE decoder. The texts of the events
+            # one read brings are sent as one TextDelta (their text joined, `pieces` of them), not one each:
+            # a read holds several events only when they were already waiting (the upstream wrote them
+            # together, or the gateway fell behind while it sent the last delta), so nothing is delayed,
+            # and a client that keeps up still gets one delta per event. A tool-call or reasoning piece, an
+            # error or the end sends the text before it, so the order of what the client gets never changes.
             async for chunk in response:
-                for event in decoder.feed(chunk):
-                    if ended:
-                        continue  # read on to the end of the body, so the connection goes back to the pool
-                    try:
-                        text = events.feed(event)
-                        if text and type(text) is not str:  # a number or a list where the text belongs
-                            raise TypeError(type(text).__name__)
-                    except _SHAPE_ERRORS as exc:
-                        raise unexpected_shape(self.name) from exc
-                    if text:
-                        yield TextDelta(text)
-                    if events.pieces:
-                        for piece in events.pieces:
-                            yield piece
-                        events.pieces.clear()
-                    if events.ended:
-                        finish = self._finish(events, upstream_id)
-                        ended = True
-                        yield finish
+                if ended:
+                    continue  # read on to the end of the body, so the connection goes back to the pool
+                texts: list[str] = []  # the texts of this read's events, not sent yet
+                try:
+                    for event in decoder.feed(chunk):
+                        try:
+                            delta = events.feed(event)
+                            if delta and type(delta) is not str:  # a number or a list where the text belongs
+                                raise TypeError(type(delta).__name__)
+                        except _SHAPE_ERRORS as exc:
+                            raise unexpected_shape(self.name) from exc
+                        if delta:
+                            texts.append(delta)
+                        if events.pieces or events.ended:
+                            if texts:
+                                yield TextDelta("".join(texts), len(texts))
+                                texts.clear()
+                            for piece in events.pieces:
+                                yield piece
+                            events.pieces.clear()
+                            if events.ended:
+                                finish = self._finish(events, upstream_id)
+                                ended = True
+                                yield finish
+                                break
+                except UpstreamError:
+                    if texts:  # what came before an in-band error reaches the client first
+                        yield TextDelta("".join(texts), len(texts))
+                    raise
+                if texts:
+                    yield TextDelta("".join(texts), len(texts))
             if not ended:
                 if not events.complete:
                     raise stream_interrupted(self.name)

@@ -148,15 +148,19 @@ class Router:
                         watch = IdleWatch(timeouts.idle_s, events)
                         failure: UpstreamError
                         try:
+                            # Deltas the upstream sent (a coalesced TextDelta holds several): the gateway's
+                            # own count of completion tokens when an attempt is cut.
                             watch.count = 1
                             if isinstance(first, ToolCallDelta):
                                 parts = None  # a tool call has started: no exact continuation
-                            elif parts is not None and isinstance(first, TextDelta):
-                                parts.append(first.text)
+                            elif isinstance(first, TextDelta):
+                                watch.count = first.pieces
+                                if parts is not None:
+                                    parts.append(first.text)
                             yield first
                             async for event in events:
                                 if isinstance(event, TextDelta):
-                                    watch.count += 1
+                                    watch.count += event.pieces
                                     if parts is not None:
                                         parts.append(event.text)
                                     yield event

@@ -566,6 +566,21 @@ class Out:
         if not gate.is_set():
             raise ClientGone
 
+    async def until_step(self, steps: asyncio.Semaphore) -> None:
+        """Flush, then take one step from ``steps`` - raising ClientGone as soon as the peer leaves."""
+        await self.flush()
+
+        async def step() -> None:
+            await steps.acquire()
+
+        stepped = asyncio.ensure_future(step())
+        try:
+            await asyncio.wait({stepped, self.conn.gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stepped.cancel()
+        if not stepped.done() or stepped.cancelled():
+            raise ClientGone
+
     async def wait_gone(self) -> None:
         await self.flush()
         await self.conn.gone
@@ -683,6 +698,7 @@ class FakeHTTPServer:
         self._accepted = 0
         self._changed: asyncio.Event | None = None
         self._gate: asyncio.Event | None = None
+        self._steps: asyncio.Semaphore | None = None  # pace(): each streamed piece waits for a step()
         self.requests: list[RecordedRequest] = []
         self.disconnects: list[Disconnect] = []
         # The provider's own id of each answer, in order: OpenAI's x-request-id and Anthropic's request-id
@@ -759,6 +775,19 @@ class FakeHTTPServer:
     def release(self) -> None:
         """Let every held reply, and every later one, go on."""
         self._started_gate().set()
+
+    def pace(self) -> None:
+        """From now on, write each streamed piece on its own, and only once :meth:`step` lets it go (the
+        pieces before it are on the wire by then): a test decides when each token leaves, so it knows a
+        gateway that keeps up had every piece on its own."""
+        self._steps = asyncio.Semaphore(0)
+
+    def step(self, pieces: int = 1) -> None:
+        """Let `pieces` more streamed pieces go (see :meth:`pace`)."""
+        if self._steps is None:
+            raise RuntimeError("pace() first")
+        for _ in range(pieces):
+            self._steps.release()
 
     def _started_gate(self) -> asyncio.Event:
         if self._gate is None:
@@ -1019,6 +1048,8 @@ class FakeHTTPServer:
         for i, piece_json in enumerate(wire.reply.pieces_json):
             if i and beh.gap:
                 await out.sleep(beh.gap)
+            if self._steps is not None:
+                await out.until_step(self._steps)
             out.event(piece(piece_json))
             await out.maybe_flush()
 

@@ -324,7 +324,7 @@ async def test_every_upstream_fault_is_the_turn_error_a_stream_call_gets(
     await bidi.finish()
     stream = await collect_stream(stub, request(fault.model))
 
-    assert tuple(r.delta.text for r in events[:-1]) == fault.deltas_before
+    assert "".join(r.delta.text for r in events[:-1]) == "".join(fault.deltas_before)
     assert stream.error is not None
     assert status_of(events[-1]) == (fault.code.value[0], fault.reason)
     assert decoded(events[-1].error.status) == decoded(rich_status(stream.error))

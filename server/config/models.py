@@ -23,11 +23,11 @@ _RESUME_MODES = ("none", "continue")
 
 # What every model of a provider kind can do beyond DEFAULT_CAPABILITIES, unless its `capabilities` say
 # otherwise: every Claude and Gemini model takes images, Anthropic caches at the client's breakpoints (an
-# OpenAI-compatible server may do neither); the demo does all of it, and reasons.
+# OpenAI-compatible server may do neither); the demo does all of it, reasons, and embeds.
 KIND_CAPABILITIES: dict[str, frozenset[str]] = {
     "anthropic": frozenset({"prompt_caching", "vision"}),
     "gemini": frozenset({"vision"}),
-    "demo": frozenset({"prompt_caching", "reasoning", "vision"}),
+    "demo": frozenset({"embeddings", "prompt_caching", "reasoning", "vision"}),
 }
 
 

@@ -223,6 +223,8 @@ class FakeAnthropicUpstream(FakeHTTPServer):
         beh = _behaviour(model)
         if beh is None:
             return await self._send_error(out, 404, "not_found_error", f"model: {model}", keep_alive=keep)
+        if beh.fault == "fault-502":
+            return await self.send_body(out, 502, _BAD_GATEWAY, content_type="text/html", keep_alive=keep)
         if beh.kind == "http-error":
             status, type_, message, extra = _HTTP_FAULTS[beh.fault]
             return await self._send_error(out, status, type_, message, keep_alive=keep, extra=extra)

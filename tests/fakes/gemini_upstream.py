@@ -269,6 +269,9 @@ class FakeGeminiUpstream(FakeHTTPServer):
         if beh is None:
             message = f"models/{model} is not found for API version v1beta, or is not supported for {method}."
             return await self._send_error(out, 404, "NOT_FOUND", message, keep_alive=keep)
+        if beh.fault == "fault-502":
+            html = "text/html; charset=UTF-8"
+            return await self.send_body(out, 502, _BAD_GATEWAY, content_type=html, keep_alive=keep)
         if beh.kind == "http-error":
             status, canonical, message, details = _HTTP_FAULTS[beh.fault]
             return await self._send_error(out, status, canonical, message, details, keep_alive=keep)

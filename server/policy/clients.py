@@ -21,7 +21,7 @@ Nothing here runs per token: admit and settle run once per call.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from server.config import ClientLimits, GatewayConfig
 from server.embedding import estimate_tokens
@@ -87,8 +87,9 @@ class ClientPolicy:
         if not rules.limited:
             return
         limits = rules.limits
-        # A CountTokens call counts as a request but spends no tokens; an Embed call's texts are its prompt.
-        prompt = 0 if call.record.method == "CountTokens" else estimate_prompt_tokens(request)
+        prompt = estimate_prompt_tokens(request)  # an Embed call's texts are its prompt (EmbedRequest.as_chat)
+        if call.record.method == "CountTokens":  # a request, but no tokens: not even a token debt holds it back
+            limits, prompt = replace(limits, tokens_per_minute=None), 0
         tokens = prompt + (request.params.max_tokens or 0) if limits.tokens_per_minute is not None else 0
         ask = Ask(name, limits, tokens)
         outcome = await self.store.admit(ask)

@@ -2,11 +2,12 @@
 the gRPC and GenAI semantic conventions.
 
     call span      rpc.system=grpc, rpc.service, rpc.method, rpc.grpc.status_code, error.type (the ErrorInfo
-                   reason), gen_ai.operation.name=chat (embeddings for Embed, count_tokens for CountTokens), gen_ai.request.model (as the client named it),
+                   reason), gen_ai.operation.name=chat (Embed: embeddings, CountTokens: count_tokens),
+                   gen_ai.request.model (as the client named it),
                    gen_ai.response.model (the catalog model that served), gen_ai.usage.input_tokens and
                    output_tokens, gen_ai.response.finish_reasons, gateway.request_id, gateway.client,
                    gateway.provider, gateway.deployment, gateway.upstream_request_id, gateway.ttft_ms
-    attempt span   gen_ai.operation.name=chat, gen_ai.provider.name (openai, anthropic, gcp.gemini),
+    attempt span   gen_ai.operation.name as its call's, gen_ai.provider.name (openai, anthropic, gcp.gemini),
                    gen_ai.request.model and gen_ai.response.model (the deployment's upstream model),
                    usage, finish reasons, gateway.attempt, gateway.deployment, gateway.upstream_request_id,
                    error.type when it failed

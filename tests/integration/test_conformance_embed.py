@@ -7,6 +7,7 @@ that are exact where the provider counts (Anthropic, Gemini) and the marked esti
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import replace
 
@@ -292,3 +293,20 @@ async def test_count_tokens_fault(gateway: Gateway, upstream: Upstream, fault: F
             await stub.CountTokens(pb.CountTokensRequest(model=fault.model, messages=[user("a")]), timeout=30)
 
     assert_fault_status(raised.value, fault, fault.unary_reason or fault.reason, upstream)
+
+
+@pytest.mark.parametrize("upstream", ["openai", "gemini"], indirect=True)
+async def test_a_client_that_cancels_a_held_embed_call_closes_the_upstream_request(
+    gateway: Gateway, upstream: Upstream
+) -> None:
+    upstream.fake.hold()  # the upstream has the request and answers nothing until released
+    try:
+        async with stub_for(gateway) as stub:
+            call = stub.Embed(pb.EmbedRequest(model="embedder", texts=["a"]), timeout=30)
+            await upstream.fake.wait_for_requests(1)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            await upstream.fake.wait_for_disconnect()
+    finally:
+        upstream.fake.release()

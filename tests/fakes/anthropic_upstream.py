@@ -15,6 +15,9 @@ behaviour grammar shared by every fake). It speaks the wire format of Anthropic'
   ``text_delta`` per piece, ``content_block_stop``, ``message_delta`` (``stop_reason`` ``end_turn`` or
   ``max_tokens`` and the cumulative ``usage.output_tokens``), ``message_stop``.
 * otherwise -> 200 ``application/json``: a ``message`` with one ``text`` content block and ``usage``.
+* ``POST /v1/messages/count_tokens``: the Messages body without ``max_tokens`` (or sampling, metadata,
+  stream: "Extra inputs are not permitted"), answered ``{"input_tokens": N}``, N what the same request's
+  ``usage.input_tokens`` would be (the words of ``system`` and the messages).
 * Errors: ``{"type":"error","error":{"type":…,"message":…},"request_id":"req_…"}`` with the statuses of
   the reference: ``fault-400`` invalid_request_error, ``fault-401`` authentication_error, ``fault-403``
   permission_error, ``fault-404`` not_found_error, ``fault-413`` request_too_large, ``fault-429``

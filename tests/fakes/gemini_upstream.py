@@ -13,6 +13,13 @@ therefore None here, and tests read ``path``. It speaks the wire format of Googl
   Without ``alt=sse`` the fake refuses with 400 (the real API would answer a JSON array).
 * ``POST /v1beta/models/{model}:generateContent`` -> 200 ``application/json; charset=UTF-8``: one
   GenerateContentResponse, pretty-printed as Google prints it.
+* ``POST /v1beta/models/{model}:batchEmbedContents``: ``requests[]``, each ``model`` "models/{model}",
+  ``content.parts[].text``, optional ``taskType`` (one of the API's) and ``outputDimensionality``; answered
+  ``{"embeddings": [{"values": […]}]}`` in order, no usage (``embeddings.py``; ``embed-short``: a vector too
+  few). ``POST …:countTokens``: exactly one of ``contents`` or ``generateContentRequest`` (with its
+  ``model``, checked like a generateContent body); answered ``totalTokens`` and ``promptTokensDetails``, the
+  words of the system instruction and the contents (the same request's ``promptTokenCount``). Both take the
+  HTTP faults and hold()/release() as generateContent does.
 * Keys: when the fake was given ``api_key``, ``x-goog-api-key`` must carry it: missing -> 403
   PERMISSION_DENIED ("Method doesn't allow unregistered callers …"), wrong -> 400 INVALID_ARGUMENT with
   ErrorInfo reason ``API_KEY_INVALID``, as Google answers. A ``key=`` query parameter is refused with a

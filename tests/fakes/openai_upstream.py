@@ -21,6 +21,11 @@ speaks the OpenAI Chat Completions wire format:
   ``data: [DONE]``.
 * otherwise -> ``200`` ``application/json`` ``chat.completion`` object with
   ``usage``.
+* ``POST /v1/embeddings`` (OpenAI's embeddings reference): ``input`` a string or 1 to 2,048 non-empty
+  strings, ``encoding_format`` ``float``, ``dimensions``, ``user``; answered ``{"object":"list","data":
+  [{"object":"embedding","index":i,"embedding":[…]}],"model":…,"usage":{"prompt_tokens":N,"total_tokens":N}}``
+  (vectors and counts: ``embeddings.py``; ``no-usage`` leaves ``usage`` out, ``embed-short`` answers a
+  vector too few, the HTTP faults and ``fault-reset-before`` fail as for chat; hold()/release() gate it).
 * Errors use OpenAI's body ``{"error":{"message","type","param","code"}}``.
   Request validation like the real API: non-JSON body / missing ``model`` /
   missing ``messages`` / ``stream_options`` without ``stream: true`` -> 400.

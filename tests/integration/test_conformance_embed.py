@@ -64,14 +64,15 @@ def embedding_model(name: str, upstream: Upstream, upstream_model: str = "", **f
 @pytest.fixture(params=TRANSPORTS)
 async def gateway(make_gateway: GatewayFactory, upstream: Upstream, request: pytest.FixtureRequest) -> Gateway:
     """The conformance gateway (its chat models: `echo`, the faults) plus embedding models: `embedder`, one per
-    fault (`embed-<fault>`), `short` (one vector too few), and `flaky` (a failing deployment, then the
-    fallbacks `echo`, a chat model that must be skipped, and `embedder`)."""
+    fault (`embed-<fault>`), `short` (one vector too few), `unreported` (no usage), and `flaky` (a failing
+    deployment, then the fallbacks `echo`, a chat model that must be skipped, and `embedder`)."""
     config = conformance_config(upstream.kind, upstream.fake.base_url, request.param)
     if upstream.kind == "anthropic":
         return await make_gateway(config)
     extra = [
         embedding_model("embedder", upstream),
         embedding_model("short", upstream, SHORT),
+        embedding_model("unreported", upstream, "no-usage"),
         embedding_model("flaky", upstream, "fault-503", fallbacks=("echo", "embedder")),
         *(embedding_model(f"embed-{m.name}", upstream, m.name) for m in config.models if m.name.startswith("fault-")),
     ]
@@ -116,6 +117,16 @@ async def test_embed_gives_one_vector_per_text_in_order_with_usage_and_cost(
                 for t in TEXTS
             ]
         }
+
+
+@pytest.mark.parametrize("upstream", ["openai"], indirect=True)
+async def test_an_answer_without_usage_is_charged_the_marked_estimate(gateway: Gateway) -> None:
+    async with stub_for(gateway) as stub:
+        response = await stub.Embed(pb.EmbedRequest(model="unreported", texts=["abcdefghi"]), timeout=30)
+
+    usage = response.usage
+    assert (usage.prompt_tokens, usage.total_tokens, usage.estimated, usage.unreported) == (3, 3, True, False)
+    assert usage.cost_usd == pytest.approx(PRICE.cost(Usage(3, 0, 3)))
 
 
 @pytest.mark.parametrize("upstream", ["gemini"], indirect=True)

@@ -1495,9 +1495,9 @@ class ModelInfo(_message.Message):
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """What the model can do, sorted: "embeddings", "json_object", "json_schema", "prompt_caching",
-        "reasoning", "tools", "vision". A model with "embeddings" serves Embed only: Generate,
-        StreamGenerate, InteractiveStream and CountTokens on it fail naming the capability "chat", which every
-        other model has (and which is not listed). A call that needs a capability its model lacks
+        "reasoning", "tools", "vision". An embedding model (whose only capability is "embeddings") serves
+        Embed only: Generate, StreamGenerate, InteractiveStream and CountTokens on it fail naming the
+        capability "chat", which every other model has (and which is not listed). A call that needs a capability its model lacks
         fails with FAILED_PRECONDITION, reason CAPABILITY_UNSUPPORTED, the capability in ErrorInfo.metadata;
         deployments and fallbacks that lack it are skipped.
         """

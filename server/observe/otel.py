@@ -33,7 +33,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from server import defaults
 from server.errors import GatewayError, UpstreamError, code_number
-from server.observe.record import CallRecord, log_value
+from server.observe.record import CallRecord, log_value, operation_of
 from server.observe.trace import AttemptTrace, CallTrace, Metadata, Tracing
 from server.types import Completion, Finish, Served, Usage
 
@@ -142,10 +142,6 @@ class OtelCall(CallTrace):
         span.end()
 
 
-# The GenAI operation of each RPC (OpenTelemetry's gen_ai.operation.name values); the others are "chat".
-_OPERATIONS = {"Embed": "embeddings", "CountTokens": "count_tokens"}
-
-
 class OtelTracing(Tracing):
     def __init__(self, tracer: trace.Tracer, provider: TracerProvider | None = None) -> None:
         self._tracer = tracer
@@ -153,7 +149,7 @@ class OtelTracing(Tracing):
 
     def begin(self, record: CallRecord, parent: Metadata | CallTrace) -> CallTrace:
         attributes: dict[str, str] = {"gateway.request_id": record.request_id}
-        operation = _OPERATIONS.get(record.method, "chat")
+        operation = operation_of(record.method)
         if record.model:
             attributes["gen_ai.operation.name"] = operation
             attributes["gen_ai.request.model"] = log_value(record.model)

@@ -87,6 +87,13 @@ async def test_a_client_embeds_with_its_own_models_only_and_each_call_has_a_requ
     labels = {"grpc_method": "Embed", "client": "beta", "gen_ai_request_model": "embedder"}
     assert sample("gateway_calls_total", {**labels, "code": "PERMISSION_DENIED", "reason": "MODEL_NOT_ALLOWED"}) == 1
     assert sample("gateway_calls_total", {**labels, "client": "alpha", "code": "OK", "reason": ""}) == 1
+    operations = {
+        (sample.labels["gen_ai_operation_name"], sample.labels["gen_ai_request_model"])
+        for family in gateway.metrics.registry.collect()
+        if family.name == "gen_ai_client_operation_duration_seconds"
+        for sample in family.samples
+    }
+    assert operations == {("embeddings", "embedder"), ("count_tokens", "demo")}
 
 
 async def test_embed_texts_count_against_the_token_limit_and_count_tokens_spends_none(

@@ -50,7 +50,7 @@ from server.providers.http import EventDecoder, HTTPProvider, checked_usage, loa
 from server.providers.images import as_data_url
 from server.providers.transport import Transport
 from server.providers.upstream_errors import error_for_error_type, safe_identifier
-from server.providers.vectors import check_count, checked_vector
+from server.providers.vectors import bad_index, check_count, checked_vector
 from server.sse import ServerSentEvent
 from server.tool_checks import schema_of
 from server.types import (
@@ -120,7 +120,7 @@ class OpenAIProvider(HTTPProvider):
         for item in data:
             index = item["index"]
             if type(index) is not int or not 0 <= index < texts or vectors[index] is not None:
-                check_count(self.name, 0, texts)  # an index out of range or twice: not one vector per text
+                raise bad_index(self.name)
             vectors[index] = checked_vector(self.name, item["embedding"])
         usage = payload.get("usage")
         checked = tuple(v for v in vectors if v is not None)

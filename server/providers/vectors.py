@@ -2,7 +2,7 @@
 
 An answer must hold exactly one vector per text, each a non-empty list of finite numbers at most
 MAX_VECTOR_LENGTH long; anything else is UpstreamBadResponse (UNAVAILABLE, UPSTREAM_BAD_RESPONSE) whose
-metadata names the bound (`limit`: vector_count, vector_length or vector_values).
+metadata names the bound (`limit`: vector_count, vector_index, vector_length or vector_values).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from server import defaults
 from server.errors import UpstreamBadResponse
 
-__all__ = ["check_count", "checked_vector"]
+__all__ = ["bad_index", "check_count", "checked_vector"]
 
 
 def check_count(provider: str, got: int, texts: int) -> None:
@@ -24,6 +24,11 @@ def check_count(provider: str, got: int, texts: int) -> None:
             provider=provider,
             metadata={"limit": "vector_count", "vectors": str(got), "texts": str(texts)},
         )
+
+
+def bad_index(provider: str) -> UpstreamBadResponse:
+    """A vector placed at an index that is no text's, or at one twice."""
+    return _bad(provider, "vector_index", "a vector index out of range or given twice")
 
 
 def checked_vector(provider: str, raw: object) -> tuple[float, ...]:

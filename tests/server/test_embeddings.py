@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from server import defaults
-from server.config import ConfigError, load_config
-from server.embedding import estimate_chat_tokens, estimate_tokens, estimated_usage
+from server.config import ConfigError, ProviderConfig, load_config
+from server.embedding import EmbedRequest, estimate_chat_tokens, estimate_tokens, estimated_usage
 from server.errors import UpstreamBadResponse
+from server.providers.openai import OpenAIProvider
 from server.providers.vectors import check_count, checked_vector
 from server.routing.catalog import BUILTIN_MODELS, CHAT, Deployment, ModelConfig, cost_of
 from server.types import ChatMessage, ChatRequest, Role, SamplingParams, Tool, ToolCall, Usage
@@ -121,3 +122,15 @@ def test_the_estimate_is_a_quarter_of_the_characters_at_least_one() -> None:
         SamplingParams(tools=(Tool("t", "desc", "{}"),)),
     )
     assert estimate_chat_tokens(request) == math.ceil((4 + 7 + 4 + 2) / 4)
+
+
+@pytest.mark.parametrize("indexes", [[0, 0], [0, 2], [0, -1], [0, "1"]])
+def test_openai_vectors_go_by_index_each_once(indexes: list[object]) -> None:
+    provider = OpenAIProvider(ProviderConfig(name="p", kind="openai", base_url="http://127.0.0.1:9"))
+    request = EmbedRequest("m", ("a", "b"))
+    data = [{"index": i, "embedding": [0.5]} for i in indexes]
+    with pytest.raises(UpstreamBadResponse) as raised:
+        provider._embeddings({"data": data}, request)
+    assert raised.value.metadata["limit"] == "vector_index"
+    swapped = [{"index": 1, "embedding": [1]}, {"index": 0, "embedding": [0]}]
+    assert provider._embeddings({"data": swapped}, request).vectors == ((0.0,), (1.0,))

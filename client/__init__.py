@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from client.sync_client import AIClient, Stream
     from client.sync_interactive import Session, Turn
     from client.types import (
+        EmbedResult,
+        EmbedTaskType,
         FinishReason,
         GenerateResult,
         Message,
@@ -61,6 +63,7 @@ if TYPE_CHECKING:
         StreamEnd,
         StreamEvent,
         TextDelta,
+        TokenCount,
         Tool,
         ToolCall,
         ToolCallDelta,
@@ -91,6 +94,8 @@ _MODULES = {
     "client.sync_client": ("AIClient", "Stream"),
     "client.sync_interactive": ("Session", "Turn"),
     "client.types": (
+        "EmbedResult",
+        "EmbedTaskType",
         "FinishReason",
         "GenerateResult",
         "Message",
@@ -104,6 +109,7 @@ _MODULES = {
         "StreamEvent",
         "ReasoningDelta",
         "TextDelta",
+        "TokenCount",
         "Tool",
         "ToolCall",
         "ToolCallDelta",
@@ -124,6 +130,8 @@ __all__ = [
     "ClientError",
     "ConfigurationError",
     "DeadlineExceededError",
+    "EmbedResult",
+    "EmbedTaskType",
     "FinishReason",
     "GatewayError",
     "GenerateResult",
@@ -147,6 +155,7 @@ __all__ = [
     "StreamEvent",
     "StreamProtocolError",
     "TextDelta",
+    "TokenCount",
     "Tool",
     "ToolCall",
     "ToolCallDelta",

@@ -1,8 +1,13 @@
-"""python -m client generate|stream --model M --prompt P | models [--json] | chat [--model M] | health [options]
+"""python -m client generate|stream|count-tokens --model M --prompt P | embed --model M --text T... | models [--json]
+| chat [--model M] | health [options]
 
 The reply goes to stdout (a stream prints each delta as it arrives); a one-line summary with the finish
 reason and token counts goes to stderr. Exit codes: 0 success, 1 the call failed, 2 bad usage,
 130 interrupted.
+
+`embed` prints one vector per --text, in order, each a JSON array on its own line, and a summary (model,
+vectors, tokens, cost) on stderr. `count-tokens` takes generate's options and prints the input tokens that
+call would send; stderr says whether the provider counted them or the gateway estimated them.
 
 `models` prints the gateway's catalog as a table (`--json`: as JSON). `chat` is a terminal conversation
 over InteractiveStream (client/chat.py): each line read is a turn, answered as it arrives. Ctrl-C during an
@@ -85,6 +90,22 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("generate", parents=[call], help="print the whole reply at once")
     commands.add_parser("stream", parents=[call], help="print the reply as it is generated")
+    commands.add_parser(
+        "count-tokens", parents=[call], help="print the input tokens a generate call with these options would send"
+    )
+    embed = commands.add_parser(
+        "embed", parents=[connection], help="print one vector per text", description="Embed texts: one JSON "
+        "array per --text on stdout, in order. The model needs the 'embeddings' capability.",
+    )  # fmt: skip
+    embed.add_argument("--model", required=True, help="catalog model name, e.g. demo or text-embedding-3-small")
+    embed.add_argument("--text", action="append", required=True, help="a text to embed (repeatable)")
+    embed.add_argument("--dimensions", type=int, help="the vectors' length, for models that can shorten them")
+    embed.add_argument(
+        "--task-type",
+        choices=("retrieval_query", "retrieval_document", "semantic_similarity", "classification", "clustering"),
+        help="what the vectors are for (Gemini)",
+    )
+    embed.add_argument("--timeout", type=float, default=defaults.DEFAULT_TIMEOUT_S, help=_TIMEOUT_HELP)
     models = commands.add_parser(
         "models", parents=[connection], help="list the gateway's models", description="List the gateway's catalog."
     )

@@ -27,6 +27,8 @@ from client.interactive import AsyncSession
 from client.retry import Retrier, RetryPolicy
 from client.stream_state import StreamState
 from client.types import (
+    EmbedResult,
+    EmbedTaskType,
     GenerateResult,
     MessageLike,
     ModelInfo,
@@ -36,8 +38,18 @@ from client.types import (
     SessionMode,
     StreamEnd,
     StreamEvent,
+    TokenCount,
 )
-from client.wire import build_request, end_user_metadata, generate_result, model_info, session_start
+from client.wire import (
+    build_request,
+    embed_request,
+    embed_result,
+    end_user_metadata,
+    generate_result,
+    model_info,
+    session_start,
+    token_count,
+)
 from generated import ai_service_pb2 as pb
 from generated import ai_service_pb2_grpc as pb_grpc
 
@@ -123,6 +135,63 @@ class AsyncAIClient:
                 await asyncio.sleep(delay)
             else:
                 return generate_result(response, tuple(await call.trailing_metadata() or ()))
+
+    async def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        model: str,
+        dimensions: int | None = None,
+        task_type: EmbedTaskType | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+        end_user: str | None = None,
+    ) -> EmbedResult:
+        """One vector per text, in order (`result.vectors[i]` for `texts[i]`), from a model with the
+        "embeddings" capability. `dimensions` shortens the vectors where the model can; `task_type` says
+        what they are for (Gemini). Retried as generate is."""
+        request = embed_request(model, texts, dimensions, task_type)
+        retrier = Retrier(self._settings.retry, self._settings.deadline(timeout))
+        metadata = end_user_metadata(end_user)
+        while True:
+            try:
+                call = self._stub.Embed(request, timeout=retrier.remaining(), metadata=metadata)
+                response = await call
+            except grpc.aio.AioRpcError as exc:
+                error = self._settings.error(exc)
+                if (delay := retrier.delay(error, unavailable=False)) is None:
+                    raise error from exc
+                await asyncio.sleep(delay)
+            else:
+                return embed_result(response, tuple(await call.trailing_metadata() or ()))
+
+    async def count_tokens(
+        self,
+        prompt: str | None = None,
+        *,
+        model: str,
+        messages: Sequence[MessageLike] | None = None,
+        system: str | None = None,
+        sampling: SamplingOptions | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+        **keywords: Unpack[Sampling],
+    ) -> TokenCount:
+        """The input tokens that generate with the same arguments would send: counted by the provider
+        (Anthropic, Gemini) or the gateway's estimate (`estimated`). Retried like list_models."""
+        request = build_request(
+            pb.CountTokensRequest, model=model, prompt=prompt, messages=messages, system=system,
+            sampling=SamplingOptions.of(sampling, keywords),
+        )  # fmt: skip
+        retrier = Retrier(self._settings.retry, self._settings.deadline(timeout))
+        while True:
+            try:
+                response = await self._stub.CountTokens(request, timeout=retrier.remaining())
+            except grpc.aio.AioRpcError as exc:
+                error = self._settings.error(exc)
+                if (delay := retrier.delay(error, unavailable=True)) is None:
+                    raise error from exc
+                await asyncio.sleep(delay)
+            else:
+                return token_count(response)
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:  # noqa: ASYNC109
         """The gateway's grpc.health.v1 status for `service` ("" for the whole server): "SERVING", or

@@ -1,4 +1,5 @@
-"""The commands of `python -m client` (parsed by client/__main__.py): generate, stream, models and chat.
+"""The commands of `python -m client` (parsed by client/__main__.py): generate, stream, count-tokens, embed,
+models, chat and health.
 
 Imported only once the CLI has set gRPC's log verbosity, because it imports grpc.
 """
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     commands: dict[str, Callable[[AIClient, argparse.Namespace], int | None]] = {
         "generate": _generate, "stream": _stream, "models": _models, "chat": _chat, "health": _health,
+        "embed": _embed, "count-tokens": _count_tokens,
     }  # fmt: skip
     with client:
         try:
@@ -94,6 +96,30 @@ def _stream(client: AIClient, args: argparse.Namespace) -> None:
         console.end_line(printed)
     if stream.result is not None:
         console.print_summary(stream.result)
+
+
+def _embed(client: AIClient, args: argparse.Namespace) -> None:
+    result = client.embed(args.text, model=args.model, dimensions=args.dimensions, task_type=args.task_type)
+    for vector in result.vectors:
+        print(json.dumps(list(vector)))
+    usage = result.usage
+    tokens = f"{usage.prompt_tokens} tokens" + (" (estimated)" if usage.estimated else "")
+    cost = f", ${result.cost_usd:.6f}" if result.cost_usd is not None else ""
+    size = len(result.vectors[0]) if result.vectors else 0
+    print(
+        f"[{result.model} via {result.provider}: {len(result.vectors)} vectors of {size}, {tokens}{cost}]",
+        file=sys.stderr,
+    )
+
+
+def _count_tokens(client: AIClient, args: argparse.Namespace) -> None:
+    prompt, messages = _turn(args)
+    count = client.count_tokens(
+        prompt, model=args.model, messages=messages, system=args.system, sampling=_sampling(args)
+    )
+    print(count.input_tokens)
+    how = "estimated by the gateway" if count.estimated else f"counted by {count.provider}"
+    print(f"[{count.model}: {how}]", file=sys.stderr)
 
 
 def _models(client: AIClient, args: argparse.Namespace) -> None:

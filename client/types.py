@@ -23,6 +23,8 @@ from typing import Any, Literal, TypeAlias, TypedDict
 from generated import ai_service_pb2 as pb
 
 __all__ = [
+    "EmbedResult",
+    "EmbedTaskType",
     "FinishReason",
     "GenerateResult",
     "Message",
@@ -36,6 +38,7 @@ __all__ = [
     "StreamEnd",
     "StreamEvent",
     "TextDelta",
+    "TokenCount",
     "Tool",
     "ToolCall",
     "ToolCallDelta",
@@ -225,6 +228,36 @@ class GenerateResult:
     rate_limits: RateLimits | None = None
     # The model's reasoning text, when asked for with include_reasoning and the provider shares it.
     reasoning: str = ""
+
+
+# What embeddings are for (Gemini's taskType; other providers ignore it).
+EmbedTaskType: TypeAlias = Literal[
+    "retrieval_query", "retrieval_document", "semantic_similarity", "classification", "clustering"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedResult:
+    """The vectors from `embed`: `vectors[i]` is the vector of the i-th text."""
+
+    vectors: tuple[tuple[float, ...], ...]
+    model: str
+    provider: str
+    usage: Usage  # prompt_tokens are the input; `estimated` when the provider reported none (Gemini)
+    cost_usd: float | None = None  # None when the model's price is unknown
+    rate_limits: RateLimits | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCount:
+    """The input tokens of a request, from `count_tokens`."""
+
+    input_tokens: int
+    # True when the gateway estimated (a quarter of the characters): the provider has no count endpoint.
+    estimated: bool
+    model: str
+    provider: str
+    cached_tokens: int = 0  # of input_tokens, those in the provider's cached content (Gemini)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,8 @@ from google.protobuf import duration_pb2
 
 from client.errors import StreamProtocolError
 from client.types import (
+    EmbedResult,
+    EmbedTaskType,
     FinishReason,
     GenerateResult,
     Message,
@@ -29,6 +31,7 @@ from client.types import (
     StreamEnd,
     StreamEvent,
     TextDelta,
+    TokenCount,
     Tool,
     ToolCall,
     ToolCallDelta,
@@ -42,12 +45,15 @@ __all__ = [
     "StreamAssembler",
     "build_request",
     "cancel_request",
+    "embed_request",
+    "embed_result",
     "end_user_metadata",
     "generate_result",
     "model_info",
     "rate_limits",
     "session_mode",
     "session_start",
+    "token_count",
     "tool_call_delta",
     "tool_calls",
     "turn_rate_limits",
@@ -57,7 +63,7 @@ __all__ = [
 
 # A call's trailing metadata as grpc hands it over (None when there is none).
 Metadata: TypeAlias = "Sequence[tuple[str, str | bytes]] | None"
-RequestT = TypeVar("RequestT", pb.GenerateRequest, pb.StreamGenerateRequest)
+RequestT = TypeVar("RequestT", pb.GenerateRequest, pb.StreamGenerateRequest, pb.CountTokensRequest)
 _PREFIX = "FINISH_REASON_"
 
 
@@ -241,6 +247,32 @@ def generate_result(response: pb.GenerateResponse, trailers: Metadata = ()) -> G
         tool_calls=tool_calls(response.tool_calls),
         rate_limits=rate_limits(trailers),
         reasoning=response.reasoning,
+    )
+
+
+def embed_request(
+    model: str, texts: Sequence[str], dimensions: int | None, task_type: EmbedTaskType | None
+) -> pb.EmbedRequest:
+    request = pb.EmbedRequest(model=model, texts=list(texts), dimensions=dimensions)
+    if task_type:
+        request.task_type = pb.EmbedTaskType.Value(f"EMBED_TASK_TYPE_{task_type.upper()}")
+    return request
+
+
+def embed_result(response: pb.EmbedResponse, trailers: Metadata = ()) -> EmbedResult:
+    return EmbedResult(
+        vectors=tuple(tuple(e.values) for e in sorted(response.embeddings, key=lambda e: e.index)),
+        model=response.model,
+        provider=response.provider,
+        usage=_usage(response.usage),
+        cost_usd=response.usage.cost_usd if response.usage.HasField("cost_usd") else None,
+        rate_limits=rate_limits(trailers),
+    )
+
+
+def token_count(response: pb.CountTokensResponse) -> TokenCount:
+    return TokenCount(
+        response.input_tokens, response.estimated, response.model, response.provider, response.cached_tokens
     )
 
 

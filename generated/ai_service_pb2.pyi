@@ -155,6 +155,44 @@ SESSION_MODE_PIPELINE: SessionMode.ValueType  # 2
 """Independent requests, each with its own messages, answered concurrently up to max_in_flight."""
 Global___SessionMode: _TypeAlias = SessionMode  # noqa: Y015
 
+class _EmbedTaskType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EmbedTaskTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EmbedTaskType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EMBED_TASK_TYPE_UNSPECIFIED: _EmbedTaskType.ValueType  # 0
+    """Not set: the provider's default."""
+    EMBED_TASK_TYPE_RETRIEVAL_QUERY: _EmbedTaskType.ValueType  # 1
+    """The texts are search queries."""
+    EMBED_TASK_TYPE_RETRIEVAL_DOCUMENT: _EmbedTaskType.ValueType  # 2
+    """The texts are documents to be searched."""
+    EMBED_TASK_TYPE_SEMANTIC_SIMILARITY: _EmbedTaskType.ValueType  # 3
+    """The vectors measure how similar texts are."""
+    EMBED_TASK_TYPE_CLASSIFICATION: _EmbedTaskType.ValueType  # 4
+    """The vectors feed a classifier."""
+    EMBED_TASK_TYPE_CLUSTERING: _EmbedTaskType.ValueType  # 5
+    """The vectors are clustered."""
+
+class EmbedTaskType(_EmbedTaskType, metaclass=_EmbedTaskTypeEnumTypeWrapper):
+    """EmbedTaskType says what the vectors will be used for, for providers that optimise for it (Gemini's
+    taskType); other providers ignore it.
+    """
+
+EMBED_TASK_TYPE_UNSPECIFIED: EmbedTaskType.ValueType  # 0
+"""Not set: the provider's default."""
+EMBED_TASK_TYPE_RETRIEVAL_QUERY: EmbedTaskType.ValueType  # 1
+"""The texts are search queries."""
+EMBED_TASK_TYPE_RETRIEVAL_DOCUMENT: EmbedTaskType.ValueType  # 2
+"""The texts are documents to be searched."""
+EMBED_TASK_TYPE_SEMANTIC_SIMILARITY: EmbedTaskType.ValueType  # 3
+"""The vectors measure how similar texts are."""
+EMBED_TASK_TYPE_CLASSIFICATION: EmbedTaskType.ValueType  # 4
+"""The vectors feed a classifier."""
+EMBED_TASK_TYPE_CLUSTERING: EmbedTaskType.ValueType  # 5
+"""The vectors are clustered."""
+Global___EmbedTaskType: _TypeAlias = EmbedTaskType  # noqa: Y015
+
 @_typing.final
 class GenerateRequest(_message.Message):
     """GenerateRequest asks for one complete reply."""
@@ -1456,8 +1494,10 @@ class ModelInfo(_message.Message):
 
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """What the model can do, sorted: "json_object", "json_schema", "prompt_caching", "reasoning", "tools",
-        "vision" (and, in later versions, "embeddings"). A call that needs a capability its model lacks
+        """What the model can do, sorted: "embeddings", "json_object", "json_schema", "prompt_caching",
+        "reasoning", "tools", "vision". An embedding model (whose only capability is "embeddings") serves
+        Embed only: Generate, StreamGenerate, InteractiveStream and CountTokens on it fail naming the
+        capability "chat", which every other model has (and which is not listed). A call that needs a capability its model lacks
         fails with FAILED_PRECONDITION, reason CAPABILITY_UNSUPPORTED, the capability in ErrorInfo.metadata;
         deployments and fallbacks that lack it are skipped.
         """
@@ -1529,3 +1569,201 @@ class ModelDeployment(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelDeployment: _TypeAlias = ModelDeployment  # noqa: Y015
+
+@_typing.final
+class EmbedRequest(_message.Message):
+    """EmbedRequest asks for one vector per text."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    TEXTS_FIELD_NUMBER: _builtins.int
+    DIMENSIONS_FIELD_NUMBER: _builtins.int
+    TASK_TYPE_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model to use, as the gateway's catalog names it; it needs the "embeddings" capability."""
+    dimensions: _builtins.int
+    """The length of each vector, for models that can shorten theirs (OpenAI's `dimensions`, Gemini's
+    `outputDimensionality`), in [1, 4096]; unset means the model's own length.
+    """
+    task_type: Global___EmbedTaskType.ValueType
+    """What the vectors are for (Gemini); unset means the provider's default."""
+    @_builtins.property
+    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The texts, 1 to 2,048 of them, each non-empty and at most 64 KiB of UTF-8; together within the
+        gateway's max_request_bytes.
+        """
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        texts: _abc.Iterable[_builtins.str] | None = ...,
+        dimensions: _builtins.int | None = ...,
+        task_type: Global___EmbedTaskType.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "dimensions", b"dimensions"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions", "dimensions", b"dimensions", "model", b"model", "task_type", b"task_type", "texts", b"texts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__dimensions: _TypeAlias = _typing.Literal["dimensions"]  # noqa: Y015
+    _WhichOneofArgType__dimensions: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__dimensions) -> _WhichOneofReturnType__dimensions | None: ...
+
+Global___EmbedRequest: _TypeAlias = EmbedRequest  # noqa: Y015
+
+@_typing.final
+class Embedding(_message.Message):
+    """Embedding is the vector of one text."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """The position of its text in EmbedRequest.texts, from 0."""
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The vector."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        values: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Embedding: _TypeAlias = Embedding  # noqa: Y015
+
+@_typing.final
+class EmbedResponse(_message.Message):
+    """EmbedResponse holds one vector per text, in the order of the texts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMBEDDINGS_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The catalog name of the model that served the call."""
+    provider: _builtins.str
+    """The provider that served the call."""
+    deployment: _builtins.str
+    """The deployment that served the call."""
+    @_builtins.property
+    def embeddings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Embedding]:
+        """The vectors, `embeddings[i].index == i`."""
+
+    @_builtins.property
+    def usage(self) -> Global___Usage:
+        """The input tokens (prompt_tokens; completion_tokens is 0) and the cost. `estimated` is true when the
+        provider reported no count (Gemini) and the count is the gateway's estimate (a quarter of the
+        characters).
+        """
+
+    def __init__(
+        self,
+        *,
+        embeddings: _abc.Iterable[Global___Embedding] | None = ...,
+        model: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        deployment: _builtins.str = ...,
+        usage: Global___Usage | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "embeddings", b"embeddings", "model", b"model", "provider", b"provider", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EmbedResponse: _TypeAlias = EmbedResponse  # noqa: Y015
+
+@_typing.final
+class CountTokensRequest(_message.Message):
+    """CountTokensRequest holds what a GenerateRequest would: the same fields, with the same meaning, so that a
+    client counts exactly what it will send.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model, as the gateway's catalog names it."""
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]:
+        """The conversation, as in GenerateRequest.messages."""
+
+    @_builtins.property
+    def config(self) -> Global___GenerationConfig:
+        """The generation options, as in GenerateRequest.config; tools, the response format and reasoning
+        count where the provider counts them.
+        """
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        messages: _abc.Iterable[Global___Message] | None = ...,
+        config: Global___GenerationConfig | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "messages", b"messages", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountTokensRequest: _TypeAlias = CountTokensRequest  # noqa: Y015
+
+@_typing.final
+class CountTokensResponse(_message.Message):
+    """CountTokensResponse is the number of input tokens of a request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    ESTIMATED_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    CACHED_TOKENS_FIELD_NUMBER: _builtins.int
+    input_tokens: _builtins.int
+    """The tokens the request's input would take."""
+    estimated: _builtins.bool
+    """True when the count is the gateway's estimate (a quarter of the characters of the messages, the
+    estimate its token limits use), because the provider has no count endpoint (OpenAI-compatible,
+    demo); false when the provider counted (Anthropic, Gemini).
+    """
+    model: _builtins.str
+    """The catalog name of the model that counted."""
+    provider: _builtins.str
+    """The provider that counted."""
+    deployment: _builtins.str
+    """The deployment that counted."""
+    cached_tokens: _builtins.int
+    """Of input_tokens, those in the provider's cached content, where it says (Gemini); 0 otherwise."""
+    def __init__(
+        self,
+        *,
+        input_tokens: _builtins.int = ...,
+        estimated: _builtins.bool = ...,
+        model: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        deployment: _builtins.str = ...,
+        cached_tokens: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_tokens", b"cached_tokens", "deployment", b"deployment", "estimated", b"estimated", "input_tokens", b"input_tokens", "model", b"model", "provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountTokensResponse: _TypeAlias = CountTokensResponse  # noqa: Y015

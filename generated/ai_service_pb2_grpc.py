@@ -55,6 +55,16 @@ class AIServiceStub:
                 request_serializer=ai__service__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=ai__service__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/holysheepai.AIService/Embed',
+                request_serializer=ai__service__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=ai__service__pb2.EmbedResponse.FromString,
+                _registered_method=True)
+        self.CountTokens = channel.unary_unary(
+                '/holysheepai.AIService/CountTokens',
+                request_serializer=ai__service__pb2.CountTokensRequest.SerializeToString,
+                response_deserializer=ai__service__pb2.CountTokensResponse.FromString,
+                _registered_method=True)
 
 
 class AIServiceServicer:
@@ -93,6 +103,22 @@ class AIServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """Embed turns a batch of texts into vectors, one per text, in order. Needs a model with the
+        "embeddings" capability (OpenAI-compatible and Gemini providers; Anthropic has none).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CountTokens(self, request, context):
+        """CountTokens counts the input tokens a Generate request would send, without generating: exactly where
+        the provider has a count endpoint (Anthropic, Gemini), else as the gateway's estimate, marked so.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AIServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +141,16 @@ def add_AIServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=ai__service__pb2.ListModelsRequest.FromString,
                     response_serializer=ai__service__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=ai__service__pb2.EmbedRequest.FromString,
+                    response_serializer=ai__service__pb2.EmbedResponse.SerializeToString,
+            ),
+            'CountTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountTokens,
+                    request_deserializer=ai__service__pb2.CountTokensRequest.FromString,
+                    response_serializer=ai__service__pb2.CountTokensResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -226,6 +262,60 @@ class AIService:
             '/holysheepai.AIService/ListModels',
             ai__service__pb2.ListModelsRequest.SerializeToString,
             ai__service__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/holysheepai.AIService/Embed',
+            ai__service__pb2.EmbedRequest.SerializeToString,
+            ai__service__pb2.EmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/holysheepai.AIService/CountTokens',
+            ai__service__pb2.CountTokensRequest.SerializeToString,
+            ai__service__pb2.CountTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,

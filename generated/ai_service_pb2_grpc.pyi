@@ -57,6 +57,14 @@ class AIServiceStub:
     """
     ListModels: _grpc.UnaryUnaryMultiCallable[_ai_service_pb2.ListModelsRequest, _ai_service_pb2.ListModelsResponse]
     """ListModels returns the gateway's catalog: every model a client may name, with aliases and prices."""
+    Embed: _grpc.UnaryUnaryMultiCallable[_ai_service_pb2.EmbedRequest, _ai_service_pb2.EmbedResponse]
+    """Embed turns a batch of texts into vectors, one per text, in order. Needs a model with the
+    "embeddings" capability (OpenAI-compatible and Gemini providers; Anthropic has none).
+    """
+    CountTokens: _grpc.UnaryUnaryMultiCallable[_ai_service_pb2.CountTokensRequest, _ai_service_pb2.CountTokensResponse]
+    """CountTokens counts the input tokens a Generate request would send, without generating: exactly where
+    the provider has a count endpoint (Anthropic, Gemini), else as the gateway's estimate, marked so.
+    """
 
 @_typing.type_check_only
 class AIServiceAsyncStub(AIServiceStub):
@@ -77,6 +85,14 @@ class AIServiceAsyncStub(AIServiceStub):
     """
     ListModels: _aio.UnaryUnaryMultiCallable[_ai_service_pb2.ListModelsRequest, _ai_service_pb2.ListModelsResponse]  # type: ignore[assignment]
     """ListModels returns the gateway's catalog: every model a client may name, with aliases and prices."""
+    Embed: _aio.UnaryUnaryMultiCallable[_ai_service_pb2.EmbedRequest, _ai_service_pb2.EmbedResponse]  # type: ignore[assignment]
+    """Embed turns a batch of texts into vectors, one per text, in order. Needs a model with the
+    "embeddings" capability (OpenAI-compatible and Gemini providers; Anthropic has none).
+    """
+    CountTokens: _aio.UnaryUnaryMultiCallable[_ai_service_pb2.CountTokensRequest, _ai_service_pb2.CountTokensResponse]  # type: ignore[assignment]
+    """CountTokens counts the input tokens a Generate request would send, without generating: exactly where
+    the provider has a count endpoint (Anthropic, Gemini), else as the gateway's estimate, marked so.
+    """
 
 class AIServiceServicer(metaclass=_abc_1.ABCMeta):
     """AIService generates text with language models, as one reply or as a stream of deltas."""
@@ -118,5 +134,25 @@ class AIServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ai_service_pb2.ListModelsResponse, _abc.Awaitable[_ai_service_pb2.ListModelsResponse]]:
         """ListModels returns the gateway's catalog: every model a client may name, with aliases and prices."""
+
+    @_abc_1.abstractmethod
+    def Embed(
+        self,
+        request: _ai_service_pb2.EmbedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ai_service_pb2.EmbedResponse, _abc.Awaitable[_ai_service_pb2.EmbedResponse]]:
+        """Embed turns a batch of texts into vectors, one per text, in order. Needs a model with the
+        "embeddings" capability (OpenAI-compatible and Gemini providers; Anthropic has none).
+        """
+
+    @_abc_1.abstractmethod
+    def CountTokens(
+        self,
+        request: _ai_service_pb2.CountTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ai_service_pb2.CountTokensResponse, _abc.Awaitable[_ai_service_pb2.CountTokensResponse]]:
+        """CountTokens counts the input tokens a Generate request would send, without generating: exactly where
+        the provider has a count endpoint (Anthropic, Gemini), else as the gateway's estimate, marked so.
+        """
 
 def add_AIServiceServicer_to_server(servicer: AIServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

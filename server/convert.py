@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from generated import ai_service_pb2 as pb
+from server.embedding import EmbedResult, TaskType, TokenCount
 from server.routing.catalog import ModelConfig
 from server.types import (
     Completion,
@@ -31,11 +32,14 @@ from server.validation import UncheckedMessage
 
 __all__ = [
     "FINISH_REASON_PB",
+    "count_tokens_response",
+    "embed_response",
     "final_chunk",
     "generate_response",
     "model_info",
     "params_from_pb",
     "reasoning_chunk",
+    "task_type_from_pb",
     "tool_call_chunk",
     "tool_call_delta_pb",
     "tool_calls_pb",
@@ -223,4 +227,41 @@ def model_info(model: ModelConfig, aliases: list[str]) -> pb.ModelInfo:
         ],
         fallbacks=list(model.all_fallbacks),
         capabilities=sorted(model.all_capabilities()),
+    )
+
+
+_TASK_TYPES: dict[int, TaskType] = {
+    pb.EMBED_TASK_TYPE_RETRIEVAL_QUERY: TaskType.RETRIEVAL_QUERY,
+    pb.EMBED_TASK_TYPE_RETRIEVAL_DOCUMENT: TaskType.RETRIEVAL_DOCUMENT,
+    pb.EMBED_TASK_TYPE_SEMANTIC_SIMILARITY: TaskType.SEMANTIC_SIMILARITY,
+    pb.EMBED_TASK_TYPE_CLASSIFICATION: TaskType.CLASSIFICATION,
+    pb.EMBED_TASK_TYPE_CLUSTERING: TaskType.CLUSTERING,
+}
+
+
+def task_type_from_pb(value: int) -> TaskType | None:
+    """The task type; unset or unknown (a newer client) is the provider's default."""
+    return _TASK_TYPES.get(value)
+
+
+def embed_response(result: EmbedResult) -> pb.EmbedResponse:
+    served = result.served
+    return pb.EmbedResponse(
+        embeddings=[pb.Embedding(index=i, values=vector) for i, vector in enumerate(result.vectors)],
+        model=served.model if served else "",
+        provider=served.provider if served else "",
+        deployment=served.deployment if served else "",
+        usage=usage_pb(result.usage, result.cost_usd),
+    )
+
+
+def count_tokens_response(count: TokenCount) -> pb.CountTokensResponse:
+    served = count.served
+    return pb.CountTokensResponse(
+        input_tokens=count.input_tokens,
+        estimated=not count.exact,
+        model=served.model if served else "",
+        provider=served.provider if served else "",
+        deployment=served.deployment if served else "",
+        cached_tokens=count.cached_tokens,
     )

@@ -27,6 +27,9 @@ __all__ = [
     "KEEPALIVE_TIMEOUT_S",
     "KEEPALIVE_TIME_S",
     "MAX_CONCURRENT_UPSTREAM",
+    "MAX_EMBED_DIMENSIONS",
+    "MAX_EMBED_TEXTS",
+    "MAX_EMBED_TEXT_BYTES",
     "MAX_ERROR_BODY_BYTES",
     "MAX_MESSAGE_OVERHEAD_BYTES",
     "MAX_MODEL_NAME_CHARS",
@@ -41,6 +44,7 @@ __all__ = [
     "MAX_TOKENS_LIMIT",
     "MAX_TOOLS",
     "MAX_TOOL_CALLS_PER_MESSAGE",
+    "MAX_VECTOR_LENGTH",
     "MAX_WORKERS",
     "OVERLOAD_RETRY_AFTER_S",
     "POOL_MAX_CONNECTIONS",
@@ -86,6 +90,14 @@ MAX_TOOL_CALLS_PER_MESSAGE = 128
 # The longest model name a request may carry (real ones, Bedrock ARNs included, stay well under it).
 MAX_MODEL_NAME_CHARS = 256
 MAX_REQUEST_CONTENT_BYTES = 1024 * 1024
+# Embed: at most this many texts a call (OpenAI's limit per request), each at most this many UTF-8 bytes
+# (more than any provider's 8,192-token input), and all of them within MAX_REQUEST_CONTENT_BYTES (or the
+# config's max_request_bytes); `dimensions` at most MAX_EMBED_DIMENSIONS (OpenAI's text-embedding-3-large
+# has 3,072). A vector an upstream returns may be at most MAX_VECTOR_LENGTH long.
+MAX_EMBED_TEXTS = 2048
+MAX_EMBED_TEXT_BYTES = 64 * 1024
+MAX_EMBED_DIMENSIONS = 4096
+MAX_VECTOR_LENGTH = 8192
 # The gRPC receive limit is the content cap plus room for roles, names, config and framing, so that a
 # request just over the content cap gets our clear INVALID_ARGUMENT rather than gRPC's RESOURCE_EXHAUSTED.
 MAX_MESSAGE_OVERHEAD_BYTES = 64 * 1024

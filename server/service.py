@@ -20,16 +20,21 @@ from server import defaults
 from server.auth import CURRENT_CLIENT
 from server.config import InteractiveConfig
 from server.convert import (
+    count_tokens_response,
+    embed_response,
     final_chunk,
     generate_response,
     model_info,
     params_from_pb,
     reasoning_chunk,
+    task_type_from_pb,
     tool_call_chunk,
     unchecked_messages,
     unserved_needs,
 )
 from server.decoding import Malformed, malformed_request
+from server.embed_checks import check_embed
+from server.embedding import EmbedRequest
 from server.errors import GatewayError, InternalError, ShuttingDown, abort
 from server.interactive.session import SESSION_ID_HEADER, InteractiveSession
 from server.observe.request_id import CURRENT_REQUEST_ID, REQUEST_ID_HEADER, bound_request_id, request_id_from
@@ -203,6 +208,20 @@ class AIService(pb_grpc.AIServiceServicer):
                         record.answered(event)
                         await context.write(final_chunk(event))
 
+    async def Embed(self, request: pb.EmbedRequest | Malformed, context: ServicerContext) -> pb.EmbedResponse:
+        async with self._call(context, "Embed", _model_of(request), streaming=False) as call:
+            model, embed = self._prepare_embed(request, context, call)
+            response = embed_response(await self._seam.embed(call, model, embed))
+        return response
+
+    async def CountTokens(
+        self, request: pb.CountTokensRequest | Malformed, context: ServicerContext
+    ) -> pb.CountTokensResponse:
+        async with self._call(context, "CountTokens", _model_of(request), streaming=False) as call:
+            model, chat = self._prepare(request, context, call)
+            response = count_tokens_response(await self._seam.count_tokens(call, model, chat))
+        return response
+
     async def InteractiveStream(  # type: ignore[override]  # a writing coroutine, as StreamGenerate
         self, request_iterator: AsyncIterator[pb.InteractiveRequest | Malformed], context: ServicerContext
     ) -> None:
@@ -239,9 +258,33 @@ class AIService(pb_grpc.AIServiceServicer):
         models = self._seam.models_for(CURRENT_CLIENT.get())
         return pb.ListModelsResponse(models=[model_info(m, catalog.aliases_of(m.name)) for m in models])
 
+    def _prepare_embed(
+        self, request: pb.EmbedRequest | Malformed, context: ServicerContext, call: CallContext
+    ) -> tuple[ModelConfig, EmbedRequest]:
+        if self.draining:
+            raise ShuttingDown("the gateway is shutting down; retry on another instance")
+        if isinstance(request, Malformed):
+            raise malformed_request(request)
+        catalog = call.router.catalog
+        model = catalog.resolve(request.model) if len(request.model) <= defaults.MAX_MODEL_NAME_CHARS else None
+        dimensions = request.dimensions if request.HasField("dimensions") else None
+        texts = tuple(request.texts)
+        check_embed(
+            model=request.model,
+            known_models=catalog.known_names,
+            resolved=model is not None,
+            texts=texts,
+            dimensions=dimensions,
+            max_content_bytes=self._max_request_bytes,
+        )
+        assert model is not None  # check_embed raised ModelNotFound otherwise
+        headers = ((REQUEST_ID_HEADER, call.record.request_id),)
+        task_type = task_type_from_pb(request.task_type)
+        return model, EmbedRequest(model.name, texts, dimensions, task_type, context.time_remaining(), headers)
+
     def _prepare(
         self,
-        request: pb.GenerateRequest | pb.StreamGenerateRequest | Malformed,
+        request: pb.GenerateRequest | pb.StreamGenerateRequest | pb.CountTokensRequest | Malformed,
         context: ServicerContext,
         call: CallContext,
     ) -> tuple[ModelConfig, ChatRequest]:
@@ -266,5 +309,7 @@ class AIService(pb_grpc.AIServiceServicer):
         return model, ChatRequest(model.name, messages, params, context.time_remaining(), headers=headers, needs=needs)
 
 
-def _model_of(request: pb.GenerateRequest | pb.StreamGenerateRequest | Malformed) -> str:
+def _model_of(
+    request: pb.GenerateRequest | pb.StreamGenerateRequest | pb.EmbedRequest | pb.CountTokensRequest | Malformed,
+) -> str:
     return "" if isinstance(request, Malformed) else request.model

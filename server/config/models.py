@@ -23,11 +23,11 @@ _RESUME_MODES = ("none", "continue")
 
 # What every model of a provider kind can do beyond DEFAULT_CAPABILITIES, unless its `capabilities` say
 # otherwise: every Claude and Gemini model takes images, Anthropic caches at the client's breakpoints (an
-# OpenAI-compatible server may do neither); the demo does all of it, and reasons.
+# OpenAI-compatible server may do neither); the demo does all of it, reasons, and embeds.
 KIND_CAPABILITIES: dict[str, frozenset[str]] = {
     "anthropic": frozenset({"prompt_caching", "vision"}),
     "gemini": frozenset({"vision"}),
-    "demo": frozenset({"prompt_caching", "reasoning", "vision"}),
+    "demo": frozenset({"embeddings", "prompt_caching", "reasoning", "vision"}),
 }
 
 
@@ -54,12 +54,22 @@ def parse_model(
     if entry.get("capabilities") is not None:
         capabilities = parse_capabilities(entry["capabilities"], f"{where}.capabilities", problems)
         model = replace(model, capabilities=capabilities)
+        problems += _embedding_problems(model, kinds or {}, where)
     elif kinds:
         extra = [KIND_CAPABILITIES.get(kinds.get(d.provider) or "", frozenset()) for d in model.all_deployments]
         model = replace(model, capabilities=model.capabilities | frozenset.intersection(*extra))
     if entry.get("shadow") is not None:
         model = replace(model, shadow=_parse_shadow(entry["shadow"], f"{where}.shadow", problems))
     return model
+
+
+def _embedding_problems(model: ModelConfig, kinds: Mapping[str, str], where: str) -> list[str]:
+    """Anthropic has no embeddings endpoint: a model served there cannot say it embeds."""
+    return [
+        f"{where}.capabilities: provider {d.provider!r} (anthropic) has no embeddings endpoint"
+        for d in model.all_deployments
+        if kinds.get(d.provider) == "anthropic" and model.serves(d, frozenset({"embeddings"}))
+    ]
 
 
 def parse_capabilities(raw: Any, where: str, problems: list[str]) -> frozenset[str]:

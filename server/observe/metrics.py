@@ -11,8 +11,9 @@ Prometheus exporter names them (dots become underscores, the unit `s` becomes `_
     gen_ai_server_time_per_output_token_seconds{...}         histogram, streams with 2+ output tokens
     gen_ai_client_operation_duration_seconds{..., error_type} histogram, every call and turn
 
-each labelled with gen_ai_operation_name ("chat"), gen_ai_request_model, gen_ai_response_model,
-gen_ai_provider_name and deployment. The gateway's own, all prefixed `gateway_`, are listed in README
+each labelled with gen_ai_operation_name ("chat"; Embed "embeddings", CountTokens "count_tokens"),
+gen_ai_request_model, gen_ai_response_model, gen_ai_provider_name and deployment.
+The gateway's own, all prefixed `gateway_`, are listed in README
 ("Metrics").
 
 With several worker processes (server/workers.py) each worker writes its metrics to prometheus-client's
@@ -38,7 +39,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from server.observe.grpc_metrics import GrpcServerMetrics
-from server.observe.record import CallRecord
+from server.observe.record import CallRecord, operation_of
 from server.resilience.breaker import BreakerState, CircuitBreaker
 from server.routing.catalog import Catalog, ModelConfig
 from server.routing.plan import Resilience
@@ -46,7 +47,6 @@ from server.types import Served
 
 __all__ = ["GatewayMetrics", "LabelBounds", "LimitsStoreMetrics"]
 
-OPERATION = "chat"  # gen_ai.operation.name of every call the gateway serves
 UNKNOWN = "unknown"
 ANONYMOUS = "anonymous"  # the client of a gateway without auth
 NONE = ""  # a label that does not apply (no deployment served a failed call)
@@ -131,9 +131,10 @@ class LabelBounds:
         """The GenAI label values of a call or turn (the served ones empty when none served it)."""
         served = record.served
         requested = self.model(record.model)
+        operation = operation_of(record.method)
         if served is None:
-            return OPERATION, requested, NONE, NONE, NONE
-        return OPERATION, requested, self.model(served.model), self.provider(served.provider), self.deployment(served)
+            return operation, requested, NONE, NONE, NONE
+        return operation, requested, self.model(served.model), self.provider(served.provider), self.deployment(served)
 
 
 class GatewayMetrics:

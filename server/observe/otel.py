@@ -2,11 +2,12 @@
 the gRPC and GenAI semantic conventions.
 
     call span      rpc.system=grpc, rpc.service, rpc.method, rpc.grpc.status_code, error.type (the ErrorInfo
-                   reason), gen_ai.operation.name=chat, gen_ai.request.model (as the client named it),
+                   reason), gen_ai.operation.name=chat (Embed: embeddings, CountTokens: count_tokens),
+                   gen_ai.request.model (as the client named it),
                    gen_ai.response.model (the catalog model that served), gen_ai.usage.input_tokens and
                    output_tokens, gen_ai.response.finish_reasons, gateway.request_id, gateway.client,
                    gateway.provider, gateway.deployment, gateway.upstream_request_id, gateway.ttft_ms
-    attempt span   gen_ai.operation.name=chat, gen_ai.provider.name (openai, anthropic, gcp.gemini),
+    attempt span   gen_ai.operation.name as its call's, gen_ai.provider.name (openai, anthropic, gcp.gemini),
                    gen_ai.request.model and gen_ai.response.model (the deployment's upstream model),
                    usage, finish reasons, gateway.attempt, gateway.deployment, gateway.upstream_request_id,
                    error.type when it failed
@@ -32,7 +33,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from server import defaults
 from server.errors import GatewayError, UpstreamError, code_number
-from server.observe.record import CallRecord, log_value
+from server.observe.record import CallRecord, log_value, operation_of
 from server.observe.trace import AttemptTrace, CallTrace, Metadata, Tracing
 from server.types import Completion, Finish, Served, Usage
 
@@ -75,11 +76,11 @@ class OtelAttempt(AttemptTrace):
 
 
 class OtelCall(CallTrace):
-    __slots__ = ("_attempts", "_context", "_span", "_tracer", "last_error")
+    __slots__ = ("_attempts", "_context", "_operation", "_span", "_tracer", "last_error")
 
-    def __init__(self, tracer: trace.Tracer, span: Span) -> None:
+    def __init__(self, tracer: trace.Tracer, span: Span, operation: str = "chat") -> None:
         super().__init__()
-        self._tracer, self._span = tracer, span
+        self._tracer, self._span, self._operation = tracer, span, operation
         self._context = trace.set_span_in_context(span)
         self._attempts: list[str] = []  # the catalog model of each attempt so far
         self.last_error = ""
@@ -102,11 +103,11 @@ class OtelCall(CallTrace):
             )
         self._attempts.append(served.model)
         span = self._tracer.start_span(
-            f"chat {upstream_model}",
+            f"{self._operation} {upstream_model}",
             context=self._context,
             kind=SpanKind.CLIENT,
             attributes={
-                "gen_ai.operation.name": "chat",
+                "gen_ai.operation.name": self._operation,
                 "gen_ai.provider.name": PROVIDER_NAMES.get(provider_kind, provider_kind),
                 "gen_ai.request.model": upstream_model,
                 "gen_ai.response.model": upstream_model,
@@ -148,8 +149,9 @@ class OtelTracing(Tracing):
 
     def begin(self, record: CallRecord, parent: Metadata | CallTrace) -> CallTrace:
         attributes: dict[str, str] = {"gateway.request_id": record.request_id}
+        operation = operation_of(record.method)
         if record.model:
-            attributes["gen_ai.operation.name"] = "chat"
+            attributes["gen_ai.operation.name"] = operation
             attributes["gen_ai.request.model"] = log_value(record.model)
         if isinstance(parent, OtelCall):  # an InteractiveStream turn, inside its session's span
             attributes["gateway.session"] = record.session
@@ -157,7 +159,7 @@ class OtelTracing(Tracing):
             span = self._tracer.start_span(
                 record.method, context=parent.context, kind=SpanKind.INTERNAL, attributes=attributes
             )
-            return OtelCall(self._tracer, span)
+            return OtelCall(self._tracer, span, operation)
         carrier = {} if isinstance(parent, CallTrace) else _trace_context(parent)
         span = self._tracer.start_span(
             f"{SERVICE}/{record.method}",
@@ -165,7 +167,7 @@ class OtelTracing(Tracing):
             kind=SpanKind.SERVER,
             attributes={"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": record.method, **attributes},
         )
-        return OtelCall(self._tracer, span)
+        return OtelCall(self._tracer, span, operation)
 
     def shutdown(self) -> None:
         """Send the spans still buffered, for at most TRACE_FLUSH_TIMEOUT_S: an export waits for a collector

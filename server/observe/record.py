@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from server.types import Completion, Finish, Served, Usage
 
-__all__ = ["AccessValue", "CallRecord", "access_log", "log_value"]
+__all__ = ["AccessValue", "CallRecord", "access_log", "log_value", "operation_of"]
 
 access_log = logging.getLogger("server.access")
 
@@ -61,6 +61,15 @@ def _escaped(ch: str) -> str:
         return ch
     point = ord(ch)
     return f"\\x{point:02x}" if point < 0x100 else f"\\u{point:04x}" if point < 0x10000 else f"\\U{point:08x}"
+
+
+# gen_ai.operation.name of each RPC, as OpenTelemetry's GenAI conventions name operations; the others are "chat".
+_OPERATIONS = {"Embed": "embeddings", "CountTokens": "count_tokens"}
+
+
+def operation_of(method: str) -> str:
+    """The GenAI operation of a call of `method` (a bounded label: chat, embeddings or count_tokens)."""
+    return _OPERATIONS.get(method, "chat")
 
 
 @dataclass(slots=True)

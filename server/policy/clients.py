@@ -8,6 +8,7 @@
     settle  the tokens are corrected by the usage reported, the cost is charged to the budgets, the slot
             is given back
 
+CountTokens calls count as requests and spend no tokens; Embed calls are charged their texts as a prompt.
 Tokens are estimated before the call as a quarter of the characters of the messages (about four per
 token in English) plus the request's max_tokens when it sets one; after the call the reported usage
 replaces the estimate. A call with no reported usage (a cancelled stream) is charged the estimated prompt
@@ -19,11 +20,11 @@ Nothing here runs per token: admit and settle run once per call.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from server.config import ClientLimits, GatewayConfig
+from server.embedding import estimate_tokens
 from server.errors import BudgetExceeded, ModelNotAllowed, QuotaExceeded
 from server.observe.record import MAX_LOGGED_CHARS
 from server.policy.allowed import AllowedModels
@@ -36,7 +37,6 @@ from server.types import ChatRequest, Usage
 __all__ = ["ANONYMOUS", "ClientPolicy", "ClientRules", "estimate_prompt_tokens"]
 
 ANONYMOUS = "anonymous"  # the one client of a gateway without auth
-_CHARS_PER_TOKEN = 4
 
 
 class ClientRules:
@@ -87,7 +87,9 @@ class ClientPolicy:
         if not rules.limited:
             return
         limits = rules.limits
-        prompt = estimate_prompt_tokens(request)
+        prompt = estimate_prompt_tokens(request)  # an Embed call's texts are its prompt (EmbedRequest.as_chat)
+        if call.record.method == "CountTokens":  # a request, but no tokens: not even a token debt holds it back
+            limits, prompt = replace(limits, tokens_per_minute=None), 0
         tokens = prompt + (request.params.max_tokens or 0) if limits.tokens_per_minute is not None else 0
         ask = Ask(name, limits, tokens)
         outcome = await self.store.admit(ask)
@@ -117,10 +119,7 @@ class ClientPolicy:
 
 def estimate_prompt_tokens(request: ChatRequest) -> int:
     """About how many tokens the request's messages are: a quarter of their characters, at least 1."""
-    chars = 0
-    for message in request.messages:
-        chars += len(message.content)
-    return max(math.ceil(chars / _CHARS_PER_TOKEN), 1)
+    return estimate_tokens(message.content for message in request.messages)
 
 
 _WHAT = {

@@ -1,4 +1,4 @@
-"""The one place every Generate, StreamGenerate and InteractiveStream turn passes through.
+"""The one place every Generate, StreamGenerate, Embed, CountTokens and InteractiveStream turn passes through.
 
     servicer (service.py) ─┐                       ┌─► policies admit, in order (raise to refuse)
     session turn ──────────┴─► Seam.begin ─► Seam.complete / Seam.stream ─► router (routing/dispatch.py)
@@ -35,6 +35,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from server.embedding import EmbedRequest, EmbedResult, TokenCount
 from server.errors import GatewayError, ModelNotAllowed, QuotaExceeded, code_name
 from server.observe.record import CallRecord
 from server.observe.trace import CallTrace, Metadata, Tracing
@@ -182,6 +183,22 @@ class Seam:
         completion = await call.router.complete(model, request, call.trace)
         call.record.answered(completion)
         return completion
+
+    async def embed(self, call: CallContext, model: ModelConfig, request: EmbedRequest) -> EmbedResult:
+        """Admit the call (the policies see its texts as a prompt: EmbedRequest.as_chat), then embed."""
+        chat = await self._admit(call, model, request.as_chat())
+        result = await call.router.embed(model, replace(request, user=chat.user), call.trace)
+        record = call.record
+        record.served, record.usage, record.cost_usd = result.served, result.usage, result.cost_usd
+        record.upstream_request_id = result.upstream_request_id
+        return result
+
+    async def count_tokens(self, call: CallContext, model: ModelConfig, request: ChatRequest) -> TokenCount:
+        """Admit the call, then count its request's input tokens (no usage: counting generates nothing)."""
+        request = await self._admit(call, model, request)
+        count = await call.router.count_tokens(model, request, call.trace)
+        call.record.served, call.record.upstream_request_id = count.served, count.upstream_request_id
+        return count
 
     async def stream(
         self, call: CallContext, model: ModelConfig, request: ChatRequest

@@ -59,6 +59,11 @@ meaning); of them, `cache_read_input_tokens` are `cached_prompt_tokens` and `cac
 Stop reasons: `end_turn`, `stop_sequence` -> STOP; `max_tokens`, `model_context_window_exceeded` ->
 LENGTH; `tool_use` -> TOOL_CALLS; `refusal` -> CONTENT_FILTER; `pause_turn` (a server-tool loop paused,
 to be continued by another request) and anything new -> UNSPECIFIED.
+
+Counting: `POST {base_url}/v1/messages/count_tokens` with the Messages body's `model`, `messages`, `system`,
+`tools`, `tool_choice` and `thinking` (the endpoint takes no max_tokens, sampling or metadata); its
+`input_tokens` is the count, exact. Anthropic has no embeddings endpoint: the catalog never gives an
+Anthropic model the "embeddings" capability.
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ from dataclasses import replace
 from typing import Any
 
 from server.config import ProviderConfig
+from server.embedding import TokenCount
 from server.errors import UpstreamError
 from server.providers.http import EventDecoder, HTTPProvider, checked_usage, loads_object, token_count
 from server.providers.images import inline
@@ -98,6 +104,9 @@ __all__ = ["ANTHROPIC_VERSION", "MIN_THINKING_BUDGET", "AnthropicProvider"]
 
 ANTHROPIC_VERSION = "2023-06-01"
 _PATH = "/v1/messages"
+_COUNT_PATH = "/v1/messages/count_tokens"
+# The Messages body fields the count endpoint takes (no max_tokens, sampling or metadata).
+_COUNTED_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking")
 MIN_THINKING_BUDGET = 1024  # Anthropic's smallest budget_tokens
 _STOP_REASONS = {
     "end_turn": FinishReason.STOP,
@@ -136,6 +145,16 @@ class AnthropicProvider(HTTPProvider):
         return await self._post_json(
             _PATH, request_body(request), request, lambda payload: self._completion(payload, output, include)
         )
+
+    async def count_tokens(self, request: ChatRequest) -> TokenCount:
+        full = request_body(request)
+        body = {key: full[key] for key in _COUNTED_FIELDS if key in full}
+        return await self._post_for(_COUNT_PATH, body, request, self._token_count)
+
+    def _token_count(self, payload: dict[str, Any]) -> TokenCount:
+        if payload.get("type") == "error":
+            raise _in_band_error(self.name, payload.get("error"))
+        return TokenCount(token_count(payload["input_tokens"], "input_tokens", self.name), exact=True)
 
     def _completion(self, payload: dict[str, Any], output: str | None, include_thinking: bool) -> Completion:
         if payload.get("type") == "error":

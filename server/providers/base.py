@@ -5,6 +5,8 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncGenerator
 
+from server.embedding import EmbedRequest, EmbedResult, TokenCount, estimate_chat_tokens
+from server.errors import CapabilityUnsupported
 from server.types import ChatRequest, Completion, StreamEvent
 
 __all__ = ["Provider"]
@@ -27,6 +29,16 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     async def complete(self, request: ChatRequest) -> Completion:
         """Return the whole reply from a non-streaming upstream call."""
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        """One vector per text, in order. Only providers with an embeddings endpoint override this; the
+        catalog keeps calls from the others (a model without "embeddings" never gets here)."""
+        raise CapabilityUnsupported(request.model, "embeddings")
+
+    async def count_tokens(self, request: ChatRequest) -> TokenCount:
+        """The input tokens of `request`: the provider's count where it has an endpoint for it (Anthropic,
+        Gemini override this), else the gateway's estimate, marked as one."""
+        return TokenCount(estimate_chat_tokens(request), exact=False)
 
     async def aclose(self) -> None:  # noqa: B027  (optional hook: most providers hold nothing)
         """Release pooled connections. The default has nothing to release."""

@@ -21,18 +21,26 @@ those words count as completion tokens and as `reasoning_tokens` either way.
 Images, as deterministic: the reply to a message with images is its text followed by what the demo "sees"
 in each, `[image/png image, 68 bytes]` (or `[image at <url>]`).
 
+Embeddings, as deterministic: each text's vector is a hashed bag of its words (lower-cased, each word adds
+±1 at the place its SHA-256 names), normalised to length 1, DEMO_DIMENSIONS long unless the request says
+`dimensions`; texts with the same words get the same vector. Usage counts the words. CountTokens gets the
+gateway's estimate, as from any provider without a count endpoint.
+
 Prompt caching, as deterministic: the words up to and including the last message with a cache breakpoint
 are reported as `cached_prompt_tokens`, as if an earlier call had written that prefix to the cache.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import re
 from collections.abc import AsyncGenerator
 from dataclasses import replace
 from typing import Any
 
+from server.embedding import EmbedRequest, EmbedResult
 from server.providers.base import Provider
 from server.tool_checks import schema_of
 from server.types import (
@@ -51,7 +59,9 @@ from server.types import (
     Usage,
 )
 
-__all__ = ["DemoProvider", "demo_instance"]
+__all__ = ["DEMO_DIMENSIONS", "DemoProvider", "demo_embedding", "demo_instance"]
+
+DEMO_DIMENSIONS = 16
 
 # A word and the whitespace before it, so that the deltas concatenate to the original text.
 _WORDS = re.compile(r"\s*\S+")
@@ -60,6 +70,12 @@ _MAX_DEPTH = 8
 
 
 class DemoProvider(Provider):
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        size = request.dimensions or DEMO_DIMENSIONS
+        words = sum(len(text.split()) for text in request.texts)
+        vectors = tuple(demo_embedding(text, size) for text in request.texts)
+        return EmbedResult(vectors, Usage(words, 0, words))
+
     async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         calls = _tool_calls(request)
         if calls:
@@ -88,6 +104,16 @@ class DemoProvider(Provider):
         words, reason, usage = _reply(request)
         reasoning = "".join(thoughts) if shown else ""
         return Completion("".join(words), reason, _with_thoughts(usage, thoughts), reasoning=reasoning)
+
+
+def demo_embedding(text: str, size: int) -> tuple[float, ...]:
+    """The demo's vector of `text`: a hashed bag of its words, of length 1 (all zeros without words)."""
+    values = [0.0] * size
+    for word in text.lower().split():
+        digest = hashlib.sha256(word.encode("utf-8", "surrogatepass")).digest()
+        values[int.from_bytes(digest[:4], "big") % size] += 1.0 if digest[4] & 1 else -1.0
+    norm = math.sqrt(sum(v * v for v in values))
+    return tuple(v / norm for v in values) if norm else tuple(values)
 
 
 def _thoughts(request: ChatRequest) -> tuple[list[str], bool]:

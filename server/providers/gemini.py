@@ -54,6 +54,15 @@ Finish reasons: STOP -> STOP; MAX_TOKENS -> LENGTH; SAFETY, RECITATION, BLOCKLIS
 SPII, IMAGE_SAFETY -> CONTENT_FILTER; anything else (LANGUAGE, OTHER, MALFORMED_FUNCTION_CALL, …) ->
 UNSPECIFIED.
 
+Embeddings: `POST …/models/{model}:batchEmbedContents` with one `requests[]` entry per text (`model`
+"models/{model}", `content.parts[0].text`, `taskType` and `outputDimensionality` when the client set them);
+the answer's `embeddings[].values` come in the order of the requests. Gemini reports no usage for it, so the
+usage is the gateway's estimate, marked `estimated`.
+
+Counting: `POST …/models/{model}:countTokens` with `generateContentRequest` (the generateContent body and
+the model), so that the system instruction, tools and images count too; `totalTokens` is the count, exact,
+and `cachedContentTokenCount` its cached share.
+
 Errors: Google's body is `{"error": {"code", "message", "status", "details"}}`. A bad key is answered
 with HTTP 400 and ErrorInfo reason API_KEY_INVALID, which is reported as UPSTREAM_AUTH_FAILED like a
 401; a `google.rpc.RetryInfo` detail's `retryDelay` becomes the RetryInfo of a rate-limit error when no
@@ -71,12 +80,14 @@ from typing import Any
 from urllib.parse import quote
 
 from server.config import ProviderConfig
+from server.embedding import EmbedRequest, EmbedResult, TokenCount, estimated_usage
 from server.errors import UpstreamError
 from server.observe.request_id import upstream_request_id
 from server.providers.http import ErrorHint, EventDecoder, HTTPProvider, checked_usage, loads_object, token_count
 from server.providers.images import inline, url_mime_type
 from server.providers.transport import Transport
 from server.providers.upstream_errors import error_for_error_type, safe_identifier
+from server.providers.vectors import check_count, checked_vector
 from server.sse import ServerSentEvent
 from server.tool_checks import object_of, schema_of
 from server.types import (
@@ -142,6 +153,37 @@ class GeminiProvider(HTTPProvider):
         path = f"{_model_path(request.model)}:generateContent"
         include = _includes(request)
         return await self._post_json(path, request_body(request), request, lambda p: self._completion(p, include))
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        path = f"{_model_path(request.model)}:batchEmbedContents"
+        name = f"models/{request.model}"
+        extra: dict[str, Any] = {}
+        if request.task_type is not None:
+            extra["taskType"] = request.task_type.name
+        if request.dimensions is not None:
+            extra["outputDimensionality"] = request.dimensions
+        body = {"requests": [{"model": name, "content": {"parts": [{"text": t}]}, **extra} for t in request.texts]}
+        return await self._post_for(path, body, request, lambda p: self._embeddings(p, request))
+
+    def _embeddings(self, payload: dict[str, Any], request: EmbedRequest) -> EmbedResult:
+        if "error" in payload:
+            raise _in_band_error(self.name, payload["error"])
+        embeddings = payload["embeddings"]
+        check_count(self.name, len(embeddings), len(request.texts))
+        vectors = tuple(checked_vector(self.name, item["values"]) for item in embeddings)
+        return EmbedResult(vectors, estimated_usage(request.texts))
+
+    async def count_tokens(self, request: ChatRequest) -> TokenCount:
+        path = f"{_model_path(request.model)}:countTokens"
+        body = {"generateContentRequest": {"model": f"models/{request.model}", **request_body(request)}}
+        return await self._post_for(path, body, request, self._token_count)
+
+    def _token_count(self, payload: dict[str, Any]) -> TokenCount:
+        if "error" in payload:
+            raise _in_band_error(self.name, payload["error"])
+        total = token_count(payload["totalTokens"], "totalTokens", self.name)
+        cached = token_count(payload.get("cachedContentTokenCount"), "cachedContentTokenCount", self.name)
+        return TokenCount(total, exact=True, cached_tokens=min(cached, total))
 
     def _completion(self, payload: dict[str, Any], include_thoughts: bool) -> Completion:
         events = _GeminiEvents(self.name, include_thoughts)  # a whole answer has the shape of one stream event

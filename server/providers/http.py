@@ -29,10 +29,11 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import replace
-from typing import Any, Final, assert_never
+from typing import Any, Final, TypeVar, assert_never
 
 from server import defaults
 from server.config import ApiKey, ProviderConfig
+from server.embedding import EmbedRequest, EmbedResult, TokenCount
 from server.errors import (
     UpstreamAuthFailed,
     UpstreamBadResponse,
@@ -82,6 +83,10 @@ _IDENTITY = ("", "identity")
 ErrorHint = tuple[str | None, float | None]
 # What reading JSON of an unexpected shape raises (a list where an object was expected, int("many"), …).
 _SHAPE_ERRORS = (AttributeError, IndexError, KeyError, TypeError, ValueError)
+# What goes upstream: both carry the call's timeout and headers.
+Outgoing = ChatRequest | EmbedRequest
+# What a whole JSON answer becomes.
+_Answer = TypeVar("_Answer", Completion, EmbedResult, TokenCount)
 
 
 class EventDecoder:
@@ -241,6 +246,16 @@ class HTTPProvider(Provider):
         self, path: str, body: dict[str, Any], request: ChatRequest, parse: Callable[[dict[str, Any]], Completion]
     ) -> Completion:
         """POST `body` and return what `parse` makes of the JSON object of a 200 answer."""
+        completion = await self._post_for(path, body, request, parse)
+        if type(completion.text) is not str:
+            raise _with_upstream_id(unexpected_shape(self.name), completion.upstream_request_id)
+        return completion
+
+    async def _post_for(
+        self, path: str, body: dict[str, Any], request: Outgoing, parse: Callable[[dict[str, Any]], _Answer]
+    ) -> _Answer:
+        """POST `body` and return what `parse` makes of the JSON object of a 200 answer, with the upstream's
+        id of it; a shape `parse` does not expect is UpstreamBadResponse."""
         response = await self._post(path, body, request)
         upstream_id = self._upstream_id(response)
         try:
@@ -254,15 +269,13 @@ class HTTPProvider(Provider):
         finally:
             await response.aclose()
         try:
-            completion = parse(payload)
-            if type(completion.text) is not str:
-                raise TypeError(type(completion.text).__name__)
+            answer = parse(payload)
         except UpstreamError as error:
             _with_upstream_id(error, upstream_id)
             raise
         except _SHAPE_ERRORS as exc:
             raise _with_upstream_id(unexpected_shape(self.name), upstream_id) from exc
-        return replace(completion, upstream_request_id=upstream_id) if upstream_id else completion
+        return replace(answer, upstream_request_id=upstream_id) if upstream_id else answer
 
     async def _read_body(self, response: UpstreamResponse) -> bytes:
         limit = self._config.max_response_bytes
@@ -289,7 +302,7 @@ class HTTPProvider(Provider):
                 },
             )
 
-    async def _post(self, path: str, body: dict[str, Any], request: ChatRequest) -> UpstreamResponse:
+    async def _post(self, path: str, body: dict[str, Any], request: Outgoing) -> UpstreamResponse:
         content = json.dumps(body, separators=(",", ":")).encode()
         timeouts = request_timeouts(self._config, request.timeout_s)
         headers = dict(request.headers) if request.headers else None

@@ -30,6 +30,11 @@ when unary), relayed as ReasoningDeltas when the client asked for it. `completio
 reasoning_tokens`, part of `completion_tokens`, is `reasoning_tokens`.
 
 The caller's identity (`ChatRequest.user`: client and end user) is sent as `user`.
+
+Embeddings: `POST {base_url}/embeddings` with `input` (the texts), `encoding_format: "float"`, `dimensions`
+when the client set it and `user`; the answer's `data[].embedding` are placed by their `index` (each index
+once, one per text) and `usage.prompt_tokens` is the usage. OpenAI-compatible servers have no count
+endpoint: CountTokens answers with the gateway's estimate (Provider.count_tokens).
 """
 
 from __future__ import annotations
@@ -39,11 +44,13 @@ from dataclasses import replace
 from typing import Any
 
 from server.config import ProviderConfig
+from server.embedding import EmbedRequest, EmbedResult, estimated_usage
 from server.errors import UpstreamError
 from server.providers.http import EventDecoder, HTTPProvider, checked_usage, loads_object, token_count
 from server.providers.images import as_data_url
 from server.providers.transport import Transport
 from server.providers.upstream_errors import error_for_error_type, safe_identifier
+from server.providers.vectors import bad_index, check_count, checked_vector
 from server.sse import ServerSentEvent
 from server.tool_checks import schema_of
 from server.types import (
@@ -72,6 +79,7 @@ _FINISH_REASONS = {
     "function_call": FinishReason.TOOL_CALLS,
 }
 _PATH = "/chat/completions"
+_EMBEDDINGS_PATH = "/embeddings"
 
 
 class OpenAIProvider(HTTPProvider):
@@ -93,6 +101,33 @@ class OpenAIProvider(HTTPProvider):
     async def complete(self, request: ChatRequest) -> Completion:
         include = _includes(request)
         return await self._post_json(_PATH, _body(request), request, lambda p: self._completion(p, include))
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        body: dict[str, Any] = {"model": request.model, "input": list(request.texts), "encoding_format": "float"}
+        if request.dimensions is not None:
+            body["dimensions"] = request.dimensions
+        if request.user:
+            body["user"] = request.user
+        return await self._post_for(_EMBEDDINGS_PATH, body, request, lambda p: self._embeddings(p, request))
+
+    def _embeddings(self, payload: dict[str, Any], request: EmbedRequest) -> EmbedResult:
+        texts = len(request.texts)
+        if "error" in payload:
+            raise _in_band_error(self.name, payload["error"])
+        data = payload["data"]
+        check_count(self.name, len(data), texts)
+        vectors: list[tuple[float, ...] | None] = [None] * texts
+        for item in data:
+            index = item["index"]
+            if type(index) is not int or not 0 <= index < texts or vectors[index] is not None:
+                raise bad_index(self.name)
+            vectors[index] = checked_vector(self.name, item["embedding"])
+        usage = payload.get("usage")
+        checked = tuple(v for v in vectors if v is not None)
+        if isinstance(usage, dict):
+            prompt = token_count(usage.get("prompt_tokens"), "prompt_tokens", self.name)
+            return EmbedResult(checked, Usage(prompt, 0, prompt))
+        return EmbedResult(checked, estimated_usage(request.texts))
 
     def _completion(self, payload: dict[str, Any], include_reasoning: bool) -> Completion:
         if "error" in payload:

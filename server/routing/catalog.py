@@ -18,6 +18,7 @@ __all__ = [
     "BUILTIN_ALIASES",
     "BUILTIN_MODELS",
     "CAPABILITIES",
+    "CHAT",
     "DEFAULT_CAPABILITIES",
     "PROVIDER_PRESETS",
     "Catalog",
@@ -58,9 +59,14 @@ class Price:
         ) / 1_000_000
 
 
-# What a model can do, as ListModels and CAPABILITY_UNSUPPORTED name it. Only these are served today;
-# "embeddings" joins when the gateway maps it.
-CAPABILITIES = ("json_object", "json_schema", "prompt_caching", "reasoning", "tools", "vision")
+# What a model can do, as ListModels and CAPABILITY_UNSUPPORTED name it.
+CAPABILITIES = ("embeddings", "json_object", "json_schema", "prompt_caching", "reasoning", "tools", "vision")
+# Generating (Generate, StreamGenerate, InteractiveStream, CountTokens) needs "chat", which is never
+# configured or listed: every model has it except an embedding model, whose only capability is
+# "embeddings" (so a configured model's `capabilities: [embeddings]` makes it one).
+CHAT = "chat"
+EMBEDDING_ONLY = frozenset({"embeddings"})
+_IMPLICIT = frozenset({CHAT})
 # Every provider kind maps tools and both JSON formats (Anthropic through a forced tool), so a model has
 # them unless its config or the built-in table says otherwise. Prompt caching depends on the upstream
 # (a compatible server may cache nothing), so a configured model has it only when its config says so;
@@ -119,7 +125,9 @@ class ModelConfig:
     def serves(self, deployment: Deployment, needs: frozenset[str]) -> bool:
         """Whether `deployment` (one of this model's) has every capability in `needs`."""
         caps = self.capabilities if deployment.capabilities is None else deployment.capabilities
-        return needs <= caps
+        if CHAT in needs and caps == EMBEDDING_ONLY:
+            return False
+        return needs - _IMPLICIT <= caps
 
     def lacks(self, needs: frozenset[str]) -> str | None:
         """The first capability of `needs` that no deployment of this model has, or None."""
@@ -195,6 +203,11 @@ _MODEL_TABLE: tuple[tuple[str, str, tuple[str, ...], tuple[float, float] | None,
     ("holysheep", "claude-sonnet-4-5", (), (15.0, 75.0), 64_000),
     ("holysheep", "gemini-2.5-flash", (), (2.50, 10.0), 65_536),
     ("holysheep", "deepseek-v3.2", (), (0.42, 1.90), 8_192),
+    # Embedding models: the price is per million input tokens (output 0); max_tokens does not apply.
+    ("openai", "text-embedding-3-small", ("text-embedding-3-small",), (0.02, 0.0), 0),
+    ("openai", "text-embedding-3-large", ("text-embedding-3-large",), (0.13, 0.0), 0),
+    ("gemini", "gemini-embedding-001", ("gemini-embedding-001",), (0.15, 0.0), 0),
+    ("gemini", "text-embedding-004", ("text-embedding-004",), None, 0),
 )
 
 # DeepSeek's chat models take tools and JSON mode but no JSON Schema (nor images); its reasoner no tools.
@@ -204,11 +217,17 @@ _BUILTIN_CAPABILITIES: dict[str, frozenset[str]] = {
     "deepseek-chat": frozenset({"tools", "json_object", "prompt_caching"}),
     "deepseek-v3.2": frozenset({"tools", "json_object", "prompt_caching"}),
     "deepseek-reasoner": frozenset({"json_object", "prompt_caching"}),
+    "text-embedding-3-small": EMBEDDING_ONLY,
+    "text-embedding-3-large": EMBEDDING_ONLY,
+    "gemini-embedding-001": EMBEDDING_ONLY,
+    "text-embedding-004": EMBEDDING_ONLY,
 }
 _TABLE_CAPABILITIES = DEFAULT_CAPABILITIES | {"prompt_caching", "vision"}
 # The reasoning models of the table (extended thinking, thinkingConfig); OpenAI's GPT-4.1 and GPT-4o take no
 # reasoning_effort, and DeepSeek's reasoner always reasons and takes no setting.
 _REASONING_MODELS = frozenset({"claude-sonnet-4-5", "claude-haiku-4-5", "gemini-2.5-flash", "gemini-2.5-pro"})
+
+_EMBEDDING_MODELS = frozenset(u for u, caps in _BUILTIN_CAPABILITIES.items() if caps == EMBEDDING_ONLY)
 
 # Cache prices as multiples of the input price (read, write), from each provider's pricing page: Anthropic
 # reads at 0.1x and writes (5-minute TTL) at 1.25x; OpenAI's cached input is 0.25x for the GPT-4.1 family
@@ -226,6 +245,8 @@ _CACHE_FACTORS: dict[str, tuple[float, float]] = {
 
 
 def _table_price(upstream: str, price: tuple[float, float]) -> Price:
+    if upstream in _EMBEDDING_MODELS:
+        return Price(price[0], price[1])  # no prompt cache
     family = upstream if upstream in _CACHE_FACTORS else upstream.split("-")[0]
     family = {"claude": "anthropic"}.get(family, family)
     read, write = _CACHE_FACTORS.get(family, (1.0, 1.0))
@@ -242,7 +263,7 @@ BUILTIN_MODELS: dict[str, ModelConfig] = {
         price=_table_price(upstream, price) if price else None,
         # holysheep relays every model over the OpenAI wire, which has no cache breakpoints.
         capabilities=_BUILTIN_CAPABILITIES.get(upstream, _TABLE_CAPABILITIES)
-        - ({"prompt_caching"} if provider == "holysheep" else set())
+        - ({"prompt_caching"} if provider == "holysheep" or upstream in _EMBEDDING_MODELS else set())
         | ({"reasoning"} if upstream in _REASONING_MODELS and provider != "holysheep" else set()),
     )
     for provider, upstream, _aliases, price, max_out in _MODEL_TABLE

@@ -14,6 +14,11 @@ Every stream ends with exactly one Finish or one raised error.
 A call that needs a capability (tools, a JSON format) that no deployment of its model has fails with
 CapabilityUnsupported before any upstream call; the plan skips deployments and fallbacks that lack it.
 
+Embed and CountTokens run the same plan as a unary Generate (retries, fallbacks, breakers); Embed needs the
+"embeddings" capability, every generating call (CountTokens too) "chat", which an embedding model lacks
+(server/routing/catalog.py), so deployments and fallbacks of the wrong kind are skipped. Neither has a
+shadow.
+
 A model with `shadow:` has a share of its calls also sent to a second target in the background
 (server/observe/shadow.py); the call only tells its shadow its own text when it ends, so a shadowed stream
 keeps its deltas' text (as a resumable one does) and an unshadowed one pays nothing for the feature.
@@ -29,13 +34,14 @@ from dataclasses import replace
 
 from server import defaults
 from server.config import GatewayConfig
+from server.embedding import EmbedRequest, EmbedResult, TokenCount
 from server.errors import CapabilityUnsupported, GatewayError, UpstreamBadResponse, UpstreamError, UpstreamUnavailable
 from server.observe.shadow import ShadowCall, Shadows
 from server.observe.trace import AttemptTrace, CallTrace
 from server.providers import Provider, build_provider
 from server.resilience.idle import IdleWatch
 from server.resilience.resume import add_streamed, continuation
-from server.routing.catalog import Catalog, ModelConfig, cost_of
+from server.routing.catalog import CHAT, Catalog, ModelConfig, cost_of
 from server.routing.plan import Attempt, CallPlan, Resilience
 from server.types import (
     ChatRequest,
@@ -51,6 +57,8 @@ from server.types import (
 __all__ = ["Router"]
 
 _UNTRACED = CallTrace()
+_CHAT = frozenset({CHAT})
+_EMBEDDINGS = frozenset({"embeddings"})
 
 
 class Router:
@@ -82,12 +90,11 @@ class Router:
         kinds = {p.name: p.kind for p in config.providers}
         return cls(catalog, providers, resilience=Resilience.from_config(config), kinds=kinds)
 
-    def plan(self, model: ModelConfig, request: ChatRequest) -> CallPlan:
-        needs = request.capabilities_needed()
-        if needs:
-            lacking = model.lacks(needs)
-            if lacking is not None:
-                raise CapabilityUnsupported(model.name, lacking)
+    def plan(self, model: ModelConfig, request: ChatRequest | EmbedRequest) -> CallPlan:
+        needs = _EMBEDDINGS if isinstance(request, EmbedRequest) else request.capabilities_needed() | _CHAT
+        lacking = model.lacks(needs)
+        if lacking is not None:
+            raise CapabilityUnsupported(model.name, lacking)
         return CallPlan(
             self.resilience,
             self.catalog,
@@ -237,6 +244,45 @@ class Router:
                 traced.answered(completion)
             cost = cost_of(attempt.model, attempt.deployment, completion.usage)
             return replace(completion, served=attempt.served, cost_usd=cost)
+
+    async def embed(self, model: ModelConfig, request: EmbedRequest, trace: CallTrace = _UNTRACED) -> EmbedResult:
+        """One vector per text from `model`, its deployments or its fallbacks that have "embeddings"."""
+        plan = self.plan(model, request)
+        while True:
+            attempt = await plan.next_attempt()
+            with attempt, self._attempt_trace(trace, attempt) as traced:
+                upstream = replace(
+                    request,
+                    model=attempt.deployment.upstream_model,
+                    timeout_s=max(plan.remaining(), 0.001),
+                    headers=(*request.headers, *traced.headers),
+                )
+                try:
+                    result = await attempt.provider.embed(upstream)
+                except UpstreamError as error:
+                    traced.failed(error)
+                    plan.failed(attempt, error)
+                    continue
+                attempt.succeeded()
+            cost = cost_of(attempt.model, attempt.deployment, result.usage)
+            return replace(result, served=attempt.served, cost_usd=cost)
+
+    async def count_tokens(self, model: ModelConfig, request: ChatRequest, trace: CallTrace = _UNTRACED) -> TokenCount:
+        """The input tokens of `request` on `model`, its deployments or its fallbacks."""
+        plan = self.plan(model, request)
+        while True:
+            attempt = await plan.next_attempt()
+            with attempt, self._attempt_trace(trace, attempt) as traced:
+                try:
+                    count = await attempt.provider.count_tokens(
+                        _traced(plan.upstream_request(request, attempt), traced)
+                    )
+                except UpstreamError as error:
+                    traced.failed(error)
+                    plan.failed(attempt, error)
+                    continue
+                attempt.succeeded()
+            return replace(count, served=attempt.served)
 
     async def aclose(self) -> None:
         await self.shadows.aclose()  # before the providers close under them

@@ -308,11 +308,11 @@ DEMO_MODEL = ModelInfo(
             "demo",
             "demo",
             1.0,
-            ("json_object", "json_schema", "prompt_caching", "reasoning", "tools", "vision"),
+            ("embeddings", "json_object", "json_schema", "prompt_caching", "reasoning", "tools", "vision"),
         ),
     ),
     fallbacks=(),
-    capabilities=("json_object", "json_schema", "prompt_caching", "reasoning", "tools", "vision"),
+    capabilities=("embeddings", "json_object", "json_schema", "prompt_caching", "reasoning", "tools", "vision"),
 )
 
 

@@ -77,6 +77,16 @@ class Scripted(pb_grpc.AIServiceServicer):
     ) -> pb.ListModelsResponse:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not scripted")
 
+    async def Embed(
+        self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.EmbedResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not scripted")
+
+    async def CountTokens(
+        self, request: pb.CountTokensRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.CountTokensResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not scripted")
+
     async def InteractiveStream(  # type: ignore[override]
         self, request_iterator: AsyncIterator[pb.InteractiveRequest], context: grpc.aio.ServicerContext[object, object]
     ) -> None:

@@ -15,6 +15,9 @@ behaviour grammar shared by every fake). It speaks the wire format of Anthropic'
   ``text_delta`` per piece, ``content_block_stop``, ``message_delta`` (``stop_reason`` ``end_turn`` or
   ``max_tokens`` and the cumulative ``usage.output_tokens``), ``message_stop``.
 * otherwise -> 200 ``application/json``: a ``message`` with one ``text`` content block and ``usage``.
+* ``POST /v1/messages/count_tokens``: the Messages body without ``max_tokens`` (or sampling, metadata,
+  stream: "Extra inputs are not permitted"), answered ``{"input_tokens": N}``, N what the same request's
+  ``usage.input_tokens`` would be (the words of ``system`` and the messages).
 * Errors: ``{"type":"error","error":{"type":…,"message":…},"request_id":"req_…"}`` with the statuses of
   the reference: ``fault-400`` invalid_request_error, ``fault-401`` authentication_error, ``fault-403``
   permission_error, ``fault-404`` not_found_error, ``fault-413`` request_too_large, ``fault-429``
@@ -63,6 +66,7 @@ import json
 import secrets
 from typing import Any
 
+from tests.fakes.embeddings import word_count
 from tests.fakes.http_server import (
     Aborted,
     Behaviour,
@@ -84,6 +88,9 @@ from tests.fakes.http_server import (
 __all__ = ["API_VERSION", "MESSAGES_PATH", "FakeAnthropicUpstream"]
 
 MESSAGES_PATH = "/v1/messages"
+COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
+# The fields count_tokens takes: the Messages body less max_tokens, sampling, metadata and stream.
+_COUNT_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers"})
 MAX_CACHE_BREAKPOINTS = 4
 MIN_THINKING_BUDGET = 1024
 # The signature of a thinking block (opaque to clients; Anthropic checks it when the block is sent back).
@@ -208,10 +215,34 @@ class FakeAnthropicUpstream(FakeHTTPServer):
         body = _error_body(type_, message, self._error_id)
         return await self.send_body(out, status, body, keep_alive=keep_alive, extra=extra)
 
+    async def _count_tokens(self, out: Out, conn: Conn, raw: bytes, keep: bool) -> bool:
+        """``POST /v1/messages/count_tokens``: the Messages body without ``max_tokens`` (or sampling,
+        metadata, stream), answered ``{"input_tokens": N}``, N the words of ``system`` and the messages (what
+        the same request's ``usage.input_tokens`` would say)."""
+        problem, body = _check_count_body(raw)
+        if problem:
+            return await self._send_error(out, 400, "invalid_request_error", problem, keep_alive=keep)
+        model = body["model"]
+        beh = _behaviour(model)
+        if beh is None:
+            return await self._send_error(out, 404, "not_found_error", f"model: {model}", keep_alive=keep)
+        if beh.fault == "fault-502":
+            return await self.send_body(out, 502, _BAD_GATEWAY, content_type="text/html", keep_alive=keep)
+        if beh.kind == "http-error":
+            status, type_, message, extra = _HTTP_FAULTS[beh.fault]
+            return await self._send_error(out, status, type_, message, keep_alive=keep, extra=extra)
+        if beh.kind == "reset-before":
+            conn.rst()
+            raise Aborted
+        await out.until_open(self._started_gate())
+        texts = [_text(body.get("system")), *(_text(m.get("content")) for m in body["messages"])]
+        answer = json.dumps({"input_tokens": word_count(texts)}, separators=(",", ":")).encode()
+        return await self.send_body(out, 200, answer, keep_alive=keep)
+
     async def respond(self, conn: Conn, req: Request) -> bool:
         keep = req.keep_alive
         out = Out(conn, False)
-        if req.path != MESSAGES_PATH or req.method != "POST":
+        if req.path not in (MESSAGES_PATH, COUNT_TOKENS_PATH) or req.method != "POST":
             return await self._send_error(out, 404, "not_found_error", "Not Found", keep_alive=keep)
         if self._api_keys is not None:
             key = req.headers.get("x-api-key", "")
@@ -224,6 +255,8 @@ class FakeAnthropicUpstream(FakeHTTPServer):
         if "anthropic-version" not in req.headers:
             message = "anthropic-version: header is required"
             return await self._send_error(out, 400, "invalid_request_error", message, keep_alive=keep)
+        if req.path == COUNT_TOKENS_PATH:
+            return await self._count_tokens(out, conn, req.body, keep)
         problem, body = _check_body(req.body)
         if problem:
             return await self._send_error(out, 400, "invalid_request_error", problem, keep_alive=keep)
@@ -320,6 +353,21 @@ def _tool_choice(body: dict[str, Any]) -> str:
     choice = body.get("tool_choice") or {"type": "auto"}
     kind = choice.get("type")
     return {"any": "required", "tool": str(choice.get("name"))}.get(str(kind), str(kind))
+
+
+def _check_count_body(raw: bytes) -> tuple[str, Any]:
+    """("", body) for a body count_tokens accepts (the Messages body's checks, with its own fields)."""
+    try:
+        body: Any = json.loads(raw)
+    except ValueError:
+        return "There was an error parsing the body of your request. Please check that it is valid JSON.", None
+    if not isinstance(body, dict):
+        return "Input should be a valid dictionary", None
+    for name in body:
+        if name not in _COUNT_FIELDS:
+            return f"{name}: Extra inputs are not permitted", None
+    problem, _ = _check_body(json.dumps({**body, "max_tokens": 1}).encode())
+    return problem, None if problem else body
 
 
 def _check_body(raw: bytes) -> tuple[str, Any]:

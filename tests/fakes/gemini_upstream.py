@@ -13,6 +13,13 @@ therefore None here, and tests read ``path``. It speaks the wire format of Googl
   Without ``alt=sse`` the fake refuses with 400 (the real API would answer a JSON array).
 * ``POST /v1beta/models/{model}:generateContent`` -> 200 ``application/json; charset=UTF-8``: one
   GenerateContentResponse, pretty-printed as Google prints it.
+* ``POST /v1beta/models/{model}:batchEmbedContents``: ``requests[]``, each ``model`` "models/{model}",
+  ``content.parts[].text``, optional ``taskType`` (one of the API's) and ``outputDimensionality``; answered
+  ``{"embeddings": [{"values": […]}]}`` in order, no usage (``embeddings.py``; ``embed-short``: a vector too
+  few). ``POST …:countTokens``: exactly one of ``contents`` or ``generateContentRequest`` (with its
+  ``model``, checked like a generateContent body); answered ``totalTokens`` and ``promptTokensDetails``, the
+  words of the system instruction and the contents (the same request's ``promptTokenCount``). Both take the
+  HTTP faults and hold()/release() as generateContent does.
 * Keys: when the fake was given ``api_key``, ``x-goog-api-key`` must carry it: missing -> 403
   PERMISSION_DENIED ("Method doesn't allow unregistered callers …"), wrong -> 400 INVALID_ARGUMENT with
   ErrorInfo reason ``API_KEY_INVALID``, as Google answers. A ``key=`` query parameter is refused with a
@@ -63,6 +70,7 @@ import secrets
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
+from tests.fakes.embeddings import FAKE_DIMENSIONS, SHORT, fake_vector, word_count
 from tests.fakes.http_server import (
     Aborted,
     Behaviour,
@@ -87,7 +95,13 @@ log = logging.getLogger(__name__)
 
 API_KEY_ENV = "FAKE_GEMINI_REQUIRED_API_KEY"
 _JSON = "application/json; charset=UTF-8"
-_PATH = re.compile(r"/v1beta/models/([^/:]+):(streamGenerateContent|generateContent)")
+_PATH = re.compile(r"/v1beta/models/([^/:]+):(streamGenerateContent|generateContent|batchEmbedContents|countTokens)")
+_TASK_TYPES = frozenset(
+    {
+        *("TASK_TYPE_UNSPECIFIED", "RETRIEVAL_QUERY", "RETRIEVAL_DOCUMENT", "SEMANTIC_SIMILARITY"),
+        *("CLASSIFICATION", "CLUSTERING", "QUESTION_ANSWERING", "FACT_VERIFICATION", "CODE_RETRIEVAL_QUERY"),
+    }
+)
 _FIELDS = frozenset(
     {"contents", "systemInstruction", "generationConfig", "safetySettings", "tools", "toolConfig", "cachedContent"}
 )
@@ -249,6 +263,31 @@ class FakeGeminiUpstream(FakeHTTPServer):
         body = _pretty(_error(status, canonical, message, details))
         return await self.send_body(out, status, body, content_type=_JSON, keep_alive=keep_alive)
 
+    async def _not_generating(self, out: Out, conn: Conn, raw: bytes, model: str, method: str, keep: bool) -> bool:
+        """``:batchEmbedContents`` (``requests[]``, each ``model`` "models/{the URL's model}", ``content``
+        with text parts, optional ``taskType`` and ``outputDimensionality``; answered ``embeddings[].values``
+        in order, no usage) and ``:countTokens`` (exactly one of ``contents`` or ``generateContentRequest``,
+        the latter with its ``model``; answered ``totalTokens`` and ``promptTokensDetails``, the words of the
+        system instruction and the contents, as the same request's promptTokenCount)."""
+        problem, answer = (_embed_answer if method == "batchEmbedContents" else _count_answer)(raw, model)
+        if problem:
+            return await self._send_error(out, 400, "INVALID_ARGUMENT", problem, keep_alive=keep)
+        beh = _behaviour(model)
+        if beh is None:
+            message = f"models/{model} is not found for API version v1beta, or is not supported for {method}."
+            return await self._send_error(out, 404, "NOT_FOUND", message, keep_alive=keep)
+        if beh.fault == "fault-502":
+            html = "text/html; charset=UTF-8"
+            return await self.send_body(out, 502, _BAD_GATEWAY, content_type=html, keep_alive=keep)
+        if beh.kind == "http-error":
+            status, canonical, message, details = _HTTP_FAULTS[beh.fault]
+            return await self._send_error(out, status, canonical, message, details, keep_alive=keep)
+        if beh.kind == "reset-before":
+            conn.rst()
+            raise Aborted
+        await out.until_open(self._started_gate())
+        return await self.send_body(out, 200, _pretty(answer), content_type=_JSON, keep_alive=keep)
+
     async def respond(self, conn: Conn, req: Request) -> bool:
         keep = req.keep_alive
         out = Out(conn, False)
@@ -289,6 +328,8 @@ class FakeGeminiUpstream(FakeHTTPServer):
         if (signature_problem := self.signature_problem(req)) is not None:
             message = f"Request had invalid authentication credentials: {signature_problem}."
             return await self._send_error(out, 401, "UNAUTHENTICATED", message, keep_alive=keep)
+        if method in ("batchEmbedContents", "countTokens"):
+            return await self._not_generating(out, conn, req.body, model, method, keep)
         problem, body = _check_body(req.body)
         if problem:
             return await self._send_error(out, 400, "INVALID_ARGUMENT", problem, keep_alive=keep)
@@ -357,6 +398,58 @@ def _tool_choice(body: dict[str, Any]) -> str:
     if mode == "ANY":
         return str(allowed[0]) if len(allowed) == 1 else "required"
     return "none" if mode == "NONE" else "auto"
+
+
+def _embed_answer(raw: bytes, model: str) -> tuple[str, Any]:
+    """("", the batchEmbedContents answer) or (the API's complaint, None)."""
+    try:
+        body: Any = json.loads(raw)
+    except ValueError:
+        return "Invalid JSON payload received. Unexpected token.", None
+    requests = body.get("requests") if isinstance(body, dict) else None
+    if not isinstance(requests, list) or not requests:
+        return "* BatchEmbedContentsRequest.requests: requests must not be empty", None
+    if len(requests) > 100 * 1024:
+        return "* BatchEmbedContentsRequest.requests: too many requests", None
+    texts = []
+    for i, request in enumerate(requests):
+        if not isinstance(request, dict) or request.get("model") != f"models/{model}":
+            return f"* BatchEmbedContentsRequest.requests[{i}].model: the model must be models/{model}", None
+        parts = (request.get("content") or {}).get("parts")
+        if not isinstance(parts, list) or not parts or not all(isinstance(p.get("text"), str) for p in parts):
+            return f"* BatchEmbedContentsRequest.requests[{i}].content: contents must have text parts", None
+        task = request.get("taskType", "TASK_TYPE_UNSPECIFIED")
+        if task not in _TASK_TYPES:
+            return f"Invalid value at 'requests[{i}].task_type', \"{str(task)[:32]}\"", None
+        size = request.get("outputDimensionality", FAKE_DIMENSIONS)
+        if type(size) is not int or size < 1:
+            return f"* BatchEmbedContentsRequest.requests[{i}].output_dimensionality: must be positive", None
+        texts.append(("".join(p["text"] for p in parts), size))
+    answered = texts[:-1] if model == SHORT else texts
+    return "", {"embeddings": [{"values": fake_vector(text, size)} for text, size in answered]}
+
+
+def _count_answer(raw: bytes, model: str) -> tuple[str, Any]:
+    """("", the countTokens answer) or (the API's complaint, None)."""
+    try:
+        body: Any = json.loads(raw)
+    except ValueError:
+        return "Invalid JSON payload received. Unexpected token.", None
+    if not isinstance(body, dict) or ("contents" in body) == ("generateContentRequest" in body):
+        return "* CountTokensRequest: exactly one of contents or generate_content_request must be set", None
+    if "contents" in body:
+        request: Any = {"contents": body["contents"]}
+    else:
+        request = dict(body["generateContentRequest"])
+        if request.pop("model", None) != f"models/{model}":
+            return "* GenerateContentRequest.model: the model must be models/" + model, None
+        problem, request = _check_body(json.dumps(request).encode())
+        if problem:
+            return problem, None
+    texts = [text_of((request.get("systemInstruction") or {}).get("parts"))]
+    texts += [_text(content.get("parts")) for content in request.get("contents") or ()]
+    total = word_count(texts)
+    return "", {"totalTokens": total, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": total}]}
 
 
 def _check_body(raw: bytes) -> tuple[str, Any]:

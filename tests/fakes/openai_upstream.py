@@ -21,6 +21,11 @@ speaks the OpenAI Chat Completions wire format:
   ``data: [DONE]``.
 * otherwise -> ``200`` ``application/json`` ``chat.completion`` object with
   ``usage``.
+* ``POST /v1/embeddings`` (OpenAI's embeddings reference): ``input`` a string or 1 to 2,048 non-empty
+  strings, ``encoding_format`` ``float``, ``dimensions``, ``user``; answered ``{"object":"list","data":
+  [{"object":"embedding","index":i,"embedding":[…]}],"model":…,"usage":{"prompt_tokens":N,"total_tokens":N}}``
+  (vectors and counts: ``embeddings.py``; ``no-usage`` leaves ``usage`` out, ``embed-short`` answers a
+  vector too few, the HTTP faults and ``fault-reset-before`` fail as for chat; hold()/release() gate it).
 * Errors use OpenAI's body ``{"error":{"message","type","param","code"}}``.
   Request validation like the real API: non-JSON body / missing ``model`` /
   missing ``messages`` / ``stream_options`` without ``stream: true`` -> 400.
@@ -142,6 +147,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from tests.fakes.embeddings import FAKE_DIMENSIONS, SHORT, fake_vector, word_count
 from tests.fakes.http_server import (
     Aborted,
     Behaviour,
@@ -167,6 +173,7 @@ from tests.fakes.http_server import (
 __all__ = ["Disconnect", "FakeOpenAIUpstream", "RecordedRequest"]
 
 CHAT_PATH = "/v1/chat/completions"
+EMBEDDINGS_PATH = "/v1/embeddings"
 SYSTEM_FINGERPRINT = "fp_fake0upstrm"
 FAKE_401_KEY = "sk-fake***1234"
 API_KEY_ENV = "FAKE_OPENAI_REQUIRED_API_KEY"
@@ -348,7 +355,7 @@ class FakeOpenAIUpstream(FakeHTTPServer):
         keep = req.keep_alive
         out = Out(conn, False)
         path = req.path
-        if path != CHAT_PATH or req.method != "POST":
+        if path not in (CHAT_PATH, EMBEDDINGS_PATH) or req.method != "POST":
             return await self._send_error(
                 out,
                 404,
@@ -426,6 +433,8 @@ class FakeOpenAIUpstream(FakeHTTPServer):
                 None,
                 keep_alive=keep,
             )
+        if path == EMBEDDINGS_PATH:
+            return await self._embeddings(out, conn, body, model, keep)
         messages = body.get("messages")
         if not isinstance(messages, list):
             return await self._send_error(
@@ -510,6 +519,53 @@ class FakeOpenAIUpstream(FakeHTTPServer):
         if stream:
             return await self.stream_reply(out, _OpenAIWire(beh, reply, model, include_usage, thoughts), keep)
         return await self.complete_reply(out, _OpenAIWire(beh, reply, model, False, thoughts), keep)
+
+    async def _embeddings(self, out: Out, conn: Conn, body: dict[str, Any], model: str, keep: bool) -> bool:
+        """``POST /v1/embeddings``: ``input`` a string or a list of 1 to 2,048 non-empty strings,
+        ``encoding_format`` "float" (the default; "base64" is not implemented here), ``dimensions`` a
+        positive integer, ``user`` a string; the answer is a ``list`` of ``embedding`` objects by ``index``,
+        with ``usage`` (prompt_tokens = total_tokens = words)."""
+        raw = body.get("input")
+        texts: Any = [raw] if isinstance(raw, str) else raw
+        problem = ""
+        if raw is None:
+            problem = "'input' is a required property"
+        elif not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            problem = "'input' must be a string or an array of strings"
+        elif not texts or len(texts) > 2048 or any(t == "" for t in texts):
+            problem = "'input' must be a non-empty string or an array of 1 to 2048 non-empty strings"
+        elif body.get("encoding_format", "float") != "float":
+            problem = "fake OpenAI upstream: only encoding_format 'float' is implemented"
+        dimensions = body.get("dimensions", FAKE_DIMENSIONS)
+        if not problem and (type(dimensions) is not int or dimensions < 1):
+            problem = "'dimensions' must be a positive integer"
+        if problem:
+            return await self._send_error(out, 400, problem, "invalid_request_error", None, keep_alive=keep)
+        beh = _behaviour(model)
+        if beh is None:
+            message = f"The model `{model}` does not exist or you do not have access to it."
+            return await self._send_error(
+                out, 404, message, "invalid_request_error", "model_not_found", keep_alive=keep
+            )
+        if beh.kind == "http-error":
+            spec = _HTTP_FAULTS[beh.fault]
+            return await self._send_error(
+                out, spec.status, spec.message, spec.type, spec.code, keep_alive=keep, extra=spec.headers
+            )
+        if beh.kind == "reset-before":
+            conn.rst()
+            raise Aborted
+        await out.until_open(self._started_gate())
+        answered = texts[:-1] if model == SHORT else texts
+        data = [
+            {"object": "embedding", "index": i, "embedding": fake_vector(text, dimensions)}
+            for i, text in enumerate(answered)
+        ]
+        answer: dict[str, Any] = {"object": "list", "data": data, "model": model}
+        if beh.usage:
+            words = word_count(texts)
+            answer["usage"] = {"prompt_tokens": words, "total_tokens": words}
+        return await self.send_body(out, 200, json.dumps(answer, separators=(",", ":")).encode(), keep_alive=keep)
 
 
 class _OpenAIWire(Wire):

@@ -79,6 +79,8 @@ async def test_describe_the_service_shows_its_rpcs(demo_gateway: Gateway) -> Non
     assert run.code == 0, run.err
     rpcs = [line.strip() for line in run.out.splitlines() if line.strip().startswith("rpc ")]
     assert rpcs == [
+        "rpc CountTokens ( .holysheepai.CountTokensRequest ) returns ( .holysheepai.CountTokensResponse );",
+        "rpc Embed ( .holysheepai.EmbedRequest ) returns ( .holysheepai.EmbedResponse );",
         "rpc Generate ( .holysheepai.GenerateRequest ) returns ( .holysheepai.GenerateResponse );",
         "rpc InteractiveStream ( stream .holysheepai.InteractiveRequest ) returns "
         "( stream .holysheepai.InteractiveResponse );",

@@ -278,3 +278,26 @@ async def test_a_call_refused_for_its_token_is_a_span_too(
     assert attributes["gateway.request_id"] == "trace-me"
     assert "wrong" not in str(attributes)
     assert fake_openai.requests == []
+
+
+async def test_an_embed_call_is_a_server_span_with_an_embeddings_attempt_carrying_the_trace_upstream(
+    start: Start, fake_openai: FakeOpenAIUpstream, exporter: InMemorySpanExporter
+) -> None:
+    config = openai_config(fake_openai.base_url)
+    embedder = ModelConfig(
+        name="embedder", provider="fake-openai", upstream_model="embedder", capabilities=frozenset({"embeddings"})
+    )
+    gateway = await start(replace(config, models=(*config.models, embedder)))
+    async with stub_for(gateway) as stub:
+        await stub.Embed(pb.EmbedRequest(model="embedder", texts=["a"]), metadata=CALLER, timeout=10)
+
+    [call] = spans_of(exporter, SpanKind.SERVER)
+    [attempt] = spans_of(exporter, SpanKind.CLIENT)
+    assert (call.name, (call.attributes or {})["gen_ai.operation.name"]) == (
+        "holysheepai.AIService/Embed",
+        "embeddings",
+    )
+    assert (attempt.name, (attempt.attributes or {})["gen_ai.operation.name"]) == ("embeddings embedder", "embeddings")
+    assert parent_id(attempt) == span_id(call)
+    [sent] = fake_openai.requests
+    assert sent.headers["traceparent"].startswith(f"00-{TRACE_ID}-{span_id(attempt)}-")

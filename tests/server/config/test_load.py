@@ -38,7 +38,7 @@ SECRETS = {"DEV_TOKEN": DEV_TOKEN, "OPENAI_API_KEY": OPENAI_KEY}
 
 
 # A demo model caches the prompt and reasons (server/config/models.py KIND_CAPABILITIES).
-CACHING = DEFAULT_CAPABILITIES | {"prompt_caching", "reasoning", "vision"}
+CACHING = DEFAULT_CAPABILITIES | {"embeddings", "prompt_caching", "reasoning", "vision"}  # a demo model's
 
 
 def sha256_hex(token: str) -> str:

@@ -251,3 +251,47 @@ async def test_after_a_fallback_no_signature_reaches_another_provider(make_gatew
     assert list(response.reasoning_blocks) == [
         pb.ReasoningBlock(signature=thought_signature(RESULT), provider="fake-gemini")
     ]
+
+
+async def test_after_a_fallback_the_other_way_no_gemini_signature_reaches_anthropic(
+    make_gateway: GatewayFactory,
+) -> None:
+    """Gemini fails before the first token; Anthropic (thinking off: with thinking on it would want a thinking
+    block of its own before the tool call) gets the conversation without Gemini's signatures, which its
+    fake would refuse as an altered thinking block."""
+    async with (
+        FakeAnthropicUpstream(api_key=UPSTREAM_KEY) as anthropic,
+        FakeGeminiUpstream(api_key=UPSTREAM_KEY) as gemini,
+    ):
+        base = conformance_config("gemini", gemini.base_url)
+        second_provider = ProviderConfig(
+            name="fake-anthropic",
+            kind="anthropic",
+            base_url=anthropic.base_url,
+            api_key_env="FAKE_KEY",
+            api_key=UPSTREAM_KEY,
+        )
+        primary = ModelConfig(name="primary", provider="fake-gemini", upstream_model="fault-503", fallbacks=("backup",))
+        backup = ModelConfig(name="backup", provider="fake-anthropic", upstream_model="echo")
+        gateway = await make_gateway(
+            replace(base, providers=(*base.providers, second_provider), models=(*base.models, primary, backup))
+        )
+        call = pb.ToolCall(id="call_0123456789abcdef01234567", name="get_weather", arguments=ARGUMENTS)
+        blocks = [
+            pb.ReasoningBlock(signature="U2lnbmVkQnlHZW1pbmk=", provider="fake-gemini", tool_call_id=call.id),
+            pb.ReasoningBlock(signature="VGV4dFNpZ25hdHVyZQ==", provider="fake-gemini"),
+        ]
+        messages = round_trip(call, blocks)
+        messages[1].content = "Checking."
+        async with stub_for(gateway) as stub:
+            response = await stub.Generate(
+                pb.GenerateRequest(model="primary", messages=messages, config=pb.GenerationConfig(tools=[WEATHER])),
+                timeout=30,
+            )
+
+    assert (response.content, response.provider) == (RESULT, "fake-anthropic")
+    assert gemini.requests[0].body["contents"][1]["parts"][1]["thoughtSignature"] == blocks[0].signature
+    assert anthropic.requests[0].body["messages"][1]["content"] == [
+        {"type": "text", "text": "Checking."},
+        {"type": "tool_use", "id": call.id, "name": "get_weather", "input": json.loads(ARGUMENTS)},
+    ]

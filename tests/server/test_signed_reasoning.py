@@ -170,7 +170,11 @@ def test_gemini_gets_each_signature_back_on_its_part_and_never_another_providers
         ),
         ChatMessage(Role.TOOL, "1", tool_call_id="call_a"),
         ChatMessage(Role.TOOL, "2", tool_call_id="call_b"),
-        assistant(ReasoningBlock("gemini", signature="U2lnVA=="), content="done"),
+        assistant(
+            ReasoningBlock("anthropic", "thought", "QW50aHJvcGlj"),
+            ReasoningBlock("gemini", signature="U2lnVA=="),
+            content="done",
+        ),
     )
     contents = gemini_body(request(*messages), provider="gemini")["contents"]
     assert contents[1]["parts"] == [

@@ -55,9 +55,10 @@ last part of a reply) becomes a signed ReasoningBlock of the Finish (or Completi
 part, with that call's id (`tool_call_id`); on any other part (text, a thought, an empty text part that
 only carries it), without. An assistant message's own blocks (those this provider made; other providers'
 are dropped) go back as they came: each call's on its `functionCall` part, the text's on the message's
-last part. Gemini 3 refuses a function call of the current turn without its signature, so the first
-`functionCall` part of a message that has none from this provider (a history from another provider after a
-fallback, or one the client wrote) carries Google's documented placeholder `skip_thought_signature_validator`.
+text part (dropped when it has none: Gemini checks only the calls' signatures). Gemini 3 refuses a
+function call of the current turn without its signature, so the first `functionCall` part of a message
+that has none from this provider (a history from another provider after a fallback, or one the client
+wrote) carries Google's documented placeholder `skip_thought_signature_validator`.
 
 Finish reasons: STOP -> STOP; MAX_TOKENS -> LENGTH; SAFETY, RECITATION, BLOCKLIST, PROHIBITED_CONTENT,
 SPII, IMAGE_SAFETY -> CONTENT_FILTER; anything else (LANGUAGE, OTHER, MALFORMED_FUNCTION_CALL, …) ->
@@ -298,8 +299,8 @@ def request_body(request: ChatRequest, *, provider: str = "") -> dict[str, Any]:
 
 def _sign(parts: list[dict[str, Any]], signed: tuple[ReasoningBlock, ...], calls: tuple[ToolCall, ...]) -> None:
     """Put each thought signature back on the part it came on: a call's on its functionCall part (the parts
-    end with one per call, in order), the text's on the last part; the first call's part without one gets
-    the placeholder."""
+    end with one per call, in order), the text's on the text's part (none without text); the first call's
+    part without one gets the placeholder."""
     if not parts:
         return
     first_call = len(parts) - len(calls)
@@ -307,7 +308,7 @@ def _sign(parts: list[dict[str, Any]], signed: tuple[ReasoningBlock, ...], calls
         parts[first_call] = {**parts[first_call], "thoughtSignature": UNSIGNED_CALL}
     by_call = {call.id: first_call + i for i, call in enumerate(calls)}
     for block in signed:
-        index = by_call.get(block.tool_call_id, -1) if block.tool_call_id else len(parts) - 1
+        index = by_call.get(block.tool_call_id, -1) if block.tool_call_id else first_call - 1
         if index >= 0 and (block.tool_call_id or "thoughtSignature" not in parts[index]):
             parts[index] = {**parts[index], "thoughtSignature": block.signature}
 

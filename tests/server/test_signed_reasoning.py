@@ -188,3 +188,20 @@ def test_gemini_gets_each_signature_back_on_its_part_and_never_another_providers
     assert contents[1]["parts"][0]["thoughtSignature"] == UNSIGNED_CALL == "skip_thought_signature_validator"
     assert "U2lnQQ==" not in json.dumps(contents)
     assert "U2lnVA==" not in json.dumps(contents)
+
+
+def test_a_gemini_text_signature_beside_calls_goes_on_the_text_never_on_an_unsigned_call() -> None:
+    calls = (ToolCall("call_a", "a", "{}"), ToolCall("call_b", "b", "{}"))
+    text = ReasoningBlock("gemini", signature="VGV4dA==")
+    first = ReasoningBlock("gemini", signature="U2lnQQ==", tool_call_id="call_a")
+    with_text = gemini_body(request(assistant(text, first, content="Checking.", calls=calls)), provider="gemini")
+    assert with_text["contents"][0]["parts"] == [
+        {"text": "Checking.", "thoughtSignature": "VGV4dA=="},
+        {"functionCall": {"name": "a", "args": {}}, "thoughtSignature": "U2lnQQ=="},
+        {"functionCall": {"name": "b", "args": {}}},
+    ]
+    without_text = gemini_body(request(assistant(text, first, calls=calls)), provider="gemini")
+    assert without_text["contents"][0]["parts"] == [
+        {"functionCall": {"name": "a", "args": {}}, "thoughtSignature": "U2lnQQ=="},
+        {"functionCall": {"name": "b", "args": {}}},
+    ]

@@ -32,6 +32,7 @@ __all__ = [
     "ModelDeployment",
     "ModelInfo",
     "RateLimits",
+    "ReasoningBlock",
     "Sampling",
     "SamplingOptions",
     "SessionMode",
@@ -74,11 +75,24 @@ class ToolCall:
 
 
 @dataclass(frozen=True, slots=True)
+class ReasoningBlock:
+    """A signed piece of the model's reasoning (Anthropic's thinking blocks, Gemini's thought signatures),
+    opaque: send it back unchanged in the assistant message of the next request (Message.calling does),
+    or the provider may refuse a tool-call round trip. `provider` made it; no other provider gets it."""
+
+    provider: str
+    text: str = ""
+    signature: str = ""
+    redacted: str = ""
+    tool_call_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     """One turn of a conversation. `role` is "system", "user", "assistant" or "tool"; an assistant message
     may carry the `tool_calls` it made, a tool message answers the call `tool_call_id`.
 
-        history.append(Message.calling(result.tool_calls))         # the assistant's calls, sent back
+        history.append(Message.calling(result.tool_calls, reasoning_blocks=result.reasoning_blocks))
         history.append(Message.tool_result(call, "sunny"))         # one answer per call
 
     `cache=True` marks a prompt-cache breakpoint (README: Prompt caching).
@@ -91,11 +105,16 @@ class Message:
     tool_call_id: str = ""
     # A prompt-cache breakpoint: the provider may cache the conversation up to and including this message.
     cache: bool = False
+    # Assistant messages: the signed reasoning blocks of the reply, as the result returned them.
+    reasoning_blocks: tuple[ReasoningBlock, ...] = ()
 
     @classmethod
-    def calling(cls, tool_calls: Sequence[ToolCall], text: str = "") -> Message:
-        """The assistant's turn that made `tool_calls` (with the text it wrote before them)."""
-        return cls("assistant", text, tool_calls=tuple(tool_calls))
+    def calling(
+        cls, tool_calls: Sequence[ToolCall], text: str = "", reasoning_blocks: Sequence[ReasoningBlock] = ()
+    ) -> Message:
+        """The assistant's turn that made `tool_calls` (with the text it wrote before them, and the signed
+        reasoning blocks of its result, which thinking models need back)."""
+        return cls("assistant", text, tool_calls=tuple(tool_calls), reasoning_blocks=tuple(reasoning_blocks))
 
     @classmethod
     def tool_result(cls, call: ToolCall, result: str | Mapping[str, Any]) -> Message:
@@ -195,6 +214,8 @@ class Usage:
     cache_write_tokens: int = 0
     # Of completion_tokens, those the model spent reasoning (0 when none or not reported).
     reasoning_tokens: int = 0
+    # Of cache_write_tokens, those written with a 1-hour TTL (priced apart).
+    cache_write_1h_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +249,8 @@ class GenerateResult:
     rate_limits: RateLimits | None = None
     # The model's reasoning text, when asked for with include_reasoning and the provider shares it.
     reasoning: str = ""
+    # The model's signed reasoning: send it back with the tool calls (Message.calling).
+    reasoning_blocks: tuple[ReasoningBlock, ...] = ()
 
 
 # What embeddings are for (Gemini's taskType; other providers ignore it).
@@ -295,6 +318,8 @@ class StreamEnd:
     usage: Usage
     # The tool calls of the reply, put together from its ToolCallDelta pieces.
     tool_calls: tuple[ToolCall, ...] = ()
+    # The model's signed reasoning: send it back with the tool calls (Message.calling).
+    reasoning_blocks: tuple[ReasoningBlock, ...] = ()
 
 
 StreamEvent: TypeAlias = TextDelta | ToolCallDelta | ReasoningDelta | StreamEnd
@@ -324,6 +349,9 @@ class TurnResult:
     tool_calls: tuple[ToolCall, ...] = ()
     # The caller's limits after this turn was admitted (None when the caller has no rate limits).
     rate_limits: RateLimits | None = None
+    # The model's signed reasoning (a conversation keeps it and sends it back by itself; a pipeline's
+    # caller sends it back with the tool calls).
+    reasoning_blocks: tuple[ReasoningBlock, ...] = ()
 
 
 TurnEvent: TypeAlias = TextDelta | ToolCallDelta | ReasoningDelta | TurnResult

@@ -25,6 +25,7 @@ from client.types import (
     ModelDeployment,
     ModelInfo,
     RateLimits,
+    ReasoningBlock,
     ReasoningDelta,
     SamplingOptions,
     SessionMode,
@@ -51,6 +52,7 @@ __all__ = [
     "generate_result",
     "model_info",
     "rate_limits",
+    "reasoning_blocks",
     "session_mode",
     "session_start",
     "token_count",
@@ -202,6 +204,7 @@ def turn_result(done: pb.TurnDone, text: str) -> TurnResult:
         usage=_usage(done.usage),
         history_trimmed=done.history_trimmed,
         rate_limits=turn_rate_limits(done.rate_limits) if done.HasField("rate_limits") else None,
+        reasoning_blocks=reasoning_blocks(done.reasoning_blocks),
     )
 
 
@@ -232,6 +235,16 @@ def _message_pb(message: MessageLike) -> pb.Message:
             tool_calls=[pb.ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in message.tool_calls],
             tool_call_id=message.tool_call_id,
             cache_control=pb.CacheControl() if message.cache else None,
+            reasoning_blocks=[
+                pb.ReasoningBlock(
+                    provider=b.provider,
+                    text=b.text,
+                    signature=b.signature,
+                    redacted=b.redacted,
+                    tool_call_id=b.tool_call_id,
+                )
+                for b in message.reasoning_blocks
+            ],
         )
     role, content = message
     return pb.Message(role=role, content=content)
@@ -247,6 +260,7 @@ def generate_result(response: pb.GenerateResponse, trailers: Metadata = ()) -> G
         tool_calls=tool_calls(response.tool_calls),
         rate_limits=rate_limits(trailers),
         reasoning=response.reasoning,
+        reasoning_blocks=reasoning_blocks(response.reasoning_blocks),
     )
 
 
@@ -274,6 +288,10 @@ def token_count(response: pb.CountTokensResponse) -> TokenCount:
     return TokenCount(
         response.input_tokens, response.estimated, response.model, response.provider, response.cached_tokens
     )
+
+
+def reasoning_blocks(blocks: Iterable[pb.ReasoningBlock]) -> tuple[ReasoningBlock, ...]:
+    return tuple(ReasoningBlock(b.provider, b.text, b.signature, b.redacted, b.tool_call_id) for b in blocks)
 
 
 def tool_calls(calls: Iterable[pb.ToolCall]) -> tuple[ToolCall, ...]:
@@ -351,6 +369,7 @@ def _usage(usage: pb.Usage) -> Usage:
         usage.cached_prompt_tokens,
         usage.cache_write_tokens,
         usage.reasoning_tokens,
+        usage.cache_write_1h_tokens,
     )
 
 
@@ -386,6 +405,7 @@ class StreamAssembler:
             finish_reason=_finish_reason(chunk.finish_reason),
             usage=_usage(chunk.usage),
             tool_calls=self.calls.calls(),
+            reasoning_blocks=reasoning_blocks(chunk.reasoning_blocks),
         )
         return self.end
 

@@ -276,6 +276,7 @@ class Message(_message.Message):
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
     TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
     CACHE_CONTROL_FIELD_NUMBER: _builtins.int
+    REASONING_BLOCKS_FIELD_NUMBER: _builtins.int
     role: _builtins.str
     """Who wrote the turn: "system", "user", "assistant", or "tool" (the result of a tool call, for the call
     named by `tool_call_id`).
@@ -310,6 +311,15 @@ class Message(_message.Message):
         written to the cache either way. At most 4 per request.
         """
 
+    @_builtins.property
+    def reasoning_blocks(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReasoningBlock]:
+        """Assistant messages: the model's signed reasoning blocks of this turn, exactly as GenerateResponse
+        (or the final StreamChunk, or TurnDone) returned them. Send them back unchanged: Anthropic refuses a
+        tool-use turn with thinking whose thinking blocks are missing or altered, and Gemini 3 a function
+        call without its thought signature. The gateway sends a block only to the provider named in it and
+        drops it for any other (after a fallback, say). At most 64 a message.
+        """
+
     def __init__(
         self,
         *,
@@ -320,14 +330,68 @@ class Message(_message.Message):
         tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
         tool_call_id: _builtins.str = ...,
         cache_control: Global___CacheControl | None = ...,
+        reasoning_blocks: _abc.Iterable[Global___ReasoningBlock] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "content", b"content", "name", b"name", "parts", b"parts", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_control", b"cache_control", "content", b"content", "name", b"name", "parts", b"parts", "reasoning_blocks", b"reasoning_blocks", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Message: _TypeAlias = Message  # noqa: Y015
+
+@_typing.final
+class ReasoningBlock(_message.Message):
+    """ReasoningBlock is one signed piece of a model's reasoning, opaque to the client: what the provider needs
+    back in the next request to continue from its own thinking (Anthropic's thinking and redacted_thinking
+    blocks, Gemini's thought signatures). It is returned whether or not ReasoningOptions.include_reasoning
+    asked for the reasoning text, because the round trip needs it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    REDACTED_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """The thinking text the signature covers (Anthropic's thinking block); empty for a redacted block and
+    for Gemini's signatures.
+    """
+    signature: _builtins.str
+    """The provider's signature, base64 (Anthropic's `signature`, Gemini's `thoughtSignature`); at most
+    64 KiB. Opaque: send it back as it is.
+    """
+    redacted: _builtins.str
+    """Anthropic's redacted_thinking block: the encrypted thinking, base64 (its `data`); at most 1 MiB.
+    `text` and `signature` are then empty.
+    """
+    provider: _builtins.str
+    """The provider that made the block, as GenerateResponse.provider names it. Required when sent back: a
+    signature is valid only for the provider that made it, so the gateway sends the block to that provider
+    only and drops it for any other.
+    """
+    tool_call_id: _builtins.str
+    """Gemini: the id of the tool call whose functionCall part carried the signature (it goes back on that
+    part); empty for a signature of the reply's text.
+    """
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        signature: _builtins.str = ...,
+        redacted: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        tool_call_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider", "redacted", b"redacted", "signature", b"signature", "text", b"text", "tool_call_id", b"tool_call_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReasoningBlock: _TypeAlias = ReasoningBlock  # noqa: Y015
 
 @_typing.final
 class ContentPart(_message.Message):
@@ -400,8 +464,11 @@ class CacheControl(_message.Message):
     TTL_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
-        """How long the cached prefix should live; unset means the provider's default (Anthropic: 5 minutes).
-        This version takes only unset or 5 minutes (INVALID_ARGUMENT otherwise).
+        """How long the cached prefix should live: unset (the provider's default, Anthropic's 5 minutes), 5
+        minutes or 1 hour (INVALID_ARGUMENT otherwise). Anthropic bills a 1-hour write at 2x the input price
+        (a 5-minute one at 1.25x) and wants 1-hour breakpoints before 5-minute ones, so a 1-hour breakpoint
+        after a 5-minute (or unset) one is INVALID_ARGUMENT. Providers that cache by themselves (OpenAI,
+        Gemini, DeepSeek) keep their cache as long as they choose and are not sent it.
         """
 
     def __init__(
@@ -779,6 +846,7 @@ class GenerateResponse(_message.Message):
     DEPLOYMENT_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
     REASONING_FIELD_NUMBER: _builtins.int
+    REASONING_BLOCKS_FIELD_NUMBER: _builtins.int
     content: _builtins.str
     """The generated text."""
     model: _builtins.str
@@ -803,6 +871,12 @@ class GenerateResponse(_message.Message):
         hold text the model wrote before them.
         """
 
+    @_builtins.property
+    def reasoning_blocks(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReasoningBlock]:
+        """The model's signed reasoning blocks, in order: put them in the assistant Message of the next request
+        (Message.reasoning_blocks) with `content` and `tool_calls`.
+        """
+
     def __init__(
         self,
         *,
@@ -814,10 +888,11 @@ class GenerateResponse(_message.Message):
         deployment: _builtins.str = ...,
         tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
         reasoning: _builtins.str = ...,
+        reasoning_blocks: _abc.Iterable[Global___ReasoningBlock] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "deployment", b"deployment", "finish_reason", b"finish_reason", "model", b"model", "provider", b"provider", "reasoning", b"reasoning", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "deployment", b"deployment", "finish_reason", b"finish_reason", "model", b"model", "provider", b"provider", "reasoning", b"reasoning", "reasoning_blocks", b"reasoning_blocks", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -841,6 +916,7 @@ class StreamChunk(_message.Message):
     RESUMED_FIELD_NUMBER: _builtins.int
     TOOL_CALL_FIELD_NUMBER: _builtins.int
     REASONING_FIELD_NUMBER: _builtins.int
+    REASONING_BLOCKS_FIELD_NUMBER: _builtins.int
     delta: _builtins.str
     """The next piece of generated text; empty on the final chunk."""
     is_complete: _builtins.bool
@@ -872,6 +948,12 @@ class StreamChunk(_message.Message):
         attempts.
         """
 
+    @_builtins.property
+    def reasoning_blocks(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReasoningBlock]:
+        """The model's signed reasoning blocks, whole, as in GenerateResponse.reasoning_blocks; set on the final
+        chunk only (a signature comes at the end of its block).
+        """
+
     def __init__(
         self,
         *,
@@ -885,10 +967,11 @@ class StreamChunk(_message.Message):
         resumed: _builtins.bool = ...,
         tool_call: Global___ToolCallDelta | None = ...,
         reasoning: _builtins.str = ...,
+        reasoning_blocks: _abc.Iterable[Global___ReasoningBlock] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["tool_call", b"tool_call", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "deployment", b"deployment", "finish_reason", b"finish_reason", "is_complete", b"is_complete", "model", b"model", "provider", b"provider", "reasoning", b"reasoning", "resumed", b"resumed", "tool_call", b"tool_call", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "deployment", b"deployment", "finish_reason", b"finish_reason", "is_complete", b"is_complete", "model", b"model", "provider", b"provider", "reasoning", b"reasoning", "reasoning_blocks", b"reasoning_blocks", "resumed", b"resumed", "tool_call", b"tool_call", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -909,6 +992,7 @@ class Usage(_message.Message):
     REASONING_TOKENS_FIELD_NUMBER: _builtins.int
     CACHED_PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
     CACHE_WRITE_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_1H_TOKENS_FIELD_NUMBER: _builtins.int
     prompt_tokens: _builtins.int
     """Tokens in the prompt."""
     completion_tokens: _builtins.int
@@ -934,6 +1018,8 @@ class Usage(_message.Message):
     """Of prompt_tokens, those read from the provider's prompt cache (priced at its cache-read price)."""
     cache_write_tokens: _builtins.int
     """Of prompt_tokens, those written to the provider's prompt cache (priced at its cache-write price)."""
+    cache_write_1h_tokens: _builtins.int
+    """Of cache_write_tokens, those written with a 1-hour TTL (priced at the 1-hour cache-write price)."""
     def __init__(
         self,
         *,
@@ -946,10 +1032,11 @@ class Usage(_message.Message):
         reasoning_tokens: _builtins.int = ...,
         cached_prompt_tokens: _builtins.int = ...,
         cache_write_tokens: _builtins.int = ...,
+        cache_write_1h_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "cost_usd", b"cost_usd"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "cache_write_tokens", b"cache_write_tokens", "cached_prompt_tokens", b"cached_prompt_tokens", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "estimated", b"estimated", "prompt_tokens", b"prompt_tokens", "reasoning_tokens", b"reasoning_tokens", "total_tokens", b"total_tokens", "unreported", b"unreported"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd", "cache_write_1h_tokens", b"cache_write_1h_tokens", "cache_write_tokens", b"cache_write_tokens", "cached_prompt_tokens", b"cached_prompt_tokens", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "estimated", b"estimated", "prompt_tokens", b"prompt_tokens", "reasoning_tokens", b"reasoning_tokens", "total_tokens", b"total_tokens", "unreported", b"unreported"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cost_usd: _TypeAlias = _typing.Literal["cost_usd"]  # noqa: Y015
     _WhichOneofArgType__cost_usd: _TypeAlias = _typing.Literal["_cost_usd", b"_cost_usd"]  # noqa: Y015
@@ -1237,6 +1324,7 @@ class TurnDone(_message.Message):
     DEPLOYMENT_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
     RATE_LIMITS_FIELD_NUMBER: _builtins.int
+    REASONING_BLOCKS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The turn it ends."""
     finish_reason: Global___FinishReason.ValueType
@@ -1269,6 +1357,13 @@ class TurnDone(_message.Message):
         client has no rate limits, and on a turn cancelled before it was admitted.
         """
 
+    @_builtins.property
+    def reasoning_blocks(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReasoningBlock]:
+        """The model's signed reasoning blocks of this turn, as in GenerateResponse.reasoning_blocks. A
+        conversation keeps them in its history and sends them back by itself; a pipeline's client sends them
+        back in its next request's assistant message.
+        """
+
     def __init__(
         self,
         *,
@@ -1281,10 +1376,11 @@ class TurnDone(_message.Message):
         deployment: _builtins.str = ...,
         tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
         rate_limits: Global___RateLimits | None = ...,
+        reasoning_blocks: _abc.Iterable[Global___ReasoningBlock] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["rate_limits", b"rate_limits", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "finish_reason", b"finish_reason", "history_trimmed", b"history_trimmed", "model", b"model", "provider", b"provider", "rate_limits", b"rate_limits", "request_id", b"request_id", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "finish_reason", b"finish_reason", "history_trimmed", b"history_trimmed", "model", b"model", "provider", b"provider", "rate_limits", b"rate_limits", "reasoning_blocks", b"reasoning_blocks", "request_id", b"request_id", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -17,6 +17,7 @@ from server.types import (
     Image,
     OutputFormat,
     Reasoning,
+    ReasoningBlock,
     ReasoningDelta,
     ReasoningEffort,
     ResponseFormat,
@@ -38,6 +39,8 @@ __all__ = [
     "generate_response",
     "model_info",
     "params_from_pb",
+    "reasoning_blocks_from_pb",
+    "reasoning_blocks_pb",
     "reasoning_chunk",
     "task_type_from_pb",
     "tool_call_chunk",
@@ -106,7 +109,7 @@ def _response_format(fmt: pb.ResponseFormat) -> ResponseFormat:
 def unchecked_messages(messages: Iterable[pb.Message]) -> list[UncheckedMessage]:
     return [
         UncheckedMessage(m.role, m.content, m.name)
-        if not (m.tool_calls or m.tool_call_id or m.parts or m.HasField("cache_control"))
+        if not (m.tool_calls or m.tool_call_id or m.parts or m.HasField("cache_control") or m.reasoning_blocks)
         else UncheckedMessage(
             m.role,
             _with_text_parts(m),
@@ -120,8 +123,22 @@ def unchecked_messages(messages: Iterable[pb.Message]) -> list[UncheckedMessage]
                 for i, p in enumerate(m.parts)
                 if p.WhichOneof("kind") == "image"
             ),
+            reasoning_blocks=reasoning_blocks_from_pb(m.reasoning_blocks),
         )
         for m in messages
+    ]
+
+
+def reasoning_blocks_from_pb(blocks: Iterable[pb.ReasoningBlock]) -> tuple[ReasoningBlock, ...]:
+    return tuple(ReasoningBlock(b.provider, b.text, b.signature, b.redacted, b.tool_call_id) for b in blocks)
+
+
+def reasoning_blocks_pb(blocks: Iterable[ReasoningBlock]) -> list[pb.ReasoningBlock]:
+    return [
+        pb.ReasoningBlock(
+            text=b.text, signature=b.signature, redacted=b.redacted, provider=b.provider, tool_call_id=b.tool_call_id
+        )
+        for b in blocks
     ]
 
 
@@ -174,6 +191,7 @@ def usage_pb(usage: Usage | None, cost_usd: float | None = None) -> pb.Usage:
         reasoning_tokens=usage.reasoning_tokens,
         cached_prompt_tokens=usage.cached_prompt_tokens,
         cache_write_tokens=usage.cache_write_tokens,
+        cache_write_1h_tokens=usage.cache_write_1h_tokens,
     )
 
 
@@ -187,6 +205,7 @@ def final_chunk(finish: Finish) -> pb.StreamChunk:
         provider=served.provider if served else "",
         deployment=served.deployment if served else "",
         resumed=finish.resumed,
+        reasoning_blocks=reasoning_blocks_pb(finish.reasoning_blocks),
     )
 
 
@@ -201,6 +220,7 @@ def generate_response(completion: Completion) -> pb.GenerateResponse:
         deployment=served.deployment if served else "",
         tool_calls=tool_calls_pb(completion.tool_calls),
         reasoning=completion.reasoning,
+        reasoning_blocks=reasoning_blocks_pb(completion.reasoning_blocks),
     )
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "Image",
     "OutputFormat",
     "Reasoning",
+    "ReasoningBlock",
     "ReasoningDelta",
     "ReasoningEffort",
     "ResponseFormat",
@@ -73,6 +74,20 @@ class Image:
 
 
 @dataclass(frozen=True, slots=True)
+class ReasoningBlock:
+    """One signed piece of a model's reasoning, to be sent back unchanged, and only to `provider` (the
+    provider's configured name) that made it: an Anthropic thinking block (`text` and `signature`) or
+    redacted_thinking block (`redacted`), or a Gemini thought signature (`signature`, on the functionCall
+    part of `tool_call_id`, else on the reply's text)."""
+
+    provider: str
+    text: str = ""
+    signature: str = ""
+    redacted: str = ""
+    tool_call_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ChatMessage:
     """One message. An assistant message may carry `tool_calls`; a TOOL message answers `tool_call_id`."""
 
@@ -85,6 +100,10 @@ class ChatMessage:
     cache: bool = False
     # Images, after the message's text (user messages only).
     images: tuple[Image, ...] = ()
+    # The breakpoint's TTL in seconds (300 or 3600); 0: the provider's default.
+    cache_ttl_s: int = 0
+    # Assistant messages: the model's signed reasoning blocks, sent back to the provider that made them.
+    reasoning_blocks: tuple[ReasoningBlock, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +242,8 @@ class ChatRequest:
 class Usage:
     """Token counts. `estimated` marks counts the gateway made itself (one per delta relayed).
     `cached_prompt_tokens` (read from the provider's prompt cache) and `cache_write_tokens` (written to it)
-    are part of `prompt_tokens`; `reasoning_tokens` are part of `completion_tokens`."""
+    are part of `prompt_tokens`, and `cache_write_1h_tokens` (written with a 1-hour TTL) part of
+    `cache_write_tokens`; `reasoning_tokens` are part of `completion_tokens`."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -232,6 +252,7 @@ class Usage:
     reasoning_tokens: int = 0
     cached_prompt_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
 
 
 class TextDelta:
@@ -326,6 +347,7 @@ class Finish:
     cost_usd: float | None = None
     resumed: bool = False
     upstream_request_id: str = ""
+    reasoning_blocks: tuple[ReasoningBlock, ...] = ()  # the reply's signed reasoning, whole
 
 
 StreamEvent = TextDelta | ToolCallDelta | ReasoningDelta | Finish
@@ -343,6 +365,7 @@ class Completion:
     upstream_request_id: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
     reasoning: str = ""  # the model's reasoning text, when the request asked for it
+    reasoning_blocks: tuple[ReasoningBlock, ...] = ()  # the reply's signed reasoning, to be sent back
 
 
 # The shape every provider's streaming method returns.

@@ -3,29 +3,40 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from server import defaults
 from server.errors import FieldViolation, InvalidRequest, ModelNotFound, echo, unknown_model_description
 from server.tool_checks import check_message_tools, check_tool_options
-from server.types import ChatMessage, Image, Role, SamplingParams, ToolCall
+from server.types import ChatMessage, Image, ReasoningBlock, Role, SamplingParams, ToolCall
 
 __all__ = [
-    "CACHE_TTL_S",
+    "CACHE_TTLS_S",
     "IMAGE_MIME_TYPES",
     "MAX_CACHE_BREAKPOINTS",
     "MAX_IMAGES",
     "MAX_IMAGE_BYTES",
+    "MAX_REASONING_BLOCKS",
+    "MAX_REDACTED_BYTES",
+    "MAX_SIGNATURE_BYTES",
+    "OPAQUE_BASE64",
     "UncheckedMessage",
     "check_request",
 ]
 
 _ROLES = {role.value: role for role in Role}
-# Anthropic's limits: at most 4 cache breakpoints a request; its 5-minute TTL is the one priced here (a 1-hour
-# write costs 2x input, which the price table does not know yet).
+# Anthropic's limits: at most 4 cache breakpoints a request, each with a 5-minute or 1-hour TTL (the two it
+# prices), the 1-hour ones first.
 MAX_CACHE_BREAKPOINTS = 4
-CACHE_TTL_S = 300.0
+CACHE_TTLS_S = (300, 3600)
+# Signed reasoning blocks sent back: opaque base64 from the provider, bounded here. Real signatures are a few
+# KiB at most; a redacted block holds encrypted thinking, so it may be larger.
+MAX_REASONING_BLOCKS = 64
+MAX_SIGNATURE_BYTES = 64 * 1024
+MAX_REDACTED_BYTES = 1024 * 1024
+OPAQUE_BASE64 = re.compile(r"[A-Za-z0-9+/_=-]*")
 # Images: the types every provider takes; Anthropic's per-image limit (the request's max_request_bytes
 # bounds them all together); at most this many in one request.
 IMAGE_MIME_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
@@ -45,6 +56,7 @@ class UncheckedMessage:
     cache: bool = False  # a cache breakpoint (cache_control)
     cache_ttl_s: float | None = None  # its ttl; None: the provider's default
     images: tuple[tuple[int, Image], ...] = ()  # (the index among the message's parts, the image)
+    reasoning_blocks: tuple[ReasoningBlock, ...] = ()
 
 
 def check_request(
@@ -80,6 +92,7 @@ def check_request(
     content_bytes = 0
     breakpoints = 0
     image_count = 0
+    short_ttl = False  # a 5-minute (or default) breakpoint came before
     for i, message in enumerate(messages):
         role = _ROLES.get(message.role)
         if role is None:
@@ -92,7 +105,15 @@ def check_request(
             images = tuple(image for _, image in message.images)
             checked.append(
                 ChatMessage(
-                    role, message.content, message.name, message.tool_calls, message.tool_call_id, message.cache, images
+                    role,
+                    message.content,
+                    message.name,
+                    message.tool_calls,
+                    message.tool_call_id,
+                    message.cache,
+                    images,
+                    int(message.cache_ttl_s or 0),
+                    message.reasoning_blocks,
                 )
             )
         content_bytes += _utf8_len(message.content) + _utf8_len(message.name)
@@ -105,14 +126,19 @@ def check_request(
             image_count += len(message.images)
             content_bytes += sum(len(image.data) + len(image.url) for _, image in message.images)
             violations += _check_images(i, role, message.images)
+        if message.reasoning_blocks:
+            content_bytes += sum(len(b.text) + len(b.signature) + len(b.redacted) for b in message.reasoning_blocks)
+            violations += _check_reasoning_blocks(i, role, message.reasoning_blocks)
         if message.cache:
             breakpoints += 1
-            if message.cache_ttl_s not in (None, CACHE_TTL_S):
+            where = f"messages[{i}].cache_control.ttl"
+            if message.cache_ttl_s is not None and message.cache_ttl_s not in CACHE_TTLS_S:
                 violations.append(
-                    FieldViolation(
-                        f"messages[{i}].cache_control.ttl", "must be 5m (300s) or unset (the provider's default)"
-                    )
+                    FieldViolation(where, "must be 5m (300s), 1h (3600s) or unset (the provider's default)")
                 )
+            elif message.cache_ttl_s == 3600 and short_ttl:
+                violations.append(FieldViolation(where, "a 1-hour breakpoint must come before every 5-minute one"))
+            short_ttl = short_ttl or message.cache_ttl_s != 3600
     if image_count > MAX_IMAGES:
         violations.append(FieldViolation("messages", f"{image_count} images; the limit is {MAX_IMAGES}"))
     if breakpoints > MAX_CACHE_BREAKPOINTS:
@@ -160,6 +186,29 @@ def _check_images(i: int, role: Role | None, images: Sequence[tuple[int, Image]]
                 )
         else:
             violations.append(FieldViolation(where, "needs a url or data"))
+    return violations
+
+
+def _check_reasoning_blocks(i: int, role: Role | None, blocks: Sequence[ReasoningBlock]) -> list[FieldViolation]:
+    where = f"messages[{i}].reasoning_blocks"
+    if role is not Role.ASSISTANT:
+        return [FieldViolation(where, "reasoning blocks go in assistant messages only")]
+    if len(blocks) > MAX_REASONING_BLOCKS:
+        return [FieldViolation(where, f"{len(blocks)} blocks; the limit is {MAX_REASONING_BLOCKS}")]
+    violations = []
+    for j, block in enumerate(blocks):
+        if not block.provider:
+            violations.append(
+                FieldViolation(f"{where}[{j}].provider", "required: the provider that made the block, as returned")
+            )
+        for name, value, limit in (
+            ("signature", block.signature, MAX_SIGNATURE_BYTES),
+            ("redacted", block.redacted, MAX_REDACTED_BYTES),
+        ):
+            if len(value) > limit:
+                violations.append(FieldViolation(f"{where}[{j}].{name}", f"{len(value)} bytes; the limit is {limit}"))
+            elif not OPAQUE_BASE64.fullmatch(value):
+                violations.append(FieldViolation(f"{where}[{j}].{name}", "must be base64, as the provider sent it"))
     return violations
 
 

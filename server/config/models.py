@@ -155,16 +155,20 @@ def _parse_deployment(raw: Any, where: str, model: str, problems: list[str]) -> 
 
 def _parse_price(raw: Any, where: str, problems: list[str]) -> Price | None:
     entry = mapping(raw, where, problems)
-    unknown_keys(entry, {"input", "output", "cache_read", "cache_write"}, f"{where}.", problems)
+    unknown_keys(entry, {"input", "output", *_CACHE_PRICES}, f"{where}.", problems)
     numbers = [number(entry.get(k), f"{where}.{k}", problems, minimum=0) for k in ("input", "output")]
-    # Optional: USD per million prompt tokens read from / written to the provider's cache (default: input).
+    # Optional: USD per million prompt tokens read from / written to the provider's cache (default: input;
+    # a 1-hour write's default is the 5-minute write's).
     cache = [
         number(entry[k], f"{where}.{k}", problems, minimum=0) if entry.get(k) is not None else None
-        for k in ("cache_read", "cache_write")
+        for k in _CACHE_PRICES
     ]
     if numbers[0] is None or numbers[1] is None:
         return None
-    return Price(numbers[0], numbers[1], cache[0], cache[1])
+    return Price(numbers[0], numbers[1], *cache)
+
+
+_CACHE_PRICES = ("cache_read", "cache_write", "cache_write_1h")
 
 
 def _parse_shadow(raw: Any, where: str, problems: list[str]) -> Shadow | None:

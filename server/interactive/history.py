@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from server.errors import FieldViolation, InvalidRequest
-from server.types import ChatMessage, Role, ToolCall
+from server.types import ChatMessage, ReasoningBlock, Role, ToolCall
 
 __all__ = ["History", "Plan"]
 
@@ -67,13 +67,23 @@ class History:
             trimmed += 1
         return Plan((*kept, *new), trimmed)
 
-    def commit(self, plan: Plan, reply: str | None, tool_calls: tuple[ToolCall, ...] = ()) -> None:
-        """Make `plan` the history, followed by the assistant's `reply` and its `tool_calls` (None and no
-        calls: the turn left no reply). A next turn answers the calls with tool messages."""
+    def commit(
+        self,
+        plan: Plan,
+        reply: str | None,
+        tool_calls: tuple[ToolCall, ...] = (),
+        reasoning_blocks: tuple[ReasoningBlock, ...] = (),
+    ) -> None:
+        """Make `plan` the history, followed by the assistant's `reply`, its `tool_calls` and its signed
+        `reasoning_blocks` (None and no calls: the turn left no reply). A next turn answers the calls with
+        tool messages, and its request carries the blocks back to the provider that made them."""
         if reply is None and not tool_calls:
             self._messages = plan.messages
         else:
-            self._messages = (*plan.messages, ChatMessage(Role.ASSISTANT, reply or "", tool_calls=tool_calls))
+            reply_message = ChatMessage(
+                Role.ASSISTANT, reply or "", tool_calls=tool_calls, reasoning_blocks=reasoning_blocks
+            )
+            self._messages = (*plan.messages, reply_message)
 
 
 def message_bytes(message: ChatMessage) -> int:
@@ -82,6 +92,8 @@ def message_bytes(message: ChatMessage) -> int:
         size += len(call.arguments.encode("utf-8", "surrogatepass")) + len(call.name) + len(call.id)
     for image in message.images:  # a conversation's images count toward max_history_bytes too
         size += len(image.data) + len(image.url)
+    for block in message.reasoning_blocks:  # and so do signed reasoning blocks
+        size += len(block.text.encode("utf-8", "surrogatepass")) + len(block.signature) + len(block.redacted)
     return size
 
 

@@ -344,7 +344,7 @@ class InteractiveSession:
             raise InternalError("the upstream stream ended without a finish event")
         calls = turn.tool_calls.calls()
         if turn.plan is not None:
-            self._history.commit(turn.plan, "".join(turn.reply), calls)
+            self._history.commit(turn.plan, "".join(turn.reply), calls, finish.reasoning_blocks)
         self._seam.end(turn.call)  # before `done` leaves
         await self._outbox.put(wire.done(spec.request_id, finish, turn.trimmed, calls, turn.call.rate_limits))
 

@@ -17,6 +17,7 @@ from generated import ai_service_pb2 as pb
 from server.convert import (
     FINISH_REASON_PB,
     params_from_pb,
+    reasoning_blocks_pb,
     tool_call_delta_pb,
     tool_calls_pb,
     unchecked_messages,
@@ -213,6 +214,7 @@ def done(
             deployment=served.deployment if served else "",
             tool_calls=tool_calls_pb(tool_calls),
             rate_limits=rate_limits_pb(rate_limits),
+            reasoning_blocks=reasoning_blocks_pb(finish.reasoning_blocks),
         )
     )
 

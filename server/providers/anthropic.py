@@ -25,14 +25,19 @@ Images: a user message's images follow its text as `image` blocks, `{"type":"bas
 
 Prompt caching: a message with `cache` (the client's `cache_control`) puts `cache_control: {"type":
 "ephemeral"}` on its last content block (a plain-string message becomes one text block for it), so
-Anthropic caches the prompt up to there.
+Anthropic caches the prompt up to there; a 1-hour TTL adds `"ttl": "1h"` (a 5-minute one is the default and
+is left out).
 
 Reasoning: `thinking: {"type": "enabled", "budget_tokens": …}` (the client's budget, else its effort's:
 low 1024, medium 8192, high 24576; at least Anthropic's minimum of 1024). Anthropic's `max_tokens` counts
 the thinking as well, so a client's max_tokens is sent plus the budget. Streamed `thinking_delta`s become
-ReasoningDeltas when the client asked for the reasoning text, and are dropped otherwise; `signature_delta`s
-(the thinking block's signature) and `redacted_thinking` blocks are dropped. A whole answer's `thinking`
-blocks are its `reasoning`. Anthropic reports no separate count of thinking tokens: they are in
+ReasoningDeltas when the client asked for the reasoning text, and are dropped otherwise. Every `thinking`
+block (its text from the `thinking_delta`s and its `signature_delta`, whole at `content_block_stop`) and
+`redacted_thinking` block (its `data`) becomes a signed ReasoningBlock of the Finish (or Completion), asked
+for or not: the next request must carry it back. An assistant message's own blocks (those this provider
+made; other providers' are dropped) go first in its content, `{"type":"thinking","thinking","signature"}`
+and `{"type":"redacted_thinking","data"}`, as they came. A whole answer's `thinking` blocks are its
+`reasoning`. Anthropic reports no separate count of thinking tokens: they are in
 `output_tokens`, and `reasoning_tokens` stays 0. (Anthropic refuses `temperature` and forced tool
 choices, so JSON output, with thinking: such a call is INVALID_ARGUMENT from the upstream.)
 
@@ -53,7 +58,10 @@ only if a stop reason arrived.
 Usage: prompt tokens are `input_tokens` plus `cache_creation_input_tokens` and `cache_read_input_tokens`
 (Anthropic counts cached prompt tokens apart; OpenAI's `prompt_tokens` include them, so this keeps one
 meaning); of them, `cache_read_input_tokens` are `cached_prompt_tokens` and `cache_creation_input_tokens`
-`cache_write_tokens`, each priced at the catalog's cache prices. Completion tokens are the last
+`cache_write_tokens`, each priced at the catalog's cache prices; of the writes, `cache_creation.
+ephemeral_1h_input_tokens` are `cache_write_1h_tokens` (priced at the 1-hour write price). Without that
+split, the writes of a request with a 1-hour breakpoint all count as 1-hour ones (an upper bound).
+Completion tokens are the last
 `output_tokens`. A stream that reports neither is `Usage.unreported`.
 
 Stop reasons: `end_turn`, `stop_sequence` -> STOP; `max_tokens`, `model_context_window_exceeded` ->
@@ -78,6 +86,7 @@ from server.embedding import TokenCount
 from server.errors import UpstreamError
 from server.providers.http import EventDecoder, HTTPProvider, checked_usage, loads_object, token_count
 from server.providers.images import inline
+from server.providers.signed import MAX_THINKING_BYTES, own_blocks, signed_block, thinking_too_long
 from server.providers.transport import Transport
 from server.providers.upstream_errors import error_for_error_type, safe_identifier
 from server.sse import ServerSentEvent
@@ -90,6 +99,7 @@ from server.types import (
     FinishReason,
     Image,
     OutputFormat,
+    ReasoningBlock,
     ReasoningDelta,
     Role,
     SamplingParams,
@@ -134,20 +144,23 @@ class AnthropicProvider(HTTPProvider):
         return {"x-api-key": key}
 
     def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
-        body = request_body(request)
+        body = request_body(request, provider=self.name)
         body["stream"] = True
-        events = _AnthropicEvents(self.name, output_tool(request.params), _includes(request))
+        events = _AnthropicEvents(self.name, output_tool(request.params), _includes(request), _hour_writes(request))
         return self._stream_sse(_PATH, body, request, events)
 
     async def complete(self, request: ChatRequest) -> Completion:
         output = output_tool(request.params)
-        include = _includes(request)
+        include, hour = _includes(request), _hour_writes(request)
         return await self._post_json(
-            _PATH, request_body(request), request, lambda payload: self._completion(payload, output, include)
+            _PATH,
+            request_body(request, provider=self.name),
+            request,
+            lambda payload: self._completion(payload, output, include, hour),
         )
 
     async def count_tokens(self, request: ChatRequest) -> TokenCount:
-        full = request_body(request)
+        full = request_body(request, provider=self.name)
         body = {key: full[key] for key in _COUNTED_FIELDS if key in full}
         return await self._post_for(_COUNT_PATH, body, request, self._token_count)
 
@@ -156,19 +169,27 @@ class AnthropicProvider(HTTPProvider):
             raise _in_band_error(self.name, payload.get("error"))
         return TokenCount(token_count(payload["input_tokens"], "input_tokens", self.name), exact=True)
 
-    def _completion(self, payload: dict[str, Any], output: str | None, include_thinking: bool) -> Completion:
+    def _completion(
+        self, payload: dict[str, Any], output: str | None, include_thinking: bool, hour_writes: bool
+    ) -> Completion:
         if payload.get("type") == "error":
             raise _in_band_error(self.name, payload.get("error"))
         texts: list[str] = []
         thoughts: list[str] = []
+        signed: list[ReasoningBlock] = []
         calls: list[ToolCall] = []
         answered = False  # by the output tool
         for block in payload["content"]:
             kind = block.get("type")
             if kind == "text":
                 texts.append(block["text"])
-            elif kind == "thinking" and include_thinking:
-                thoughts.append(str(block.get("thinking") or ""))
+            elif kind == "thinking":
+                thinking = str(block.get("thinking") or "")
+                signed.append(signed_block(self.name, text=thinking, signature=block.get("signature") or ""))
+                if include_thinking:
+                    thoughts.append(thinking)
+            elif kind == "redacted_thinking":
+                signed.append(signed_block(self.name, redacted=block.get("data") or ""))
             elif kind == "tool_use" and block["name"] == output:
                 answered = True
                 texts.append(_compact(block["input"]))
@@ -178,25 +199,81 @@ class AnthropicProvider(HTTPProvider):
         if reason is FinishReason.TOOL_CALLS and answered and not calls:
             reason = FinishReason.STOP  # the forced output tool: the reply is whole
         raw = payload.get("usage")
-        usage = usage_from(raw, None, self.name) if raw else None
-        return Completion("".join(texts), reason, usage, tool_calls=tuple(calls), reasoning="".join(thoughts))
+        usage = usage_from(raw, None, self.name, hour_writes) if raw else None
+        return Completion(
+            "".join(texts),
+            reason,
+            usage,
+            tool_calls=tuple(calls),
+            reasoning="".join(thoughts),
+            reasoning_blocks=tuple(signed),
+        )
+
+
+class _Thinking:
+    """A thinking block being streamed: its text pieces and its signature, whole at its block stop."""
+
+    __slots__ = ("pieces", "signature", "size")
+
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+        self.signature = ""
+        self.size = 0
 
 
 class _AnthropicEvents(EventDecoder):
-    __slots__ = ("_blocks", "_calls", "_include_thinking", "_input", "_output")
+    __slots__ = ("_blocks", "_calls", "_hour_writes", "_include_thinking", "_input", "_output", "_signed", "_thinking")
 
-    def __init__(self, provider: str, output: str | None = None, include_thinking: bool = False) -> None:
+    def __init__(
+        self, provider: str, output: str | None = None, include_thinking: bool = False, hour_writes: bool = False
+    ) -> None:
         super().__init__(provider)
         self._include_thinking = include_thinking
+        self._hour_writes = hour_writes  # the request has a 1-hour breakpoint
         self._input: dict[str, Any] | None = None  # message_start's usage
         self._output = output  # the forced output tool's name, when the reply is JSON
         self._blocks: dict[int, int] = {}  # a tool_use block's index -> its call's index (-1: the output tool)
         self._calls = 0
+        self._thinking: dict[int, _Thinking] = {}  # thinking blocks streaming, by block index
+        self._signed: list[ReasoningBlock] = []  # the reply's signed blocks, in order
 
     def finish(self) -> Finish:
         if self.reason is FinishReason.TOOL_CALLS and -1 in self._blocks.values() and not self._calls:
             self.reason = FinishReason.STOP  # the forced output tool: the reply is whole
-        return super().finish()
+        finish = super().finish()
+        return replace(finish, reasoning_blocks=tuple(self._signed)) if self._signed else finish
+
+    def _thinking_delta(self, chunk: dict[str, Any], delta: dict[str, Any]) -> None:
+        block = self._thinking.get(int(chunk["index"]))
+        if delta["type"] == "signature_delta":
+            if block is not None:
+                block.signature += str(delta.get("signature") or "")
+            return
+        text = delta.get("thinking")
+        if not text:
+            return
+        if block is not None:
+            block.size += len(text)
+            if block.size > MAX_THINKING_BYTES:
+                raise thinking_too_long(self.provider)
+            block.pieces.append(str(text))
+        if self._include_thinking:
+            self.pieces.append(ReasoningDelta(str(text)))
+
+    def _block_start(self, chunk: dict[str, Any], block: dict[str, Any]) -> None:
+        kind = block.get("type")
+        if kind == "tool_use":
+            self._tool_block(chunk, block)
+        elif kind == "thinking":
+            self._thinking[int(chunk["index"])] = _Thinking()
+        elif kind == "redacted_thinking":
+            self._signed.append(signed_block(self.provider, redacted=block.get("data") or ""))
+
+    def _block_stop(self, chunk: dict[str, Any]) -> None:
+        block = self._thinking.pop(int(chunk["index"]), None)
+        if block is not None:
+            text = "".join(block.pieces)
+            self._signed.append(signed_block(self.provider, text=text, signature=block.signature))
 
     def _tool_block(self, chunk: dict[str, Any], block: dict[str, Any]) -> None:
         if block["name"] == self._output:
@@ -227,34 +304,37 @@ class _AnthropicEvents(EventDecoder):
                 return delta.get("text")
             if kind == "input_json_delta":
                 return self._input_json(chunk, delta.get("partial_json") or "")
-            if kind == "thinking_delta" and self._include_thinking and delta.get("thinking"):
-                self.pieces.append(ReasoningDelta(str(delta["thinking"])))
-            return None  # a signature_delta (the thinking block's signature), or thinking not asked for
+            if kind in ("thinking_delta", "signature_delta"):
+                self._thinking_delta(chunk, delta)
+            return None
         if kind == "message_start":
             usage = (chunk.get("message") or {}).get("usage")
             if usage:
                 self._input = usage
-                self.usage = usage_from(usage, None, self.provider)
+                self.usage = usage_from(usage, None, self.provider, self._hour_writes)
         elif kind == "message_delta":
             stop_reason = (chunk.get("delta") or {}).get("stop_reason")
             if stop_reason:
                 self.reason = _STOP_REASONS.get(stop_reason, FinishReason.UNSPECIFIED)
             if chunk.get("usage"):
-                self.usage = usage_from(self._input, chunk["usage"], self.provider)
+                self.usage = usage_from(self._input, chunk["usage"], self.provider, self._hour_writes)
         elif kind == "message_stop":
             self.ended = True
         elif kind == "error":
             raise _in_band_error(self.provider, chunk.get("error"))
         elif kind == "content_block_start":
             block = chunk.get("content_block") or {}
-            if block.get("type") == "tool_use":
-                self._tool_block(chunk, block)
-            return block.get("text") if block.get("type") == "text" else None
+            if block.get("type") == "text":
+                return block.get("text")
+            self._block_start(chunk, block)
+        elif kind == "content_block_stop" and self._thinking:
+            self._block_stop(chunk)
         return None
 
 
-def request_body(request: ChatRequest) -> dict[str, Any]:
-    """The Messages API body for `request` (without `stream`)."""
+def request_body(request: ChatRequest, *, provider: str = "") -> dict[str, Any]:
+    """The Messages API body for `request` (without `stream`), sent to the provider named `provider` (the
+    signed reasoning blocks it made go back to it; others are dropped)."""
     system: list[ChatMessage] = []
     messages: list[dict[str, Any]] = []
     for message in request.messages:
@@ -262,14 +342,15 @@ def request_body(request: ChatRequest) -> dict[str, Any]:
             system.append(message)
             continue
         role = "user" if message.role is Role.TOOL else message.role.value
-        plain = not (message.tool_calls or message.role is Role.TOOL or message.cache or message.images)
+        signed = own_blocks(message, provider)
+        plain = not (message.tool_calls or message.role is Role.TOOL or message.cache or message.images or signed)
         if messages and messages[-1]["role"] == role:
             last = messages[-1]
             if isinstance(last["content"], str):
                 last["content"] = [{"type": "text", "text": last["content"]}]
-            last["content"].extend([{"type": "text", "text": message.content}] if plain else _blocks(message))
+            last["content"].extend([{"type": "text", "text": message.content}] if plain else _blocks(message, signed))
         else:
-            messages.append({"role": role, "content": message.content if plain else _blocks(message)})
+            messages.append({"role": role, "content": message.content if plain else _blocks(message, signed)})
     params = request.params
     body: dict[str, Any] = {
         "model": request.model,
@@ -302,11 +383,16 @@ def _includes(request: ChatRequest) -> bool:
     return request.params.reasoning is not None and request.params.reasoning.include
 
 
+def _hour_writes(request: ChatRequest) -> bool:
+    """Whether the request has a 1-hour cache breakpoint."""
+    return any(m.cache_ttl_s == _HOUR_S for m in request.messages if m.cache)
+
+
 def _system(messages: list[ChatMessage]) -> str | list[dict[str, Any]]:
     """The system prompt: one string, or text blocks when one of its messages is a cache breakpoint."""
     if not any(m.cache for m in messages):
         return "\n\n".join(m.content for m in messages)
-    return [{"type": "text", "text": m.content, **(_CACHE if m.cache else {})} for m in messages]
+    return [{"type": "text", "text": m.content, **(_cache(m) if m.cache else {})} for m in messages]
 
 
 def output_tool(params: SamplingParams) -> str | None:
@@ -317,18 +403,32 @@ def output_tool(params: SamplingParams) -> str | None:
     return fmt.name if fmt.kind is OutputFormat.JSON_SCHEMA else "json_output"
 
 
-# A cache breakpoint, on the last content block of the message that asks for one (the 5-minute default TTL).
+# A cache breakpoint, on the last content block of the message that asks for one: the 5-minute default TTL,
+# or one hour.
 _CACHE = {"cache_control": {"type": "ephemeral"}}
+_CACHE_HOUR = {"cache_control": {"type": "ephemeral", "ttl": "1h"}}
+_HOUR_S = 3600
 
 
-def _blocks(message: ChatMessage) -> list[dict[str, Any]]:
+def _cache(message: ChatMessage) -> dict[str, Any]:
+    return _CACHE_HOUR if message.cache_ttl_s == _HOUR_S else _CACHE
+
+
+def _signed(block: ReasoningBlock) -> dict[str, Any]:
+    if block.redacted:
+        return {"type": "redacted_thinking", "data": block.redacted}
+    return {"type": "thinking", "thinking": block.text, "signature": block.signature}
+
+
+def _blocks(message: ChatMessage, signed: tuple[ReasoningBlock, ...] = ()) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]]
     if message.role is Role.TOOL:
         blocks = [{"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.content}]
     else:
-        blocks = (
+        blocks = [_signed(block) for block in signed]  # thinking first, as the model wrote it
+        blocks += (
             [{"type": "text", "text": message.content}]
-            if message.content or not (message.tool_calls or message.images)
+            if message.content or not (message.tool_calls or message.images or signed)
             else []
         )
         blocks += [_image_block(image) for image in message.images]
@@ -337,7 +437,7 @@ def _blocks(message: ChatMessage) -> list[dict[str, Any]]:
             for c in message.tool_calls
         ]
     if message.cache:
-        blocks[-1] = {**blocks[-1], **_CACHE}
+        blocks[-1] = {**blocks[-1], **_cache(message)}
     return blocks
 
 
@@ -384,17 +484,24 @@ def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def usage_from(start: Any, delta: Any, provider: str) -> Usage:
-    """Usage from message_start's `usage` and message_delta's (cumulative) `usage`; a later field wins."""
+def usage_from(start: Any, delta: Any, provider: str, hour_writes: bool = False) -> Usage:
+    """Usage from message_start's `usage` and message_delta's (cumulative) `usage`; a later field wins.
+    `hour_writes`: the request has a 1-hour breakpoint, so writes without a TTL split are 1-hour ones."""
     fields = {**(start or {}), **(delta or {})}
     prompt = sum(token_count(fields.get(name), name, provider) for name in _INPUT_FIELDS)
     completion = token_count(fields.get("output_tokens"), "output_tokens", provider)
+    written = token_count(fields.get("cache_creation_input_tokens"), "cache_creation_input_tokens", provider)
+    split = fields.get("cache_creation")
+    if isinstance(split, dict):
+        name = "ephemeral_1h_input_tokens"
+        hour = min(token_count(split.get(name), f"cache_creation.{name}", provider), written)
+    else:
+        hour = written if hour_writes else 0
     return replace(
         checked_usage(prompt, completion, prompt + completion, provider),
         cached_prompt_tokens=token_count(fields.get("cache_read_input_tokens"), "cache_read_input_tokens", provider),
-        cache_write_tokens=token_count(
-            fields.get("cache_creation_input_tokens"), "cache_creation_input_tokens", provider
-        ),
+        cache_write_tokens=written,
+        cache_write_1h_tokens=hour,
     )
 
 

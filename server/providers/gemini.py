@@ -50,6 +50,16 @@ text; the thought summaries then arrive as parts with `"thought": true` and beco
 reply's `reasoning` when unary). Without `includeThoughts` Gemini sends none (any that came would be
 dropped).
 
+Thought signatures: a part's `thoughtSignature` (Gemini 2.5 and 3 sign their function calls, and the
+last part of a reply) becomes a signed ReasoningBlock of the Finish (or Completion): on a `functionCall`
+part, with that call's id (`tool_call_id`); on any other part (text, a thought, an empty text part that
+only carries it), without. An assistant message's own blocks (those this provider made; other providers'
+are dropped) go back as they came: each call's on its `functionCall` part, the text's on the message's
+text part (dropped when it has none: Gemini checks only the calls' signatures). Gemini 3 refuses a
+function call of the current turn without its signature, so the first `functionCall` part of a message
+that has none from this provider (a history from another provider after a fallback, or one the client
+wrote) carries Google's documented placeholder `skip_thought_signature_validator`.
+
 Finish reasons: STOP -> STOP; MAX_TOKENS -> LENGTH; SAFETY, RECITATION, BLOCKLIST, PROHIBITED_CONTENT,
 SPII, IMAGE_SAFETY -> CONTENT_FILTER; anything else (LANGUAGE, OTHER, MALFORMED_FUNCTION_CALL, …) ->
 UNSPECIFIED.
@@ -85,6 +95,7 @@ from server.errors import UpstreamError
 from server.observe.request_id import upstream_request_id
 from server.providers.http import ErrorHint, EventDecoder, HTTPProvider, checked_usage, loads_object, token_count
 from server.providers.images import inline, url_mime_type
+from server.providers.signed import own_blocks, signed_block
 from server.providers.transport import Transport
 from server.providers.upstream_errors import error_for_error_type, safe_identifier
 from server.providers.vectors import check_count, checked_vector
@@ -99,6 +110,7 @@ from server.types import (
     Image,
     OutputFormat,
     Reasoning,
+    ReasoningBlock,
     ReasoningDelta,
     Role,
     SamplingParams,
@@ -109,7 +121,7 @@ from server.types import (
     Usage,
 )
 
-__all__ = ["GeminiProvider"]
+__all__ = ["UNSIGNED_CALL", "GeminiProvider"]
 
 _FINISH_REASONS = {
     "STOP": FinishReason.STOP,
@@ -132,6 +144,8 @@ _SCHEMA_KEYS = frozenset(
     }
 )
 _ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+# Google's documented thought signature for function calls the model did not sign (history from elsewhere).
+UNSIGNED_CALL = "skip_thought_signature_validator"
 _RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 # google.protobuf.Duration in JSON: seconds with up to nine fractional digits and an "s".
 _DURATION = re.compile(r"([0-9]{1,12}(?:\.[0-9]{1,9})?)s")
@@ -147,12 +161,14 @@ class GeminiProvider(HTTPProvider):
 
     def stream(self, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         path = f"{_model_path(request.model)}:streamGenerateContent?alt=sse"
-        return self._stream_sse(path, request_body(request), request, _GeminiEvents(self.name, _includes(request)))
+        body = request_body(request, provider=self.name)
+        return self._stream_sse(path, body, request, _GeminiEvents(self.name, _includes(request)))
 
     async def complete(self, request: ChatRequest) -> Completion:
         path = f"{_model_path(request.model)}:generateContent"
         include = _includes(request)
-        return await self._post_json(path, request_body(request), request, lambda p: self._completion(p, include))
+        body = request_body(request, provider=self.name)
+        return await self._post_json(path, body, request, lambda p: self._completion(p, include))
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         path = f"{_model_path(request.model)}:batchEmbedContents"
@@ -198,6 +214,7 @@ class GeminiProvider(HTTPProvider):
             upstream_request_id=finish.upstream_request_id,
             tool_calls=calls,
             reasoning=thoughts,
+            reasoning_blocks=finish.reasoning_blocks,
         )
 
     def _error_hint(self, error: Mapping[str, Any]) -> ErrorHint:
@@ -207,7 +224,7 @@ class GeminiProvider(HTTPProvider):
 
 
 class _GeminiEvents(EventDecoder):
-    __slots__ = ("_calls", "_include_thoughts", "_response_id", "_usage_metadata")
+    __slots__ = ("_calls", "_include_thoughts", "_response_id", "_signed", "_usage_metadata")
 
     def __init__(self, provider: str, include_thoughts: bool = False) -> None:
         super().__init__(provider)
@@ -217,12 +234,15 @@ class _GeminiEvents(EventDecoder):
         # the id to quote to Google.
         self._response_id: Any = None
         self._calls = 0
+        self._signed: list[ReasoningBlock] = []  # the reply's thought signatures, in order
 
     def finish(self) -> Finish:
         self.usage = usage_from(self._usage_metadata, self.provider) if self._usage_metadata else None
         if self._calls and self.reason is FinishReason.STOP:
             self.reason = FinishReason.TOOL_CALLS
         finish = super().finish()
+        if self._signed:
+            finish = replace(finish, reasoning_blocks=tuple(self._signed))
         if isinstance(self._response_id, str):
             return replace(finish, upstream_request_id=upstream_request_id(self._response_id))
         return finish
@@ -248,23 +268,29 @@ class _GeminiEvents(EventDecoder):
         text = None
         for part in (candidate.get("content") or {}).get("parts") or ():
             piece = part.get("text")
+            call_id = ""
             if piece and not part.get("thought"):
                 text = piece if text is None else text + piece
             elif "functionCall" in part:
-                self._function_call(part["functionCall"])
+                call_id = self._function_call(part["functionCall"])
             elif piece and self._include_thoughts:
                 self.pieces.append(ReasoningDelta(piece))
+            if "thoughtSignature" in part:
+                signature = part["thoughtSignature"]
+                self._signed.append(signed_block(self.provider, signature=signature, tool_call_id=call_id))
         return text
 
-    def _function_call(self, call: dict[str, Any]) -> None:
+    def _function_call(self, call: dict[str, Any]) -> str:
         call_id = str(call.get("id") or "") or "call_" + secrets.token_hex(12)
         arguments = json.dumps(call.get("args") or {}, separators=(",", ":"), ensure_ascii=False)
         self.pieces.append(ToolCallDelta(self._calls, call_id, str(call["name"]), arguments))
         self._calls += 1
+        return call_id
 
 
-def request_body(request: ChatRequest) -> dict[str, Any]:
-    """The generateContent body for `request` (the model is in the URL)."""
+def request_body(request: ChatRequest, *, provider: str = "") -> dict[str, Any]:
+    """The generateContent body for `request` (the model is in the URL), sent to the provider named
+    `provider` (the thought signatures it made go back to it; others are dropped)."""
     system: list[dict[str, str]] = []
     contents: list[dict[str, Any]] = []
     names: dict[str, str] = {}  # tool call id -> the tool's name, for functionResponse
@@ -277,6 +303,8 @@ def request_body(request: ChatRequest) -> dict[str, Any]:
         )
         if message.images:
             parts = [part for part in parts if part.get("text") != ""] + [_image_part(i) for i in message.images]
+        if message.tool_calls or message.reasoning_blocks:
+            _sign(parts, own_blocks(message, provider), message.tool_calls)
         role = _ROLES[message.role]
         if contents and contents[-1]["role"] == role:
             contents[-1]["parts"].extend(parts)
@@ -309,6 +337,22 @@ def request_body(request: ChatRequest) -> dict[str, Any]:
     if params.tools:
         _tool_options(body, params)
     return body
+
+
+def _sign(parts: list[dict[str, Any]], signed: tuple[ReasoningBlock, ...], calls: tuple[ToolCall, ...]) -> None:
+    """Put each thought signature back on the part it came on: a call's on its functionCall part (the parts
+    end with one per call, in order), the text's on the text's part (none without text); the first call's
+    part without one gets the placeholder."""
+    if not parts:
+        return
+    first_call = len(parts) - len(calls)
+    if calls:  # replaced below when the call has its own
+        parts[first_call] = {**parts[first_call], "thoughtSignature": UNSIGNED_CALL}
+    by_call = {call.id: first_call + i for i, call in enumerate(calls)}
+    for block in signed:
+        index = by_call.get(block.tool_call_id, -1) if block.tool_call_id else first_call - 1
+        if index >= 0 and (block.tool_call_id or "thoughtSignature" not in parts[index]):
+            parts[index] = {**parts[index], "thoughtSignature": block.signature}
 
 
 def _image_part(image: Image) -> dict[str, Any]:

@@ -35,12 +35,14 @@ __all__ = [
 @dataclass(frozen=True, slots=True)
 class Price:
     """USD per million tokens. Prompt tokens read from the provider's cache cost `cache_read_per_million`,
-    those written to it `cache_write_per_million`; None means the input price (no discount known)."""
+    those written to it `cache_write_per_million` (5-minute TTL) or `cache_write_1h_per_million` (1-hour
+    TTL); None means the input price (no discount known), and for the 1-hour price the 5-minute one."""
 
     input_per_million: float
     output_per_million: float
     cache_read_per_million: float | None = None
     cache_write_per_million: float | None = None
+    cache_write_1h_per_million: float | None = None
 
     def cost(self, usage: Usage) -> float:
         cached, written = usage.cached_prompt_tokens, usage.cache_write_tokens
@@ -50,11 +52,14 @@ class Price:
             ) / 1_000_000
         read_price = self.input_per_million if self.cache_read_per_million is None else self.cache_read_per_million
         write_price = self.input_per_million if self.cache_write_per_million is None else self.cache_write_per_million
+        hour_price = write_price if self.cache_write_1h_per_million is None else self.cache_write_1h_per_million
+        hour = min(usage.cache_write_1h_tokens, written)
         uncached = max(usage.prompt_tokens - cached - written, 0)
         return (
             uncached * self.input_per_million
             + cached * read_price
-            + written * write_price
+            + (written - hour) * write_price
+            + hour * hour_price
             + usage.completion_tokens * self.output_per_million
         ) / 1_000_000
 
@@ -229,18 +234,19 @@ _REASONING_MODELS = frozenset({"claude-sonnet-4-5", "claude-haiku-4-5", "gemini-
 
 _EMBEDDING_MODELS = frozenset(u for u, caps in _BUILTIN_CAPABILITIES.items() if caps == EMBEDDING_ONLY)
 
-# Cache prices as multiples of the input price (read, write), from each provider's pricing page: Anthropic
-# reads at 0.1x and writes (5-minute TTL) at 1.25x; OpenAI's cached input is 0.25x for the GPT-4.1 family
+# Cache prices as multiples of the input price (read, write with a 5-minute TTL, write with a 1-hour TTL),
+# from each provider's pricing page: Anthropic reads at 0.1x and writes at 1.25x (5 minutes) or 2x (1 hour);
+# OpenAI's cached input is 0.25x for the GPT-4.1 family
 # and 0.5x for GPT-4o; Gemini 2.5's implicit cache reads at 0.25x (no write charge); DeepSeek's cache hits
 # at 0.1x. A provider that charges nothing extra to write bills written tokens at the input price.
-_CACHE_FACTORS: dict[str, tuple[float, float]] = {
-    "anthropic": (0.1, 1.25),
-    "gpt-4.1": (0.25, 1.0),
-    "gpt-4.1-mini": (0.25, 1.0),
-    "gpt-4o": (0.5, 1.0),
-    "gpt-4o-mini": (0.5, 1.0),
-    "gemini": (0.25, 1.0),
-    "deepseek": (0.1, 1.0),
+_CACHE_FACTORS: dict[str, tuple[float, float, float]] = {
+    "anthropic": (0.1, 1.25, 2.0),
+    "gpt-4.1": (0.25, 1.0, 1.0),
+    "gpt-4.1-mini": (0.25, 1.0, 1.0),
+    "gpt-4o": (0.5, 1.0, 1.0),
+    "gpt-4o-mini": (0.5, 1.0, 1.0),
+    "gemini": (0.25, 1.0, 1.0),
+    "deepseek": (0.1, 1.0, 1.0),
 }
 
 
@@ -249,8 +255,8 @@ def _table_price(upstream: str, price: tuple[float, float]) -> Price:
         return Price(price[0], price[1])  # no prompt cache
     family = upstream if upstream in _CACHE_FACTORS else upstream.split("-")[0]
     family = {"claude": "anthropic"}.get(family, family)
-    read, write = _CACHE_FACTORS.get(family, (1.0, 1.0))
-    return Price(price[0], price[1], round(price[0] * read, 6), round(price[0] * write, 6))
+    read, write, hour = _CACHE_FACTORS.get(family, (1.0, 1.0, 1.0))
+    return Price(price[0], price[1], *(round(price[0] * factor, 6) for factor in (read, write, hour)))
 
 
 # Catalog models of every preset, named "provider/upstream_model".

@@ -100,3 +100,33 @@ def test_sampling_keywords_override_the_options_object() -> None:
     assert SamplingOptions.of(base, {"temperature": 0.0, "stop": ()}) == SamplingOptions(0.0, 10, None, ())
     assert SamplingOptions.of(None, {"top_p": 0.9}) == SamplingOptions(top_p=0.9)
     assert SamplingOptions.of(base, {}) == base
+
+
+def test_signed_reasoning_blocks_come_back_with_the_calls_and_go_out_again() -> None:
+    block = pb.ReasoningBlock(text="hmm", signature="c2ln", provider="claude")
+    redacted = pb.ReasoningBlock(redacted="ZGF0YQ==", provider="claude")
+    call = pb.ToolCall(id="toolu_1", name="get_weather", arguments="{}")
+    usage = pb.Usage(prompt_tokens=9, cache_write_tokens=6, cache_write_1h_tokens=2)
+    response = pb.GenerateResponse(
+        tool_calls=[call], reasoning_blocks=[block, redacted], finish_reason=pb.FINISH_REASON_TOOL_CALLS, usage=usage
+    )
+    result = generate_result(response)
+    assert result.usage.cache_write_1h_tokens == 2
+    assert [(b.provider, b.text, b.signature, b.redacted) for b in result.reasoning_blocks] == [
+        ("claude", "hmm", "c2ln", ""),
+        ("claude", "", "", "ZGF0YQ=="),
+    ]
+    history = [
+        Message("user", "weather?"),
+        Message.calling(result.tool_calls, reasoning_blocks=result.reasoning_blocks),
+    ]
+    sent = build_request(
+        pb.GenerateRequest, model="m", prompt=None, messages=history, system=None, sampling=SamplingOptions()
+    )
+    assert list(sent.messages[1].reasoning_blocks) == [block, redacted]
+    assert list(sent.messages[1].tool_calls) == [call]
+    # The final chunk of a stream carries them too.
+    assembler = StreamAssembler()
+    end = assembler.event(pb.StreamChunk(is_complete=True, reasoning_blocks=[block]))
+    assert isinstance(end, StreamEnd)
+    assert [b.signature for b in end.reasoning_blocks] == ["c2ln"]

@@ -41,9 +41,11 @@ behaviour grammar shared by every fake). It speaks the wire format of Anthropic'
   count as prompt words.
 * Prompt caching: a content block (of ``system`` or a message) may carry ``cache_control``
   ``{"type":"ephemeral"}`` (``ttl`` ``"5m"`` or ``"1h"``), at most 4 in a request ("A maximum of 4 blocks
-  with cache_control may be provided. Found 5."); ``cached-N`` reports ``cache_read_input_tokens`` N and
-  ``cache_creation_input_tokens`` the rest of the prompt up to the last breakpoint; ``input_tokens`` is the
-  prompt after both (the three add up to the prompt's words).
+  with cache_control may be provided. Found 5."), the ``1h`` ones before the ``5m`` ones (else 400);
+  ``cached-N`` reports ``cache_read_input_tokens`` N and ``cache_creation_input_tokens`` the rest of the
+  prompt up to the last breakpoint, split by TTL in ``cache_creation`` (``ephemeral_1h_input_tokens`` up to
+  the last ``1h`` breakpoint, ``ephemeral_5m_input_tokens`` the rest); ``input_tokens`` is the prompt after
+  both (the three add up to the prompt's words).
 * Images: ``image`` blocks with a ``base64`` source (``media_type`` image/jpeg, png, gif or webp and valid
   base64 ``data``, else 400) or a ``url`` source; they add nothing to the prompt's words.
 * Extended thinking: ``thinking`` ``{"type":"enabled","budget_tokens":N}`` (N >= 1024 and below
@@ -51,7 +53,14 @@ behaviour grammar shared by every fake). It speaks the wire format of Anthropic'
   ``thinking`` block at index 0 (``content_block_start`` with empty ``thinking`` and ``signature``, the
   ``ping``, a ``thinking_delta`` per piece, one ``signature_delta``, ``content_block_stop``), the text or
   tool-use blocks follow from index 1; a whole answer starts with ``{"type":"thinking","thinking":…,
-  "signature":…}``. ``output_tokens`` count the thinking too.
+  "signature":…}``. ``output_tokens`` count the thinking too. The signature is the fake's MAC of the
+  thinking text (:func:`thinking_signature`). A last user message that holds Anthropic's documented magic
+  string (``REDACTED_TRIGGER``) adds a ``redacted_thinking`` block (``data``: the fake's MAC'd bytes, in its
+  ``content_block_start``) after the thinking block. Sent back, every ``thinking`` block must carry the
+  signature of its text ("messages.1.content.0: Invalid `signature` in `thinking` block") and every
+  ``redacted_thinking`` block data the fake made; with thinking on, a conversation that ends with
+  ``tool_result`` blocks needs the assistant message before them to start with a thinking or
+  redacted_thinking block, as the API demands.
 * ``no-usage`` leaves ``usage`` out of ``message_start`` and ``message_delta`` (the real API always sends
   it; the gateway must still say "unreported" rather than invent zeros).
 
@@ -62,6 +71,8 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
+import hmac
 import json
 import secrets
 from typing import Any
@@ -93,8 +104,33 @@ COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 _COUNT_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers"})
 MAX_CACHE_BREAKPOINTS = 4
 MIN_THINKING_BUDGET = 1024
-# The signature of a thinking block (opaque to clients; Anthropic checks it when the block is sent back).
-THINKING_SIGNATURE = "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds"
+# Anthropic's documented test string that makes a model answer with a redacted_thinking block.
+REDACTED_TRIGGER = (
+    "ANTHROPIC_MAGIC_STRING_TRIGGER_REDACTED_THINKING_46C9A13E193C177646C7398A98432ECCCE4C1253D5E2D82641AC0E52CC2876CB"
+)
+_MAC_KEY = b"fake-anthropic-thinking"
+
+
+def thinking_signature(thinking: str) -> str:
+    """The signature of a thinking block (opaque to clients; checked when the block comes back)."""
+    mac = hmac.new(_MAC_KEY, thinking.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+    return base64.b64encode(b"\x12\x0c" + mac).decode()
+
+
+def redacted_data(seed: str) -> str:
+    """A redacted_thinking block's data: bytes and their MAC, so that the fake knows its own."""
+    body = hashlib.sha256(seed.encode("utf-8", "surrogatepass")).digest()
+    return base64.b64encode(body + hmac.new(_MAC_KEY, body, hashlib.sha256).digest()[:16]).decode()
+
+
+def _redacted_ok(data: object) -> bool:
+    try:
+        raw = base64.b64decode(str(data), validate=True)
+    except ValueError:
+        return False
+    return len(raw) == 48 and hmac.compare_digest(raw[32:], hmac.new(_MAC_KEY, raw[:32], hashlib.sha256).digest()[:16])
+
+
 API_VERSION = "2023-06-01"
 API_KEY_ENV = "FAKE_ANTHROPIC_REQUIRED_API_KEY"
 
@@ -280,17 +316,20 @@ class FakeAnthropicUpstream(FakeHTTPServer):
             prompts.append(text)
             if message.get("role") == "user":
                 last_user = text
-        prefix = _cached_prefix(body)
-        thoughts = thought_pieces(last_user) if body.get("thinking") and beh.kind == "echo" else []
+        prefix = _cached_prefix(body), _cached_prefix(body, hour=True)
+        thinks = (body.get("thinking") or {}).get("type") == "enabled" and beh.kind == "echo"
+        thoughts = thought_pieces(last_user) if thinks else []
+        redacted = redacted_data(last_user) if thinks and REDACTED_TRIGGER in last_user else ""
         calls = plan_tool_calls(_tool_names(body), _tool_choice(body), last_user) if beh.kind == "echo" else ()
         reply = plan_reply(beh, prompts, last_user, body["max_tokens"])
         if calls:
             reply = Reply([], reply.prompt_tokens, False, [], calls)
         if beh.split:
             out = Out(conn, True)
+        wire = _AnthropicWire(beh, reply, model, prefix, thoughts, redacted)
         if body.get("stream") is True:
-            return await self.stream_reply(out, _AnthropicWire(beh, reply, model, prefix, thoughts), keep)
-        return await self.complete_reply(out, _AnthropicWire(beh, reply, model, prefix, thoughts), keep)
+            return await self.stream_reply(out, wire, keep)
+        return await self.complete_reply(out, wire, keep)
 
 
 def _text(content: Any) -> str:
@@ -317,13 +356,15 @@ def _blocks_of(body: dict[str, Any]) -> list[tuple[str, Any]]:
     return out
 
 
-def _cached_prefix(body: dict[str, Any]) -> int:
-    """Prompt words up to and including the last block with cache_control (0 without one)."""
+def _cached_prefix(body: dict[str, Any], *, hour: bool = False) -> int:
+    """Prompt words up to and including the last block with cache_control (0 without one); with `hour`,
+    the last block whose cache_control has a 1-hour TTL."""
     words = 0
     prefix = 0
     for text, block in _blocks_of(body):
         words += len(text.split())
-        if isinstance(block, dict) and "cache_control" in block:
+        control = block.get("cache_control") if isinstance(block, dict) else None
+        if isinstance(control, dict) and (not hour or control.get("ttl") == "1h"):
             prefix = words
     return prefix
 
@@ -331,6 +372,7 @@ def _cached_prefix(body: dict[str, Any]) -> int:
 def _cache_problem(body: dict[str, Any]) -> str:
     """The API's complaint about the request's cache_control markers, or ""."""
     found = 0
+    short = False  # a 5-minute breakpoint came before
     for _, block in _blocks_of(body):
         if not isinstance(block, dict) or "cache_control" not in block:
             continue
@@ -340,6 +382,12 @@ def _cache_problem(body: dict[str, Any]) -> str:
             return "cache_control.type: Input should be 'ephemeral'"
         if set(control) - {"type", "ttl"} or control.get("ttl", "5m") not in ("5m", "1h"):
             return "cache_control.ttl: Input should be '5m' or '1h'"
+        if control.get("ttl") == "1h" and short:
+            return (
+                "A cache_control with ttl='1h' cannot come after a cache_control with ttl='5m': cache "
+                "entries with a longer TTL must appear before shorter ones."
+            )
+        short = short or control.get("ttl", "5m") == "5m"
     if found > MAX_CACHE_BREAKPOINTS:
         return f"A maximum of {MAX_CACHE_BREAKPOINTS} blocks with cache_control may be provided. Found {found}."
     return ""
@@ -408,7 +456,45 @@ def _check_body(raw: bytes) -> tuple[str, Any]:
         return problem, None
     if problem := _thinking_problem(body):
         return problem, None
+    if problem := _signed_problem(body):
+        return problem, None
     return "", body
+
+
+_FINAL_THINKING = (
+    "messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but found `{found}`. When "
+    "`thinking` is enabled, a final `assistant` message must start with a thinking block (preceeding the "
+    "lastmost set of `tool_use` and `tool_result` blocks). We recommend you include thinking blocks from "
+    "previous turns. To avoid this requirement, disable `thinking`. Please consult our documentation at "
+    "https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
+)
+
+
+def _signed_problem(body: dict[str, Any]) -> str:
+    """The API's complaint about thinking blocks sent back (altered, or missing in a tool-use loop), or ""."""
+    messages = body["messages"]
+    for i, message in enumerate(messages):
+        content = message.get("content")
+        for j, block in enumerate(content if isinstance(content, list) else ()):
+            kind = block.get("type") if isinstance(block, dict) else None
+            if kind == "thinking" and block.get("signature") != thinking_signature(str(block.get("thinking"))):
+                return f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block"
+            if kind == "redacted_thinking" and not _redacted_ok(block.get("data")):
+                return f"messages.{i}.content.{j}: Invalid `data` in `redacted_thinking` block"
+    if (body.get("thinking") or {}).get("type") != "enabled" or len(messages) < 2:
+        return ""
+    last, before = messages[-1], messages[-2]
+    ends_in_results = isinstance(last.get("content"), list) and any(
+        isinstance(b, dict) and b.get("type") == "tool_result" for b in last["content"]
+    )
+    if not ends_in_results or before.get("role") != "assistant":
+        return ""
+    content = before.get("content")
+    first = content[0] if isinstance(content, list) and content else {"type": "text"}
+    found = first.get("type") if isinstance(first, dict) else "text"
+    if found not in ("thinking", "redacted_thinking"):
+        return _FINAL_THINKING.format(i=len(messages) - 2, found=found)
+    return ""
 
 
 IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
@@ -459,16 +545,27 @@ class _AnthropicWire(Wire):
     sse_type = "text/event-stream; charset=utf-8"
 
     def __init__(
-        self, beh: Behaviour, reply: Reply, model: str, cached_prefix: int = 0, thoughts: list[str] | None = None
+        self,
+        beh: Behaviour,
+        reply: Reply,
+        model: str,
+        cached_prefix: tuple[int, int] = (0, 0),
+        thoughts: list[str] | None = None,
+        redacted: str = "",
     ) -> None:
         super().__init__(beh, reply, model)
         self.thoughts = thoughts or []
-        self.first = 1 if self.thoughts else 0  # the index of the block after the thinking block
+        self.redacted = redacted  # a redacted_thinking block's data, after the thinking block
+        # The index of the block after the thinking (and redacted_thinking) block.
+        self.first = (1 if self.thoughts else 0) + (1 if redacted else 0)
         self.output_tokens = reply.completion_tokens + len(self.thoughts)
         # cached-N: N prompt tokens read from the cache; the rest of the prefix up to the last breakpoint
         # written to it; input_tokens are what remains (the three add up to the prompt).
         self.cache_read = reply.cached_tokens(beh)
-        self.cache_write = max(min(cached_prefix, reply.prompt_tokens) - self.cache_read, 0) if beh.cached else 0
+        prefix, hour_prefix = cached_prefix
+        self.cache_write = max(min(prefix, reply.prompt_tokens) - self.cache_read, 0) if beh.cached else 0
+        hour = max(min(hour_prefix, reply.prompt_tokens) - self.cache_read, 0) if beh.cached else 0
+        self.cache_write_1h = min(hour, self.cache_write)
         if beh.kind == "refusal":
             self.stop_reason = "refusal"
         elif reply.calls:
@@ -493,6 +590,11 @@ class _AnthropicWire(Wire):
         events = [_event(b"message_start", json.dumps(start, separators=(",", ":")).encode())]
         if self.thoughts:
             events += self._thinking_events()
+        if self.redacted:
+            redacted = {"type": "redacted_thinking", "data": self.redacted}
+            opened: dict[str, Any] = {"type": "content_block_start", "index": 1, "content_block": redacted}
+            events.append(_event(b"content_block_start", json.dumps(opened, separators=(",", ":")).encode()))
+            events.append(_event(b"content_block_stop", b'{"type":"content_block_stop","index":1}'))
         if self.beh.kind != "refusal" and not self.reply.calls:
             block = b'{"type":"content_block_start","index":%d,"content_block":{"type":"text","text":""}}' % self.first
             events.append(_event(b"content_block_start", block))
@@ -510,7 +612,7 @@ class _AnthropicWire(Wire):
             delta = b'{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":%b}}'
             events.append(_event(b"content_block_delta", delta % jstr(piece)))
         signature = b'{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":%b}}'
-        events.append(_event(b"content_block_delta", signature % jstr(THINKING_SIGNATURE)))
+        events.append(_event(b"content_block_delta", signature % jstr(thinking_signature("".join(self.thoughts)))))
         events.append(_event(b"content_block_stop", b'{"type":"content_block_stop","index":0}'))
         return events
 
@@ -580,9 +682,13 @@ class _AnthropicWire(Wire):
         return status, _error_body(type_, message), ()
 
     def _thinking_block(self) -> list[dict[str, Any]]:
-        if not self.thoughts:
-            return []
-        return [{"type": "thinking", "thinking": "".join(self.thoughts), "signature": THINKING_SIGNATURE}]
+        blocks: list[dict[str, Any]] = []
+        if self.thoughts:
+            thinking = "".join(self.thoughts)
+            blocks.append({"type": "thinking", "thinking": thinking, "signature": thinking_signature(thinking)})
+        if self.redacted:
+            blocks.append({"type": "redacted_thinking", "data": self.redacted})
+        return blocks
 
     def _tool_uses(self) -> list[dict[str, Any]]:
         return [
@@ -595,6 +701,10 @@ class _AnthropicWire(Wire):
             "input_tokens": self.reply.prompt_tokens - self.cache_read - self.cache_write,
             "cache_creation_input_tokens": self.cache_write,
             "cache_read_input_tokens": self.cache_read,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": self.cache_write - self.cache_write_1h,
+                "ephemeral_1h_input_tokens": self.cache_write_1h,
+            },
             "output_tokens": output_tokens,
             "service_tier": "standard",
         }

@@ -56,13 +56,25 @@ therefore None here, and tests read ``path``. It speaks the wire format of Googl
   user content of ``functionResponse`` parts is answered with their ``response.result`` (or the compact
   JSON of ``response``); a ``functionResponse`` without ``name`` is refused as the API refuses it.
   ``generationConfig.responseMimeType: application/json`` asks for the JSON answer.
+* Thought signatures, when the echo thinks: the first ``functionCall`` part of a reply carries
+  ``thoughtSignature`` (the fake's MAC of the call's name and arguments, :func:`thought_signature`), and a
+  text reply's last part carries one too (a stream's final event, on its empty text part). Sent back, as
+  Gemini 3 checks them: with thinking on, the first ``functionCall`` part of every model content after the
+  last user text (the current turn) must carry its own signature, or Google's placeholder
+  ``skip_thought_signature_validator`` ("Function call `<name>` in the `<i>.` content block is missing a
+  `thought_signature`."); a signature on a functionCall part that is neither is "Corrupted thought
+  signature.", one that is not base64 is refused as the API refuses bad bytes.
 
 CLI: ``python -m tests.fakes.gemini_upstream --port 0 [--api-key KEY]`` prints ``PORT <n>``.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
+import hashlib
+import hmac
 import json
 import logging
 import re
@@ -367,9 +379,55 @@ class FakeGeminiUpstream(FakeHTTPServer):
         thinking = generation.get("thinkingConfig") or {}
         thinks = beh.kind == "echo" and thinking.get("thinkingBudget", -1) != 0
         thoughts = thought_pieces(last_user) if thinking and thinks else []
+        if thoughts and (problem := _signature_problem(body)):
+            return await self._send_error(out, 400, "INVALID_ARGUMENT", problem, keep_alive=keep)
         wire = _GeminiWire(beh, reply, model, self.answer_id(lambda: secrets.token_urlsafe(18)), thoughts)
         wire.show_thoughts = thinking.get("includeThoughts") is True
         return await (self.stream_reply(out, wire, keep) if stream else self.complete_reply(out, wire, keep))
+
+
+_MAC_KEY = b"fake-gemini-thought"
+PLACEHOLDER_SIGNATURE = "skip_thought_signature_validator"
+
+
+def thought_signature(what: str) -> str:
+    """The fake's thought signature of a function call (its name and compact arguments) or a reply's text."""
+    return base64.b64encode(hmac.new(_MAC_KEY, what.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()).decode()
+
+
+def _call_key(call: dict[str, Any]) -> str:
+    return f"{call.get('name')}:{json.dumps(call.get('args') or {}, separators=(',', ':'), sort_keys=True)}"
+
+
+def _signature_problem(body: dict[str, Any]) -> str:
+    """Gemini 3's complaint about the current turn's function calls' thought signatures, or ""."""
+    contents = body["contents"]
+    start = 0  # the current turn: after the last user content with text
+    for i, content in enumerate(contents):
+        if content.get("role", "user") == "user" and any("text" in p for p in content.get("parts") or ()):
+            start = i + 1
+    for i, content in enumerate(contents):
+        for part in content.get("parts") or ():
+            signature = part.get("thoughtSignature")
+            if signature is None:
+                continue
+            try:
+                base64.b64decode(str(signature), altchars=b"-_", validate=True)
+            except (ValueError, binascii.Error):
+                return (
+                    f"Invalid value at 'contents[{i}].parts[0].thought_signature' (TYPE_BYTES), Base64 decoding failed"
+                )
+    for i, content in enumerate(contents[start:], start):
+        calls = [p for p in content.get("parts") or () if "functionCall" in p]
+        if content.get("role") != "model" or not calls:
+            continue
+        signature = calls[0].get("thoughtSignature")
+        if signature is None:
+            name = calls[0]["functionCall"].get("name")
+            return f"Function call `{name}` in the `{i}.` content block is missing a `thought_signature`."
+        if signature not in (PLACEHOLDER_SIGNATURE, thought_signature(_call_key(calls[0]["functionCall"]))):
+            return "Corrupted thought signature."
+    return ""
 
 
 def _text(parts: Any) -> str:
@@ -532,7 +590,8 @@ class _GeminiWire(Wire):
         return self.piece_pre + piece_json + self.piece_post
 
     def closing(self) -> list[bytes]:
-        return [_sse(self._final(""))]  # with the function calls, when the reply makes any
+        # With the function calls, when the reply makes any; a thinking reply's signature on the empty part.
+        return [_sse(self._final("", signature_of="".join(self.reply.texts)))]
 
     def malformed(self) -> list[bytes]:
         return [b'data: {"candidates": [{"content": {"parts": [{"text": "x"\r\n\r\n']
@@ -541,13 +600,14 @@ class _GeminiWire(Wire):
         return _sse(_error(*_INBAND_ERRORS[self.beh.inband]))
 
     def whole(self) -> bytes:
-        return _pretty(self._final("".join(self.reply.texts)))
+        text = "".join(self.reply.texts)
+        return _pretty(self._final(text, signature_of=text))
 
     def whole_in_band_error(self) -> tuple[int, bytes, tuple[tuple[str, str], ...]]:
         status, canonical, message = _INBAND_ERRORS[self.beh.inband]
         return status, _pretty(_error(status, canonical, message)), ()
 
-    def _final(self, text: str) -> dict[str, Any]:
+    def _final(self, text: str, signature_of: str = "") -> dict[str, Any]:
         obj: dict[str, Any]
         if self.beh.kind == "refusal":
             obj = {"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"}}
@@ -555,6 +615,9 @@ class _GeminiWire(Wire):
             parts: list[dict[str, Any]] = [
                 {"functionCall": {"name": call.name, "args": json.loads(call.arguments)}} for call in self.reply.calls
             ] or [{"text": text}]
+            if self.thoughts:  # a thinking model signs its first call, or its text's last part
+                key = _call_key(parts[0]["functionCall"]) if self.reply.calls else signature_of
+                parts[0] = {**parts[0], "thoughtSignature": thought_signature(key)}
             if self.thoughts and self.show_thoughts and text:  # a whole answer: the thought summary first
                 parts.insert(0, {"text": "".join(self.thoughts), "thought": True})
             candidate = {"content": {"parts": parts, "role": "model"}, "finishReason": self.finish}

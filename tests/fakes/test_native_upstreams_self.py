@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from .anthropic_upstream import MESSAGES_PATH, FakeAnthropicUpstream
-from .gemini_upstream import FakeGeminiUpstream
+from .anthropic_upstream import MESSAGES_PATH, FakeAnthropicUpstream, thinking_signature
+from .gemini_upstream import FakeGeminiUpstream, thought_signature
 
 KEY = "test-key-0123456789"
 ANTHROPIC_HEADERS = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
@@ -170,3 +170,90 @@ async def test_gemini_rate_limit_says_when_in_retry_info_not_in_a_header() -> No
     assert "retry-after" not in r.headers
     details = r.json()["error"]["details"]
     assert {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "7s"} in details
+
+
+THINKING = {"type": "enabled", "budget_tokens": 1024}
+TOOL_USE = {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}
+TOOL_RESULT = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "cold"}]}
+
+
+def _round_trip(*assistant_blocks: dict[str, Any]) -> dict[str, Any]:
+    messages = [
+        {"role": "user", "content": "get_weather"},
+        {"role": "assistant", "content": [*assistant_blocks, TOOL_USE]},
+        TOOL_RESULT,
+    ]
+    return {"model": "echo", "max_tokens": 2000, "thinking": THINKING, "messages": messages}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (_round_trip(), "a final `assistant` message must start with a thinking block"),
+        (
+            _round_trip({"type": "thinking", "thinking": "altered", "signature": thinking_signature("original")}),
+            "messages.1.content.0: Invalid `signature` in `thinking` block",
+        ),
+        (
+            _round_trip({"type": "redacted_thinking", "data": "bm90IG1pbmU="}),
+            "messages.1.content.0: Invalid `data` in `redacted_thinking` block",
+        ),
+        (
+            _messages(
+                "echo",
+                system=[
+                    {"type": "text", "text": "a", "cache_control": {"type": "ephemeral"}},
+                    {"type": "text", "text": "b", "cache_control": {"type": "ephemeral", "ttl": "1h"}},
+                ],
+            ),
+            "cache entries with a longer TTL must appear before shorter ones",
+        ),
+    ],
+)
+async def test_anthropic_refuses_altered_or_missing_thinking_and_a_1h_breakpoint_after_a_5m_one(
+    body: dict[str, Any], message: str
+) -> None:
+    async with FakeAnthropicUpstream(api_key=KEY) as up, httpx.AsyncClient(base_url=up.base_url) as c:
+        r = await c.post(MESSAGES_PATH, json=body, headers=ANTHROPIC_HEADERS)
+        thought = "Thinking about: cold"
+        signed = _round_trip({"type": "thinking", "thinking": thought, "signature": thinking_signature(thought)})
+        accepted = await c.post(MESSAGES_PATH, json=signed, headers=ANTHROPIC_HEADERS)
+    assert r.status_code == 400
+    assert message in r.json()["error"]["message"]
+    assert accepted.status_code == 200
+
+
+def _gemini_round_trip(signature: str | None) -> dict[str, Any]:
+    call: dict[str, Any] = {"functionCall": {"name": "get_weather", "args": {"text": "x"}}}
+    if signature is not None:
+        call["thoughtSignature"] = signature
+    return {
+        "contents": [
+            {"role": "user", "parts": [{"text": "get_weather"}]},
+            {"role": "model", "parts": [call]},
+            {"role": "user", "parts": [{"functionResponse": {"name": "get_weather", "response": {"result": "cold"}}}]},
+        ],
+        "generationConfig": {"thinkingConfig": {"thinkingBudget": 1024}},
+    }
+
+
+@pytest.mark.parametrize(
+    ("signature", "status", "message"),
+    [
+        (None, 400, "Function call `get_weather` in the `1.` content block is missing a `thought_signature`."),
+        ("Q29ycnVwdGVk", 400, "Corrupted thought signature."),
+        ("not base64!", 400, "Base64 decoding failed"),
+        ("skip_thought_signature_validator", 200, ""),
+        (thought_signature('get_weather:{"text":"x"}'), 200, ""),
+    ],
+)
+async def test_gemini_checks_the_current_turns_thought_signatures(
+    signature: str | None, status: int, message: str
+) -> None:
+    async with FakeGeminiUpstream(api_key=KEY) as up, httpx.AsyncClient(base_url=up.base_url) as c:
+        r = await c.post(
+            "/v1beta/models/echo:generateContent", json=_gemini_round_trip(signature), headers={"x-goog-api-key": KEY}
+        )
+    assert r.status_code == status
+    if message:
+        assert message in r.json()["error"]["message"]

@@ -30,14 +30,18 @@ __all__ = ["upstream"]  # the fixture, imported for pytest
 
 Code = grpc.StatusCode
 CACHED_PRICE = Price(
-    input_per_million=2.0, output_per_million=8.0, cache_read_per_million=0.5, cache_write_per_million=2.5
+    input_per_million=2.0,
+    output_per_million=8.0,
+    cache_read_per_million=0.5,
+    cache_write_per_million=2.5,
+    cache_write_1h_per_million=4.0,
 )
 PROMPT = "one two three four five six"  # six prompt tokens in every fake
 
 
 @pytest.fixture(params=TRANSPORTS)
 async def gateway(make_gateway: GatewayFactory, upstream: Upstream, request: pytest.FixtureRequest) -> Gateway:
-    """The conformance gateway plus `cached-4` (priced with cache prices, able to cache) and
+    """The conformance gateway plus `cached-4` and `cached-1` (priced with cache prices, able to cache) and
     `cached-4-plain` (the same upstream model, without the capability)."""
     config = conformance_config(upstream.kind, upstream.fake.base_url, request.param)
     caching = ModelConfig(
@@ -48,7 +52,8 @@ async def gateway(make_gateway: GatewayFactory, upstream: Upstream, request: pyt
         capabilities=DEFAULT_CAPABILITIES | {"prompt_caching"},
     )
     plain = ModelConfig(name="cached-4-plain", provider=upstream.provider, upstream_model="cached-4")
-    return await make_gateway(replace(config, models=(*config.models, caching, plain)))
+    one = replace(caching, name="cached-1", upstream_model="cached-1")
+    return await make_gateway(replace(config, models=(*config.models, caching, plain, one)))
 
 
 def cost(prompt: int, completion: int, cached: int, written: int) -> float:
@@ -144,9 +149,43 @@ async def test_a_model_without_prompt_caching_is_refused_before_any_upstream_cal
     assert upstream.fake.requests == []
 
 
-async def test_a_one_hour_ttl_and_a_fifth_breakpoint_are_invalid_argument(gateway: Gateway, upstream: Upstream) -> None:
+async def test_one_hour_writes_reach_anthropic_and_are_priced_exactly(gateway: Gateway, upstream: Upstream) -> None:
+    hour, five = pb.CacheControl(ttl=Duration(seconds=3600)), pb.CacheControl(ttl=Duration(seconds=300))
+    messages = [
+        pb.Message(role="system", content="you answer briefly", cache_control=hour),
+        pb.Message(role="user", content="the long shared document", cache_control=five),
+        pb.Message(role="assistant", content="ok"),
+        pb.Message(role="user", content="question"),
+    ]  # 9 prompt tokens: 1 read from the cache; 3 up to the 1-hour breakpoint, 7 up to the last one
+    async with stub_for(gateway) as stub:
+        outcome = await collect_stream(stub, pb.StreamGenerateRequest(model="cached-1", messages=messages))
+        response = await stub.Generate(pb.GenerateRequest(model="cached-1", messages=messages), timeout=10)
+
+    assert outcome.error is None
+    for usage in (outcome.finals[0].usage, response.usage):
+        if upstream.kind == "anthropic":
+            # Written: 2 with the 1-hour TTL (after the token read), 4 more with 5 minutes; 2 fresh, 1 output.
+            assert (usage.prompt_tokens, usage.cached_prompt_tokens) == (9, 1)
+            assert (usage.cache_write_tokens, usage.cache_write_1h_tokens) == (6, 2)
+            assert usage.cost_usd == pytest.approx((2 * 2.0 + 1 * 0.5 + 4 * 2.5 + 2 * 4.0 + 1 * 8.0) / 1e6, rel=1e-12)
+        else:  # OpenAI and Gemini cache by themselves: the TTL is not sent, and nothing is written
+            assert (usage.cached_prompt_tokens, usage.cache_write_tokens, usage.cache_write_1h_tokens) == (1, 0, 0)
+            assert usage.cost_usd == pytest.approx((8 * 2.0 + 1 * 0.5 + 1 * 8.0) / 1e6, rel=1e-12)
+    body = upstream.fake.requests[0].body
+    if upstream.kind == "anthropic":
+        assert body["system"][0]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+        assert body["messages"][0]["content"][0]["cache_control"] == {"type": "ephemeral"}
+    else:
+        assert "cache_control" not in str(body)
+        assert "ttl" not in str(body)
+
+
+async def test_a_ttl_out_of_order_or_unknown_and_a_fifth_breakpoint_are_invalid_argument(
+    gateway: Gateway, upstream: Upstream
+) -> None:
     messages = [pb.Message(role="user", content=f"part {i}", cache_control=pb.CacheControl()) for i in range(5)]
-    messages[1].cache_control.ttl.seconds = 3600
+    messages[1].cache_control.ttl.seconds = 3600  # after a 5-minute (default) one
+    messages[2].cache_control.ttl.seconds = 600
     async with stub_for(gateway) as stub:
         outcome = await collect_stream(stub, pb.StreamGenerateRequest(model="cached-4", messages=messages))
 
@@ -156,7 +195,11 @@ async def test_a_one_hour_ttl_and_a_fifth_breakpoint_are_invalid_argument(gatewa
     assert error_info(outcome.error).reason == "INVALID_REQUEST"
     bad = detail(rich_status(outcome.error), error_details_pb2.BadRequest)
     assert bad is not None
-    assert [v.field for v in bad.field_violations] == ["messages[1].cache_control.ttl", "messages"]
+    assert [(v.field, v.description) for v in bad.field_violations] == [
+        ("messages[1].cache_control.ttl", "a 1-hour breakpoint must come before every 5-minute one"),
+        ("messages[2].cache_control.ttl", "must be 5m (300s), 1h (3600s) or unset (the provider's default)"),
+        ("messages", "5 cache breakpoints; the limit is 4"),
+    ]
     assert upstream.fake.requests == []
 
 

@@ -106,6 +106,7 @@ async def test_describe_a_message_shows_its_fields(demo_gateway: Gateway) -> Non
         "bool resumed = 8;",
         ".holysheepai.ToolCallDelta tool_call = 9;",
         "string reasoning = 10;",
+        "repeated .holysheepai.ReasoningBlock reasoning_blocks = 11;",
     ]
 
 

@@ -140,23 +140,35 @@ def test_cached_and_written_tokens_are_priced_apart() -> None:
     assert price.cost(Usage(1_000_000, 1_000_000, 2_000_000)) == pytest.approx(18.0)
 
 
+def test_one_hour_writes_are_priced_at_the_one_hour_price_else_the_five_minute_one() -> None:
+    usage = Usage(1_000_000, 0, 1_000_000, cache_write_tokens=1_000_000, cache_write_1h_tokens=400_000)
+    price = Price(3.0, 15.0, 0.3, 3.75, 6.0)
+    assert price.cost(usage) == pytest.approx(0.6 * 3.75 + 0.4 * 6.0)
+    # Without a 1-hour price, the 5-minute one; without either, the input price.
+    assert Price(3.0, 15.0, 0.3, 3.75).cost(usage) == pytest.approx(3.75)
+    assert Price(3.0, 15.0).cost(usage) == pytest.approx(3.0)
+
+
 @pytest.mark.parametrize(
-    ("upstream", "read", "write"),
+    ("upstream", "read", "write", "write_1h"),
     [
-        ("claude-sonnet-4-5", 1.5, 18.75),  # 0.1x and 1.25x of 15
-        ("claude-haiku-4-5", 0.1, 1.25),
-        ("gpt-4.1", 2.0, 8.0),  # 0.25x; OpenAI charges nothing extra to write
-        ("gpt-4o", 1.25, 2.5),  # 0.5x
-        ("gpt-4o-mini", 0.075, 0.15),
-        ("gemini-2.5-pro", 0.3125, 1.25),  # 0.25x
-        ("deepseek-chat", 0.042, 0.42),  # 0.1x
+        ("claude-sonnet-4-5", 1.5, 18.75, 30.0),  # 0.1x, 1.25x and 2x of 15
+        ("claude-haiku-4-5", 0.1, 1.25, 2.0),
+        ("gpt-4.1", 2.0, 8.0, 8.0),  # 0.25x; OpenAI charges nothing extra to write
+        ("gpt-4o", 1.25, 2.5, 2.5),  # 0.5x
+        ("gpt-4o-mini", 0.075, 0.15, 0.15),
+        ("gemini-2.5-pro", 0.3125, 1.25, 1.25),  # 0.25x
+        ("deepseek-chat", 0.042, 0.42, 0.42),  # 0.1x
     ],
 )
-def test_built_in_models_have_their_providers_cache_prices(upstream: str, read: float, write: float) -> None:
+def test_built_in_models_have_their_providers_cache_prices(
+    upstream: str, read: float, write: float, write_1h: float
+) -> None:
     price = builtin_price(upstream)
     assert price is not None
     assert price.cache_read_per_million == pytest.approx(read)
     assert price.cache_write_per_million == pytest.approx(write)
+    assert price.cache_write_1h_per_million == pytest.approx(write_1h)
 
 
 def test_a_cached_call_costs_less_than_the_same_call_uncached() -> None:
@@ -195,7 +207,7 @@ def test_config_prices_take_cache_prices_and_caching_kinds_cache_by_default(tmp_
             models:
               - name: sonnet
                 provider: claude
-                price: {input: 3, output: 15, cache_read: 0.3, cache_write: 3.75}
+                price: {input: 3, output: 15, cache_read: 0.3, cache_write: 3.75, cache_write_1h: 6}
               - {name: llama, provider: local, price: {input: 1, output: 2}}
               - {name: llama-cached, provider: local, capabilities: [tools, prompt_caching]}
               - {name: sonnet-plain, provider: claude, capabilities: [tools]}
@@ -204,7 +216,7 @@ def test_config_prices_take_cache_prices_and_caching_kinds_cache_by_default(tmp_
         env={"K": "sk-test-key-0123456789"},
     )
     models = {m.name: m for m in config.models}
-    assert models["sonnet"].price == Price(3.0, 15.0, 0.3, 3.75)
+    assert models["sonnet"].price == Price(3.0, 15.0, 0.3, 3.75, 6.0)
     assert models["llama"].price == Price(1.0, 2.0)
     assert "prompt_caching" in models["sonnet"].capabilities
     assert "prompt_caching" not in models["llama"].capabilities
@@ -239,15 +251,31 @@ def test_breakpoints_reach_the_checked_messages() -> None:
     assert [m.cache for m in checked] == [True, False]
 
 
-def test_a_ttl_other_than_five_minutes_and_a_fifth_breakpoint_are_invalid() -> None:
+def test_a_ttl_other_than_five_minutes_or_an_hour_and_a_fifth_breakpoint_are_invalid() -> None:
     messages = [UncheckedMessage("user", f"m{i}", cache=True) for i in range(5)]
-    messages[2] = UncheckedMessage("user", "m2", cache=True, cache_ttl_s=3600.0)
+    messages[2] = UncheckedMessage("user", "m2", cache=True, cache_ttl_s=600.0)
     with pytest.raises(InvalidRequest) as raised:
         check(messages)
     assert raised.value.violations == (
-        FieldViolation("messages[2].cache_control.ttl", "must be 5m (300s) or unset (the provider's default)"),
+        FieldViolation(
+            "messages[2].cache_control.ttl", "must be 5m (300s), 1h (3600s) or unset (the provider's default)"
+        ),
         FieldViolation("messages", "5 cache breakpoints; the limit is 4"),
     )
+
+
+def test_one_hour_breakpoints_come_before_five_minute_ones() -> None:
+    hour = UncheckedMessage("user", "doc", cache=True, cache_ttl_s=3600.0)
+    five = UncheckedMessage("user", "more", cache=True, cache_ttl_s=300.0)
+    default = UncheckedMessage("user", "q", cache=True)
+    checked = check([hour, hour, five, default])
+    assert [m.cache_ttl_s for m in checked] == [3600, 3600, 300, 0]
+    for first in (five, default):
+        with pytest.raises(InvalidRequest) as raised:
+            check([first, hour])
+        assert raised.value.violations == (
+            FieldViolation("messages[1].cache_control.ttl", "a 1-hour breakpoint must come before every 5-minute one"),
+        )
 
 
 def test_cost_of_a_config_model_uses_its_cache_prices() -> None:

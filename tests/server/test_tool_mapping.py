@@ -149,7 +149,14 @@ def test_gemini_sends_function_calls_and_responses_and_its_schema_subset() -> No
     assert body["toolConfig"] == {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["get_weather"]}}
     assert body["contents"][1] == {
         "role": "model",
-        "parts": [{"text": "Looking."}, {"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}}}],
+        "parts": [
+            {"text": "Looking."},
+            # A call Gemini did not sign (this history is the client's): Google's documented placeholder.
+            {
+                "functionCall": {"name": "get_weather", "args": {"city": "Oslo"}},
+                "thoughtSignature": "skip_thought_signature_validator",
+            },
+        ],
     }
     assert body["contents"][2] == {
         "role": "user",

@@ -79,7 +79,9 @@ async def assert_health_gone(channel: grpc.aio.Channel, address: str) -> None:
 
     In the instant between the two steps of the drain (report NOT_SERVING, then stop the server) a Check may
     still be answered NOT_SERVING, or be cancelled by the stop; after it, every Check is refused. Each Check
-    is a round trip to the gateway, so the loop waits on the gateway, not on the clock.
+    is a round trip to the gateway, so the loop waits on the gateway, not on the clock. A Check that races the
+    stop itself can also be left unanswered by gRPC until its own deadline (seen once in about 40 runs of the
+    suite beside another): that is not SERVING either, and the next Check is refused.
     """
     check = health_check(channel)
     seen: list[object] = []
@@ -91,7 +93,7 @@ async def assert_health_gone(channel: grpc.aio.Channel, address: str) -> None:
                 break
             seen.append(exc.code())
         assert len(seen) < 10_000, f"health never refused after the signal; saw {set(seen)}"
-    assert set(seen) <= {NOT_SERVING, grpc.StatusCode.CANCELLED}
+    assert set(seen) <= {NOT_SERVING, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED}
     with pytest.raises(ConnectionRefusedError):
         await asyncio.open_connection("127.0.0.1", port_of(address))
 

@@ -40,13 +40,13 @@ from opentelemetry.sdk.trace.sampling import (
     Sampler,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from server import defaults
 from server.errors import GatewayError, UpstreamError, code_number
 from server.observe.record import CallRecord, log_value
-from server.observe.trace import AttemptTrace, CallTrace, Metadata, Tracing
+from server.observe.trace import TRACEPARENT, AttemptTrace, CallTrace, Metadata, Tracing
 from server.types import Completion, Finish, Served, Usage
 
 __all__ = ["OtelTracing", "otel_tracing", "sampler_from"]
@@ -73,9 +73,7 @@ class OtelAttempt(AttemptTrace):
     __slots__ = ("_call", "_span", "model")
 
     def __init__(self, call: OtelCall, span: Span, model: str) -> None:
-        carrier: dict[str, str] = {}
-        _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
-        super().__init__(tuple(carrier.items()))
+        super().__init__(_context_headers(span.get_span_context()))
         self._call, self._span, self.model = call, span, model
 
     def answered(self, reply: Finish | Completion) -> None:
@@ -239,7 +237,15 @@ def sampler_from(env: Mapping[str, str]) -> Sampler:
 
 
 def _traceparent(context: SpanContext) -> str:
-    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags & TraceFlags.SAMPLED:02x}"
+    """What TraceContextTextMapPropagator.inject writes, without a Context and a carrier to go through."""
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+
+
+def _context_headers(context: SpanContext) -> tuple[tuple[str, str], ...]:
+    traceparent = (TRACEPARENT, _traceparent(context))
+    if context.trace_state:
+        return traceparent, ("tracestate", context.trace_state.to_header())
+    return (traceparent,)
 
 
 def _trace_context(metadata: Metadata) -> dict[str, str]:

@@ -33,7 +33,8 @@ CALLER_SPAN = "00f067aa0ba902b7"
 CALLER = (("traceparent", f"00-{TRACE_ID}-{CALLER_SPAN}-01"), ("x-request-id", "trace-me"))
 
 UNSAMPLED_CALLER = (("traceparent", f"00-{TRACE_ID}-{CALLER_SPAN}-00"), ("x-request-id", "skip-me"))
-UNSAMPLED = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-00")
+# A valid traceparent whose flags have the sampled bit clear (0x02, a random trace id, may be set).
+UNSAMPLED = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-0[02]")
 
 Start = Callable[[GatewayConfig], Awaitable[Gateway]]
 StartSampled = Callable[[GatewayConfig, Sampler], Awaitable[Gateway]]

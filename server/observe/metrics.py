@@ -65,8 +65,10 @@ TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 QUEUE_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
-# Distinct kinds of call (`_Series`) kept; the label values are bounded, the raw model names are not.
+# Distinct kinds of call (`_Series`) kept, and the longest model name one is kept for: the label values are
+# bounded, the names a client asks for (and passes through to a provider) are not.
 SERIES_LIMIT = 1024
+SERIES_KEY_CHARS = 256
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 
 _REASON = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
@@ -321,9 +323,13 @@ class GatewayMetrics:
             self._resilience_gauges.sync()
 
     def _new_series(self, key: _SeriesKey, record: CallRecord) -> _Series:
+        series = _Series(self, record)
+        served = record.served
+        if len(record.model) > SERIES_KEY_CHARS or (served is not None and len(served.model) > SERIES_KEY_CHARS):
+            return series  # a name this long is one a client made up: not worth its memory
         if len(self._series) >= SERIES_LIMIT:  # only names a client made up get this far: start over
             self._series.clear()
-        series = self._series[key] = _Series(self, record)
+        self._series[key] = series
         return series
 
     # --- the call plan's observer ---------------------------------------------------------------------

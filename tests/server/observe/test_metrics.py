@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
-from server.observe.metrics import SERIES_LIMIT, GatewayMetrics, LabelBounds
+from server.observe.metrics import SERIES_KEY_CHARS, SERIES_LIMIT, GatewayMetrics, LabelBounds
 from server.observe.record import CallRecord
 from server.routing.catalog import Catalog, Deployment, ModelConfig
 from server.routing.plan import Resilience
@@ -138,6 +138,27 @@ def test_the_series_a_made_up_model_name_brings_are_bounded() -> None:
     assert registry.get_sample_value("gateway_calls_total", {**labels, "code": "OK", "reason": ""}) == (
         SERIES_LIMIT * 2 + 10
     )
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        ended_call("nowhere/" + "x" * SERIES_KEY_CHARS),
+        ended_call("up/x", Served("up/" + "x" * SERIES_KEY_CHARS, "up", "up/" + "x" * SERIES_KEY_CHARS)),
+    ],
+    ids=["asked", "passed-through"],
+)
+def test_a_call_with_a_very_long_model_name_is_counted_but_its_series_are_not_kept(record: CallRecord) -> None:
+    registry = CollectorRegistry()
+    metrics = GatewayMetrics(BOUNDS, registry)
+    metrics.begun(record)
+    metrics.ended(record)
+
+    assert metrics._series == {}
+    [calls] = [
+        s for f in registry.collect() if f.name == "gateway_calls" for s in f.samples if s.name.endswith("_total")
+    ]
+    assert (calls.labels["gen_ai_request_model"], calls.value) == (BOUNDS.model(record.model), 1)
 
 
 def test_after_a_reload_the_new_configs_label_values_apply() -> None:

@@ -325,7 +325,8 @@ class GatewayMetrics:
     def _new_series(self, key: _SeriesKey, record: CallRecord) -> _Series:
         series = _Series(self, record)
         served = record.served
-        if len(record.model) > SERIES_KEY_CHARS or (served is not None and len(served.model) > SERIES_KEY_CHARS):
+        longest = max(len(record.model), len(served.model), len(served.deployment)) if served else len(record.model)
+        if longest > SERIES_KEY_CHARS:
             return series  # a name this long is one a client made up: not worth its memory
         if len(self._series) >= SERIES_LIMIT:  # only names a client made up get this far: start over
             self._series.clear()

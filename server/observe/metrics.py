@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -65,6 +65,10 @@ TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 QUEUE_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
+# Distinct kinds of call (`_Series`) kept, and the longest model name one is kept for: the label values are
+# bounded, the names a client asks for (and passes through to a provider) are not.
+SERIES_LIMIT = 1024
+SERIES_KEY_CHARS = 256
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 
 _REASON = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
@@ -149,6 +153,7 @@ class GatewayMetrics:
         self.registry = registry = registry or CollectorRegistry()
         self.bounds = bounds
         self._watched: _ResilienceCollector | None = None
+        self._series: dict[_SeriesKey, _Series] = {}
         self.shared = shared
         self._resilience_gauges: _ResilienceGauges | None = None
         self.grpc = GrpcServerMetrics(registry)
@@ -261,6 +266,7 @@ class GatewayMetrics:
         (the label values of calls that began before the reload are then mapped by the new ones)."""
         if bounds is not None:
             self.bounds = bounds
+            self._series.clear()  # their label values were the old config's
         resilience.observer = self
         if self.shared:
             if self._resilience_gauges is None:
@@ -282,39 +288,51 @@ class GatewayMetrics:
             self.in_flight(record.method).inc()
 
     def ended(self, record: CallRecord) -> None:
-        bounds = self.bounds
-        client = bounds.client(record.client)
-        requested = bounds.model(record.model)
-        reason = bounds.reason(record.reason)
-        self.calls(record.method, client, requested, record.code, reason).inc()
+        key = (record.method, record.client, record.model, record.code, record.reason, record.served)
+        series = self._series.get(key)
+        if series is None:
+            series = self._new_series(key, record)
+        series.calls.inc()
         if record.quota_limit:
-            self.quota_rejections(client, bounds.limit(record.quota_limit)).inc()
+            self.quota_rejections(series.client, self.bounds.limit(record.quota_limit)).inc()
         if record.method == SESSION:
             self.sessions.dec()
             return
-        self.in_flight(record.method).dec()
+        series.in_flight.dec()
         if record.queued_s is not None:
-            self.queue_wait(record.priority, client, record.code).observe(record.queued_s)
-        if record.method == TURN:
-            self.turns(record.code).inc()
-        labels = bounds.genai(record)
-        if record.duration_s is not None:
-            error_type = reason or (record.code if record.code != "OK" else "")
-            self.duration(*labels, error_type).observe(record.duration_s)
-        if record.first_token_s is not None:
-            self.ttft(*labels).observe(record.first_token_s)
+            self.queue_wait(record.priority, series.client, record.code).observe(record.queued_s)
+        if series.turns is not None:
+            series.turns.inc()
+        duration, first = record.duration_s, record.first_token_s
+        if duration is not None:
+            series.duration.observe(duration)
+        if first is not None:
+            series.ttft().observe(first)
         usage = record.usage
         if usage is not None:
-            for kind, count in (("input", usage.prompt_tokens), ("output", usage.completion_tokens)):
-                self.token_usage(*labels, kind).observe(count)
-                self.tokens(client, *labels, kind).inc(count)
+            input_usage, output_usage, input_tokens, output_tokens = series.usage()
+            input_usage.observe(usage.prompt_tokens)
+            output_usage.observe(usage.completion_tokens)
+            input_tokens.inc(usage.prompt_tokens)
+            output_tokens.inc(usage.completion_tokens)
             after_first = usage.completion_tokens - 1
-            if record.first_token_s is not None and record.duration_s is not None and after_first > 0:
-                self.tpot(*labels).observe((record.duration_s - record.first_token_s) / after_first)
+            if first is not None and duration is not None and after_first > 0:
+                series.tpot().observe((duration - first) / after_first)
         if record.cost_usd is not None:
-            self.cost(client, *labels).inc(record.cost_usd)
+            series.cost().inc(record.cost_usd)
         if self._resilience_gauges is not None:
             self._resilience_gauges.sync()
+
+    def _new_series(self, key: _SeriesKey, record: CallRecord) -> _Series:
+        series = _Series(self, record)
+        served = record.served
+        longest = max(len(record.model), len(served.model), len(served.deployment)) if served else len(record.model)
+        if longest > SERIES_KEY_CHARS:
+            return series  # a name this long is one a client made up: not worth its memory
+        if len(self._series) >= SERIES_LIMIT:  # only names a client made up get this far: start over
+            self._series.clear()
+        self._series[key] = series
+        return series
 
     # --- the call plan's observer ---------------------------------------------------------------------
 
@@ -328,6 +346,72 @@ class GatewayMetrics:
     def fell_back(self, origin: ModelConfig, served: Served, failure_class: str) -> None:
         bounds = self.bounds
         self.fallbacks(bounds.model(origin.name), bounds.model(served.model), failure_class).inc()
+
+
+_SeriesKey: TypeAlias = tuple[str, str | None, str, str, str, Served | None]
+
+
+class _Series:
+    """The children that one kind of call writes to when it ends (one method, client, model asked for,
+    code, reason and server), each looked up in its metric once: `ended` then costs a dict lookup and
+    the observations, with no label values to work out. The ones not every such call writes (time to
+    first token, usage, cost) are looked up when first written, so that no series appears before then."""
+
+    __slots__ = (
+        "_cost",
+        "_labels",
+        "_metrics",
+        "_tpot",
+        "_ttft",
+        "_usage",
+        "calls",
+        "client",
+        "duration",
+        "in_flight",
+        "turns",
+    )
+
+    def __init__(self, metrics: GatewayMetrics, record: CallRecord) -> None:
+        bounds = metrics.bounds
+        self._metrics = metrics
+        self.client = client = bounds.client(record.client)
+        reason = bounds.reason(record.reason)
+        self.calls = metrics.calls(record.method, client, bounds.model(record.model), record.code, reason)
+        self._labels = labels = bounds.genai(record)
+        self.in_flight: Any = metrics.in_flight(record.method) if record.method != SESSION else None
+        self.turns = metrics.turns(record.code) if record.method == TURN else None
+        self.duration = metrics.duration(*labels, reason or (record.code if record.code != "OK" else ""))
+        self._ttft: Any = None
+        self._tpot: Any = None
+        self._cost: Any = None
+        self._usage: tuple[Any, Any, Any, Any] | None = None
+
+    def ttft(self) -> Any:
+        if self._ttft is None:
+            self._ttft = self._metrics.ttft(*self._labels)
+        return self._ttft
+
+    def tpot(self) -> Any:
+        if self._tpot is None:
+            self._tpot = self._metrics.tpot(*self._labels)
+        return self._tpot
+
+    def cost(self) -> Any:
+        if self._cost is None:
+            self._cost = self._metrics.cost(self.client, *self._labels)
+        return self._cost
+
+    def usage(self) -> tuple[Any, Any, Any, Any]:
+        """The input and output token-usage histograms, then the input and output token counters."""
+        if self._usage is None:
+            metrics, labels, client = self._metrics, self._labels, self.client
+            self._usage = (
+                metrics.token_usage(*labels, "input"),
+                metrics.token_usage(*labels, "output"),
+                metrics.tokens(client, *labels, "input"),
+                metrics.tokens(client, *labels, "output"),
+            )
+        return self._usage
 
 
 class _Children:

@@ -15,7 +15,11 @@ the gRPC and GenAI semantic conventions.
                    gateway.attempt, gateway.from_model, gateway.to_model and the error.type that led to it
 
 The process has its own TracerProvider (the global one is left alone), exporting in batches from a
-background thread; `shutdown` sends what is left when the gateway stops.
+background thread; `shutdown` sends what is left when the gateway stops. It samples as
+OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG say (default parentbased_always_on: every call whose
+caller did not send an unsampled traceparent). A call the sampler leaves out costs one non-recording span
+and nothing more: it takes the untraced path (no attempt spans, no attributes at its end) and passes its
+unsampled trace context upstream, so the upstream leaves it out too; so do its InteractiveStream turns.
 """
 
 from __future__ import annotations
@@ -28,16 +32,25 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    DEFAULT_OFF,
+    DEFAULT_ON,
+    ParentBasedTraceIdRatio,
+    Sampler,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from server import defaults
 from server.errors import GatewayError, UpstreamError, code_number
 from server.observe.record import CallRecord, log_value, operation_of
-from server.observe.trace import AttemptTrace, CallTrace, Metadata, Tracing
+from server.observe.trace import TRACEPARENT, AttemptTrace, CallTrace, Metadata, Tracing
 from server.types import Completion, Finish, Served, Usage
 
-__all__ = ["OtelTracing", "otel_tracing"]
+__all__ = ["OtelTracing", "otel_tracing", "sampler_from"]
 
 SERVICE = "holysheepai.AIService"
 DEFAULT_SERVICE_NAME = "holysheep-gateway"
@@ -47,15 +60,21 @@ PROVIDER_NAMES = {"openai": "openai", "anthropic": "anthropic", "gemini": "gcp.g
 _SERVER_ERRORS = frozenset({"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"})
 _PROPAGATOR = TraceContextTextMapPropagator()
 _CONTEXT_KEYS = ("traceparent", "tracestate")
+# OTEL_TRACES_SAMPLER's standard values; the ratio ones take OTEL_TRACES_SAMPLER_ARG (default 1.0).
+_SAMPLERS: dict[str, Sampler] = {
+    "always_on": ALWAYS_ON,
+    "always_off": ALWAYS_OFF,
+    "parentbased_always_on": DEFAULT_ON,
+    "parentbased_always_off": DEFAULT_OFF,
+}
+_RATIO_SAMPLERS = {"traceidratio": TraceIdRatioBased, "parentbased_traceidratio": ParentBasedTraceIdRatio}
 
 
 class OtelAttempt(AttemptTrace):
     __slots__ = ("_call", "_span", "model")
 
     def __init__(self, call: OtelCall, span: Span, model: str) -> None:
-        carrier: dict[str, str] = {}
-        _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
-        super().__init__(tuple(carrier.items()))
+        super().__init__(_context_headers(span.get_span_context()))
         self._call, self._span, self.model = call, span, model
 
     def answered(self, reply: Finish | Completion) -> None:
@@ -148,6 +167,8 @@ class OtelTracing(Tracing):
         self._provider = provider
 
     def begin(self, record: CallRecord, parent: Metadata | CallTrace) -> CallTrace:
+        if isinstance(parent, CallTrace) and not isinstance(parent, OtelCall):
+            return parent  # a turn of a session that is not sampled: not sampled either
         attributes: dict[str, str] = {"gateway.request_id": record.request_id}
         operation = operation_of(record.method)
         if record.model:
@@ -160,13 +181,16 @@ class OtelTracing(Tracing):
                 record.method, context=parent.context, kind=SpanKind.INTERNAL, attributes=attributes
             )
             return OtelCall(self._tracer, span, operation)
-        carrier = {} if isinstance(parent, CallTrace) else _trace_context(parent)
         span = self._tracer.start_span(
             f"{SERVICE}/{record.method}",
-            context=_PROPAGATOR.extract(carrier),
+            context=_PROPAGATOR.extract(_trace_context(parent)),
             kind=SpanKind.SERVER,
             attributes={"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": record.method, **attributes},
         )
+        if not span.is_recording():
+            # The sampler said no: the call gets the untraced path (no attempt spans, nothing at its end),
+            # and passes the unsampled context on, so the upstream does not sample it either.
+            return CallTrace(_traceparent(span.get_span_context()))
         return OtelCall(self._tracer, span, operation)
 
     def shutdown(self) -> None:
@@ -183,7 +207,7 @@ def otel_tracing(exporter_name: str, env: Mapping[str, str]) -> OtelTracing:
     """Tracing that exports with `exporter_name` (otlp: OTEL_EXPORTER_OTLP_* say where and how)."""
     service = {} if env.get("OTEL_SERVICE_NAME") else {"service.name": DEFAULT_SERVICE_NAME}
     # No exit hook: `shutdown` bounds the flush; the SDK's own hook would wait for a collector that is down.
-    provider = TracerProvider(resource=Resource.create(service), shutdown_on_exit=False)
+    provider = TracerProvider(resource=Resource.create(service), sampler=sampler_from(env), shutdown_on_exit=False)
     exporter: SpanExporter
     if exporter_name == "otlp":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -193,6 +217,37 @@ def otel_tracing(exporter_name: str, env: Mapping[str, str]) -> OtelTracing:
         exporter = ConsoleSpanExporter()
     provider.add_span_processor(BatchSpanProcessor(exporter))
     return OtelTracing(provider.get_tracer("holysheep-gateway"), provider)
+
+
+def sampler_from(env: Mapping[str, str]) -> Sampler:
+    """The sampler OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG name (default parentbased_always_on);
+    ValueError for a name or a ratio the gateway does not take (the SDK would only log a warning)."""
+    name = env.get("OTEL_TRACES_SAMPLER", "").strip().lower() or "parentbased_always_on"
+    if name in _SAMPLERS:
+        return _SAMPLERS[name]
+    if name not in _RATIO_SAMPLERS:
+        known = ", ".join([*_SAMPLERS, *_RATIO_SAMPLERS])
+        raise ValueError(f"OTEL_TRACES_SAMPLER: expected one of {known}, got {name!r}")
+    arg = env.get("OTEL_TRACES_SAMPLER_ARG", "").strip() or "1.0"
+    try:
+        ratio = float(arg)
+    except ValueError:
+        ratio = -1.0
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"OTEL_TRACES_SAMPLER_ARG: expected a ratio from 0 to 1, got {arg!r}")
+    return _RATIO_SAMPLERS[name](ratio)
+
+
+def _traceparent(context: SpanContext) -> str:
+    """What TraceContextTextMapPropagator.inject writes, without a Context and a carrier to go through."""
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+
+
+def _context_headers(context: SpanContext) -> tuple[tuple[str, str], ...]:
+    traceparent = (TRACEPARENT, _traceparent(context))
+    if context.trace_state:
+        return traceparent, ("tracestate", context.trace_state.to_header())
+    return (traceparent,)
 
 
 def _trace_context(metadata: Metadata) -> dict[str, str]:

@@ -28,7 +28,7 @@ from server.errors import GatewayError
 from server.observe.record import CallRecord
 from server.types import Completion, Finish, Served
 
-__all__ = ["AttemptTrace", "CallTrace", "Metadata", "Tracing", "tracing_from_env"]
+__all__ = ["TRACEPARENT", "AttemptTrace", "CallTrace", "Metadata", "Tracing", "tracing_from_env"]
 
 Metadata: TypeAlias = Sequence[tuple[str, str | bytes]]
 Headers: TypeAlias = tuple[tuple[str, str], ...]

@@ -3,6 +3,7 @@ with the GenAI attributes, retries and fallbacks as events, and the trace contex
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 
@@ -11,14 +12,17 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import DEFAULT_OFF, DEFAULT_ON, Sampler
 from opentelemetry.trace import SpanKind, StatusCode
 
 from generated import ai_service_pb2 as pb
 from server.app import Gateway, start_gateway
 from server.config import GatewayConfig, ModelConfig
-from server.observe.otel import OtelTracing
-from server.observe.trace import Tracing, tracing_from_env
+from server.observe.otel import OtelTracing, sampler_from
+from server.observe.record import CallRecord
+from server.observe.trace import CallTrace, Tracing, tracing_from_env
 from server.resilience.retry import RetryPolicy
+from server.types import Served
 from tests.conftest import client_auth, openai_config
 from tests.fakes.openai_upstream import FakeOpenAIUpstream
 from tests.interactive import Bidi
@@ -28,7 +32,12 @@ TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
 CALLER = (("traceparent", f"00-{TRACE_ID}-{CALLER_SPAN}-01"), ("x-request-id", "trace-me"))
 
+UNSAMPLED_CALLER = (("traceparent", f"00-{TRACE_ID}-{CALLER_SPAN}-00"), ("x-request-id", "skip-me"))
+# A valid traceparent whose flags have the sampled bit clear (0x02, a random trace id, may be set).
+UNSAMPLED = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-0[02]")
+
 Start = Callable[[GatewayConfig], Awaitable[Gateway]]
+StartSampled = Callable[[GatewayConfig, Sampler], Awaitable[Gateway]]
 
 
 @pytest.fixture
@@ -37,12 +46,12 @@ def exporter() -> InMemorySpanExporter:
 
 
 @pytest.fixture
-async def start(exporter: InMemorySpanExporter) -> AsyncIterator[Start]:
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+async def start_sampled(exporter: InMemorySpanExporter) -> AsyncIterator[StartSampled]:
     started: list[Gateway] = []
 
-    async def starting(config: GatewayConfig) -> Gateway:
+    async def starting(config: GatewayConfig, sampler: Sampler) -> Gateway:
+        provider = TracerProvider(sampler=sampler)
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
         gateway = await start_gateway(config, tracing=OtelTracing(provider.get_tracer("test"), provider))
         started.append(gateway)
         return gateway
@@ -50,6 +59,11 @@ async def start(exporter: InMemorySpanExporter) -> AsyncIterator[Start]:
     yield starting
     for gateway in started:
         await gateway.stop(0)
+
+
+@pytest.fixture
+def start(start_sampled: StartSampled) -> Start:
+    return lambda config: start_sampled(config, DEFAULT_ON)
 
 
 def with_fallback(base_url: str) -> GatewayConfig:
@@ -301,3 +315,99 @@ async def test_an_embed_call_is_a_server_span_with_an_embeddings_attempt_carryin
     assert parent_id(attempt) == span_id(call)
     [sent] = fake_openai.requests
     assert sent.headers["traceparent"].startswith(f"00-{TRACE_ID}-{span_id(attempt)}-")
+
+
+@pytest.mark.parametrize(
+    ("sampler", "metadata", "trace_id"),
+    [
+        (DEFAULT_ON, UNSAMPLED_CALLER, TRACE_ID),  # the caller did not sample it
+        (DEFAULT_OFF, (), None),  # a new trace, and the sampler said no
+    ],
+    ids=["unsampled-caller", "root-not-sampled"],
+)
+async def test_a_call_the_sampler_leaves_out_records_no_span_and_tells_the_upstream(
+    start_sampled: StartSampled,
+    fake_openai: FakeOpenAIUpstream,
+    exporter: InMemorySpanExporter,
+    sampler: Sampler,
+    metadata: tuple[tuple[str, str], ...],
+    trace_id: str | None,
+) -> None:
+    gateway = await start_sampled(with_fallback(fake_openai.base_url), sampler)
+    async with stub_for(gateway) as stub:
+        outcome = await collect_stream(stub, request("primary", "one two"), metadata=metadata)
+
+    assert outcome.error is None
+    assert exporter.get_finished_spans() == ()
+    # Every attempt (two on primary, one on backup) carries the same unsampled context upstream.
+    [sent] = {r.headers["traceparent"] for r in fake_openai.requests}
+    assert len(fake_openai.requests) == 3
+    assert UNSAMPLED.fullmatch(sent)
+    if trace_id is not None:
+        assert sent.split("-")[1] == trace_id
+
+
+async def test_the_turns_of_a_session_the_sampler_leaves_out_record_no_span_either(
+    start: Start, fake_openai: FakeOpenAIUpstream, exporter: InMemorySpanExporter
+) -> None:
+    gateway = await start(openai_config(fake_openai.base_url))
+    async with stub_for(gateway) as stub:
+        bidi = Bidi(stub, metadata=UNSAMPLED_CALLER)
+        await bidi.start("gpt-test", mode=pb.SESSION_MODE_PIPELINE)
+        await bidi.turn("r1", "one")
+        await bidi.until_end_of("r1")
+        assert (await bidi.finish()).code == grpc.StatusCode.OK
+
+    assert exporter.get_finished_spans() == ()
+    [sent] = [r.headers["traceparent"] for r in fake_openai.requests]
+    assert sent.startswith(f"00-{TRACE_ID}-")
+    assert sent.endswith("-00")
+
+
+@pytest.mark.parametrize(
+    ("env", "description"),
+    [
+        ({}, "ParentBased{root:AlwaysOnSampler,"),
+        ({"OTEL_TRACES_SAMPLER": "always_off"}, "AlwaysOffSampler"),
+        ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25"}, "TraceIdRatioBased{0.25}"),
+        ({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio"}, "ParentBased{root:TraceIdRatioBased{1.0},"),
+        (
+            {"OTEL_TRACES_SAMPLER": "ParentBased_TraceIdRatio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
+            "ParentBased{root:TraceIdRatioBased{0.1},",
+        ),
+    ],
+)
+def test_the_sampler_follows_the_standard_variables(env: dict[str, str], description: str) -> None:
+    tracing = tracing_from_env({"OTEL_TRACES_EXPORTER": "console", **env})
+    try:
+        assert isinstance(tracing, OtelTracing)
+        assert sampler_from(env).get_description().startswith(description)
+    finally:
+        tracing.shutdown()
+
+
+def test_at_ratio_zero_a_call_gets_the_untraced_path() -> None:
+    tracing = tracing_from_env(
+        {"OTEL_TRACES_EXPORTER": "console", "OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0"}
+    )
+    try:
+        trace = tracing.begin(CallRecord("Generate", None, model="gpt-test"), ())
+        assert type(trace) is CallTrace, "no recording span, no OtelCall"
+        [(key, value)] = trace.attempt(Served("gpt-test", "up", "up/gpt-test"), "gpt-test", "openai", 1).headers
+        assert key == "traceparent"
+        assert UNSAMPLED.fullmatch(value)
+    finally:
+        tracing.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"OTEL_TRACES_SAMPLER": "sometimes"}, "OTEL_TRACES_SAMPLER: expected one of always_on, "),
+        ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1.5"}, "got '1.5'"),
+        ({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "half"}, "got 'half'"),
+    ],
+)
+def test_a_sampler_the_gateway_does_not_know_is_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        tracing_from_env({"OTEL_TRACES_EXPORTER": "console", **env})

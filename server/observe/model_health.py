@@ -17,7 +17,7 @@ A "provider/anything" pass-through name is not one, so health never stores a nam
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from server.observe.health import NOT_SERVING, SERVING, HealthService
@@ -92,23 +92,29 @@ class ModelHealth:
         if dependents is None:  # a pass-through deployment no catalog name uses
             return
         self._breakers[name] = breaker
-        self._update(dependents)
+        # Whether it turns calls away is read once: read again after the update, a cooldown that ended in
+        # between would leave the names NOT_SERVING with no timer left to look again.
+        blocked = _blocked(breaker)
+        self._update(dependents, blocked={name: blocked})
         timer = self._timers.pop(name, None)
         if timer is not None:
             timer.cancel()
-        if _blocked(breaker):
+        if blocked:
             self._timers[name] = self._call_later(breaker.probe_in_s(), lambda: self._cooldown_over(breaker))
 
     def _cooldown_over(self, breaker: CircuitBreaker) -> None:
         self._timers.pop(breaker.name, None)
         self.breaker_changed(breaker)  # still blocked (a timer may fire a hair early): it sets another
 
-    def _update(self, names: Iterable[str]) -> None:
+    def _update(self, names: Iterable[str], blocked: Mapping[str, bool]) -> None:
+        """Each name's status; `blocked` holds the breakers already read."""
         for name in names:
-            blocked = all(self._is_blocked(upstream) for upstream in self._upstreams[name])
-            self._health.set(model_service(name), NOT_SERVING if blocked else SERVING)
+            every = all(self._is_blocked(upstream, blocked) for upstream in self._upstreams[name])
+            self._health.set(model_service(name), NOT_SERVING if every else SERVING)
 
-    def _is_blocked(self, upstream: str) -> bool:
+    def _is_blocked(self, upstream: str, known: Mapping[str, bool]) -> bool:
+        if upstream in known:
+            return known[upstream]
         breaker = self._breakers.get(upstream)
         return breaker is not None and _blocked(breaker)
 

@@ -61,8 +61,8 @@ class Timer:
 
 
 class World:
-    def __init__(self, cooldown_s: float = 30.0) -> None:
-        self.clock = Clock()
+    def __init__(self, cooldown_s: float = 30.0, clock: Clock | None = None) -> None:
+        self.clock = Clock() if clock is None else clock
         self.timers = Timers()
         self.resilience = Resilience(
             breaker=BreakerPolicy(consecutive_failures=1, cooldown_s=cooldown_s), clock=self.clock
@@ -141,6 +141,38 @@ def test_a_timer_that_fires_a_hair_early_looks_again_later() -> None:
     assert abs(world.timers.pending[-1][0] - 0.001) < 1e-9
     world.clock.now = 30.0
     world.timers.fire()
+    assert world.status("lonely") == SERVING
+
+
+class CrossingClock(Clock):
+    """A clock whose next read can be `before` and every later one `after`: the end of a cooldown crossed
+    between two reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._after: float | None = None
+
+    def cross(self, before: float, after: float) -> None:
+        self.now, self._after = before, after
+
+    def __call__(self) -> float:
+        now = self.now
+        if self._after is not None:
+            self.now, self._after = self._after, None
+        return now
+
+
+def test_a_cooldown_that_ends_while_the_timer_looks_still_serves_again() -> None:
+    # Seen under load with uvloop, whose timers may fire a little early: the timer found the breaker still
+    # blocked, set NOT_SERVING, then read the clock again past the cooldown and set no timer: the model
+    # stayed NOT_SERVING until the next state change.
+    clock = CrossingClock()
+    world = World(cooldown_s=30.0, clock=clock)
+    world.fail("p", "a")
+    clock.cross(before=29.999, after=30.0)
+    world.timers.fire()
+    assert world.status("lonely") == NOT_SERVING
+    world.timers.fire()  # the look again, which the second read of the clock used to skip
     assert world.status("lonely") == SERVING
 
 

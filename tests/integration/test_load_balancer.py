@@ -199,9 +199,13 @@ async def test_draining_an_instance_taken_out_of_rotation_moves_new_calls_to_the
 
     assert [r for r in results if not isinstance(r, str) or r.startswith("truncated")] == []
     assert len(results) == 160
-    assert len(a.upstream.requests) == served_by_a  # in flight at the SIGTERM: at least `held`, all finished
-    assert len(b.upstream.requests) == 160 - served_by_a
-    print(f"\ndrain: A served {served_by_a} calls (some in flight through its drain), B {160 - served_by_a}; errors: 0")
+    # Every call reached one instance, once. A reload leaves nginx's old worker serving the client's open
+    # connection until it closes, so a call started just after the reload can still reach A (seen once in
+    # about 20 runs beside another suite); it is served like the calls in flight at the SIGTERM.
+    assert len(a.upstream.requests) + len(b.upstream.requests) == 160
+    assert len(a.upstream.requests) >= served_by_a
+    print(f"\ndrain: A served {len(a.upstream.requests)} calls (some in flight through its drain), "
+          f"B {len(b.upstream.requests)}; errors: 0")  # fmt: skip
 
 
 async def test_a_plain_sigterm_behind_nginx_fails_only_calls_that_race_it_before_their_first_chunk(

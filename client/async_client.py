@@ -15,7 +15,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Self, TypeAlias
+from typing import TYPE_CHECKING, Any, Self, TypeAlias
 
 import grpc
 from grpc_health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
@@ -123,18 +123,8 @@ class AsyncAIClient:
             pb.GenerateRequest, model=model, prompt=prompt, messages=messages, system=system,
             sampling=SamplingOptions.of(sampling, keywords),
         )  # fmt: skip
-        retrier = Retrier(self._settings.retry, self._settings.deadline(timeout))
-        while True:  # the channel retries UNAVAILABLE; this loop, RESOURCE_EXHAUSTED with RetryInfo
-            try:
-                call = self._stub.Generate(request, timeout=retrier.remaining(), metadata=end_user_metadata(end_user))
-                response = await call
-            except grpc.aio.AioRpcError as exc:
-                error = self._settings.error(exc)
-                if (delay := retrier.delay(error, unavailable=False)) is None:
-                    raise error from exc
-                await asyncio.sleep(delay)
-            else:
-                return generate_result(response, tuple(await call.trailing_metadata() or ()))
+        response, trailers = await self._retried(self._stub.Generate, request, timeout, end_user_metadata(end_user))
+        return generate_result(response, trailers)
 
     async def embed(
         self,
@@ -150,19 +140,8 @@ class AsyncAIClient:
         "embeddings" capability. `dimensions` shortens the vectors where the model can; `task_type` says
         what they are for (Gemini). Retried as generate is."""
         request = embed_request(model, texts, dimensions, task_type)
-        retrier = Retrier(self._settings.retry, self._settings.deadline(timeout))
-        metadata = end_user_metadata(end_user)
-        while True:
-            try:
-                call = self._stub.Embed(request, timeout=retrier.remaining(), metadata=metadata)
-                response = await call
-            except grpc.aio.AioRpcError as exc:
-                error = self._settings.error(exc)
-                if (delay := retrier.delay(error, unavailable=False)) is None:
-                    raise error from exc
-                await asyncio.sleep(delay)
-            else:
-                return embed_result(response, tuple(await call.trailing_metadata() or ()))
+        response, trailers = await self._retried(self._stub.Embed, request, timeout, end_user_metadata(end_user))
+        return embed_result(response, trailers)
 
     async def count_tokens(
         self,
@@ -181,17 +160,8 @@ class AsyncAIClient:
             pb.CountTokensRequest, model=model, prompt=prompt, messages=messages, system=system,
             sampling=SamplingOptions.of(sampling, keywords),
         )  # fmt: skip
-        retrier = Retrier(self._settings.retry, self._settings.deadline(timeout))
-        while True:
-            try:
-                response = await self._stub.CountTokens(request, timeout=retrier.remaining())
-            except grpc.aio.AioRpcError as exc:
-                error = self._settings.error(exc)
-                if (delay := retrier.delay(error, unavailable=True)) is None:
-                    raise error from exc
-                await asyncio.sleep(delay)
-            else:
-                return token_count(response)
+        response, _ = await self._retried(self._stub.CountTokens, request, timeout, (), unavailable=True)
+        return token_count(response)
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:  # noqa: ASYNC109
         """The gateway's grpc.health.v1 status for `service` ("" for the whole server): "SERVING", or
@@ -208,17 +178,32 @@ class AsyncAIClient:
     async def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:  # noqa: ASYNC109
         """The gateway's catalog, sorted by name: every model a call may name, with its aliases, prices,
         deployments and fallbacks. Retried like a stream before its first chunk (it costs nothing)."""
+        response, _ = await self._retried(self._stub.ListModels, pb.ListModelsRequest(), timeout, (), unavailable=True)
+        return [model_info(model) for model in response.models]
+
+    async def _retried(
+        self,
+        method: Any,
+        request: Any,
+        timeout: float | None,  # noqa: ASYNC109
+        metadata: tuple[tuple[str, str], ...],
+        *,
+        unavailable: bool = False,
+    ) -> tuple[Any, tuple[tuple[str, str | bytes], ...]]:
+        """A unary call and its trailers, retried by the client's policy: RESOURCE_EXHAUSTED with RetryInfo,
+        and UNAVAILABLE too when `unavailable` (the channel already retries it for the others)."""
         retrier = Retrier(self._settings.retry, self._settings.deadline(timeout))
         while True:
             try:
-                response = await self._stub.ListModels(pb.ListModelsRequest(), timeout=retrier.remaining())
+                call = method(request, timeout=retrier.remaining(), metadata=metadata)
+                response = await call
             except grpc.aio.AioRpcError as exc:
                 error = self._settings.error(exc)
-                if (delay := retrier.delay(error, unavailable=True)) is None:
+                if (delay := retrier.delay(error, unavailable=unavailable)) is None:
                     raise error from exc
                 await asyncio.sleep(delay)
             else:
-                return [model_info(model) for model in response.models]
+                return response, tuple(await call.trailing_metadata() or ())
 
     def stream_generate(
         self,

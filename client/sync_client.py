@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import grpc
 from grpc_health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
@@ -125,19 +125,8 @@ class AIClient:
             pb.GenerateRequest, model=model, prompt=prompt, messages=messages, system=system,
             sampling=SamplingOptions.of(sampling, keywords),
         )  # fmt: skip
-        retrier = Retrier(self._settings.retry, self._settings.deadline(timeout))
-        while True:  # the channel retries UNAVAILABLE; this loop, RESOURCE_EXHAUSTED with RetryInfo
-            try:
-                response, call = self._stub.Generate.with_call(
-                    request, timeout=retrier.remaining(), metadata=end_user_metadata(end_user)
-                )
-            except grpc.RpcError as exc:
-                error = self._settings.error(exc)
-                if (delay := retrier.delay(error, unavailable=False)) is None:
-                    raise error from exc
-                time.sleep(delay)
-            else:
-                return generate_result(response, call.trailing_metadata())
+        response, trailers = self._retried(self._stub.Generate, request, timeout, end_user_metadata(end_user))
+        return generate_result(response, trailers)
 
     def embed(
         self,
@@ -153,18 +142,8 @@ class AIClient:
         "embeddings" capability. `dimensions` shortens the vectors where the model can; `task_type` says
         what they are for (Gemini). Retried as generate is."""
         request = embed_request(model, texts, dimensions, task_type)
-        retrier = Retrier(self._settings.retry, self._settings.deadline(timeout))
-        metadata = end_user_metadata(end_user)
-        while True:
-            try:
-                response, call = self._stub.Embed.with_call(request, timeout=retrier.remaining(), metadata=metadata)
-            except grpc.RpcError as exc:
-                error = self._settings.error(exc)
-                if (delay := retrier.delay(error, unavailable=False)) is None:
-                    raise error from exc
-                time.sleep(delay)
-            else:
-                return embed_result(response, call.trailing_metadata())
+        response, trailers = self._retried(self._stub.Embed, request, timeout, end_user_metadata(end_user))
+        return embed_result(response, trailers)
 
     def count_tokens(
         self,
@@ -183,17 +162,8 @@ class AIClient:
             pb.CountTokensRequest, model=model, prompt=prompt, messages=messages, system=system,
             sampling=SamplingOptions.of(sampling, keywords),
         )  # fmt: skip
-        retrier = Retrier(self._settings.retry, self._settings.deadline(timeout))
-        while True:
-            try:
-                response = self._stub.CountTokens(request, timeout=retrier.remaining())
-            except grpc.RpcError as exc:
-                error = self._settings.error(exc)
-                if (delay := retrier.delay(error, unavailable=True)) is None:
-                    raise error from exc
-                time.sleep(delay)
-            else:
-                return token_count(response)
+        response, _ = self._retried(self._stub.CountTokens, request, timeout, (), unavailable=True)
+        return token_count(response)
 
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The gateway's grpc.health.v1 status for `service` ("" for the whole server): "SERVING", or
@@ -210,17 +180,31 @@ class AIClient:
     def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """The gateway's catalog, sorted by name: every model a call may name, with its aliases, prices,
         deployments and fallbacks. Retried like a stream before its first chunk (it costs nothing)."""
+        response, _ = self._retried(self._stub.ListModels, pb.ListModelsRequest(), timeout, (), unavailable=True)
+        return [model_info(model) for model in response.models]
+
+    def _retried(
+        self,
+        method: Any,
+        request: Any,
+        timeout: float | None,
+        metadata: tuple[tuple[str, str], ...],
+        *,
+        unavailable: bool = False,
+    ) -> tuple[Any, tuple[tuple[str, str | bytes], ...]]:
+        """A unary call and its trailers, retried by the client's policy: RESOURCE_EXHAUSTED with RetryInfo,
+        and UNAVAILABLE too when `unavailable` (the channel already retries it for the others)."""
         retrier = Retrier(self._settings.retry, self._settings.deadline(timeout))
         while True:
             try:
-                response = self._stub.ListModels(pb.ListModelsRequest(), timeout=retrier.remaining())
+                response, call = method.with_call(request, timeout=retrier.remaining(), metadata=metadata)
             except grpc.RpcError as exc:
                 error = self._settings.error(exc)
-                if (delay := retrier.delay(error, unavailable=True)) is None:
+                if (delay := retrier.delay(error, unavailable=unavailable)) is None:
                     raise error from exc
                 time.sleep(delay)
             else:
-                return [model_info(model) for model in response.models]
+                return response, tuple(call.trailing_metadata() or ())
 
     def stream_generate(
         self,

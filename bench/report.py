@@ -61,6 +61,8 @@ VARIANTS = {
     "gateway-httpx": "upstream through httpx",
     "gateway_baseline": "the gateway of the --baseline checkout",
 }
+# The gateway_metrics row of a control run (--metrics-control).
+CONTROL = "control: metrics off too (bench noise)"
 # Targets (issue 13 and issue 10), each checked against the floor and LiteLLM of the same run.
 CPU_VS_FLOOR = 1.5
 CPU_VS_LITELLM = 15.0
@@ -139,7 +141,12 @@ def tables(summary: Summary, meta: Mapping[str, Any]) -> list[Table]:
         ),
         rows,
     )
-    return [peers, _variants(summary), _paced(summary, settings), _sse_vs_grpc(summary, c)]
+    return [
+        peers,
+        _variants(summary, bool(settings.get("metrics_control"))),
+        _paced(summary, settings),
+        _sse_vs_grpc(summary, c),
+    ]
 
 
 def _failed(errors: float, streams: int) -> str:
@@ -149,7 +156,8 @@ def _failed(errors: float, streams: int) -> str:
     return f" ({errors:,.0f} of {streams:,} failed)"
 
 
-def _variants(summary: Summary) -> Table:
+def _variants(summary: Summary, control: bool = False) -> Table:
+    names = {**VARIANTS, "gateway_metrics": CONTROL} if control else VARIANTS
     rows = [
         (
             "gateway (uvloop when installed)",
@@ -159,7 +167,7 @@ def _variants(summary: Summary) -> Table:
             _fmt(_get(summary, "ttft_p50_ms_gateway"), ".2f"),
         )
     ]
-    for side, name in VARIANTS.items():
+    for side, name in names.items():
         if f"tokens_per_s_{side}" not in summary:
             continue
         rows.append(
@@ -232,7 +240,10 @@ def _targets(summary: Summary) -> list[tuple[str, float, bool | None]]:
     p99 = _ratio(_get(g, f"ttft_ms_99_ms_c{c}_gateway"), _get(g, f"ttft_ms_99_ms_c{c}_floor"))
     rss = _get(g, "rss_mib_5000_gateway")
     wire = _ratio(_get(g, "bytes_per_token_direct"), _get(g, "bytes_per_token_gateway"))
-    metrics = abs(_get(g, "change_cpu_percent_gateway_metrics"))
+    # A control run's "metrics on" side has metrics off: its change is noise, not what metrics cost.
+    control = _get(g, "metrics_control") == 1
+    metrics = math.nan if control else abs(_get(g, "change_cpu_percent_gateway_metrics"))
+    metrics_figure = "not measured in a control run" if control else f"{metrics:.1f} %"
     workers = _ratio(_get(g, "tokens_per_s_gateway_workers"), _get(g, "tokens_per_s_gateway"))
 
     def met(value: float, ok: bool) -> bool | None:
@@ -270,7 +281,7 @@ def _targets(summary: Summary) -> list[tuple[str, float, bool | None]]:
             met(wire, wire >= BYTES_VS_SSE),
         ),
         (
-            f"metrics cost at most {METRICS_PERCENT:g} % CPU per token: {metrics:.1f} %",
+            f"metrics cost at most {METRICS_PERCENT:g} % CPU per token: {metrics_figure}",
             metrics,
             met(metrics, metrics <= METRICS_PERCENT),
         ),
@@ -315,6 +326,7 @@ def _summary(result: BenchResult) -> dict[str, float]:
         **result.summary(),
         **variant_changes(result),
         "concurrency": float(result.settings.concurrency),
+        "metrics_control": float(result.settings.metrics_control),
         "cpus": float(result.machine.cpus),
     }
 

@@ -80,6 +80,9 @@ class Settings:
     # The control run: the second gateway gets metrics off too, so "metrics on vs off" shows the bench's own
     # noise between two identical gateways.
     metrics_control: bool = False
+    # Run only these sides (of TARGETS; the plain gateway always runs): more rounds of a few sides in the
+    # time of a full run. () = every side.
+    sides: tuple[str, ...] = ()
 
     def per_process_concurrency(self) -> list[int]:
         """The concurrency of each load process: as even a split as the numbers allow."""
@@ -336,7 +339,12 @@ def _floats(raw: dict[str, Any], *names: str) -> dict[str, Any]:
 def result_from_json(doc: dict[str, Any]) -> BenchResult:
     """The BenchResult a saved run (`report.document`) was made from: its raw numbers, for a new summary."""
     raw = doc["settings"]
-    settings = Settings(**{**raw, "hold_streams": tuple(raw["hold_streams"]), "only": tuple(raw.get("only", ()))})
+    tuples = {
+        "hold_streams": tuple(raw["hold_streams"]),
+        "only": tuple(raw.get("only", ())),
+        "sides": tuple(raw.get("sides", ())),
+    }
+    settings = Settings(**{**raw, **tuples})
 
     def ttft(raw: dict[str, Any]) -> TtftResult:
         return TtftResult(**raw)

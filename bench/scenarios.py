@@ -126,7 +126,7 @@ async def run_bench(settings: Settings, command: str | None = None, progress: Pr
         machine=Machine.this(),
         command=command or shlex.join([sys.executable, "-m", "bench", *sys.argv[1:]]),
     )
-    sides = set(TARGETS)
+    sides = set(settings.sides or TARGETS) | {"gateway"}
     if not settings.litellm:
         sides.discard("litellm")
         result.absent["litellm"] = "left out (--no-litellm)"

@@ -147,7 +147,10 @@ class Stack:
                 "gateway-httpx", "grpc", peers["gateway"].address, "bench-httpx", peers["gateway"].leader
             )
             if "gateway_metrics" in sides:
-                peers["gateway_metrics"] = await starting.start("gateway_metrics", metrics=True)
+                # The control run (--metrics-control): the same side with metrics off, not scraped, so that its
+                # "metrics on" change is the bench's own noise between two identical gateways.
+                metrics = not settings.metrics_control
+                peers["gateway_metrics"] = await starting.start("gateway_metrics", metrics=metrics)
             if "gateway_tracing" in sides:
                 peers["gateway_tracing"] = await starting.start("gateway_tracing", env=sink.environment())
             if "gateway_asyncio" in sides:

@@ -115,3 +115,36 @@ def test_from_json_renders_a_saved_run_without_running_anything(
 
     assert bench_main.main(["--from-json", str(saved), "--no-save"]) == 0
     assert "gateway, 1 worker" in capsys.readouterr().out
+
+
+def test_sides_and_the_metrics_control_run_reach_the_settings_and_an_unknown_side_is_refused() -> None:
+    args = bench_main._parser().parse_args(["--sides", "gateway_metrics,floor", "--metrics-control"])
+    settings = bench_main.settings_from(args)
+    assert settings.sides == ("gateway_metrics", "floor")
+    assert settings.metrics_control is True
+    assert bench_main.settings_from(bench_main._parser().parse_args([])).sides == ()
+
+    with pytest.raises(ValueError, match="--sides: unknown nginx; choose from direct, floor"):
+        bench_main.settings_from(bench_main._parser().parse_args(["--sides", "floor,nginx"]))
+
+
+def test_a_control_run_names_its_metrics_row_as_noise_and_judges_no_metrics_target() -> None:
+    def with_metrics_side(control: bool) -> str:
+        result = canned_result(dataclasses.replace(QUICK, metrics_control=control))
+        result.throughput["gateway_metrics"] = [ThroughputResult("gateway_metrics", [LOAD], {"proxy": 99.0})]
+        return report.render(result)
+
+    measured, control = with_metrics_side(False), with_metrics_side(True)
+
+    assert "metrics on (scraped every 1 s)" in measured
+    assert report.CONTROL not in measured
+    assert "metrics cost at most 5 % CPU per token: 10.0 %" in measured  # 99 against 90 µs: +10 %
+    assert "FAIL  metrics cost" in measured
+    assert report.CONTROL in control
+    assert "metrics on (scraped" not in control
+    assert "n/a   metrics cost at most 5 % CPU per token: not measured in a control run" in control
+
+
+def test_a_saved_run_keeps_its_sides() -> None:
+    result = canned_result(dataclasses.replace(QUICK, sides=("floor",)))
+    assert result_from_json(json.loads(json.dumps(report.document(result)))).settings.sides == ("floor",)

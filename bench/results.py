@@ -33,8 +33,8 @@ __all__ = [
 
 # The sides (bench/stack.py): the upstream itself (direct), the floor (a bare grpc.aio server), the gateway
 # with 1 worker, its variants in the same rounds (metrics on, tracing on, the plain asyncio loop, the httpx
-# transport, with --baseline the gateway of another checkout), the gateway with N workers, and the LiteLLM
-# proxy. All but direct are proxy process groups.
+# transport, its offline demo model, with --baseline the gateway of another checkout), the gateway with N
+# workers, and the LiteLLM proxy. All but direct are proxy process groups.
 # The kinds of step a run takes, in order (bench/scenarios.py); `--only` picks some.
 SCENARIOS = ("ttft", "throughput", "high", "wire", "paced", "profile", "hold")
 GATEWAYS = (
@@ -43,6 +43,7 @@ GATEWAYS = (
     "gateway_tracing",
     "gateway_asyncio",
     "gateway-httpx",
+    "gateway-demo",
     "gateway_baseline",
     "gateway_workers",
 )

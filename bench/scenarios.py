@@ -78,6 +78,7 @@ TTFT_TARGETS = (
     "direct",
     "floor",
     "gateway",
+    "gateway-demo",
     "gateway_workers",
     "gateway_metrics",
     "gateway_tracing",

@@ -148,3 +148,21 @@ def test_a_control_run_names_its_metrics_row_as_noise_and_judges_no_metrics_targ
 def test_a_saved_run_keeps_its_sides() -> None:
     result = canned_result(dataclasses.replace(QUICK, sides=("floor",)))
     assert result_from_json(json.loads(json.dumps(report.document(result)))).settings.sides == ("floor",)
+
+
+def test_the_ttft_target_splits_the_gateways_first_token_into_its_own_path_and_its_upstream_call() -> None:
+    result = canned_result(QUICK)
+    result.ttft = {
+        "direct": TtftResult("direct", [0.45]),
+        "floor": TtftResult("floor", [0.87]),
+        "gateway": TtftResult("gateway", [2.69]),
+        "gateway-demo": TtftResult("gateway-demo", [1.00]),
+    }
+
+    rendered = report.render(result)
+
+    assert (
+        "TTFT p50 at c=1 within 0.5 ms of the floor's: +1.82 ms "
+        "(the gateway's own path +0.13 ms, its upstream call 1.69 ms; direct 0.45 ms)"
+    ) in rendered
+    assert "its offline demo model (no upstream)" in rendered

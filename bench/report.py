@@ -304,7 +304,11 @@ def _ttft_parts(g: Summary) -> str:
     if math.isnan(demo):
         return ""
     own, upstream, direct = demo - _get(g, "ttft_p50_ms_floor"), gateway - demo, _get(g, "ttft_p50_ms_direct")
-    return f" (the gateway's own path {own:+.2f} ms, its upstream call {upstream:.2f} ms; direct {direct:.2f} ms)"
+    parts = f" (the gateway's own path {own:+.2f} ms, its upstream call {upstream:.2f} ms; direct {direct:.2f} ms"
+    cpu = {side: _get(g, f"ttft_cpu_us_per_call_{side}") for side in ("floor", "gateway-demo", "gateway")}
+    if not any(math.isnan(us) for us in cpu.values()):
+        parts += "; CPU per call: floor {:.0f} µs, demo model {:.0f} µs, upstream model {:.0f} µs".format(*cpu.values())
+    return parts + ")"
 
 
 def target_lines(summary: Summary) -> list[str]:

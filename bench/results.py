@@ -142,6 +142,8 @@ class TtftResult:
     errors: int = 0
     first_error: str = ""
     total_ms: list[float] = field(default_factory=list)  # to the end of each measured stream
+    # The proxy's process-group CPU over all the calls (warm-up included), per call; NaN for direct.
+    proxy_cpu_us_per_call: float = math.nan
 
     @property
     def p50_ms(self) -> float:
@@ -287,6 +289,7 @@ class BenchResult:
             for target, result in self.ttft.items()
             for stat in ("p50", "p99")
         }
+        ttft |= {f"ttft_cpu_us_per_call_{target}": result.proxy_cpu_us_per_call for target, result in self.ttft.items()}
         throughput = {
             f"{metric}_{target}": self.median(target, metric)
             for target in self.throughput
@@ -348,7 +351,7 @@ def result_from_json(doc: dict[str, Any]) -> BenchResult:
     settings = Settings(**{**raw, **tuples})
 
     def ttft(raw: dict[str, Any]) -> TtftResult:
-        return TtftResult(**raw)
+        return TtftResult(**_floats(raw, "proxy_cpu_us_per_call"))
 
     def rounds(raw: dict[str, Any]) -> ThroughputResult:
         loads = [LoadResult(**_floats(load, "elapsed_s", "cpu_percent")) for load in raw["loads"]]

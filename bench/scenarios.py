@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import math
 import shlex
 import sys
 import tempfile
@@ -269,10 +270,17 @@ async def _ttft(
     warmup = settings.ttft_warmup if warmup is None else warmup
     args = ["ttft", "--requests", str(requests), "--warmup", str(warmup), *_load_args(peer, model)]
     args += (["--prompt", prompt] if prompt else []) + (["--unary"] if unary else [])
+    leader = peer.leader
+
+    def cpu() -> float:
+        return group_cpu_seconds(leader.pid) if leader is not None else math.nan
+
+    before = cpu()
     child = await stack.children.start(f"load-ttft-{peer.name}", "bench.load", *args, cpus=stack.load_cpus(peer.name))
     raw = await _result(child, 120 + (requests + warmup) * 2.0)
+    per_call = 1e6 * (cpu() - before) / (requests + warmup)
     await stack.children.stop(child)
-    result = TtftResult(**_known(TtftResult, raw))
+    result = TtftResult(**_known(TtftResult, raw), proxy_cpu_us_per_call=per_call)
     if not result.samples_ms:
         raise child.failure(f"no request succeeded; first error: {result.first_error}")
     return result

@@ -165,4 +165,10 @@ def test_the_ttft_target_splits_the_gateways_first_token_into_its_own_path_and_i
         "TTFT p50 at c=1 within 0.5 ms of the floor's: +1.82 ms "
         "(the gateway's own path +0.13 ms, its upstream call 1.69 ms; direct 0.45 ms)"
     ) in rendered
+
+    for side, us in (("floor", 150.0), ("gateway-demo", 400.0), ("gateway", 900.0)):
+        result.ttft[side] = dataclasses.replace(result.ttft[side], proxy_cpu_us_per_call=us)
+    assert "direct 0.45 ms; CPU per call: floor 150 µs, demo model 400 µs, upstream model 900 µs)" in report.render(
+        result
+    )
     assert "its offline demo model (no upstream)" in rendered

@@ -389,10 +389,10 @@ def render(result: BenchResult) -> str:
     ]
     for table in tables(doc["summary"], doc):
         lines += ["", *text(table)]
+    how = "run at the same time as it, sharing the proxy's CPU" if settings.paired else "order swapped every round"
     lines += [
         "",
-        "* each round's own difference against the plain gateway (order swapped every round), mean of the "
-        "two orders' medians",
+        f"* each round's own difference against the plain gateway ({how}), mean of the two orders' medians",
         "CPU: the proxy's whole process group, from /proc, over the window. bytes/token: both directions, "
         "counted on the socket by a relay.",
     ]

@@ -16,6 +16,7 @@ from typing import Any
 
 __all__ = [
     "GATEWAYS",
+    "PAIRABLE",
     "QUICK",
     "SCENARIOS",
     "TARGETS",
@@ -48,6 +49,9 @@ GATEWAYS = (
     "gateway_workers",
 )
 TARGETS = ("direct", "floor", *GATEWAYS, "litellm")
+# The variants that are gateway processes of their own on the proxy's CPU: `--paired` runs one of them at
+# the same time as the plain gateway (the httpx and demo sides are the plain gateway's own process).
+PAIRABLE = ("gateway_metrics", "gateway_tracing", "gateway_asyncio", "gateway_baseline")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,6 +88,9 @@ class Settings:
     # Run only these sides (of TARGETS; the plain gateway always runs): more rounds of a few sides in the
     # time of a full run. () = every side.
     sides: tuple[str, ...] = ()
+    # Throughput rounds run the plain gateway and one variant at the same time, sharing the proxy's CPU, so
+    # that both see the same machine in each window (sequential windows differ by ±20 % here).
+    paired: bool = False
 
     def per_process_concurrency(self) -> list[int]:
         """The concurrency of each load process: as even a split as the numbers allow."""

@@ -42,6 +42,7 @@ from bench.procs import Child, cpu_seconds, group_cpu_seconds, group_rss_bytes, 
 from bench.profile import ProfileUnavailable, record
 from bench.relay import CountingRelay
 from bench.results import (
+    PAIRABLE,
     TARGETS,
     BenchResult,
     HoldResult,
@@ -225,8 +226,25 @@ def _steps(stack: Stack, settings: Settings, result: BenchResult, workdir: Path)
 
         return _Step("hold", f"{streams:,} concurrent streams, {peer.name}: RSS", run)
 
+    def paired_step(variant: Peer, n: int) -> _Step:
+        async def run() -> str:
+            together = asyncio.Barrier(2)
+            plain, other = await asyncio.gather(
+                *(_throughput(stack, p, settings, settings.concurrency, _DRAIN_S, together=together) for p in pair)
+            )
+            result.throughput.setdefault(plain.target, []).append(plain)
+            result.throughput.setdefault(other.target, []).append(other)
+            return f"{plain.proxy_us_per_token:.1f} against {other.proxy_us_per_token:.1f} µs CPU/token"
+
+        pair = (peers["gateway"], variant)
+        window = f"{settings.warmup_s:g} s warm-up + {settings.duration_s:g} s at c={settings.concurrency} each"
+        return _Step("throughput", f"paired round {n}/{settings.rounds}, gateway and {variant.name}: {window}", run)
+
     steps += [ttft_step(peers[t]) for t in TTFT_TARGETS if t in peers]
     for n in range(1, settings.rounds + 1):
+        if settings.paired:
+            steps += [paired_step(peers[t], n) for t in PAIRABLE if t in peers]
+            continue
         order = list(THROUGHPUT_TARGETS)
         if not n % 2:
             order = order[:_FIXED_ORDER] + order[_FIXED_ORDER:][::-1]
@@ -292,9 +310,17 @@ def _split(concurrency: int, processes: int) -> list[int]:
 
 
 async def _throughput(
-    stack: Stack, peer: Peer, settings: Settings, concurrency: int, drain_s: float, during: _During | None = None
+    stack: Stack,
+    peer: Peer,
+    settings: Settings,
+    concurrency: int,
+    drain_s: float,
+    during: _During | None = None,
+    together: asyncio.Barrier | None = None,
 ) -> ThroughputResult:
-    """One round: `settings.processes` load processes against `peer`, measuring the same window."""
+    """One round: `settings.processes` load processes against `peer`, measuring the same window.
+
+    `together`: a paired round's barrier; the window opens once every side sharing it is ready."""
     base = ["throughput", *_load_args(peer, peer.model(settings.tokens)), "--sync"]
     options = ["--duration", str(settings.duration_s), "--warmup", str(settings.warmup_s), "--drain", str(drain_s)]
     options += ["--expect", str(settings.tokens)]
@@ -314,6 +340,8 @@ async def _throughput(
     for load in loads:
         if (line := await load.read_line(60)) != "READY":
             raise load.failure(f"expected READY, got {line!r}")
+    if together is not None:
+        await together.wait()
     window_start = time.time() + settings.warmup_s
     for load in loads:
         load.write_line(f"GO {window_start!r}")

@@ -172,3 +172,22 @@ def test_the_ttft_target_splits_the_gateways_first_token_into_its_own_path_and_i
         result
     )
     assert "its offline demo model (no upstream)" in rendered
+
+
+def test_paired_rounds_need_exactly_one_variant_that_is_a_gateway_process_of_its_own() -> None:
+    def settings(*argv: str) -> Settings:
+        return bench_main.settings_from(bench_main._parser().parse_args(list(argv)))
+
+    assert settings("--paired", "--sides", "gateway_metrics,floor").paired is True
+    assert settings("--sides", "gateway_metrics").paired is False
+    for sides in ("floor", "gateway_metrics,gateway_tracing", "gateway-httpx"):
+        with pytest.raises(ValueError, match="--paired needs --sides with exactly one of gateway_metrics"):
+            settings("--paired", "--sides", sides)
+    with pytest.raises(ValueError, match="--paired needs --sides"):
+        settings("--paired")
+
+
+def test_a_paired_run_says_its_variants_ran_beside_the_plain_gateway() -> None:
+    rendered = report.render(canned_result(dataclasses.replace(QUICK, paired=True, sides=("gateway_metrics",))))
+    assert "(run at the same time as it, sharing the proxy's CPU)" in rendered
+    assert "order swapped" not in rendered

@@ -32,7 +32,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 from bench import chart, readme
 from bench.procs import BenchError
 from bench.report import RESULTS_DIR, document, render, write_json
-from bench.results import QUICK, SCENARIOS, BenchResult, Settings, result_from_json
+from bench.results import PAIRABLE, QUICK, SCENARIOS, TARGETS, BenchResult, Settings, result_from_json
 from bench.scenarios import run_bench
 
 __all__ = ["main", "save"]
@@ -97,6 +97,24 @@ def _parser() -> argparse.ArgumentParser:
         "in the same rounds, to measure a change against what it changes",
     )
     parser.add_argument(
+        "--sides",
+        type=lambda text: tuple(text.split(",")),
+        metavar="SIDE,SIDE",
+        help=f"start and run only these sides, of: {', '.join(TARGETS)} (the plain gateway always runs)",
+    )
+    parser.add_argument(
+        "--paired",
+        action="store_true",
+        help=f"throughput rounds run the plain gateway and one variant at once, sharing the proxy's CPU (needs "
+        f"--sides with exactly one of {', '.join(PAIRABLE)})",
+    )
+    parser.add_argument(
+        "--metrics-control",
+        action="store_true",
+        help="the control run: the gateway_metrics side runs with metrics off too, so its change against the "
+        "plain gateway is the bench's own noise",
+    )
+    parser.add_argument(
         "--no-pin",
         dest="pin",
         action="store_false",
@@ -121,6 +139,15 @@ def settings_from(args: argparse.Namespace) -> Settings:
         overrides["baseline"] = str(args.baseline.resolve())
     if args.hold_streams:
         overrides["hold_streams"] = args.hold_streams
+    if args.sides:
+        if unknown := set(args.sides) - set(TARGETS):
+            raise ValueError(f"--sides: unknown {', '.join(sorted(unknown))}; choose from {', '.join(TARGETS)}")
+        overrides["sides"] = args.sides
+    overrides["metrics_control"] = args.metrics_control
+    if args.paired:
+        if len(set(args.sides or ()) & set(PAIRABLE)) != 1:
+            raise ValueError(f"--paired needs --sides with exactly one of {', '.join(PAIRABLE)}")
+        overrides["paired"] = True
     if args.only:
         if unknown := set(args.only) - set(SCENARIOS):
             raise ValueError(f"--only: unknown {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")

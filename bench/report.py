@@ -61,6 +61,8 @@ VARIANTS = {
     "gateway-httpx": "upstream through httpx",
     "gateway_baseline": "the gateway of the --baseline checkout",
 }
+# The gateway_metrics row of a control run (--metrics-control).
+CONTROL = "control: metrics off too (bench noise)"
 # Targets (issue 13 and issue 10), each checked against the floor and LiteLLM of the same run.
 CPU_VS_FLOOR = 1.5
 CPU_VS_LITELLM = 15.0
@@ -139,7 +141,12 @@ def tables(summary: Summary, meta: Mapping[str, Any]) -> list[Table]:
         ),
         rows,
     )
-    return [peers, _variants(summary), _paced(summary, settings), _sse_vs_grpc(summary, c)]
+    return [
+        peers,
+        _variants(summary, bool(settings.get("metrics_control"))),
+        _paced(summary, settings),
+        _sse_vs_grpc(summary, c),
+    ]
 
 
 def _failed(errors: float, streams: int) -> str:
@@ -149,7 +156,8 @@ def _failed(errors: float, streams: int) -> str:
     return f" ({errors:,.0f} of {streams:,} failed)"
 
 
-def _variants(summary: Summary) -> Table:
+def _variants(summary: Summary, control: bool = False) -> Table:
+    names = {**VARIANTS, "gateway_metrics": CONTROL} if control else VARIANTS
     rows = [
         (
             "gateway (uvloop when installed)",
@@ -159,7 +167,10 @@ def _variants(summary: Summary) -> Table:
             _fmt(_get(summary, "ttft_p50_ms_gateway"), ".2f"),
         )
     ]
-    for side, name in VARIANTS.items():
+    if "ttft_p50_ms_gateway-demo" in summary:
+        demo = _fmt(_get(summary, "ttft_p50_ms_gateway-demo"), ".2f")
+        rows.append(("its offline demo model (no upstream)", "", "", "", demo))
+    for side, name in names.items():
         if f"tokens_per_s_{side}" not in summary:
             continue
         rows.append(
@@ -232,7 +243,10 @@ def _targets(summary: Summary) -> list[tuple[str, float, bool | None]]:
     p99 = _ratio(_get(g, f"ttft_ms_99_ms_c{c}_gateway"), _get(g, f"ttft_ms_99_ms_c{c}_floor"))
     rss = _get(g, "rss_mib_5000_gateway")
     wire = _ratio(_get(g, "bytes_per_token_direct"), _get(g, "bytes_per_token_gateway"))
-    metrics = abs(_get(g, "change_cpu_percent_gateway_metrics"))
+    # A control run's "metrics on" side has metrics off: its change is noise, not what metrics cost.
+    control = _get(g, "metrics_control") == 1
+    metrics = math.nan if control else abs(_get(g, "change_cpu_percent_gateway_metrics"))
+    metrics_figure = "not measured in a control run" if control else f"{metrics:.1f} %"
     workers = _ratio(_get(g, "tokens_per_s_gateway_workers"), _get(g, "tokens_per_s_gateway"))
 
     def met(value: float, ok: bool) -> bool | None:
@@ -250,7 +264,7 @@ def _targets(summary: Summary) -> list[tuple[str, float, bool | None]]:
             met(cpu_litellm, cpu_litellm >= CPU_VS_LITELLM),
         ),
         (
-            f"TTFT p50 at c=1 within {TTFT_VS_FLOOR_MS:g} ms of the floor's: {ttft:+.2f} ms",
+            f"TTFT p50 at c=1 within {TTFT_VS_FLOOR_MS:g} ms of the floor's: {ttft:+.2f} ms{_ttft_parts(g)}",
             ttft,
             met(ttft, ttft <= TTFT_VS_FLOOR_MS),
         ),
@@ -270,7 +284,7 @@ def _targets(summary: Summary) -> list[tuple[str, float, bool | None]]:
             met(wire, wire >= BYTES_VS_SSE),
         ),
         (
-            f"metrics cost at most {METRICS_PERCENT:g} % CPU per token: {metrics:.1f} %",
+            f"metrics cost at most {METRICS_PERCENT:g} % CPU per token: {metrics_figure}",
             metrics,
             met(metrics, metrics <= METRICS_PERCENT),
         ),
@@ -281,6 +295,20 @@ def _targets(summary: Summary) -> list[tuple[str, float, bool | None]]:
             met(workers, workers > 1.0),
         ),
     ]
+
+
+def _ttft_parts(g: Summary) -> str:
+    """Where the gateway's first token spends its time over the floor's: the gateway's own path (its
+    offline demo model, no upstream), then its upstream call (against a direct client's whole call)."""
+    demo, gateway = _get(g, "ttft_p50_ms_gateway-demo"), _get(g, "ttft_p50_ms_gateway")
+    if math.isnan(demo):
+        return ""
+    own, upstream, direct = demo - _get(g, "ttft_p50_ms_floor"), gateway - demo, _get(g, "ttft_p50_ms_direct")
+    parts = f" (the gateway's own path {own:+.2f} ms, its upstream call {upstream:.2f} ms; direct {direct:.2f} ms"
+    cpu = {side: _get(g, f"ttft_cpu_us_per_call_{side}") for side in ("floor", "gateway-demo", "gateway")}
+    if not any(math.isnan(us) for us in cpu.values()):
+        parts += "; CPU per call: floor {:.0f} µs, demo model {:.0f} µs, upstream model {:.0f} µs".format(*cpu.values())
+    return parts + ")"
 
 
 def target_lines(summary: Summary) -> list[str]:
@@ -315,6 +343,7 @@ def _summary(result: BenchResult) -> dict[str, float]:
         **result.summary(),
         **variant_changes(result),
         "concurrency": float(result.settings.concurrency),
+        "metrics_control": float(result.settings.metrics_control),
         "cpus": float(result.machine.cpus),
     }
 
@@ -360,10 +389,10 @@ def render(result: BenchResult) -> str:
     ]
     for table in tables(doc["summary"], doc):
         lines += ["", *text(table)]
+    how = "run at the same time as it, sharing the proxy's CPU" if settings.paired else "order swapped every round"
     lines += [
         "",
-        "* each round's own difference against the plain gateway (order swapped every round), mean of the "
-        "two orders' medians",
+        f"* each round's own difference against the plain gateway ({how}), mean of the two orders' medians",
         "CPU: the proxy's whole process group, from /proc, over the window. bytes/token: both directions, "
         "counted on the socket by a relay.",
     ]

@@ -16,6 +16,7 @@ from typing import Any
 
 __all__ = [
     "GATEWAYS",
+    "PAIRABLE",
     "QUICK",
     "SCENARIOS",
     "TARGETS",
@@ -33,8 +34,8 @@ __all__ = [
 
 # The sides (bench/stack.py): the upstream itself (direct), the floor (a bare grpc.aio server), the gateway
 # with 1 worker, its variants in the same rounds (metrics on, tracing on, the plain asyncio loop, the httpx
-# transport, with --baseline the gateway of another checkout), the gateway with N workers, and the LiteLLM
-# proxy. All but direct are proxy process groups.
+# transport, its offline demo model, with --baseline the gateway of another checkout), the gateway with N
+# workers, and the LiteLLM proxy. All but direct are proxy process groups.
 # The kinds of step a run takes, in order (bench/scenarios.py); `--only` picks some.
 SCENARIOS = ("ttft", "throughput", "high", "wire", "paced", "profile", "hold")
 GATEWAYS = (
@@ -43,10 +44,14 @@ GATEWAYS = (
     "gateway_tracing",
     "gateway_asyncio",
     "gateway-httpx",
+    "gateway-demo",
     "gateway_baseline",
     "gateway_workers",
 )
 TARGETS = ("direct", "floor", *GATEWAYS, "litellm")
+# The variants that are gateway processes of their own on the proxy's CPU: `--paired` runs one of them at
+# the same time as the plain gateway (the httpx and demo sides are the plain gateway's own process).
+PAIRABLE = ("gateway_metrics", "gateway_tracing", "gateway_asyncio", "gateway_baseline")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,6 +85,12 @@ class Settings:
     # The control run: the second gateway gets metrics off too, so "metrics on vs off" shows the bench's own
     # noise between two identical gateways.
     metrics_control: bool = False
+    # Run only these sides (of TARGETS; the plain gateway always runs): more rounds of a few sides in the
+    # time of a full run. () = every side.
+    sides: tuple[str, ...] = ()
+    # Throughput rounds run the plain gateway and one variant at the same time, sharing the proxy's CPU, so
+    # that both see the same machine in each window (sequential windows differ by ±20 % here).
+    paired: bool = False
 
     def per_process_concurrency(self) -> list[int]:
         """The concurrency of each load process: as even a split as the numbers allow."""
@@ -138,6 +149,8 @@ class TtftResult:
     errors: int = 0
     first_error: str = ""
     total_ms: list[float] = field(default_factory=list)  # to the end of each measured stream
+    # The proxy's process-group CPU over all the calls (warm-up included), per call; NaN for direct.
+    proxy_cpu_us_per_call: float = math.nan
 
     @property
     def p50_ms(self) -> float:
@@ -283,6 +296,7 @@ class BenchResult:
             for target, result in self.ttft.items()
             for stat in ("p50", "p99")
         }
+        ttft |= {f"ttft_cpu_us_per_call_{target}": result.proxy_cpu_us_per_call for target, result in self.ttft.items()}
         throughput = {
             f"{metric}_{target}": self.median(target, metric)
             for target in self.throughput
@@ -336,10 +350,15 @@ def _floats(raw: dict[str, Any], *names: str) -> dict[str, Any]:
 def result_from_json(doc: dict[str, Any]) -> BenchResult:
     """The BenchResult a saved run (`report.document`) was made from: its raw numbers, for a new summary."""
     raw = doc["settings"]
-    settings = Settings(**{**raw, "hold_streams": tuple(raw["hold_streams"]), "only": tuple(raw.get("only", ()))})
+    tuples = {
+        "hold_streams": tuple(raw["hold_streams"]),
+        "only": tuple(raw.get("only", ())),
+        "sides": tuple(raw.get("sides", ())),
+    }
+    settings = Settings(**{**raw, **tuples})
 
     def ttft(raw: dict[str, Any]) -> TtftResult:
-        return TtftResult(**raw)
+        return TtftResult(**_floats(raw, "proxy_cpu_us_per_call"))
 
     def rounds(raw: dict[str, Any]) -> ThroughputResult:
         loads = [LoadResult(**_floats(load, "elapsed_s", "cpu_percent")) for load in raw["loads"]]

@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import math
 import shlex
 import sys
 import tempfile
@@ -41,6 +42,7 @@ from bench.procs import Child, cpu_seconds, group_cpu_seconds, group_rss_bytes, 
 from bench.profile import ProfileUnavailable, record
 from bench.relay import CountingRelay
 from bench.results import (
+    PAIRABLE,
     TARGETS,
     BenchResult,
     HoldResult,
@@ -78,6 +80,7 @@ TTFT_TARGETS = (
     "direct",
     "floor",
     "gateway",
+    "gateway-demo",
     "gateway_workers",
     "gateway_metrics",
     "gateway_tracing",
@@ -126,7 +129,7 @@ async def run_bench(settings: Settings, command: str | None = None, progress: Pr
         machine=Machine.this(),
         command=command or shlex.join([sys.executable, "-m", "bench", *sys.argv[1:]]),
     )
-    sides = set(TARGETS)
+    sides = set(settings.sides or TARGETS) | {"gateway"}
     if not settings.litellm:
         sides.discard("litellm")
         result.absent["litellm"] = "left out (--no-litellm)"
@@ -223,8 +226,25 @@ def _steps(stack: Stack, settings: Settings, result: BenchResult, workdir: Path)
 
         return _Step("hold", f"{streams:,} concurrent streams, {peer.name}: RSS", run)
 
+    def paired_step(variant: Peer, n: int) -> _Step:
+        async def run() -> str:
+            together = asyncio.Barrier(2)
+            plain, other = await asyncio.gather(
+                *(_throughput(stack, p, settings, settings.concurrency, _DRAIN_S, together=together) for p in pair)
+            )
+            result.throughput.setdefault(plain.target, []).append(plain)
+            result.throughput.setdefault(other.target, []).append(other)
+            return f"{plain.proxy_us_per_token:.1f} against {other.proxy_us_per_token:.1f} µs CPU/token"
+
+        pair = (peers["gateway"], variant)
+        window = f"{settings.warmup_s:g} s warm-up + {settings.duration_s:g} s at c={settings.concurrency} each"
+        return _Step("throughput", f"paired round {n}/{settings.rounds}, gateway and {variant.name}: {window}", run)
+
     steps += [ttft_step(peers[t]) for t in TTFT_TARGETS if t in peers]
     for n in range(1, settings.rounds + 1):
+        if settings.paired:
+            steps += [paired_step(peers[t], n) for t in PAIRABLE if t in peers]
+            continue
         order = list(THROUGHPUT_TARGETS)
         if not n % 2:
             order = order[:_FIXED_ORDER] + order[_FIXED_ORDER:][::-1]
@@ -268,10 +288,17 @@ async def _ttft(
     warmup = settings.ttft_warmup if warmup is None else warmup
     args = ["ttft", "--requests", str(requests), "--warmup", str(warmup), *_load_args(peer, model)]
     args += (["--prompt", prompt] if prompt else []) + (["--unary"] if unary else [])
+    leader = peer.leader
+
+    def cpu() -> float:
+        return group_cpu_seconds(leader.pid) if leader is not None else math.nan
+
+    before = cpu()
     child = await stack.children.start(f"load-ttft-{peer.name}", "bench.load", *args, cpus=stack.load_cpus(peer.name))
     raw = await _result(child, 120 + (requests + warmup) * 2.0)
+    per_call = 1e6 * (cpu() - before) / (requests + warmup)
     await stack.children.stop(child)
-    result = TtftResult(**_known(TtftResult, raw))
+    result = TtftResult(**_known(TtftResult, raw), proxy_cpu_us_per_call=per_call)
     if not result.samples_ms:
         raise child.failure(f"no request succeeded; first error: {result.first_error}")
     return result
@@ -283,9 +310,17 @@ def _split(concurrency: int, processes: int) -> list[int]:
 
 
 async def _throughput(
-    stack: Stack, peer: Peer, settings: Settings, concurrency: int, drain_s: float, during: _During | None = None
+    stack: Stack,
+    peer: Peer,
+    settings: Settings,
+    concurrency: int,
+    drain_s: float,
+    during: _During | None = None,
+    together: asyncio.Barrier | None = None,
 ) -> ThroughputResult:
-    """One round: `settings.processes` load processes against `peer`, measuring the same window."""
+    """One round: `settings.processes` load processes against `peer`, measuring the same window.
+
+    `together`: a paired round's barrier; the window opens once every side sharing it is ready."""
     base = ["throughput", *_load_args(peer, peer.model(settings.tokens)), "--sync"]
     options = ["--duration", str(settings.duration_s), "--warmup", str(settings.warmup_s), "--drain", str(drain_s)]
     options += ["--expect", str(settings.tokens)]
@@ -305,6 +340,8 @@ async def _throughput(
     for load in loads:
         if (line := await load.read_line(60)) != "READY":
             raise load.failure(f"expected READY, got {line!r}")
+    if together is not None:
+        await together.wait()
     window_start = time.time() + settings.warmup_s
     for load in loads:
         load.write_line(f"GO {window_start!r}")

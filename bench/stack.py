@@ -143,11 +143,18 @@ class Stack:
                 litellm = await _start_litellm(children, workdir, upstream_url, settings, cpus, absent)
             starting = _Gateways(children, workdir, upstream_url, settings, cpus)
             peers["gateway"] = await starting.start("gateway")
-            peers["gateway-httpx"] = Peer(
-                "gateway-httpx", "grpc", peers["gateway"].address, "bench-httpx", peers["gateway"].leader
-            )
+            gateway = peers["gateway"]
+            if "gateway-httpx" in sides:
+                peers["gateway-httpx"] = Peer("gateway-httpx", "grpc", gateway.address, "bench-httpx", gateway.leader)
+            if "gateway-demo" in sides:
+                # The same gateway answering from its offline demo model: its TTFT less the floor's is what the
+                # gateway itself adds to a first token; the gateway's less this one is its upstream call.
+                peers["gateway-demo"] = Peer("gateway-demo", "grpc", gateway.address, "bench-demo", gateway.leader)
             if "gateway_metrics" in sides:
-                peers["gateway_metrics"] = await starting.start("gateway_metrics", metrics=True)
+                # The control run (--metrics-control): the same side with metrics off, not scraped, so that its
+                # "metrics on" change is the bench's own noise between two identical gateways.
+                metrics = not settings.metrics_control
+                peers["gateway_metrics"] = await starting.start("gateway_metrics", metrics=metrics)
             if "gateway_tracing" in sides:
                 peers["gateway_tracing"] = await starting.start("gateway_tracing", env=sink.environment())
             if "gateway_asyncio" in sides:
@@ -257,6 +264,7 @@ def gateway_config(upstream_url: str, settings: Settings) -> dict[str, Any]:
             {"name": "upstream", "kind": "openai", "base_url": upstream_url, **pool},  # aiohttp, the default
             {"name": "upstream-httpx", "kind": "openai", "base_url": upstream_url, "transport": "httpx", **pool},
             {"name": "upstream-hold", "kind": "openai", "base_url": upstream_url, **pool, **patient},
+            {"name": "demo", "kind": "demo"},  # no upstream at all: the gateway's own share of a first token
         ],
         "models": [
             *(
@@ -265,6 +273,7 @@ def gateway_config(upstream_url: str, settings: Settings) -> dict[str, Any]:
                 for n in sorted({_TTFT_TOKENS, settings.tokens})
             ),
             {"name": "bench-hold", "provider": "upstream-hold", "upstream_model": _HOLD_MODEL},
+            {"name": f"bench-demo-{_TTFT_TOKENS}", "provider": "demo", "upstream_model": "demo"},
             {"name": "bench-paced", "provider": "upstream", "upstream_model": f"slow-tokens-{settings.paced_ms}"},
         ],
     }

@@ -115,3 +115,79 @@ def test_from_json_renders_a_saved_run_without_running_anything(
 
     assert bench_main.main(["--from-json", str(saved), "--no-save"]) == 0
     assert "gateway, 1 worker" in capsys.readouterr().out
+
+
+def test_sides_and_the_metrics_control_run_reach_the_settings_and_an_unknown_side_is_refused() -> None:
+    args = bench_main._parser().parse_args(["--sides", "gateway_metrics,floor", "--metrics-control"])
+    settings = bench_main.settings_from(args)
+    assert settings.sides == ("gateway_metrics", "floor")
+    assert settings.metrics_control is True
+    assert bench_main.settings_from(bench_main._parser().parse_args([])).sides == ()
+
+    with pytest.raises(ValueError, match="--sides: unknown nginx; choose from direct, floor"):
+        bench_main.settings_from(bench_main._parser().parse_args(["--sides", "floor,nginx"]))
+
+
+def test_a_control_run_names_its_metrics_row_as_noise_and_judges_no_metrics_target() -> None:
+    def with_metrics_side(control: bool) -> str:
+        result = canned_result(dataclasses.replace(QUICK, metrics_control=control))
+        result.throughput["gateway_metrics"] = [ThroughputResult("gateway_metrics", [LOAD], {"proxy": 99.0})]
+        return report.render(result)
+
+    measured, control = with_metrics_side(False), with_metrics_side(True)
+
+    assert "metrics on (scraped every 1 s)" in measured
+    assert report.CONTROL not in measured
+    assert "metrics cost at most 5 % CPU per token: 10.0 %" in measured  # 99 against 90 µs: +10 %
+    assert "FAIL  metrics cost" in measured
+    assert report.CONTROL in control
+    assert "metrics on (scraped" not in control
+    assert "n/a   metrics cost at most 5 % CPU per token: not measured in a control run" in control
+
+
+def test_a_saved_run_keeps_its_sides() -> None:
+    result = canned_result(dataclasses.replace(QUICK, sides=("floor",)))
+    assert result_from_json(json.loads(json.dumps(report.document(result)))).settings.sides == ("floor",)
+
+
+def test_the_ttft_target_splits_the_gateways_first_token_into_its_own_path_and_its_upstream_call() -> None:
+    result = canned_result(QUICK)
+    result.ttft = {
+        "direct": TtftResult("direct", [0.45]),
+        "floor": TtftResult("floor", [0.87]),
+        "gateway": TtftResult("gateway", [2.69]),
+        "gateway-demo": TtftResult("gateway-demo", [1.00]),
+    }
+
+    rendered = report.render(result)
+
+    assert (
+        "TTFT p50 at c=1 within 0.5 ms of the floor's: +1.82 ms "
+        "(the gateway's own path +0.13 ms, its upstream call 1.69 ms; direct 0.45 ms)"
+    ) in rendered
+
+    for side, us in (("floor", 150.0), ("gateway-demo", 400.0), ("gateway", 900.0)):
+        result.ttft[side] = dataclasses.replace(result.ttft[side], proxy_cpu_us_per_call=us)
+    assert "direct 0.45 ms; CPU per call: floor 150 µs, demo model 400 µs, upstream model 900 µs)" in report.render(
+        result
+    )
+    assert "its offline demo model (no upstream)" in rendered
+
+
+def test_paired_rounds_need_exactly_one_variant_that_is_a_gateway_process_of_its_own() -> None:
+    def settings(*argv: str) -> Settings:
+        return bench_main.settings_from(bench_main._parser().parse_args(list(argv)))
+
+    assert settings("--paired", "--sides", "gateway_metrics,floor").paired is True
+    assert settings("--sides", "gateway_metrics").paired is False
+    for sides in ("floor", "gateway_metrics,gateway_tracing", "gateway-httpx"):
+        with pytest.raises(ValueError, match="--paired needs --sides with exactly one of gateway_metrics"):
+            settings("--paired", "--sides", sides)
+    with pytest.raises(ValueError, match="--paired needs --sides"):
+        settings("--paired")
+
+
+def test_a_paired_run_says_its_variants_ran_beside_the_plain_gateway() -> None:
+    rendered = report.render(canned_result(dataclasses.replace(QUICK, paired=True, sides=("gateway_metrics",))))
+    assert "(run at the same time as it, sharing the proxy's CPU)" in rendered
+    assert "order swapped" not in rendered

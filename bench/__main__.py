@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-litellm", dest="litellm", action="store_false", help="leave LiteLLM out")
     parser.add_argument(
         "--only",
-        type=lambda text: tuple(text.split(",")),
+        type=_names,
         metavar="KIND,KIND",
         help=f"run only these steps, of: {', '.join(SCENARIOS)} (saves nothing unless --save)",
     )
@@ -98,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--sides",
-        type=lambda text: tuple(text.split(",")),
+        type=_names,
         metavar="SIDE,SIDE",
         help=f"start and run only these sides, of: {', '.join(TARGETS)} (the plain gateway always runs)",
     )
@@ -128,6 +128,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(text.split(","))
+
+
+def _known(flag: str, names: tuple[str, ...], choices: tuple[str, ...]) -> tuple[str, ...]:
+    """`names` when each is one of `choices`; ValueError naming the others."""
+    if unknown := set(names) - set(choices):
+        raise ValueError(f"{flag}: unknown {', '.join(sorted(unknown))}; choose from {', '.join(choices)}")
+    return names
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     base = QUICK if args.quick else Settings()
     overrides = {name: getattr(args, name) for name, _, _ in _FLAGS.values() if getattr(args, name) is not None}
@@ -140,18 +151,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if args.hold_streams:
         overrides["hold_streams"] = args.hold_streams
     if args.sides:
-        if unknown := set(args.sides) - set(TARGETS):
-            raise ValueError(f"--sides: unknown {', '.join(sorted(unknown))}; choose from {', '.join(TARGETS)}")
-        overrides["sides"] = args.sides
+        overrides["sides"] = _known("--sides", args.sides, TARGETS)
     overrides["metrics_control"] = args.metrics_control
     if args.paired:
         if len(set(args.sides or ()) & set(PAIRABLE)) != 1:
             raise ValueError(f"--paired needs --sides with exactly one of {', '.join(PAIRABLE)}")
         overrides["paired"] = True
     if args.only:
-        if unknown := set(args.only) - set(SCENARIOS):
-            raise ValueError(f"--only: unknown {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
-        overrides["only"] = args.only
+        overrides["only"] = _known("--only", args.only, SCENARIOS)
     settings = dataclasses.replace(base, **overrides)
     positive = [
         settings.ttft_requests,

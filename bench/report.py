@@ -143,7 +143,7 @@ def tables(summary: Summary, meta: Mapping[str, Any]) -> list[Table]:
     )
     return [
         peers,
-        _variants(summary, bool(settings.get("metrics_control"))),
+        _variants(summary),
         _paced(summary, settings),
         _sse_vs_grpc(summary, c),
     ]
@@ -156,8 +156,8 @@ def _failed(errors: float, streams: int) -> str:
     return f" ({errors:,.0f} of {streams:,} failed)"
 
 
-def _variants(summary: Summary, control: bool = False) -> Table:
-    names = {**VARIANTS, "gateway_metrics": CONTROL} if control else VARIANTS
+def _variants(summary: Summary) -> Table:
+    names = {**VARIANTS, "gateway_metrics": CONTROL} if _is_control(summary) else VARIANTS
     rows = [
         (
             "gateway (uvloop when installed)",
@@ -244,7 +244,7 @@ def _targets(summary: Summary) -> list[tuple[str, float, bool | None]]:
     rss = _get(g, "rss_mib_5000_gateway")
     wire = _ratio(_get(g, "bytes_per_token_direct"), _get(g, "bytes_per_token_gateway"))
     # A control run's "metrics on" side has metrics off: its change is noise, not what metrics cost.
-    control = _get(g, "metrics_control") == 1
+    control = _is_control(g)
     metrics = math.nan if control else abs(_get(g, "change_cpu_percent_gateway_metrics"))
     metrics_figure = "not measured in a control run" if control else f"{metrics:.1f} %"
     workers = _ratio(_get(g, "tokens_per_s_gateway_workers"), _get(g, "tokens_per_s_gateway"))
@@ -297,6 +297,11 @@ def _targets(summary: Summary) -> list[tuple[str, float, bool | None]]:
     ]
 
 
+def _is_control(summary: Summary) -> bool:
+    """Whether the run was a control run (--metrics-control): its metrics side had metrics off too."""
+    return _get(summary, "metrics_control") == 1
+
+
 def _ttft_parts(g: Summary) -> str:
     """Where the gateway's first token spends its time over the floor's: the gateway's own path (its
     offline demo model, no upstream), then its upstream call (against a direct client's whole call)."""
@@ -323,13 +328,15 @@ def missed_targets(summary: Summary) -> list[str]:
 def variant_changes(result: BenchResult) -> dict[str, float]:
     """How much each variant changed the gateway's CPU per token (and tokens/s), in percent of the plain
     gateway's. The two run in the same rounds, in swapped order every other round; each round's own
-    difference is taken and the medians of the two orders are averaged, so that the order's bias cancels."""
+    difference is taken and the medians of the two orders are averaged, so that the order's bias cancels.
+    Paired rounds (--paired) run both at once, with no order to cancel: the median of every round's."""
     changes: dict[str, float] = {}
     for side in VARIANTS:
         pairs = list(zip(result.throughput.get("gateway", []), result.throughput.get(side, []), strict=False))
         for name, metric in (("cpu", "proxy_us_per_token"), ("tokens", "tokens_per_s")):
             per_round = [_change(getattr(a, metric), getattr(b, metric)) for a, b in pairs]
-            medians = [statistics.median(r) for r in (per_round[0::2], per_round[1::2]) if r]
+            orders = [per_round] if result.settings.paired else [per_round[0::2], per_round[1::2]]
+            medians = [statistics.median(r) for r in orders if r]
             changes[f"change_{name}_percent_{side}"] = statistics.fmean(medians) if medians else math.nan
     return changes
 
@@ -389,10 +396,14 @@ def render(result: BenchResult) -> str:
     ]
     for table in tables(doc["summary"], doc):
         lines += ["", *text(table)]
-    how = "run at the same time as it, sharing the proxy's CPU" if settings.paired else "order swapped every round"
+    how = (
+        "run at the same time as it, sharing the proxy's CPU), the median of the rounds"
+        if settings.paired
+        else "order swapped every round), mean of the two orders' medians"
+    )
     lines += [
         "",
-        f"* each round's own difference against the plain gateway ({how}), mean of the two orders' medians",
+        f"* each round's own difference against the plain gateway ({how}",
         "CPU: the proxy's whole process group, from /proc, over the window. bytes/token: both directions, "
         "counted on the socket by a relay.",
     ]

@@ -55,6 +55,12 @@ def test_a_tiny_bench_runs_every_scenario_and_measures_every_figure(tmp_path: Pa
         assert summary[f"ttft_ms_50_ms_c4_{side}"] > 0, side
         if side != "direct":
             assert summary[f"{side}_us_per_token"] > 0, side
+    # The first token split: the same gateway answering from its demo model, and each proxy's CPU per call.
+    assert summary["ttft_p50_ms_gateway-demo"] > 0
+    for side in ("floor", "gateway", "gateway-demo"):
+        assert summary[f"ttft_cpu_us_per_call_{side}"] > 0, side
+    assert summary["ttft_cpu_us_per_call_direct"] is None  # no proxy: null in the JSON
+    assert "the gateway's own path" in run.stdout
     for side in ("direct", "floor", "gateway"):
         assert summary[f"ttft_ms_99_ms_c8_{side}"] > 0, side
         assert summary[f"bytes_per_token_{side}"] > 0, side
@@ -81,6 +87,33 @@ def test_a_tiny_bench_runs_every_scenario_and_measures_every_figure(tmp_path: Pa
     assert not any(line.startswith("bench: ") for line in run.stdout.splitlines())
     # --quick saved nothing into bench/results/.
     assert (sorted(RESULTS_DIR.iterdir()) if RESULTS_DIR.exists() else []) == saved_before
+
+
+@pytest.mark.slow
+def test_a_paired_control_run_measures_both_gateways_in_each_round_and_starts_only_the_sides_named(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "paired.json"
+    flags = ["--only", "throughput", "--sides", "gateway_metrics", "--paired", "--metrics-control", "--rounds", "2"]
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", *TINY, *flags, "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    document = json.loads(out.read_text())
+    assert set(document["throughput"]) == {"gateway", "gateway_metrics"}  # no other side started or ran
+    for side in ("gateway", "gateway_metrics"):
+        rounds = document["throughput"][side]
+        assert len(rounds) == 2, side
+        assert all(sum(load["tokens"] for load in r["loads"]) > 0 for r in rounds), side
+    starts = [line for line in run.stderr.splitlines() if line.startswith("bench: [") and line.endswith(" ...")]
+    assert [line.split("] ")[1].split(",")[0] for line in starts] == ["paired round 1/2", "paired round 2/2"]
+    assert "control: metrics off too (bench noise)" in run.stdout
+    assert "not measured in a control run" in run.stdout
 
 
 @pytest.mark.slow

@@ -191,3 +191,16 @@ def test_a_paired_run_says_its_variants_ran_beside_the_plain_gateway() -> None:
     rendered = report.render(canned_result(dataclasses.replace(QUICK, paired=True, sides=("gateway_metrics",))))
     assert "(run at the same time as it, sharing the proxy's CPU)" in rendered
     assert "order swapped" not in rendered
+
+
+def test_paired_rounds_take_the_median_of_every_rounds_difference_with_no_orders_to_average() -> None:
+    def with_rounds(paired: bool) -> float:
+        result = canned_result(dataclasses.replace(QUICK, paired=paired, sides=("gateway_metrics",)))
+        result.throughput["gateway"] = [ThroughputResult("gateway", [LOAD], {"proxy": 100.0})] * 3
+        result.throughput["gateway_metrics"] = [
+            ThroughputResult("gateway_metrics", [LOAD], {"proxy": cpu}) for cpu in (101.0, 102.0, 110.0)
+        ]
+        return report.variant_changes(result)["change_cpu_percent_gateway_metrics"]
+
+    assert with_rounds(paired=True) == pytest.approx(2.0)  # the median of +1, +2 and +10 %
+    assert with_rounds(paired=False) == pytest.approx((5.5 + 2.0) / 2)  # rounds 1 and 3, then round 2

@@ -26,7 +26,9 @@ from contextlib import aclosing
 from typing import Any, TypeAlias
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
+
+from server.observe.lean import LEAN, MetricKinds
 
 __all__ = ["GO_CODE_NAMES", "GrpcServerMetrics"]
 
@@ -62,26 +64,28 @@ _Labels: TypeAlias = tuple[str, str, str]
 class GrpcServerMetrics(grpc.aio.ServerInterceptor):
     """The interceptor that counts every RPC; put it first in the server's interceptors."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, kinds: MetricKinds = LEAN) -> None:
         names = ("grpc_type", "grpc_service", "grpc_method")
-        self.started = Counter("grpc_server_started", "RPCs started on the server.", names, registry=registry)
-        self.handled = Counter(
+        self.started = kinds.counter("grpc_server_started", "RPCs started on the server.", names, registry=registry)
+        self.handled = kinds.counter(
             "grpc_server_handled",
             "RPCs completed on the server, whatever their status.",
             (*names, "grpc_code"),
             registry=registry,
         )
-        self.handling = Histogram(
+        self.handling = kinds.histogram(
             "grpc_server_handling_seconds",
             "Time from the start of an RPC to its status, in seconds.",
             names,
             buckets=HANDLING_BUCKETS,
             registry=registry,
         )
-        self.received = Counter(
+        self.received = kinds.counter(
             "grpc_server_msg_received", "Messages received from clients, per RPC kind.", names, registry=registry
         )
-        self.sent = Counter("grpc_server_msg_sent", "Messages sent to clients, per RPC kind.", names, registry=registry)
+        self.sent = kinds.counter(
+            "grpc_server_msg_sent", "Messages sent to clients, per RPC kind.", names, registry=registry
+        )
         # Per registered method (bounded by the services the server offers).
         self._methods: dict[_Labels, _Method] = {}
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}

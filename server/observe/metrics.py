@@ -34,11 +34,12 @@ import re
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any, Literal, TypeAlias
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from server.observe.grpc_metrics import GrpcServerMetrics
+from server.observe.lean import LEAN, PROMETHEUS_CLIENT, MetricKinds
 from server.observe.record import CallRecord, operation_of
 from server.resilience.breaker import BreakerState, CircuitBreaker
 from server.routing.catalog import Catalog, ModelConfig
@@ -156,9 +157,12 @@ class GatewayMetrics:
         self._series: dict[_SeriesKey, _Series] = {}
         self.shared = shared
         self._resilience_gauges: _ResilienceGauges | None = None
-        self.grpc = GrpcServerMetrics(registry)
+        # Lean metrics (plain numbers, rendered when scraped) in one process; a worker's must be
+        # prometheus-client's, whose values are the multiprocess files its supervisor adds up.
+        self.kinds = kinds = PROMETHEUS_CLIENT if shared else LEAN
+        self.grpc = GrpcServerMetrics(registry, kinds)
         self.token_usage = _Children(
-            Histogram(
+            kinds.histogram(
                 "gen_ai_client_token_usage",
                 "Tokens used per call, by type (input, output).",
                 (*GENAI_LABELS, "gen_ai_token_type"),
@@ -167,6 +171,7 @@ class GatewayMetrics:
             )
         )
         self.ttft = _histogram(
+            kinds,
             registry,
             "gen_ai_server_time_to_first_token",
             "Time from the start of a stream to its first token.",
@@ -174,6 +179,7 @@ class GatewayMetrics:
             TTFT_BUCKETS,
         )
         self.tpot = _histogram(
+            kinds,
             registry,
             "gen_ai_server_time_per_output_token",
             "Time per output token after the first, of a stream.",
@@ -181,6 +187,7 @@ class GatewayMetrics:
             TPOT_BUCKETS,
         )
         self.duration = _histogram(
+            kinds,
             registry,
             "gen_ai_client_operation_duration",
             "Duration of a call or InteractiveStream turn, to its status.",
@@ -188,25 +195,28 @@ class GatewayMetrics:
             DURATION_BUCKETS,
         )
         self.calls = _counter(
+            kinds,
             registry,
             "gateway_calls",
             "Calls, InteractiveStream sessions and turns ended, by outcome.",
             ("grpc_method", "client", "gen_ai_request_model", "code", "reason"),
         )
         self.tokens = _counter(
+            kinds,
             registry,
             "gateway_tokens",
             "Tokens used, by client and type.",
             ("client", *GENAI_LABELS, "gen_ai_token_type"),
         )
         self.cost = _counter(
+            kinds,
             registry,
             "gateway_cost_usd",
             "What the calls cost upstream, in US dollars (calls with a known price).",
             ("client", *GENAI_LABELS),
         )
         self.in_flight = _Children(
-            Gauge(
+            kinds.gauge(
                 "gateway_calls_in_flight",
                 "Calls and InteractiveStream turns running.",
                 ("grpc_method",),
@@ -215,7 +225,7 @@ class GatewayMetrics:
             )
         )
         self.queue_wait = _Children(
-            Histogram(
+            kinds.histogram(
                 "gateway_queue_wait_seconds",
                 "How long calls that found every slot taken waited for one (server/policy/fair_queue.py), "
                 "by priority class and client, whether they got one or not.",
@@ -224,32 +234,39 @@ class GatewayMetrics:
                 registry=registry,
             )
         )
-        self.sessions = Gauge(
+        self.sessions = kinds.gauge(
             "gateway_interactive_sessions",
             "InteractiveStream sessions open.",
             registry=registry,
             multiprocess_mode="livesum",
         )
         self.turns = _counter(
-            registry, "gateway_interactive_turns", "InteractiveStream turns ended, by gRPC code.", ("code",)
+            kinds, registry, "gateway_interactive_turns", "InteractiveStream turns ended, by gRPC code.", ("code",)
         )
         attempt_labels = ("gen_ai_provider_name", "deployment")
         self.attempts = _counter(
+            kinds,
             registry,
             "gateway_upstream_attempts",
             "Upstream attempts ended, by outcome (ok, rate_limited, unavailable, fatal, failed_mid_stream, cancelled).",
             (*attempt_labels, "outcome"),
         )
         self.retries = _counter(
-            registry, "gateway_upstream_retries", "Attempts that were not the first on their model.", attempt_labels
+            kinds,
+            registry,
+            "gateway_upstream_retries",
+            "Attempts that were not the first on their model.",
+            attempt_labels,
         )
         self.fallbacks = _counter(
+            kinds,
             registry,
             "gateway_fallbacks",
             "Fallbacks taken: the first attempt on a fallback model, after a failure of error_class.",
             ("from_model", "to_model", "error_class"),
         )
         self.quota_rejections = _counter(
+            kinds,
             registry,
             "gateway_quota_rejections",
             "Calls refused by a client's limits, by client and limit (requests_per_minute, tokens_per_minute, "
@@ -419,7 +436,7 @@ class _Children:
 
     __slots__ = ("_children", "_metric")
 
-    def __init__(self, metric: Counter | Gauge | Histogram) -> None:
+    def __init__(self, metric: Any) -> None:
         self._metric = metric
         self._children: dict[tuple[str, ...], Any] = {}
 
@@ -430,14 +447,21 @@ class _Children:
         return child
 
 
-def _counter(registry: CollectorRegistry, name: str, documentation: str, labels: Sequence[str]) -> _Children:
-    return _Children(Counter(name, documentation, labels, registry=registry))
+def _counter(
+    kinds: MetricKinds, registry: CollectorRegistry, name: str, documentation: str, labels: Sequence[str]
+) -> _Children:
+    return _Children(kinds.counter(name, documentation, labels, registry=registry))
 
 
 def _histogram(
-    registry: CollectorRegistry, name: str, documentation: str, labels: Sequence[str], buckets: Sequence[float]
+    kinds: MetricKinds,
+    registry: CollectorRegistry,
+    name: str,
+    documentation: str,
+    labels: Sequence[str],
+    buckets: Sequence[float],
 ) -> _Children:
-    return _Children(Histogram(name, documentation, labels, unit="seconds", buckets=buckets, registry=registry))
+    return _Children(kinds.histogram(name, documentation, labels, unit="seconds", buckets=buckets, registry=registry))
 
 
 class LimitsStoreMetrics:
@@ -447,6 +471,7 @@ class LimitsStoreMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._calls = _counter(
+            PROMETHEUS_CLIENT,  # prometheus-client's: a worker writes it to the multiprocess files
             registry,
             "gateway_limits_store_unavailable",
             "Calls decided without the shared limits store, which did not answer: served (fail-open) or refused.",

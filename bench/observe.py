@@ -6,8 +6,10 @@ observe work of one finished 64-token StreamGenerate call, without the call itse
     metrics              GatewayMetrics.begun + ended of its record (server/observe/metrics.py)
     scrape               rendering that registry once, as /metrics does
     metrics, workers     the same calls with prometheus-client's multiprocess (memory-mapped) values
-    grpc metrics         the interceptor's start and end of one server-streaming RPC (grpc_metrics.py)
-    per message          what the counting context adds to one `write`, over gRPC's own
+    grpc metrics         the interceptor's start and end of one StreamGenerate RPC (grpc_metrics.py), which
+                         counts its own writes (`messages_sent`)
+    per message          what the counting context adds to one `write`, over gRPC's own, for a writing
+                         method that does not count its own (health's Watch)
     tracing 1.0 / 0.1 / 0  the call span and its attempt span (server/observe/otel.py), exported in batches
                          and encoded as OTLP protobuf (the network left out), at those sampling ratios
 
@@ -33,12 +35,13 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
 from prometheus_client import CollectorRegistry, generate_latest, values
 
-from server.observe.grpc_metrics import GrpcServerMetrics, _Call, _CountingContext
+from server.observe.grpc_metrics import GrpcServerMetrics, _Call, _CountingContext, messages_sent
 from server.observe.metrics import GatewayMetrics, LabelBounds
 from server.observe.otel import OtelTracing
 from server.observe.record import CallRecord
 from server.routing.catalog import Catalog, ModelConfig
 from server.routing.plan import Resilience
+from server.service import COUNTS_ITS_WRITES
 from server.types import Served, Usage
 
 __all__ = ["main"]
@@ -105,12 +108,14 @@ class _Context:
 
 
 def grpc_call() -> Callable[[], None]:
-    method = GrpcServerMetrics(CollectorRegistry())._method("server_stream", "holysheepai.AIService", "StreamGenerate")
+    metrics = GrpcServerMetrics(CollectorRegistry())
+    metrics.counted_by_handler.update(COUNTS_ITS_WRITES)
+    method = metrics._method("server_stream", "holysheepai.AIService", "StreamGenerate")
     context = _Context()
 
     def one() -> None:
-        call = _Call(method, None, context)
-        call.context.sent = MESSAGES
+        call = _Call(method, None, context, writes=True)
+        messages_sent(MESSAGES)
         call.end(None)
 
     return one
@@ -125,7 +130,8 @@ def write_cost(calls: int) -> float:
             await context.write(None)
         return (time.process_time_ns() - start) / calls / 1000
 
-    return asyncio.run(writes(_CountingContext(_Context()))) - asyncio.run(writes(_Context()))
+    call = _Call(GrpcServerMetrics(CollectorRegistry())._method("server_stream", "s", "m"), None, _Context())
+    return asyncio.run(writes(_CountingContext(_Context(), call))) - asyncio.run(writes(_Context()))
 
 
 class _EncodingExporter(SpanExporter):

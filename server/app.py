@@ -39,7 +39,7 @@ from server.policy.redis_store import RedisQuotaStore
 from server.policy.seam import Policy, Seam
 from server.policy.store import QuotaStore
 from server.routing.dispatch import Router
-from server.service import AIService
+from server.service import COUNTS_ITS_WRITES, AIService
 
 __all__ = ["Gateway", "WatchedFile", "WorkerLink", "announce", "bound_address", "serve", "start_gateway"]
 
@@ -231,6 +231,8 @@ async def start_gateway(
     if shadow_metrics is not None:
         shadow_metrics.watch(router.shadows)
     interceptors: list[grpc.aio.ServerInterceptor] = [metrics.grpc] if metrics else []
+    if metrics is not None:
+        metrics.grpc.counted_by_handler.update(COUNTS_ITS_WRITES)
     auth = BearerAuthInterceptor(credentials_of(config), tracing=tracing) if config.authenticates else None
     if auth is not None:  # after the metrics: a call refused for its token is counted too
         interceptors.append(auth)

@@ -37,6 +37,7 @@ from server.embed_checks import check_embed
 from server.embedding import EmbedRequest
 from server.errors import GatewayError, InternalError, ShuttingDown, abort
 from server.interactive.session import SESSION_ID_HEADER, InteractiveSession
+from server.observe.grpc_metrics import messages_sent
 from server.observe.request_id import CURRENT_REQUEST_ID, REQUEST_ID_HEADER, bound_request_id, request_id_from
 from server.policy.fair_queue import PRIORITY_HEADER, priority_class
 from server.policy.identity import end_user_from
@@ -45,11 +46,15 @@ from server.routing.catalog import ModelConfig
 from server.types import ChatRequest, Finish, ReasoningDelta, TextDelta, ToolCallDelta
 from server.validation import check_request
 
-__all__ = ["AIService"]
+__all__ = ["COUNTS_ITS_WRITES", "AIService"]
 
 log = logging.getLogger(__name__)
 
 ServicerContext: TypeAlias = "grpc.aio.ServicerContext[object, object]"
+
+# The methods whose handlers count the messages they write, for the gRPC server metrics (`messages_sent`):
+# StreamGenerate's tokens then go to gRPC's own `write`, with no counting context in between.
+COUNTS_ITS_WRITES = frozenset({f"/{pb.DESCRIPTOR.services_by_name['AIService'].full_name}/StreamGenerate"})
 Metadata: TypeAlias = "tuple[tuple[str, str], ...]"
 
 
@@ -184,29 +189,37 @@ class AIService(pb_grpc.AIServiceServicer):
             model, chat = self._prepare(request, context, call)
             record = call.record
             write, chunk = context.write, pb.StreamChunk  # the per-token path: no attribute lookups per token
-            async with aclosing(await self._seam.stream(call, model, chat)) as events:
-                async for event in events:
-                    if type(event) is TextDelta:
-                        if not record.deltas:
-                            record.first_token()
-                        # A delta may join several upstream deltas that arrived together (providers/http.py):
-                        # one message instead of several, and `deltas` still counts the upstream's.
-                        await write(chunk(delta=event.text))
-                        record.deltas += event.pieces
-                    elif type(event) is ToolCallDelta:
-                        if not record.deltas:
-                            record.first_token()
-                        await context.write(tool_call_chunk(event))
-                        record.deltas += 1
-                    elif type(event) is ReasoningDelta:
-                        if not record.deltas:
-                            record.first_token()
-                        await context.write(reasoning_chunk(event))
-                        record.deltas += 1
-                    else:
-                        assert isinstance(event, Finish)
-                        record.answered(event)
-                        await context.write(final_chunk(event))
+            written = 0  # messages handed to gRPC, for its server metrics: told once (COUNTS_ITS_WRITES)
+            try:
+                async with aclosing(await self._seam.stream(call, model, chat)) as events:
+                    async for event in events:
+                        if type(event) is TextDelta:
+                            if not record.deltas:
+                                record.first_token()
+                            # A delta may join several upstream deltas that arrived together (providers/http.py):
+                            # one message instead of several, and `deltas` still counts the upstream's.
+                            written += 1
+                            await write(chunk(delta=event.text))
+                            record.deltas += event.pieces
+                        elif type(event) is ToolCallDelta:
+                            if not record.deltas:
+                                record.first_token()
+                            written += 1
+                            await context.write(tool_call_chunk(event))
+                            record.deltas += 1
+                        elif type(event) is ReasoningDelta:
+                            if not record.deltas:
+                                record.first_token()
+                            written += 1
+                            await context.write(reasoning_chunk(event))
+                            record.deltas += 1
+                        else:
+                            assert isinstance(event, Finish)
+                            record.answered(event)
+                            written += 1
+                            await context.write(final_chunk(event))
+            finally:
+                messages_sent(written)
 
     async def Embed(self, request: pb.EmbedRequest | Malformed, context: ServicerContext) -> pb.EmbedResponse:
         async with self._call(context, "Embed", _model_of(request), streaming=False) as call:

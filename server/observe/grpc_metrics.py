@@ -11,9 +11,12 @@
 calls refused for their token count too. Only registered methods get a handler, so the labels are
 bounded by the services the server offers.
 
-A handler that writes with `context.write` gets a context whose `write` counts into a plain int (and
-hands gRPC's own write back to be awaited: no coroutine of its own per message); the counter is added to
-once, when the call ends. Nothing else happens per message.
+A unary handler gets gRPC's own context: its request is one message received, its returned response
+one sent. A handler that writes with `context.write` gets a context whose `write` counts into a plain int
+(and hands gRPC's own write back to be awaited: no coroutine of its own per message), unless its method is
+one that counts what it writes itself (`counted_by_handler`, StreamGenerate: a local count, told once with
+`messages_sent`); a client stream's reads are counted as they are handed on. The counters are added to
+once, when the call ends.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
+from contextvars import ContextVar
 from typing import Any, TypeAlias
 
 import grpc
@@ -30,7 +34,7 @@ from prometheus_client import CollectorRegistry
 
 from server.observe.lean import LEAN, MetricKinds
 
-__all__ = ["GO_CODE_NAMES", "GrpcServerMetrics"]
+__all__ = ["GO_CODE_NAMES", "GrpcServerMetrics", "messages_sent"]
 
 # grpc-go's codes.Code.String(), which go-grpc-prometheus writes as grpc_code.
 GO_CODE_NAMES = {
@@ -86,6 +90,9 @@ class GrpcServerMetrics(grpc.aio.ServerInterceptor):
         self.sent = kinds.counter(
             "grpc_server_msg_sent", "Messages sent to clients, per RPC kind.", names, registry=registry
         )
+        # Methods ("/package.Service/Method") whose handlers count the messages they write themselves
+        # (`messages_sent`), so that no counting context stands between them and gRPC's `write`.
+        self.counted_by_handler: set[str] = set()
         # Per registered method (bounded by the services the server offers).
         self._methods: dict[_Labels, _Method] = {}
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}
@@ -127,17 +134,29 @@ class GrpcServerMetrics(grpc.aio.ServerInterceptor):
         key = (kind, service, method)
         found = self._methods.get(key)
         if found is None:
-            found = self._methods[key] = _Method(self, key)
+            counted = f"/{service}/{method}" in self.counted_by_handler
+            found = self._methods[key] = _Method(self, key, counted_by_handler=counted)
         return found
 
 
 class _Method:
     """The metrics of one method, their label lookups made once (prometheus-client's `labels` is slow)."""
 
-    __slots__ = ("_handled", "_handled_by_code", "client_streams", "handling", "labels", "received", "sent", "started")
+    __slots__ = (
+        "_handled",
+        "_handled_by_code",
+        "client_streams",
+        "counted_by_handler",
+        "handling",
+        "labels",
+        "received",
+        "sent",
+        "started",
+    )
 
-    def __init__(self, metrics: GrpcServerMetrics, labels: _Labels) -> None:
+    def __init__(self, metrics: GrpcServerMetrics, labels: _Labels, *, counted_by_handler: bool = False) -> None:
         self.labels = labels
+        self.counted_by_handler = counted_by_handler
         self.client_streams = labels[0] in ("client_stream", "bidi_stream")
         self.started = metrics.started.labels(*labels)
         self.handling = metrics.handling.labels(*labels)
@@ -161,7 +180,7 @@ def _unary(behavior: Any, method: _Method) -> Callable[[Any, Any], Awaitable[Any
         except BaseException as exc:
             call.end(exc)
             raise
-        call.context.sent += 1
+        call.sent += 1
         call.end(None)
         return response
 
@@ -177,7 +196,7 @@ def _streaming(behavior: Any, method: _Method) -> Callable[[Any, Any], Any]:
             try:
                 async with aclosing(behavior(call.request, call.context)) as responses:
                     async for response in responses:
-                        call.context.sent += 1
+                        call.sent += 1
                         yield response
             except BaseException as exc:
                 call.end(exc)
@@ -187,7 +206,7 @@ def _streaming(behavior: Any, method: _Method) -> Callable[[Any, Any], Any]:
         return generated
 
     async def writing(request: Any, context: Any) -> None:
-        call = _Call(method, request, context)
+        call = _Call(method, request, context, writes=True)
         try:
             await behavior(call.request, call.context)
         except BaseException as exc:
@@ -198,32 +217,52 @@ def _streaming(behavior: Any, method: _Method) -> Callable[[Any, Any], Any]:
     return writing
 
 
+# The call whose handler counts the messages it writes itself (`messages_sent`), in the handler's task.
+_COUNTED_BY_HANDLER: ContextVar[_Call | None] = ContextVar("counted_by_handler", default=None)
+
+
+def messages_sent(count: int) -> None:
+    """`count` more messages written with `context.write` by the handler of this task's call, for a
+    method its GrpcServerMetrics was told counts them itself (`counted_by_handler`); else nothing."""
+    call = _COUNTED_BY_HANDLER.get()
+    if call is not None:
+        call.sent += count
+
+
 class _Call:
-    """One RPC being measured: its start, and the counting context and request stream it hands on."""
+    """One RPC being measured: its start, its messages, and the context and request stream it hands on.
 
-    __slots__ = ("context", "method", "request", "started")
+    The context is gRPC's own unless a message must be counted on its way: a written one (unless the
+    handler counts its own), or a read one. A unary request is one message received, a unary response
+    that was returned one sent."""
 
-    def __init__(self, method: _Method, request: Any, context: Any) -> None:
+    __slots__ = ("context", "method", "received", "request", "sent", "started")
+
+    def __init__(self, method: _Method, request: Any, context: Any, *, writes: bool = False) -> None:
         self.method, self.started = method, time.perf_counter()
         method.started.inc()
-        self.context = _CountingContext(context)
+        self.sent = self.received = 0
+        self.context, self.request = context, request
         if method.client_streams:
-            self.request: Any = _CountingRequests(request, self.context)
-        else:
-            self.request = request
-            self.context.received = 1
+            self.context, self.request = _CountingContext(context, self), _CountingRequests(request, self)
+            return
+        self.received = 1
+        if writes and method.counted_by_handler:
+            _COUNTED_BY_HANDLER.set(self)  # in this call's own task: no other call sees it
+        elif writes:
+            self.context = _CountingContext(context, self)
 
     def end(self, error: BaseException | None) -> None:
-        method, context = self.method, self.context
-        method.handled(GO_CODE_NAMES.get(_status_of(context, error), "Unknown")).inc()
+        method = self.method
+        method.handled(GO_CODE_NAMES.get(_status_of(self.context, error), "Unknown")).inc()
         method.handling.observe(time.perf_counter() - self.started)
-        if context.received:
-            method.received.inc(context.received)
-        if context.sent:
-            method.sent.inc(context.sent)
+        if self.received:
+            method.received.inc(self.received)
+        if self.sent:
+            method.sent.inc(self.sent)
 
 
-def _status_of(context: _CountingContext, error: BaseException | None) -> grpc.StatusCode:
+def _status_of(context: Any, error: BaseException | None) -> grpc.StatusCode:
     """The status the client receives: the one the handler set (abort sets it before it raises), else OK
     when it returned, CANCELLED or DEADLINE_EXCEEDED when it was cancelled, UNKNOWN when it raised."""
     code = context.code()
@@ -239,26 +278,26 @@ def _status_of(context: _CountingContext, error: BaseException | None) -> grpc.S
 
 
 class _CountingContext:
-    """The servicer context, with `write` and `read` counting messages. Everything else is the context's."""
+    """The servicer context, with `write` and `read` counting messages into their call. Everything else
+    is the context's."""
 
-    __slots__ = ("_context", "received", "sent")
+    __slots__ = ("_call", "_context")
 
-    def __init__(self, context: Any) -> None:
+    def __init__(self, context: Any, call: _Call) -> None:
         self._context = context
-        self.sent = 0
-        self.received = 0
+        self._call = call
 
     def write(self, message: Any) -> Awaitable[None]:
         # Not a coroutine of its own: the context's write is awaited by the handler directly, so counting
         # a token costs an increment, not a second coroutine frame (measured: 490 -> 330 ns a write, 220
         # without counting). A message is counted when the handler hands it to gRPC.
-        self.sent += 1
+        self._call.sent += 1
         return self._context.write(message)  # type: ignore[no-any-return]
 
     async def read(self) -> Any:
         message = await self._context.read()
         if message is not grpc.aio.EOF:
-            self.received += 1
+            self._call.received += 1
         return message
 
     def __getattr__(self, name: str) -> Any:
@@ -268,16 +307,16 @@ class _CountingContext:
 class _CountingRequests:
     """A client stream's request iterator that counts what it hands on."""
 
-    __slots__ = ("_context", "_requests")
+    __slots__ = ("_call", "_requests")
 
-    def __init__(self, requests: Any, context: _CountingContext) -> None:
+    def __init__(self, requests: Any, call: _Call) -> None:
         self._requests = requests.__aiter__()
-        self._context = context
+        self._call = call
 
     def __aiter__(self) -> _CountingRequests:
         return self
 
     async def __anext__(self) -> Any:
         message = await self._requests.__anext__()
-        self._context.received += 1
+        self._call.received += 1
         return message

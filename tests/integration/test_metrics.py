@@ -159,6 +159,24 @@ async def test_a_failed_call_is_counted_with_the_code_and_reason_the_client_rece
     assert scrape.value("gateway_calls_in_flight") == 0
 
 
+async def test_a_stream_that_fails_midway_counts_the_messages_its_client_received(
+    make_gateway: GatewayFactory, fake_openai: FakeOpenAIUpstream
+) -> None:
+    """StreamGenerate counts its own writes (no counting context per token): they still reach the metric
+    when the stream ends with an error after some tokens."""
+    gateway = await make_gateway(metrics_config(fake_openai.base_url, models=(fake("cut", "fault-cut-mid"),)))
+    async with stub_for(gateway) as stub:
+        outcome = await collect_stream(stub, request("cut"))
+    assert outcome.error is not None
+    assert outcome.error.code() is grpc.StatusCode.UNAVAILABLE
+    assert outcome.chunks  # the content the upstream sent before it stopped (its two deltas may come as one)
+    scrape = await Scrape.of(gateway)
+    stream_labels = {"grpc_type": "server_stream", "grpc_method": "StreamGenerate"}
+    assert scrape.value("grpc_server_handled_total", **stream_labels, grpc_code="Unavailable") == 1
+    assert scrape.value("grpc_server_msg_sent_total", **stream_labels) == len(outcome.chunks)
+    assert scrape.value("grpc_server_msg_received_total", **stream_labels) == 1
+
+
 async def test_labels_never_carry_what_a_client_typed_or_a_token(
     make_gateway: GatewayFactory, fake_openai: FakeOpenAIUpstream
 ) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import types
 
-from server.observe.grpc_metrics import _CountingContext
+from server.observe.grpc_metrics import _Call, _CountingContext
 
 
 class Context:
@@ -19,7 +19,9 @@ class Context:
 
 async def test_a_write_is_counted_and_awaited_as_grpcs_own_write_with_no_coroutine_of_its_own() -> None:
     context = Context()
-    counting = _CountingContext(context)
+    call = _Call.__new__(_Call)  # only its message counts are used
+    call.sent = call.received = 0
+    counting = _CountingContext(context, call)
 
     pending = counting.write("one")
     assert isinstance(pending, types.CoroutineType)
@@ -28,4 +30,4 @@ async def test_a_write_is_counted_and_awaited_as_grpcs_own_write_with_no_corouti
     await counting.write("two")
 
     assert context.written == ["one", "two"]
-    assert counting.sent == 2
+    assert call.sent == 2

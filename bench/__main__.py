@@ -32,7 +32,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 from bench import chart, readme
 from bench.procs import BenchError
 from bench.report import RESULTS_DIR, document, render, write_json
-from bench.results import PAIRABLE, QUICK, SCENARIOS, TARGETS, BenchResult, Settings, result_from_json
+from bench.results import QUICK, SCENARIOS, TARGETS, BenchResult, Settings, result_from_json
 from bench.scenarios import run_bench
 
 __all__ = ["main", "save"]
@@ -103,12 +103,6 @@ def _parser() -> argparse.ArgumentParser:
         help=f"start and run only these sides, of: {', '.join(TARGETS)} (the plain gateway always runs)",
     )
     parser.add_argument(
-        "--paired",
-        action="store_true",
-        help=f"throughput rounds run the plain gateway and one variant at once, sharing the proxy's CPU (needs "
-        f"--sides with exactly one of {', '.join(PAIRABLE)})",
-    )
-    parser.add_argument(
         "--metrics-control",
         action="store_true",
         help="the control run: the gateway_metrics side runs with metrics off too, so its change against the "
@@ -153,10 +147,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if args.sides:
         overrides["sides"] = _known("--sides", args.sides, TARGETS)
     overrides["metrics_control"] = args.metrics_control
-    if args.paired:
-        if len(set(args.sides or ()) & set(PAIRABLE)) != 1:
-            raise ValueError(f"--paired needs --sides with exactly one of {', '.join(PAIRABLE)}")
-        overrides["paired"] = True
     if args.only:
         overrides["only"] = _known("--only", args.only, SCENARIOS)
     settings = dataclasses.replace(base, **overrides)

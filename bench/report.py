@@ -61,6 +61,13 @@ VARIANTS = {
     "gateway-httpx": "upstream through httpx",
     "gateway_baseline": "the gateway of the --baseline checkout",
 }
+# What the variants table's change column is.
+VARIANT_NOTE = (
+    "each round's own difference against the plain gateway. Metrics, tracing, asyncio and baseline ran at "
+    "the same time as it, sharing the proxy's CPU (the median of the rounds; the gateway's own CPU µs/token in "
+    'those rounds is "beside it"); httpx ran in the gateway\'s own rounds, order swapped every round (the '
+    "mean of the two orders' medians)."
+)
 # The gateway_metrics row of a control run (--metrics-control).
 CONTROL = "control: metrics off too (bench noise)"
 # Targets (issue 13 and issue 10), each checked against the floor and LiteLLM of the same run.
@@ -164,25 +171,35 @@ def _variants(summary: Summary) -> Table:
             _fmt(_get(summary, "tokens_per_s_gateway"), ",.0f"),
             _fmt(_get(summary, "gateway_us_per_token"), ".1f"),
             "",
+            "",
             _fmt(_get(summary, "ttft_p50_ms_gateway"), ".2f"),
         )
     ]
     if "ttft_p50_ms_gateway-demo" in summary:
         demo = _fmt(_get(summary, "ttft_p50_ms_gateway-demo"), ".2f")
-        rows.append(("its offline demo model (no upstream)", "", "", "", demo))
+        rows.append(("its offline demo model (no upstream)", "", "", "", "", demo))
     for side, name in names.items():
         if f"tokens_per_s_{side}" not in summary:
             continue
+        beside = summary.get(f"gateway_beside_{side}_us_per_token")
         rows.append(
             (
                 name,
                 _fmt(_get(summary, f"tokens_per_s_{side}"), ",.0f"),
                 _fmt(_get(summary, f"{side}_us_per_token"), ".1f"),
+                _fmt(beside, ".1f") if beside is not None else "",
                 _fmt(_get(summary, f"change_cpu_percent_{side}"), "+.1f", " %"),
                 _fmt(_get(summary, f"ttft_p50_ms_{side}"), ".2f"),
             )
         )
-    header = ("the gateway's variants, same rounds", "tokens/s", "CPU µs/token", "CPU change*", "TTFT p50 c=1 (ms)")
+    header = (
+        "the gateway's variants",
+        "tokens/s",
+        "CPU µs/token",
+        "beside it, the gateway's",
+        "CPU change*",
+        "TTFT p50 c=1 (ms)",
+    )
     return Table("variants", header, rows)
 
 
@@ -327,15 +344,17 @@ def missed_targets(summary: Summary) -> list[str]:
 
 def variant_changes(result: BenchResult) -> dict[str, float]:
     """How much each variant changed the gateway's CPU per token (and tokens/s), in percent of the plain
-    gateway's. The two run in the same rounds, in swapped order every other round; each round's own
-    difference is taken and the medians of the two orders are averaged, so that the order's bias cancels.
-    Paired rounds (--paired) run both at once, with no order to cancel: the median of every round's."""
+    gateway's, from each round's own difference. A paired variant ran at the same time as the gateway
+    (`result.beside`): the median of its rounds. One that runs in the gateway's own rounds, in swapped
+    order every other round (httpx): the mean of the two orders' medians, so that the order's bias cancels."""
     changes: dict[str, float] = {}
     for side in VARIANTS:
-        pairs = list(zip(result.throughput.get("gateway", []), result.throughput.get(side, []), strict=False))
+        paired = side in result.beside
+        plain = result.beside[side] if paired else result.throughput.get("gateway", [])
+        pairs = list(zip(plain, result.throughput.get(side, []), strict=False))
         for name, metric in (("cpu", "proxy_us_per_token"), ("tokens", "tokens_per_s")):
             per_round = [_change(getattr(a, metric), getattr(b, metric)) for a, b in pairs]
-            orders = [per_round] if result.settings.paired else [per_round[0::2], per_round[1::2]]
+            orders = [per_round] if paired else [per_round[0::2], per_round[1::2]]
             medians = [statistics.median(r) for r in orders if r]
             changes[f"change_{name}_percent_{side}"] = statistics.fmean(medians) if medians else math.nan
     return changes
@@ -396,14 +415,9 @@ def render(result: BenchResult) -> str:
     ]
     for table in tables(doc["summary"], doc):
         lines += ["", *text(table)]
-    how = (
-        "run at the same time as it, sharing the proxy's CPU), the median of the rounds"
-        if settings.paired
-        else "order swapped every round), mean of the two orders' medians"
-    )
     lines += [
         "",
-        f"* each round's own difference against the plain gateway ({how}",
+        f"* {VARIANT_NOTE}",
         "CPU: the proxy's whole process group, from /proc, over the window. bytes/token: both directions, "
         "counted on the socket by a relay.",
     ]

@@ -6,6 +6,7 @@ and a later analysis can compute any statistic, not only the ones in the table.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import platform
@@ -49,8 +50,10 @@ GATEWAYS = (
     "gateway_workers",
 )
 TARGETS = ("direct", "floor", *GATEWAYS, "litellm")
-# The variants that are gateway processes of their own on the proxy's CPU: `--paired` runs one of them at
-# the same time as the plain gateway (the httpx and demo sides are the plain gateway's own process).
+# The variants that are gateway processes of their own on the proxy's CPU. Each runs its throughput rounds
+# at the same time as the plain gateway (paired rounds): windows run one after the other differ by ±20 % on
+# this machine, windows run together by about 1 %. (The httpx and demo sides are the plain gateway's own
+# process, so they run in its rounds.)
 PAIRABLE = ("gateway_metrics", "gateway_tracing", "gateway_asyncio", "gateway_baseline")
 
 
@@ -88,9 +91,6 @@ class Settings:
     # Run only these sides (of TARGETS; the plain gateway always runs): more rounds of a few sides in the
     # time of a full run. () = every side.
     sides: tuple[str, ...] = ()
-    # Throughput rounds run the plain gateway and one variant at the same time, sharing the proxy's CPU, so
-    # that both see the same machine in each window (sequential windows differ by ±20 % here).
-    paired: bool = False
 
     def per_process_concurrency(self) -> list[int]:
         """The concurrency of each load process: as even a split as the numbers allow."""
@@ -267,6 +267,9 @@ class BenchResult:
     pinning: str = ""  # which CPUs each process was kept to, as the table's header says
     ttft: dict[str, TtftResult] = field(default_factory=dict)
     throughput: dict[str, list[ThroughputResult]] = field(default_factory=dict)  # one per round
+    # Per PAIRABLE variant, the plain gateway's rounds that ran at the same time as the variant's (which are
+    # in `throughput`), round for round.
+    beside: dict[str, list[ThroughputResult]] = field(default_factory=dict)
     gateway_peak_rss_bytes: int = 0
     throughput_high: dict[str, ThroughputResult] = field(default_factory=dict)  # at concurrency_high
     hold: dict[str, list[HoldResult]] = field(default_factory=dict)  # one per hold_streams level
@@ -280,9 +283,7 @@ class BenchResult:
     def median(self, target: str, metric: str) -> float:
         """The median over rounds of a ThroughputResult property, e.g. median("gateway", "tokens_per_s"); a
         round that measured nothing (NaN: no token in its window) does not count."""
-        values = [float(getattr(r, metric)) for r in self.throughput.get(target, [])]
-        values = [v for v in values if not math.isnan(v)]
-        return statistics.median(values) if values else math.nan
+        return _median_of(self.throughput.get(target, []), metric)
 
     def median_round(self, target: str) -> ThroughputResult | None:
         """The round of `target` with the median tokens/s (the lower one of the middle two), for per-round detail."""
@@ -308,6 +309,9 @@ class BenchResult:
                 continue
             proxies[f"{target}_cpu_percent"] = self.median(target, "proxy_cpu_percent")
             proxies[f"{target}_us_per_token"] = self.median(target, "proxy_us_per_token")
+        for variant, rounds in self.beside.items():
+            throughput[f"tokens_per_s_gateway_beside_{variant}"] = _median_of(rounds, "tokens_per_s")
+            proxies[f"gateway_beside_{variant}_us_per_token"] = _median_of(rounds, "proxy_us_per_token")
         loaded = {
             f"{stat}_{q}_ms_c{concurrency}_{target}": getattr(result, stat)(q)
             for concurrency, results in (
@@ -337,9 +341,15 @@ class BenchResult:
             for kind, result in self.paced.items()
             for stat in ("samples_ms", "total_ms")
         }
-        noise = [r.other_cpu_percent for rounds in self.throughput.values() for r in rounds]
+        noise = [r.other_cpu_percent for rounds in (*self.throughput.values(), *self.beside.values()) for r in rounds]
         other = {"other_cpu_percent": statistics.fmean(noise) if noise else math.nan}
         return {**ttft, **throughput, **proxies, **loaded, **failed, **held, **wire, **paced, **other}
+
+
+def _median_of(rounds: list[ThroughputResult], metric: str) -> float:
+    values = [float(getattr(r, metric)) for r in rounds]
+    values = [v for v in values if not math.isnan(v)]
+    return statistics.median(values) if values else math.nan
 
 
 def _floats(raw: dict[str, Any], *names: str) -> dict[str, Any]:
@@ -355,7 +365,9 @@ def result_from_json(doc: dict[str, Any]) -> BenchResult:
         "only": tuple(raw.get("only", ())),
         "sides": tuple(raw.get("sides", ())),
     }
-    settings = Settings(**{**raw, **tuples})
+    known = {f.name for f in dataclasses.fields(Settings)}  # a run saved before a setting went (`paired`)
+    fields: dict[str, Any] = {k: v for k, v in raw.items() if k in known} | tuples
+    settings = Settings(**fields)
 
     def ttft(raw: dict[str, Any]) -> TtftResult:
         return TtftResult(**_floats(raw, "proxy_cpu_us_per_call"))
@@ -372,6 +384,7 @@ def result_from_json(doc: dict[str, Any]) -> BenchResult:
         pinning=doc["pinning"],
         ttft={k: ttft(v) for k, v in doc["ttft"].items()},
         throughput={k: [rounds(r) for r in v] for k, v in doc["throughput"].items()},
+        beside={k: [rounds(r) for r in v] for k, v in doc.get("beside", {}).items()},
         gateway_peak_rss_bytes=doc["gateway_peak_rss_bytes"],
         throughput_high={k: rounds(v) for k, v in doc["throughput_high"].items()},
         hold={k: [HoldResult(**h) for h in v] for k, v in doc["hold"].items()},

@@ -8,6 +8,9 @@ LiteLLM before `make bench-peers`, is left out and named in `result.absent`):
     1. time to first token at c=1, sequential calls, every side;
     2. throughput at c=`concurrency` for a fixed window, `rounds` rounds: tokens/s, each proxy's CPU time
        per token (its process group, read from /proc), and TTFT / stream time p50 and p99 under that load;
+       then `rounds` paired rounds of each PAIRABLE variant (metrics, tracing, asyncio, baseline), each
+       window shared with the plain gateway, both with their own load, so that their difference is the
+       variant's and not the machine's;
     3. the same once at c=`concurrency_high`;
     4. bytes on the wire per token and streams per connection: a fixed number of streams through a
        counting TCP relay (SSE and gRPC);
@@ -89,7 +92,8 @@ TTFT_TARGETS = (
     "litellm",
 )
 # Each round in this order; the gateway's variants run in reverse every other round (whichever runs later
-# does worse on a busy machine, and that must not pass for the cost of metrics, tracing or a lever).
+# does worse on a busy machine, and that must not pass for the cost of a lever). The PAIRABLE variants
+# (metrics, tracing, asyncio, baseline) run in paired rounds of their own instead, after these.
 THROUGHPUT_TARGETS = (
     "direct",
     "floor",
@@ -232,7 +236,7 @@ def _steps(stack: Stack, settings: Settings, result: BenchResult, workdir: Path)
             plain, other = await asyncio.gather(
                 *(_throughput(stack, p, settings, settings.concurrency, _DRAIN_S, together=together) for p in pair)
             )
-            result.throughput.setdefault(plain.target, []).append(plain)
+            result.beside.setdefault(other.target, []).append(plain)
             result.throughput.setdefault(other.target, []).append(other)
             return f"{plain.proxy_us_per_token:.1f} against {other.proxy_us_per_token:.1f} µs CPU/token"
 
@@ -242,13 +246,12 @@ def _steps(stack: Stack, settings: Settings, result: BenchResult, workdir: Path)
 
     steps += [ttft_step(peers[t]) for t in TTFT_TARGETS if t in peers]
     for n in range(1, settings.rounds + 1):
-        if settings.paired:
-            steps += [paired_step(peers[t], n) for t in PAIRABLE if t in peers]
-            continue
-        order = list(THROUGHPUT_TARGETS)
+        order = [t for t in THROUGHPUT_TARGETS if t not in PAIRABLE]
         if not n % 2:
             order = order[:_FIXED_ORDER] + order[_FIXED_ORDER:][::-1]
         steps += [throughput_step(peers[t], n) for t in order if t in peers]
+    for n in range(1, settings.rounds + 1):
+        steps += [paired_step(peers[t], n) for t in PAIRABLE if t in peers]
     steps += [high_step(peers[t]) for t in HIGH_TARGETS if t in peers]
     steps += [wire_step(peers[t]) for t in WIRE_TARGETS if t in peers]
     steps += [paced_step("stream"), paced_step("unary")]

@@ -136,7 +136,9 @@ class Stack:
         async with Children(workdir) as children, OtlpSink() as sink:
             upstream = await children.start("upstream", "tests.fakes.openai_upstream", "--port", "0", cpus=cpus.others)
             upstream_url = f"http://127.0.0.1:{await _port_line(upstream)}/v1"
-            peers = {"direct": Peer("direct", "sse", upstream_url, "tokens", None, hold_model=_HOLD_MODEL)}
+            peers: dict[str, Peer] = {}
+            if "direct" in sides:  # no process of its own: the bench's client reads the upstream
+                peers["direct"] = Peer("direct", "sse", upstream_url, "tokens", None, hold_model=_HOLD_MODEL)
             # LiteLLM first: it takes most of a minute to import, and the others start meanwhile.
             litellm = None
             if "litellm" in sides:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import bench.__main__ as bench_main
-from bench import readme, report
+from bench import readme, report, results
 from bench.results import (
     QUICK,
     BenchResult,
@@ -174,33 +174,39 @@ def test_the_ttft_target_splits_the_gateways_first_token_into_its_own_path_and_i
     assert "its offline demo model (no upstream)" in rendered
 
 
-def test_paired_rounds_need_exactly_one_variant_that_is_a_gateway_process_of_its_own() -> None:
-    def settings(*argv: str) -> Settings:
-        return bench_main.settings_from(bench_main._parser().parse_args(list(argv)))
-
-    assert settings("--paired", "--sides", "gateway_metrics,floor").paired is True
-    assert settings("--sides", "gateway_metrics").paired is False
-    for sides in ("floor", "gateway_metrics,gateway_tracing", "gateway-httpx"):
-        with pytest.raises(ValueError, match="--paired needs --sides with exactly one of gateway_metrics"):
-            settings("--paired", "--sides", sides)
-    with pytest.raises(ValueError, match="--paired needs --sides"):
-        settings("--paired")
-
-
-def test_a_paired_run_says_its_variants_ran_beside_the_plain_gateway() -> None:
-    rendered = report.render(canned_result(dataclasses.replace(QUICK, paired=True, sides=("gateway_metrics",))))
-    assert "(run at the same time as it, sharing the proxy's CPU)" in rendered
-    assert "order swapped" not in rendered
+def test_the_table_says_how_each_variant_was_measured_and_shows_the_gateway_beside_it() -> None:
+    result = canned_result(QUICK)
+    result.throughput["gateway_metrics"] = [ThroughputResult("gateway_metrics", [LOAD], {"proxy": 103.0})]
+    result.beside["gateway_metrics"] = [ThroughputResult("gateway", [LOAD], {"proxy": 100.0})]
+    rendered = report.render(result)
+    assert "ran at the same time as it, sharing the proxy's CPU" in rendered
+    assert "beside it, the gateway's" in rendered
+    row = next(line for line in rendered.splitlines() if line.startswith("metrics on"))
+    assert row.split()[-4:-1] == ["100.0", "+3.0", "%"]  # the gateway's CPU beside it, then the change
 
 
 def test_paired_rounds_take_the_median_of_every_rounds_difference_with_no_orders_to_average() -> None:
-    def with_rounds(paired: bool) -> float:
-        result = canned_result(dataclasses.replace(QUICK, paired=paired, sides=("gateway_metrics",)))
-        result.throughput["gateway"] = [ThroughputResult("gateway", [LOAD], {"proxy": 100.0})] * 3
-        result.throughput["gateway_metrics"] = [
-            ThroughputResult("gateway_metrics", [LOAD], {"proxy": cpu}) for cpu in (101.0, 102.0, 110.0)
-        ]
-        return report.variant_changes(result)["change_cpu_percent_gateway_metrics"]
+    result = canned_result(QUICK)
+    result.throughput["gateway"] = [ThroughputResult("gateway", [LOAD], {"proxy": 50.0})] * 3  # not beside it
+    result.beside["gateway_metrics"] = [ThroughputResult("gateway", [LOAD], {"proxy": 100.0})] * 3
+    result.throughput["gateway_metrics"] = [
+        ThroughputResult("gateway_metrics", [LOAD], {"proxy": cpu}) for cpu in (101.0, 102.0, 110.0)
+    ]
+    assert report.variant_changes(result)["change_cpu_percent_gateway_metrics"] == pytest.approx(2.0)
 
-    assert with_rounds(paired=True) == pytest.approx(2.0)  # the median of +1, +2 and +10 %
-    assert with_rounds(paired=False) == pytest.approx((5.5 + 2.0) / 2)  # rounds 1 and 3, then round 2
+
+def test_httpx_rounds_in_the_gateways_own_average_the_medians_of_the_two_orders() -> None:
+    result = canned_result(QUICK)
+    result.throughput["gateway"] = [ThroughputResult("gateway", [LOAD], {"proxy": 100.0})] * 3
+    result.throughput["gateway-httpx"] = [
+        ThroughputResult("gateway-httpx", [LOAD], {"proxy": cpu}) for cpu in (101.0, 102.0, 110.0)
+    ]
+    changes = report.variant_changes(result)
+    assert changes["change_cpu_percent_gateway-httpx"] == pytest.approx((5.5 + 2.0) / 2)  # rounds 1 and 3, then 2
+
+
+def test_a_run_saved_before_paired_rounds_were_the_default_still_loads() -> None:
+    doc = report.document(canned_result(QUICK))
+    doc["settings"]["paired"] = False
+    del doc["beside"]
+    assert results.result_from_json(doc).beside == {}

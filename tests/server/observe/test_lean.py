@@ -12,7 +12,15 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    enable_created_metrics,
+    generate_latest,
+)
 
 from server.observe.lean import LeanCounter, LeanGauge, LeanHistogram
 
@@ -87,6 +95,23 @@ def test_units_and_created_samples_are_named_as_prometheus_clients_are() -> None
         line.split("{")[0].split(" ")[0] for line in generate_latest(client_registry).decode().splitlines()
     ]
     assert "wait_seconds_created" in names
+
+
+def test_created_samples_go_when_prometheus_client_leaves_them_out() -> None:
+    """PROMETHEUS_DISABLE_CREATED_SERIES=True, or prometheus-client's `disable_created_metrics()`."""
+    client_registry, client, lean_registry, lean = both(
+        lambda r: Counter("calls", "Calls.", LABELS, registry=r),
+        lambda r: LeanCounter("calls", "Calls.", LABELS, registry=r),
+    )
+    client.labels("Generate", "OK").inc()
+    lean.labels("Generate", "OK").inc()
+    disable_created_metrics()
+    try:
+        assert generate_latest(lean_registry) == generate_latest(client_registry)
+        assert b"_created" not in generate_latest(lean_registry)
+    finally:
+        enable_created_metrics()
+    assert b"calls_created" in generate_latest(lean_registry)
 
 
 def test_the_wrong_number_of_label_values_is_refused() -> None:

@@ -6,5 +6,6 @@ logs.py           text or JSON log lines, each naming the request id of the call
 trace.py          a span per call, turn and upstream attempt, or nothing (the default); otel.py has the SDK
 metrics.py        the GenAI and gateway metrics, written from each record; breakers and budgets when scraped
 grpc_metrics.py   go-grpc-prometheus server metrics, from an interceptor in front of auth
+lean.py           counters, gauges and histograms of plain numbers, rendered when scraped (one process)
 exporter.py       the /metrics HTTP listener (prometheus-client's, in a thread)
 """

@@ -94,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="DIR",
         help="also run the gateway of the checkout in DIR (e.g. `git worktree add /tmp/base main`) as a variant "
-        "in the same rounds, to measure a change against what it changes",
+        "in paired rounds beside the gateway, to measure a change against what it changes",
     )
     parser.add_argument(
         "--sides",

@@ -35,7 +35,14 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
 from prometheus_client import CollectorRegistry, generate_latest, values
 
-from server.observe.grpc_metrics import GrpcServerMetrics, _Call, _CountingContext, messages_sent
+from server.observe.grpc_metrics import (
+    _COUNTED_BY_HANDLER,
+    GrpcServerMetrics,
+    _Call,
+    _CountingContext,
+    messages_sent,
+)
+from server.observe.lean import LEAN
 from server.observe.metrics import GatewayMetrics, LabelBounds
 from server.observe.otel import OtelTracing
 from server.observe.record import CallRecord
@@ -108,14 +115,15 @@ class _Context:
 
 
 def grpc_call() -> Callable[[], None]:
-    metrics = GrpcServerMetrics(CollectorRegistry())
-    metrics.counted_by_handler.update(COUNTS_ITS_WRITES)
+    metrics = GrpcServerMetrics(CollectorRegistry(), LEAN, counted_by_handler=COUNTS_ITS_WRITES)
     method = metrics._method("server_stream", "holysheepai.AIService", "StreamGenerate")
     context = _Context()
 
-    def one() -> None:
+    def one() -> None:  # as the interceptor's `writing` and the servicer's StreamGenerate do
         call = _Call(method, None, context, writes=True)
+        reporting = _COUNTED_BY_HANDLER.set(call.tally)
         messages_sent(MESSAGES)
+        _COUNTED_BY_HANDLER.reset(reporting)
         call.end(None)
 
     return one
@@ -130,8 +138,8 @@ def write_cost(calls: int) -> float:
             await context.write(None)
         return (time.process_time_ns() - start) / calls / 1000
 
-    call = _Call(GrpcServerMetrics(CollectorRegistry())._method("server_stream", "s", "m"), None, _Context())
-    return asyncio.run(writes(_CountingContext(_Context(), call))) - asyncio.run(writes(_Context()))
+    call = _Call(GrpcServerMetrics(CollectorRegistry(), LEAN)._method("server_stream", "s", "m"), None, _Context())
+    return asyncio.run(writes(_CountingContext(_Context(), call.tally))) - asyncio.run(writes(_Context()))
 
 
 class _EncodingExporter(SpanExporter):

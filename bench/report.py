@@ -53,7 +53,7 @@ SIDES = {
     "gateway_workers": "gateway, N workers",
     "litellm": "LiteLLM proxy (SSE)",
 }
-# The gateway's variants, each against the plain gateway in the same rounds.
+# The gateway's variants, each against the plain gateway: paired rounds (PAIRABLE) or its own rounds (httpx).
 VARIANTS = {
     "gateway_metrics": "metrics on (scraped every 1 s)",
     "gateway_tracing": "tracing on (OTLP to a sink)",
@@ -196,7 +196,7 @@ def _variants(summary: Summary) -> Table:
         "the gateway's variants",
         "tokens/s",
         "CPU µs/token",
-        "beside it, the gateway's",
+        "beside it, the gateway's CPU µs/token",
         "CPU change*",
         "TTFT p50 c=1 (ms)",
     )

@@ -34,8 +34,9 @@ __all__ = [
 ]
 
 # The sides (bench/stack.py): the upstream itself (direct), the floor (a bare grpc.aio server), the gateway
-# with 1 worker, its variants in the same rounds (metrics on, tracing on, the plain asyncio loop, the httpx
-# transport, its offline demo model, with --baseline the gateway of another checkout), the gateway with N
+# with 1 worker, its variants (metrics on, tracing on, the plain asyncio loop and with --baseline the gateway
+# of another checkout, each in paired rounds beside it; the httpx transport and its offline demo model, in
+# its own rounds), the gateway with N
 # workers, and the LiteLLM proxy. All but direct are proxy process groups.
 # The kinds of step a run takes, in order (bench/scenarios.py); `--only` picks some.
 SCENARIOS = ("ttft", "throughput", "high", "wire", "paced", "profile", "hold")
@@ -79,7 +80,7 @@ class Settings:
     workers: int = 0  # the N of "N workers" (0: the number of CPUs)
     litellm: bool = True  # include LiteLLM when `make bench-peers` installed it
     only: tuple[str, ...] = ()  # run only these kinds of step (SCENARIOS); () = all
-    # A checkout (e.g. of main) whose gateway runs as a variant in the same rounds: a change measured
+    # A checkout (e.g. of main) whose gateway runs as a variant in paired rounds: a change measured
     # against what it changes on one noisy machine, not against a run of another hour. "" = none.
     baseline: str = ""
     # Give the gateway a CPU of its own (with 2+ CPUs): it is one Python thread, and on a small machine the
@@ -369,6 +370,11 @@ def result_from_json(doc: dict[str, Any]) -> BenchResult:
     fields: dict[str, Any] = {k: v for k, v in raw.items() if k in known} | tuples
     settings = Settings(**fields)
 
+    throughput, beside = dict(doc["throughput"]), dict(doc.get("beside", {}))
+    if raw.get("paired"):  # saved by `--paired` (until 2026-12-02): its gateway rounds ran beside the one variant
+        variant = next(side for side in PAIRABLE if side in throughput)
+        beside[variant] = throughput.pop("gateway")
+
     def ttft(raw: dict[str, Any]) -> TtftResult:
         return TtftResult(**_floats(raw, "proxy_cpu_us_per_call"))
 
@@ -383,8 +389,8 @@ def result_from_json(doc: dict[str, Any]) -> BenchResult:
         command=doc["command"],
         pinning=doc["pinning"],
         ttft={k: ttft(v) for k, v in doc["ttft"].items()},
-        throughput={k: [rounds(r) for r in v] for k, v in doc["throughput"].items()},
-        beside={k: [rounds(r) for r in v] for k, v in doc.get("beside", {}).items()},
+        throughput={k: [rounds(r) for r in v] for k, v in throughput.items()},
+        beside={k: [rounds(r) for r in v] for k, v in beside.items()},
         gateway_peak_rss_bytes=doc["gateway_peak_rss_bytes"],
         throughput_high={k: rounds(v) for k, v in doc["throughput_high"].items()},
         hold={k: [HoldResult(**h) for h in v] for k, v in doc["hold"].items()},

@@ -245,13 +245,15 @@ def _steps(stack: Stack, settings: Settings, result: BenchResult, workdir: Path)
         return _Step("throughput", f"paired round {n}/{settings.rounds}, gateway and {variant.name}: {window}", run)
 
     steps += [ttft_step(peers[t]) for t in TTFT_TARGETS if t in peers]
+    solo = [t for t in THROUGHPUT_TARGETS if t not in PAIRABLE and t in peers]
+    paired = [t for t in PAIRABLE if t in peers]
+    if solo == ["gateway"] and paired:
+        solo = []  # the gateway's own rounds would measure nothing a paired variant is compared with
     for n in range(1, settings.rounds + 1):
-        order = [t for t in THROUGHPUT_TARGETS if t not in PAIRABLE]
-        if not n % 2:
-            order = order[:_FIXED_ORDER] + order[_FIXED_ORDER:][::-1]
-        steps += [throughput_step(peers[t], n) for t in order if t in peers]
+        order = solo if n % 2 else solo[:_FIXED_ORDER] + solo[_FIXED_ORDER:][::-1]
+        steps += [throughput_step(peers[t], n) for t in order]
     for n in range(1, settings.rounds + 1):
-        steps += [paired_step(peers[t], n) for t in PAIRABLE if t in peers]
+        steps += [paired_step(peers[t], n) for t in paired]
     steps += [high_step(peers[t]) for t in HIGH_TARGETS if t in peers]
     steps += [wire_step(peers[t]) for t in WIRE_TARGETS if t in peers]
     steps += [paced_step("stream"), paced_step("unary")]

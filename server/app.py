@@ -231,8 +231,6 @@ async def start_gateway(
     if shadow_metrics is not None:
         shadow_metrics.watch(router.shadows)
     interceptors: list[grpc.aio.ServerInterceptor] = [metrics.grpc] if metrics else []
-    if metrics is not None:
-        metrics.grpc.counted_by_handler.update(COUNTS_ITS_WRITES)
     auth = BearerAuthInterceptor(credentials_of(config), tracing=tracing) if config.authenticates else None
     if auth is not None:  # after the metrics: a call refused for its token is counted too
         interceptors.append(auth)
@@ -308,7 +306,7 @@ def quota_store_for(limits: LimitsConfig) -> QuotaStore | None:
 def gateway_metrics(config: GatewayConfig, router: Router, *, shared: bool = False) -> GatewayMetrics:
     """The metrics of a gateway of `config`, watching `router`'s breakers, retry budgets and call plans;
     `shared` when a worker writes them for its supervisor to serve."""
-    metrics = GatewayMetrics(label_bounds(config, router), shared=shared)
+    metrics = GatewayMetrics(label_bounds(config, router), shared=shared, counted_by_handler=COUNTS_ITS_WRITES)
     metrics.watch(router.resilience)
     return metrics
 

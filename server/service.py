@@ -1,7 +1,9 @@
-"""The AIService servicer: protobuf in, provider-neutral types to the policy seam, protobuf out. Nothing else.
+"""The AIService servicer: protobuf in, provider-neutral types to the policy seam, protobuf out.
 
 Every failure leaves as a GatewayError through `errors.abort`; an unexpected exception is logged here
-and reported as INTERNAL, never as UNKNOWN.
+and reported as INTERNAL, never as UNKNOWN. The one thing it does besides: StreamGenerate counts the
+messages it writes and tells the gRPC server metrics once (`messages_sent`), which is cheaper than a
+counting context around every token's `write`.
 """
 
 from __future__ import annotations
@@ -51,11 +53,11 @@ __all__ = ["COUNTS_ITS_WRITES", "AIService"]
 log = logging.getLogger(__name__)
 
 ServicerContext: TypeAlias = "grpc.aio.ServicerContext[object, object]"
+Metadata: TypeAlias = "tuple[tuple[str, str], ...]"
 
 # The methods whose handlers count the messages they write, for the gRPC server metrics (`messages_sent`):
 # StreamGenerate's tokens then go to gRPC's own `write`, with no counting context in between.
 COUNTS_ITS_WRITES = frozenset({f"/{pb.DESCRIPTOR.services_by_name['AIService'].full_name}/StreamGenerate"})
-Metadata: TypeAlias = "tuple[tuple[str, str], ...]"
 
 
 class AIService(pb_grpc.AIServiceServicer):
@@ -193,30 +195,27 @@ class AIService(pb_grpc.AIServiceServicer):
             try:
                 async with aclosing(await self._seam.stream(call, model, chat)) as events:
                     async for event in events:
+                        written += 1  # every event is one message
                         if type(event) is TextDelta:
                             if not record.deltas:
                                 record.first_token()
                             # A delta may join several upstream deltas that arrived together (providers/http.py):
                             # one message instead of several, and `deltas` still counts the upstream's.
-                            written += 1
                             await write(chunk(delta=event.text))
                             record.deltas += event.pieces
                         elif type(event) is ToolCallDelta:
                             if not record.deltas:
                                 record.first_token()
-                            written += 1
                             await context.write(tool_call_chunk(event))
                             record.deltas += 1
                         elif type(event) is ReasoningDelta:
                             if not record.deltas:
                                 record.first_token()
-                            written += 1
                             await context.write(reasoning_chunk(event))
                             record.deltas += 1
                         else:
                             assert isinstance(event, Finish)
                             record.answered(event)
-                            written += 1
                             await context.write(final_chunk(event))
             finally:
                 messages_sent(written)

@@ -150,7 +150,14 @@ class GatewayMetrics:
     `shared`: a worker's, written to the multiprocess files its supervisor serves.
     """
 
-    def __init__(self, bounds: LabelBounds, registry: CollectorRegistry | None = None, *, shared: bool = False) -> None:
+    def __init__(
+        self,
+        bounds: LabelBounds,
+        registry: CollectorRegistry | None = None,
+        *,
+        shared: bool = False,
+        counted_by_handler: Collection[str] = (),
+    ) -> None:
         self.registry = registry = registry or CollectorRegistry()
         self.bounds = bounds
         self._watched: _ResilienceCollector | None = None
@@ -159,8 +166,8 @@ class GatewayMetrics:
         self._resilience_gauges: _ResilienceGauges | None = None
         # Lean metrics (plain numbers, rendered when scraped) in one process; a worker's must be
         # prometheus-client's, whose values are the multiprocess files its supervisor adds up.
-        self.kinds = kinds = PROMETHEUS_CLIENT if shared else LEAN
-        self.grpc = GrpcServerMetrics(registry, kinds)
+        kinds = PROMETHEUS_CLIENT if shared else LEAN
+        self.grpc = GrpcServerMetrics(registry, kinds, counted_by_handler=counted_by_handler)
         self.token_usage = _Children(
             kinds.histogram(
                 "gen_ai_client_token_usage",

@@ -180,7 +180,7 @@ def test_the_table_says_how_each_variant_was_measured_and_shows_the_gateway_besi
     result.beside["gateway_metrics"] = [ThroughputResult("gateway", [LOAD], {"proxy": 100.0})]
     rendered = report.render(result)
     assert "ran at the same time as it, sharing the proxy's CPU" in rendered
-    assert "beside it, the gateway's" in rendered
+    assert "beside it, the gateway's CPU µs/token" in rendered
     row = next(line for line in rendered.splitlines() if line.startswith("metrics on"))
     assert row.split()[-4:-1] == ["100.0", "+3.0", "%"]  # the gateway's CPU beside it, then the change
 
@@ -210,3 +210,16 @@ def test_a_run_saved_before_paired_rounds_were_the_default_still_loads() -> None
     doc["settings"]["paired"] = False
     del doc["beside"]
     assert results.result_from_json(doc).beside == {}
+
+
+def test_a_run_saved_with_paired_reads_its_gateway_rounds_as_beside_its_variant() -> None:
+    result = canned_result(QUICK)
+    result.throughput["gateway"] = [ThroughputResult("gateway", [LOAD], {"proxy": 100.0})]
+    result.throughput["gateway_metrics"] = [ThroughputResult("gateway_metrics", [LOAD], {"proxy": 104.0})]
+    doc = json.loads(json.dumps(report.document(result)))
+    doc["settings"]["paired"] = True
+    del doc["beside"]
+    loaded = results.result_from_json(doc)
+    assert "gateway" not in loaded.throughput
+    assert [r.target for r in loaded.beside["gateway_metrics"]] == ["gateway"]
+    assert report.variant_changes(loaded)["change_cpu_percent_gateway_metrics"] == pytest.approx(4.0)

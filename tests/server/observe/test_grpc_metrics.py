@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import types
 
-from server.observe.grpc_metrics import _Call, _CountingContext
+from prometheus_client import CollectorRegistry
+
+from server.observe.grpc_metrics import GrpcServerMetrics, _Call, _CountingContext
+from server.observe.lean import LEAN
 
 
 class Context:
@@ -19,9 +22,10 @@ class Context:
 
 async def test_a_write_is_counted_and_awaited_as_grpcs_own_write_with_no_coroutine_of_its_own() -> None:
     context = Context()
-    call = _Call.__new__(_Call)  # only its message counts are used
-    call.sent = call.received = 0
-    counting = _CountingContext(context, call)
+    method = GrpcServerMetrics(CollectorRegistry(), LEAN)._method("server_stream", "grpc.health.v1.Health", "Watch")
+    call = _Call(method, None, context, writes=True)
+    counting = call.context
+    assert isinstance(counting, _CountingContext)  # Watch does not count its own writes
 
     pending = counting.write("one")
     assert isinstance(pending, types.CoroutineType)
@@ -30,4 +34,4 @@ async def test_a_write_is_counted_and_awaited_as_grpcs_own_write_with_no_corouti
     await counting.write("two")
 
     assert context.written == ["one", "two"]
-    assert call.sent == 2
+    assert call.tally.sent == 2

@@ -36,6 +36,8 @@ amounts = st.one_of(
     st.sampled_from([0.0, *BUCKETS]),  # exactly on a bound: `le` includes it
     st.integers(min_value=0, max_value=10**6),
 )
+# What a histogram may also be given: NaN is in no bucket, infinities in the first and the last.
+observed = st.one_of(amounts, st.sampled_from([math.nan, math.inf, -math.inf, -1.5]))
 
 
 def rendered(registry: CollectorRegistry) -> list[str]:
@@ -50,7 +52,7 @@ def both(
     return client_registry, make_client(client_registry), lean_registry, make_lean(lean_registry)
 
 
-@given(st.lists(st.tuples(label_values, amounts), max_size=40))
+@given(st.lists(st.tuples(label_values, observed), max_size=40))
 def test_a_histogram_renders_as_prometheus_clients_does(observations: list[tuple[tuple[str, str], float]]) -> None:
     client_registry, client, lean_registry, lean = both(
         lambda r: Histogram("call_seconds", "Seconds.", LABELS, buckets=BUCKETS, registry=r),
@@ -116,6 +118,40 @@ def test_created_samples_go_when_prometheus_client_leaves_them_out() -> None:
     finally:
         enable_created()
     assert b"calls_created" in generate_latest(lean_registry)
+
+
+def test_families_without_labels_and_label_values_that_are_not_strings_work_as_prometheus_clients() -> None:
+    client_registry, client, lean_registry, lean = both(
+        lambda r: (
+            Counter("calls", "Calls.", registry=r),
+            Histogram("wait", "Wait.", ("n",), buckets=BUCKETS, registry=r),
+        ),
+        lambda r: (
+            LeanCounter("calls", "Calls.", registry=r),
+            LeanHistogram("wait", "Wait.", ("n",), buckets=BUCKETS, registry=r),
+        ),
+    )
+    for counter, histogram in (client, lean):
+        counter.inc(2)
+        histogram.labels(7).observe(0.5)  # an int label value is its str()
+        histogram.labels("7").observe(1.5)
+    assert rendered(lean_registry) == rendered(client_registry)
+    assert 'wait_count{n="7"} 2.0' in rendered(lean_registry)
+
+
+def test_what_prometheus_client_refuses_is_refused() -> None:
+    with pytest.raises(ValueError, match="non-negative"):
+        LeanCounter("calls", "Calls.").inc(-1)
+    with pytest.raises(ValueError, match="sorted"):
+        LeanHistogram("wait", "Wait.", buckets=(2.0, 1.0))
+    with pytest.raises(ValueError, match="at least two buckets"):
+        LeanHistogram("wait", "Wait.", buckets=(math.inf,))
+
+
+def test_a_histogram_without_labels_observes_into_its_one_child() -> None:
+    registry = CollectorRegistry()
+    LeanHistogram("wait", "Wait.", buckets=(1.0,), registry=registry).observe(0.5)
+    assert 'wait_bucket{le="1.0"} 1.0' in rendered(registry)
 
 
 def test_the_wrong_number_of_label_values_is_refused() -> None:

@@ -138,11 +138,12 @@ def test_a_control_run_names_its_metrics_row_as_noise_and_judges_no_metrics_targ
 
     assert "metrics on (scraped every 1 s)" in measured
     assert report.CONTROL not in measured
-    assert "metrics cost at most 5 % CPU per token: 10.0 %" in measured  # 99 against 90 µs: +10 %
+    # 99 against 90 µs: +10 %; the same tokens/s
+    assert "metrics cost at most 5 % CPU per token and tokens/s: +10.0 % CPU per token, +0.0 % tokens/s" in measured
     assert "FAIL  metrics cost" in measured
     assert report.CONTROL in control
     assert "metrics on (scraped" not in control
-    assert "n/a   metrics cost at most 5 % CPU per token: not measured in a control run" in control
+    assert "n/a   metrics cost at most 5 % CPU per token and tokens/s: not measured in a control run" in control
 
 
 def test_a_saved_run_keeps_its_sides() -> None:
@@ -180,9 +181,10 @@ def test_the_table_says_how_each_variant_was_measured_and_shows_the_gateway_besi
     result.beside["gateway_metrics"] = [ThroughputResult("gateway", [LOAD], {"proxy": 100.0})]
     rendered = report.render(result)
     assert "ran at the same time as it, sharing the proxy's CPU" in rendered
-    assert "beside it, the gateway's CPU µs/token" in rendered
+    assert "the gateway beside it: tokens/s" in rendered
     row = next(line for line in rendered.splitlines() if line.startswith("metrics on"))
-    assert row.split()[-4:-1] == ["100.0", "+3.0", "%"]  # the gateway's CPU beside it, then the change
+    # the gateway beside it (tokens/s, CPU), then the changes in tokens/s and in CPU, then TTFT (none here)
+    assert row.split()[-7:] == ["10,000", "100.0", "+0.0", "%", "+3.0", "%", "n/a"]
 
 
 def test_paired_rounds_take_the_median_of_every_rounds_difference_with_no_orders_to_average() -> None:

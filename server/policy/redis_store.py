@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections import deque
@@ -214,7 +215,11 @@ class RedisQuotaStore:
         self._pending.append((ask, tokens_used, cost_usd))
         self._wake.set()
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self._write_settlements(), name="quota settle")
+            # A context of its own, not the settling call's: the writer serves every call after this one, so
+            # its log lines (the store going down) must not carry this call's request id.
+            self._writer = asyncio.get_running_loop().create_task(
+                self._write_settlements(), name="quota settle", context=contextvars.Context()
+            )
 
     async def drain(self) -> None:
         """Write every queued settlement (tests, and shutdown)."""

@@ -15,6 +15,7 @@ import pytest
 
 from server.config import ClientLimits
 from server.errors import LimitsUnavailable
+from server.observe.request_id import CURRENT_REQUEST_ID
 from server.policy.redis_store import RedisQuotaStore
 from server.policy.store import Ask, Granted, MemoryQuotaStore, Refused
 from tests.redis_server import RedisServer, run_redis
@@ -197,3 +198,31 @@ async def test_fail_open_serves_unlimited_and_counts_it() -> None:
     assert outcomes == [Granted()] * 5
     assert store.served_unlimited == 5
     assert observer.outcomes == ["served"] * 5
+
+
+async def test_the_settlement_writer_runs_in_no_calls_context(redis: RedisServer) -> None:
+    """The writer task starts inside the first settling call, and then serves every call: its log lines
+    (the store going down, coming back) must not carry that call's request id."""
+    store = RedisQuotaStore(redis.url, timeout_s=TIMEOUT_S, when_unavailable="closed")
+    request_ids: list[str] = []
+    written = asyncio.Event()
+    write = store._write
+
+    async def recording(settlement: tuple[Ask, int, float]) -> None:
+        request_ids.append(CURRENT_REQUEST_ID.get())
+        await write(settlement)
+        written.set()
+
+    store._write = recording  # type: ignore[method-assign]
+    try:
+        ask = Ask("a", RPM3, 0)
+        await asyncio.wait_for(store.admit(ask), TIMEOUT_S)
+        token = CURRENT_REQUEST_ID.set("the-first-settling-call")
+        try:
+            store.settle(ask, tokens_used=1, cost_usd=0.0)
+        finally:
+            CURRENT_REQUEST_ID.reset(token)
+        await asyncio.wait_for(written.wait(), TIMEOUT_S)
+    finally:
+        await store.aclose()
+    assert request_ids == [""]

@@ -148,12 +148,7 @@ def tables(summary: Summary, meta: Mapping[str, Any]) -> list[Table]:
         ),
         rows,
     )
-    return [
-        peers,
-        _variants(summary),
-        _paced(summary, settings),
-        _sse_vs_grpc(summary, c),
-    ]
+    return [peers, _variants(summary), _paced(summary, settings), _sse_vs_grpc(summary, c)]
 
 
 def _failed(errors: float, streams: int) -> str:

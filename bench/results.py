@@ -36,8 +36,7 @@ __all__ = [
 # The sides (bench/stack.py): the upstream itself (direct), the floor (a bare grpc.aio server), the gateway
 # with 1 worker, its variants (metrics on, tracing on, the plain asyncio loop and with --baseline the gateway
 # of another checkout, each in paired rounds beside it; the httpx transport and its offline demo model, in
-# its own rounds), the gateway with N
-# workers, and the LiteLLM proxy. All but direct are proxy process groups.
+# its own rounds), the gateway with N workers, and the LiteLLM proxy. All but direct are proxy process groups.
 # The kinds of step a run takes, in order (bench/scenarios.py); `--only` picks some.
 SCENARIOS = ("ttft", "throughput", "high", "wire", "paced", "profile", "hold")
 GATEWAYS = (

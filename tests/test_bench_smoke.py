@@ -28,19 +28,20 @@ TINY = [
 ]
 
 
+def run_module(module: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`python -m module args` from the repository, which must exit 0 (its stderr's tail says why not)."""
+    run = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
 @pytest.mark.slow
 def test_a_tiny_bench_runs_every_scenario_and_measures_every_figure(tmp_path: Path) -> None:
     saved_before = sorted(RESULTS_DIR.iterdir()) if RESULTS_DIR.exists() else []
     out = tmp_path / "bench.json"
-    run = subprocess.run(
-        [sys.executable, "-m", "bench", *TINY, "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    run = run_module("bench", *TINY, "--json", str(out), timeout=600)
     document = json.loads(out.read_text())
     absent = document["absent"]
     assert absent["litellm"] == "left out (--no-litellm)"
@@ -96,15 +97,7 @@ def test_a_control_run_measures_both_gateways_in_each_paired_round_and_starts_on
 ) -> None:
     out = tmp_path / "paired.json"
     flags = ["--only", "throughput", "--sides", "gateway_metrics", "--metrics-control", "--rounds", "2"]
-    run = subprocess.run(
-        [sys.executable, "-m", "bench", *TINY, *flags, "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    run = run_module("bench", *TINY, *flags, "--json", str(out), timeout=300)
     document = json.loads(out.read_text())
     # No other side started or ran, and the gateway's own rounds, which nothing here is compared with, neither.
     assert set(document["throughput"]) == {"gateway_metrics"}
@@ -120,15 +113,7 @@ def test_a_control_run_measures_both_gateways_in_each_paired_round_and_starts_on
 
 @pytest.mark.slow
 def test_the_fairness_bench_runs_its_three_sides() -> None:
-    run = subprocess.run(
-        [sys.executable, "-m", "bench.fairness", "--duration", "0.5", "--flood", "8", "--slots", "2"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
+    run = run_module("bench.fairness", "--duration", "0.5", "--flood", "8", "--slots", "2", timeout=180)
     rows = {line.split("  ")[0]: line for line in run.stdout.splitlines()}
     assert {"steady alone", "fair queue", "no queue (refuse)"} <= set(rows)
     assert " - " not in rows["fair queue"]  # both clients had calls served

@@ -185,15 +185,7 @@ class LeanHistogram(_Family):
     kind = "histogram"
 
     def __init__(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: Sequence[str] = (),
-        *,
-        buckets: Sequence[float],
-        unit: str = "",
-        registry: CollectorRegistry | None = None,
-        **_multiprocess: Any,
+        self, name: str, documentation: str, labelnames: Sequence[str] = (), *, buckets: Sequence[float], **options: Any
     ) -> None:
         bounds = [float(b) for b in buckets]  # checked as prometheus-client checks them
         if bounds != sorted(bounds):
@@ -204,7 +196,7 @@ class LeanHistogram(_Family):
             raise ValueError("Must have at least two buckets")
         self._bounds = tuple(bounds)
         self._les = tuple(_go_float(b) for b in self._bounds)
-        super().__init__(name, documentation, labelnames, unit=unit, registry=registry)
+        super().__init__(name, documentation, labelnames, **options)  # last: registering it collects it
 
     def observe(self, amount: float) -> None:
         self.sole.observe(amount)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
 from prometheus_client import CollectorRegistry, Gauge
@@ -167,6 +168,7 @@ class GatewayMetrics:
         # Lean metrics (plain numbers, rendered when scraped) in one process; a worker's must be
         # prometheus-client's, whose values are the multiprocess files its supervisor adds up.
         kinds = PROMETHEUS_CLIENT if shared else LEAN
+        make = _Make(kinds, registry)
         self.grpc = GrpcServerMetrics(registry, kinds, counted_by_handler=counted_by_handler)
         self.token_usage = _Children(
             kinds.histogram(
@@ -177,47 +179,35 @@ class GatewayMetrics:
                 registry=registry,
             )
         )
-        self.ttft = _histogram(
-            kinds,
-            registry,
+        self.ttft = make.seconds_histogram(
             "gen_ai_server_time_to_first_token",
             "Time from the start of a stream to its first token.",
             GENAI_LABELS,
             TTFT_BUCKETS,
         )
-        self.tpot = _histogram(
-            kinds,
-            registry,
+        self.tpot = make.seconds_histogram(
             "gen_ai_server_time_per_output_token",
             "Time per output token after the first, of a stream.",
             GENAI_LABELS,
             TPOT_BUCKETS,
         )
-        self.duration = _histogram(
-            kinds,
-            registry,
+        self.duration = make.seconds_histogram(
             "gen_ai_client_operation_duration",
             "Duration of a call or InteractiveStream turn, to its status.",
             (*GENAI_LABELS, "error_type"),
             DURATION_BUCKETS,
         )
-        self.calls = _counter(
-            kinds,
-            registry,
+        self.calls = make.counter(
             "gateway_calls",
             "Calls, InteractiveStream sessions and turns ended, by outcome.",
             ("grpc_method", "client", "gen_ai_request_model", "code", "reason"),
         )
-        self.tokens = _counter(
-            kinds,
-            registry,
+        self.tokens = make.counter(
             "gateway_tokens",
             "Tokens used, by client and type.",
             ("client", *GENAI_LABELS, "gen_ai_token_type"),
         )
-        self.cost = _counter(
-            kinds,
-            registry,
+        self.cost = make.counter(
             "gateway_cost_usd",
             "What the calls cost upstream, in US dollars (calls with a known price).",
             ("client", *GENAI_LABELS),
@@ -247,34 +237,26 @@ class GatewayMetrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
-        self.turns = _counter(
-            kinds, registry, "gateway_interactive_turns", "InteractiveStream turns ended, by gRPC code.", ("code",)
+        self.turns = make.counter(
+            "gateway_interactive_turns", "InteractiveStream turns ended, by gRPC code.", ("code",)
         )
         attempt_labels = ("gen_ai_provider_name", "deployment")
-        self.attempts = _counter(
-            kinds,
-            registry,
+        self.attempts = make.counter(
             "gateway_upstream_attempts",
             "Upstream attempts ended, by outcome (ok, rate_limited, unavailable, fatal, failed_mid_stream, cancelled).",
             (*attempt_labels, "outcome"),
         )
-        self.retries = _counter(
-            kinds,
-            registry,
+        self.retries = make.counter(
             "gateway_upstream_retries",
             "Attempts that were not the first on their model.",
             attempt_labels,
         )
-        self.fallbacks = _counter(
-            kinds,
-            registry,
+        self.fallbacks = make.counter(
             "gateway_fallbacks",
             "Fallbacks taken: the first attempt on a fallback model, after a failure of error_class.",
             ("from_model", "to_model", "error_class"),
         )
-        self.quota_rejections = _counter(
-            kinds,
-            registry,
+        self.quota_rejections = make.counter(
             "gateway_quota_rejections",
             "Calls refused by a client's limits, by client and limit (requests_per_minute, tokens_per_minute, "
             "concurrent_streams, budget_usd_per_day, budget_usd_per_month, models).",
@@ -454,21 +436,24 @@ class _Children:
         return child
 
 
-def _counter(
-    kinds: MetricKinds, registry: CollectorRegistry, name: str, documentation: str, labels: Sequence[str]
-) -> _Children:
-    return _Children(kinds.counter(name, documentation, labels, registry=registry))
+@dataclass(frozen=True, slots=True)
+class _Make:
+    """Metrics of one kind (lean, or prometheus-client's) in one registry, each as its children by label values."""
 
+    kinds: MetricKinds
+    registry: CollectorRegistry
 
-def _histogram(
-    kinds: MetricKinds,
-    registry: CollectorRegistry,
-    name: str,
-    documentation: str,
-    labels: Sequence[str],
-    buckets: Sequence[float],
-) -> _Children:
-    return _Children(kinds.histogram(name, documentation, labels, unit="seconds", buckets=buckets, registry=registry))
+    def counter(self, name: str, documentation: str, labels: Sequence[str]) -> _Children:
+        return _Children(self.kinds.counter(name, documentation, labels, registry=self.registry))
+
+    def seconds_histogram(
+        self, name: str, documentation: str, labels: Sequence[str], buckets: Sequence[float]
+    ) -> _Children:
+        """A histogram of seconds."""
+        metric = self.kinds.histogram(
+            name, documentation, labels, unit="seconds", buckets=buckets, registry=self.registry
+        )
+        return _Children(metric)
 
 
 class LimitsStoreMetrics:
@@ -477,9 +462,8 @@ class LimitsStoreMetrics:
     writes it to the multiprocess files and the supervisor serves the sum."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self._calls = _counter(
-            PROMETHEUS_CLIENT,  # prometheus-client's: a worker writes it to the multiprocess files
-            registry,
+        # prometheus-client's own: a worker writes it to the multiprocess files
+        self._calls = _Make(PROMETHEUS_CLIENT, registry).counter(
             "gateway_limits_store_unavailable",
             "Calls decided without the shared limits store, which did not answer: served (fail-open) or refused.",
             ("outcome",),

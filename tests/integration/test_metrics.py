@@ -177,6 +177,25 @@ async def test_a_stream_that_fails_midway_counts_the_messages_its_client_receive
     assert scrape.value("grpc_server_msg_received_total", **stream_labels) == 1
 
 
+async def test_a_stream_its_client_cancels_counts_as_canceled_with_what_it_wrote(
+    make_gateway: GatewayFactory, fake_openai: FakeOpenAIUpstream
+) -> None:
+    """StreamGenerate reports its writes in a `finally`: a client's cancellation still reaches the metric."""
+    slow = fake("slow", "slow-tokens-200")  # 200 ms between tokens: the client cancels after the first
+    gateway = await make_gateway(metrics_config(fake_openai.base_url, models=(slow,)))
+    async with stub_for(gateway) as stub:
+        call = stub.StreamGenerate(request("slow"), timeout=10)
+        first = await anext(aiter(call))
+        call.cancel()
+    assert first.delta
+    stream_labels = {"grpc_type": "server_stream", "grpc_method": "StreamGenerate"}
+    scrape = await wait_for_scrape(gateway, "grpc_server_handled_total", **stream_labels)
+    assert scrape.value("grpc_server_handled_total", **stream_labels, grpc_code="Canceled") == 1
+    assert scrape.value("grpc_server_handled_total", **stream_labels) == 1
+    assert scrape.value("grpc_server_msg_sent_total", **stream_labels) >= 1  # the first token, at least
+    assert scrape.value("gateway_calls_total", grpc_method="StreamGenerate", code="CANCELLED") == 1
+
+
 async def test_labels_never_carry_what_a_client_typed_or_a_token(
     make_gateway: GatewayFactory, fake_openai: FakeOpenAIUpstream
 ) -> None:
